@@ -1,0 +1,60 @@
+"""``ortmodels export``: HF checkpoint to ONNX variants, with a progress display."""
+
+from __future__ import annotations
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..config import load_settings
+from ..errors import ConfigurationError
+from ..precision import parse_precision_list
+from ..store import ModelStore
+from . import app, console
+
+
+class _RichSteps:
+    """Shows each export step as a spinner line that turns into a tick when the next starts."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress = progress
+        self.name = name
+        self.task: int | None = None
+
+    def step(self, message: str) -> None:
+        self.finish()
+        self.task = self.progress.add_task(f"{self.name}: {message}", total=1)
+
+    def finish(self) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=1)
+
+
+@app.command()
+def export(
+    name: str = typer.Argument(None, help="Model folder name; omit with --all."),
+    dtype: str = typer.Option(None, "--dtype", help="Precisions, e.g. fp32,int8 (default: all)."),
+    all_models: bool = typer.Option(False, "--all", help="Export every model in the store."),
+    force: bool = typer.Option(False, "--force", help="Export even if up to date."),
+) -> None:
+    """Export a checkpoint to ONNX; the previous export stays until the new one is complete."""
+    from ..export import export_model  # the export stack is heavy: import only here
+
+    if bool(name) == all_models:
+        raise ConfigurationError("Give a model name or --all (not both).")
+    store = ModelStore(load_settings().local_models_dir)
+    names = [i.name for i in store.list() if i.has_checkpoint] if all_models else [name]
+    dtypes = parse_precision_list(dtype) if dtype else None
+    for model_name in names:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        ) as progress:
+            steps = _RichSteps(progress, model_name)
+            outcome = export_model(store, model_name, dtypes, force=force, progress=steps)
+            steps.finish()
+        if outcome.skipped:
+            console.print(f"{model_name}: up to date ({', '.join(outcome.manifest.variants)}); --force to redo")
+            continue
+        for dt in outcome.exported:
+            parity = outcome.manifest.variants[dt].parity
+            figures = ", ".join(f"{k}={v:.6f}" for k, v in parity.items() if isinstance(v, float))
+            console.print(f"{model_name} {dt}: {figures}")

@@ -1,0 +1,92 @@
+"""Settings from the environment and a ``.env`` file, under the names users already set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+from .precision import normalize_precision
+
+Device = Literal["auto", "cpu", "cuda", "coreml"]
+
+_DEVICE_ALIASES = {"mps": "coreml", "gpu": "cuda"}
+
+
+class Settings(BaseSettings):
+    """ortmodels' settings; each field reads the environment variable of its alias."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        protected_namespaces=(),
+    )
+
+    local_models_dir: Path = Field(default=Path("models"), alias="LOCAL_MODELS_DIR")
+    """Folder that holds one sub-folder per model (a Hugging Face checkpoint and its exports)."""
+
+    default_chat_model: str = Field(default="smollm2-135m-instruct", alias="DEFAULT_CHAT_MODEL")
+    """Chat model used when `get_chat_model()` is called without a name."""
+
+    default_embedding_model: str = Field(
+        default="all-minilm-l6-v2", alias="DEFAULT_EMBEDDING_MODEL"
+    )
+    """Embedding model used when `get_embedding_model()` is called without a name."""
+
+    model_device: Device = Field(default="auto", alias="MODEL_DEVICE")
+    """Execution provider: auto (CUDA, else CoreML on macOS, else CPU), cpu, cuda or coreml (mps)."""
+
+    model_dtype: str = Field(default="auto", alias="MODEL_DTYPE")
+    """Precision to load: auto, float32, float16, bfloat16 (CUDA only), int8 or int4."""
+
+    model_threads: int = Field(default=0, ge=0, alias="MODEL_THREADS")
+    """ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per physical core)."""
+
+    @field_validator("model_device", mode="before")
+    @classmethod
+    def _device_alias(cls, value: object) -> object:
+        if isinstance(value, str):
+            key = value.strip().lower()
+            return _DEVICE_ALIASES.get(key, key)
+        return value
+
+    @field_validator("model_dtype", mode="before")
+    @classmethod
+    def _dtype_name(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        key = value.strip().lower()
+        if key == "auto":
+            return key
+        try:
+            return normalize_precision(key)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("default_chat_model", "default_embedding_model", mode="after")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        from .names import validate_model_name
+
+        validate_model_name(value)
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one `ConfigurationError` per bad value."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = err["loc"][0] if err["loc"] else "?"
+            alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
+            problems.append(f"{alias}={err.get('input')!r}: {err['msg']}")
+        raise ConfigurationError(
+            "Bad setting " + "; ".join(problems) + ". Fix the environment variable or the .env file."
+        ) from None

@@ -1,0 +1,85 @@
+"""Every error ortmodels raises on purpose derives from :class:`OrtModelsError`.
+
+Each message names the problem and the fix, so a user can act on it without
+reading the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class OrtModelsError(Exception):
+    """Base class: catch this to handle any ortmodels failure."""
+
+
+class ConfigurationError(OrtModelsError, ValueError):
+    """A setting (environment variable, `.env` entry or argument) has a bad value."""
+
+
+class InvalidModelNameError(OrtModelsError, ValueError):
+    """A model name that is not a plain folder name (it could escape the models folder)."""
+
+
+class UnknownModelError(OrtModelsError, KeyError):
+    """No model of that name is in the models folder.
+
+    Also a ``KeyError`` so that code written against a dict-like registry keeps working.
+    """
+
+    def __init__(self, name: str, known: Iterable[str], models_dir: object = None) -> None:
+        self.name = name
+        self.known = sorted(known)
+        where = f" in {models_dir}" if models_dir is not None else ""
+        listing = ", ".join(self.known) if self.known else "none"
+        super().__init__(
+            f"Unknown model {name!r}{where}. Known models: {listing}. "
+            "Put a Hugging Face checkpoint in a folder of that name, or run "
+            "'ortmodels samples' for the sample models."
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ModelKindError(OrtModelsError, TypeError):
+    """A model was asked for as the wrong kind (a chat model as embeddings, say)."""
+
+
+class ModelNotExportedError(OrtModelsError):
+    """The model has no ONNX export of the asked-for precision yet."""
+
+
+class ModelFileError(OrtModelsError):
+    """A model file is missing, unreadable or corrupt; the message names the file."""
+
+    def __init__(self, path: object, problem: str, fix: str | None = None) -> None:
+        self.path = path
+        text = f"{problem}: {path}"
+        if fix:
+            text += f". {fix}"
+        super().__init__(text)
+
+
+class DeviceUnavailableError(OrtModelsError):
+    """The asked-for execution provider (CUDA, CoreML) is not available here."""
+
+
+class ExportError(OrtModelsError):
+    """An export failed; the previous good export, if any, is left in place."""
+
+
+class ParityError(ExportError):
+    """The exported graph does not reproduce the PyTorch model closely enough."""
+
+
+class MissingDependencyError(OrtModelsError, ImportError):
+    """An optional dependency is needed for this operation; the message says what to install."""
+
+
+class SampleModelError(OrtModelsError):
+    """A sample model could not be fetched or materialised."""
+
+
+class ModelNotLoadedError(OrtModelsError, RuntimeError):
+    """A model object was used after `unload()` in a way that needs it loaded."""

@@ -1,0 +1,92 @@
+"""Offline export of Hugging Face checkpoints to ONNX variants (needs ``ortmodels[export]``).
+
+`export_model` picks the exporter for the model's kind, skips work that is already done,
+and publishes the result atomically; see `staging` for how a failure loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ExportError
+from ..manifest import Manifest
+from ..store import ModelInfo, ModelStore
+from . import staging
+from .checkpoint import source_sha256
+from .embedding import EMBEDDING_DTYPES, export_embedding
+from .progress import LogProgress, Progress
+
+logger = logging.getLogger(__name__)
+
+Exporter = Callable[[ModelInfo, list[str], str, Progress], Manifest]
+
+#: Exporters by model kind, with the precisions each can produce.
+EXPORTERS: dict[str, tuple[Exporter, tuple[str, ...]]] = {
+    "embedding": (export_embedding, EMBEDDING_DTYPES),
+}
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    name: str
+    manifest: Manifest
+    exported: list[str]
+    skipped: bool
+
+
+def supported_dtypes(kind: str) -> tuple[str, ...]:
+    return EXPORTERS[kind][1] if kind in EXPORTERS else ()
+
+
+def export_model(
+    store: ModelStore,
+    name: str,
+    dtypes: list[str] | None = None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ExportOutcome:
+    """Export ``name``'s checkpoint in ``dtypes`` (default: every precision its kind supports)."""
+    info = store.info(name)
+    if not info.has_checkpoint:
+        raise ExportError(
+            f"{info.path} has no config.json: put the Hugging Face checkpoint (config.json, "
+            "weights, tokenizer files) in that folder before exporting."
+        )
+    if info.kind not in EXPORTERS:
+        raise ExportError(
+            f"ortmodels cannot export {info.kind} models yet ({name}: {info.architecture}); "
+            f"it exports {', '.join(EXPORTERS)} models."
+        )
+    exporter, supported = EXPORTERS[info.kind]
+    dtypes = list(dtypes or supported)
+    progress = progress or LogProgress(name)
+    progress.step("Hashing the checkpoint")
+    source_hash = source_sha256(info.path)
+    if not force and _up_to_date(info, dtypes, source_hash):
+        assert info.manifest is not None
+        return ExportOutcome(name, info.manifest, [], skipped=True)
+    staging.clean_stale_staging(info.path)
+    manifest = exporter(info, dtypes, source_hash, progress)
+    return ExportOutcome(name, manifest, dtypes, skipped=False)
+
+
+def _up_to_date(info: ModelInfo, dtypes: list[str], source_hash: str) -> bool:
+    """True when every asked-for precision exists, from this very checkpoint, with its files."""
+    manifest = info.manifest
+    if manifest is None or manifest.source_sha256 != source_hash:
+        return False
+    for dtype in dtypes:
+        entry = manifest.variants.get(dtype)
+        if entry is None:
+            return False
+        folder: Path = info.onnx_path / entry.path
+        if any(not (folder / rel).is_file() for rel in entry.files):
+            return False
+    return True
+
+
+__all__ = ["EXPORTERS", "ExportOutcome", "export_model", "supported_dtypes"]

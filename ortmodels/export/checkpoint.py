@@ -1,0 +1,66 @@
+"""Facts about a source checkpoint and the tools: content hashes, file entries, versions."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from ..manifest import FileEntry
+from ..store import ONNX_DIR
+
+_EXPORT_TOOLS = ("ortmodels", "optimum-onnx", "optimum", "transformers", "torch", "onnx", "onnxruntime")
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoint's own files: everything but exports, hidden files and the GGUF leftovers."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if rel.parts[0] in (ONNX_DIR,) or any(p.startswith(".") for p in rel.parts):
+            continue
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def source_sha256(folder: Path) -> str:
+    """One hash over the checkpoint's file names and contents: changes when any of them does."""
+    digest = hashlib.sha256()
+    for path in checkpoint_files(folder):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def file_entries(folder: Path) -> dict[str, FileEntry]:
+    """sha256 and size of every file below ``folder``, keyed by relative POSIX path."""
+    return {
+        path.relative_to(folder).as_posix(): FileEntry(sha256=file_sha256(path), size=path.stat().st_size)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in _EXPORT_TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

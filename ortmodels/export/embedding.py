@@ -1,0 +1,204 @@
+"""Export of sentence-embedding encoders (BERT, XLM-RoBERTa, MPNet, ...) to ONNX variants."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError, ParityError
+from ..manifest import EmbeddingSpec, Manifest, VariantEntry
+from ..runtime.embeddings import EncoderRunner, load_tokenizer, pad_batch
+from ..runtime.pooling import l2_normalize, pool
+from ..runtime.session import create_session
+from ..store import ModelInfo, read_json
+from . import staging
+from .checkpoint import file_entries, tool_versions, utc_now
+from .embedding_config import effective_max_length, read_pooling_config
+from .optimum_bridge import export_with_optimum
+from .probes import PROBE_SENTENCES
+from .progress import Progress
+from .quantize import quantize_int8_dynamic
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_DTYPES = ("fp32", "int8")
+FP32_MIN_COSINE = 0.9999
+TASK = "feature-extraction"
+
+
+def _spec(checkpoint: Path, base: Path) -> EmbeddingSpec:
+    """Pooling from the sentence-transformers files; sizes and padding from the exported config."""
+    pooling = read_pooling_config(checkpoint)
+    config = read_json(base / "config.json")
+    tokenizer_config = read_json(base / "tokenizer_config.json") if (base / "tokenizer_config.json").is_file() else {}
+    max_len = effective_max_length(
+        pooling.max_seq_length,
+        config.get("model_type", ""),
+        config.get("max_position_embeddings"),
+        tokenizer_config.get("model_max_length"),
+    )
+    tokenizer = load_tokenizer(base / "tokenizer.json", max_len)
+    pad_token = tokenizer_config.get("pad_token")
+    if isinstance(pad_token, dict):
+        pad_token = pad_token.get("content")
+    pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
+    if pad_id is None:
+        pad_id = config.get("pad_token_id") or 0
+    return EmbeddingSpec(
+        pooling=pooling.pooling,  # type: ignore[arg-type]
+        normalize=pooling.normalize,
+        max_seq_length=max_len,
+        dimension=int(config["hidden_size"]),
+        pad_token_id=int(pad_id),
+    )
+
+
+def _pytorch_reference(checkpoint: Path, id_lists: list[list[int]], spec: EmbeddingSpec) -> np.ndarray:
+    """Sentence vectors from the original PyTorch model, pooled exactly as the runtime pools."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    vectors = []
+    with torch.inference_mode():
+        for ids in id_lists:  # one at a time: no padding can differ between the two sides
+            input_ids, mask = pad_batch([ids], spec.pad_token_id)
+            hidden = model(
+                input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)
+            ).last_hidden_state.numpy()
+            vectors.append(pool(hidden, mask, spec.pooling)[0])
+    out = np.stack(vectors).astype(np.float32)
+    return l2_normalize(out) if spec.normalize else out
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (l2_normalize(a) * l2_normalize(b)).sum(axis=1)
+
+
+def _parity(variant_dir: Path, spec: EmbeddingSpec, reference: np.ndarray) -> dict[str, Any]:
+    session = create_session(variant_dir / "model.onnx", "cpu")
+    runner = EncoderRunner(session, load_tokenizer(variant_dir / "tokenizer.json", spec.max_seq_length), spec)
+    got = runner.embed(list(PROBE_SENTENCES), batch_size=8)  # batched and padded, as in use
+    cos = _cosines(got, reference)
+    return {
+        "reference": "pytorch fp32",
+        "probes": len(PROBE_SENTENCES),
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "max_abs_diff": float(np.abs(got - reference).max()),
+    }
+
+
+def _support_files(base: Path) -> list[Path]:
+    return [p for p in base.iterdir() if p.is_file() and not p.name.startswith("model.onnx")]
+
+
+def _build_variant(dtype: str, base: Path, target: Path) -> dict[str, Any] | None:
+    """Write one precision's graph into ``target``; returns its quantization recipe."""
+    target.mkdir()
+    for support in _support_files(base):
+        staging.link_or_copy(support, target / support.name)
+    if dtype == "fp32":
+        for graph in base.glob("model.onnx*"):
+            staging.link_or_copy(graph, target / graph.name)
+        return None
+    if dtype == "int8":
+        return quantize_int8_dynamic(base / "model.onnx", target / "model.onnx")
+    raise ExportError(f"Embedding models export as {', '.join(EMBEDDING_DTYPES)}, not {dtype}.")
+
+
+def export_embedding(
+    info: ModelInfo, dtypes: list[str], source_hash: str, progress: Progress
+) -> Manifest:
+    """Export ``info``'s checkpoint into a new export folder and publish it; returns the manifest."""
+    bad = [d for d in dtypes if d not in EMBEDDING_DTYPES]
+    if bad:
+        raise ExportError(
+            f"Embedding models export as {', '.join(EMBEDDING_DTYPES)}; {', '.join(bad)} is not supported."
+        )
+    work = staging.new_staging_dir(info.path)
+    try:
+        base = work / "_base"
+        progress.step("Exporting the encoder with optimum")
+        export_with_optimum(info.path, base, TASK)
+        spec = _spec(info.path, base)
+
+        progress.step("Running the PyTorch reference on probe sentences")
+        tokenizer = load_tokenizer(base / "tokenizer.json", spec.max_seq_length)
+        reference = _pytorch_reference(info.path, [e.ids for e in tokenizer.encode_batch(list(PROBE_SENTENCES))], spec)
+
+        variants: dict[str, VariantEntry] = {}
+        for dtype in dtypes:
+            progress.step(f"Building and checking the {dtype} variant")
+            recipe = _build_variant(dtype, base, work / dtype)
+            parity = _parity(work / dtype, spec, reference)
+            if dtype == "fp32" and parity["cosine_min"] < FP32_MIN_COSINE:
+                raise ParityError(
+                    f"fp32 export of {info.name} differs from PyTorch: worst cosine "
+                    f"{parity['cosine_min']:.6f} < {FP32_MIN_COSINE} on the probe sentences."
+                )
+            files = file_entries(work / dtype)
+            variants[dtype] = VariantEntry(
+                dtype=dtype,
+                path=dtype,
+                files=files,
+                size=sum(f.size for f in files.values()),
+                created_at=utc_now(),
+                quantization=recipe,
+                parity=parity,
+            )
+            logger.info("%s %s parity: %s", info.name, dtype, parity)
+
+        _carry_over(info, source_hash, work, variants)
+        config = read_json(base / "config.json")
+        shutil.rmtree(base)
+        manifest = Manifest(
+            name=info.name,
+            kind="embedding",
+            task=TASK,
+            architecture=(config.get("architectures") or [None])[0],
+            model_type=config.get("model_type"),
+            source_sha256=source_hash,
+            created_at=utc_now(),
+            opset=_opset(work / dtypes[0] / "model.onnx"),
+            tools=tool_versions(),
+            embedding=spec,
+            variants=dict(sorted(variants.items())),
+        )
+        manifest.write(work)
+        progress.step("Publishing the export")
+        staging.publish(info.path, work, _version_id(manifest))
+        return manifest
+    except BaseException:
+        staging.discard(work)
+        raise
+
+
+def _carry_over(info: ModelInfo, source_hash: str, work: Path, variants: dict[str, VariantEntry]) -> None:
+    """Keep the old export's other precisions when they came from the same checkpoint."""
+    old = info.manifest
+    if old is None or old.source_sha256 != source_hash:
+        return
+    for dtype, entry in old.variants.items():
+        if dtype in variants:
+            continue
+        src = info.onnx_path / entry.path
+        for rel in entry.files:
+            staging.link_or_copy(src / rel, work / entry.path / rel)
+        variants[dtype] = entry
+
+
+def _opset(model_file: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _version_id(manifest: Manifest) -> str:
+    stamp = manifest.created_at.replace(":", "").replace("-", "").replace("+0000", "Z")
+    return f"{stamp}-{manifest.source_sha256[:8]}"

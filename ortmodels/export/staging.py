@@ -1,0 +1,81 @@
+"""Atomic exports: build a complete new export beside the old one, then switch in one step.
+
+``models/<name>/onnx`` is a symbolic link to ``models/<name>/.exports/<id>/``. An export
+writes a new ``<id>`` folder and replaces the link with ``os.replace`` (atomic on POSIX),
+so a reader sees either the old export or the new one, and a failed or interrupted
+export leaves the old one untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ..errors import ExportError
+from ..store import ONNX_DIR
+
+logger = logging.getLogger(__name__)
+
+EXPORTS_DIR = ".exports"
+
+
+def new_staging_dir(model_dir: Path) -> Path:
+    """An empty folder for one export attempt, on the same file system as the live export."""
+    root = model_dir / EXPORTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f"tmp-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    return staging
+
+
+def current_export_dir(model_dir: Path) -> Path | None:
+    """The folder the ``onnx`` link points to, if any."""
+    link = model_dir / ONNX_DIR
+    if link.is_symlink() or link.is_dir():
+        return link.resolve()
+    return None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Carry a file into a new export without copying its bytes where the file system allows."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def publish(model_dir: Path, staging: Path, version_id: str) -> Path:
+    """Rename ``staging`` to its final name and point ``onnx`` at it; drop older exports."""
+    final = model_dir / EXPORTS_DIR / version_id
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    link = model_dir / ONNX_DIR
+    previous = current_export_dir(model_dir)
+    if link.exists() and not link.is_symlink():
+        raise ExportError(
+            f"{link} is a real folder, not an ortmodels export link; move it away and export again."
+        )
+    tmp_link = model_dir / f".onnx-link-{uuid.uuid4().hex[:8]}"
+    os.symlink(Path(EXPORTS_DIR) / version_id, tmp_link, target_is_directory=True)
+    os.replace(tmp_link, link)
+    if previous is not None and previous != final.resolve():
+        shutil.rmtree(previous, ignore_errors=True)
+    logger.info("Published export %s for %s", version_id, model_dir.name)
+    return final
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def clean_stale_staging(model_dir: Path) -> None:
+    """Remove folders left by exports that were interrupted (a crash, a kill)."""
+    root = model_dir / EXPORTS_DIR
+    if root.is_dir():
+        for child in root.glob("tmp-*"):
+            shutil.rmtree(child, ignore_errors=True)

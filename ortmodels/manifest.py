@@ -1,0 +1,90 @@
+"""The export manifest: what was exported, from what, with which tools, and how faithful it is.
+
+Written by `ortmodels.export`, read by `ortmodels.store`; both go through these models
+so the file's shape is defined once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ModelFileError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+Kind = Literal["embedding", "chat"]
+
+
+class FileEntry(BaseModel):
+    """One file of a variant, as it was written."""
+
+    sha256: str
+    size: int
+
+
+class VariantEntry(BaseModel):
+    """One precision of the export (a sub-folder of ``onnx/``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dtype: str
+    path: str
+    files: dict[str, FileEntry]
+    size: int
+    created_at: str
+    quantization: dict[str, Any] | None = None
+    parity: dict[str, Any] = Field(default_factory=dict)
+
+
+class EmbeddingSpec(BaseModel):
+    """How token vectors become one sentence vector, read from the sentence-transformers files."""
+
+    pooling: Literal["mean", "cls", "lasttoken", "max"]
+    normalize: bool
+    max_seq_length: int
+    dimension: int
+    pad_token_id: int
+
+
+class Manifest(BaseModel):
+    """``models/<name>/onnx/manifest.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    kind: Kind
+    task: str
+    architecture: str | None = None
+    model_type: str | None = None
+    source_sha256: str
+    created_at: str
+    opset: int | None = None
+    tools: dict[str, str] = Field(default_factory=dict)
+    embedding: EmbeddingSpec | None = None
+    variants: dict[str, VariantEntry] = Field(default_factory=dict)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_NAME
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """Read ``folder/manifest.json``; ``None`` if there is none, `ModelFileError` if it is corrupt."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+        raise ModelFileError(
+            path,
+            f"Corrupt export manifest ({type(exc).__name__})",
+            "Re-run 'ortmodels export' for this model.",
+        ) from None

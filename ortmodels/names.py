@@ -1,0 +1,21 @@
+"""Model names double as folder names, so they are checked before any path is built."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidModelNameError
+
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def validate_model_name(name: object) -> str:
+    """Return ``name`` if it is a plain folder name; otherwise raise before touching the disk."""
+    if not isinstance(name, str):
+        raise InvalidModelNameError(f"A model name must be a string, not {type(name).__name__}.")
+    if not _PLAIN.match(name) or ".." in name:
+        raise InvalidModelNameError(
+            f"Invalid model name {name!r}: use a plain folder name of letters, digits, '.', '_', "
+            "'+' and '-' (no '/', '\\', '..', absolute path or leading dot)."
+        )
+    return name

@@ -1,0 +1,1 @@
+"""ONNX Runtime side: sessions, pooling and the ONNX model classes (no torch here)."""

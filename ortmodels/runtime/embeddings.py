@@ -1,0 +1,187 @@
+"""`OnnxEmbeddingModel`: sentence embeddings from an exported encoder on ONNX Runtime.
+
+Texts are tokenized once, sorted by length and run in batches padded only to their
+own longest text, so short texts never pay for long ones. Pooling and normalisation
+follow the export manifest, which read them from the sentence-transformers files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..base import BaseEmbeddingModel
+from ..config import Settings, load_settings
+from ..errors import ModelFileError, ModelNotLoadedError
+from ..precision import select_variant
+from ..store import ModelInfo, ModelStore
+from .pooling import l2_normalize, pool
+from .session import create_session, resolve_device
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from ..manifest import EmbeddingSpec
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """Open ``tokenizer.json`` with truncation to ``max_length`` and no padding (we pad per batch)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise ModelFileError(path, "Missing tokenizer file", "Re-run 'ortmodels export' for this model.")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise ModelFileError(path, f"Corrupt tokenizer file ({exc})") from exc
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def pad_batch(id_lists: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists to the longest one: ``(input_ids, attention_mask)``, int64."""
+    width = max(len(ids) for ids in id_lists)
+    input_ids = np.full((len(id_lists), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(id_lists), width), dtype=np.int64)
+    for i, ids in enumerate(id_lists):
+        input_ids[i, : len(ids)] = ids
+        attention_mask[i, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+class EncoderRunner:
+    """Tokenize, batch by length, run the encoder graph, pool: one job, no life cycle."""
+
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: EmbeddingSpec) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self._needs_token_types = any(i.name == "token_type_ids" for i in session.get_inputs())
+        outputs = [o.name for o in session.get_outputs()]
+        self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+
+    def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Embeddings of ``texts`` in their order, as float32 [len(texts), dimension]."""
+        id_lists = self.token_ids(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(id_lists[i]))
+        result = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = pad_batch([id_lists[r] for r in rows], self.spec.pad_token_id)
+            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if self._needs_token_types:
+                feeds["token_type_ids"] = np.zeros_like(input_ids)
+            hidden = self.session.run([self._output], feeds)[0]
+            vectors = pool(hidden.astype(np.float32, copy=False), attention_mask, self.spec.pooling)
+            result[rows] = l2_normalize(vectors) if self.spec.normalize else vectors
+        return result
+
+
+class OnnxEmbeddingModel(BaseEmbeddingModel):
+    """Text embeddings computed by ONNX Runtime from a model exported by ``ortmodels export``.
+
+    Setup:
+        ``ortmodels samples && ortmodels export all-minilm-l6-v2 --dtype fp32``
+
+    Instantiate:
+        ``OnnxEmbeddingModel("all-minilm-l6-v2")`` (found in ``LOCAL_MODELS_DIR``), or
+        ``OnnxEmbeddingModel(model_path="models/all-minilm-l6-v2")``; usually through
+        ``ModelManager().get_embedding_model()``.
+
+    Embed:
+        ``emb.embed_documents(["a", "b"])``, ``emb.embed_query("c")`` and their ``a``-twins.
+    """
+
+    batch_size: int = 32
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        *,
+        model_path: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if model_name is None and model_path is None:
+            settings = settings or load_settings()
+            model_name = settings.default_embedding_model
+        if model_name is None and model_path is not None:
+            model_name = Path(model_path).name
+        super().__init__(model_name, model_path=model_path, device=device, dtype=dtype)
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+            self.batch_size = batch_size
+        self._settings = settings
+        self._session: ort.InferenceSession | None = None
+        self._runner: EncoderRunner | None = None
+        self._spec: EmbeddingSpec | None = None
+        self.variant: str | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def _model_info(self, settings: Settings) -> ModelInfo:
+        if self._model_path is not None:
+            return ModelStore(self._model_path.parent).require(self._model_path.name, "embedding")
+        assert self.model_name is not None
+        info = ModelStore(settings.local_models_dir).require(self.model_name, "embedding")
+        self._model_path = info.path
+        return info
+
+    def _load(self) -> None:
+        settings = self._settings or load_settings()
+        info = self._model_info(settings)
+        if info.manifest is None or info.manifest.embedding is None:
+            raise ModelFileError(
+                info.onnx_path / "manifest.json",
+                "No ONNX export found",
+                f"Run 'ortmodels export {info.name} --dtype fp32'.",
+            )
+        device = resolve_device(self.device or settings.model_device)
+        variant = select_variant(
+            self.dtype or settings.model_dtype, list(info.variants), "embedding", device
+        )
+        folder = info.variant_path(variant)
+        spec = info.manifest.embedding
+        session = create_session(folder / "model.onnx", device, settings.model_threads)
+        tokenizer = load_tokenizer(folder / "tokenizer.json", spec.max_seq_length)
+        self._runner = EncoderRunner(session, tokenizer, spec)
+        self._session, self._spec, self.variant = session, spec, variant
+        self.resolved_device = device
+        logger.info("Loaded embedding model %s (%s on %s)", info.name, variant, device)
+
+    def _unload(self) -> None:
+        self._session = None
+        self._runner = None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session; raises if the model is not loaded."""
+        if self._session is None:
+            raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
+        return self._session
+
+    @property
+    def dimension(self) -> int:
+        """Length of each embedding vector."""
+        self._ensure_loaded()
+        assert self._spec is not None
+        return self._spec.dimension
+
+    # -- inference --------------------------------------------------------------------------
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        assert self._runner is not None
+        return self._runner.embed(texts, self.batch_size).tolist()

@@ -1,0 +1,96 @@
+"""ONNX Runtime sessions: which execution provider, which options, and clear failures.
+
+The asked-for device is checked against what the installed onnxruntime offers before a
+session is made, and the session's own provider list is checked afterwards, because
+onnxruntime silently falls back to the CPU when CUDA cannot start.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+
+from ..errors import DeviceUnavailableError, ModelFileError
+
+logger = logging.getLogger(__name__)
+
+_PROVIDERS = {
+    "cuda": "CUDAExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_INSTALL_HINT = {
+    "cuda": "Install the GPU build: pip install 'ortmodels[gpu]' (onnxruntime-gpu, with CUDA 12 "
+    "and cuDNN 9 on the machine), and uninstall the plain 'onnxruntime' package.",
+    "coreml": "CoreML is only offered by onnxruntime on macOS (pip install onnxruntime on a Mac).",
+}
+
+
+def available_devices() -> list[str]:
+    """Devices this onnxruntime build can run on, best first."""
+    offered = set(ort.get_available_providers())
+    return [d for d in ("cuda", "coreml", "cpu") if _PROVIDERS[d] in offered]
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``auto`` into a concrete device, and refuse one that is not available."""
+    device = {"mps": "coreml", "gpu": "cuda"}.get(device, device)
+    offered = available_devices()
+    if device == "auto":
+        if "cuda" in offered:
+            return "cuda"
+        if sys.platform == "darwin" and "coreml" in offered:
+            return "coreml"
+        return "cpu"
+    if device not in _PROVIDERS:
+        raise DeviceUnavailableError(
+            f"Unknown device {device!r}. Use auto, cpu, cuda or coreml (mps)."
+        )
+    if device not in offered:
+        raise DeviceUnavailableError(
+            f"MODEL_DEVICE={device} asked for, but this onnxruntime "
+            f"({ort.__version__}) offers only {', '.join(offered)}. {_INSTALL_HINT[device]}"
+        )
+    return device
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Options every ortmodels session shares: all graph optimisations, quiet logging."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def create_session(model_file: Path, device: str, threads: int = 0) -> ort.InferenceSession:
+    """Open ``model_file`` on ``device`` (already resolved), naming the file if it is bad."""
+    if not model_file.is_file():
+        raise ModelFileError(
+            model_file, "Missing ONNX model file", "Re-run 'ortmodels export' for this model."
+        )
+    providers = [_PROVIDERS[device]]
+    if device != "cpu":
+        providers.append(_PROVIDERS["cpu"])
+    try:
+        session = ort.InferenceSession(
+            str(model_file), sess_options=session_options(threads), providers=providers
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped Fail / InvalidProtobuf
+        raise ModelFileError(
+            model_file,
+            f"ONNX Runtime could not load the model ({type(exc).__name__}: {str(exc)[:300]})",
+            "The file is corrupt or truncated: re-run 'ortmodels export' for this model.",
+        ) from exc
+    used = session.get_providers()
+    if device != "cpu" and used[0] != _PROVIDERS[device]:
+        raise DeviceUnavailableError(
+            f"ONNX Runtime fell back from {_PROVIDERS[device]} to {used[0]} for {model_file}. "
+            f"{_INSTALL_HINT[device]}"
+        )
+    logger.debug("Opened %s on %s", model_file, used)
+    return session
