@@ -147,7 +147,7 @@ class ModelStore:
         if info.kind != kind:
             same_kind = [i.name for i in self.list() if i.kind == kind]
             raise ModelKindError(
-                f"Model {name!r} is a {info.kind} model, not a {kind} model. "
+                f"Model {name!r} is of kind '{info.kind}', not '{kind}'. "
                 f"{kind.capitalize()} models here: {', '.join(same_kind) or 'none'}."
             )
         return info

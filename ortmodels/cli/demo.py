@@ -1,0 +1,34 @@
+"""``ortmodels demo``: show what the sample models return, end to end."""
+
+from __future__ import annotations
+
+from ..errors import ModelKindError
+from . import app, console
+
+
+@app.command()
+def demo() -> None:
+    """Run a chat and an embedding on the default models and print what they returned."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from ..manager import ModelManager
+
+    manager = ModelManager()
+    console.rule("chat")
+    try:
+        chat = manager.get_chat_model()
+        reply = chat.invoke([SystemMessage("Be brief."), HumanMessage("Capital of France?")])
+        console.print(f"[bold]{chat.model_name}[/]: {reply.content}")
+    except ModelKindError as exc:
+        console.print(f"chat skipped: {exc}")
+
+    console.rule("embeddings")
+    emb = manager.get_embedding_model()
+    texts = ["The cat sits on the mat.", "A kitten rests on a rug.", "Stock markets fell today."]
+    vectors = emb.embed_documents(texts)
+    query = emb.embed_query("Where is the cat?")
+    console.print(f"[bold]{emb.model_name}[/] ({getattr(emb, 'variant', '?')}): {len(vectors)} vectors of {len(vectors[0])} dimensions")
+    for text, vector in zip(texts, vectors):
+        score = sum(a * b for a, b in zip(query, vector))
+        console.print(f"  similarity to 'Where is the cat?' {score:+.3f}  {text}")
+    manager.unload_all()

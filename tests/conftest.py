@@ -1,0 +1,60 @@
+"""Shared fixtures: the real sample models, a clean environment and a fresh ModelManager."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ortmodels.manager import ModelManager
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = Path(os.environ.get("ORTMODELS_TEST_MODELS_DIR", ROOT / "models")).resolve()
+EMBEDDING_SAMPLE = "all-minilm-l6-v2"
+CHAT_SAMPLE = "smollm2-135m-instruct"
+_SETTINGS_VARS = (
+    "LOCAL_MODELS_DIR",
+    "DEFAULT_CHAT_MODEL",
+    "DEFAULT_EMBEDDING_MODEL",
+    "MODEL_DEVICE",
+    "MODEL_DTYPE",
+    "MODEL_THREADS",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """No user .env or variable leaks in; models come from the sample store; a fresh manager."""
+    for var in _SETTINGS_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(SAMPLES_DIR))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # so no stray .env is read
+    ModelManager._instance = None
+    yield
+    if ModelManager._instance is not None:
+        ModelManager._instance.unload_all()
+    ModelManager._instance = None
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The sample store with the embedding sample exported in fp32 and int8 (by `make test`)."""
+    manifest = SAMPLES_DIR / EMBEDDING_SAMPLE / "onnx" / "manifest.json"
+    if not manifest.is_file():
+        pytest.fail(
+            f"{manifest} is missing: run 'make test' (or 'ortmodels samples && ortmodels export "
+            f"{EMBEDDING_SAMPLE} --dtype fp32,int8') first."
+        )
+    return SAMPLES_DIR
+
+
+@pytest.fixture
+def copied_embedding_model(samples_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported embedding sample, safe to damage."""
+    models = tmp_path / "models"
+    target = models / EMBEDDING_SAMPLE
+    shutil.copytree(samples_dir / EMBEDDING_SAMPLE, target, symlinks=True,
+                    ignore=shutil.ignore_patterns("model.safetensors"))
+    return target

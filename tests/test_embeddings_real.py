@@ -1,0 +1,147 @@
+"""OnnxEmbeddingModel on the real all-MiniLM-L6-v2 export."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ortmodels.errors import ModelFileError, ModelNotExportedError
+from ortmodels.export.probes import PROBE_SENTENCES
+from ortmodels.runtime.embeddings import OnnxEmbeddingModel
+
+pytestmark = pytest.mark.slow
+
+MODEL = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def fp32(samples_dir: Path) -> OnnxEmbeddingModel:
+    return OnnxEmbeddingModel(model_path=samples_dir / MODEL, device="cpu", dtype="fp32").load()
+
+
+def test_matches_sentence_transformers(fp32: OnnxEmbeddingModel, samples_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(samples_dir / MODEL), device="cpu").encode(list(PROBE_SENTENCES))
+    got = np.asarray(fp32.embed_documents(list(PROBE_SENTENCES)))
+    assert got.shape == (len(PROBE_SENTENCES), 384)
+    cos = (got * reference).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cos.min() >= 0.9999, cos
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # Normalize module
+
+
+def test_similar_sentences_are_closer(fp32: OnnxEmbeddingModel) -> None:
+    cat, kitten, stocks = np.asarray(
+        fp32.embed_documents(["The cat sits on the mat.", "A kitten rests on a rug.", "Stocks fell sharply."])
+    )
+    assert cat @ kitten > cat @ stocks + 0.3
+
+
+def test_result_does_not_depend_on_batching(fp32: OnnxEmbeddingModel, samples_dir: Path) -> None:
+    texts = list(PROBE_SENTENCES)
+    one_by_one = np.asarray([fp32.embed_query(t) for t in texts])
+    small = OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="fp32", batch_size=3)
+    batched = np.asarray(small.embed_documents(texts))
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
+
+
+def test_query_equals_document(fp32: OnnxEmbeddingModel) -> None:
+    assert np.allclose(fp32.embed_query("hello"), fp32.embed_documents(["hello"])[0])
+
+
+def test_empty_list_gives_empty_list(fp32: OnnxEmbeddingModel) -> None:
+    assert fp32.embed_documents([]) == []
+
+
+def test_long_input_is_truncated_not_a_crash(fp32: OnnxEmbeddingModel) -> None:
+    long_text = "word " * 5000
+    vector = fp32.embed_query(long_text)
+    assert len(vector) == 384 and np.isfinite(vector).all()
+    # past the 256-token limit, more text changes nothing
+    assert np.allclose(vector, fp32.embed_query("word " * 3000), atol=1e-6)
+
+
+@pytest.mark.parametrize(("bad", "where"), [(["ok", 3], "item 1 is int"), (["a", None, "b"], "item 1 is NoneType")])
+def test_non_string_item_names_the_item(fp32: OnnxEmbeddingModel, bad: list, where: str) -> None:
+    with pytest.raises(TypeError, match=where):
+        fp32.embed_documents(bad)
+
+
+def test_single_string_is_refused_for_documents(fp32: OnnxEmbeddingModel) -> None:
+    with pytest.raises(TypeError, match="got a single str"):
+        fp32.embed_documents("abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expects a str"):
+        fp32.embed_query(["abc"])  # type: ignore[arg-type]
+
+
+async def test_async_twins(fp32: OnnxEmbeddingModel) -> None:
+    docs, query = await asyncio.gather(fp32.aembed_documents(["a", "b"]), fp32.aembed_query("a"))
+    assert len(docs) == 2 and np.allclose(docs[0], query)
+
+
+def test_int8_variant_is_close_to_fp32(fp32: OnnxEmbeddingModel, samples_dir: Path) -> None:
+    int8 = OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int8").load()
+    assert int8.variant == "int8"
+    a = np.asarray(fp32.embed_documents(list(PROBE_SENTENCES)))
+    b = np.asarray(int8.embed_documents(list(PROBE_SENTENCES)))
+    assert (a * b).sum(axis=1).mean() > 0.97
+
+
+def test_unload_and_reload(samples_dir: Path) -> None:
+    model = OnnxEmbeddingModel(model_path=samples_dir / MODEL)
+    assert not model.is_loaded
+    first = model.embed_query("lazy load")  # loads on first use
+    assert model.is_loaded and model.model_path == samples_dir / MODEL
+    model.unload()
+    assert not model.is_loaded
+    assert np.allclose(model.embed_query("lazy load"), first)
+
+
+def test_by_name_from_settings(samples_dir: Path) -> None:
+    model = OnnxEmbeddingModel(MODEL).load()
+    assert model.model_path == samples_dir / MODEL and model.variant == "fp32"
+
+
+def test_missing_variant(samples_dir: Path) -> None:
+    with pytest.raises(ModelNotExportedError, match="no int4 export"):
+        OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int4").load()
+
+
+def test_missing_model_file_names_the_file(copied_embedding_model: Path) -> None:
+    graph = copied_embedding_model / "onnx" / "fp32" / "model.onnx"
+    graph.unlink()
+    with pytest.raises(ModelFileError, match="Missing ONNX model file") as info:
+        OnnxEmbeddingModel(model_path=copied_embedding_model, dtype="fp32").load()
+    assert str(graph) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate"])
+def test_corrupt_model_file_names_the_file(copied_embedding_model: Path, damage: str) -> None:
+    graph = copied_embedding_model / "onnx" / "fp32" / "model.onnx"
+    data = graph.read_bytes()
+    graph.unlink()  # the copy shares the inode with the sample when hard-linked: replace, never write through
+    graph.write_bytes(b"this is not an onnx file" if damage == "garbage" else data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="could not load the model") as info:
+        OnnxEmbeddingModel(model_path=copied_embedding_model, dtype="fp32").load()
+    assert str(graph) in str(info.value) and "re-run 'ortmodels export'" in str(info.value)
+
+
+def test_missing_tokenizer_names_the_file(copied_embedding_model: Path) -> None:
+    tokenizer = copied_embedding_model / "onnx" / "fp32" / "tokenizer.json"
+    tokenizer.unlink()
+    with pytest.raises(ModelFileError, match="Missing tokenizer file") as info:
+        OnnxEmbeddingModel(model_path=copied_embedding_model, dtype="fp32").load()
+    assert str(tokenizer) in str(info.value)
+
+
+def test_not_exported_model(tmp_path: Path, samples_dir: Path) -> None:
+    folder = tmp_path / "raw"
+    shutil.copytree(samples_dir / MODEL, folder, ignore=shutil.ignore_patterns("onnx", ".exports", "*.safetensors"))
+    with pytest.raises(ModelFileError, match="ortmodels export raw"):
+        OnnxEmbeddingModel(model_path=folder).load()
+    assert os.path.exists(folder)

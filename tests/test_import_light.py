@@ -1,0 +1,44 @@
+"""The runtime path never imports torch, transformers or optimum."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "transformers", "optimum")
+
+_PROBE = """
+import json, sys
+{body}
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))
+print(json.dumps(heavy))
+"""
+
+
+def _heavy_modules_after(body: str, env: dict[str, str] | None = None) -> list[str]:
+    code = _PROBE.format(body=body, heavy=HEAVY)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_ortmodels_is_light() -> None:
+    assert _heavy_modules_after("import ortmodels") == []
+
+
+@pytest.mark.slow
+def test_embedding_through_the_manager_is_light(samples_dir: Path) -> None:
+    body = (
+        "from ortmodels import ModelManager\n"
+        "m = ModelManager()\n"
+        "m.list_available_models()\n"
+        "assert len(m.get_embedding_model('all-minilm-l6-v2').embed_query('x')) == 384\n"
+    )
+    assert _heavy_modules_after(body, {"LOCAL_MODELS_DIR": str(samples_dir)}) == []

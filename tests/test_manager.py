@@ -1,0 +1,123 @@
+"""ModelManager: one instance, thread-safe caching, defaults, user classes, unloading."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ortmodels import BaseEmbeddingModel, ModelManager
+from ortmodels.errors import InvalidModelNameError, ModelKindError, UnknownModelError
+from ortmodels.runtime.embeddings import OnnxEmbeddingModel
+
+
+class CountingEmbeddings(BaseEmbeddingModel):
+    """A user's own class: deterministic vectors, counts its loads."""
+
+    loads = 0
+    _count_lock = threading.Lock()
+
+    def _load(self) -> None:
+        time.sleep(0.2)  # wide window for a race
+        with self._count_lock:
+            type(self).loads += 1
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        return [[float(len(t)), 1.0] for t in texts]
+
+
+def test_same_object_every_time() -> None:
+    assert ModelManager() is ModelManager()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ModelManager())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(m is results[0] for m in results)
+
+
+def test_list_available_models(samples_dir: Path) -> None:
+    infos = {i.name: i for i in ModelManager().list_available_models()}
+    assert infos["all-minilm-l6-v2"].kind == "embedding"
+    assert infos["smollm2-135m-instruct"].kind == "chat"
+    assert {"fp32", "int8"} <= set(infos["all-minilm-l6-v2"].variants)
+
+
+@pytest.mark.slow
+def test_default_embedding_model_and_cache(samples_dir: Path) -> None:
+    manager = ModelManager()
+    emb = manager.get_embedding_model()
+    assert isinstance(emb, OnnxEmbeddingModel) and emb.model_name == "all-minilm-l6-v2"
+    assert manager.get_embedding_model("all-minilm-l6-v2") is emb
+    assert len(emb.embed_documents(["a", "b"])) == 2
+    assert manager.loaded_models() == ["all-minilm-l6-v2"]
+
+
+@pytest.mark.slow
+def test_default_name_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
+    monkeypatch.setenv("DEFAULT_EMBEDDING_MODEL", "no-such-model")
+    manager = ModelManager()
+    with pytest.raises(UnknownModelError, match="all-minilm-l6-v2"):
+        manager.get_embedding_model()
+
+
+@pytest.mark.slow
+def test_dtype_setting_is_honoured(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
+    monkeypatch.setenv("MODEL_DTYPE", "int8")
+    assert ModelManager().get_embedding_model().variant == "int8"  # type: ignore[attr-defined]
+
+
+def test_unknown_name_lists_known(samples_dir: Path) -> None:
+    with pytest.raises(UnknownModelError) as info:
+        ModelManager().get_embedding_model("nope")
+    assert "all-minilm-l6-v2" in str(info.value) and "smollm2-135m-instruct" in str(info.value)
+
+
+def test_traversal_name_refused() -> None:
+    with pytest.raises(InvalidModelNameError):
+        ModelManager().get_embedding_model("../models")
+
+
+def test_chat_model_as_embeddings_is_refused(samples_dir: Path) -> None:
+    with pytest.raises(ModelKindError, match="of kind 'chat'"):
+        ModelManager().get_embedding_model("smollm2-135m-instruct")
+
+
+def test_user_class_loads_once_under_concurrency() -> None:
+    CountingEmbeddings.loads = 0
+    manager = ModelManager()
+    with ThreadPoolExecutor(8) as pool:
+        models = list(pool.map(lambda _: manager.get_embedding_model("my-model", CountingEmbeddings), range(8)))
+    assert CountingEmbeddings.loads == 1
+    assert all(m is models[0] for m in models)
+    assert models[0].is_loaded and models[0].model_path == manager.settings.local_models_dir / "my-model"
+    assert models[0].embed_documents(["abc"]) == [[3.0, 1.0]]
+
+
+def test_user_class_must_subclass_the_base() -> None:
+    with pytest.raises(ModelKindError, match="subclass of ortmodels.BaseEmbeddingModel"):
+        ModelManager().get_embedding_model("x", dict)  # type: ignore[arg-type]
+
+
+def test_unload_and_unload_all() -> None:
+    manager = ModelManager()
+    first = manager.get_embedding_model("one", CountingEmbeddings)
+    manager.get_embedding_model("two", CountingEmbeddings)
+    assert manager.loaded_models() == ["one", "two"]
+    assert manager.unload("one") is True and not first.is_loaded
+    assert manager.unload("one") is False
+    assert manager.get_embedding_model("one", CountingEmbeddings) is not first  # loaded afresh
+    manager.unload_all()
+    assert manager.loaded_models() == []
+
+
+def test_configure_rereads_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    manager = ModelManager()
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(tmp_path))
+    manager.configure()
+    assert manager.list_available_models() == []
+    assert manager.settings.local_models_dir == tmp_path

@@ -1,0 +1,59 @@
+"""Precision names, variant choice for `auto`, and execution-provider choice."""
+
+from __future__ import annotations
+
+import sys
+
+import onnxruntime as ort
+import pytest
+
+from ortmodels.errors import ConfigurationError, DeviceUnavailableError
+from ortmodels.precision import normalize_precision, parse_precision_list, select_variant
+from ortmodels.runtime.session import available_devices, resolve_device
+
+
+def test_precision_spellings() -> None:
+    assert [normalize_precision(x) for x in ("float32", "fp16", "BFLOAT16", "q4")] == ["fp32", "fp16", "bf16", "int4"]
+    assert parse_precision_list("fp32, int8,fp32") == ["fp32", "int8"]
+    with pytest.raises(ConfigurationError, match="Unknown precision 'fp8'"):
+        parse_precision_list("fp32,fp8")
+
+
+def test_auto_picks_by_kind_and_device() -> None:
+    assert select_variant("auto", ["fp32", "int8"], "embedding", "cpu") == "fp32"
+    assert select_variant("auto", ["int8"], "embedding", "cpu") == "int8"
+    assert select_variant("auto", ["fp32", "int8", "int4"], "chat", "cpu") == "int4"
+    assert select_variant("auto", ["fp32", "fp16"], "embedding", "cuda") == "fp16"
+    assert select_variant("int8", ["fp32"], "embedding", "cpu") == "int8"  # existence checked later
+
+
+def test_bfloat16_needs_cuda() -> None:
+    assert select_variant("bfloat16", ["bf16"], "chat", "cuda") == "bf16"
+    with pytest.raises(ConfigurationError, match="bfloat16 runs only on the CUDA provider"):
+        select_variant("bfloat16", ["fp32"], "chat", "cpu")
+
+
+def test_auto_device_is_cpu_without_accelerators() -> None:
+    offered = ort.get_available_providers()
+    if "CUDAExecutionProvider" in offered:
+        assert resolve_device("auto") == "cuda"
+    elif sys.platform == "darwin" and "CoreMLExecutionProvider" in offered:
+        assert resolve_device("auto") == "coreml"
+    else:
+        assert resolve_device("auto") == "cpu"
+    assert "cpu" in available_devices()
+
+
+@pytest.mark.parametrize(("device", "hint"), [("cuda", "ortmodels[gpu]"), ("mps", "macOS"), ("coreml", "macOS")])
+def test_unavailable_device_says_what_to_install(device: str, hint: str) -> None:
+    provider = {"cuda": "CUDAExecutionProvider"}.get(device, "CoreMLExecutionProvider")
+    if provider in ort.get_available_providers():
+        pytest.skip(f"{provider} is available on this machine")
+    with pytest.raises(DeviceUnavailableError, match="offers only") as info:
+        resolve_device(device)
+    assert hint in str(info.value)
+
+
+def test_unknown_device() -> None:
+    with pytest.raises(DeviceUnavailableError, match="Unknown device 'tpu'"):
+        resolve_device("tpu")
