@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import bar_chart, machine, versions, write_json
+from benchmarks.report import bar_chart, machine, write_json
+from ortmodels.export.checkpoint import package_versions
 
 MODEL = "all-minilm-l6-v2"
 BASELINE = "sentence-transformers (PyTorch fp32)"
@@ -103,7 +104,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "rounds": args.rounds,
         "machine": machine(),
-        "versions": versions("ortmodels", "onnxruntime", "torch", "transformers", "sentence-transformers"),
+        "versions": package_versions("ortmodels", "onnxruntime", "torch", "transformers", "sentence-transformers"),
         "results": rows,
     })
     chart = bar_chart(

@@ -18,16 +18,13 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 
 class _LifeCycle:
-    """load / unload / is_loaded, shared by both bases; thread-safe and idempotent."""
+    """load / unload / is_loaded, shared by both bases; thread-safe and idempotent.
 
-    def _life_lock(self) -> threading.RLock:
-        raise NotImplementedError
+    Each base provides ``_lock`` (an ``RLock``) and ``_loaded`` (a bool).
+    """
 
-    def _is_loaded_flag(self) -> bool:
-        raise NotImplementedError
-
-    def _set_loaded(self, value: bool) -> None:
-        raise NotImplementedError
+    _lock: threading.RLock
+    _loaded: bool
 
     def _load(self) -> None:
         """Open whatever the model needs (sessions, tokenizers); called once per load."""
@@ -37,25 +34,25 @@ class _LifeCycle:
 
     @property
     def is_loaded(self) -> bool:
-        return self._is_loaded_flag()
+        return self._loaded
 
     def load(self) -> Any:
         """Load the model if it is not loaded yet; returns ``self`` so calls can chain."""
-        with self._life_lock():
-            if not self._is_loaded_flag():
+        with self._lock:
+            if not self._loaded:
                 self._load()
-                self._set_loaded(True)
+                self._loaded = True
         return self
 
     def unload(self) -> None:
         """Release the model's memory; a later call loads it again."""
-        with self._life_lock():
-            if self._is_loaded_flag():
+        with self._lock:
+            if self._loaded:
                 self._unload()
-                self._set_loaded(False)
+                self._loaded = False
 
     def _ensure_loaded(self) -> None:
-        if not self._is_loaded_flag():
+        if not self._loaded:
             self.load()
 
 
@@ -81,15 +78,6 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
     def model_path(self) -> Path | None:
         """The model's folder in the store (its checkpoint and ``onnx/`` exports)."""
         return self._model_path
-
-    def _life_lock(self) -> threading.RLock:
-        return self._lock
-
-    def _is_loaded_flag(self) -> bool:
-        return self._loaded
-
-    def _set_loaded(self, value: bool) -> None:
-        self._loaded = value
 
     @abstractmethod
     def _embed(self, texts: list[str]) -> list[list[float]]:
@@ -154,16 +142,8 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
 
     @property
     def model_path(self) -> Path | None:
+        """The model's folder in the store."""
         return self.model_path_
-
-    def _life_lock(self) -> threading.RLock:
-        return self._lock
-
-    def _is_loaded_flag(self) -> bool:
-        return self._loaded
-
-    def _set_loaded(self, value: bool) -> None:
-        self._loaded = value
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

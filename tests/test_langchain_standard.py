@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 PARAMS = {"model_path": str(SAMPLES_DIR / EMBEDDING_SAMPLE), "device": "cpu"}
 
 
-class TestOnnxEmbeddingsUnit(EmbeddingsUnitTests):
+class _SampleModel:
     @property
     def embeddings_class(self) -> type[OnnxEmbeddingModel]:
         return OnnxEmbeddingModel
@@ -23,6 +23,9 @@ class TestOnnxEmbeddingsUnit(EmbeddingsUnitTests):
     @property
     def embedding_model_params(self) -> dict:
         return PARAMS
+
+
+class TestOnnxEmbeddingsUnit(_SampleModel, EmbeddingsUnitTests):
 
     @property
     def init_from_env_params(self) -> tuple[dict, dict, dict]:
@@ -34,11 +37,5 @@ class TestOnnxEmbeddingsUnit(EmbeddingsUnitTests):
         )
 
 
-class TestOnnxEmbeddingsIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[OnnxEmbeddingModel]:
-        return OnnxEmbeddingModel
-
-    @property
-    def embedding_model_params(self) -> dict:
-        return PARAMS
+class TestOnnxEmbeddingsIntegration(_SampleModel, EmbeddingsIntegrationTests):
+    pass

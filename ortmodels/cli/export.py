@@ -37,12 +37,17 @@ def export(
     force: bool = typer.Option(False, "--force", help="Export even if up to date."),
 ) -> None:
     """Export a checkpoint to ONNX; the previous export stays until the new one is complete."""
-    from ..export import export_model  # the export stack is heavy: import only here
+    from ..export import EXPORTERS, export_model  # the export stack is heavy: import only here
 
     if bool(name) == all_models:
         raise ConfigurationError("Give a model name or --all (not both).")
     store = ModelStore(load_settings().local_models_dir)
-    names = [i.name for i in store.list() if i.has_checkpoint] if all_models else [name]
+    names = [name]
+    if all_models:
+        candidates = [i for i in store.list() if i.has_checkpoint]
+        for skipped in (i for i in candidates if i.kind not in EXPORTERS):
+            console.print(f"{skipped.name}: skipped, ortmodels cannot export {skipped.kind} models yet")
+        names = [i.name for i in candidates if i.kind in EXPORTERS]
     dtypes = parse_precision_list(dtype) if dtype else None
     for model_name in names:
         with Progress(

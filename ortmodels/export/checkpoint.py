@@ -52,14 +52,19 @@ def file_entries(folder: Path) -> dict[str, FileEntry]:
     }
 
 
-def tool_versions() -> dict[str, str]:
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions; absent ones are left out."""
     versions = {}
-    for name in _EXPORT_TOOLS:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def tool_versions() -> dict[str, str]:
+    return package_versions(*_EXPORT_TOOLS)
 
 
 def utc_now() -> str:

@@ -30,10 +30,9 @@ FP32_MIN_COSINE = 0.9999
 TASK = "feature-extraction"
 
 
-def _spec(checkpoint: Path, base: Path) -> EmbeddingSpec:
+def _spec(checkpoint: Path, base: Path, config: dict) -> EmbeddingSpec:
     """Pooling from the sentence-transformers files; sizes and padding from the exported config."""
     pooling = read_pooling_config(checkpoint)
-    config = read_json(base / "config.json")
     tokenizer_config = read_json(base / "tokenizer_config.json") if (base / "tokenizer_config.json").is_file() else {}
     max_len = effective_max_length(
         pooling.max_seq_length,
@@ -125,7 +124,8 @@ def export_embedding(
         base = work / "_base"
         progress.step("Exporting the encoder with optimum")
         export_with_optimum(info.path, base, TASK)
-        spec = _spec(info.path, base)
+        config = read_json(base / "config.json")
+        spec = _spec(info.path, base, config)
 
         progress.step("Running the PyTorch reference on probe sentences")
         tokenizer = load_tokenizer(base / "tokenizer.json", spec.max_seq_length)
@@ -154,7 +154,6 @@ def export_embedding(
             logger.info("%s %s parity: %s", info.name, dtype, parity)
 
         _carry_over(info, source_hash, work, variants)
-        config = read_json(base / "config.json")
         shutil.rmtree(base)
         manifest = Manifest(
             name=info.name,

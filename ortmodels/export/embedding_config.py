@@ -8,11 +8,12 @@ normalisation, the common choice, with a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, ModelFileError
 from ..store import read_json
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ def read_pooling_config(folder: Path) -> PoolingConfig:
 
 
 def read_json_list(path: Path) -> list[dict]:
-    import json
-
-    from ..errors import ModelFileError
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

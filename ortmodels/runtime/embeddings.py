@@ -125,10 +125,11 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
                 raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
             self.batch_size = batch_size
         self._settings = settings
-        self._session: ort.InferenceSession | None = None
         self._runner: EncoderRunner | None = None
-        self._spec: EmbeddingSpec | None = None
         self.variant: str | None = None
+        """The precision loaded (``fp32``, ``int8``, ...), once loaded."""
+        self.resolved_device: str | None = None
+        """The device the session runs on, once loaded."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -158,30 +159,31 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         session = create_session(folder / "model.onnx", device, settings.model_threads)
         tokenizer = load_tokenizer(folder / "tokenizer.json", spec.max_seq_length)
         self._runner = EncoderRunner(session, tokenizer, spec)
-        self._session, self._spec, self.variant = session, spec, variant
-        self.resolved_device = device
+        self.variant, self.resolved_device = variant, device
         logger.info("Loaded embedding model %s (%s on %s)", info.name, variant, device)
 
     def _unload(self) -> None:
-        self._session = None
         self._runner = None
 
     @property
-    def session(self) -> ort.InferenceSession:
-        """The ONNX Runtime session; raises if the model is not loaded."""
-        if self._session is None:
+    def runner(self) -> EncoderRunner:
+        """The loaded session, tokenizer and pooling; raises if the model is not loaded."""
+        runner = self._runner
+        if runner is None:
             raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
-        return self._session
+        return runner
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        return self.runner.session
 
     @property
     def dimension(self) -> int:
         """Length of each embedding vector."""
         self._ensure_loaded()
-        assert self._spec is not None
-        return self._spec.dimension
+        return self.runner.spec.dimension
 
     # -- inference --------------------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        assert self._runner is not None
-        return self._runner.embed(texts, self.batch_size).tolist()
+        return self.runner.embed(texts, self.batch_size).tolist()
