@@ -50,6 +50,19 @@ def test_result_does_not_depend_on_batching(fp32: OnnxEmbeddingModel, samples_di
     np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
 
 
+def test_concurrent_calls_do_not_mix(fp32: OnnxEmbeddingModel) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(40)]
+    expected = np.asarray(fp32.embed_documents(texts))
+    chunks = [texts[i::4] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(fp32.embed_documents, chunks * 3))
+    for chunk, got in zip(chunks * 3, results):
+        rows = [texts.index(t) for t in chunk]
+        np.testing.assert_allclose(np.asarray(got), expected[rows], atol=2e-5)
+
+
 def test_query_equals_document(fp32: OnnxEmbeddingModel) -> None:
     assert np.allclose(fp32.embed_query("hello"), fp32.embed_documents(["hello"])[0])
 
@@ -145,3 +158,10 @@ def test_not_exported_model(tmp_path: Path, samples_dir: Path) -> None:
     with pytest.raises(ModelFileError, match="ortmodels export raw"):
         OnnxEmbeddingModel(model_path=folder).load()
     assert os.path.exists(folder)
+
+
+def test_traversal_name_refused_at_construction() -> None:
+    from ortmodels.errors import InvalidModelNameError
+
+    with pytest.raises(InvalidModelNameError):
+        OnnxEmbeddingModel("../../etc")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
@@ -29,11 +31,11 @@ class TestOnnxEmbeddingsUnit(_SampleModel, EmbeddingsUnitTests):
 
     @property
     def init_from_env_params(self) -> tuple[dict, dict, dict]:
-        # The model is found through LOCAL_MODELS_DIR when only its name is given.
+        # Given only a name, the model is found in LOCAL_MODELS_DIR.
         return (
-            {"LOCAL_MODELS_DIR": str(SAMPLES_DIR)},
+            {"LOCAL_MODELS_DIR": "/srv/elsewhere"},
             {"model_name": EMBEDDING_SAMPLE},
-            {"model_name": EMBEDDING_SAMPLE},
+            {"model_name": EMBEDDING_SAMPLE, "model_path": Path("/srv/elsewhere") / EMBEDDING_SAMPLE},
         )
 
 

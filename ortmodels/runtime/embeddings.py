@@ -17,7 +17,8 @@ from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
 from ..errors import ModelFileError, ModelNotLoadedError
 from ..precision import select_variant
-from ..store import ModelInfo, ModelStore
+from ..names import validate_model_name
+from ..store import ModelStore
 from .pooling import l2_normalize, pool
 from .session import create_session, resolve_device
 
@@ -114,10 +115,11 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         batch_size: int | None = None,
         settings: Settings | None = None,
     ) -> None:
-        if model_name is None and model_path is None:
+        if model_path is None:  # found by name in LOCAL_MODELS_DIR
             settings = settings or load_settings()
-            model_name = settings.default_embedding_model
-        if model_name is None and model_path is not None:
+            model_name = validate_model_name(model_name or settings.default_embedding_model)
+            model_path = settings.local_models_dir / model_name
+        elif model_name is None:
             model_name = Path(model_path).name
         super().__init__(model_name, model_path=model_path, device=device, dtype=dtype)
         if batch_size is not None:
@@ -133,17 +135,10 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def _model_info(self, settings: Settings) -> ModelInfo:
-        if self._model_path is not None:
-            return ModelStore(self._model_path.parent).require(self._model_path.name, "embedding")
-        assert self.model_name is not None
-        info = ModelStore(settings.local_models_dir).require(self.model_name, "embedding")
-        self._model_path = info.path
-        return info
-
     def _load(self) -> None:
         settings = self._settings or load_settings()
-        info = self._model_info(settings)
+        folder = Path(self._model_path)  # type: ignore[arg-type]  # always set by __init__
+        info = ModelStore(folder.parent).require(folder.name, "embedding")
         if info.manifest is None or info.manifest.embedding is None:
             raise ModelFileError(
                 info.onnx_path / "manifest.json",
@@ -154,10 +149,10 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         variant = select_variant(
             self.dtype or settings.model_dtype, list(info.variants), "embedding", device
         )
-        folder = info.variant_path(variant)
+        variant_dir = info.variant_path(variant)
         spec = info.manifest.embedding
-        session = create_session(folder / "model.onnx", device, settings.model_threads)
-        tokenizer = load_tokenizer(folder / "tokenizer.json", spec.max_seq_length)
+        session = create_session(variant_dir / "model.onnx", device, settings.model_threads)
+        tokenizer = load_tokenizer(variant_dir / "tokenizer.json", spec.max_seq_length)
         self._runner = EncoderRunner(session, tokenizer, spec)
         self.variant, self.resolved_device = variant, device
         logger.info("Loaded embedding model %s (%s on %s)", info.name, variant, device)
