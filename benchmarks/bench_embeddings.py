@@ -49,7 +49,7 @@ def contenders(models_dir: Path, batch_size: int) -> dict[str, Callable[[list[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sentences", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     args = parser.parse_args()
@@ -94,7 +94,7 @@ def main() -> None:
             f"{row['cosine_to_sentence_transformers_mean']:.6f}",
             f"{row['cosine_to_sentence_transformers_min']:.6f}",
         )
-    Console().print(table)
+    Console(width=120).print(table)
 
     path = write_json("embeddings", {
         "benchmark": "embeddings",

