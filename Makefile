@@ -19,6 +19,7 @@ samples: $(STAMP)
 
 export-samples: samples
 	$(BIN)/ortmodels export all-minilm-l6-v2 --dtype fp32,int8
+	$(BIN)/ortmodels export smollm2-135m-instruct --dtype fp32,fp16,int8,int4
 
 demo: export-samples
 	$(BIN)/ortmodels demo

@@ -27,6 +27,10 @@ def default_class(kind: ModelKind) -> type:
         from .runtime.embeddings import OnnxEmbeddingModel
 
         return OnnxEmbeddingModel
+    if kind == "chat":
+        from .runtime.chat import OnnxChatModel
+
+        return OnnxChatModel
     raise ModelKindError(
         f"ortmodels has no built-in ONNX runtime for {kind} models yet; pass your own "
         f"{_BASES[kind].__name__} subclass as model_class."

@@ -51,6 +51,16 @@ class EmbeddingSpec(BaseModel):
     pad_token_id: int
 
 
+class ChatSpec(BaseModel):
+    """What the decode loop needs to know of a causal LM, from its config files."""
+
+    context_length: int
+    eos_token_ids: list[int]
+    bos_token_id: int | None = None
+    generation: dict[str, Any] = Field(default_factory=dict)
+    """Sampling defaults from ``generation_config.json`` (temperature, top_p, ...)."""
+
+
 class Manifest(BaseModel):
     """``models/<name>/onnx/manifest.json``."""
 
@@ -67,6 +77,7 @@ class Manifest(BaseModel):
     opset: int | None = None
     tools: dict[str, str] = Field(default_factory=dict)
     embedding: EmbeddingSpec | None = None
+    chat: ChatSpec | None = None
     variants: dict[str, VariantEntry] = Field(default_factory=dict)
 
     def write(self, folder: Path) -> Path:

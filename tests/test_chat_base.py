@@ -53,11 +53,6 @@ def test_load_is_idempotent() -> None:
     assert chat.loads == 2
 
 
-def test_chat_without_a_class_says_what_exists(samples_dir: Path) -> None:
-    with pytest.raises(ModelKindError, match="no built-in ONNX runtime for chat models yet"):
-        ModelManager().get_chat_model()
-
-
 def test_embedding_model_as_chat_is_refused(samples_dir: Path) -> None:
     with pytest.raises(ModelKindError, match="of kind 'embedding', not 'chat'"):
         ModelManager().get_chat_model("all-minilm-l6-v2")

@@ -16,6 +16,7 @@ from ..manifest import Manifest
 from ..store import ModelInfo, ModelStore
 from . import staging
 from .checkpoint import source_sha256
+from .decoder import DECODER_DTYPES, export_decoder
 from .embedding import EMBEDDING_DTYPES, export_embedding
 from .progress import LogProgress, Progress
 
@@ -26,6 +27,7 @@ Exporter = Callable[[ModelInfo, list[str], str, Progress], Manifest]
 #: Exporters by model kind, with the precisions each can produce.
 EXPORTERS: dict[str, tuple[Exporter, tuple[str, ...]]] = {
     "embedding": (export_embedding, EMBEDDING_DTYPES),
+    "chat": (export_decoder, DECODER_DTYPES),
 }
 
 

@@ -16,7 +16,16 @@ from ..runtime.pooling import l2_normalize, pool
 from ..runtime.session import create_session
 from ..store import ModelInfo, read_json
 from . import staging
-from .checkpoint import file_entries, tool_versions, utc_now
+from .checkpoint import tool_versions, utc_now
+from .common import (
+    carry_over,
+    link_graph,
+    new_variant_dir,
+    opset_of,
+    publish_manifest,
+    require_fast_tokenizer,
+    variant_entry,
+)
 from .embedding_config import effective_max_length, read_pooling_config
 from .optimum_bridge import export_with_optimum
 from .probes import PROBE_SENTENCES
@@ -92,32 +101,11 @@ def _parity(variant_dir: Path, spec: EmbeddingSpec, reference: np.ndarray) -> di
     }
 
 
-def _require_fast_tokenizer(checkpoint: Path, base: Path) -> None:
-    """The runtime tokenizes with `tokenizers` alone, so the export must carry tokenizer.json."""
-    if (base / "tokenizer.json").is_file():
-        return
-    if (checkpoint / "tokenizer.json").is_file():
-        shutil.copy2(checkpoint / "tokenizer.json", base / "tokenizer.json")
-        return
-    raise ExportError(
-        f"{checkpoint} has no fast tokenizer (tokenizer.json), and ortmodels tokenizes without "
-        "transformers at run time. Save one with transformers: "
-        "AutoTokenizer.from_pretrained(folder).save_pretrained(folder), then export again."
-    )
-
-
-def _support_files(base: Path) -> list[Path]:
-    return [p for p in base.iterdir() if p.is_file() and not p.name.startswith("model.onnx")]
-
-
 def _build_variant(dtype: str, base: Path, target: Path) -> dict[str, Any] | None:
     """Write one precision's graph into ``target``; returns its quantization recipe."""
-    target.mkdir()
-    for support in _support_files(base):
-        staging.link_or_copy(support, target / support.name)
+    new_variant_dir(base, target)
     if dtype == "fp32":
-        for graph in base.glob("model.onnx*"):
-            staging.link_or_copy(graph, target / graph.name)
+        link_graph(base, target)
         return None
     if dtype == "int8":
         return quantize_int8_dynamic(base / "model.onnx", target / "model.onnx")
@@ -138,7 +126,7 @@ def export_embedding(
         base = work / "_base"
         progress.step("Exporting the encoder with optimum")
         export_with_optimum(info.path, base, TASK)
-        _require_fast_tokenizer(info.path, base)
+        require_fast_tokenizer(info.path, base)
         config = read_json(base / "config.json")
         spec = _spec(info.path, base, config)
 
@@ -156,19 +144,10 @@ def export_embedding(
                     f"fp32 export of {info.name} differs from PyTorch: worst cosine "
                     f"{parity['cosine_min']:.6f} < {FP32_MIN_COSINE} on the probe sentences."
                 )
-            files = file_entries(work / dtype)
-            variants[dtype] = VariantEntry(
-                dtype=dtype,
-                path=dtype,
-                files=files,
-                size=sum(f.size for f in files.values()),
-                created_at=utc_now(),
-                quantization=recipe,
-                parity=parity,
-            )
+            variants[dtype] = variant_entry(dtype, work / dtype, recipe, parity)
             logger.info("%s %s parity: %s", info.name, dtype, parity)
 
-        _carry_over(info, source_hash, work, variants)
+        carry_over(info, source_hash, work, variants)
         shutil.rmtree(base)
         manifest = Manifest(
             name=info.name,
@@ -178,41 +157,14 @@ def export_embedding(
             model_type=config.get("model_type"),
             source_sha256=source_hash,
             created_at=utc_now(),
-            opset=_opset(work / dtypes[0] / "model.onnx"),
+            opset=opset_of(work / dtypes[0] / "model.onnx"),
             tools=tool_versions(),
             embedding=spec,
             variants=dict(sorted(variants.items())),
         )
-        manifest.write(work)
         progress.step("Publishing the export")
-        staging.publish(info.path, work, _version_id(manifest))
+        publish_manifest(info, work, manifest)
         return manifest
     except BaseException:
         staging.discard(work)
         raise
-
-
-def _carry_over(info: ModelInfo, source_hash: str, work: Path, variants: dict[str, VariantEntry]) -> None:
-    """Keep the old export's other precisions when they came from the same checkpoint."""
-    old = info.manifest
-    if old is None or old.source_sha256 != source_hash:
-        return
-    for dtype, entry in old.variants.items():
-        if dtype in variants:
-            continue
-        src = info.onnx_path / entry.path
-        for rel in entry.files:
-            staging.link_or_copy(src / rel, work / entry.path / rel)
-        variants[dtype] = entry
-
-
-def _opset(model_file: Path) -> int | None:
-    import onnx
-
-    model = onnx.load(str(model_file), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-def _version_id(manifest: Manifest) -> str:
-    stamp = manifest.created_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    return f"{stamp}-{manifest.source_sha256[:8]}"

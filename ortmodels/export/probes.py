@@ -20,3 +20,31 @@ PROBE_SENTENCES: tuple[str, ...] = (
     " ".join(["Long inputs are truncated to the model's limit rather than crashing."] * 60),
     "Short.",
 )
+
+#: Chat prompts whose greedy continuations are compared with PyTorch's.
+PROBE_PROMPTS: tuple[str, ...] = (
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain in one sentence what a hash table is.",
+)
+
+#: Standard-library modules whose docstrings make the perplexity text: real English prose
+#: nobody on this project wrote, present wherever Python's sources are.
+_PERPLEXITY_SOURCES = ("argparse.py", "json/__init__.py", "logging/__init__.py", "collections/__init__.py")
+
+
+def perplexity_text(max_chars: int = 2400) -> str:
+    """A fixed real text for perplexity, from docstrings of Python's standard library."""
+    import ast
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts = []
+    for rel in _PERPLEXITY_SOURCES:
+        path = root / rel
+        if path.is_file():
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+            if doc:
+                parts.append(doc.strip())
+    return "\n\n".join(parts)[:max_chars]

@@ -1,13 +1,30 @@
-"""Weight quantization of exported graphs with onnxruntime's own quantizer."""
+"""Weight quantization and half precision of exported graphs, with onnxruntime's own tools.
+
+Each function writes ``target`` from ``source`` and returns the recipe that goes into
+the manifest, so a variant always says how it was made.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+#: Graphs above this size are saved with their weights in ``model.onnx.data`` (protobuf's 2 GB limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def save_model(model, target: Path) -> None:  # type: ignore[no-untyped-def]  # onnx.ModelProto
+    import onnx
+
+    large = model.ByteSize() > _EXTERNAL_DATA_BYTES if hasattr(model, "ByteSize") else False
+    onnx.save_model(
+        model, str(target), save_as_external_data=large, all_tensors_to_one_file=True,
+        location=f"{target.name}.data",
+    )
+
 
 def quantize_int8_dynamic(source: Path, target: Path) -> dict[str, Any]:
-    """8-bit weights, per output channel, activations quantized at run time; returns the recipe."""
+    """8-bit weights, per output channel, activations quantized at run time (encoders)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     recipe: dict[str, Any] = {
@@ -24,3 +41,55 @@ def quantize_int8_dynamic(source: Path, target: Path) -> dict[str, Any]:
         op_types_to_quantize=["MatMul"],
     )
     return recipe
+
+
+def quantize_weight_only(
+    source: Path, target: Path, bits: int, block_size: int = 32, symmetric: bool = True
+) -> dict[str, Any]:
+    """Block-wise weight-only quantization to ``MatMulNBits`` (decoders).
+
+    accuracy_level 4 computes with int8 activations on the CPU, which is what makes one-token
+    decode steps faster than fp32 (measured: plain dynamic MatMulInteger was not). The
+    tied ``lm_head`` is untied first so it is quantized too; at 4 bits the embedding
+    table becomes ``GatherBlockQuantized``.
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    from .graph_edits import untie_transposed_weights
+
+    model = onnx.load(str(source))
+    untied = untie_transposed_weights(model)
+    op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=symmetric, accuracy_level=4, bits=bits,
+        op_types_to_quantize=op_types, quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=4, algo_config=config,
+    )
+    quantizer.process()
+    save_model(quantizer.model.model, target)
+    return {
+        "method": "onnxruntime MatMulNBitsQuantizer",
+        "bits": bits,
+        "block_size": block_size,
+        "symmetric": symmetric,
+        "accuracy_level": 4,
+        "op_types": list(op_types),
+        "untied": untied,
+    }
+
+
+def convert_fp16(source: Path, target: Path) -> dict[str, Any]:
+    """Half-precision weights and compute for CUDA and CoreML; inputs and outputs stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    save_model(converted, target)
+    return {"method": "onnxruntime.transformers.float16", "keep_io_types": True}

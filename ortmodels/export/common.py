@@ -1,0 +1,81 @@
+"""Steps every exporter shares: support files, variant entries, carry-over, publication."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExportError
+from ..manifest import Manifest, VariantEntry
+from ..store import ModelInfo
+from . import staging
+from .checkpoint import file_entries, utc_now
+
+
+def require_fast_tokenizer(checkpoint: Path, base: Path) -> None:
+    """The runtime tokenizes with `tokenizers` alone, so the export must carry tokenizer.json."""
+    if (base / "tokenizer.json").is_file():
+        return
+    if (checkpoint / "tokenizer.json").is_file():
+        shutil.copy2(checkpoint / "tokenizer.json", base / "tokenizer.json")
+        return
+    raise ExportError(
+        f"{checkpoint} has no fast tokenizer (tokenizer.json), and ortmodels tokenizes without "
+        "transformers at run time. Save one with transformers: "
+        "AutoTokenizer.from_pretrained(folder).save_pretrained(folder), then export again."
+    )
+
+
+def support_files(base: Path) -> list[Path]:
+    """Everything optimum wrote beside the graph: configs, tokenizer, chat template."""
+    return [p for p in base.iterdir() if p.is_file() and not p.name.startswith("model.onnx")]
+
+
+def new_variant_dir(base: Path, target: Path) -> Path:
+    """A variant folder holding the support files; the caller adds the graph."""
+    target.mkdir()
+    for support in support_files(base):
+        staging.link_or_copy(support, target / support.name)
+    return target
+
+
+def link_graph(base: Path, target: Path) -> None:
+    for graph in base.glob("model.onnx*"):
+        staging.link_or_copy(graph, target / graph.name)
+
+
+def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parity: dict[str, Any]) -> VariantEntry:
+    files = file_entries(folder)
+    return VariantEntry(
+        dtype=dtype, path=dtype, files=files, size=sum(f.size for f in files.values()),
+        created_at=utc_now(), quantization=recipe, parity=parity,
+    )
+
+
+def carry_over(info: ModelInfo, source_hash: str, work: Path, variants: dict[str, VariantEntry]) -> None:
+    """Keep the old export's other precisions when they came from the same checkpoint."""
+    old = info.manifest
+    if old is None or old.source_sha256 != source_hash:
+        return
+    for dtype, entry in old.variants.items():
+        if dtype in variants:
+            continue
+        src = info.onnx_path / entry.path
+        for rel in entry.files:
+            staging.link_or_copy(src / rel, work / entry.path / rel)
+        variants[dtype] = entry
+
+
+def opset_of(model_file: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def publish_manifest(info: ModelInfo, work: Path, manifest: Manifest) -> None:
+    """Write the manifest into the finished export and switch the model over to it."""
+    manifest.write(work)
+    stamp = manifest.created_at.replace(":", "").replace("-", "").replace("+0000", "Z")
+    staging.publish(info.path, work, f"{stamp}-{manifest.source_sha256[:8]}")

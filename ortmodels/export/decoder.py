@@ -1,0 +1,144 @@
+"""Export of causal LMs (Llama, Qwen2, Mistral, Phi-3, Gemma, ...) with their KV cache.
+
+optimum writes the fp32 graph (``text-generation-with-past``); the other precisions are
+derived from it: fp16 for CUDA and CoreML, int8 and int4 as block-wise weight-only
+``MatMulNBits``. Every variant is compared with the PyTorch model before it is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExportError, ParityError
+from ..manifest import ChatSpec, Manifest, VariantEntry
+from ..store import ModelInfo, read_json
+from . import staging
+from .checkpoint import tool_versions, utc_now
+from .common import (
+    carry_over,
+    link_graph,
+    new_variant_dir,
+    opset_of,
+    publish_manifest,
+    require_fast_tokenizer,
+    variant_entry,
+)
+from .decoder_parity import DecoderReference, onnx_parity
+from .optimum_bridge import export_with_optimum
+from .progress import Progress
+from .quantize import convert_fp16, quantize_weight_only
+
+logger = logging.getLogger(__name__)
+
+TASK = "text-generation-with-past"
+_GENERATION_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+_BUILDERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
+    "fp16": convert_fp16,
+    "int8": lambda src, dst: quantize_weight_only(src, dst, bits=8),
+    "int4": lambda src, dst: quantize_weight_only(src, dst, bits=4),
+}
+DECODER_DTYPES = ("fp32", "fp16", "int8", "int4")
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+def chat_spec(base: Path, tokenizer: Any) -> ChatSpec:
+    """Context length, end-of-turn tokens and sampling defaults from the exported config files."""
+    config = read_json(base / "config.json")
+    generation = read_json(base / "generation_config.json") if (base / "generation_config.json").is_file() else {}
+    tokenizer_config = read_json(base / "tokenizer_config.json") if (base / "tokenizer_config.json").is_file() else {}
+    context = next((int(config[k]) for k in _CONTEXT_KEYS if config.get(k)), None)
+    if context is None:
+        raise ExportError(f"{base / 'config.json'} names no context length ({', '.join(_CONTEXT_KEYS)}).")
+    eos = _as_list(generation.get("eos_token_id")) + _as_list(config.get("eos_token_id"))
+    eos_token = tokenizer_config.get("eos_token")
+    eos_token = eos_token.get("content") if isinstance(eos_token, dict) else eos_token
+    if isinstance(eos_token, str) and (eos_id := tokenizer.token_to_id(eos_token)) is not None:
+        eos.append(eos_id)
+    if not eos:
+        raise ExportError(f"{base} names no end-of-sequence token (generation_config.json or config.json).")
+    return ChatSpec(
+        context_length=context,
+        eos_token_ids=sorted(set(eos)),
+        bos_token_id=generation.get("bos_token_id", config.get("bos_token_id")),
+        generation={k: generation[k] for k in _GENERATION_KEYS if k in generation},
+    )
+
+
+def _build_variant(dtype: str, base: Path, target: Path) -> dict[str, Any] | None:
+    new_variant_dir(base, target)
+    if dtype == "fp32":
+        link_graph(base, target)
+        return None
+    return _BUILDERS[dtype](base / "model.onnx", target / "model.onnx")
+
+
+def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progress: Progress) -> Manifest:
+    """Export ``info``'s causal LM into a new export folder and publish it; returns the manifest."""
+    from tokenizers import Tokenizer
+
+    bad = [d for d in dtypes if d not in DECODER_DTYPES]
+    if bad:
+        raise ExportError(
+            f"Chat models export as {', '.join(DECODER_DTYPES)}; {', '.join(bad)} is not supported."
+        )
+    work = staging.new_staging_dir(info.path)
+    try:
+        base = work / "_base"
+        progress.step("Exporting the decoder with its KV cache (optimum)")
+        export_with_optimum(info.path, base, TASK)
+        require_fast_tokenizer(info.path, base)
+        if not (base / "chat_template.jinja").is_file() and (info.path / "chat_template.jinja").is_file():
+            shutil.copy2(info.path / "chat_template.jinja", base / "chat_template.jinja")
+        tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+        spec = chat_spec(base, tokenizer)
+
+        progress.step("Running the PyTorch reference (greedy tokens, perplexity)")
+        reference = DecoderReference.compute(info.path, base, tokenizer)
+
+        variants: dict[str, VariantEntry] = {}
+        for dtype in dtypes:
+            progress.step(f"Building and checking the {dtype} variant")
+            recipe = _build_variant(dtype, base, work / dtype)
+            parity = onnx_parity(work / dtype / "model.onnx", reference)
+            if dtype == "fp32" and parity.get("greedy_agreement") != 1.0:
+                raise ParityError(
+                    f"fp32 export of {info.name} does not reproduce PyTorch's greedy tokens "
+                    f"(agreement {parity.get('greedy_agreement')}, largest logit difference "
+                    f"{parity.get('max_logit_diff')})."
+                )
+            variants[dtype] = variant_entry(dtype, work / dtype, recipe, parity)
+            logger.info("%s %s parity: %s", info.name, dtype, parity)
+
+        carry_over(info, source_hash, work, variants)
+        config = read_json(base / "config.json")
+        shutil.rmtree(base)
+        manifest = Manifest(
+            name=info.name,
+            kind="chat",
+            task=TASK,
+            architecture=(config.get("architectures") or [None])[0],
+            model_type=config.get("model_type"),
+            source_sha256=source_hash,
+            created_at=utc_now(),
+            opset=opset_of(work / dtypes[0] / "model.onnx"),
+            tools=tool_versions(),
+            chat=spec,
+            variants=dict(sorted(variants.items())),
+        )
+        progress.step("Publishing the export")
+        publish_manifest(info, work, manifest)
+        return manifest
+    except BaseException:
+        staging.discard(work)
+        raise

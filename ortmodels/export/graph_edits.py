@@ -1,0 +1,42 @@
+"""Small, explicit edits of exported ONNX graphs."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def untie_transposed_weights(model) -> list[str]:  # type: ignore[no-untyped-def]  # onnx.ModelProto
+    """Give every ``MatMul(x, Transpose(W))`` its own pre-transposed weight.
+
+    optimum exports a tied ``lm_head`` as a run-time Transpose of the embedding table,
+    which weight quantizers cannot see as a constant; a separate initializer lets the
+    largest matrix of a small model be quantized too. Returns the edited node names.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    edited = []
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        transpose = producers.get(node.input[1])
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[transpose.input[0]])
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        transposed = np.ascontiguousarray(weight.transpose(perm) if perm else weight.T)
+        name = f"{node.name.strip('/').replace('/', '.') or transpose.output[0]}.untied_weight"
+        graph.initializer.append(numpy_helper.from_array(transposed, name))
+        node.input[1] = name
+        edited.append(node.name)
+        if not any(transpose.output[0] in other.input for other in graph.node):
+            graph.node.remove(transpose)
+    for name in edited:
+        logger.info("Untied the transposed weight of %s", name)
+    return edited
