@@ -62,3 +62,24 @@ def test_errors_are_one_clear_line(samples_dir: Path, args: tuple[str, ...], mes
 def test_empty_store_says_how_to_get_models(tmp_path: Path) -> None:
     out = ortmodels("list", models_dir=tmp_path)
     assert out.returncode == 0 and "ortmodels samples" in out.stdout
+
+
+@pytest.mark.slow
+def test_chat_one_prompt_streams_the_answer(samples_dir: Path) -> None:
+    out = ortmodels("chat", "smollm2-135m-instruct", "What is the capital of France?", "--max-tokens", "24",
+                    models_dir=samples_dir)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+
+
+@pytest.mark.slow
+def test_chat_conversation_keeps_history(samples_dir: Path) -> None:
+    import os
+
+    env = {**os.environ, "LOCAL_MODELS_DIR": str(samples_dir), "MODEL_DTYPE": "fp32", "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "ortmodels", "chat", "--max-tokens", "24", "--system", "Be brief."],
+        input="What is the capital of France?\n/exit\n", capture_output=True, text=True, env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "/exit or Ctrl-D" in out.stdout and "Paris" in out.stdout

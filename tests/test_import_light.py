@@ -42,3 +42,13 @@ def test_embedding_through_the_manager_is_light(samples_dir: Path) -> None:
         "assert len(m.get_embedding_model('all-minilm-l6-v2').embed_query('x')) == 384\n"
     )
     assert _heavy_modules_after(body, {"LOCAL_MODELS_DIR": str(samples_dir)}) == []
+
+
+@pytest.mark.slow
+def test_chat_through_the_manager_is_light(samples_dir: Path) -> None:
+    body = (
+        "from ortmodels import ModelManager\n"
+        "chat = ModelManager().get_chat_model('smollm2-135m-instruct')\n"
+        "assert chat.invoke('Say hi.', max_tokens=4).content\n"
+    )
+    assert _heavy_modules_after(body, {"LOCAL_MODELS_DIR": str(samples_dir)}) == []

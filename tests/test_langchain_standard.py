@@ -1,16 +1,17 @@
-"""LangChain's own standard test suites, run on OnnxEmbeddingModel with the real sample."""
+"""LangChain's own standard test suites, run on the ONNX models with the real samples."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests
-from langchain_tests.unit_tests import EmbeddingsUnitTests
+from langchain_tests.integration_tests import ChatModelIntegrationTests, EmbeddingsIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
+from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 
-from .conftest import EMBEDDING_SAMPLE, SAMPLES_DIR
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -40,4 +41,53 @@ class TestOnnxEmbeddingsUnit(_SampleModel, EmbeddingsUnitTests):
 
 
 class TestOnnxEmbeddingsIntegration(_SampleModel, EmbeddingsIntegrationTests):
+    pass
+
+
+CHAT_PARAMS = {"model_path": str(SAMPLES_DIR / CHAT_SAMPLE), "dtype": "int8", "device": "cpu"}
+
+
+class _SampleChat:
+    """Text chat only: tool calling and structured output come in a later release."""
+
+    @property
+    def chat_model_class(self) -> type[OnnxChatModel]:
+        return OnnxChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return CHAT_PARAMS
+
+    @property
+    def standard_chat_model_params(self) -> dict:
+        return {**super().standard_chat_model_params, "max_tokens": 40}  # keeps the suite quick
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+
+class TestOnnxChatUnit(_SampleChat, ChatModelUnitTests):
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return (
+            {"LOCAL_MODELS_DIR": "/srv/elsewhere"},
+            {"model_name": CHAT_SAMPLE},
+            {"model_name": CHAT_SAMPLE, "model_path": Path("/srv/elsewhere") / CHAT_SAMPLE},
+        )
+
+
+class TestOnnxChatIntegration(_SampleChat, ChatModelIntegrationTests):
     pass

@@ -104,7 +104,7 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
         spec = chat_spec(base, tokenizer)
 
         progress.step("Running the PyTorch reference (greedy tokens, perplexity)")
-        reference = DecoderReference.compute(info.path, base, tokenizer)
+        reference = DecoderReference.compute(info.path, base, tokenizer, spec.context_length)
 
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:

@@ -53,7 +53,7 @@ class DecoderReference:
     perplexity: float
 
     @classmethod
-    def compute(cls, checkpoint: Path, base: Path, tokenizer: Any) -> DecoderReference:
+    def compute(cls, checkpoint: Path, base: Path, tokenizer: Any, context_length: int) -> DecoderReference:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -70,7 +70,7 @@ class DecoderReference:
                                 use_cache=True)
                 greedy.append(tokens)
             prompt_logits = model(input_ids=torch.tensor([prompts[0]])).logits[0].float().numpy()
-            text_ids = tokenizer.encode(perplexity_text()).ids[:PERPLEXITY_TOKENS]
+            text_ids = tokenizer.encode(perplexity_text()).ids[: min(PERPLEXITY_TOKENS, context_length)]
             text_logits = model(input_ids=torch.tensor([text_ids])).logits[0].float().numpy()
         return cls(prompts, greedy, prompt_logits, text_ids, perplexity(text_logits, text_ids))
 

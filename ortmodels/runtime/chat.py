@@ -302,7 +302,8 @@ class OnnxChatModel(BaseLLMModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
-            ls_provider="ortmodels", ls_model_name=self.model_name or "", ls_model_type="chat",
+            ls_provider="ortmodels", ls_model_name=kwargs.get("model") or self.model_name or "",
+            ls_model_type="chat",
         )
         if (temperature := kwargs.get("temperature", self.temperature)) is not None:
             params["ls_temperature"] = temperature

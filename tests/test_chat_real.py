@@ -1,0 +1,189 @@
+"""OnnxChatModel on the real SmolLM2-135M-Instruct export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, ChatMessage, HumanMessage, SystemMessage
+from tokenizers import Tokenizer
+
+from ortmodels import ModelManager
+from ortmodels.runtime.chat import ChatInputError, OnnxChatModel
+
+from .conftest import CHAT_SAMPLE
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [SystemMessage("Be brief."), HumanMessage("What is the capital of France?")]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(samples_dir: Path) -> Path:
+    folder = samples_dir / CHAT_SAMPLE
+    manifest = folder / "onnx" / "manifest.json"
+    if not manifest.is_file() or not {"fp32", "int8", "int4"} <= set(json.loads(manifest.read_text())["variants"]):
+        pytest.fail(f"run 'ortmodels export {CHAT_SAMPLE}' (make test does) before these tests")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fp32(chat_dir: Path) -> OnnxChatModel:
+    return OnnxChatModel(model_path=chat_dir, dtype="fp32", device="cpu", max_tokens=48).load()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8", "int4"])
+def test_answers_paris(chat_dir: Path, dtype: str) -> None:
+    chat = OnnxChatModel(model_path=chat_dir, dtype=dtype, max_tokens=48)
+    reply = chat.invoke(QUESTION)
+    assert isinstance(reply, AIMessage)
+    assert "Paris" in reply.content
+    assert reply.response_metadata["variant"] == dtype
+    assert reply.response_metadata["model_name"] == CHAT_SAMPLE
+
+
+def test_stream_joins_to_invoke(fp32: OnnxChatModel) -> None:
+    chunks = list(fp32.stream(QUESTION))
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert len([c for c in chunks if c.content]) > 3  # one chunk per decoded piece
+    assert chunks[-1].chunk_position == "last"
+    assert "".join(c.content for c in chunks) == fp32.invoke(QUESTION).content
+
+
+def test_stop_sequence_stops_before_it(fp32: OnnxChatModel) -> None:
+    assert fp32.invoke(QUESTION).content == "The capital of France is Paris."
+    assert fp32.invoke(QUESTION, stop=["Paris"]).content == "The capital of France is "
+    spanning = fp32.invoke(QUESTION, stop=["capital of"])  # " capital" + " of": two tokens
+    assert spanning.content == "The "
+    assert spanning.response_metadata["finish_reason"] == "stop"
+    streamed = "".join(c.content for c in fp32.stream(QUESTION, stop=["France is"]))
+    assert streamed == "The capital of "
+
+
+def test_usage_matches_the_tokenizer(fp32: OnnxChatModel, chat_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    reply = fp32.invoke(QUESTION)
+    hf = AutoTokenizer.from_pretrained(chat_dir)
+    prompt_ids = hf.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True, tokenize=True,
+    )
+    tokenizer = Tokenizer.from_file(str(chat_dir / "tokenizer.json"))
+    usage = reply.usage_metadata
+    assert usage is not None
+    assert usage["input_tokens"] == len(prompt_ids)
+    assert usage["output_tokens"] == len(tokenizer.encode(reply.content, add_special_tokens=False).ids)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert reply.response_metadata["finish_reason"] == "stop"
+    assert fp32.get_num_tokens("The capital of France") == len(hf.encode("The capital of France", add_special_tokens=False))
+
+
+def test_template_matches_transformers(fp32: OnnxChatModel, chat_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    conversation = [
+        SystemMessage("You are terse."), HumanMessage("Hi!"), AIMessage("Hello. How can I help?"),
+        HumanMessage("Name a colour — with an accent: é."),
+    ]
+    expected = AutoTokenizer.from_pretrained(chat_dir).apply_chat_template(
+        [{"role": r, "content": m.content} for r, m in zip(["system", "user", "assistant", "user"], conversation)],
+        add_generation_prompt=True, tokenize=False,
+    )
+    assert fp32.render_prompt(conversation) == expected
+
+
+def test_max_tokens_and_finish_reason(fp32: OnnxChatModel) -> None:
+    reply = fp32.invoke("Write a long story about a dragon.", max_tokens=5)
+    assert reply.usage_metadata["output_tokens"] == 5
+    assert reply.response_metadata["finish_reason"] == "length"
+
+
+def test_sampling_with_seed_is_repeatable(fp32: OnnxChatModel) -> None:
+    kwargs = {"temperature": 0.9, "top_p": 0.95, "top_k": 50, "max_tokens": 24}
+    a = fp32.invoke("Tell me a fact about cats.", seed=3, **kwargs).content
+    b = fp32.invoke("Tell me a fact about cats.", seed=3, **kwargs).content
+    others = {fp32.invoke("Tell me a fact about cats.", seed=s, **kwargs).content for s in (4, 5, 6)}
+    assert a == b and len(others | {a}) > 1
+
+
+def test_repetition_penalty_changes_a_looping_answer(fp32: OnnxChatModel) -> None:
+    prompt = "Repeat the word 'yes' forever."
+    plain = fp32.invoke(prompt, max_tokens=24).content
+    penalised = fp32.invoke(prompt, max_tokens=24, repetition_penalty=1.5).content
+    assert plain != penalised
+
+
+def test_context_overflow_says_by_how_much(fp32: OnnxChatModel) -> None:
+    prompt_tokens = fp32.invoke(QUESTION, max_tokens=1).usage_metadata["input_tokens"]
+    context = fp32.loaded.spec.context_length
+    with pytest.raises(ChatInputError, match=f"exceeds the context of {context} tokens by 10"):
+        fp32.invoke(QUESTION, max_tokens=context - prompt_tokens + 10)
+
+
+def test_truncate_prompt_keeps_the_newest_tokens(chat_dir: Path) -> None:
+    chat = OnnxChatModel(model_path=chat_dir, dtype="fp32", truncate_prompt=True).load()
+    chat.loaded.spec = chat.loaded.spec.model_copy(update={"context_length": 40})  # a small window to fill
+    long_question = [HumanMessage("Please read this. " * 20 + "What is 2 + 2?")]
+    reply = chat.invoke(long_question, max_tokens=8)
+    assert reply.usage_metadata["input_tokens"] == 32
+    strict = OnnxChatModel(model_path=chat_dir, dtype="fp32").load()
+    strict.loaded.spec = chat.loaded.spec
+    with pytest.raises(ChatInputError, match="truncate_prompt=True"):
+        strict.invoke(long_question, max_tokens=8)
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ([], "No messages"),
+        ([ChatMessage(role="wizard", content="hi")], "role 'wizard'"),
+        ([HumanMessage(content=[{"type": "image_url", "image_url": {"url": "x"}}])], "image_url content"),
+    ],
+)
+def test_bad_conversations(fp32: OnnxChatModel, messages: list, match: str) -> None:
+    with pytest.raises(ChatInputError, match=match):
+        fp32.invoke(messages)
+
+
+def test_unknown_option_is_refused(fp32: OnnxChatModel) -> None:
+    with pytest.raises(ChatInputError, match="Unknown generation option"):
+        fp32.invoke("hi", beam_width=4)
+
+
+async def test_async_and_batch(fp32: OnnxChatModel) -> None:
+    reply = await fp32.ainvoke(QUESTION)
+    chunks = [c async for c in fp32.astream(QUESTION)]
+    assert "".join(c.content for c in chunks) == reply.content
+    both = await asyncio.gather(fp32.ainvoke("Say hi."), fp32.ainvoke(QUESTION))
+    assert "Paris" in both[1].content
+    batch = fp32.batch([QUESTION, "Say hi."])
+    assert batch[0].content == reply.content
+
+
+def test_manager_default_is_the_fastest_cpu_variant(chat_dir: Path) -> None:
+    chat = ModelManager().get_chat_model()
+    assert isinstance(chat, OnnxChatModel) and chat.variant == "int4"
+    assert ModelManager().get_chat_model(CHAT_SAMPLE) is chat
+
+
+def test_dtype_setting(monkeypatch: pytest.MonkeyPatch, chat_dir: Path) -> None:
+    monkeypatch.setenv("MODEL_DTYPE", "int8")
+    assert ModelManager().get_chat_model().variant == "int8"
+    monkeypatch.setenv("MODEL_DTYPE", "bfloat16")
+    ModelManager().configure()
+    from ortmodels.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="bfloat16 runs only on the CUDA provider"):
+        ModelManager().get_chat_model()
+
+
+def test_wrong_or_unknown_model(samples_dir: Path) -> None:
+    from ortmodels.errors import ModelKindError, UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="Known models: all-minilm-l6-v2, smollm2-135m-instruct"):
+        OnnxChatModel(model_name="no-such-chat").load()
+    with pytest.raises(ModelKindError, match="of kind 'embedding', not 'chat'"):
+        OnnxChatModel(model_path=samples_dir / "all-minilm-l6-v2").load()

@@ -1,0 +1,168 @@
+"""Tiny random-weight causal LM checkpoints (Llama, Qwen2, Mistral, Phi-3, Gemma), built offline.
+
+`build_tiny_decoder` writes a complete checkpoint folder (config, safetensors weights,
+``generation_config.json``, a fast byte-level BPE tokenizer with a ChatML chat template)
+that both ``ortmodels export`` and transformers can load without any network access and
+without sentencepiece. Weights are random, so the text is gibberish; the point is that the
+ONNX export computes exactly what PyTorch computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HIDDEN_SIZE = 64
+INTERMEDIATE_SIZE = 128  # a multiple of the int4/int8 block size (32), as is HIDDEN_SIZE
+NUM_LAYERS = 2
+NUM_HEADS = 4
+NUM_KV_HEADS = 2
+HEAD_DIM = HIDDEN_SIZE // NUM_HEADS
+MAX_POSITIONS = 256
+VOCAB_SIZE = 384  # 256 byte symbols + the special tokens + learned merges
+# Ten times the usual 0.02: at 0.02 the tied-embedding families (Qwen2, Gemma) just repeat the
+# last token forever (the residual stream is dominated by that token's own embedding), which
+# would make a greedy-token comparison nearly blind to KV-cache mistakes.
+INITIALIZER_RANGE = 0.2
+
+FAMILIES = ("llama", "qwen2", "mistral", "phi3", "gemma")
+
+# Special tokens, in vocabulary order (ids 0, 1, 2, ...).
+PAD, BOS, EOS_TEXT, UNK, IM_START, IM_END = "<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD, BOS, EOS_TEXT, UNK, IM_START, IM_END)
+PAD_ID, BOS_ID, EOS_TEXT_ID, UNK_ID, IM_START_ID, IM_END_ID = range(len(SPECIAL_TOKENS))
+EOS_ID = IM_END_ID  # a chat turn ends with <|im_end|>
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# What the BPE merges are learned from: fixed, so the tokenizer is the same on every run.
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? Paris is the capital and most populous city of France.",
+    "Write a short poem about the sea. The sea is deep and blue, the waves are white.",
+    "Explain in one sentence what a hash table is: a table that maps keys to values.",
+    "hello world, hello there, how are you today? I am fine, thank you.",
+    "A man is playing a guitar on a street corner while the people walk by.",
+    "This module defines the functions and classes of the standard library for the user.",
+    "Return the value of the argument, or raise an error when the input is not valid.",
+    "user assistant system message content the and of to in is that for with on as it",
+]
+
+
+def _backend_tokenizer():
+    """A byte-level BPE tokenizer with exactly VOCAB_SIZE tokens (specials first)."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    tokenizer = Tokenizer(BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    if tokenizer.get_vocab_size() != VOCAB_SIZE:
+        raise RuntimeError(
+            f"The tiny BPE tokenizer has {tokenizer.get_vocab_size()} tokens, not {VOCAB_SIZE}: "
+            "add text to _CORPUS so there are enough merges."
+        )
+    for expected, token in enumerate(SPECIAL_TOKENS):
+        assert tokenizer.token_to_id(token) == expected, token
+    return tokenizer
+
+
+def build_tokenizer():
+    """The fast tokenizer every family shares, with its ChatML template."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_backend_tokenizer(),
+        bos_token=BOS,
+        eos_token=IM_END,
+        unk_token=UNK,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, EOS_TEXT],
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    assert tokenizer.eos_token_id == EOS_ID
+    assert len(tokenizer) == VOCAB_SIZE
+    return tokenizer
+
+
+def _config(family: str):
+    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=INTERMEDIATE_SIZE,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=NUM_KV_HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        initializer_range=INITIALIZER_RANGE,
+    )
+    if family == "llama":
+        return LlamaConfig(tie_word_embeddings=False, **common)
+    if family == "qwen2":
+        # Small Qwen2 checkpoints (0.5B, 1.5B) tie the embeddings; no sliding window.
+        return Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **common)
+    if family == "mistral":
+        return MistralConfig(tie_word_embeddings=False, sliding_window=MAX_POSITIONS, **common)
+    if family == "phi3":
+        # Full rotary, no long-rope scaling (needs original_max_position_embeddings and factors).
+        return Phi3Config(
+            tie_word_embeddings=False,
+            partial_rotary_factor=1.0,
+            rope_scaling=None,
+            original_max_position_embeddings=MAX_POSITIONS,
+            sliding_window=None,
+            **common,
+        )
+    if family == "gemma":
+        return GemmaConfig(tie_word_embeddings=True, head_dim=HEAD_DIM, **common)
+    raise ValueError(f"Unknown family {family!r}; expected one of {', '.join(FAMILIES)}.")
+
+
+def build_tiny_decoder(folder: Path, family: str) -> Path:
+    """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = _config(family)
+    tokenizer = build_tokenizer()
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False
+    )
+    model.save_pretrained(folder, safe_serialization=True)  # also writes generation_config.json
+    tokenizer.save_pretrained(folder)
+
+    for required in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
+        if not (folder / required).is_file():
+            raise RuntimeError(f"build_tiny_decoder wrote no {required} into {folder}")
+    return folder
