@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import ModelFileError, ModelKindError, ModelNotExportedError, UnknownModelError
+from .errors import (
+    ModelFileError,
+    ModelKindError,
+    ModelNotExportedError,
+    UnknownModelError,
+)
 from .manifest import Manifest, VariantEntry, read_manifest
 from .names import validate_model_name
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from langchain_tests.integration_tests import ChatModelIntegrationTests, EmbeddingsIntegrationTests
+from langchain_tests.integration_tests import (
+    ChatModelIntegrationTests,
+    EmbeddingsIntegrationTests,
+)
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
 from ortmodels.runtime.chat import OnnxChatModel

@@ -8,7 +8,11 @@ import onnxruntime as ort
 import pytest
 
 from ortmodels.errors import ConfigurationError, DeviceUnavailableError
-from ortmodels.precision import normalize_precision, parse_precision_list, select_variant
+from ortmodels.precision import (
+    normalize_precision,
+    parse_precision_list,
+    select_variant,
+)
 from ortmodels.runtime.session import available_devices, resolve_device
 
 

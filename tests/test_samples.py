@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from ortmodels.errors import SampleModelError
-from ortmodels.samples import SAMPLES, WHEEL_CACHE, materialise_sample, materialise_samples
+from ortmodels.samples import (
+    SAMPLES,
+    WHEEL_CACHE,
+    materialise_sample,
+    materialise_samples,
+)
 
 
 def test_second_run_does_no_work(samples_dir: Path) -> None:

@@ -101,7 +101,13 @@ def build_tokenizer():
 
 
 def _config(family: str):
-    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+    from transformers import (
+        GemmaConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+    )
 
     common = dict(
         vocab_size=VOCAB_SIZE,

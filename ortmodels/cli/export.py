@@ -37,7 +37,10 @@ def export(
     force: bool = typer.Option(False, "--force", help="Export even if up to date."),
 ) -> None:
     """Export a checkpoint to ONNX; the previous export stays until the new one is complete."""
-    from ..export import EXPORTERS, export_model  # the export stack is heavy: import only here
+    from ..export import (  # the export stack is heavy: import only here
+        EXPORTERS,
+        export_model,
+    )
 
     if bool(name) == all_models:
         raise ConfigurationError("Give a model name or --all (not both).")

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
 from ..manifest import Manifest, VariantEntry
-from ..store import ModelInfo
+from ..store import ModelInfo, read_json
 from . import staging
-from .checkpoint import file_entries, utc_now
+from .checkpoint import file_entries, tool_versions, utc_now
+from .progress import Progress
+
+
+def check_dtypes(what: str, dtypes: list[str], supported: tuple[str, ...]) -> None:
+    bad = [d for d in dtypes if d not in supported]
+    if bad:
+        raise ExportError(f"{what} export as {', '.join(supported)}; {', '.join(bad)} is not supported.")
+
+
+@contextmanager
+def export_attempt(info: ModelInfo) -> Iterator[Path]:
+    """A staging folder for one export; removed if anything fails before it is published."""
+    work = staging.new_staging_dir(info.path)
+    try:
+        yield work
+    except BaseException:
+        staging.discard(work)
+        raise
 
 
 def require_fast_tokenizer(checkpoint: Path, base: Path) -> None:
@@ -72,6 +92,33 @@ def opset_of(model_file: Path) -> int | None:
 
     model = onnx.load(str(model_file), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def finish_export(
+    info: ModelInfo, work: Path, base: Path, *, task: str, source_hash: str,
+    variants: dict[str, VariantEntry], progress: Progress, **spec: Any,
+) -> Manifest:
+    """Carry over untouched precisions, write the manifest and publish the export."""
+    carry_over(info, source_hash, work, variants)
+    config = read_json(base / "config.json")
+    shutil.rmtree(base)
+    first = next(iter(variants.values()))
+    manifest = Manifest(
+        name=info.name,
+        kind=info.kind,  # type: ignore[arg-type]  # exporters exist for embedding and chat only
+        task=task,
+        architecture=(config.get("architectures") or [None])[0],
+        model_type=config.get("model_type"),
+        source_sha256=source_hash,
+        created_at=utc_now(),
+        opset=opset_of(work / first.path / "model.onnx"),
+        tools=tool_versions(),
+        variants=dict(sorted(variants.items())),
+        **spec,
+    )
+    progress.step("Publishing the export")
+    publish_manifest(info, work, manifest)
+    return manifest
 
 
 def publish_manifest(info: ModelInfo, work: Path, manifest: Manifest) -> None:

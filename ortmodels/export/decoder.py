@@ -16,14 +16,12 @@ from typing import Any
 from ..errors import ExportError, ParityError
 from ..manifest import ChatSpec, Manifest, VariantEntry
 from ..store import ModelInfo, read_json
-from . import staging
-from .checkpoint import tool_versions, utc_now
 from .common import (
-    carry_over,
+    check_dtypes,
+    export_attempt,
+    finish_export,
     link_graph,
     new_variant_dir,
-    opset_of,
-    publish_manifest,
     require_fast_tokenizer,
     variant_entry,
 )
@@ -87,13 +85,8 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
     """Export ``info``'s causal LM into a new export folder and publish it; returns the manifest."""
     from tokenizers import Tokenizer
 
-    bad = [d for d in dtypes if d not in DECODER_DTYPES]
-    if bad:
-        raise ExportError(
-            f"Chat models export as {', '.join(DECODER_DTYPES)}; {', '.join(bad)} is not supported."
-        )
-    work = staging.new_staging_dir(info.path)
-    try:
+    check_dtypes("Chat models", dtypes, DECODER_DTYPES)
+    with export_attempt(info) as work:
         base = work / "_base"
         progress.step("Exporting the decoder with its KV cache (optimum)")
         export_with_optimum(info.path, base, TASK)
@@ -120,25 +113,7 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
             variants[dtype] = variant_entry(dtype, work / dtype, recipe, parity)
             logger.info("%s %s parity: %s", info.name, dtype, parity)
 
-        carry_over(info, source_hash, work, variants)
-        config = read_json(base / "config.json")
-        shutil.rmtree(base)
-        manifest = Manifest(
-            name=info.name,
-            kind="chat",
-            task=TASK,
-            architecture=(config.get("architectures") or [None])[0],
-            model_type=config.get("model_type"),
-            source_sha256=source_hash,
-            created_at=utc_now(),
-            opset=opset_of(work / dtypes[0] / "model.onnx"),
-            tools=tool_versions(),
-            chat=spec,
-            variants=dict(sorted(variants.items())),
+        return finish_export(
+            info, work, base, task=TASK, source_hash=source_hash, variants=variants,
+            progress=progress, chat=spec,
         )
-        progress.step("Publishing the export")
-        publish_manifest(info, work, manifest)
-        return manifest
-    except BaseException:
-        staging.discard(work)
-        raise

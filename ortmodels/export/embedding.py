@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,12 @@ from ..runtime.embeddings import EncoderRunner, load_tokenizer, pad_batch
 from ..runtime.pooling import l2_normalize, pool
 from ..runtime.session import create_session
 from ..store import ModelInfo, read_json
-from . import staging
-from .checkpoint import tool_versions, utc_now
 from .common import (
-    carry_over,
+    check_dtypes,
+    export_attempt,
+    finish_export,
     link_graph,
     new_variant_dir,
-    opset_of,
-    publish_manifest,
     require_fast_tokenizer,
     variant_entry,
 )
@@ -116,13 +113,8 @@ def export_embedding(
     info: ModelInfo, dtypes: list[str], source_hash: str, progress: Progress
 ) -> Manifest:
     """Export ``info``'s checkpoint into a new export folder and publish it; returns the manifest."""
-    bad = [d for d in dtypes if d not in EMBEDDING_DTYPES]
-    if bad:
-        raise ExportError(
-            f"Embedding models export as {', '.join(EMBEDDING_DTYPES)}; {', '.join(bad)} is not supported."
-        )
-    work = staging.new_staging_dir(info.path)
-    try:
+    check_dtypes("Embedding models", dtypes, EMBEDDING_DTYPES)
+    with export_attempt(info) as work:
         base = work / "_base"
         progress.step("Exporting the encoder with optimum")
         export_with_optimum(info.path, base, TASK)
@@ -147,24 +139,7 @@ def export_embedding(
             variants[dtype] = variant_entry(dtype, work / dtype, recipe, parity)
             logger.info("%s %s parity: %s", info.name, dtype, parity)
 
-        carry_over(info, source_hash, work, variants)
-        shutil.rmtree(base)
-        manifest = Manifest(
-            name=info.name,
-            kind="embedding",
-            task=TASK,
-            architecture=(config.get("architectures") or [None])[0],
-            model_type=config.get("model_type"),
-            source_sha256=source_hash,
-            created_at=utc_now(),
-            opset=opset_of(work / dtypes[0] / "model.onnx"),
-            tools=tool_versions(),
-            embedding=spec,
-            variants=dict(sorted(variants.items())),
+        return finish_export(
+            info, work, base, task=TASK, source_hash=source_hash, variants=variants,
+            progress=progress, embedding=spec,
         )
-        progress.step("Publishing the export")
-        publish_manifest(info, work, manifest)
-        return manifest
-    except BaseException:
-        staging.discard(work)
-        raise

@@ -68,7 +68,7 @@ class DecoderSession:
         else:
             for name, value in zip(self.past_names, state.past):
                 io.bind_ortvalue_input(name, value)
-        io.bind_output(self.logits_name)
+        io.bind_output(self.logits_name, "cpu")  # read by numpy every step, on any device
         for name in self.present_names:
             io.bind_output(name, self.device_type)
         self.session.run_with_iobinding(io)

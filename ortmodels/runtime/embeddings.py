@@ -16,8 +16,8 @@ import numpy as np
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
 from ..errors import ModelFileError, ModelNotLoadedError
-from ..precision import select_variant
 from ..names import validate_model_name
+from ..precision import select_variant
 from ..store import ModelStore
 from .pooling import l2_normalize, pool
 from .session import create_session, resolve_device
