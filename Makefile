@@ -29,6 +29,7 @@ test: export-samples
 
 bench: export-samples
 	$(BIN)/python -m benchmarks.bench_embeddings
+	$(BIN)/python -m benchmarks.bench_chat
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -26,6 +26,7 @@ from .common import (
     variant_entry,
 )
 from .decoder_parity import DecoderReference, onnx_parity
+from .graph_edits import fuse_decoder_ops
 from .optimum_bridge import export_with_optimum
 from .progress import Progress
 from .quantize import convert_fp16, quantize_weight_only
@@ -38,7 +39,9 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 
 _BUILDERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "fp16": convert_fp16,
-    "int8": lambda src, dst: quantize_weight_only(src, dst, bits=8),
+    # int8: blocks of 16 keep perplexity at fp32's (12.144 vs 12.143 on the sample; 32: 12.12 but
+    # flipped near-tied first tokens) for ~10% of its speed.
+    "int8": lambda src, dst: quantize_weight_only(src, dst, bits=8, block_size=16),
     "int4": lambda src, dst: quantize_weight_only(src, dst, bits=4),
 }
 DECODER_DTYPES = ("fp32", "fp16", "int8", "int4")
@@ -81,6 +84,29 @@ def _build_variant(dtype: str, base: Path, target: Path) -> dict[str, Any] | Non
     return _BUILDERS[dtype](base / "model.onnx", target / "model.onnx")
 
 
+def _fuse_if_faithful(base: Path, scratch: Path, reference: DecoderReference) -> dict[str, int]:
+    """Replace ``base/model.onnx`` by its fused graph when that still matches PyTorch exactly."""
+    scratch.mkdir()
+    fused_file = scratch / "model.onnx"
+    try:
+        fused = fuse_decoder_ops(base / "model.onnx", fused_file, read_json(base / "config.json"))
+    except Exception as exc:  # the optimizer's pattern code raises anything on graphs it does not know
+        logger.warning("Operator fusion failed (%s: %s); keeping the plain graph.", type(exc).__name__, exc)
+        fused = {}
+    if fused:
+        parity = onnx_parity(fused_file, reference)
+        if parity["greedy_agreement"] == 1.0 and parity["max_logit_diff"] < 1e-2:
+            for old in base.glob("model.onnx*"):
+                old.unlink()
+            for new in scratch.glob("model.onnx*"):
+                new.rename(base / new.name)
+        else:
+            logger.warning("Fused graph differs from PyTorch (%s); keeping the plain graph.", parity)
+            fused = {}
+    shutil.rmtree(scratch)
+    return fused
+
+
 def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progress: Progress) -> Manifest:
     """Export ``info``'s causal LM into a new export folder and publish it; returns the manifest."""
     from tokenizers import Tokenizer
@@ -99,10 +125,13 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
         progress.step("Running the PyTorch reference (greedy tokens, perplexity)")
         reference = DecoderReference.compute(info.path, base, tokenizer, spec.context_length)
 
+        progress.step("Fusing operators (onnxruntime transformer optimizer)")
+        fusion = _fuse_if_faithful(base, work / "_fused", reference)
+
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:
             progress.step(f"Building and checking the {dtype} variant")
-            recipe = _build_variant(dtype, base, work / dtype)
+            recipe = {**(_build_variant(dtype, base, work / dtype) or {}), "fused_operators": fusion}
             parity = onnx_parity(work / dtype / "model.onnx", reference)
             if dtype == "fp32" and parity.get("greedy_agreement") != 1.0:
                 raise ParityError(
