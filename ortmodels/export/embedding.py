@@ -10,9 +10,10 @@ import numpy as np
 
 from ..errors import ExportError, ParityError
 from ..manifest import EmbeddingSpec, Manifest, VariantEntry
-from ..runtime.embeddings import EncoderRunner, load_tokenizer, pad_batch
+from ..runtime.embeddings import EncoderRunner, pad_batch
 from ..runtime.pooling import l2_normalize, pool
 from ..runtime.session import create_session
+from ..runtime.tokenization import load_tokenizer
 from ..store import ModelInfo, read_json
 from .common import (
     check_dtypes,

@@ -32,6 +32,7 @@ from .chat_template import ChatTemplate
 from .decoder import DecoderSession, DecoderState
 from .generation import SamplingParams, TextAssembler, choose_token
 from .session import create_session, resolve_device
+from .tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,6 @@ class OnnxChatModel(BaseLLMModel):
     # -- life cycle -------------------------------------------------------------------------
 
     def _load(self) -> None:
-        from tokenizers import Tokenizer
-
         settings = load_settings()
         folder = Path(self.model_path_)  # type: ignore[arg-type]  # set by _resolve_folder
         info = ModelStore(folder.parent).require(folder.name, "chat")
@@ -151,12 +150,7 @@ class OnnxChatModel(BaseLLMModel):
         variant = select_variant(self.dtype or settings.model_dtype, list(info.variants), "chat", device)
         variant_dir = info.variant_path(variant)
         session = create_session(variant_dir / "model.onnx", device, settings.model_threads)
-        tokenizer_path = variant_dir / "tokenizer.json"
-        if not tokenizer_path.is_file():
-            raise ModelFileError(tokenizer_path, "Missing tokenizer file", "Re-run 'ortmodels export'.")
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
+        tokenizer = load_tokenizer(variant_dir / "tokenizer.json")
         self._state = _Loaded(
             DecoderSession(session, device), tokenizer, ChatTemplate.from_folder(variant_dir),
             info.manifest.chat, variant, device,

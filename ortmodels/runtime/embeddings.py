@@ -21,6 +21,7 @@ from ..precision import select_variant
 from ..store import ModelStore
 from .pooling import l2_normalize, pool
 from .session import create_session, resolve_device
+from .tokenization import load_tokenizer
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -29,21 +30,6 @@ if TYPE_CHECKING:
     from ..manifest import EmbeddingSpec
 
 logger = logging.getLogger(__name__)
-
-
-def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
-    """Open ``tokenizer.json`` with truncation to ``max_length`` and no padding (we pad per batch)."""
-    from tokenizers import Tokenizer
-
-    if not path.is_file():
-        raise ModelFileError(path, "Missing tokenizer file", "Re-run 'ortmodels export' for this model.")
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-        raise ModelFileError(path, f"Corrupt tokenizer file ({exc})") from exc
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
 
 
 def pad_batch(id_lists: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
