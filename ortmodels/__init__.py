@@ -14,6 +14,7 @@ from .manager import ModelManager
 from .store import ModelInfo, ModelStore
 
 if TYPE_CHECKING:
+    from .runtime.chat import OnnxChatModel
     from .runtime.embeddings import OnnxEmbeddingModel
 
 __version__ = "0.1.0"
@@ -25,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from .runtime.embeddings import OnnxEmbeddingModel
 
         return OnnxEmbeddingModel
+    if name == "OnnxChatModel":
+        from .runtime.chat import OnnxChatModel
+
+        return OnnxChatModel
     raise AttributeError(f"module 'ortmodels' has no attribute {name!r}")
 
 
@@ -34,6 +39,7 @@ __all__ = [
     "ModelInfo",
     "ModelManager",
     "ModelStore",
+    "OnnxChatModel",
     "OnnxEmbeddingModel",
     "OrtModelsError",
     "Settings",

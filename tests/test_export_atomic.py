@@ -124,3 +124,34 @@ def test_manifest_records_provenance(samples_dir: Path) -> None:
     for rel, entry in fp32.files.items():
         assert (folder / rel).stat().st_size == entry.size
     assert file_sha256(folder / "model.onnx") == fp32.files["model.onnx"].sha256
+
+
+def test_corrupt_manifest_is_repaired_by_exporting(store: ModelStore) -> None:
+    manifest = store.root / EMBEDDING_SAMPLE / "onnx" / "manifest.json"
+    manifest.unlink()  # a hard link may share the sample's inode: replace, never write through
+    manifest.write_text("{broken")
+    outcome = export_model(store, EMBEDDING_SAMPLE, ["fp32"])
+    assert not outcome.skipped and store.info(EMBEDDING_SAMPLE).manifest is not None
+
+
+def test_publish_never_deletes_a_folder_outside_the_model(tmp_path: Path) -> None:
+    from ortmodels.export import staging
+
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    (model / "onnx").symlink_to(outside, target_is_directory=True)
+    work = staging.new_staging_dir(model)
+    staging.publish(model, work, "v1")
+    assert (outside / "keep.txt").is_file()
+    assert (model / "onnx").resolve() == (model / ".exports" / "v1").resolve()
+
+
+def test_unknown_model_export_creates_nothing(tmp_path: Path) -> None:
+    from ortmodels.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError):
+        export_model(ModelStore(tmp_path), "ghost")
+    assert not (tmp_path / "ghost").exists()

@@ -96,3 +96,10 @@ def test_repetition_penalty_as_transformers() -> None:
 
 def test_zero_temperature_is_greedy() -> None:
     assert SamplingParams(temperature=0.0).greedy and not SamplingParams(temperature=0.7).greedy
+
+
+def test_stop_string_before_a_half_character_at_the_end_is_cut() -> None:
+    assembler = TextAssembler(decode, ("ENDOF",))
+    for token in (1, 2, 8, 9, 5):  # "Hello ENDOF" + half of "é": the last add() waits
+        assembler.add(token)
+    assert assembler.flush() == "" and assembler.released == "Hello "

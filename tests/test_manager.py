@@ -121,3 +121,13 @@ def test_configure_rereads_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     manager.configure()
     assert manager.list_available_models() == []
     assert manager.settings.local_models_dir == tmp_path
+
+
+def test_unload_during_a_load_is_not_undone() -> None:
+    manager = ModelManager()
+    loader = threading.Thread(target=lambda: manager.get_embedding_model("slow", CountingEmbeddings))
+    loader.start()
+    time.sleep(0.05)  # inside CountingEmbeddings._load's 0.2 s
+    manager.unload_all()
+    loader.join()
+    assert manager.loaded_models() == []  # the finished load was not put back into the cache

@@ -31,8 +31,14 @@ def test_auto_picks_by_kind_and_device() -> None:
     assert select_variant("int8", ["fp32"], "embedding", "cpu") == "int8"  # existence checked later
 
 
+def test_precision_a_kind_never_has_falls_back_to_auto(caplog: pytest.LogCaptureFixture) -> None:
+    assert select_variant("int4", ["fp32", "int8"], "embedding", "cpu") == "fp32"
+    assert "not exported as int4" in caplog.text
+    assert select_variant("float16", ["fp32", "int8"], "embedding", "cuda") == "fp32"
+
+
 def test_bfloat16_needs_cuda() -> None:
-    assert select_variant("bfloat16", ["bf16"], "chat", "cuda") == "bf16"
+    assert select_variant("bfloat16", ["fp32", "fp16"], "chat", "cuda") == "fp16"  # no bf16 export yet
     with pytest.raises(ConfigurationError, match="bfloat16 runs only on the CUDA provider"):
         select_variant("bfloat16", ["fp32"], "chat", "cpu")
 

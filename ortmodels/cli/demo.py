@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..errors import ModelKindError
 from . import app, console
 
 
@@ -15,12 +14,12 @@ def demo() -> None:
 
     manager = ModelManager()
     console.rule("chat")
-    try:
-        chat = manager.get_chat_model()
-        reply = chat.invoke([SystemMessage("Be brief."), HumanMessage("Capital of France?")])
-        console.print(f"[bold]{chat.model_name}[/]: {reply.content}")
-    except ModelKindError as exc:
-        console.print(f"chat skipped: {exc}")
+    chat = manager.get_chat_model()
+    reply = chat.invoke([SystemMessage("Be brief."), HumanMessage("Capital of France?")])
+    meta, usage = reply.response_metadata, reply.usage_metadata or {}
+    console.print(f"[bold]{chat.model_name}[/] ({meta.get('variant')}): {reply.content}")
+    console.print(f"  {usage.get('input_tokens')} prompt tokens, {usage.get('output_tokens')} answer tokens, "
+                  f"finish reason {meta.get('finish_reason')}")
 
     console.rule("embeddings")
     emb = manager.get_embedding_model()

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, ModelFileError, UnknownModelError
 from ..manifest import Manifest
-from ..store import ModelInfo, ModelStore
+from ..store import ModelInfo, ModelStore, detect_kind
 from . import staging
 from .checkpoint import source_sha256
 from .decoder import DECODER_DTYPES, export_decoder
@@ -52,7 +52,29 @@ def export_model(
     progress: Progress | None = None,
 ) -> ExportOutcome:
     """Export ``name``'s checkpoint in ``dtypes`` (default: every precision its kind supports)."""
-    info = store.info(name)
+    folder = store.model_dir(name)  # validates the name before any path is used
+    if name not in store.names():
+        raise UnknownModelError(name, store.names(), store.root)
+    with staging.export_lock(folder):
+        return _export_locked(store, name, dtypes, force, progress)
+
+
+def _info_ignoring_a_bad_manifest(store: ModelStore, name: str) -> ModelInfo:
+    """The model as the store sees it; a corrupt manifest counts as none, so exporting repairs it."""
+    try:
+        return store.info(name)
+    except ModelFileError as exc:
+        logger.warning("%s; exporting afresh.", exc)
+        folder = store.model_dir(name)
+        kind, architecture = detect_kind(folder)
+        return ModelInfo(name, folder, kind, architecture, None)
+
+
+def _export_locked(
+    store: ModelStore, name: str, dtypes: list[str] | None, force: bool, progress: Progress | None
+) -> ExportOutcome:
+    info = _info_ignoring_a_bad_manifest(store, name)
+    staging.check_link(info.path)
     if not info.has_checkpoint:
         raise ExportError(
             f"{info.path} has no config.json: put the Hugging Face checkpoint (config.json, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from ..store import ModelInfo, read_json
 from . import staging
 from .checkpoint import file_entries, tool_versions, utc_now
 from .progress import Progress
+
+logger = logging.getLogger(__name__)
 
 
 def check_dtypes(what: str, dtypes: list[str], supported: tuple[str, ...]) -> None:
@@ -82,6 +85,10 @@ def carry_over(info: ModelInfo, source_hash: str, work: Path, variants: dict[str
         if dtype in variants:
             continue
         src = info.onnx_path / entry.path
+        missing = [rel for rel in entry.files if not (src / rel).is_file()]
+        if missing:
+            logger.warning("Not keeping the old %s variant: %s is missing.", dtype, src / missing[0])
+            continue
         for rel in entry.files:
             staging.link_or_copy(src / rel, work / entry.path / rel)
         variants[dtype] = entry

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ExportError, ParityError
 from ..manifest import ChatSpec, Manifest, VariantEntry
+from ..precision import KIND_PRECISIONS
 from ..store import ModelInfo, read_json
 from .common import (
     check_dtypes,
@@ -44,7 +45,7 @@ _BUILDERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "int8": lambda src, dst: quantize_weight_only(src, dst, bits=8, block_size=16),
     "int4": lambda src, dst: quantize_weight_only(src, dst, bits=4),
 }
-DECODER_DTYPES = ("fp32", "fp16", "int8", "int4")
+DECODER_DTYPES = KIND_PRECISIONS["chat"]
 
 
 def _as_list(value: Any) -> list[int]:
@@ -88,13 +89,15 @@ def _fuse_if_faithful(base: Path, scratch: Path, reference: DecoderReference) ->
     """Replace ``base/model.onnx`` by its fused graph when that still matches PyTorch exactly."""
     scratch.mkdir()
     fused_file = scratch / "model.onnx"
+    parity: dict[str, Any] = {}
     try:
         fused = fuse_decoder_ops(base / "model.onnx", fused_file, read_json(base / "config.json"))
+        if fused:
+            parity = onnx_parity(fused_file, reference)
     except Exception as exc:  # the optimizer's pattern code raises anything on graphs it does not know
         logger.warning("Operator fusion failed (%s: %s); keeping the plain graph.", type(exc).__name__, exc)
         fused = {}
     if fused:
-        parity = onnx_parity(fused_file, reference)
         if parity["greedy_agreement"] == 1.0 and parity["max_logit_diff"] < 1e-2:
             for old in base.glob("model.onnx*"):
                 old.unlink()

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ExportError, ParityError
 from ..manifest import EmbeddingSpec, Manifest, VariantEntry
+from ..precision import KIND_PRECISIONS
 from ..runtime.embeddings import EncoderRunner, pad_batch
 from ..runtime.pooling import l2_normalize, pool
 from ..runtime.session import create_session
@@ -32,7 +33,7 @@ from .quantize import quantize_int8_dynamic
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_DTYPES = ("fp32", "int8")
+EMBEDDING_DTYPES = KIND_PRECISIONS["embedding"]
 FP32_MIN_COSINE = 0.9999
 TASK = "feature-extraction"
 

@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ExportError
@@ -48,29 +50,54 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def check_link(model_dir: Path) -> None:
+    """Refuse, before any work, a model whose ``onnx`` is not ortmodels' own link."""
+    link = model_dir / ONNX_DIR
+    if link.exists() and not link.is_symlink():
+        raise ExportError(
+            f"{link} is a real folder, not an ortmodels export link; move it away and export again."
+        )
+
+
 def publish(model_dir: Path, staging: Path, version_id: str) -> Path:
     """Rename ``staging`` to its final name and point ``onnx`` at it; drop older exports."""
+    check_link(model_dir)
+    exports = (model_dir / EXPORTS_DIR).resolve()
     final = model_dir / EXPORTS_DIR / version_id
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
     link = model_dir / ONNX_DIR
     previous = current_export_dir(model_dir)
-    if link.exists() and not link.is_symlink():
-        raise ExportError(
-            f"{link} is a real folder, not an ortmodels export link; move it away and export again."
-        )
     tmp_link = model_dir / f".onnx-link-{uuid.uuid4().hex[:8]}"
     os.symlink(Path(EXPORTS_DIR) / version_id, tmp_link, target_is_directory=True)
     os.replace(tmp_link, link)
-    if previous is not None and previous != final.resolve():
-        shutil.rmtree(previous, ignore_errors=True)
+    if previous is not None and previous != final.resolve() and previous.parent == exports:
+        shutil.rmtree(previous, ignore_errors=True)  # only ever our own old exports
     logger.info("Published export %s for %s", version_id, model_dir.name)
     return final
 
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def export_lock(model_dir: Path) -> Iterator[None]:
+    """One export of a model at a time: a second one waits instead of deleting the first's work."""
+    root = model_dir / EXPORTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; exports of one model must not overlap
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def clean_stale_staging(model_dir: Path) -> None:

@@ -16,10 +16,18 @@ import numpy as np
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import AIMessageChunk, BaseMessage, ChatMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from ..base import BaseLLMModel
 from ..config import load_settings
@@ -36,9 +44,13 @@ from .tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+#: Message classes and their chunk subclasses (a streamed reply fed back as history).
+_ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
+    (SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"), (ToolMessage, "tool"),
+)
 _TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _DEFAULT_MAX_TOKENS = 512
+_CALL_OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"})  # CallOptions
 _NONE = np.zeros(0, dtype=np.int64)
 
 
@@ -52,7 +64,9 @@ def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
         raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
     converted = []
     for index, message in enumerate(messages):
-        role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
+        role = message.role if isinstance(message, ChatMessage) else next(
+            (name for cls, name in _ROLES if isinstance(message, cls)), None
+        )
         if role not in _TEMPLATE_ROLES:
             raise ChatInputError(
                 f"Message {index} has role {getattr(message, 'role', message.type)!r}; chat "
@@ -66,6 +80,17 @@ def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
                 )
         converted.append({"role": role, "content": message.text})
     return converted
+
+
+class CallOptions(BaseModel):
+    """Generation options, checked with the same bounds whether set on the model or per call."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    seed: int | None = None
 
 
 class _Loaded:
@@ -183,37 +208,53 @@ class OnnxChatModel(BaseLLMModel):
         self._ensure_loaded()
         return self.loaded.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def _prompt_ids(self, messages: list[BaseMessage], max_tokens: int) -> list[int]:
-        ids = self.get_token_ids(self.render_prompt(messages))
-        context = self.loaded.spec.context_length
+    def _prompt_ids(self, loaded: _Loaded, messages: list[BaseMessage], max_tokens: int | None) -> tuple[list[int], int]:
+        """Prompt token ids and the number of tokens to generate, checked against the context."""
+        prompt = loaded.template.render(to_template_messages(messages), add_generation_prompt=True)
+        ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
+        context = loaded.spec.context_length
+        if max_tokens is None:  # not asked for: as many as fit, up to the default
+            default = int(loaded.spec.generation.get("max_new_tokens") or _DEFAULT_MAX_TOKENS)
+            max_tokens = max(1, min(default, context - len(ids)))
         overflow = len(ids) + max_tokens - context
         if overflow > 0:
-            if not self.truncate_prompt or max_tokens >= context:
+            if max_tokens >= context:
+                raise ChatInputError(
+                    f"max_tokens ({max_tokens}) alone fills the context of {context} tokens; lower it."
+                )
+            if not self.truncate_prompt:
                 raise ChatInputError(
                     f"Prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the context of "
                     f"{context} tokens by {overflow}. Shorten the conversation, lower max_tokens, or "
                     "set truncate_prompt=True to drop the oldest tokens."
                 )
             ids = ids[overflow:]
-        return ids
+        return ids, max_tokens
 
     # -- generation -------------------------------------------------------------------------
 
-    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[SamplingParams, int, tuple[str, ...]]:
-        defaults = self.loaded.spec.generation
-        unknown = set(kwargs) - {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"}
+    def _options(
+        self, loaded: _Loaded, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[SamplingParams, int | None, tuple[str, ...]]:
+        unknown = set(kwargs) - _CALL_OPTIONS
         if unknown:
             raise ChatInputError(f"Unknown generation option(s): {', '.join(sorted(unknown))}.")
+        given = {name: getattr(self, name) for name in _CALL_OPTIONS}
+        given.update({k: v for k, v in kwargs.items() if v is not None})
+        try:
+            checked = CallOptions(**given)
+        except ValidationError as exc:
+            raise ChatInputError(f"Bad generation option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}.") from None
+        defaults = loaded.spec.generation
 
         def pick(name: str, default: Any) -> Any:
-            for value in (kwargs.get(name), getattr(self, name), defaults.get(name)):
+            for value in (getattr(checked, name), defaults.get(name)):
                 if value is not None:
                     return value
             return default
 
-        explicit = kwargs.get("temperature", self.temperature)
-        if explicit is not None:
-            temperature = float(explicit)
+        if checked.temperature is not None:
+            temperature = float(checked.temperature)
         elif defaults.get("do_sample"):  # as in transformers: the config samples only if it says so
             temperature = float(defaults.get("temperature", 1.0))
         else:
@@ -221,13 +262,12 @@ class OnnxChatModel(BaseLLMModel):
         params = SamplingParams(
             temperature=temperature,
             top_p=float(pick("top_p", 1.0)),
-            top_k=int(pick("top_k", 0)),
+            top_k=int(pick("top_k", 50)),  # transformers' default when sampling
             repetition_penalty=float(pick("repetition_penalty", 1.0)),
             seed=pick("seed", None),
         )
-        max_tokens = int(kwargs.get("max_tokens") or self.max_tokens or defaults.get("max_new_tokens") or _DEFAULT_MAX_TOKENS)
         stops = tuple(s for s in [*(self.stop or []), *(stop or [])] if s)
-        return params, max_tokens, stops
+        return params, checked.max_tokens, stops
 
     def _stream(
         self,
@@ -238,8 +278,8 @@ class OnnxChatModel(BaseLLMModel):
     ) -> Iterator[ChatGenerationChunk]:
         self._ensure_loaded()
         loaded = self.loaded  # one consistent set even if another thread unloads meanwhile
-        params, max_tokens, stops = self._options(stop, kwargs)
-        prompt_ids = self._prompt_ids(messages, max_tokens)
+        params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
+        prompt_ids, max_tokens = self._prompt_ids(loaded, messages, asked_max_tokens)
         eos = set(loaded.spec.eos_token_ids)
         rng = np.random.default_rng(params.seed)
         assembler = TextAssembler(lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True), stops)

@@ -87,10 +87,15 @@ class TextAssembler:
         return self._release(text[: len(text) - self._held_back(text)])
 
     def flush(self) -> str:
-        """At the end of generation: everything not yet released (no stop string was hit)."""
+        """At the end of generation: everything not yet released, up to any stop string."""
         if self.stopped:
             return ""
-        return self._release(self.decode(self.ids))
+        text = self.decode(self.ids)
+        cut = self._stop_index(text)
+        if cut is not None:
+            self.stopped = True
+            text = text[:cut]
+        return self._release(text)
 
     def _release(self, text: str) -> str:
         if len(text) <= len(self.released) or not text.startswith(self.released):
