@@ -120,9 +120,21 @@ def test_by_name_from_settings(samples_dir: Path) -> None:
     assert model.model_path == samples_dir / MODEL and model.variant == "fp32"
 
 
-def test_missing_variant(samples_dir: Path) -> None:
-    with pytest.raises(ModelNotExportedError, match="no int4 export"):
-        OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int4").load()
+def test_precision_embeddings_never_have_falls_back(samples_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int4").load()
+    assert model.variant == "fp32" and "not exported as int4" in caplog.text
+
+
+def test_missing_variant_says_how_to_export(copied_embedding_model: Path) -> None:
+    import json
+
+    manifest = copied_embedding_model / "onnx" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["variants"]["int8"]
+    manifest.unlink()
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ModelNotExportedError, match="--dtype int8"):
+        OnnxEmbeddingModel(model_path=copied_embedding_model, dtype="int8").load()
 
 
 def test_missing_model_file_names_the_file(copied_embedding_model: Path) -> None:
