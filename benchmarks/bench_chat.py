@@ -44,6 +44,7 @@ from typing import Any
 
 from benchmarks.measure import TokenTimer, peak_rss_mib, rss_mib
 from benchmarks.report import bar_chart, machine, write_json
+from ortmodels.export.decoder_parity import common_prefix
 
 MODEL = "smollm2-135m-instruct"
 SYSTEM = "You are a helpful assistant."
@@ -220,15 +221,6 @@ class Worker:
         raise RuntimeError(f"worker {self.name!r} ended (exit code {self.process.wait()}) before {event!r}")
 
 
-def _shared_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -309,7 +301,7 @@ def main() -> None:
             "imports_torch": memory[name]["torch_imported"],
             "load_s": round(ready[name]["load_s"], 2),
             "answer": last["text"],
-            "same_answer_as_pytorch_chars": _shared_prefix(last["text"], reference_text),
+            "same_answer_as_pytorch_chars": common_prefix(last["text"], reference_text),
             "answers_identical_across_rounds": len({r["text"] for r in runs}) == 1,
         })
 

@@ -7,6 +7,7 @@ prompt, and perplexity on a fixed real text next to the PyTorch model's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKE
     return tokens
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    """How many leading items two sequences share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -98,7 +100,7 @@ def onnx_parity(model_file: Path, reference: DecoderReference) -> dict[str, Any]
     """The parity figures of one exported graph against ``reference``, on the CPU."""
     decoder = DecoderSession(create_session(model_file, "cpu"))
     agreements = [
-        _common_prefix(greedy_tokens(decoder, ids), expected) / NEW_TOKENS
+        common_prefix(greedy_tokens(decoder, ids), expected) / NEW_TOKENS
         for ids, expected in zip(reference.prompts, reference.greedy)
     ]
     prompt_logits = decoder.all_logits(reference.prompts[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -82,14 +82,22 @@ def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
     return converted
 
 
+# Generation options: one bounded type each, shared by the model's fields and per-call checks.
+MaxTokens = Annotated[int | None, Field(ge=1)]
+Temperature = Annotated[float | None, Field(ge=0.0)]
+TopP = Annotated[float | None, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int | None, Field(ge=0)]
+RepetitionPenalty = Annotated[float | None, Field(gt=0.0)]
+
+
 class CallOptions(BaseModel):
     """Generation options, checked with the same bounds whether set on the model or per call."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    max_tokens: MaxTokens = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    top_k: TopK = None
+    repetition_penalty: RepetitionPenalty = None
     seed: int | None = None
 
 
@@ -120,19 +128,19 @@ class OnnxChatModel(BaseLLMModel):
         ``for chunk in chat.stream("Tell me a story"): print(chunk.content, end="")``
     """
 
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: MaxTokens = None
     """Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512)."""
 
-    temperature: float | None = Field(default=None, ge=0.0)
+    temperature: Temperature = None
     """0 is greedy; default from ``generation_config.json`` (greedy unless it samples)."""
 
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: TopP = None
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches this."""
 
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: TopK = None
     """Sample among the k likeliest tokens only (0: no limit)."""
 
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    repetition_penalty: RepetitionPenalty = None
     """Above 1 discourages repeating tokens already in the prompt or answer."""
 
     seed: int | None = None
