@@ -129,7 +129,7 @@ class OnnxChatModel(BaseLLMModel):
     """
 
     max_tokens: MaxTokens = None
-    """Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512)."""
+    """Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512, within the context)."""
 
     temperature: Temperature = None
     """0 is greedy; default from ``generation_config.json`` (greedy unless it samples)."""
