@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,21 @@ def new_variant_dir(base: Path, target: Path) -> Path:
 def link_graph(base: Path, target: Path) -> None:
     for graph in base.glob("model.onnx*"):
         staging.link_or_copy(graph, target / graph.name)
+
+
+Builder = Callable[[Path, Path], dict[str, Any]]
+
+
+def build_variant(dtype: str, base: Path, target: Path, builders: dict[str, Builder]) -> dict[str, Any] | None:
+    """Write one precision into ``target``: fp32 is the base graph, others come from a builder.
+
+    Returns the builder's recipe (``None`` for fp32); dtypes were checked by `check_dtypes`.
+    """
+    new_variant_dir(base, target)
+    if dtype == "fp32":
+        link_graph(base, target)
+        return None
+    return builders[dtype](base / "model.onnx", target / "model.onnx")
 
 
 def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parity: dict[str, Any]) -> VariantEntry:

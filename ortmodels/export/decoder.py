@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,11 @@ from ..manifest import ChatSpec, Manifest, VariantEntry
 from ..precision import KIND_PRECISIONS
 from ..store import ModelInfo, read_json
 from .common import (
+    Builder,
+    build_variant,
     check_dtypes,
     export_attempt,
     finish_export,
-    link_graph,
-    new_variant_dir,
     require_fast_tokenizer,
     variant_entry,
 )
@@ -38,7 +37,7 @@ TASK = "text-generation-with-past"
 _GENERATION_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
-_BUILDERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
+_BUILDERS: dict[str, Builder] = {
     "fp16": convert_fp16,
     # int8: blocks of 16 keep perplexity at fp32's (12.144 vs 12.143 on the sample; 32: 12.12 but
     # flipped near-tied first tokens) for ~10% of its speed.
@@ -75,14 +74,6 @@ def chat_spec(base: Path, tokenizer: Any) -> ChatSpec:
         bos_token_id=generation.get("bos_token_id", config.get("bos_token_id")),
         generation={k: generation[k] for k in _GENERATION_KEYS if k in generation},
     )
-
-
-def _build_variant(dtype: str, base: Path, target: Path) -> dict[str, Any] | None:
-    new_variant_dir(base, target)
-    if dtype == "fp32":
-        link_graph(base, target)
-        return None
-    return _BUILDERS[dtype](base / "model.onnx", target / "model.onnx")
 
 
 def _fuse_if_faithful(base: Path, scratch: Path, reference: DecoderReference) -> dict[str, int]:
@@ -134,7 +125,7 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:
             progress.step(f"Building and checking the {dtype} variant")
-            recipe = {**(_build_variant(dtype, base, work / dtype) or {}), "fused_operators": fusion}
+            recipe = {**(build_variant(dtype, base, work / dtype, _BUILDERS) or {}), "fused_operators": fusion}
             parity = onnx_parity(work / dtype / "model.onnx", reference)
             if dtype == "fp32" and parity.get("greedy_agreement") != 1.0:
                 raise ParityError(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ExportError, ParityError
+from ..errors import ParityError
 from ..manifest import EmbeddingSpec, Manifest, VariantEntry
 from ..precision import KIND_PRECISIONS
 from ..runtime.embeddings import EncoderRunner, pad_batch
@@ -17,11 +17,10 @@ from ..runtime.session import create_session
 from ..runtime.tokenization import load_tokenizer
 from ..store import ModelInfo, read_json
 from .common import (
+    build_variant,
     check_dtypes,
     export_attempt,
     finish_export,
-    link_graph,
-    new_variant_dir,
     require_fast_tokenizer,
     variant_entry,
 )
@@ -100,17 +99,6 @@ def _parity(variant_dir: Path, spec: EmbeddingSpec, reference: np.ndarray) -> di
     }
 
 
-def _build_variant(dtype: str, base: Path, target: Path) -> dict[str, Any] | None:
-    """Write one precision's graph into ``target``; returns its quantization recipe."""
-    new_variant_dir(base, target)
-    if dtype == "fp32":
-        link_graph(base, target)
-        return None
-    if dtype == "int8":
-        return quantize_int8_dynamic(base / "model.onnx", target / "model.onnx")
-    raise ExportError(f"Embedding models export as {', '.join(EMBEDDING_DTYPES)}, not {dtype}.")
-
-
 def export_embedding(
     info: ModelInfo, dtypes: list[str], source_hash: str, progress: Progress
 ) -> Manifest:
@@ -131,7 +119,7 @@ def export_embedding(
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:
             progress.step(f"Building and checking the {dtype} variant")
-            recipe = _build_variant(dtype, base, work / dtype)
+            recipe = build_variant(dtype, base, work / dtype, {"int8": quantize_int8_dynamic})
             parity = _parity(work / dtype, spec, reference)
             if dtype == "fp32" and parity["cosine_min"] < FP32_MIN_COSINE:
                 raise ParityError(

@@ -31,16 +31,14 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from ..base import BaseLLMModel
 from ..config import load_settings
-from ..errors import ModelFileError, ModelNotLoadedError, OrtModelsError
+from ..errors import ModelNotLoadedError, OrtModelsError
 from ..manifest import ChatSpec
 from ..names import validate_model_name
-from ..precision import select_variant
-from ..store import ModelStore
 from .chat_template import ChatTemplate
 from .decoder import DecoderSession, DecoderState
 from .generation import SamplingParams, TextAssembler, choose_token
-from .session import create_session, resolve_device
 from .tokenization import load_tokenizer
+from .variant import open_variant
 
 logger = logging.getLogger(__name__)
 
@@ -172,23 +170,13 @@ class OnnxChatModel(BaseLLMModel):
 
     def _load(self) -> None:
         settings = load_settings()
-        folder = Path(self.model_path_)  # type: ignore[arg-type]  # set by _resolve_folder
-        info = ModelStore(folder.parent).require(folder.name, "chat")
-        if info.manifest is None or info.manifest.chat is None:
-            raise ModelFileError(
-                info.onnx_path / "manifest.json", "No ONNX export found",
-                f"Run 'ortmodels export {info.name}'.",
-            )
-        device = resolve_device(self.device or settings.model_device)
-        variant = select_variant(self.dtype or settings.model_dtype, list(info.variants), "chat", device)
-        variant_dir = info.variant_path(variant)
-        session = create_session(variant_dir / "model.onnx", device, settings.model_threads)
-        tokenizer = load_tokenizer(variant_dir / "tokenizer.json")
+        opened = open_variant(Path(self.model_path_), "chat", self.device, self.dtype, settings)  # type: ignore[arg-type]
         self._state = _Loaded(
-            DecoderSession(session, device), tokenizer, ChatTemplate.from_folder(variant_dir),
-            info.manifest.chat, variant, device,
+            DecoderSession(opened.session, opened.device), load_tokenizer(opened.folder / "tokenizer.json"),
+            ChatTemplate.from_folder(opened.folder), opened.info.manifest.chat,  # type: ignore[union-attr]
+            opened.variant, opened.device,
         )
-        logger.info("Loaded chat model %s (%s on %s)", info.name, variant, device)
+        logger.info("Loaded chat model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
     def _unload(self) -> None:
         self._state = None

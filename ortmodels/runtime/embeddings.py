@@ -15,13 +15,11 @@ import numpy as np
 
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
-from ..errors import ModelFileError, ModelNotLoadedError
+from ..errors import ModelNotLoadedError
 from ..names import validate_model_name
-from ..precision import select_variant
-from ..store import ModelStore
 from .pooling import l2_normalize, pool
-from .session import create_session, resolve_device
 from .tokenization import load_tokenizer
+from .variant import open_variant
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -147,25 +145,12 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
 
     def _load(self) -> None:
         settings = self._settings or load_settings()
-        folder = Path(self._model_path)  # type: ignore[arg-type]  # always set by __init__
-        info = ModelStore(folder.parent).require(folder.name, "embedding")
-        if info.manifest is None or info.manifest.embedding is None:
-            raise ModelFileError(
-                info.onnx_path / "manifest.json",
-                "No ONNX export found",
-                f"Run 'ortmodels export {info.name} --dtype fp32'.",
-            )
-        device = resolve_device(self.device or settings.model_device)
-        variant = select_variant(
-            self.dtype or settings.model_dtype, list(info.variants), "embedding", device
-        )
-        variant_dir = info.variant_path(variant)
-        spec = info.manifest.embedding
-        session = create_session(variant_dir / "model.onnx", device, settings.model_threads)
-        tokenizer = load_tokenizer(variant_dir / "tokenizer.json", spec.max_seq_length)
-        self._runner = EncoderRunner(session, tokenizer, spec)
-        self.variant, self.resolved_device = variant, device
-        logger.info("Loaded embedding model %s (%s on %s)", info.name, variant, device)
+        opened = open_variant(Path(self._model_path), "embedding", self.device, self.dtype, settings)  # type: ignore[arg-type]
+        spec = opened.info.manifest.embedding  # type: ignore[union-attr]  # checked by open_variant
+        tokenizer = load_tokenizer(opened.folder / "tokenizer.json", spec.max_seq_length)
+        self._runner = EncoderRunner(opened.session, tokenizer, spec)
+        self.variant, self.resolved_device = opened.variant, opened.device
+        logger.info("Loaded embedding model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
     def _unload(self) -> None:
         self._runner = None
