@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
 from .precision import normalize_precision
+from .units import parse_bytes, parse_seconds
 
 Device = Literal["auto", "cpu", "cuda", "coreml"]
 
@@ -47,6 +48,17 @@ class Settings(BaseSettings):
     model_threads: int = Field(default=0, ge=0, alias="MODEL_THREADS")
     """ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per physical core)."""
 
+    model_memory_budget: int = Field(default=0, alias="MODEL_MEMORY_BUDGET")
+    """Bytes the manager's loaded models may hold (``2GB``, ``512MiB``); least recently used
+    models are unloaded to stay within it. 0: no limit."""
+
+    model_keep_alive: float = Field(default=-1, alias="MODEL_KEEP_ALIVE")
+    """Seconds an idle model stays loaded (``300``, ``5m``), as Ollama's keep_alive:
+    -1 forever, 0 unload after each call."""
+
+    model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
+    """Check a variant's files against the manifest's sha256 before its first load."""
+
     @field_validator("model_device", mode="before")
     @classmethod
     def _device_alias(cls, value: object) -> object:
@@ -67,6 +79,18 @@ class Settings(BaseSettings):
             return normalize_precision(key)
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("model_memory_budget", mode="before")
+    @classmethod
+    def _bytes(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "0")):
+            return 0
+        return parse_bytes(value)  # type: ignore[arg-type]
+
+    @field_validator("model_keep_alive", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        return parse_seconds(value)  # type: ignore[arg-type]
 
     @field_validator("default_chat_model", "default_embedding_model", mode="after")
     @classmethod

@@ -83,3 +83,26 @@ class SampleModelError(OrtModelsError):
 
 class ModelNotLoadedError(OrtModelsError, RuntimeError):
     """A model object was used after `unload()` in a way that needs it loaded."""
+
+
+class UnknownVersionError(OrtModelsError, KeyError):
+    """No export version of that id exists for the model; the message lists those that do."""
+
+    def __init__(self, name: str, version: str, known: Iterable[str]) -> None:
+        self.name, self.version, self.known = name, version, list(known)
+        listing = ", ".join(self.known) if self.known else "none"
+        super().__init__(
+            f"Model {name!r} has no export version {version!r}. Versions: {listing}. "
+            f"See 'ortmodels versions {name}'."
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class VersionInUseError(OrtModelsError):
+    """An export version cannot be deleted: it is active or loaded by a running process."""
+
+
+class ModelIntegrityError(ModelFileError):
+    """A file of an exported variant no longer matches the sha256 and size its manifest records."""

@@ -46,20 +46,22 @@ def check_class(kind: ModelKind, model_class: type) -> None:
         )
 
 
-def build_model(
+def construct_model(
     store: ModelStore,
     settings: Settings,
     kind: ModelKind,
     name: str,
     model_class: type | None,
+    version: str | None = None,
 ) -> BaseModel:
-    """Construct and load ``name`` as ``model_class`` (ortmodels' own class when ``None``).
+    """Construct ``name`` as ``model_class`` (ortmodels' own class when ``None``), not loaded yet.
 
-    ortmodels' classes need the model in the store; a user's class gets the folder the
-    name maps to even if it does not exist yet, since it may load from elsewhere.
+    ortmodels' classes need the model (and ``version``, if given) in the store; a user's
+    class gets the folder the name maps to even if it does not exist yet, since it may
+    load from elsewhere.
     """
     if model_class is None:
-        path: Path = store.require(name, kind).path
+        path: Path = store.require(name, kind, version).path
         model_class = default_class(kind)
     else:
         check_class(kind, model_class)
@@ -70,5 +72,24 @@ def build_model(
         device=settings.model_device,
         dtype=settings.model_dtype,
     )
-    model.load()
+    model.version = version
     return model
+
+
+def estimate_memory(
+    store: ModelStore, settings: Settings, kind: ModelKind, name: str,
+    model_class: type | None, version: str | None = None,
+) -> int:
+    """Bytes the variant that would be loaded holds, to make room before loading; 0 if unknown."""
+    if model_class is not None:
+        return 0
+    try:
+        from .precision import select_variant
+        from .runtime.session import resolve_device
+
+        info = store.require(name, kind, version)
+        device = resolve_device(settings.model_device)
+        variant = select_variant(settings.model_dtype, list(info.variants), kind, device)
+        return info.variants[variant].size
+    except Exception:  # the load itself will report whatever is wrong, with its own message
+        return 0

@@ -2,27 +2,56 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import cache, versions
 from .base import BaseEmbeddingModel, BaseLLMModel
+from .cache import CacheEntry
 from .config import Settings, load_settings
-from .loader import BaseModel, build_model
+from .loader import BaseModel, construct_model, estimate_memory
+from .monitoring import runtime_state, stats
 from .names import validate_model_name
 from .store import ModelInfo, ModelStore
 
 logger = logging.getLogger(__name__)
 
-_CacheKey = tuple[str, str, Any]
+_CacheKey = tuple[str, str, Any, str | None]
+#: Least seconds between two runtime-state files written after calls (``ortmodels ps``).
+_PUBLISH_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded model, as ``manager.loaded()`` and ``ortmodels ps`` show it."""
+
+    name: str
+    kind: str
+    variant: str | None
+    version: str | None
+    device: str | None
+    memory_bytes: int
+    loaded_at: float | None
+    last_used: float
+    expires_at: float | None
+    """Wall-clock time when it is unloaded if still idle; ``None``: kept until unloaded."""
+    active_calls: int
+    model_class: str
 
 
 class ModelManager:
     """Lists the models in ``LOCAL_MODELS_DIR``, loads them on demand and caches them.
 
-    ``ModelManager()`` returns the same object every time. Two threads asking for the
-    same model at once load it once: each cache entry has its own lock, so loading one
-    model never blocks using another.
+    ``ModelManager()`` returns the same object every time. Each (kind, name, class,
+    version) has one model object: two threads asking for it get the same object and it
+    is loaded once. Loaded models are unloaded, least recently used first, to keep within
+    ``MODEL_MEMORY_BUDGET``, and after ``MODEL_KEEP_ALIVE`` seconds idle; a model is never
+    unloaded under a running call. An unloaded model stays in the cache and reloads on
+    its next use, so a caller holding it never sees it broken.
     """
 
     _instance: ModelManager | None = None
@@ -32,13 +61,18 @@ class ModelManager:
         with cls._instance_lock:
             if cls._instance is None:
                 instance = super().__new__(cls)
-                instance._lock = threading.Lock()
-                instance._models: dict[_CacheKey, BaseModel] = {}
-                instance._loading: dict[_CacheKey, threading.Lock] = {}
-                instance._generation = 0  # bumped by unload/configure: a load begun before is not cached
-                instance._apply(load_settings())
+                instance._init()
                 cls._instance = instance
             return cls._instance
+
+    def _init(self) -> None:
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._entries: dict[_CacheKey, CacheEntry] = {}
+        self._reaper: threading.Thread | None = None
+        self._last_publish = 0.0
+        self._apply(load_settings())
+        atexit.register(self._publish_exit)
 
     def _apply(self, settings: Settings) -> None:
         self._settings = settings
@@ -55,9 +89,13 @@ class ModelManager:
         return self._store
 
     def configure(self, settings: Settings | None = None) -> None:
-        """Unload everything and take new settings (re-read from the environment if ``None``)."""
+        """Unload everything, forget the cached objects and take new settings (``None``: re-read)."""
         self.unload_all()
-        self._apply(settings or load_settings())
+        with self._lock:
+            for entry in self._entries.values():
+                entry.model._observer = None
+            self._entries.clear()
+            self._apply(settings or load_settings())
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -65,68 +103,215 @@ class ModelManager:
         """Every model in the models folder, exported or not."""
         return self._store.list()
 
-    def get_model_info(self, name: str) -> ModelInfo:
-        return self._store.info(name)
+    def get_model_info(self, name: str, version: str | None = None) -> ModelInfo:
+        return self._store.info(name, version)
+
+    def versions(self, name: str) -> list[versions.VersionInfo]:
+        """The export versions of ``name``, newest first."""
+        return versions.list_versions(self._store.info(name).path)
+
+    def rollback(self, name: str, version: str) -> versions.VersionInfo:
+        """Make ``version`` the active export; loaded instances of the old one are unloaded."""
+        info = versions.activate(self._store.info(name).path, version)
+        with self._lock:
+            stale = [e.model for k, e in self._entries.items() if k[1] == name and k[3] is None]
+        for model in stale:
+            if getattr(model, "loaded_version", None) not in (None, version):
+                model.unload()
+        return info
+
+    def prune(self, name: str, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest versions (never the active one or one in use)."""
+        return versions.prune(self._store.info(name).path, keep)
 
     def loaded_models(self) -> list[str]:
+        """Names of the models loaded now."""
+        return sorted({entry.name for entry in self.loaded()})
+
+    def loaded(self) -> list[LoadedModel]:
+        """What is loaded now: memory, last use and when it expires (as ``ollama ps``)."""
         with self._lock:
-            return sorted({key[1] for key in self._models})
+            entries = list(self._entries.values())
+        rows = []
+        for entry in entries:
+            model = entry.model
+            if not model.is_loaded:
+                continue
+            rows.append(LoadedModel(
+                name=entry.key[1], kind=entry.key[0], variant=getattr(model, "loaded_variant", None),
+                version=getattr(model, "loaded_version", None),
+                device=getattr(getattr(model, "_opened", None), "device", None) or model.device,
+                memory_bytes=entry.memory, loaded_at=entry.loaded_at, last_used=entry.last_used,
+                expires_at=entry.expires_at, active_calls=getattr(model, "active_calls", 0),
+                model_class=type(model).__name__,
+            ))
+        return sorted(rows, key=lambda r: (r.name, r.kind))
+
+    def memory_bytes(self) -> int:
+        """Bytes held by loaded models, as the budget counts them."""
+        return sum(row.memory_bytes for row in self.loaded())
+
+    # -- monitoring ---------------------------------------------------------------------------
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per model and variant: calls, errors, tokens, tokens/s, latency p50/p95/p99, TTFT, loads."""
+        loaded = {(row.name, row.variant) for row in self.loaded()}
+        figures = stats.registry().snapshot()
+        for row in figures:
+            row["loaded"] = (row["model"], row["variant"]) in loaded
+        return figures
+
+    def reset_stats(self) -> None:
+        stats.registry().reset()
+
+    def prometheus_text(self) -> str:
+        """The figures of `stats` in Prometheus' text format (needs ``prometheus-client``)."""
+        from .monitoring.prometheus import exposition
+
+        return exposition(self.loaded)
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> Any:
+        """Serve the Prometheus figures on ``http://addr:port/metrics`` from a daemon thread."""
+        from .monitoring.prometheus import serve
+
+        return serve(port, addr, self.loaded)
 
     # -- loading ------------------------------------------------------------------------------
 
     def get_embedding_model(
-        self, name: str | None = None, model_class: type[BaseEmbeddingModel] | None = None
+        self, name: str | None = None, model_class: type[BaseEmbeddingModel] | None = None,
+        *, version: str | None = None,
     ) -> BaseEmbeddingModel:
-        """A loaded embedding model; ``name`` defaults to ``DEFAULT_EMBEDDING_MODEL``."""
-        model = self._get("embedding", name or self._settings.default_embedding_model, model_class)
+        """A loaded embedding model; ``name`` defaults to ``DEFAULT_EMBEDDING_MODEL``, ``version``
+        to the active export."""
+        model = self._get("embedding", name or self._settings.default_embedding_model, model_class, version)
         assert isinstance(model, BaseEmbeddingModel)
         return model
 
     def get_chat_model(
-        self, name: str | None = None, model_class: type[BaseLLMModel] | None = None
+        self, name: str | None = None, model_class: type[BaseLLMModel] | None = None,
+        *, version: str | None = None,
     ) -> BaseLLMModel:
-        """A loaded chat model; ``name`` defaults to ``DEFAULT_CHAT_MODEL``."""
-        model = self._get("chat", name or self._settings.default_chat_model, model_class)
+        """A loaded chat model; ``name`` defaults to ``DEFAULT_CHAT_MODEL``, ``version`` to the
+        active export."""
+        model = self._get("chat", name or self._settings.default_chat_model, model_class, version)
         assert isinstance(model, BaseLLMModel)
         return model
 
-    def _get(self, kind: str, name: str, model_class: type | None) -> BaseModel:
+    def _get(self, kind: str, name: str, model_class: type | None, version: str | None) -> BaseModel:
         validate_model_name(name)
-        key: _CacheKey = (kind, name, model_class)
+        key: _CacheKey = (kind, name, model_class, version)
         with self._lock:
-            model = self._models.get(key)
-            if model is not None:
-                return model
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:  # only callers of this very model wait here
+            entry = self._entries.get(key)
+            if entry is None:
+                model = construct_model(self._store, self._settings, kind, name, model_class, version)  # type: ignore[arg-type]
+                model._observer = self
+                entry = self._entries[key] = CacheEntry(key, model)
+            model = entry.model
+        if not model.is_loaded:
+            self._make_room(entry, estimate_memory(self._store, self._settings, kind, name, model_class, version))  # type: ignore[arg-type]
+        model.load()  # the model's own lock: concurrent callers wait for one load
+        return model
+
+    # -- the cache policy, driven by the models' own life cycle --------------------------------
+
+    def _entry_of(self, model: Any) -> CacheEntry | None:
+        key = next((k for k, e in self._entries.items() if e.model is model), None)
+        return self._entries.get(key) if key is not None else None
+
+    def _make_room(self, keep: CacheEntry, incoming: int) -> None:
+        with self._lock:
+            victims = cache.victims_for_budget(
+                list(self._entries.values()), self._settings.model_memory_budget, incoming, keep
+            )
+        for victim in victims:
+            logger.info("Unloading %s to stay within MODEL_MEMORY_BUDGET", victim.key[1])
+            victim.model.unload()
+
+    def _model_loaded(self, model: Any) -> None:
+        """Called by a managed model after every load, including a reload on its next use."""
+        with self._lock:
+            entry = self._entry_of(model)
+            if entry is None:
+                return
+            entry.loaded_at = time.time()
+            entry.touch(self._settings.model_keep_alive)
+        self._make_room(entry, 0)
+        self._schedule()
+        self._publish()
+        logger.info("Loaded %s model %s", entry.key[0], entry.key[1])
+
+    def _model_unloaded(self, model: Any) -> None:
+        with self._lock:
+            entry = self._entry_of(model)
+            if entry is not None:
+                entry.loaded_at = None
+                entry.expires_at = None
+        self._publish()
+
+    def _model_used(self, model: Any) -> None:
+        """Called by a managed model after each call: LRU time, keep-alive, keep-alive 0."""
+        keep_alive = self._settings.model_keep_alive
+        with self._lock:
+            entry = self._entry_of(model)
+            if entry is None:
+                return
+            entry.touch(keep_alive)
+        if keep_alive == 0 and not model.active_calls:
+            model.unload()
+        else:
+            self._schedule()
+        if time.monotonic() - self._last_publish >= _PUBLISH_EVERY_S:
+            self._publish()
+
+    def _schedule(self) -> None:
+        """Wake (or start) the thread that unloads models whose keep-alive has run out."""
+        if self._settings.model_keep_alive <= 0:
+            return
+        with self._lock:
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(target=self._reap, name="ortmodels-keep-alive", daemon=True)
+                self._reaper.start()
+            self._wake.notify_all()
+
+    def _reap(self) -> None:
+        while True:
             with self._lock:
-                model = self._models.get(key)
-                generation = self._generation
-                store, settings = self._store, self._settings
-            if model is None:
-                model = build_model(store, settings, kind, name, model_class)  # type: ignore[arg-type]
-                with self._lock:
-                    if generation == self._generation:
-                        self._models[key] = model
-                logger.info("Loaded %s model %s", kind, name)
-            return model
+                entries = list(self._entries.values())
+                due = cache.expired(entries)
+                if not due:
+                    upcoming = cache.next_expiry(entries)
+                    if upcoming is None:
+                        self._wake.wait(timeout=60.0)
+                    else:
+                        self._wake.wait(timeout=max(0.01, upcoming - time.time()))
+                    continue
+            for entry in due:
+                logger.info("Unloading %s: idle for its keep-alive", entry.key[1])
+                entry.model.unload()
+
+    def _publish(self) -> None:
+        self._last_publish = time.monotonic()
+        runtime_state.write_state(
+            self._settings.local_models_dir, [asdict(r) for r in self.loaded()], stats.registry().snapshot()
+        )
+
+    def _publish_exit(self) -> None:
+        runtime_state.write_state(self._settings.local_models_dir, [], [])
 
     # -- unloading ----------------------------------------------------------------------------
 
     def unload(self, name: str) -> bool:
-        """Unload every cached instance of ``name``; ``True`` if one was loaded."""
+        """Unload every cached instance of ``name`` (after their running calls); ``True`` if one was loaded."""
         with self._lock:
-            self._generation += 1
-            keys = [key for key in self._models if key[1] == name]
-            models = [self._models.pop(key) for key in keys]
+            models = [e.model for k, e in self._entries.items() if k[1] == name and e.loaded]
         for model in models:
             model.unload()
         return bool(models)
 
     def unload_all(self) -> None:
+        """Unload every model (each after its running calls finish)."""
         with self._lock:
-            self._generation += 1
-            models = list(self._models.values())
-            self._models.clear()
+            models = [e.model for e in self._entries.values()]
         for model in models:
             model.unload()

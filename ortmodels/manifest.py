@@ -79,6 +79,10 @@ class Manifest(BaseModel):
     embedding: EmbeddingSpec | None = None
     chat: ChatSpec | None = None
     variants: dict[str, VariantEntry] = Field(default_factory=dict)
+    version: str | None = None
+    """This export's id: its UTC time and the first hex digits of ``content_sha256``."""
+    content_sha256: str | None = None
+    """Hash over every variant file's path and sha256."""
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST_NAME

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import (
     ModelFileError,
@@ -20,13 +21,14 @@ from .errors import (
     UnknownModelError,
 )
 from .manifest import Manifest, VariantEntry, read_manifest
+from .model_card import count_parameters, read_card
 from .names import validate_model_name
+from .versions import ONNX_DIR, active_version, exports_root, version_dir
 
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["embedding", "chat", "unknown"]
 
-ONNX_DIR = "onnx"
 _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
@@ -40,10 +42,20 @@ class ModelInfo:
     kind: ModelKind
     architecture: str | None
     manifest: Manifest | None = field(default=None, compare=False, repr=False)
+    export_dir: Path | None = None
+    """The export version this info describes, resolved once so a concurrent export or
+    rollback cannot switch it between reading the manifest and opening the files."""
 
     @property
     def onnx_path(self) -> Path:
-        return self.path / ONNX_DIR
+        return self.export_dir or self.path / ONNX_DIR
+
+    @property
+    def version(self) -> str | None:
+        """The export version described (``None`` for an unexported or pre-versioning export)."""
+        if self.manifest is not None and self.manifest.version:
+            return self.manifest.version
+        return self.export_dir.name if self.export_dir is not None else None
 
     @property
     def variants(self) -> dict[str, VariantEntry]:
@@ -52,6 +64,86 @@ class ModelInfo:
     @property
     def has_checkpoint(self) -> bool:
         return (self.path / "config.json").is_file()
+
+    # -- metadata, read from the checkpoint and the manifest without loading anything ----------
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's ``config.json`` (or the exported copy), ``{}`` if neither is readable."""
+        for candidate in [self.path / "config.json"] + [
+            self.onnx_path / v.path / "config.json" for v in self.variants.values()
+        ]:
+            if candidate.is_file():
+                try:
+                    return read_json(candidate)
+                except ModelFileError:
+                    continue
+        return {}
+
+    @cached_property
+    def parameters(self) -> int | None:
+        """Weights in the checkpoint, counted from the safetensors headers."""
+        return count_parameters(self.path)
+
+    @property
+    def context_length(self) -> int | None:
+        if self.manifest is not None and self.manifest.chat is not None:
+            return self.manifest.chat.context_length
+        if self.manifest is not None and self.manifest.embedding is not None:
+            return self.manifest.embedding.max_seq_length
+        value = self.config.get("max_position_embeddings")
+        return int(value) if value else None
+
+    @property
+    def embedding_size(self) -> int | None:
+        """Length of an embedding vector (embedding models) or of the hidden state (chat models)."""
+        if self.manifest is not None and self.manifest.embedding is not None:
+            return self.manifest.embedding.dimension
+        value = self.config.get("hidden_size") or self.config.get("d_model")
+        return int(value) if value else None
+
+    @property
+    def vocab_size(self) -> int | None:
+        value = self.config.get("vocab_size")
+        return int(value) if value else None
+
+    @cached_property
+    def _card(self) -> tuple[str | None, str | None]:
+        return read_card(self.path)
+
+    @property
+    def license(self) -> str | None:
+        return self._card[0]
+
+    @property
+    def description(self) -> str | None:
+        return self._card[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything ``ortmodels info`` and ``list --json`` show, JSON-ready."""
+        manifest = self.manifest
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "model_type": self.config.get("model_type"),
+            "parameters": self.parameters,
+            "context_length": self.context_length,
+            "embedding_size": self.embedding_size,
+            "vocab_size": self.vocab_size,
+            "license": self.license,
+            "description": self.description,
+            "path": str(self.path),
+            "version": self.version,
+            "exported_at": manifest.created_at if manifest else None,
+            "source_sha256": manifest.source_sha256 if manifest else None,
+            "size": self.size_bytes(),
+            "variants": {
+                dtype: {"size": v.size, "files": len(v.files), "parity": v.parity,
+                        "quantization": v.quantization}
+                for dtype, v in self.variants.items()
+            },
+        }
 
     def size_bytes(self) -> int:
         """Bytes of all exported variants, as the manifest records them."""
@@ -125,14 +217,20 @@ class ModelStore:
                 found.append(child.name)
         return found
 
-    def info(self, name: str) -> ModelInfo:
-        """Describe one model, or raise `UnknownModelError` listing the known ones."""
+    def info(self, name: str, version: str | None = None) -> ModelInfo:
+        """Describe one model (its active export, or ``version``), or raise `UnknownModelError`."""
         folder = self.model_dir(name)
         if name not in self.names():
             raise UnknownModelError(name, self.names(), self.root)
-        manifest = read_manifest(folder / ONNX_DIR)
+        if version is not None:
+            export_dir: Path | None = version_dir(folder, version)
+        elif active_version(folder) is not None:
+            export_dir = exports_root(folder) / active_version(folder)  # type: ignore[operator]
+        else:
+            export_dir = None
+        manifest = read_manifest(export_dir or folder / ONNX_DIR)
         kind, architecture = detect_kind(folder, manifest)
-        return ModelInfo(name, folder, kind, architecture, manifest)
+        return ModelInfo(name, folder, kind, architecture, manifest, export_dir)
 
     def list(self) -> list[ModelInfo]:
         """Every model in the store; one with a corrupt manifest is logged and listed as unknown."""
@@ -146,9 +244,9 @@ class ModelStore:
                 infos.append(ModelInfo(name, folder, "unknown", None, None))
         return infos
 
-    def require(self, name: str, kind: ModelKind) -> ModelInfo:
-        """Describe ``name`` and check that it is of ``kind``."""
-        info = self.info(name)
+    def require(self, name: str, kind: ModelKind, version: str | None = None) -> ModelInfo:
+        """Describe ``name`` (its active export, or ``version``) and check that it is of ``kind``."""
+        info = self.info(name, version)
         if info.kind != kind:
             same_kind = [i.name for i in self.list() if i.kind == kind]
             raise ModelKindError(

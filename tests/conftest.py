@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ortmodels.manager import ModelManager
+from ortmodels.monitoring import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = Path(os.environ.get("ORTMODELS_TEST_MODELS_DIR", ROOT / "models")).resolve()
@@ -21,6 +22,9 @@ _SETTINGS_VARS = (
     "MODEL_DEVICE",
     "MODEL_DTYPE",
     "MODEL_THREADS",
+    "MODEL_MEMORY_BUDGET",
+    "MODEL_KEEP_ALIVE",
+    "MODEL_VERIFY_FILES",
 )
 
 
@@ -32,9 +36,10 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     monkeypatch.setenv("LOCAL_MODELS_DIR", str(SAMPLES_DIR))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # so no stray .env is read
     ModelManager._instance = None
+    stats.registry().reset()
     yield
     if ModelManager._instance is not None:
-        ModelManager._instance.unload_all()
+        ModelManager._instance.configure()
     ModelManager._instance = None
 
 

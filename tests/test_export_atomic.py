@@ -86,7 +86,7 @@ def test_new_export_replaces_old_and_keeps_other_variants(store: ModelStore) -> 
     outcome = export_model(store, EMBEDDING_SAMPLE, ["int8"], force=True)
     assert not outcome.skipped and outcome.exported == ["int8"]
     new_dir, _, new_files = _snapshot(store)
-    assert new_dir != old_dir and not old_dir.exists()
+    assert new_dir != old_dir and old_dir.exists()  # the old export stays, as a version
     assert set(outcome.manifest.variants) == {"fp32", "int8"}  # fp32 carried over: same checkpoint
     assert {k: v for k, v in new_files.items() if k.startswith("fp32/")} == {
         k: v for k, v in old_files.items() if k.startswith("fp32/")

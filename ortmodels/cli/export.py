@@ -35,6 +35,7 @@ def export(
     dtype: str = typer.Option(None, "--dtype", help="Precisions, e.g. fp32,int8 (default: all)."),
     all_models: bool = typer.Option(False, "--all", help="Export every model in the store."),
     force: bool = typer.Option(False, "--force", help="Export even if up to date."),
+    keep: int = typer.Option(3, "--keep", min=1, help="Export versions to keep (older ones are pruned)."),
 ) -> None:
     """Export a checkpoint to ONNX; the previous export stays until the new one is complete."""
     from ..export import (  # the export stack is heavy: import only here
@@ -57,7 +58,7 @@ def export(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
         ) as progress:
             steps = _RichSteps(progress, model_name)
-            outcome = export_model(store, model_name, dtypes, force=force, progress=steps)
+            outcome = export_model(store, model_name, dtypes, force=force, progress=steps, keep=keep)
             steps.finish()
         if outcome.skipped:
             console.print(f"{model_name}: up to date ({', '.join(outcome.manifest.variants)}); --force to redo")
@@ -66,3 +67,4 @@ def export(
             parity = outcome.manifest.variants[dt].parity
             figures = ", ".join(f"{k}={v:.6f}" for k, v in parity.items() if isinstance(v, float))
             console.print(f"{model_name} {dt}: {figures}")
+        console.print(f"{model_name}: version {outcome.manifest.version} is now active")

@@ -8,32 +8,16 @@ import typer
 from rich.table import Table
 
 from ..config import load_settings
-from ..store import ModelInfo, ModelStore
+from ..store import ModelStore
+from ..units import format_bytes
 from . import app, console
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
+
 
 
 def _store() -> ModelStore:
     return ModelStore(load_settings().local_models_dir)
-
-
-def _summary(info: ModelInfo) -> dict:
-    return {
-        "name": info.name,
-        "kind": info.kind,
-        "architecture": info.architecture,
-        "variants": {k: v.size for k, v in info.variants.items()},
-        "size": info.size_bytes(),
-        "path": str(info.path),
-    }
 
 
 @app.command("list")
@@ -42,7 +26,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     store = _store()
     infos = store.list()
     if as_json:
-        console.print_json(json.dumps([_summary(i) for i in infos]))
+        console.print_json(json.dumps([i.to_dict() for i in infos]))
         return
     table = Table(title=f"Models in {store.root}")
     for column in ("name", "kind", "architecture", "exported", "size"):
@@ -53,7 +37,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             info.kind,
             info.architecture or "-",
             ", ".join(info.variants) or "not exported",
-            human_size(info.size_bytes()) if info.variants else "-",
+            format_bytes(info.size_bytes()) if info.variants else "-",
         )
     if not infos:
         console.print(f"No models in {store.root}. Run 'ortmodels samples' for the sample models.")
@@ -62,16 +46,34 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 
 @app.command()
-def info(name: str) -> None:
-    """Show one model: kind, export manifest and per-variant parity figures."""
-    model = _store().info(name)
+def info(
+    name: str,
+    version: str = typer.Option(None, "--version", help="An export version (default: the active one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show one model: what it is, its export version, variants with sizes and parity figures."""
+    model = _store().info(name, version)
+    data = model.to_dict()
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
     console.print(f"[bold]{model.name}[/]  {model.kind}  {model.architecture or ''}")
     console.print(f"folder: {model.path}")
+    facts = [
+        ("parameters", f"{data['parameters'] / 1e6:.1f} M" if data["parameters"] else None),
+        ("context length", data["context_length"]),
+        ("embedding size", data["embedding_size"]),
+        ("vocabulary", data["vocab_size"]),
+        ("license", data["license"]),
+    ]
+    console.print("  ".join(f"{k}: {v}" for k, v in facts if v is not None))
+    if data["description"]:
+        console.print(data["description"], highlight=False)
     manifest = model.manifest
     if manifest is None:
         console.print(f"not exported: run 'ortmodels export {name}'")
         return
-    console.print(f"exported {manifest.created_at}, task {manifest.task}, opset {manifest.opset}")
+    console.print(f"version {model.version}, exported {manifest.created_at}, task {manifest.task}, opset {manifest.opset}")
     console.print(f"source sha256 {manifest.source_sha256}")
     if manifest.embedding:
         console.print(f"embedding: {manifest.embedding.model_dump()}")
@@ -83,5 +85,5 @@ def info(name: str) -> None:
         parity = ", ".join(
             f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in variant.parity.items()
         )
-        table.add_row(dtype, human_size(variant.size), str(len(variant.files)), parity)
+        table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), parity)
     console.print(table)

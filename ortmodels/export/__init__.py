@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ExportError, ModelFileError, UnknownModelError
 from ..manifest import Manifest
 from ..store import ModelInfo, ModelStore, detect_kind
+from .. import versions
 from . import staging
 from .checkpoint import source_sha256
 from .decoder import DECODER_DTYPES, export_decoder
@@ -50,13 +51,23 @@ def export_model(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    keep: int = versions.DEFAULT_KEEP,
 ) -> ExportOutcome:
-    """Export ``name``'s checkpoint in ``dtypes`` (default: every precision its kind supports)."""
+    """Export ``name``'s checkpoint in ``dtypes`` (default: every precision its kind supports).
+
+    The new export becomes the active version; of the older ones, all but the ``keep``
+    newest versions are pruned (never one that is active or loaded somewhere).
+    """
     folder = store.model_dir(name)  # validates the name before any path is used
     if name not in store.names():
         raise UnknownModelError(name, store.names(), store.root)
     with staging.export_lock(folder):
-        return _export_locked(store, name, dtypes, force, progress)
+        outcome = _export_locked(store, name, dtypes, force, progress)
+        if not outcome.skipped:
+            removed = versions.prune(folder, keep)
+            if removed:
+                logger.info("Pruned old export versions of %s: %s", name, ", ".join(removed))
+        return outcome
 
 
 def _info_ignoring_a_bad_manifest(store: ModelStore, name: str) -> ModelInfo:

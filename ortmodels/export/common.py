@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -145,6 +146,17 @@ def finish_export(
 
 def publish_manifest(info: ModelInfo, work: Path, manifest: Manifest) -> None:
     """Write the manifest into the finished export and switch the model over to it."""
-    manifest.write(work)
+    manifest.content_sha256 = content_sha256(manifest)
     stamp = manifest.created_at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    staging.publish(info.path, work, f"{stamp}-{manifest.source_sha256[:8]}")
+    manifest.version = f"{stamp}-{manifest.content_sha256[:8]}"
+    manifest.write(work)
+    staging.publish(info.path, work, manifest.version)
+
+
+def content_sha256(manifest: Manifest) -> str:
+    """One hash of every variant file's path and hash: two exports with equal bytes share it."""
+    digest = hashlib.sha256()
+    for dtype, entry in sorted(manifest.variants.items()):
+        for rel, file in sorted(entry.files.items()):
+            digest.update(f"{dtype}/{rel}\0{file.sha256}\n".encode())
+    return digest.hexdigest()

@@ -3,7 +3,8 @@
 ``models/<name>/onnx`` is a symbolic link to ``models/<name>/.exports/<id>/``. An export
 writes a new ``<id>`` folder and replaces the link with ``os.replace`` (atomic on POSIX),
 so a reader sees either the old export or the new one, and a failed or interrupted
-export leaves the old one untouched.
+export leaves the old one untouched. Older exports stay as versions (see
+`ortmodels.versions`) until pruned.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import versions
 from ..errors import ExportError
-from ..store import ONNX_DIR
+from ..versions import EXPORTS_DIR, ONNX_DIR
 
 logger = logging.getLogger(__name__)
-
-EXPORTS_DIR = ".exports"
 
 
 def new_staging_dir(model_dir: Path) -> Path:
@@ -60,20 +60,13 @@ def check_link(model_dir: Path) -> None:
 
 
 def publish(model_dir: Path, staging: Path, version_id: str) -> Path:
-    """Rename ``staging`` to its final name and point ``onnx`` at it; drop older exports."""
+    """Rename ``staging`` to its version folder and point ``onnx`` at it; older versions stay."""
     check_link(model_dir)
-    exports = (model_dir / EXPORTS_DIR).resolve()
     final = model_dir / EXPORTS_DIR / version_id
     if final.exists():
-        shutil.rmtree(final)
+        raise ExportError(f"Export version {version_id} already exists in {final.parent}.")
     staging.rename(final)
-    link = model_dir / ONNX_DIR
-    previous = current_export_dir(model_dir)
-    tmp_link = model_dir / f".onnx-link-{uuid.uuid4().hex[:8]}"
-    os.symlink(Path(EXPORTS_DIR) / version_id, tmp_link, target_is_directory=True)
-    os.replace(tmp_link, link)
-    if previous is not None and previous != final.resolve() and previous.parent == exports:
-        shutil.rmtree(previous, ignore_errors=True)  # only ever our own old exports
+    versions.point_link(model_dir, version_id)
     logger.info("Published export %s for %s", version_id, model_dir.name)
     return final
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..base import loading_model
 from ..config import Settings
 from ..errors import ModelFileError
+from ..integrity import verify_variant
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
+from ..versions import VersionLease
 from .session import create_session, resolve_device
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,18 +30,44 @@ class OpenVariant:
     device: str
     session: ort.InferenceSession
 
+    @property
+    def size(self) -> int:
+        """Bytes of the variant's files, as its manifest records them."""
+        return self.info.variants[self.variant].size
+
 
 def open_variant(
     model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings
 ) -> OpenVariant:
-    """Check the model's kind and export, pick device and precision, and open its session."""
-    info = ModelStore(model_dir.parent).require(model_dir.name, kind)
+    """Check the model's kind and export, pick device and precision, verify the files, open the session.
+
+    Called from a model's ``_load``: the export version comes from that model's
+    ``version`` (``None``: the active one), and the model keeps a lease on the version
+    until it is unloaded, so the version is not pruned under it.
+    """
+    owner = loading_model()
+    version = getattr(owner, "version", None)
+    info = ModelStore(model_dir.parent).require(model_dir.name, kind, version)
     if info.manifest is None or getattr(info.manifest, kind) is None:
         raise ModelFileError(
             info.onnx_path / "manifest.json", "No ONNX export found", f"Run 'ortmodels export {info.name}'."
         )
-    resolved = resolve_device(device or settings.model_device)
-    variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved)
-    folder = info.variant_path(variant)
-    session = create_session(folder / "model.onnx", resolved, settings.model_threads)
-    return OpenVariant(info, variant, folder, resolved, session)
+    lease = VersionLease(info.path, info.export_dir.name) if info.export_dir is not None else None
+    try:
+        resolved = resolve_device(device or settings.model_device)
+        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved)
+        folder = info.variant_path(variant)
+        if settings.model_verify_files:
+            hashed = verify_variant(folder, info.variants[variant], info.name)
+            logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
+        session = create_session(folder / "model.onnx", resolved, settings.model_threads)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    opened = OpenVariant(info, variant, folder, resolved, session)
+    if owner is not None:
+        owner._attach(opened, lease)
+    elif lease is not None:  # opened outside a model's load(): nothing would release it later
+        lease.release()
+    return opened

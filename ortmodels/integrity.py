@@ -1,0 +1,126 @@
+"""Check a variant's files against the sha256 and size its manifest records, once per change.
+
+Hashing a 500 MB graph costs about a second, so a file that passed is remembered by its
+size, modification time and inode, in memory and in ``.exports/.verified/<version>.json``
+beside the export (when the store is writable): a later load, in this process or a new
+one, re-hashes only files that changed since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from .errors import ModelIntegrityError
+from .manifest import VariantEntry
+
+logger = logging.getLogger(__name__)
+
+VERIFIED_DIR = ".verified"
+_CHUNK = 1 << 20
+_FIX = "Re-run 'ortmodels export {name} --force', or roll back with 'ortmodels rollback {name} VERSION'."
+
+_memo: dict[str, tuple[int, int, int, str]] = {}
+_memo_lock = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def _record_file(folder: Path) -> Path | None:
+    """``.exports/.verified/<version>.json`` for a variant folder inside a version, else ``None``."""
+    version_dir = folder.parent
+    if version_dir.parent.name != ".exports":
+        return None
+    return version_dir.parent / VERIFIED_DIR / f"{version_dir.name}.json"
+
+
+def _read_record(path: Path | None) -> dict[str, list]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(path: Path | None, record: dict[str, list]) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only store: the check is simply paid again next time
+        logger.debug("Could not remember verified files in %s: %s", path, exc)
+
+
+def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
+    """Raise `ModelIntegrityError` naming the first missing, truncated or changed file.
+
+    Returns how many files were hashed (0 when every file was remembered as checked).
+    """
+    fix = _FIX.format(name=model_name)
+    record_path = _record_file(folder)
+    record = _read_record(record_path)
+    hashed = 0
+    changed = False
+    for rel, expected in sorted(entry.files.items()):
+        path = folder / rel
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ModelIntegrityError(path, "Missing model file", fix) from None
+        if stat.st_size != expected.size:
+            raise ModelIntegrityError(
+                path, f"Model file has {stat.st_size} bytes, the manifest records {expected.size} "
+                "(truncated or replaced)", fix,
+            )
+        key = str(path)
+        stamp = _stamp(stat)
+        with _memo_lock:
+            known = _memo.get(key)
+        if known == (*stamp, expected.sha256):
+            continue
+        on_disk = record.get(f"{folder.name}/{rel}")
+        if on_disk == [*stamp, expected.sha256]:
+            with _memo_lock:
+                _memo[key] = (*stamp, expected.sha256)
+            continue
+        actual = file_sha256(path)
+        hashed += 1
+        if actual != expected.sha256:
+            raise ModelIntegrityError(
+                path, f"Model file changed: sha256 {actual[:12]}…, the manifest records "
+                f"{expected.sha256[:12]}…", fix,
+            )
+        with _memo_lock:
+            _memo[key] = (*stamp, expected.sha256)
+        record[f"{folder.name}/{rel}"] = [*stamp, expected.sha256]
+        changed = True
+    if changed:
+        _write_record(record_path, record)
+    return hashed
+
+
+def forget(folder: Path) -> None:
+    """Drop what this process remembers of ``folder``'s files (tests, repairs)."""
+    prefix = str(folder)
+    with _memo_lock:
+        for key in [k for k in _memo if k.startswith(prefix)]:
+            del _memo[key]

@@ -1,0 +1,1 @@
+"""Performance figures of loaded models: the stats registry, Prometheus exposition, LangChain callbacks."""

@@ -1,0 +1,251 @@
+"""Export versions kept side by side: list, activate (roll back), prune, and lease.
+
+Every export is a folder ``models/<name>/.exports/<version>/`` (its id is the export's
+time and content hash); ``models/<name>/onnx`` is a link to the active one. A process
+that loads a version holds a shared lock on ``.exports/.leases/<version>.lock`` for as
+long as the model stays loaded; pruning takes that lock exclusively without waiting, so
+a version that is being loaded or used, by this process or another, is never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelFileError, UnknownVersionError, VersionInUseError
+from .manifest import Manifest, read_manifest
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+EXPORTS_DIR = ".exports"
+LEASES_DIR = ".leases"
+#: Versions kept by ``ortmodels export`` after it publishes a new one (older ones are pruned).
+DEFAULT_KEEP = 3
+
+try:  # POSIX advisory locks; on Windows leases are kept within the process only
+    import fcntl
+except ImportError:  # pragma: no cover - not reached on Linux/macOS
+    fcntl = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One export of a model, as ``ortmodels versions`` shows it."""
+
+    id: str
+    path: Path
+    created_at: str
+    content_sha256: str | None
+    source_sha256: str | None
+    variants: dict[str, int]
+    """Precision → bytes."""
+    active: bool
+    in_use: bool
+
+    @property
+    def size(self) -> int:
+        return sum(self.variants.values())
+
+
+def exports_root(model_dir: Path) -> Path:
+    return model_dir / EXPORTS_DIR
+
+
+def active_version(model_dir: Path) -> str | None:
+    """The version the ``onnx`` link points to, if it is one of ours."""
+    link = model_dir / ONNX_DIR
+    if not link.is_symlink():
+        return None
+    target = link.resolve()
+    return target.name if target.parent == exports_root(model_dir).resolve() else None
+
+
+def _is_version_dir(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith((".", "tmp-"))
+
+
+def list_versions(model_dir: Path) -> list[VersionInfo]:
+    """Every complete export of a model, newest first; a folder with a bad manifest is skipped."""
+    root = exports_root(model_dir)
+    if not root.is_dir():
+        return []
+    active = active_version(model_dir)
+    found: list[tuple[str, VersionInfo]] = []
+    for folder in root.iterdir():
+        if not _is_version_dir(folder):
+            continue
+        try:
+            manifest = read_manifest(folder)
+        except ModelFileError as exc:
+            logger.warning("Skipping export version %s: %s", folder.name, exc)
+            continue
+        if manifest is None:
+            continue
+        info = VersionInfo(
+            id=folder.name,
+            path=folder,
+            created_at=manifest.created_at,
+            content_sha256=getattr(manifest, "content_sha256", None),
+            source_sha256=manifest.source_sha256,
+            variants={k: v.size for k, v in manifest.variants.items()},
+            active=folder.name == active,
+            in_use=is_leased(model_dir, folder.name),
+        )
+        found.append((manifest.created_at + folder.name, info))
+    return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+
+def version_dir(model_dir: Path, version: str) -> Path:
+    """The folder of ``version``, or `UnknownVersionError` listing the versions there are."""
+    if not version or "/" in version or "\\" in version or version.startswith((".", "tmp-")):
+        raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
+    folder = exports_root(model_dir) / version
+    if not (folder / "manifest.json").is_file():
+        raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
+    return folder
+
+
+def read_version_manifest(model_dir: Path, version: str) -> Manifest:
+    manifest = read_manifest(version_dir(model_dir, version))
+    assert manifest is not None  # version_dir checked the file is there
+    return manifest
+
+
+def point_link(model_dir: Path, version: str) -> None:
+    """Switch ``onnx`` to ``version`` in one atomic step (``os.replace`` of a fresh link)."""
+    tmp_link = model_dir / f".onnx-link-{uuid.uuid4().hex[:8]}"
+    os.symlink(Path(EXPORTS_DIR) / version, tmp_link, target_is_directory=True)
+    os.replace(tmp_link, model_dir / ONNX_DIR)
+
+
+def activate(model_dir: Path, version: str) -> VersionInfo:
+    """Make ``version`` the one loaded by default (``ortmodels rollback``)."""
+    version_dir(model_dir, version)
+    point_link(model_dir, version)
+    logger.info("Model %s now uses export version %s", model_dir.name, version)
+    return next(v for v in list_versions(model_dir) if v.id == version)
+
+
+def prune(model_dir: Path, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest versions; the active one and leased ones are kept.
+
+    Returns the ids deleted. ``keep`` counts the newest versions whatever their state.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}.")
+    removed = []
+    for info in list_versions(model_dir)[keep:]:
+        if info.active:
+            continue
+        if _delete_unless_leased(model_dir, info.id):
+            removed.append(info.id)
+        else:
+            logger.info("Keeping export version %s of %s: it is in use.", info.id, model_dir.name)
+    return removed
+
+
+def delete_version(model_dir: Path, version: str) -> None:
+    """Delete one version that is neither active nor in use."""
+    version_dir(model_dir, version)
+    if version == active_version(model_dir):
+        raise VersionInUseError(
+            f"Version {version} of {model_dir.name} is the active one; roll back to another first."
+        )
+    if not _delete_unless_leased(model_dir, version):
+        raise VersionInUseError(f"Version {version} of {model_dir.name} is loaded by a running process.")
+
+
+# -- leases -------------------------------------------------------------------------------------
+
+_local_leases: dict[tuple[str, str], int] = {}
+_local_lock = threading.Lock()
+
+
+def _lease_file(model_dir: Path, version: str) -> Path:
+    return exports_root(model_dir) / LEASES_DIR / f"{version}.lock"
+
+
+def _lease_key(model_dir: Path, version: str) -> tuple[str, str]:
+    return os.path.realpath(model_dir), version
+
+
+def _leased_here(model_dir: Path, version: str) -> bool:
+    with _local_lock:
+        return bool(_local_leases.get(_lease_key(model_dir, version)))
+
+
+class VersionLease:
+    """A shared hold on one version: while it is held, prune and delete leave the version alone."""
+
+    def __init__(self, model_dir: Path, version: str) -> None:
+        self.model_dir, self.version = model_dir, version
+        path = _lease_file(model_dir, version)
+        self._key = _lease_key(model_dir, version)
+        self._handle = None
+        with _local_lock:
+            _local_leases[self._key] = _local_leases.get(self._key, 0) + 1
+        if fcntl is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = open(path, "a")  # noqa: SIM115  (held until release)
+                fcntl.flock(self._handle, fcntl.LOCK_SH)
+            except OSError as exc:  # a read-only store: this process's own leases still count
+                logger.debug("No lease file for %s/%s: %s", model_dir.name, version, exc)
+                self._handle = None
+        if not (exports_root(model_dir) / version / "manifest.json").is_file():
+            self.release()
+            raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
+
+    def release(self) -> None:
+        with _local_lock:
+            count = _local_leases.get(self._key, 0)
+            if count <= 1:
+                _local_leases.pop(self._key, None)
+            else:
+                _local_leases[self._key] = count - 1
+        if self._handle is not None:
+            self._handle.close()  # closing drops the flock
+            self._handle = None
+
+
+def is_leased(model_dir: Path, version: str) -> bool:
+    """True when this process or another holds a lease on ``version``."""
+    if _leased_here(model_dir, version):
+        return True
+    path = _lease_file(model_dir, version)
+    if fcntl is None or not path.is_file():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _delete_unless_leased(model_dir: Path, version: str) -> bool:
+    if _leased_here(model_dir, version):
+        return False
+    path = _lease_file(model_dir, version)
+    folder = exports_root(model_dir) / version
+    if fcntl is None or not path.parent.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        # Remove the manifest first: a loader that gets its lease after this finds no version.
+        (folder / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        path.unlink(missing_ok=True)
+    logger.info("Deleted export version %s of %s", version, model_dir.name)
+    return True
