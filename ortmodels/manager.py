@@ -14,6 +14,7 @@ from .base import BaseEmbeddingModel, BaseLLMModel
 from .cache import CacheEntry
 from .config import Settings, load_settings
 from .loader import BaseModel, construct_model, estimate_memory
+from .memory import return_freed_memory
 from .monitoring import runtime_state, stats
 from .names import validate_model_name
 from .store import ModelInfo, ModelStore
@@ -247,6 +248,7 @@ class ModelManager:
             if entry is not None:
                 entry.loaded_at = None
                 entry.expires_at = None
+        return_freed_memory()
         self._publish()
 
     def _model_used(self, model: Any) -> None:

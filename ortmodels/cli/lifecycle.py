@@ -36,7 +36,7 @@ def versions(name: str, as_json: bool = typer.Option(False, "--json", help="Prin
         return
     table = Table(title=f"Export versions of {name}")
     for column in ("", "version", "created", "variants", "size", "in use"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "version")
     for v in found:
         table.add_row("*" if v.active else "", v.id, v.created_at, ", ".join(v.variants),
                       format_bytes(v.size), "yes" if v.in_use else "")

@@ -1,0 +1,82 @@
+"""Every file of a variant is checked against the manifest before its first load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ortmodels import ModelManager
+from ortmodels.errors import ModelIntegrityError
+from ortmodels.integrity import forget, verify_variant
+from ortmodels.store import ModelStore
+
+from .conftest import EMBEDDING_SAMPLE
+
+
+def _manager_on(model_dir: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> ModelManager:
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(model_dir.parent))
+    monkeypatch.setenv("MODEL_DTYPE", "float32")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manager = ModelManager()
+    manager.configure()
+    return manager
+
+
+def _fp32_file(model_dir: Path, name: str) -> Path:
+    path = ModelStore(model_dir.parent).info(model_dir.name).variant_path("fp32") / name
+    assert path.is_file()
+    return path
+
+
+def _refused(manager: ModelManager, path: Path, problem: str) -> None:
+    for _ in range(2):  # and the cache keeps serving nothing from it
+        with pytest.raises(ModelIntegrityError, match=problem) as caught:
+            manager.get_embedding_model(EMBEDDING_SAMPLE)
+        assert str(path) in str(caught.value) and "ortmodels export" in str(caught.value)
+        assert manager.loaded() == []
+
+
+def test_changed_file_is_refused(copied_embedding_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _fp32_file(copied_embedding_model, "model.onnx")
+    with open(path, "r+b") as handle:  # same size, one byte different
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    _refused(_manager_on(copied_embedding_model, monkeypatch), path, "changed: sha256")
+
+
+def test_truncated_file_is_refused(copied_embedding_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _fp32_file(copied_embedding_model, "tokenizer.json")
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 3)
+    _refused(_manager_on(copied_embedding_model, monkeypatch), path, "truncated or replaced")
+
+
+def test_missing_file_is_refused(copied_embedding_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _fp32_file(copied_embedding_model, "config.json")
+    path.unlink()
+    _refused(_manager_on(copied_embedding_model, monkeypatch), path, "Missing model file")
+
+
+def test_a_passed_check_is_remembered_until_a_file_changes(copied_embedding_model: Path) -> None:
+    info = ModelStore(copied_embedding_model.parent).info(EMBEDDING_SAMPLE)
+    folder, entry = info.variant_path("fp32"), info.variants["fp32"]
+    assert verify_variant(folder, entry, EMBEDDING_SAMPLE) == len(entry.files)
+    assert verify_variant(folder, entry, EMBEDDING_SAMPLE) == 0  # remembered in memory
+    forget(folder)
+    assert verify_variant(folder, entry, EMBEDDING_SAMPLE) == 0  # and on disk, for new processes
+    tokenizer = folder / "tokenizer.json"
+    os.utime(tokenizer, ns=(tokenizer.stat().st_atime_ns, tokenizer.stat().st_mtime_ns + 10**9))
+    assert verify_variant(folder, entry, EMBEDDING_SAMPLE) == 1  # only the touched file again
+
+
+def test_verification_can_be_switched_off(copied_embedding_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _fp32_file(copied_embedding_model, "vocab.txt")
+    with open(path, "a") as handle:
+        handle.write("extra\n")
+    manager = _manager_on(copied_embedding_model, monkeypatch, MODEL_VERIFY_FILES="false")
+    assert len(manager.get_embedding_model(EMBEDDING_SAMPLE).embed_query("still loads")) == 384

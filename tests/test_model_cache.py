@@ -1,0 +1,183 @@
+"""The manager's memory budget (LRU), keep-alive, in-use protection and unload_all's memory."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from ortmodels import BaseEmbeddingModel, ModelManager
+from ortmodels.cache import CacheEntry, expired, victims_for_budget
+from ortmodels.errors import ConfigurationError
+from ortmodels.config import load_settings
+from ortmodels.units import parse_bytes, parse_seconds
+
+MB = 1_000_000
+
+
+class Ballast(BaseEmbeddingModel):
+    """A user's model that really holds ``SIZE`` bytes while loaded, and says so."""
+
+    SIZE = 100 * MB
+    hold = threading.Event()
+
+    def _load(self) -> None:
+        self._weights = np.ones(self.SIZE, dtype=np.uint8)  # touched pages: real resident memory
+
+    def _unload(self) -> None:
+        self._weights = None
+
+    def memory_bytes(self) -> int:
+        return self.SIZE if self.is_loaded else 0
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        if texts == ["wait"]:
+            type(self).hold.wait(5)
+        return [[float(len(t))] for t in texts]
+
+
+def _manager(monkeypatch: pytest.MonkeyPatch, **env: str) -> ModelManager:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manager = ModelManager()
+    manager.configure()
+    return manager
+
+
+# -- settings and pure policy -------------------------------------------------------------------
+
+
+def test_sizes_and_durations_parse_like_ollama() -> None:
+    assert parse_bytes("2GB") == 2_000_000_000 and parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1.5g") == int(1.5 * 2**30) and parse_bytes(1234) == 1234
+    assert parse_seconds("5m") == 300 and parse_seconds("-1") == -1 and parse_seconds("0") == 0
+    assert parse_seconds("1h") == 3600 and parse_seconds(30) == 30
+    with pytest.raises(ValueError, match="not a size"):
+        parse_bytes("lots")
+    with pytest.raises(ValueError, match="-1 \\(forever\\)"):
+        parse_seconds("-5")
+
+
+def test_bad_budget_setting_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="MODEL_MEMORY_BUDGET='huge'"):
+        load_settings(MODEL_MEMORY_BUDGET="huge")
+    assert load_settings(MODEL_MEMORY_BUDGET="0").model_memory_budget == 0
+
+
+class _Fake:
+    def __init__(self, size: int, loaded: bool = True, active: int = 0) -> None:
+        self.size, self.is_loaded, self.active_calls = size, loaded, active
+
+    def memory_bytes(self) -> int:
+        return self.size
+
+
+def test_victims_are_least_recently_used_idle_models() -> None:
+    old, busy, recent, new = (CacheEntry((n,), _Fake(100)) for n in "abcd")
+    busy.model.active_calls = 1
+    for t, e in enumerate((old, busy, recent, new)):
+        e.last_used = t
+    entries = [old, busy, recent, new]
+    assert victims_for_budget(entries, budget=0) == []  # no limit
+    assert victims_for_budget(entries, budget=250, keep=new) == [old, recent]  # busy is skipped
+    assert victims_for_budget(entries, budget=100, incoming=100, keep=new) == [old, recent]
+    old.expires_at, recent.expires_at = 5.0, 50.0
+    assert expired(entries, now=10.0) == [old]
+
+
+# -- the manager applying it ---------------------------------------------------------------------
+
+
+def test_budget_unloads_the_least_recently_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = _manager(monkeypatch, MODEL_MEMORY_BUDGET="250MB")
+    a = manager.get_embedding_model("a", Ballast)
+    b = manager.get_embedding_model("b", Ballast)
+    a.embed_query("use a, so b is now the least recently used")
+    c = manager.get_embedding_model("c", Ballast)
+    assert manager.loaded_models() == ["a", "c"] and not b.is_loaded
+    assert manager.memory_bytes() == 200 * MB
+    assert b.embed_query("xyz") == [3.0]  # b reloads on use, and a (now LRU) makes room
+    assert manager.loaded_models() == ["b", "c"] and not a.is_loaded
+    assert manager.get_embedding_model("a", Ballast) is a  # one object per model
+
+
+def test_a_model_in_use_is_never_unloaded_under_its_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = _manager(monkeypatch, MODEL_MEMORY_BUDGET="150MB")
+    a = manager.get_embedding_model("a", Ballast)
+    Ballast.hold.clear()
+    call = threading.Thread(target=lambda: a.embed_documents(["wait"]))
+    call.start()
+    time.sleep(0.2)
+    b = manager.get_embedding_model("b", Ballast)  # over budget, but a is busy: a stays
+    assert a.is_loaded and b.is_loaded
+    unloader = threading.Thread(target=manager.unload_all)
+    unloader.start()
+    time.sleep(0.2)
+    assert a.is_loaded  # unload_all waits for the running call
+    Ballast.hold.set()
+    call.join(5)
+    unloader.join(5)
+    assert not a.is_loaded and not b.is_loaded
+
+
+def test_keep_alive_zero_unloads_after_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = _manager(monkeypatch, MODEL_KEEP_ALIVE="0")
+    model = manager.get_embedding_model("a", Ballast)
+    assert model.embed_documents(["ab"]) == [[2.0]]
+    assert not model.is_loaded and manager.loaded() == []
+    assert model.embed_query("abc") == [3.0]  # reloads for the next call
+    assert not model.is_loaded
+
+
+def test_short_keep_alive_unloads_on_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = _manager(monkeypatch, MODEL_KEEP_ALIVE="0.5")
+    model = manager.get_embedding_model("a", Ballast)
+    model.embed_query("x")
+    (row,) = manager.loaded()
+    assert row.expires_at is not None and 0 < row.expires_at - time.time() <= 0.5
+    time.sleep(0.25)
+    assert model.is_loaded
+    deadline = time.time() + 3
+    while model.is_loaded and time.time() < deadline:
+        time.sleep(0.05)
+    assert not model.is_loaded
+    assert time.time() - row.expires_at < 1.0  # unloaded near its expiry, not much later
+
+
+def test_unload_all_frees_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    process = psutil.Process()
+    manager = _manager(monkeypatch)
+    gc.collect()
+    before = process.memory_info().rss
+    for name in ("a", "b", "c"):
+        manager.get_embedding_model(name, Ballast)
+    loaded = process.memory_info().rss
+    assert loaded - before > 250 * MB
+    manager.unload_all()
+    after = process.memory_info().rss
+    assert after - before < 30 * MB, f"RSS {before / MB:.0f} → {loaded / MB:.0f} → {after / MB:.0f} MB"
+
+
+@pytest.mark.slow
+def test_unload_all_frees_the_real_models_memory(samples_dir: Path) -> None:
+    process = psutil.Process()
+    manager = ModelManager()
+    # First loads pay one-off costs (imports, onnxruntime's thread pools): measure from a warm start.
+    manager.get_embedding_model().embed_query("warm up")
+    manager.get_chat_model().invoke("Hi", max_tokens=2)
+    manager.unload_all()
+    before = process.memory_info().rss
+    manager.get_embedding_model().embed_documents(["hello world"] * 64)
+    manager.get_chat_model().invoke("Hi", max_tokens=8)
+    loaded = process.memory_info().rss
+    manager.unload_all()
+    after = process.memory_info().rss
+    assert loaded - before > 100 * MB
+    assert after - before < 0.15 * (loaded - before), (
+        f"RSS {before / MB:.0f} → {loaded / MB:.0f} → {after / MB:.0f} MB"
+    )

@@ -1,0 +1,121 @@
+"""stats() agrees with a count kept by the test; Prometheus, the callback handler, ps and stats."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import HumanMessage
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from ortmodels import ModelManager
+from ortmodels.cli import _register, app
+from ortmodels.monitoring.callbacks import PerformanceCallbackHandler
+from ortmodels.runtime.chat import ChatInputError
+
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str) -> str:
+    _register()
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _row(rows: list[dict], model: str) -> dict:
+    (row,) = [r for r in rows if r["model"] == model]
+    return row
+
+
+@pytest.fixture
+def used(samples_dir: Path) -> dict:
+    """Use both samples in known ways and keep our own count of what was done."""
+    manager = ModelManager()
+    count = {"emb_calls": 0, "embedded": 0, "chat_calls": 0, "chat_errors": 0, "in": 0, "out": 0}
+    emb = manager.get_embedding_model()
+    for batch in (["a"], ["b", "c", "d"], ["e"] * 10):
+        emb.embed_documents(batch)
+        count["emb_calls"] += 1
+        count["embedded"] += len(batch)
+    emb.embed_query("f")
+    count["emb_calls"] += 1
+    count["embedded"] += 1
+
+    chat = manager.get_chat_model()
+    for question in ("Capital of France?", "Name a colour."):
+        reply = chat.invoke([HumanMessage(question)], max_tokens=6)
+        count["in"] += reply.usage_metadata["input_tokens"]
+        count["out"] += reply.usage_metadata["output_tokens"]
+        count["chat_calls"] += 1
+    for chunk in chat.stream("Say hello.", max_tokens=5):
+        if chunk.usage_metadata:
+            count["in"] += chunk.usage_metadata["input_tokens"]
+            count["out"] += chunk.usage_metadata["output_tokens"]
+    count["chat_calls"] += 1
+    with pytest.raises(ChatInputError):
+        chat.invoke("word " * 9000, max_tokens=4)  # longer than the context
+    count["chat_calls"] += 1
+    count["chat_errors"] += 1
+    return count
+
+
+def test_stats_agree_with_our_count(used: dict) -> None:
+    rows = ModelManager().stats()
+    emb, chat = _row(rows, EMBEDDING_SAMPLE), _row(rows, CHAT_SAMPLE)
+    assert (emb["calls"], emb["embedded"], emb["errors"]) == (used["emb_calls"], used["embedded"], 0)
+    assert (chat["calls"], chat["errors"]) == (used["chat_calls"], used["chat_errors"])
+    assert (chat["input_tokens"], chat["output_tokens"]) == (used["in"], used["out"])
+    assert emb["loads"] == chat["loads"] == 1 and emb["last_load_s"] > 0
+    assert emb["embeddings_per_second"] > 0 and chat["tokens_per_second"] > 0
+    assert emb["memory_bytes"] > 0 and emb["loaded"] and chat["loaded"]
+    latency = chat["latency_s"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert chat["time_to_first_token_s"]["p50"] <= latency["p99"]  # the stream's first token
+
+
+def test_prometheus_exposition_matches_stats(used: dict) -> None:
+    text = ModelManager().prometheus_text()
+    samples = {
+        (s.name, s.labels.get("model"), s.labels.get("quantile")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("ortmodels_calls_total", CHAT_SAMPLE, None)] == used["chat_calls"]
+    assert samples[("ortmodels_errors_total", CHAT_SAMPLE, None)] == used["chat_errors"]
+    assert samples[("ortmodels_output_tokens_total", CHAT_SAMPLE, None)] == used["out"]
+    assert samples[("ortmodels_embedded_total", EMBEDDING_SAMPLE, None)] == used["embedded"]
+    assert samples[("ortmodels_loaded", EMBEDDING_SAMPLE, None)] == 1
+    assert ("ortmodels_latency_seconds", CHAT_SAMPLE, "0.95") in samples
+
+
+def test_ps_and_stats_commands_see_this_process(used: dict) -> None:
+    ModelManager()._publish()
+    ps = json.loads(_cli("ps", "--json"))
+    (mine,) = [p for p in ps if p["pid"] == os.getpid()]
+    assert {m["name"] for m in mine["loaded"]} == {EMBEDDING_SAMPLE, CHAT_SAMPLE}
+    assert all(m["memory_bytes"] > 0 and m["version"] for m in mine["loaded"])
+    rows = [r for r in json.loads(_cli("stats", "--json")) if r["pid"] == os.getpid()]
+    assert _row(rows, CHAT_SAMPLE)["calls"] == used["chat_calls"]
+    assert "ortmodels_calls_total" in _cli("stats", "--prometheus")
+    ModelManager().unload_all()
+    ps = json.loads(_cli("ps", "--json"))
+    assert [p["loaded"] for p in ps if p["pid"] == os.getpid()] in ([], [[]])
+
+
+def test_callback_handler_traces_each_run(samples_dir: Path) -> None:
+    handler = PerformanceCallbackHandler()
+    chat = ModelManager().get_chat_model()
+    reply = chat.invoke("Capital of France?", max_tokens=6, config={"callbacks": [handler]})
+    chunks = list(chat.stream("Say hello.", max_tokens=5, config={"callbacks": [handler]}))
+    first, second = handler.traces
+    assert first.model == CHAT_SAMPLE and first.error is None
+    assert first.output_tokens == reply.usage_metadata["output_tokens"] and first.latency_s > 0
+    streamed = sum(c.usage_metadata["output_tokens"] for c in chunks if c.usage_metadata)
+    assert second.output_tokens == streamed
+    assert 0 < second.time_to_first_token_s <= second.latency_s
