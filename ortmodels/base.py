@@ -47,6 +47,7 @@ class _LifeCycle:
     _idle: threading.Condition
     _loaded: bool
     _active: int
+    _draining: int
     _opened: Any
     _lease: Any
     _observer: Any
@@ -114,13 +115,18 @@ class _LifeCycle:
     def unload(self) -> None:
         """Release the model's memory once running calls have finished; a later call loads it again."""
         with self._lock:
-            while self._active:
-                self._idle.wait()
-            if not self._loaded:
-                return
-            self._unload()
-            self._loaded = False
-            self._release_variant()
+            self._draining += 1  # new calls wait, so a busy model cannot put off its unload forever
+            try:
+                while self._active:
+                    self._idle.wait()
+                if not self._loaded:
+                    return
+                self._unload()
+                self._loaded = False
+                self._release_variant()
+            finally:
+                self._draining -= 1
+                self._idle.notify_all()
         if self._observer is not None:
             self._observer._model_unloaded(self)
 
@@ -139,6 +145,8 @@ class _LifeCycle:
         """Hold the model loaded for one call, and record the call (once, however nested)."""
         outer = id(self) not in _in_call.get()
         with self._lock:
+            while self._draining and outer:  # a nested call must not wait on its own outer call
+                self._idle.wait()
             self._ensure_loaded()
             self._active += 1
         token = _in_call.set(_in_call.get() | {id(self)}) if outer else None
@@ -171,6 +179,7 @@ def _init_life_cycle(model: Any) -> None:
     model._idle = threading.Condition(model._lock)
     model._loaded = False
     model._active = 0
+    model._draining = 0
     model._opened = None
     model._lease = None
     model._observer = None
@@ -268,6 +277,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     _idle: threading.Condition = PrivateAttr()
     _loaded: bool = PrivateAttr(default=False)
     _active: int = PrivateAttr(default=0)
+    _draining: int = PrivateAttr(default=0)
     _opened: Any = PrivateAttr(default=None)
     _lease: Any = PrivateAttr(default=None)
     _observer: Any = PrivateAttr(default=None)

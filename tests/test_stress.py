@@ -1,0 +1,131 @@
+"""8 threads for 30 s mixing chat, embeddings, get_*, unload and stats on the real samples."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from langchain_core.messages import HumanMessage
+
+from ortmodels import ModelManager
+from ortmodels.runtime.chat import OnnxChatModel
+from ortmodels.runtime.embeddings import OnnxEmbeddingModel
+
+pytestmark = pytest.mark.slow
+
+SECONDS = float(os.environ.get("ORTMODELS_STRESS_SECONDS", "30"))
+THREADS = 8
+QUESTIONS = ["Capital of France?", "Name a fruit.", "What is 2+2?", "Say hello.",
+             "Largest ocean?", "Colour of the sky?", "Opposite of hot?", "First letter of the alphabet?"]
+MB = 1_000_000
+
+
+class LoadCounter:
+    """Counts, per model, how many instances are loaded at once, and the most ever seen."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.loads: Counter[str] = Counter()
+
+    def wrap(self, monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
+        real_load, real_unload = cls._load, cls._unload
+
+        def _load(model) -> None:  # type: ignore[no-untyped-def]
+            real_load(model)
+            with self.lock:
+                self.now[model.model_name] += 1
+                self.loads[model.model_name] += 1
+                self.most[model.model_name] = max(self.most[model.model_name], self.now[model.model_name])
+
+        def _unload(model) -> None:  # type: ignore[no-untyped-def]
+            with self.lock:
+                self.now[model.model_name] -= 1
+            real_unload(model)
+
+        monkeypatch.setattr(cls, "_load", _load)
+        monkeypatch.setattr(cls, "_unload", _unload)
+
+
+def test_eight_threads_mixing_everything(samples_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = ModelManager()
+    # References, computed alone: each thread must get exactly these back.
+    emb = manager.get_embedding_model()
+    texts = [f"Thread {i} asks about {q.lower()}" for i, q in enumerate(QUESTIONS)]
+    expected_vectors = np.asarray(emb.embed_documents(texts))
+    chat = manager.get_chat_model()
+    expected_answers = [chat.invoke([HumanMessage(q)], max_tokens=8).content for q in QUESTIONS]
+    manager.unload_all()
+
+    counter = LoadCounter()
+    counter.wrap(monkeypatch, OnnxChatModel)
+    counter.wrap(monkeypatch, OnnxEmbeddingModel)
+    process = psutil.Process()
+    rss_start = process.memory_info().rss
+
+    errors: list[BaseException] = []
+    mixed: list[str] = []
+    done: Counter[str] = Counter()
+    done_lock = threading.Lock()
+    deadline = time.monotonic() + SECONDS
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        try:
+            while time.monotonic() < deadline:
+                action = rng.choices(["chat", "stream", "embed", "get", "unload", "stats"],
+                                     weights=[3, 1, 4, 2, 1, 1])[0]
+                if action == "chat":
+                    answer = manager.get_chat_model().invoke([HumanMessage(QUESTIONS[index])], max_tokens=8)
+                    if answer.content != expected_answers[index]:
+                        mixed.append(f"thread {index}: {answer.content!r} != {expected_answers[index]!r}")
+                elif action == "stream":
+                    text = "".join(c.content for c in manager.get_chat_model().stream(
+                        [HumanMessage(QUESTIONS[index])], max_tokens=8))
+                    if text != expected_answers[index]:
+                        mixed.append(f"thread {index} stream: {text!r} != {expected_answers[index]!r}")
+                elif action == "embed":
+                    mine = [texts[index]] * rng.randint(1, 3) + [texts[(index + 1) % THREADS]]
+                    vectors = np.asarray(manager.get_embedding_model().embed_documents(mine))
+                    want = np.stack([expected_vectors[index]] * (len(mine) - 1) + [expected_vectors[(index + 1) % THREADS]])
+                    if not np.allclose(vectors, want, atol=1e-4):
+                        mixed.append(f"thread {index}: embeddings differ by {np.abs(vectors - want).max():.2e}")
+                elif action == "get":
+                    manager.get_embedding_model()
+                    manager.get_chat_model()
+                elif action == "unload":
+                    manager.unload(rng.choice(["smollm2-135m-instruct", "all-minilm-l6-v2"]))
+                else:
+                    manager.stats()
+                    manager.loaded()
+                with done_lock:
+                    done[action] += 1
+        except BaseException as exc:  # noqa: BLE001  (reported below, with its thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(SECONDS + 120)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    assert not errors, repr(errors[:3])
+    assert not mixed, mixed[:5]
+    assert all(done[a] > 0 for a in ("chat", "stream", "embed", "get", "unload", "stats")), done
+    assert counter.most["smollm2-135m-instruct"] == 1 and counter.most["all-minilm-l6-v2"] == 1
+    assert counter.loads["smollm2-135m-instruct"] >= 2, (counter.loads, done)  # unloads happened, and reloads
+
+    rows = {r["model"]: r for r in manager.stats()}
+    assert rows["smollm2-135m-instruct"]["errors"] == rows["all-minilm-l6-v2"]["errors"] == 0
+    manager.unload_all()
+    assert counter.now["smollm2-135m-instruct"] == counter.now["all-minilm-l6-v2"] == 0
+    rss_end = process.memory_info().rss
+    assert rss_end - rss_start < 60 * MB, f"RSS {rss_start / MB:.0f} → {rss_end / MB:.0f} MB"
