@@ -54,8 +54,33 @@ def _gguf_to_checkpoint(inner_file: str) -> Callable[[Path, Path], None]:
         tokenizer.save_pretrained(target)
         # transformers may copy the whole GGUF in as tokenizer.model; nothing reads it.
         (target / "tokenizer.model").unlink(missing_ok=True)
+        _write_card_from_gguf(gguf, target)
 
     return materialise
+
+
+def _write_card_from_gguf(gguf: Path, target: Path) -> None:
+    """A README.md model card from the GGUF's own ``general.*`` metadata (license, name, origin)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str) -> str | None:
+        field = fields.get(key)
+        try:
+            return str(field.contents()) if field is not None else None
+        except Exception:  # a field of a type this gguf version cannot decode
+            return None
+
+    license_name = value("general.license") or "unknown"
+    origin = " ".join(filter(None, [value("general.organization"), value("general.basename"),
+                                    value("general.size_label")]))
+    (target / "README.md").write_text(
+        f"---\nlicense: {license_name}\n---\n\n# {value('general.name') or gguf.stem}\n\n"
+        f"{origin} instruct model, materialised by ortmodels from the GGUF file {gguf.name} "
+        "(weights de-quantised to fp32 by transformers).\n",
+        encoding="utf-8",
+    )
 
 
 @dataclass(frozen=True)

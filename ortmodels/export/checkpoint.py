@@ -23,11 +23,14 @@ def file_sha256(path: Path) -> str:
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
-    """The checkpoint's own files: everything but exports, hidden files and the GGUF leftovers."""
+    """The files an export is made from: everything but exports, hidden files and docs.
+
+    Markdown (the model card) is left out: editing a card must not make exports stale.
+    """
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if rel.parts[0] in (ONNX_DIR,) or any(p.startswith(".") for p in rel.parts):
+        if rel.parts[0] in (ONNX_DIR,) or any(p.startswith(".") for p in rel.parts) or path.suffix == ".md":
             continue
         if path.is_file():
             files.append(path)
