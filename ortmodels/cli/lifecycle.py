@@ -84,7 +84,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         return
     table = Table()
     for column in ("pid", "name", "kind", "variant", "version", "device", "memory", "calls now", "last used", "expires"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("name", "version"))
     for pid, m in rows:
         table.add_row(str(pid), m["name"], m["kind"], m.get("variant") or "-", m.get("version") or "-",
                       m.get("device") or "-", format_bytes(m.get("memory_bytes") or 0), str(m.get("active_calls", 0)),
@@ -118,7 +118,7 @@ def stats(
     table = Table()
     for column in ("pid", "model", "variant", "calls", "errors", "tokens in/out", "tok/s",
                    "emb/s", "p50 ms", "p95 ms", "p99 ms", "TTFT p50 ms", "load s"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "model")
     for r in rows:
         latency, ttft = r.get("latency_s"), r.get("time_to_first_token_s")
         table.add_row(
