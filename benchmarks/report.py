@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,42 @@ def machine() -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+#: Packages whose versions a result file records: those of the dev venv, then the peers venv's.
+DEV_PACKAGES = ("ortmodels", "onnxruntime", "torch", "transformers", "optimum-onnx", "sentence-transformers",
+                "fastembed", "langchain-core")
+PEER_PACKAGES = ("onnxruntime-genai", "onnxruntime", "llama-cpp-python", "transformers")
+
+
+def _installed(names: tuple[str, ...]) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, dict[str, str]]:
+    """Package versions in the dev venv (this process) and in the peers venv (asked once)."""
+    from benchmarks.peers.env import peers_python
+
+    peers: dict[str, str] = {}
+    if peers_python().is_file():
+        code = ("import json, importlib.metadata as m\n"
+                f"names = {PEER_PACKAGES!r}\n"
+                "out = {}\n"
+                "for n in names:\n"
+                "    try: out[n] = m.version(n)\n"
+                "    except m.PackageNotFoundError: pass\n"
+                "print(json.dumps(out))")
+        done = subprocess.run([str(peers_python()), "-c", code], capture_output=True, text=True)
+        if done.returncode == 0:
+            peers = json.loads(done.stdout)
+    return {"dev": _installed(DEV_PACKAGES), "peers": peers}
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

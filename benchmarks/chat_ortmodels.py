@@ -1,0 +1,58 @@
+"""ortmodels as a chat contender, through its public API only (`OnnxChatModel`).
+
+Measured as users run it: ``stream()`` with ``max_tokens`` as the cap, greedy. The
+checkpoint's chat template renders the messages, as in every other contender. For
+perplexity the loaded model's `DecoderSession` gives the logits of a whole text in one
+pass, whatever graph the export produced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.contenders import now, timings
+
+MODEL = "smollm2-135m-instruct"
+
+
+class OrtModelsEngine:
+    def __init__(self, models_dir: Path, dtype: str) -> None:
+        from ortmodels import OnnxChatModel
+
+        self.model = OnnxChatModel(model_path=models_dir / MODEL, dtype=dtype, device="cpu", temperature=0.0).load()
+
+    @staticmethod
+    def _messages(prompt: dict[str, Any]) -> list[Any]:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        kinds = {"system": SystemMessage, "user": HumanMessage}
+        return [kinds[m["role"]](m["content"]) for m in prompt["messages"]]
+
+    def prompt_tokens(self, prompt: dict[str, Any]) -> int:
+        return len(self.model.get_token_ids(self.model.render_prompt(self._messages(prompt))))
+
+    def run(self, prompt: dict[str, Any], new_tokens: int) -> dict[str, Any]:
+        pieces: list[str] = []
+        first = None
+        usage: dict[str, Any] = {}
+        finish = None
+        start = now()
+        for chunk in self.model.stream(self._messages(prompt), max_tokens=new_tokens):
+            if chunk.content and first is None:
+                first = now()
+            pieces.append(chunk.content)
+            if chunk.usage_metadata:
+                usage = dict(chunk.usage_metadata)
+                finish = chunk.response_metadata.get("finish_reason")
+        end = now()
+        return timings(start, first, end, int(usage.get("output_tokens", 0)), "".join(pieces), finish_reason=finish)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return np.asarray(self.model.loaded.decoder.all_logits(ids))
+
+
+def load_ortmodels(models_dir: Path, dtype: str) -> OrtModelsEngine:
+    return OrtModelsEngine(models_dir, dtype)

@@ -1,0 +1,175 @@
+"""Rewrite the README's benchmark section from ``benchmarks/results/*.json``.
+
+Only the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is replaced, so
+the rest of the README stays whoever wrote it; the section says when and where the
+figures were measured and with which versions, and shows every target with pass/miss.
+Rendering is pure (JSON in, markdown out) so a test can check it without running a
+benchmark.
+
+    python -m benchmarks.readme [--readme README.md] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import RESULTS
+from benchmarks.targets import TARGETS, Target, evaluate
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PARTS = ("chat", "startup", "quality", "embeddings")
+
+
+def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Each part's JSON that exists and has this format (a ``figures`` mapping), by part name."""
+    found = {}
+    for part in PARTS:
+        path = folder / f"{part}.json"
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if "figures" in data:
+                found[part] = data
+    return found
+
+
+def merged_figures(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for data in results.values():
+        figures.update(data.get("figures", {}))
+    return figures
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def targets_table(figures: Mapping[str, float], targets: list[Target] = TARGETS) -> list[str]:
+    rows = [[str(r["label"]), _number(r["value"], 3), str(r["wanted"]), f"**{r['verdict']}**"
+             if r["verdict"] == "miss" else str(r["verdict"])] for r in evaluate(figures, targets)]
+    return _table(["target", "measured", "wanted", "verdict"], rows)
+
+
+def _about(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    first = next(iter(results.values()))
+    dates = sorted(d["date"][:16].replace("T", " ") for d in results.values())
+    m = first["machine"]
+    dev = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).get("dev", {}).items())
+    peers = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).get("peers", {}).items())
+    lines = [f"Measured {dates[0]}–{dates[-1]} UTC on {m['cpu']} ({m['cores']} cores), {m['system']}, "
+             f"Python {m['python']}.", "", f"Dev venv: {dev}."]
+    if peers:
+        lines += ["", f"Peers venv: {peers}."]
+    return lines
+
+
+def chat_section(data: Mapping[str, Any]) -> list[str]:
+    tokens = data.get("prompt_tokens", {})
+    short, long_ = tokens.get("short", ["?"])[0], tokens.get("long", ["?"])[0]
+    rows = [[r["name"], _number(r["decode_tokens_per_s"], 1), _number(r["ttft_short_ms"], 0),
+             _number(r["ttft_long_ms"], 0), _number(r["peak_rss_mib"], 0)] for r in data["results"]]
+    lines = [f"SmolLM2-135M-Instruct, {short}-token chat prompt, {data['new_tokens']} greedy new tokens, "
+             f"batch 1; time to first token also with a {long_}-token prompt; median of {data['rounds']} "
+             "interleaved rounds, each contender in its own process:", ""]
+    lines += _table(["contender", "decode tok/s", f"first token ms ({short})", f"first token ms ({long_})",
+                     "peak RSS MiB"], rows)
+    figures = data.get("figures", {})
+    peers = [("genai, same precision", None), ("llama.cpp Q4_1", "llama.cpp Q4_1"),
+             ("optimum", "optimum ORTModelForCausalLM fp32"), ("PyTorch", "transformers PyTorch fp32")]
+    ratio_rows = []
+    for precision in ("fp32", "int8", "int4"):
+        ours = f"ortmodels {precision}"
+        cells = []
+        for measure in ("decode", "ttft_short", "ttft_long"):
+            for _, theirs in peers:
+                theirs = theirs or f"onnxruntime-genai {precision}"
+                cells.append(_number(figures.get(f"{measure}: {ours} / {theirs}"), 2))
+        ratio_rows.append([ours, *cells])
+    header = [f"{m} × {label}" for m in ("decode", "first token (short)", "first token (long)") for label, _ in peers]
+    lines += ["", "ortmodels ÷ each peer (decode: higher is better; first token: lower is better):", "",
+              *_table(["", *header], ratio_rows)]
+    if data.get("failed"):
+        lines += ["", "Not measured: " + "; ".join(f"{k} ({v.splitlines()[0][:120]})" for k, v in data["failed"].items())]
+    return lines
+
+
+def startup_section(data: Mapping[str, Any]) -> list[str]:
+    rows = [[r["name"], _number(r["cold_start_s"], 2), _number(r["load_s"], 2), _number(r["peak_rss_mib"], 0)]
+            for r in data["results"]]
+    return ["Cold start: a fresh process, from its start to the first token of the short prompt "
+            f"(median of {data['rounds']}); `import ortmodels` in a fresh interpreter: "
+            f"{_number(data['figures'].get('import_s: ortmodels'), 3)} s.", "",
+            *_table(["contender", "cold start s", "of which import + load s", "peak RSS MiB"], rows)]
+
+
+def quality_section(data: Mapping[str, Any]) -> list[str]:
+    reference = data["perplexity"].get("ortmodels fp32")
+    rows = [[name, _number(value, 3), _number(value / reference if reference else None, 3)]
+            for name, value in data["perplexity"].items()]
+    return [f"Perplexity on {data['tokens']} tokens of {data['text']}, same token ids for every contender:", "",
+            *_table(["model", "perplexity", "× ortmodels fp32"], rows)]
+
+
+def embeddings_section(data: Mapping[str, Any]) -> list[str]:
+    batches = data["batch_sizes"]
+    rows = [[r["name"], *(_number(r[f"batch_{b}_sentences_per_s"], 0) for b in batches),
+             f"{r['cosine_to_sentence_transformers_mean']:.6f} / {r['cosine_to_sentence_transformers_min']:.6f}"]
+            for r in data["results"]]
+    return [f"all-MiniLM-L6-v2 on {data['sentences']} {data['corpus']}, median of {data['rounds']} "
+            "interleaved rounds (fastembed runs ortmodels' fp32 file):", "",
+            *_table(["contender", *(f"sentences/s, batch {b}" for b in batches),
+                     "cosine to sentence-transformers, mean / worst"], rows)]
+
+
+def render(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The markdown between the markers (without them)."""
+    if not results:
+        return "No benchmark results yet: run `make bench`."
+    lines = ["`make bench` wrote these figures and this section (`benchmarks/readme.py`). The machine may be "
+             "shared and noisy: read ratios, not absolute figures; every ratio is the median of per-round "
+             "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`.",
+             "", *_about(results), "", "Targets:", "", *targets_table(merged_figures(results))]
+    sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
+                "embeddings": embeddings_section}
+    for part, make in sections.items():
+        if part in results:
+            lines += ["", *make(results[part])]
+    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings")
+              if (RESULTS / f"{p}.png").is_file()]
+    if charts:
+        lines += ["", " ".join(charts)]
+    return "\n".join(lines)
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with everything between the markers replaced by ``body``; the markers must exist once."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"README needs exactly one {START} followed by one {END}")
+    head, rest = text.split(START)
+    _, tail = rest.split(END)
+    return f"{head}{START}\n{body}\n{END}{tail}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readme", type=Path, default=RESULTS.parent.parent / "README.md")
+    args = parser.parse_args()
+    results = load_results()
+    for row in evaluate(merged_figures(results)):
+        print(f"{row['verdict']:5} {row['label']:62} {_number(row['value'], 3):>10}  wanted {row['wanted']}")
+    text = args.readme.read_text(encoding="utf-8")
+    args.readme.write_text(replace_section(text, render(results)), encoding="utf-8")
+    print(f"rewrote the benchmark section of {args.readme}")
+
+
+if __name__ == "__main__":
+    main()
