@@ -39,6 +39,7 @@ class DecoderSession:
         self.past_names = sorted((n for n in inputs if n.startswith(_PAST)), key=_layer_order)
         self.present_names = [_PRESENT + n[len(_PAST):] for n in self.past_names]
         self.uses_position_ids = "position_ids" in inputs
+        self.keeps_logits = "logits_to_keep" in inputs  # our own graphs: prefill computes one row
         self.device_type = "cuda" if device == "cuda" else "cpu"
         if self.past_names:
             first = inputs[self.past_names[0]]
@@ -49,19 +50,21 @@ class DecoderSession:
 
     def forward(self, state: DecoderState, token_ids: list[int]) -> np.ndarray:
         """Feed ``token_ids`` after what ``state`` holds; returns the last position's logits."""
-        return self._run(state, token_ids)[0, -1]
+        return self._run(state, token_ids, keep=1)[0, -1]
 
     def all_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits for every position of one sequence, from an empty cache ([len, vocab])."""
-        return self._run(DecoderState(), token_ids)[0]
+        return self._run(DecoderState(), token_ids, keep=0)[0]
 
-    def _run(self, state: DecoderState, token_ids: list[int]) -> np.ndarray:
+    def _run(self, state: DecoderState, token_ids: list[int], keep: int) -> np.ndarray:
         total = state.length + len(token_ids)
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
         io.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
         if self.uses_position_ids:
             io.bind_cpu_input("position_ids", np.arange(state.length, total, dtype=np.int64)[None])
+        if self.keeps_logits:
+            io.bind_cpu_input("logits_to_keep", np.array([keep], dtype=np.int64))  # 0: every position
         if state.past is None:
             for name in self.past_names:
                 io.bind_cpu_input(name, self._empty_past)
