@@ -1,47 +1,52 @@
 """ortmodels: local chat and embedding models on ONNX Runtime, as LangChain objects.
 
-Importing this package loads neither torch, transformers nor optimum.
+Importing this package loads neither torch, transformers nor optimum, and nothing heavy
+at all: each public name is imported on first use (PEP 562), so ``import ortmodels`` and
+``from ortmodels import ModelManager`` stay cheap; LangChain's chat-model machinery and
+onnxruntime load when a model is first asked for.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .base import BaseEmbeddingModel, BaseLLMModel
-from .config import Settings, load_settings
-from .errors import OrtModelsError
-from .manager import ModelManager
-from .store import ModelInfo, ModelStore
-
 if TYPE_CHECKING:
+    from .base import BaseEmbeddingModel, BaseLLMModel
+    from .config import Settings, load_settings
+    from .errors import OrtModelsError
+    from .manager import ModelManager
     from .runtime.chat import OnnxChatModel
     from .runtime.embeddings import OnnxEmbeddingModel
+    from .store import ModelInfo, ModelStore
 
 __version__ = "0.1.0"
 
+_PUBLIC = {
+    "BaseEmbeddingModel": ".base",
+    "BaseLLMModel": ".base",
+    "ModelInfo": ".store",
+    "ModelManager": ".manager",
+    "ModelStore": ".store",
+    "OnnxChatModel": ".runtime.chat",
+    "OnnxEmbeddingModel": ".runtime.embeddings",
+    "OrtModelsError": ".errors",
+    "Settings": ".config",
+    "load_settings": ".config",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # The runtime classes pull in onnxruntime: import them on first use only.
-    if name == "OnnxEmbeddingModel":
-        from .runtime.embeddings import OnnxEmbeddingModel
-
-        return OnnxEmbeddingModel
-    if name == "OnnxChatModel":
-        from .runtime.chat import OnnxChatModel
-
-        return OnnxChatModel
-    raise AttributeError(f"module 'ortmodels' has no attribute {name!r}")
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ortmodels' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
-__all__ = [
-    "BaseEmbeddingModel",
-    "BaseLLMModel",
-    "ModelInfo",
-    "ModelManager",
-    "ModelStore",
-    "OnnxChatModel",
-    "OnnxEmbeddingModel",
-    "OrtModelsError",
-    "Settings",
-    "load_settings",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = sorted(_PUBLIC)

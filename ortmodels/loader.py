@@ -6,19 +6,23 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import BaseEmbeddingModel, BaseLLMModel
 from .config import Settings
 from .errors import ModelKindError
 from .store import ModelStore
 
 if TYPE_CHECKING:
+    from .base import BaseEmbeddingModel, BaseLLMModel
     from .store import ModelKind
+
+    BaseModel = BaseEmbeddingModel | BaseLLMModel
 
 logger = logging.getLogger(__name__)
 
-BaseModel = BaseEmbeddingModel | BaseLLMModel
 
-_BASES: dict[str, type] = {"embedding": BaseEmbeddingModel, "chat": BaseLLMModel}
+def _base_for(kind: str) -> type:
+    from .base import BaseEmbeddingModel, BaseLLMModel
+
+    return {"embedding": BaseEmbeddingModel, "chat": BaseLLMModel}[kind]
 
 
 def default_class(kind: ModelKind) -> type:
@@ -33,12 +37,12 @@ def default_class(kind: ModelKind) -> type:
         return OnnxChatModel
     raise ModelKindError(
         f"ortmodels has no built-in ONNX runtime for {kind} models yet; pass your own "
-        f"{_BASES[kind].__name__} subclass as model_class."
+        f"{_base_for(kind).__name__} subclass as model_class."
     )
 
 
 def check_class(kind: ModelKind, model_class: type) -> None:
-    base = _BASES[kind]
+    base = _base_for(kind)
     if not (isinstance(model_class, type) and issubclass(model_class, base)):
         raise ModelKindError(
             f"model_class for a {kind} model must be a subclass of ortmodels.{base.__name__}, "

@@ -7,17 +7,20 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cache, versions
-from .base import BaseEmbeddingModel, BaseLLMModel
 from .cache import CacheEntry
 from .config import Settings, load_settings
-from .loader import BaseModel, construct_model, estimate_memory
+from .loader import construct_model, estimate_memory
 from .memory import return_freed_memory
 from .monitoring import runtime_state, stats
 from .names import validate_model_name
 from .store import ModelInfo, ModelStore
+
+if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported when a model is asked for
+    from .base import BaseEmbeddingModel, BaseLLMModel
+    from .loader import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +188,7 @@ class ModelManager:
     ) -> BaseEmbeddingModel:
         """A loaded embedding model; ``name`` defaults to ``DEFAULT_EMBEDDING_MODEL``, ``version``
         to the active export."""
-        model = self._get("embedding", name or self._settings.default_embedding_model, model_class, version)
-        assert isinstance(model, BaseEmbeddingModel)
-        return model
+        return self._get("embedding", name or self._settings.default_embedding_model, model_class, version)  # type: ignore[return-value]
 
     def get_chat_model(
         self, name: str | None = None, model_class: type[BaseLLMModel] | None = None,
@@ -195,9 +196,7 @@ class ModelManager:
     ) -> BaseLLMModel:
         """A loaded chat model; ``name`` defaults to ``DEFAULT_CHAT_MODEL``, ``version`` to the
         active export."""
-        model = self._get("chat", name or self._settings.default_chat_model, model_class, version)
-        assert isinstance(model, BaseLLMModel)
-        return model
+        return self._get("chat", name or self._settings.default_chat_model, model_class, version)  # type: ignore[return-value]
 
     def _get(self, kind: str, name: str, model_class: type | None, version: str | None) -> BaseModel:
         validate_model_name(name)

@@ -13,8 +13,6 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 #: Calls per model and variant kept for the latency percentiles.
 WINDOW = 2048
 
@@ -97,6 +95,8 @@ class ModelStats:
 def _percentiles(values: deque) -> dict[str, float] | None:
     if not values:
         return None
+    import numpy as np  # only when figures are asked for
+
     p50, p95, p99 = np.percentile(np.fromiter(values, dtype=float), [50, 95, 99])
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(np.mean(values))}
 
