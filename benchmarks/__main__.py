@@ -24,7 +24,7 @@ FULL = {
     "quality": ["--tokens", "1024"],
 }
 QUICK = {
-    "embeddings": ["--sentences", "2000", "--rounds", "1"],
+    "embeddings": ["--sentences", "500", "--rounds", "1"],
     "chat": ["--new-tokens", "32", "--rounds", "1"],
     "startup": ["--rounds", "1", "--imports", "2"],
     "quality": ["--tokens", "256"],

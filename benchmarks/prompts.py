@@ -3,9 +3,15 @@
 A short chat (system message and a question, about 40 tokens after the template) whose
 greedy answer runs far past 128 tokens in every precision, and a long one (about 1,000
 tokens: standard-library docstrings to summarise) for time to first token on a long
-prompt. Each prompt is handed to the workers both as messages (for contenders that apply
-the chat template themselves) and as the text the checkpoint's template renders (for the
-peers, which tokenize it with their own tokenizer); the parent checks all token counts agree.
+prompt. Each prompt is handed to the workers as messages (for contenders that apply the
+chat template and tokenize themselves: ortmodels, transformers, optimum), as the rendered
+text, and as the token ids the checkpoint's own ``tokenizer.json`` gives for that text
+(for the peers). The peers get ids because onnxruntime-genai 0.18's tokenizer
+(onnxruntime-extensions) misreads this checkpoint's tokenizer (a GGUF conversion: byte
+fallback plus byte level) and returns -1 for every space; feeding every peer the same ids
+keeps the comparison about the engines. Their tokenization (a few milliseconds for 1,000
+tokens) is then outside their time to first token, while ortmodels' is inside. The
+parent checks that all contenders' token counts agree.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ def render(template_source: str, messages: list[dict[str, str]]) -> str:
     return env.from_string(template_source).render(messages=messages, add_generation_prompt=True)
 
 
-def _prompt(template: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-    return {"messages": messages, "text": render(template, messages)}
+def _prompt(template: str, tokenizer: Any, messages: list[dict[str, str]]) -> dict[str, Any]:
+    text = render(template, messages)
+    return {"messages": messages, "text": text, "ids": tokenizer.encode(text, add_special_tokens=False).ids}
 
 
 def build_prompts(model_dir: Path, long_tokens: int = 1000) -> dict[str, dict[str, Any]]:
@@ -38,14 +45,14 @@ def build_prompts(model_dir: Path, long_tokens: int = 1000) -> dict[str, dict[st
 
     template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    short = _prompt(template, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
+    short = _prompt(template, tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
 
     def long_prompt(paragraphs: list[str]) -> dict[str, Any]:
         body = "\n\n".join(paragraphs) + "\n\n" + LONG_INSTRUCTION
-        return _prompt(template, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}])
+        return _prompt(template, tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}])
 
     def count(prompt: dict[str, Any]) -> int:
-        return len(tokenizer.encode(prompt["text"], add_special_tokens=False).ids)
+        return len(prompt["ids"])
 
     paragraphs: list[str] = []
     best = long_prompt(paragraphs)

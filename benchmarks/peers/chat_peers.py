@@ -1,8 +1,9 @@
 """onnxruntime-genai and llama.cpp (llama-cpp-python) as chat contenders, in the peers venv.
 
-Never imports ortmodels (it is not installed there). Each engine tokenizes the prompt
-text the parent rendered with the checkpoint's chat template, using its own tokenizer,
-as its users would; the parent checks that every contender sees the same token count.
+Never imports ortmodels (it is not installed there). Both are fed the token ids the
+parent made with the checkpoint's own tokenizer (see `benchmarks.prompts` for why:
+genai's tokenizer misreads this checkpoint's); their tokenizers only turn the answer
+back into text, for the record.
 Both run greedy and are stopped after exactly ``new_tokens`` tokens (end-of-sequence is
 not honoured: the same number of tokens is timed in every contender).
 """
@@ -31,7 +32,7 @@ class GenaiEngine:
         self.tokenizer = og.Tokenizer(self.model)
 
     def _ids(self, prompt: dict[str, Any]) -> np.ndarray:
-        return np.asarray(self.tokenizer.encode(prompt["text"]), dtype=np.int32)
+        return np.asarray(prompt["ids"], dtype=np.int32)
 
     def prompt_tokens(self, prompt: dict[str, Any]) -> int:
         return len(self._ids(prompt))
@@ -41,7 +42,8 @@ class GenaiEngine:
         start = now()
         ids = self._ids(prompt)
         params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + new_tokens)
+        # min_length = max_length: end-of-sequence is masked until the cap, as in transformers
+        params.set_search_options(do_sample=False, max_length=len(ids) + new_tokens, min_length=len(ids) + new_tokens)
         generator = og.Generator(self.model, params)
         generator.append_tokens(ids)
         out: list[int] = []
@@ -76,7 +78,7 @@ class LlamaCppEngine:
                          verbose=False)
 
     def _ids(self, prompt: dict[str, Any]) -> list[int]:
-        return self.llm.tokenize(prompt["text"].encode("utf-8"), add_bos=False, special=True)
+        return list(prompt["ids"])
 
     def prompt_tokens(self, prompt: dict[str, Any]) -> int:
         return len(self._ids(prompt))

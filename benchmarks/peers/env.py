@@ -82,9 +82,14 @@ def build_genai(model_dir: Path, precision: str, python: Path, fingerprint: str,
         out, hf_cache = Path(tmp) / "out", Path(tmp) / "hf-cache"
         command = [str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir.resolve()),
                    "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(hf_cache)]
-        print("building:", " ".join(command), flush=True)
-        subprocess.run(command, check=True, cwd=tmp,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        log = target.parent / f"build-{precision}.log"  # the builder logs every layer: kept out of the way
+        print(f"building genai {precision} (log: {log}):", " ".join(command), flush=True)
+        with log.open("w") as out_log:
+            done = subprocess.run(command, cwd=tmp, stdout=out_log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        if done.returncode != 0:
+            sys.exit(f"genai's model builder failed ({done.returncode}); the end of {log}:\n"
+                     + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
         (out / stamp_file.name).write_text(json.dumps(stamp, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
