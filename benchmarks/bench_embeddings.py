@@ -35,6 +35,8 @@ MODEL = "all-minilm-l6-v2"
 #: Pause before each timed run, so the previous contender's spinning worker threads
 #: (PyTorch's OpenMP pool, ONNX Runtime's pool) have gone idle and steal no cycles.
 SETTLE_S = 1.0
+#: The model's own input limit (its sentence_bert_config.json).
+MAX_TOKENS = 256
 #: The name fastembed knows the local model by (registered at run time, never fetched).
 FASTEMBED_NAME = "ortmodels-bench/all-minilm-l6-v2-fp32"
 
@@ -63,6 +65,13 @@ def fastembed(fp32_folder: Path) -> Embed:
             sources=ModelSource(hf=FASTEMBED_NAME), dim=384, model_file="model.onnx",
         )
     model = TextEmbedding(FASTEMBED_NAME, specific_model_path=str(fp32_folder), local_files_only=True)
+    # all-MiniLM-L6-v2 reads at most 256 tokens (sentence_bert_config.json), which
+    # sentence-transformers and ortmodels honour; fastembed takes 512 from
+    # tokenizer_config.json, so it is held to 256 too: same work, same vectors.
+    inner = getattr(model, "model", None)
+    tokenizer = getattr(inner, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.enable_truncation(max_length=MAX_TOKENS)
     return lambda texts, batch: np.asarray(list(model.embed(texts, batch_size=batch)))
 
 
