@@ -214,3 +214,25 @@ def test_default_max_tokens_fits_the_context(chat_dir: Path) -> None:
     chat.loaded.spec = chat.loaded.spec.model_copy(update={"context_length": 40})
     reply = chat.invoke(QUESTION)  # 24 prompt tokens: room for 16, not the default 512
     assert reply.usage_metadata["total_tokens"] <= 40
+
+
+#: Perplexity of each precision relative to PyTorch fp32's on the probe text (project targets).
+PERPLEXITY_BOUNDS = {"fp32": 1.001, "fp16": 1.01, "int8": 1.02, "int4": 1.10}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8", "int4"])
+def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
+    """The manifest's perplexity is within the bound, and the runtime reproduces it."""
+    from ortmodels.export.decoder_parity import perplexity
+    from ortmodels.export.probes import perplexity_text
+    from ortmodels.runtime.decoder import DecoderSession
+    from ortmodels.runtime.session import create_session
+
+    manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())
+    parity = manifest["variants"][dtype]["parity"]
+    assert parity["perplexity"] <= PERPLEXITY_BOUNDS[dtype] * parity["perplexity_fp32"], parity
+    folder = chat_dir / "onnx" / dtype
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(perplexity_text()).ids
+    ids = ids[: parity["perplexity_tokens"]]
+    decoder = DecoderSession(create_session(folder / "model.onnx", "cpu"))
+    assert perplexity(decoder.all_logits(ids), ids) == pytest.approx(parity["perplexity"], rel=1e-3)

@@ -1,9 +1,11 @@
 """One forward step of an exported decoder, with its KV cache kept as ONNX Runtime values.
 
-The graph (optimum's ``text-generation-with-past``) takes ``past_key_values.*`` and
-returns ``present.*``. Each step binds the previous step's outputs directly as the next
-step's inputs through IO binding: the cache never passes through numpy, and on CUDA it
-never leaves the GPU.
+The graph (ours from `export/decoder_graph.py`, or optimum's ``text-generation-with-past``)
+takes ``past_key_values.*`` and returns ``present.*``. Each step binds the previous step's
+outputs directly as the next step's inputs through IO binding: the cache never passes
+through numpy, and on CUDA it never leaves the GPU. Graphs with a ``logits_to_keep`` input
+compute logits for the last position only when generating (a long prompt's prefill skips
+the vocabulary projection of every other position); `all_logits` asks for all of them.
 """
 
 from __future__ import annotations
