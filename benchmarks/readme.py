@@ -62,14 +62,20 @@ def targets_table(figures: Mapping[str, float], targets: list[Target] = TARGETS)
 def _about(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     first = next(iter(results.values()))
     dates = sorted(d["date"][:16].replace("T", " ") for d in results.values())
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]}–{dates[-1][11:] if dates[0][:10] == dates[-1][:10] else dates[-1]}"
     m = first["machine"]
     dev = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).get("dev", {}).items())
     peers = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).get("peers", {}).items())
-    lines = [f"Measured {dates[0]}–{dates[-1]} UTC on {m['cpu']} ({m['cores']} cores), {m['system']}, "
+    lines = [f"Measured {when} UTC on {m['cpu']} ({m['cores']} cores), {m['system']}, "
              f"Python {m['python']}.", "", f"Dev venv: {dev}."]
     if peers:
         lines += ["", f"Peers venv: {peers}."]
     return lines
+
+
+def _pair_order(figures: Mapping[str, float]) -> dict[str, None]:
+    """The "ours / theirs" pairs of the chat figures, in the order the benchmark wrote them."""
+    return dict.fromkeys(key.split(": ", 1)[1] for key in figures)
 
 
 def chat_section(data: Mapping[str, Any]) -> list[str]:
@@ -83,20 +89,12 @@ def chat_section(data: Mapping[str, Any]) -> list[str]:
     lines += _table(["contender", "decode tok/s", f"first token ms ({short})", f"first token ms ({long_})",
                      "peak RSS MiB"], rows)
     figures = data.get("figures", {})
-    peers = [("genai, same precision", None), ("llama.cpp Q4_1", "llama.cpp Q4_1"),
-             ("optimum", "optimum ORTModelForCausalLM fp32"), ("PyTorch", "transformers PyTorch fp32")]
-    ratio_rows = []
-    for precision in ("fp32", "int8", "int4"):
-        ours = f"ortmodels {precision}"
-        cells = []
-        for measure in ("decode", "ttft_short", "ttft_long"):
-            for _, theirs in peers:
-                theirs = theirs or f"onnxruntime-genai {precision}"
-                cells.append(_number(figures.get(f"{measure}: {ours} / {theirs}"), 2))
-        ratio_rows.append([ours, *cells])
-    header = [f"{m} × {label}" for m in ("decode", "first token (short)", "first token (long)") for label, _ in peers]
-    lines += ["", "ortmodels ÷ each peer (decode: higher is better; first token: lower is better):", "",
-              *_table(["", *header], ratio_rows)]
+    pairs = sorted({key.split(": ", 1)[1] for key in figures}, key=list(_pair_order(figures)).index)
+    ratio_rows = [[pair.replace(" / ", " ÷ "),
+                   *(_number(figures.get(f"{m}: {pair}"), 2) for m in ("decode", "ttft_short", "ttft_long"))]
+                  for pair in pairs]
+    lines += ["", "Ratios, median of per-round ratios (decode: higher is better; first token: lower is better):", "",
+              *_table(["", "decode tok/s", f"first token ({short})", f"first token ({long_})"], ratio_rows)]
     if data.get("failed"):
         lines += ["", "Not measured: " + "; ".join(f"{k} ({v.splitlines()[0][:120]})" for k, v in data["failed"].items())]
     return lines
@@ -130,6 +128,20 @@ def embeddings_section(data: Mapping[str, Any]) -> list[str]:
                      "cosine to sentence-transformers, mean / worst"], rows)]
 
 
+def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether any part ran with fewer rounds, tokens or sentences than the full settings."""
+    chat, emb = results.get("chat", {}), results.get("embeddings", {})
+    return (chat.get("new_tokens", 128) < 128 or chat.get("rounds", 3) < 3 or emb.get("sentences", 2000) < 2000
+            or emb.get("rounds", 3) < 3 or results.get("quality", {}).get("tokens", 1024) < 1024)
+
+
+def _quick_warning(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not is_quick(results):
+        return []
+    return ["", "**Short settings (`make bench BENCH_ARGS=--quick`): these figures check the wiring; "
+            "do not quote them.**"]
+
+
 def render(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The markdown between the markers (without them)."""
     if not results:
@@ -137,7 +149,7 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["`make bench` wrote these figures and this section (`benchmarks/readme.py`). The machine may be "
              "shared and noisy: read ratios, not absolute figures; every ratio is the median of per-round "
              "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`.",
-             "", *_about(results), "", "Targets:", "", *targets_table(merged_figures(results))]
+             "", *_about(results), *_quick_warning(results), "", "Targets:", "", *targets_table(merged_figures(results))]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section}
     for part, make in sections.items():
