@@ -166,7 +166,7 @@ def main() -> None:
     path = write_json("chat", {
         "benchmark": "chat",
         "model": MODEL,
-        "prompts": prompts,
+        "prompts": {name: p["messages"] for name, p in prompts.items()},
         "prompt_tokens": prompt_tokens,
         "new_tokens": args.new_tokens,
         "long_prompt_new_tokens": LONG_NEW_TOKENS,

@@ -18,17 +18,17 @@ import time
 
 STARTED = time.perf_counter()
 
-import argparse  # noqa: E402  (the clock starts before anything else is imported)
-import importlib  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse  # the clock starts before anything else is imported
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
 
-from benchmarks.contenders import SPECS  # noqa: E402
-from benchmarks.measure import peak_rss_mib, rss_mib  # noqa: E402
-from benchmarks.protocol import emit  # noqa: E402
+from benchmarks.contenders import SPECS
+from benchmarks.measure import peak_rss_mib, rss_mib
+from benchmarks.protocol import emit
 
 #: Tokens generated once after loading, untimed: first-call allocations are not what users wait for.
 WARMUP_TOKENS = 16

@@ -66,8 +66,8 @@ def _about(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     m = first["machine"]
     dev = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).get("dev", {}).items())
     peers = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).get("peers", {}).items())
-    lines = [f"Measured {when} UTC on {m['cpu']} ({m['cores']} cores), {m['system']}, "
-             f"Python {m['python']}.", "", f"Dev venv: {dev}."]
+    lines = [(f"Measured {when} UTC on {m['cpu']} ({m['cores']} cores), {m['system']}, "
+             f"Python {m['python']}."), "", f"Dev venv: {dev}."]
     if peers:
         lines += ["", f"Peers venv: {peers}."]
     return lines
@@ -83,9 +83,9 @@ def chat_section(data: Mapping[str, Any]) -> list[str]:
     short, long_ = tokens.get("short", ["?"])[0], tokens.get("long", ["?"])[0]
     rows = [[r["name"], _number(r["decode_tokens_per_s"], 1), _number(r["ttft_short_ms"], 0),
              _number(r["ttft_long_ms"], 0), _number(r["peak_rss_mib"], 0)] for r in data["results"]]
-    lines = [f"SmolLM2-135M-Instruct, {short}-token chat prompt, {data['new_tokens']} greedy new tokens, "
+    lines = [(f"SmolLM2-135M-Instruct, {short}-token chat prompt, {data['new_tokens']} greedy new tokens, "
              f"batch 1; time to first token also with a {long_}-token prompt; median of {data['rounds']} "
-             "interleaved rounds, each contender in its own process:", ""]
+             "interleaved rounds, each contender in its own process:"), ""]
     lines += _table(["contender", "decode tok/s", f"first token ms ({short})", f"first token ms ({long_})",
                      "peak RSS MiB"], rows)
     figures = data.get("figures", {})
@@ -103,9 +103,9 @@ def chat_section(data: Mapping[str, Any]) -> list[str]:
 def startup_section(data: Mapping[str, Any]) -> list[str]:
     rows = [[r["name"], _number(r["cold_start_s"], 2), _number(r["load_s"], 2), _number(r["peak_rss_mib"], 0)]
             for r in data["results"]]
-    return ["Cold start: a fresh process, from its start to the first token of the short prompt "
+    return [("Cold start: a fresh process, from its start to the first token of the short prompt "
             f"(median of {data['rounds']}); `import ortmodels` in a fresh interpreter: "
-            f"{_number(data['figures'].get('import_s: ortmodels'), 3)} s.", "",
+            f"{_number(data['figures'].get('import_s: ortmodels'), 3)} s."), "",
             *_table(["contender", "cold start s", "of which import + load s", "peak RSS MiB"], rows)]
 
 
@@ -122,8 +122,8 @@ def embeddings_section(data: Mapping[str, Any]) -> list[str]:
     rows = [[r["name"], *(_number(r[f"batch_{b}_sentences_per_s"], 0) for b in batches),
              f"{r['cosine_to_sentence_transformers_mean']:.6f} / {r['cosine_to_sentence_transformers_min']:.6f}"]
             for r in data["results"]]
-    return [f"all-MiniLM-L6-v2 on {data['sentences']} {data['corpus']}, median of {data['rounds']} "
-            "interleaved rounds (fastembed runs ortmodels' fp32 file):", "",
+    return [(f"all-MiniLM-L6-v2 on {data['sentences']} {data['corpus']}, median of {data['rounds']} "
+            "interleaved rounds (fastembed runs ortmodels' fp32 file):"), "",
             *_table(["contender", *(f"sentences/s, batch {b}" for b in batches),
                      "cosine to sentence-transformers, mean / worst"], rows)]
 
@@ -138,17 +138,17 @@ def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
 def _quick_warning(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not is_quick(results):
         return []
-    return ["", "**Short settings (`make bench BENCH_ARGS=--quick`): these figures check the wiring; "
-            "do not quote them.**"]
+    return ["", ("**Short settings (`make bench BENCH_ARGS=--quick`): these figures check the wiring; "
+            "do not quote them.**")]
 
 
 def render(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The markdown between the markers (without them)."""
     if not results:
         return "No benchmark results yet: run `make bench`."
-    lines = ["`make bench` wrote these figures and this section (`benchmarks/readme.py`). The machine may be "
+    lines = [("`make bench` wrote these figures and this section (`benchmarks/readme.py`). The machine may be "
              "shared and noisy: read ratios, not absolute figures; every ratio is the median of per-round "
-             "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`.",
+             "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`."),
              "", *_about(results), *_quick_warning(results), "", "Targets:", "", *targets_table(merged_figures(results))]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section}

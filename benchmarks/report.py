@@ -64,7 +64,7 @@ def versions() -> dict[str, dict[str, str]]:
                 "    try: out[n] = m.version(n)\n"
                 "    except m.PackageNotFoundError: pass\n"
                 "print(json.dumps(out))")
-        done = subprocess.run([str(peers_python()), "-c", code], capture_output=True, text=True)
+        done = subprocess.run([str(peers_python()), "-c", code], capture_output=True, text=True, check=False)
         if done.returncode == 0:
             peers = json.loads(done.stdout)
     return {"dev": _installed(DEV_PACKAGES), "peers": peers}

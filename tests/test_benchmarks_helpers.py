@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.quality import cosine_rows, perplexity, top_k_agreement, top_k_neighbours
+from benchmarks.quality import (
+    cosine_rows,
+    perplexity,
+    top_k_agreement,
+    top_k_neighbours,
+)
 from benchmarks.readme import END, START, render, replace_section, targets_table
 from benchmarks.targets import Target, evaluate, ratio_key
 
