@@ -105,6 +105,30 @@ def test_int8_variant_is_close_to_fp32(fp32: OnnxEmbeddingModel, samples_dir: Pa
     assert (a * b).sum(axis=1).mean() > 0.97
 
 
+def test_int8_keeps_quality_on_real_text(fp32: OnnxEmbeddingModel, samples_dir: Path) -> None:
+    """The int8 targets, on 2,000 real sentences: cosine to fp32 and each text's 10 nearest neighbours."""
+    from benchmarks.corpus import stdlib_sentences
+    from ortmodels.export.encoder_quantize import top_k_agreement
+
+    texts = stdlib_sentences(2000)
+    int8 = OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int8").load()
+    a = np.asarray(fp32.embed_documents(texts))
+    b = np.asarray(int8.embed_documents(texts))
+    cos = (a * b).sum(axis=1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97, (cos.mean(), cos.min())
+    assert top_k_agreement(a, b, 10) >= 0.9
+
+
+def test_int8_manifest_records_its_quality(samples_dir: Path) -> None:
+    from ortmodels.store import ModelStore
+
+    entry = ModelStore(samples_dir).require(MODEL, "embedding").manifest.variants["int8"]  # type: ignore[union-attr]
+    assert entry.quantization["smoothing"]["alpha"] > 0 and entry.quantization["reduce_range"] is True
+    quality = entry.parity["vs_fp32"]
+    assert quality["texts"] >= 500 and quality["meets_bar"] is True
+    assert quality["cosine_mean"] >= 0.99 and quality["cosine_min"] >= 0.97 and quality["top10_agreement"] >= 0.9
+
+
 def test_unload_and_reload(samples_dir: Path) -> None:
     model = OnnxEmbeddingModel(model_path=samples_dir / MODEL)
     assert not model.is_loaded

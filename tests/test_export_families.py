@@ -77,6 +77,10 @@ def test_export_family_matches_sentence_transformers(
     assert manifest.embedding.dimension == 32
     assert set(manifest.variants) == {"fp32", "int8"}
     assert manifest.variants["fp32"].parity["cosine_min"] >= 0.9999
+    int8_vs_fp32 = manifest.variants["int8"].parity["vs_fp32"]  # recorded, whatever random weights give
+    assert int8_vs_fp32["texts"] > 0 and -1.0 <= int8_vs_fp32["cosine_min"] <= int8_vs_fp32["cosine_mean"] <= 1.0
+    assert 0.0 <= int8_vs_fp32["top10_agreement"] <= 1.0 and isinstance(int8_vs_fp32["meets_bar"], bool)
+    assert manifest.variants["int8"].quantization["smoothing"]["matmuls"] > 0
 
     for dtype, entry in manifest.variants.items():
         variant_dir = folder / "onnx" / dtype
