@@ -7,11 +7,13 @@ loading and the life cycle the `ModelManager` drives.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ class _LifeCycle:
     _loaded: bool
     _active: int
     _draining: int
+    _last_memory: int
+    """What the model held when last loaded: the room to make before loading it again."""
     _opened: Any
     _lease: Any
     _observer: Any
@@ -92,7 +96,16 @@ class _LifeCycle:
         self._opened, self._lease = opened, lease
 
     def load(self) -> Any:
-        """Load the model if it is not loaded yet; returns ``self`` so calls can chain."""
+        """Load the model if it is not loaded yet; returns ``self`` so calls can chain.
+
+        The manager is told before (to make room within its memory budget) and after,
+        never while this model's lock is held, so two models loading at once cannot wait
+        on each other.
+        """
+        if self._loaded:
+            return self
+        if self._observer is not None:
+            self._observer._model_loading(self)
         with self._lock:
             if self._loaded:
                 return self
@@ -107,7 +120,9 @@ class _LifeCycle:
                 _loading.reset(token)
             self._loaded = True
             seconds = time.perf_counter() - started
-        stats.registry().record_load(self, seconds)
+            self._last_memory = self.memory_bytes()
+            key = stats.key_of(self)
+        stats.registry().record_load(key, self, seconds, self._last_memory)
         if self._observer is not None:
             self._observer._model_loaded(self)
         return self
@@ -130,6 +145,27 @@ class _LifeCycle:
         if self._observer is not None:
             self._observer._model_unloaded(self)
 
+    def _unload_if_idle(self, still_wanted: Any = None) -> bool:
+        """Unload now if no call is running or waiting and ``still_wanted()`` agrees; never blocks.
+
+        What the manager's budget and keep-alive use: a busy model is skipped, not waited for.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._loaded or self._active or self._draining:
+                return False
+            if still_wanted is not None and not still_wanted():
+                return False
+            self._unload()
+            self._loaded = False
+            self._release_variant()
+        finally:
+            self._lock.release()
+        if self._observer is not None:
+            self._observer._model_unloaded(self)
+        return True
+
     def _release_variant(self) -> None:
         if self._lease is not None:
             self._lease.release()
@@ -140,38 +176,127 @@ class _LifeCycle:
         if not self._loaded:
             self.load()
 
+    # -- the call guard -----------------------------------------------------------------------
+    # Every public entry point runs inside it: the model stays loaded for the call (an unload
+    # waits), and the call is timed into the stats once, however nested (LangChain's stream
+    # falls back to invoke, for instance). Nesting is told by a context variable that holds
+    # the model only while the model's own code runs, never while a stream is handed back
+    # to the caller.
+
+    def _begin_call(self, nested: bool) -> stats.CallRecord | None:
+        """Wait out an unload in progress, load if needed, count the call; blocking."""
+        while True:
+            with self._lock:
+                while self._draining and not nested:  # a nested call must not wait on its outer call
+                    self._idle.wait()
+                if self._loaded:
+                    self._active += 1
+                    if nested:
+                        return None
+                    record = stats.CallRecord()
+                    record.key = stats.key_of(self)
+                    return record
+            self.load()  # outside the lock: the manager may unload other models to make room
+
+    def _end_call(self, record: stats.CallRecord | None) -> None:
+        with self._lock:
+            self._active -= 1
+            if not self._active:
+                self._idle.notify_all()
+        if record is not None:
+            record.finish()
+            stats.registry().record_call(record.key, self, record)
+            if self._observer is not None:
+                self._observer._model_used(self)
+
+    def _nested(self) -> bool:
+        return id(self) in _in_call.get()
+
+    @contextmanager
+    def _marked(self) -> Iterator[None]:
+        token = _in_call.set(_in_call.get() | {id(self)})
+        try:
+            yield
+        finally:
+            _in_call.reset(token)
+
     @contextmanager
     def _use(self) -> Iterator[stats.CallRecord | None]:
-        """Hold the model loaded for one call, and record the call (once, however nested)."""
-        outer = id(self) not in _in_call.get()
-        with self._lock:
-            while self._draining and outer:  # a nested call must not wait on its own outer call
-                self._idle.wait()
-            self._ensure_loaded()
-            self._active += 1
-        token = _in_call.set(_in_call.get() | {id(self)}) if outer else None
-        record = stats.CallRecord() if outer else None
+        """The call guard for a call that does not hand control back before it returns."""
+        record = self._begin_call(self._nested())
         try:
-            yield record
+            with self._marked():
+                yield record
         except BaseException:
             if record is not None:
                 record.failed = True
             raise
         finally:
-            if token is not None:
-                try:
-                    _in_call.reset(token)
-                except ValueError:  # a stream closed from another context (garbage collection)
-                    pass
-            with self._lock:
-                self._active -= 1
-                if not self._active:
-                    self._idle.notify_all()
+            self._end_call(record)
+
+    @asynccontextmanager
+    async def _ause(self) -> AsyncIterator[stats.CallRecord | None]:
+        """The call guard for coroutines: waiting and loading run off the event loop."""
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(None, self._begin_call, self._nested())
+        try:
+            with self._marked():
+                yield record
+        except BaseException:
             if record is not None:
-                record.finish()
-                stats.registry().record_call(self, record)
-                if self._observer is not None:
-                    self._observer._model_used(self)
+                record.failed = True
+            raise
+        finally:
+            await loop.run_in_executor(None, self._end_call, record)
+
+    def _guarded_iter(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        """Run a stream under the guard; the model is marked only while producing a chunk."""
+        record = self._begin_call(self._nested())
+        try:
+            while True:
+                with self._marked():
+                    chunk = next(iterator, _DONE)
+                if chunk is _DONE:
+                    return
+                if record is not None:
+                    record.saw_chunk(chunk)
+                yield chunk
+        except BaseException:
+            if record is not None:
+                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+            raise
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a caller that stopped early: let the model's stream clean up now
+                with self._marked():
+                    close()
+            self._end_call(record)
+
+    async def _aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(None, self._begin_call, self._nested())
+        try:
+            while True:
+                with self._marked():
+                    chunk = await anext(iterator, _DONE)
+                if chunk is _DONE:
+                    return
+                if record is not None:
+                    record.saw_chunk(chunk)
+                yield chunk
+        except BaseException:
+            if record is not None:
+                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+            raise
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with self._marked():
+                    await aclose()
+            await loop.run_in_executor(None, self._end_call, record)
+
+
+_DONE = object()
 
 
 def _init_life_cycle(model: Any) -> None:
@@ -180,6 +305,7 @@ def _init_life_cycle(model: Any) -> None:
     model._loaded = False
     model._active = 0
     model._draining = 0
+    model._last_memory = 0
     model._opened = None
     model._lease = None
     model._observer = None
@@ -278,6 +404,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     _loaded: bool = PrivateAttr(default=False)
     _active: int = PrivateAttr(default=0)
     _draining: int = PrivateAttr(default=0)
+    _last_memory: int = PrivateAttr(default=0)
     _opened: Any = PrivateAttr(default=None)
     _lease: Any = PrivateAttr(default=None)
     _observer: Any = PrivateAttr(default=None)
@@ -299,7 +426,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
 
     async def agenerate(self, messages: list, stop: list[str] | None = None, callbacks: Any = None,
                         **kwargs: Any) -> LLMResult:
-        with self._use() as record:
+        async with self._ause() as record:
             result = await super().agenerate(messages, stop=stop, callbacks=callbacks, **kwargs)
             if record is not None:
                 record.saw_result(result)
@@ -307,19 +434,11 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
 
     def stream(self, input: Any, config: Any = None, *, stop: list[str] | None = None,
                **kwargs: Any) -> Iterator[BaseMessageChunk]:
-        with self._use() as record:
-            for chunk in super().stream(input, config, stop=stop, **kwargs):
-                if record is not None:
-                    record.saw_chunk(chunk)
-                yield chunk
+        return self._guarded_iter(super().stream(input, config, stop=stop, **kwargs))
 
-    async def astream(self, input: Any, config: Any = None, *, stop: list[str] | None = None,
-                      **kwargs: Any) -> AsyncIterator[BaseMessageChunk]:
-        with self._use() as record:
-            async for chunk in super().astream(input, config, stop=stop, **kwargs):
-                if record is not None:
-                    record.saw_chunk(chunk)
-                yield chunk
+    def astream(self, input: Any, config: Any = None, *, stop: list[str] | None = None,
+                **kwargs: Any) -> AsyncIterator[BaseMessageChunk]:
+        return self._aguarded_iter(super().astream(input, config, stop=stop, **kwargs))
 
     @property
     def model_path(self) -> Path | None:

@@ -75,5 +75,6 @@ def expired(entries: list[CacheEntry], now: float | None = None) -> list[CacheEn
 
 
 def next_expiry(entries: list[CacheEntry]) -> float | None:
-    times = [e.expires_at for e in entries if e.loaded and e.expires_at is not None]
+    """When the next idle model expires; a busy one is looked at again when its call ends."""
+    times = [e.expires_at for e in entries if e.loaded and not e.busy and e.expires_at is not None]
     return min(times) if times else None

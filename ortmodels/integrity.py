@@ -86,6 +86,8 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
             stat = path.stat()
         except FileNotFoundError:
             raise ModelIntegrityError(path, "Missing model file", fix) from None
+        except OSError as exc:
+            raise ModelIntegrityError(path, f"Unreadable model file ({exc.strerror})", fix) from None
         if stat.st_size != expected.size:
             raise ModelIntegrityError(
                 path, f"Model file has {stat.st_size} bytes, the manifest records {expected.size} "
@@ -102,7 +104,10 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
             with _memo_lock:
                 _memo[key] = (*stamp, expected.sha256)
             continue
-        actual = file_sha256(path)
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:
+            raise ModelIntegrityError(path, f"Unreadable model file ({exc.strerror})", fix) from None
         hashed += 1
         if actual != expected.sha256:
             raise ModelIntegrityError(

@@ -75,6 +75,7 @@ class ModelManager:
         self._entries: dict[_CacheKey, CacheEntry] = {}
         self._reaper: threading.Thread | None = None
         self._last_publish = 0.0
+        self._publish_lock = threading.Lock()
         self._apply(load_settings())
         atexit.register(self._publish_exit)
 
@@ -208,8 +209,6 @@ class ModelManager:
                 model._observer = self
                 entry = self._entries[key] = CacheEntry(key, model)
             model = entry.model
-        if not model.is_loaded:
-            self._make_room(entry, estimate_memory(self._store, self._settings, kind, name, model_class, version))  # type: ignore[arg-type]
         model.load()  # the model's own lock: concurrent callers wait for one load
         return model
 
@@ -220,13 +219,32 @@ class ModelManager:
         return self._entries.get(key) if key is not None else None
 
     def _make_room(self, keep: CacheEntry, incoming: int) -> None:
+        """Unload idle models, least recently used first, until ``incoming`` more bytes fit.
+
+        A model that is busy (or being loaded or unloaded by another thread) is skipped,
+        never waited for: two threads making room at once cannot wait on each other.
+        """
         with self._lock:
             victims = cache.victims_for_budget(
                 list(self._entries.values()), self._settings.model_memory_budget, incoming, keep
             )
         for victim in victims:
-            logger.info("Unloading %s to stay within MODEL_MEMORY_BUDGET", victim.key[1])
-            victim.model.unload()
+            if victim.model._unload_if_idle():
+                logger.info("Unloaded %s to stay within MODEL_MEMORY_BUDGET", victim.key[1])
+
+    def _model_loading(self, model: Any) -> None:
+        """Called by a managed model before it loads: make room for it within the budget."""
+        if self._settings.model_memory_budget <= 0:
+            return
+        with self._lock:
+            entry = self._entry_of(model)
+        if entry is None:
+            return
+        kind, name, model_class, version = entry.key
+        incoming = model._last_memory or estimate_memory(
+            self._store, self._settings, kind, name, model_class, version  # type: ignore[arg-type]
+        )
+        self._make_room(entry, incoming)
 
     def _model_loaded(self, model: Any) -> None:
         """Called by a managed model after every load, including a reload on its next use."""
@@ -251,23 +269,19 @@ class ModelManager:
         self._publish()
 
     def _model_used(self, model: Any) -> None:
-        """Called by a managed model after each call: LRU time, keep-alive, keep-alive 0."""
-        keep_alive = self._settings.model_keep_alive
+        """Called by a managed model after each call: LRU time and keep-alive expiry."""
         with self._lock:
             entry = self._entry_of(model)
             if entry is None:
                 return
-            entry.touch(keep_alive)
-        if keep_alive == 0 and not model.active_calls:
-            model.unload()
-        else:
-            self._schedule()
+            entry.touch(self._settings.model_keep_alive)
+        self._schedule()  # keep-alive 0 too: unloaded by the keep-alive thread, not the caller
         if time.monotonic() - self._last_publish >= _PUBLISH_EVERY_S:
             self._publish()
 
     def _schedule(self) -> None:
         """Wake (or start) the thread that unloads models whose keep-alive has run out."""
-        if self._settings.model_keep_alive <= 0:
+        if self._settings.model_keep_alive < 0:
             return
         with self._lock:
             if self._reaper is None or not self._reaper.is_alive():
@@ -288,14 +302,21 @@ class ModelManager:
                         self._wake.wait(timeout=max(0.01, upcoming - time.time()))
                     continue
             for entry in due:
-                logger.info("Unloading %s: idle for its keep-alive", entry.key[1])
-                entry.model.unload()
+                def still_expired(entry: CacheEntry = entry) -> bool:
+                    return entry.expires_at is not None and entry.expires_at <= time.time()
+
+                if entry.model._unload_if_idle(still_expired):
+                    logger.info("Unloaded %s: idle for its keep-alive", entry.key[1])
+                else:  # busy now: look again shortly rather than spin
+                    with self._lock:
+                        self._wake.wait(timeout=0.05)
 
     def _publish(self) -> None:
-        self._last_publish = time.monotonic()
-        runtime_state.write_state(
-            self._settings.local_models_dir, [asdict(r) for r in self.loaded()], stats.registry().snapshot()
-        )
+        with self._publish_lock:  # one writer at a time, so an older snapshot never lands last
+            self._last_publish = time.monotonic()
+            runtime_state.write_state(
+                self._settings.local_models_dir, [asdict(r) for r in self.loaded()], stats.registry().snapshot()
+            )
 
     def _publish_exit(self) -> None:
         runtime_state.write_state(self._settings.local_models_dir, [], [])

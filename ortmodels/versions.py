@@ -14,6 +14,8 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,10 +126,27 @@ def point_link(model_dir: Path, version: str) -> None:
     os.replace(tmp_link, model_dir / ONNX_DIR)
 
 
+@contextmanager
+def model_lock(model_dir: Path) -> Iterator[None]:
+    """One change to a model's exports at a time (export, rollback, prune), across processes."""
+    root = exports_root(model_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as handle:
+        if fcntl is None:  # Windows: no advisory locks; changes to one model must not overlap
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def activate(model_dir: Path, version: str) -> VersionInfo:
     """Make ``version`` the one loaded by default (``ortmodels rollback``)."""
-    version_dir(model_dir, version)
-    point_link(model_dir, version)
+    with model_lock(model_dir):
+        version_dir(model_dir, version)
+        point_link(model_dir, version)
     logger.info("Model %s now uses export version %s", model_dir.name, version)
     return next(v for v in list_versions(model_dir) if v.id == version)
 
@@ -137,6 +156,12 @@ def prune(model_dir: Path, keep: int) -> list[str]:
 
     Returns the ids deleted. ``keep`` counts the newest versions whatever their state.
     """
+    with model_lock(model_dir):
+        return prune_locked(model_dir, keep)
+
+
+def prune_locked(model_dir: Path, keep: int) -> list[str]:
+    """`prune` for a caller that already holds `model_lock` (the exporter)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}.")
     removed = []
@@ -152,13 +177,18 @@ def prune(model_dir: Path, keep: int) -> list[str]:
 
 def delete_version(model_dir: Path, version: str) -> None:
     """Delete one version that is neither active nor in use."""
-    version_dir(model_dir, version)
-    if version == active_version(model_dir):
-        raise VersionInUseError(
-            f"Version {version} of {model_dir.name} is the active one; roll back to another first."
-        )
-    if not _delete_unless_leased(model_dir, version):
-        raise VersionInUseError(f"Version {version} of {model_dir.name} is loaded by a running process.")
+    with model_lock(model_dir):
+        version_dir(model_dir, version)
+        if version == active_version(model_dir):
+            raise VersionInUseError(
+                f"Version {version} of {model_dir.name} is the active one; roll back to another "
+                f"first ('ortmodels rollback {model_dir.name} VERSION')."
+            )
+        if not _delete_unless_leased(model_dir, version):
+            raise VersionInUseError(
+                f"Version {version} of {model_dir.name} is loaded by a running process; unload it "
+                "there first ('ortmodels ps' shows which)."
+            )
 
 
 # -- leases -------------------------------------------------------------------------------------
@@ -187,17 +217,20 @@ class VersionLease:
         self.model_dir, self.version = model_dir, version
         path = _lease_file(model_dir, version)
         self._key = _lease_key(model_dir, version)
-        self._handle = None
+        self._handle: int | None = None
         with _local_lock:
             _local_leases[self._key] = _local_leases.get(self._key, 0) + 1
         if fcntl is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(path, "a")  # noqa: SIM115  (held until release)
+            except OSError:
+                pass
+            try:  # read-only is enough for flock; O_CREAT needs no write access to an existing file
+                self._handle = os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
                 fcntl.flock(self._handle, fcntl.LOCK_SH)
             except OSError as exc:  # a read-only store: this process's own leases still count
                 logger.debug("No lease file for %s/%s: %s", model_dir.name, version, exc)
-                self._handle = None
+                self._close()
         if not (exports_root(model_dir) / version / "manifest.json").is_file():
             self.release()
             raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
@@ -209,8 +242,11 @@ class VersionLease:
                 _local_leases.pop(self._key, None)
             else:
                 _local_leases[self._key] = count - 1
+        self._close()
+
+    def _close(self) -> None:
         if self._handle is not None:
-            self._handle.close()  # closing drops the flock
+            os.close(self._handle)  # closing drops the flock
             self._handle = None
 
 
@@ -221,13 +257,16 @@ def is_leased(model_dir: Path, version: str) -> bool:
     path = _lease_file(model_dir, version)
     if fcntl is None or not path.is_file():
         return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(path) as handle:  # read-only: works on a store this user cannot write
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
         return False
+    return False
 
 
 def _delete_unless_leased(model_dir: Path, version: str) -> bool:
@@ -235,9 +274,11 @@ def _delete_unless_leased(model_dir: Path, version: str) -> bool:
         return False
     path = _lease_file(model_dir, version)
     folder = exports_root(model_dir) / version
-    if fcntl is None or not path.parent.exists():
+    if fcntl is None:
+        (folder / "manifest.json").unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         return True
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -129,8 +129,16 @@ def test_keep_alive_zero_unloads_after_each_call(monkeypatch: pytest.MonkeyPatch
     manager = _manager(monkeypatch, MODEL_KEEP_ALIVE="0")
     model = manager.get_embedding_model("a", Ballast)
     assert model.embed_documents(["ab"]) == [[2.0]]
-    assert not model.is_loaded and manager.loaded() == []
+    _wait_until_unloaded(model, 2.0)  # by the keep-alive thread, right after the call
+    assert manager.loaded() == []
     assert model.embed_query("abc") == [3.0]  # reloads for the next call
+    _wait_until_unloaded(model, 2.0)
+
+
+def _wait_until_unloaded(model: Ballast, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while model.is_loaded and time.time() < deadline:
+        time.sleep(0.01)
     assert not model.is_loaded
 
 
@@ -142,10 +150,7 @@ def test_short_keep_alive_unloads_on_time(monkeypatch: pytest.MonkeyPatch) -> No
     assert row.expires_at is not None and 0 < row.expires_at - time.time() <= 0.5
     time.sleep(0.25)
     assert model.is_loaded
-    deadline = time.time() + 3
-    while model.is_loaded and time.time() < deadline:
-        time.sleep(0.05)
-    assert not model.is_loaded
+    _wait_until_unloaded(model, 3.0)
     assert time.time() - row.expires_at < 1.0  # unloaded near its expiry, not much later
 
 

@@ -64,7 +64,7 @@ def export_model(
     with staging.export_lock(folder):
         outcome = _export_locked(store, name, dtypes, force, progress)
         if not outcome.skipped:
-            removed = versions.prune(folder, keep)
+            removed = versions.prune_locked(folder, keep)
             if removed:
                 logger.info("Pruned old export versions of %s: %s", name, ", ".join(removed))
         return outcome

@@ -13,8 +13,6 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from .. import versions
@@ -75,22 +73,8 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-@contextmanager
-def export_lock(model_dir: Path) -> Iterator[None]:
-    """One export of a model at a time: a second one waits instead of deleting the first's work."""
-    root = model_dir / EXPORTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; exports of one model must not overlap
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+export_lock = versions.model_lock
+"""One export (or rollback, or prune) of a model at a time: a second one waits."""
 
 
 def clean_stale_staging(model_dir: Path) -> None:

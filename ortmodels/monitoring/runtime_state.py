@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def write_state(models_dir: Path, loaded: list[dict[str, Any]], stats: list[dict
             "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
             "loaded": loaded, "stats": stats,
         }
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:  # a read-only store: ps simply cannot see this process
@@ -70,4 +71,8 @@ def read_states(models_dir: Path) -> list[dict[str, Any]]:
             path.unlink(missing_ok=True)
             continue
         states.append(state)
+    for leftover in folder.glob("*.tmp"):  # a writer that died between write and rename
+        pid_text = leftover.name.split(".", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            leftover.unlink(missing_ok=True)
     return states

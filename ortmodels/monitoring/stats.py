@@ -29,6 +29,8 @@ class CallRecord:
     items: int = 0
     """Texts embedded (embedding calls)."""
     failed: bool = False
+    key: tuple[str, str | None, str] | None = None
+    """(model, variant, kind), taken when the call began, while the model was surely loaded."""
 
     def finish(self) -> None:
         self.ended = time.perf_counter()
@@ -101,10 +103,13 @@ def _percentiles(values: deque) -> dict[str, float] | None:
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(np.mean(values))}
 
 
-def _kind(model: Any) -> str:
+def key_of(model: Any) -> tuple[str, str | None, str]:
+    """(model name, variant, kind) of a model: read it while the model is loaded."""
     from langchain_core.embeddings import Embeddings
 
-    return "embedding" if isinstance(model, Embeddings) else "chat"
+    name = getattr(model, "model_name", None) or type(model).__name__
+    variant = getattr(model, "loaded_variant", None) or getattr(model, "dtype", None)
+    return name, variant, "embedding" if isinstance(model, Embeddings) else "chat"
 
 
 class StatsRegistry:
@@ -114,25 +119,23 @@ class StatsRegistry:
         self._lock = threading.Lock()
         self._stats: dict[tuple[str, str | None], ModelStats] = {}
 
-    def _entry(self, model: Any) -> ModelStats:
-        name = getattr(model, "model_name", None) or type(model).__name__
-        variant = getattr(model, "loaded_variant", None) or getattr(model, "dtype", None)
-        key = (name, variant)
-        entry = self._stats.get(key)
+    def _entry(self, key: tuple[str, str | None, str]) -> ModelStats:
+        name, variant, kind = key
+        entry = self._stats.get((name, variant))
         if entry is None:
-            entry = self._stats[key] = ModelStats(name, variant, _kind(model))
+            entry = self._stats[(name, variant)] = ModelStats(name, variant, kind)
         return entry
 
-    def record_load(self, model: Any, seconds: float) -> None:
+    def record_load(self, key: tuple[str, str | None, str], model: Any, seconds: float, memory: int) -> None:
         with self._lock:
-            entry = self._entry(model)
+            entry = self._entry(key)
             entry.loads += 1
             entry.last_load_s = seconds
-            entry.memory_bytes = model.memory_bytes()
+            entry.memory_bytes = memory
 
-    def record_call(self, model: Any, record: CallRecord) -> None:
+    def record_call(self, key: tuple[str, str | None, str] | None, model: Any, record: CallRecord) -> None:
         with self._lock:
-            entry = self._entry(model)
+            entry = self._entry(key or key_of(model))
             entry.calls += 1
             entry.errors += int(record.failed)
             entry.busy_s += record.seconds
@@ -140,8 +143,8 @@ class StatsRegistry:
             if record.items:
                 entry.embedded += record.items
                 entry.embed_s += record.seconds
+            entry.input_tokens += record.input_tokens
             if record.output_tokens:
-                entry.input_tokens += record.input_tokens
                 entry.output_tokens += record.output_tokens
                 entry.generate_s += record.seconds
             if record.first_token_s is not None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..base import loading_model
 from ..config import Settings
-from ..errors import ModelFileError
+from ..errors import ModelFileError, UnknownVersionError
 from ..integrity import verify_variant
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
@@ -36,6 +36,26 @@ class OpenVariant:
         return self.info.variants[self.variant].size
 
 
+def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tuple[ModelInfo, VersionLease | None]:
+    """The model's info and a lease on its version; the active version is read again if a
+    new export replaced (and pruned) it between reading and leasing."""
+    store = ModelStore(model_dir.parent)
+    for attempt in (1, 2):
+        info = store.require(model_dir.name, kind, version)
+        if info.manifest is None or getattr(info.manifest, kind) is None:
+            raise ModelFileError(
+                info.onnx_path / "manifest.json", "No ONNX export found", f"Run 'ortmodels export {info.name}'."
+            )
+        if info.export_dir is None:
+            return info, None
+        try:
+            return info, VersionLease(info.path, info.export_dir.name)
+        except UnknownVersionError:
+            if version is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def open_variant(
     model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings
 ) -> OpenVariant:
@@ -47,12 +67,7 @@ def open_variant(
     """
     owner = loading_model()
     version = getattr(owner, "version", None)
-    info = ModelStore(model_dir.parent).require(model_dir.name, kind, version)
-    if info.manifest is None or getattr(info.manifest, kind) is None:
-        raise ModelFileError(
-            info.onnx_path / "manifest.json", "No ONNX export found", f"Run 'ortmodels export {info.name}'."
-        )
-    lease = VersionLease(info.path, info.export_dir.name) if info.export_dir is not None else None
+    info, lease = _lease_version(model_dir, kind, version)
     try:
         resolved = resolve_device(device or settings.model_device)
         variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved)
