@@ -8,6 +8,7 @@ text pieces streamed as they become whole characters. `_generate` is built from
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -272,6 +273,7 @@ class OnnxChatModel(BaseLLMModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        started = time.perf_counter()
         self._ensure_loaded()
         loaded = self.loaded  # one consistent set even if another thread unloads meanwhile
         params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
@@ -282,10 +284,13 @@ class OnnxChatModel(BaseLLMModel):
         state = DecoderState()
         logits = loaded.decoder.forward(state, prompt_ids)
         generated = 0
+        first_token_s: float | None = None
         finish_reason = "length"
         while generated < max_tokens:
             seen = np.asarray(state.tokens, dtype=np.int64) if params.repetition_penalty != 1.0 else _NONE
             token = choose_token(logits, params, seen, rng)
+            if first_token_s is None:
+                first_token_s = time.perf_counter() - started
             if token in eos:
                 finish_reason = "stop"
                 break
@@ -308,7 +313,8 @@ class OnnxChatModel(BaseLLMModel):
                 content="",
                 usage_metadata=usage,
                 response_metadata={"finish_reason": finish_reason, "model_name": self.model_name,
-                                   "variant": loaded.variant, "device": loaded.device},
+                                   "variant": loaded.variant, "device": loaded.device,
+                                   "time_to_first_token_s": first_token_s},
                 chunk_position="last",
             ),
             generation_info={"finish_reason": finish_reason},
