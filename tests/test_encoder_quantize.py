@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortmodels.export.encoder_quantize import int8_quality, smooth_activations, top_k_agreement
+from ortmodels.export.encoder_quantize import (
+    int8_quality,
+    smooth_activations,
+    top_k_agreement,
+)
 
 VOCAB, DIM, HIDDEN = 50, 32, 64
 
