@@ -49,16 +49,18 @@ _BUILDERS: dict[str, Builder] = {
 }
 DECODER_DTYPES = KIND_PRECISIONS["chat"]
 
-#: Our own graph's precisions (asymmetric blocks of 32 with a per-block range search).
-#: int8: perplexity at fp32's on the sample (12.128 vs 12.143). int4 is a mix in the manner
-#: of llama.cpp's K-quants: 4-bit gate/up and output projections, 8-bit q/k/v, down
-#: projection and lm_head. Measured on the sample (fp32 12.14): all-4-bit 15.29, 8-bit
-#: lm_head only 15.29, + down 13.79, + qkv 12.85.
+#: Our own graph's precisions (blocks of 32 along K). int8: asymmetric blocks with a
+#: per-block range search, perplexity at fp32's on the sample (12.128 vs 12.143; symmetric
+#: 12.212). int4 is a mix in the manner of llama.cpp's K-quants: symmetric 4-bit gate/up and
+#: output projections, symmetric 8-bit q/k/v, down projection and lm_head. Perplexity on the
+#: sample (fp32 12.143): all 4-bit 15.29, 8-bit lm_head only 15.29, + down 13.79, + qkv 12.85
+#: (asymmetric 4-bit) or 12.80 (symmetric 4-bit, the same speed); a 4-bit lm_head with the
+#: rest of the mix 14.83.
 GRAPH_PRECISIONS: dict[str, GraphPrecision] = {
     "fp32": GraphPrecision(),
     "fp16": GraphPrecision(dtype="fp16"),
-    "int8": GraphPrecision(bits=8),
-    "int4": GraphPrecision(bits=4, lm_head_bits=8, eight_bit=("self_attn.qkv_proj", "mlp.down_proj")),
+    "int8": GraphPrecision(bits=8, symmetric8=False),
+    "int4": GraphPrecision(bits=4, symmetric=True, lm_head_bits=8, eight_bit=("self_attn.qkv_proj", "mlp.down_proj")),
 }
 #: Files a checkpoint folder may carry that the exported variants need beside the graph.
 _SUPPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

@@ -44,7 +44,8 @@ class GraphPrecision:
     dtype: str = "fp32"  # fp32 | fp16: weights, activations and KV cache
     bits: int | None = None  # 4 | 8: MatMulNBits for every linear layer; None: float MatMul
     block_size: int = 32
-    symmetric: bool = False
+    symmetric: bool = False  # 4-bit matrices: symmetric blocks (no zero points) or min/max ones
+    symmetric8: bool = True  # 8-bit matrices: symmetric is as accurate there, and skips zero points
     search: bool = True  # per-block range search (nbits.quantize_matrix)
     lm_head_bits: int | None = None  # None: same as ``bits``
     accuracy_level: int = 4  # int8 activations on the CPU
@@ -142,7 +143,8 @@ class _Builder:
         if bits is None:
             return self.g.node("MatMul", [x, self.floats(f"{name}.weight", weight.T)], name=name)[0]
         p = self.precision
-        q = quantize_matrix(weight, bits, p.block_size, symmetric=p.symmetric, search=p.search)
+        symmetric = p.symmetric8 if bits == 8 else p.symmetric
+        q = quantize_matrix(weight, bits, p.block_size, symmetric=symmetric, search=p.search)
         inputs = [x, self.g.tensor(f"{name}.qweight", q.packed),
                   self.floats(f"{name}.scales", q.scales.reshape(-1))]
         if q.zero_points is not None:
