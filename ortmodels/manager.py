@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,18 @@ logger = logging.getLogger(__name__)
 _CacheKey = tuple[str, str, Any, str | None]
 #: Least seconds between two runtime-state files written after calls (``ortmodels ps``).
 _PUBLISH_EVERY_S = 1.0
+
+
+_DEFAULT_CLASSES = {"embedding": ("ortmodels.runtime.embeddings", "OnnxEmbeddingModel"),
+                    "chat": ("ortmodels.runtime.chat", "OnnxChatModel")}
+
+
+def _is_default_class(kind: str, model_class: type) -> bool:
+    """Is ``model_class`` ortmodels' own class for ``kind``? (Imports nothing: if the module is
+    not loaded yet, the class cannot be it.)"""
+    module, name = _DEFAULT_CLASSES.get(kind, ("", ""))
+    loaded = sys.modules.get(module)
+    return loaded is not None and getattr(loaded, name, None) is model_class
 
 
 @dataclass(frozen=True)
@@ -201,6 +214,8 @@ class ModelManager:
 
     def _get(self, kind: str, name: str, model_class: type | None, version: str | None) -> BaseModel:
         validate_model_name(name)
+        if model_class is not None and _is_default_class(kind, model_class):
+            model_class = None  # ortmodels' own class, named explicitly: the same cached object
         key: _CacheKey = (kind, name, model_class, version)
         with self._lock:
             entry = self._entries.get(key)

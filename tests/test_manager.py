@@ -132,3 +132,8 @@ def test_unload_during_a_load_is_not_undone() -> None:
     manager.unload_all()
     loader.join()
     assert manager.loaded_models() == []  # the finished load was not put back into the cache
+
+
+def test_naming_the_default_class_gives_the_same_object(samples_dir: Path) -> None:
+    manager = ModelManager()
+    assert manager.get_embedding_model(model_class=OnnxEmbeddingModel) is manager.get_embedding_model()
