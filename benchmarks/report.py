@@ -8,9 +8,10 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from ortmodels.export.checkpoint import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,16 +41,6 @@ DEV_PACKAGES = ("ortmodels", "onnxruntime", "torch", "transformers", "optimum-on
 PEER_PACKAGES = ("onnxruntime-genai", "onnxruntime", "llama-cpp-python", "transformers")
 
 
-def _installed(names: tuple[str, ...]) -> dict[str, str]:
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
 @lru_cache(maxsize=1)
 def versions() -> dict[str, dict[str, str]]:
     """Package versions in the dev venv (this process) and in the peers venv (asked once)."""
@@ -67,7 +58,7 @@ def versions() -> dict[str, dict[str, str]]:
         done = subprocess.run([str(peers_python()), "-c", code], capture_output=True, text=True, check=False)
         if done.returncode == 0:
             peers = json.loads(done.stdout)
-    return {"dev": _installed(DEV_PACKAGES), "peers": peers}
+    return {"dev": package_versions(*DEV_PACKAGES), "peers": peers}
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

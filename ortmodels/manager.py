@@ -179,9 +179,6 @@ class ModelManager:
             row["loaded"] = (row["model"], row["variant"]) in loaded
         return figures
 
-    def reset_stats(self) -> None:
-        stats.registry().reset()
-
     def prometheus_text(self) -> str:
         """The figures of `stats` in Prometheus' text format (needs ``prometheus-client``)."""
         from .monitoring.prometheus import exposition

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelFileError, UnknownVersionError, VersionInUseError
-from .manifest import Manifest, read_manifest
+from .manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +111,6 @@ def version_dir(model_dir: Path, version: str) -> Path:
     if not (folder / "manifest.json").is_file():
         raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
     return folder
-
-
-def read_version_manifest(model_dir: Path, version: str) -> Manifest:
-    manifest = read_manifest(version_dir(model_dir, version))
-    assert manifest is not None  # version_dir checked the file is there
-    return manifest
 
 
 def point_link(model_dir: Path, version: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -11,13 +12,13 @@ from rich.table import Table
 from .. import versions as export_versions
 from ..config import load_settings
 from ..monitoring import runtime_state
-from ..store import ModelStore
 from ..units import format_bytes
 from . import app, console
+from .models import _store
 
 
-def _model_dir(name: str):  # type: ignore[no-untyped-def]
-    return ModelStore(load_settings().local_models_dir).info(name).path
+def _model_dir(name: str) -> Path:
+    return _store().info(name).path
 
 
 @app.command()

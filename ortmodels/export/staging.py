@@ -31,14 +31,6 @@ def new_staging_dir(model_dir: Path) -> Path:
     return staging
 
 
-def current_export_dir(model_dir: Path) -> Path | None:
-    """The folder the ``onnx`` link points to, if any."""
-    link = model_dir / ONNX_DIR
-    if link.is_symlink() or link.is_dir():
-        return link.resolve()
-    return None
-
-
 def link_or_copy(src: Path, dst: Path) -> None:
     """Carry a file into a new export without copying its bytes where the file system allows."""
     dst.parent.mkdir(parents=True, exist_ok=True)
