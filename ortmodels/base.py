@@ -24,6 +24,7 @@ from langchain_core.messages import BaseMessageChunk
 from langchain_core.outputs import LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from .errors import EmbeddingInputError, ModelBusyError
 from .monitoring import stats
 
 _loading: ContextVar[Any] = ContextVar("ortmodels_loading_model", default=None)
@@ -55,6 +56,8 @@ class _LifeCycle:
     _opened: Any
     _lease: Any
     _observer: Any
+    _holders: dict[int, _Call]
+    """The calls admitted now, by id, for `unload`'s report when it times out."""
     version: str | None
 
     def _load(self) -> None:
@@ -127,13 +130,28 @@ class _LifeCycle:
             self._observer._model_loaded(self)
         return self
 
-    def unload(self) -> None:
-        """Release the model's memory once running calls have finished; a later call loads it again."""
+    def unload(self, timeout: float | None = None) -> None:
+        """Release the model's memory once running calls have finished; a later call loads it again.
+
+        New calls wait while an unload waits, so a busy model cannot put it off forever. With
+        a ``timeout`` (seconds), an unload that still finds calls running then gives up and
+        raises `ModelBusyError` naming them (a stream that was opened and never read, say);
+        the model stays loaded and the waiting calls go on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            self._draining += 1  # new calls wait, so a busy model cannot put off its unload forever
+            self._draining += 1
             try:
                 while self._active:
-                    self._idle.wait()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise ModelBusyError(
+                            f"Could not unload {getattr(self, 'model_name', None) or type(self).__name__} "
+                            f"within {timeout:g} s: {self._active} call(s) still hold it "
+                            f"({self._describe_holders()}). Finish or close those calls (a stream "
+                            "must be read to its end or closed), or unload with a longer timeout."
+                        )
+                    self._idle.wait(left)
                 if not self._loaded:
                     return
                 self._unload()
@@ -144,6 +162,24 @@ class _LifeCycle:
                 self._idle.notify_all()
         if self._observer is not None:
             self._observer._model_unloaded(self)
+
+    def _describe_holders(self) -> str:
+        now = time.monotonic()
+        calls = sorted(self._holders.values(), key=lambda h: h.started)
+        return "; ".join(f"{h.what} from thread {h.thread!r}, running {now - h.started:.1f} s" for h in calls) or "?"
+
+    def unload_unless_version(self, version: str | None) -> bool:
+        """Unload if the loaded export version is not ``version``; a load in progress is waited for.
+
+        What a rollback uses: the model's lock is held for the whole of a load, so an
+        instance that was opening the replaced version when the rollback happened is
+        seen here once it has opened it, never skipped.
+        """
+        with self._lock:
+            if not self._loaded or self.loaded_version in (None, version):
+                return False
+        self.unload()
+        return True
 
     def _unload_if_idle(self, still_wanted: Any = None) -> bool:
         """Unload now if no call is running or waiting and ``still_wanted()`` agrees; never blocks.
@@ -183,7 +219,7 @@ class _LifeCycle:
     # the model only while the model's own code runs, never while a stream is handed back
     # to the caller.
 
-    def _begin_call(self, nested: bool) -> stats.CallRecord | None:
+    def _begin_call(self, nested: bool, what: str) -> _Call:
         """Wait out an unload in progress, load if needed, count the call; blocking."""
         while True:
             with self._lock:
@@ -191,18 +227,49 @@ class _LifeCycle:
                     self._idle.wait()
                 if self._loaded:
                     self._active += 1
-                    if nested:
-                        return None
-                    record = stats.CallRecord()
-                    record.key = stats.key_of(self)
-                    return record
+                    call = _Call(what)
+                    self._holders[id(call)] = call
+                    if not nested:
+                        call.record = stats.CallRecord()
+                        call.record.key = stats.key_of(self)
+                    return call
             self.load()  # outside the lock: the manager may unload other models to make room
 
-    def _end_call(self, record: stats.CallRecord | None) -> None:
+    async def _abegin_call(self, what: str) -> _Call:
+        """`_begin_call` off the event loop, with an undo that a cancelled caller cannot skip.
+
+        The admission runs in a worker thread; if the awaiting task is cancelled meanwhile
+        (``asyncio.wait_for`` on a model still loading), the thread still finishes admitting
+        the call, so the call is ended as soon as it does, instead of being counted forever.
+        """
+        loop = asyncio.get_running_loop()
+        admitted = loop.run_in_executor(None, self._begin_call, self._nested(), what)
+        try:
+            return await asyncio.shield(admitted)
+        except asyncio.CancelledError:
+            def undo(future: asyncio.Future) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    call = future.result()
+                    if call.record is not None:
+                        call.record.failed = True
+                    loop.run_in_executor(None, self._end_call, call)  # takes the model's lock
+
+            admitted.add_done_callback(undo)
+            raise
+
+    async def _aend_call(self, call: _Call) -> None:
+        """`_end_call` off the event loop; it runs to the end even if the caller is cancelled."""
+        ended = asyncio.get_running_loop().run_in_executor(None, self._end_call, call)
+        await asyncio.shield(ended)
+
+    def _end_call(self, call: _Call) -> None:
         with self._lock:
+            if self._holders.pop(id(call), None) is None:
+                return  # already ended: an undo can never count a call twice
             self._active -= 1
             if not self._active:
                 self._idle.notify_all()
+        record = call.record
         if record is not None:
             record.finish()
             stats.registry().record_call(record.key, self, record)
@@ -221,37 +288,37 @@ class _LifeCycle:
             _in_call.reset(token)
 
     @contextmanager
-    def _use(self) -> Iterator[stats.CallRecord | None]:
+    def _use(self, what: str = "call") -> Iterator[stats.CallRecord | None]:
         """The call guard for a call that does not hand control back before it returns."""
-        record = self._begin_call(self._nested())
+        call = self._begin_call(self._nested(), what)
         try:
             with self._marked():
-                yield record
+                yield call.record
         except BaseException:
-            if record is not None:
-                record.failed = True
+            if call.record is not None:
+                call.record.failed = True
             raise
         finally:
-            self._end_call(record)
+            self._end_call(call)
 
     @asynccontextmanager
-    async def _ause(self) -> AsyncIterator[stats.CallRecord | None]:
+    async def _ause(self, what: str = "async call") -> AsyncIterator[stats.CallRecord | None]:
         """The call guard for coroutines: waiting and loading run off the event loop."""
-        loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(None, self._begin_call, self._nested())
+        call = await self._abegin_call(what)
         try:
             with self._marked():
-                yield record
+                yield call.record
         except BaseException:
-            if record is not None:
-                record.failed = True
+            if call.record is not None:
+                call.record.failed = True
             raise
         finally:
-            await loop.run_in_executor(None, self._end_call, record)
+            await self._aend_call(call)
 
     def _guarded_iter(self, iterator: Iterator[Any]) -> Iterator[Any]:
         """Run a stream under the guard; the model is marked only while producing a chunk."""
-        record = self._begin_call(self._nested())
+        call = self._begin_call(self._nested(), "stream")
+        record = call.record
         try:
             while True:
                 with self._marked():
@@ -270,11 +337,11 @@ class _LifeCycle:
             if close is not None:  # a caller that stopped early: let the model's stream clean up now
                 with self._marked():
                     close()
-            self._end_call(record)
+            self._end_call(call)
 
     async def _aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(None, self._begin_call, self._nested())
+        call = await self._abegin_call("async stream")
+        record = call.record
         try:
             while True:
                 with self._marked():
@@ -293,7 +360,19 @@ class _LifeCycle:
             if aclose is not None:
                 with self._marked():
                     await aclose()
-            await loop.run_in_executor(None, self._end_call, record)
+            await self._aend_call(call)
+
+
+class _Call:
+    """One admitted call: what it is and who made it, so a timed-out unload can name it."""
+
+    __slots__ = ("what", "thread", "started", "record")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.thread = threading.current_thread().name
+        self.started = time.monotonic()
+        self.record: stats.CallRecord | None = None
 
 
 _DONE = object()
@@ -309,6 +388,7 @@ def _init_life_cycle(model: Any) -> None:
     model._opened = None
     model._lease = None
     model._observer = None
+    model._holders = {}
 
 
 class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
@@ -344,7 +424,7 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
         texts = _check_texts(texts)
         if not texts:
             return []
-        with self._use() as record:
+        with self._use("embed_documents") as record:
             vectors = self._embed(texts)
             if record is not None:
                 record.items = len(texts)
@@ -376,6 +456,13 @@ def _check_texts(texts: object) -> list[str]:
                 f"embed_documents expects str items; item {index} is {type(item).__name__}: "
                 f"{item!r:.60}"
             )
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EmbeddingInputError(
+                f"Text {index} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
+                f"{exc.start} is a lone surrogate. Decode the input with errors='replace' first."
+            ) from None
     return items
 
 
@@ -408,6 +495,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     _opened: Any = PrivateAttr(default=None)
     _lease: Any = PrivateAttr(default=None)
     _observer: Any = PrivateAttr(default=None)
+    _holders: dict = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
@@ -418,7 +506,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
 
     def generate(self, messages: list, stop: list[str] | None = None, callbacks: Any = None,
                  **kwargs: Any) -> LLMResult:
-        with self._use() as record:
+        with self._use("invoke") as record:
             result = super().generate(messages, stop=stop, callbacks=callbacks, **kwargs)
             if record is not None:
                 record.saw_result(result)
@@ -426,7 +514,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
 
     async def agenerate(self, messages: list, stop: list[str] | None = None, callbacks: Any = None,
                         **kwargs: Any) -> LLMResult:
-        async with self._ause() as record:
+        async with self._ause("ainvoke") as record:
             result = await super().agenerate(messages, stop=stop, callbacks=callbacks, **kwargs)
             if record is not None:
                 record.saw_result(result)

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     """Seconds an idle model stays loaded (``300``, ``5m``), as Ollama's keep_alive:
     -1 forever, 0 unload after each call."""
 
+    model_unload_timeout: float = Field(default=60.0, alias="MODEL_UNLOAD_TIMEOUT")
+    """Seconds ``unload``/``unload_all`` wait for running calls before they raise `ModelBusyError`
+    naming the calls that hold the model (``30``, ``2m``); -1 waits for ever."""
+
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
     """Check a variant's files against the manifest's sha256 before its first load."""
 
@@ -87,7 +91,7 @@ class Settings(BaseSettings):
             return 0
         return parse_bytes(value)  # type: ignore[arg-type]
 
-    @field_validator("model_keep_alive", mode="before")
+    @field_validator("model_keep_alive", "model_unload_timeout", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
         return parse_seconds(value)  # type: ignore[arg-type]

@@ -106,3 +106,24 @@ class VersionInUseError(OrtModelsError):
 
 class ModelIntegrityError(ModelFileError):
     """A file of an exported variant no longer matches the sha256 and size its manifest records."""
+
+
+class InvalidVersionError(OrtModelsError, ValueError):
+    """An export version id that is not a plain version name (wrong type, too long, a path)."""
+
+
+class ChatInputError(OrtModelsError, ValueError):
+    """The conversation or a generation option cannot be used as given (empty, unknown role,
+    too long, a bad option value)."""
+
+
+class EmbeddingInputError(OrtModelsError, ValueError):
+    """A text to embed cannot be used as given (not valid Unicode, say)."""
+
+
+class ChatTemplateError(OrtModelsError, ValueError):
+    """The chat template refused the conversation, failed, or went past its time or size bound."""
+
+
+class ModelBusyError(OrtModelsError, TimeoutError):
+    """An unload waited its timeout for running calls; the message names the calls that hold the model."""

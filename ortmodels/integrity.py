@@ -1,7 +1,7 @@
 """Check a variant's files against the sha256 and size its manifest records, once per change.
 
 Hashing a 500 MB graph costs about a second, so a file that passed is remembered by its
-size, modification time and inode, in memory and in ``.exports/.verified/<version>.json``
+size, modification and change times and inode, in memory and in ``.exports/.verified/<version>.json``
 beside the export (when the store is writable): a later load, in this process or a new
 one, re-hashes only files that changed since.
 """
@@ -14,8 +14,9 @@ import logging
 import os
 import threading
 from pathlib import Path
+from stat import S_ISREG
 
-from .errors import ModelIntegrityError
+from .errors import ModelFileError, ModelIntegrityError
 from .manifest import VariantEntry
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ VERIFIED_DIR = ".verified"
 _CHUNK = 1 << 20
 _FIX = "Re-run 'ortmodels export {name} --force', or roll back with 'ortmodels rollback {name} VERSION'."
 
-_memo: dict[str, tuple[int, int, int, str]] = {}
+_memo: dict[str, tuple[int, int, int, int, str]] = {}
 _memo_lock = threading.Lock()
 
 
@@ -36,8 +37,40 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
-    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What must be unchanged for a file to count as still checked: an edit in place that
+    restores the mtime still moves the ctime, which no user call can set back."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
+def resolve_inside(base: Path, relative: str, what: str = "file") -> Path:
+    """``base / relative`` if its real path (links followed) lies inside ``base``'s real path.
+
+    Every path an export manifest names goes through here, so a changed manifest or a link
+    placed in an export cannot make ortmodels read or hash a file outside its export.
+    """
+    path = base / relative
+    root = base.resolve()
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        raise ModelFileError(
+            path, f"The export manifest names a {what} outside its export version ({real})",
+            "Exports never point outside their folder: re-run 'ortmodels export' for this model.",
+        )
+    return path
+
+
+def refuse_outside_links(folder: Path, root: Path) -> None:
+    """Refuse a variant folder holding a link that leads outside ``root`` (its export version)."""
+    real_root = root.resolve()
+    for entry in folder.rglob("*"):
+        if entry.is_symlink():
+            real = entry.resolve()
+            if real != real_root and real_root not in real.parents:
+                raise ModelFileError(
+                    entry, f"A link in the export leads outside it ({real})",
+                    "Remove the link and re-run 'ortmodels export' for this model.",
+                )
 
 
 def _record_file(folder: Path) -> Path | None:
@@ -81,13 +114,15 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
     hashed = 0
     changed = False
     for rel, expected in sorted(entry.files.items()):
-        path = folder / rel
+        path = resolve_inside(folder, rel)
         try:
             stat = path.stat()
         except FileNotFoundError:
             raise ModelIntegrityError(path, "Missing model file", fix) from None
         except OSError as exc:
             raise ModelIntegrityError(path, f"Unreadable model file ({exc.strerror})", fix) from None
+        if not S_ISREG(stat.st_mode):  # a device or a fifo would be hashed for ever
+            raise ModelIntegrityError(path, "Model file is not a regular file", fix)
         if stat.st_size != expected.size:
             raise ModelIntegrityError(
                 path, f"Model file has {stat.st_size} bytes, the manifest records {expected.size} "

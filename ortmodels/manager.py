@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import cache, versions
 from .cache import CacheEntry
 from .config import Settings, load_settings
+from .errors import ModelBusyError
 from .loader import construct_model, estimate_memory
 from .memory import return_freed_memory
 from .monitoring import runtime_state, stats
@@ -130,17 +131,16 @@ class ModelManager:
 
     def rollback(self, name: str, version: str) -> versions.VersionInfo:
         """Make ``version`` the active export; loaded instances of the old one are unloaded."""
-        info = versions.activate(self._store.info(name).path, version)
+        info = versions.activate(self._store.info(name).path, versions.check_version_id(version))
         with self._lock:
             stale = [e.model for k, e in self._entries.items() if k[1] == name and k[3] is None]
-        for model in stale:
-            if getattr(model, "loaded_version", None) not in (None, version):
-                model.unload()
+        for model in stale:  # one that is loading now is waited for, then checked
+            model.unload_unless_version(version)
         return info
 
     def prune(self, name: str, keep: int) -> list[str]:
         """Delete all but the ``keep`` newest versions (never the active one or one in use)."""
-        return versions.prune(self._store.info(name).path, keep)
+        return versions.prune(self._store.info(name).path, versions.check_keep(keep))
 
     def loaded_models(self) -> list[str]:
         """Names of the models loaded now."""
@@ -211,6 +211,8 @@ class ModelManager:
 
     def _get(self, kind: str, name: str, model_class: type | None, version: str | None) -> BaseModel:
         validate_model_name(name)
+        if version is not None:
+            versions.check_version_id(version)
         if model_class is not None and _is_default_class(kind, model_class):
             model_class = None  # ortmodels' own class, named explicitly: the same cached object
         key: _CacheKey = (kind, name, model_class, version)
@@ -335,17 +337,32 @@ class ModelManager:
 
     # -- unloading ----------------------------------------------------------------------------
 
-    def unload(self, name: str) -> bool:
-        """Unload every cached instance of ``name`` (after their running calls); ``True`` if one was loaded."""
+    def unload(self, name: str, timeout: float | None = None) -> bool:
+        """Unload every cached instance of ``name`` (after their running calls); ``True`` if one was loaded.
+
+        ``timeout`` (default ``MODEL_UNLOAD_TIMEOUT``) bounds the wait for running calls; past
+        it, `ModelBusyError` names the calls that hold the model.
+        """
         with self._lock:
             models = [e.model for k, e in self._entries.items() if k[1] == name and e.loaded]
-        for model in models:
-            model.unload()
+        self._unload_each(models, timeout)
         return bool(models)
 
-    def unload_all(self) -> None:
-        """Unload every model (each after its running calls finish)."""
+    def unload_all(self, timeout: float | None = None) -> None:
+        """Unload every model (each after its running calls finish, within ``timeout``)."""
         with self._lock:
             models = [e.model for e in self._entries.values()]
+        self._unload_each(models, timeout)
+
+    def _unload_each(self, models: list[Any], timeout: float | None) -> None:
+        """Unload each model; one that stays busy does not keep the others loaded."""
+        if timeout is None and self._settings.model_unload_timeout >= 0:
+            timeout = self._settings.model_unload_timeout
+        busy: ModelBusyError | None = None
         for model in models:
-            model.unload()
+            try:
+                model.unload(timeout=timeout)
+            except ModelBusyError as exc:
+                busy = busy or exc
+        if busy is not None:
+            raise busy

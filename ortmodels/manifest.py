@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ModelFileError
 
@@ -20,11 +20,27 @@ FORMAT_VERSION = 1
 Kind = Literal["embedding", "chat"]
 
 
+def check_relative_path(value: str) -> str:
+    """A path a manifest names: relative, inside its folder, no ``..``, no drive, no NUL.
+
+    The manifest is data on disk that anyone with write access may have changed, so it is
+    never trusted to point outside its export version (`integrity.resolve_inside` then
+    checks the real path, links included).
+    """
+    parts = value.replace("\\", "/").split("/")
+    if (not value or "\x00" in value or value.startswith(("/", "\\")) or ":" in parts[0]
+            or any(part in ("..",) for part in parts) or len(value) > 4096):
+        raise ValueError(
+            f"{value[:80]!r} is not a relative path inside the export version (absolute, '..' or empty)"
+        )
+    return value
+
+
 class FileEntry(BaseModel):
     """One file of a variant, as it was written."""
 
-    sha256: str
-    size: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
 
 
 class VariantEntry(BaseModel):
@@ -40,23 +56,35 @@ class VariantEntry(BaseModel):
     quantization: dict[str, Any] | None = None
     parity: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("path")
+    @classmethod
+    def _relative_folder(cls, value: str) -> str:
+        return check_relative_path(value)
+
+    @field_validator("files")
+    @classmethod
+    def _relative_files(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for name in value:
+            check_relative_path(name)
+        return value
+
 
 class EmbeddingSpec(BaseModel):
     """How token vectors become one sentence vector, read from the sentence-transformers files."""
 
     pooling: Literal["mean", "cls", "lasttoken", "max"]
     normalize: bool
-    max_seq_length: int
-    dimension: int
-    pad_token_id: int
+    max_seq_length: int = Field(ge=1, le=1 << 20)
+    dimension: int = Field(ge=1, le=1 << 20)
+    pad_token_id: int = Field(ge=0)
 
 
 class ChatSpec(BaseModel):
     """What the decode loop needs to know of a causal LM, from its config files."""
 
-    context_length: int
-    eos_token_ids: list[int]
-    bos_token_id: int | None = None
+    context_length: int = Field(ge=2, le=1 << 24)
+    eos_token_ids: list[Annotated[int, Field(ge=0)]]
+    bos_token_id: int | None = Field(default=None, ge=0)
     generation: dict[str, Any] = Field(default_factory=dict)
     """Sampling defaults from ``generation_config.json`` (temperature, top_p, ...)."""
 
@@ -97,9 +125,15 @@ def read_manifest(folder: Path) -> Manifest | None:
         return None
     try:
         return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelFileError(
+            path, f"Corrupt export manifest ({type(exc).__name__})", "Re-run 'ortmodels export' for this model."
+        ) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
         raise ModelFileError(
             path,
-            f"Corrupt export manifest ({type(exc).__name__})",
-            "Re-run 'ortmodels export' for this model.",
+            f"Export manifest refused: {where}: {first['msg']}",
+            "The manifest was changed or damaged; re-run 'ortmodels export' for this model.",
         ) from None

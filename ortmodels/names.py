@@ -6,14 +6,14 @@ import re
 
 from .errors import InvalidModelNameError
 
-_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 def validate_model_name(name: object) -> str:
     """Return ``name`` if it is a plain folder name; otherwise raise before touching the disk."""
     if not isinstance(name, str):
         raise InvalidModelNameError(f"A model name must be a string, not {type(name).__name__}.")
-    if not _PLAIN.match(name) or ".." in name:
+    if not _PLAIN.fullmatch(name) or ".." in name:  # fullmatch: "$" would let a trailing newline through
         raise InvalidModelNameError(
             f"Invalid model name {name!r}: use a plain folder name of letters, digits, '.', '_', "
             "'+' and '-' (no '/', '\\', '..', absolute path or leading dot)."

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import (
+    InvalidModelNameError,
     ModelFileError,
     ModelKindError,
     ModelNotExportedError,
+    OrtModelsError,
     UnknownModelError,
 )
+from .integrity import resolve_inside
 from .manifest import Manifest, VariantEntry, read_manifest
 from .model_card import count_parameters, read_card
 from .names import validate_model_name
@@ -91,21 +96,28 @@ class ModelInfo:
             return self.manifest.chat.context_length
         if self.manifest is not None and self.manifest.embedding is not None:
             return self.manifest.embedding.max_seq_length
-        value = self.config.get("max_position_embeddings")
-        return int(value) if value else None
+        return self._config_count("max_position_embeddings")
 
     @property
     def embedding_size(self) -> int | None:
         """Length of an embedding vector (embedding models) or of the hidden state (chat models)."""
         if self.manifest is not None and self.manifest.embedding is not None:
             return self.manifest.embedding.dimension
-        value = self.config.get("hidden_size") or self.config.get("d_model")
-        return int(value) if value else None
+        return self._config_count("hidden_size") or self._config_count("d_model")
 
     @property
     def vocab_size(self) -> int | None:
-        value = self.config.get("vocab_size")
-        return int(value) if value else None
+        return self._config_count("vocab_size")
+
+    def _config_count(self, key: str) -> int | None:
+        """A positive whole number from ``config.json``; anything else is reported once and ignored."""
+        value = self.config.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            warn_once(self.name, f"config.json's {key} is {value!r:.40}, not a positive whole number; ignored")
+            return None
+        return value
 
     @cached_property
     def _card(self) -> tuple[str | None, str | None]:
@@ -158,7 +170,7 @@ class ModelInfo:
                 f"Model {self.name!r} has no {dtype} export (exported: {have}). "
                 f"Run 'ortmodels export {self.name} --dtype {dtype}'."
             )
-        return self.onnx_path / entry.path
+        return resolve_inside(self.onnx_path, entry.path, "variant folder")
 
 
 def read_json(path: Path) -> dict:
@@ -174,16 +186,38 @@ def read_json(path: Path) -> dict:
     return data
 
 
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def warn_once(name: str, problem: str) -> None:
+    """Log a problem with one model folder once per process, not on every listing."""
+    with _reported_lock:
+        if (name, problem) in _reported:
+            return
+        _reported.add((name, problem))
+    logger.warning("Model folder %r: %s", name, problem)
+
+
+def _architecture(config: dict[str, Any], name: str) -> str | None:
+    archs = config.get("architectures")
+    if archs is None:
+        return None
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        warn_once(name, f"config.json's architectures is {archs!r:.60}, not a list of names; ignored")
+        return None
+    return archs[0] if archs else None
+
+
 def detect_kind(folder: Path, manifest: Manifest | None = None) -> tuple[ModelKind, str | None]:
     """Tell a chat model from an embedding model by its files (the manifest wins if present)."""
     architecture: str | None = None
     config_path = folder / "config.json"
     if config_path.is_file():
         try:
-            archs = read_json(config_path).get("architectures") or []
-            architecture = archs[0] if archs else None
+            architecture = _architecture(read_json(config_path), folder.name)
         except ModelFileError as exc:
-            logger.warning("%s", exc)
+            warn_once(folder.name, str(exc))
     if manifest is not None:
         return manifest.kind, manifest.architecture or architecture
     if any((folder / f).is_file() for f in _SENTENCE_TRANSFORMERS_FILES):
@@ -193,6 +227,25 @@ def detect_kind(folder: Path, manifest: Manifest | None = None) -> tuple[ModelKi
             return "chat", architecture
         return "embedding", architecture
     return "unknown", architecture
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why a model folder cannot be used, with the fix; ``None`` if it can."""
+    try:
+        validate_model_name(folder.name)
+    except InvalidModelNameError:
+        return ("its name is not a plain model name (letters, digits, '.', '_', '+', '-'; no spaces "
+                "or brackets); rename the folder, e.g. to " + repr(_suggest_name(folder.name)))
+    if folder.is_symlink():
+        return (f"it is a link to {folder.resolve()}; ortmodels keeps exports, version leases and "
+                "checks inside each model folder, so move the folder into LOCAL_MODELS_DIR or point "
+                "LOCAL_MODELS_DIR at the folder that holds it")
+    return None
+
+
+def _suggest_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.") or "model"
+    return cleaned[:128]
 
 
 class ModelStore:
@@ -206,40 +259,61 @@ class ModelStore:
         return self.root / validate_model_name(name)
 
     def names(self) -> list[str]:
-        """Model folder names, sorted; folders that are neither checkpoint nor export are skipped."""
+        """Model folder names, sorted; folders that are neither checkpoint nor export are skipped,
+        and so are folders ortmodels cannot use (see `skipped`)."""
+        return [name for name, problem in self._scan() if problem is None]
+
+    def skipped(self) -> dict[str, str]:
+        """Folders that look like models but cannot be used, each with the reason and the fix."""
+        return {name: problem for name, problem in self._scan() if problem is not None}
+
+    def _scan(self) -> list[tuple[str, str | None]]:
         if not self.root.is_dir():
             return []
-        found = []
+        found: list[tuple[str, str | None]] = []
         for child in sorted(self.root.iterdir()):
             if child.name.startswith(".") or not child.is_dir():
                 continue
-            if (child / "config.json").is_file() or (child / ONNX_DIR / "manifest.json").is_file():
-                found.append(child.name)
+            if not ((child / "config.json").is_file() or (child / ONNX_DIR / "manifest.json").is_file()):
+                continue
+            problem = _folder_problem(child)
+            if problem is not None:
+                warn_once(child.name, problem)
+            found.append((child.name, problem))
         return found
 
     def info(self, name: str, version: str | None = None) -> ModelInfo:
         """Describe one model (its active export, or ``version``), or raise `UnknownModelError`."""
         folder = self.model_dir(name)
-        if name not in self.names():
+        scanned = dict(self._scan())
+        if name not in scanned:
             raise UnknownModelError(name, self.names(), self.root)
+        if scanned[name] is not None:
+            raise ModelFileError(folder, f"Model folder cannot be used: {scanned[name]}")
         if version is not None:
             export_dir: Path | None = version_dir(folder, version)
         elif active_version(folder) is not None:
             export_dir = exports_root(folder) / active_version(folder)  # type: ignore[operator]
         else:
+            if (folder / ONNX_DIR).is_symlink():
+                raise ModelFileError(
+                    folder / ONNX_DIR, "The onnx link does not point to one of this model's exports",
+                    f"Remove it and re-run 'ortmodels export {name}'.",
+                )
             export_dir = None
         manifest = read_manifest(export_dir or folder / ONNX_DIR)
         kind, architecture = detect_kind(folder, manifest)
         return ModelInfo(name, folder, kind, architecture, manifest, export_dir)
 
     def list(self) -> list[ModelInfo]:
-        """Every model in the store; one with a corrupt manifest is logged and listed as unknown."""
+        """Every usable model in the store; one with a bad manifest or link is reported once and
+        listed as unknown, one whose folder cannot be used (`skipped`) is left out."""
         infos = []
         for name in self.names():
             try:
                 infos.append(self.info(name))
-            except ModelFileError as exc:
-                logger.warning("%s", exc)
+            except OrtModelsError as exc:
+                warn_once(name, str(exc))
                 folder = self.root / name
                 infos.append(ModelInfo(name, folder, "unknown", None, None))
         return infos

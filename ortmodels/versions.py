@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelFileError, UnknownVersionError, VersionInUseError
+from .errors import InvalidVersionError, ModelFileError, UnknownVersionError, VersionInUseError
 from .manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,31 @@ class VersionInfo:
     @property
     def size(self) -> int:
         return sum(self.variants.values())
+
+
+_VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_version_id(version: object) -> str:
+    """``version`` if it can be an export version id; `InvalidVersionError` before any path is built."""
+    if not isinstance(version, str) or not _VERSION_ID.fullmatch(version) or version.startswith("tmp-"):
+        shown = repr(version) if len(repr(version)) <= 60 else repr(version)[:57] + "..."
+        raise InvalidVersionError(
+            f"Invalid export version {shown} ({type(version).__name__}): a version is a string id "
+            "such as '20261125T170700Z-e4a97f65' (letters, digits, '.', '_', '+', '-', at most 100 "
+            "characters). 'ortmodels versions NAME' lists a model's versions."
+        )
+    return version
+
+
+def check_keep(keep: object) -> int:
+    """``keep`` if it is a whole number of versions of at least 1."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise InvalidVersionError(
+            f"keep must be a whole number of versions, at least 1; got {keep!r} "
+            f"({type(keep).__name__}). E.g. prune(name, keep=2)."
+        )
+    return keep
 
 
 def exports_root(model_dir: Path) -> Path:
@@ -105,8 +131,7 @@ def list_versions(model_dir: Path) -> list[VersionInfo]:
 
 def version_dir(model_dir: Path, version: str) -> Path:
     """The folder of ``version``, or `UnknownVersionError` listing the versions there are."""
-    if not version or "/" in version or "\\" in version or version.startswith((".", "tmp-")):
-        raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
+    check_version_id(version)
     folder = exports_root(model_dir) / version
     if not (folder / "manifest.json").is_file():
         raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
@@ -156,8 +181,7 @@ def prune(model_dir: Path, keep: int) -> list[str]:
 
 def prune_locked(model_dir: Path, keep: int) -> list[str]:
     """`prune` for a caller that already holds `model_lock` (the exporter)."""
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}.")
+    check_keep(keep)
     removed = []
     for info in list_versions(model_dir)[keep:]:
         if info.active:

@@ -17,7 +17,8 @@ from langchain_core.messages import (
 from tokenizers import Tokenizer
 
 from ortmodels import ModelManager
-from ortmodels.runtime.chat import ChatInputError, OnnxChatModel
+from ortmodels.errors import ChatInputError
+from ortmodels.runtime.chat import OnnxChatModel
 
 from .conftest import CHAT_SAMPLE
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ortmodels import ModelManager
 from ortmodels.cli import _register, app
 from ortmodels.monitoring.callbacks import PerformanceCallbackHandler
-from ortmodels.runtime.chat import ChatInputError
+from ortmodels.errors import ChatInputError
 
 from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
 

@@ -35,7 +35,8 @@ def write_state(models_dir: Path, loaded: list[dict[str, Any]], stats: list[dict
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
+            "pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
+            "updated": time.time(),
             "loaded": loaded, "stats": stats,
         }
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
@@ -55,8 +56,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``); ``None`` where unknown.
+
+    A pid is reused once its process is gone, so a state file is trusted only while the pid
+    still names the process that wrote it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: count from the last ')'
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _written_by_live_process(state: dict[str, Any], pid: int) -> bool:
+    if not _alive(pid):
+        return False
+    recorded = state.get("started")
+    return recorded is None or process_start(pid) in (None, recorded)
+
+
 def read_states(models_dir: Path) -> list[dict[str, Any]]:
-    """The published state of every live process using ``models_dir``; stale files are removed."""
+    """The published state of every live process on this host using ``models_dir``.
+
+    Files of processes that are gone, or whose pid now belongs to another process, are
+    removed; files written on another host (a shared store) are left alone but not shown,
+    since nothing here can tell whether their process still runs.
+    """
     folder = models_dir / RUNTIME_DIR
     if not folder.is_dir():
         return []
@@ -67,7 +96,10 @@ def read_states(models_dir: Path) -> list[dict[str, Any]]:
             pid = int(state["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if state.get("host") == socket.gethostname() and not _alive(pid):
+        if state.get("host") != socket.gethostname():
+            logger.debug("Not showing %s: written on host %r", path, state.get("host"))
+            continue
+        if not _written_by_live_process(state, pid):
             path.unlink(missing_ok=True)
             continue
         states.append(state)

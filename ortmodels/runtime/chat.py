@@ -28,17 +28,18 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..base import BaseLLMModel
 from ..config import load_settings
-from ..errors import ModelNotLoadedError, OrtModelsError
+from ..errors import ChatInputError, ModelNotLoadedError
 from ..manifest import ChatSpec
 from ..names import validate_model_name
 from .chat_template import ChatTemplate
 from .decoder import DecoderSession, DecoderState
 from .generation import SamplingParams, TextAssembler, choose_token
-from .tokenization import load_tokenizer
+from .tokenization import check_unicode, check_vocabulary, load_tokenizer, max_token_chars
+from .session import output_width
 from .variant import open_variant
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,7 @@ _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
 )
 _TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _DEFAULT_MAX_TOKENS = 512
-_CALL_OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"})  # CallOptions
 _NONE = np.zeros(0, dtype=np.int64)
-
-
-class ChatInputError(OrtModelsError, ValueError):
-    """The conversation cannot be sent to the model as it is (empty, unknown role, too long)."""
 
 
 def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -77,27 +73,72 @@ def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
                 raise ChatInputError(
                     f"Message {index} has {', '.join(sorted(map(str, kinds)))} content; this model reads text only."
                 )
-        converted.append({"role": role, "content": message.text})
+        text = message.text
+        try:
+            check_unicode(text, f"Message {index}")
+        except ValueError as exc:
+            raise ChatInputError(str(exc)) from None
+        converted.append({"role": role, "content": text})
     return converted
 
 
+def check_stop(stop: object, where: str = "stop") -> list[str]:
+    """Stop strings as a list: one string is one stop string (as LangChain's other models take it)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)):
+        raise ChatInputError(f"{where} must be a string or a list of strings, not {type(stop).__name__}.")
+    for index, item in enumerate(stop):
+        if not isinstance(item, str):
+            raise ChatInputError(
+                f"{where}[{index}] is {type(item).__name__} {item!r:.40}; stop strings must be strings, "
+                "e.g. stop=['\\n\\n']."
+            )
+        try:
+            check_unicode(item, f"{where}[{index}]")
+        except ValueError as exc:
+            raise ChatInputError(str(exc)) from None
+    return list(stop)
+
+
+def _keep_tail(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
+    """The newest messages whose text fits in ``chars`` (the newest one cut to its end if alone
+    it is too long): what ``truncate_prompt`` keeps of a conversation far beyond the context."""
+    kept: list[dict[str, str]] = []
+    for message in reversed(messages):
+        if chars <= 0:
+            break
+        content = message["content"]
+        if len(content) > chars:
+            content = content[-chars:]
+        kept.append({**message, "content": content})
+        chars -= len(content)
+    return kept[::-1]
+
+
 # Generation options: one bounded type each, shared by the model's fields and per-call checks.
-MaxTokens = Annotated[int | None, Field(ge=1)]
-Temperature = Annotated[float | None, Field(ge=0.0)]
-TopP = Annotated[float | None, Field(gt=0.0, le=1.0)]
+# Non-finite values are refused: an infinite temperature or penalty samples uniformly.
+MaxTokens = Annotated[int | None, Field(ge=1, le=1 << 24)]
+Temperature = Annotated[float | None, Field(ge=0.0, allow_inf_nan=False)]
+TopP = Annotated[float | None, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 TopK = Annotated[int | None, Field(ge=0)]
-RepetitionPenalty = Annotated[float | None, Field(gt=0.0)]
+RepetitionPenalty = Annotated[float | None, Field(gt=0.0, allow_inf_nan=False)]
+Seed = Annotated[int | None, Field(ge=0, lt=1 << 64)]
 
 
 class CallOptions(BaseModel):
     """Generation options, checked with the same bounds whether set on the model or per call."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
 
     max_tokens: MaxTokens = None
     temperature: Temperature = None
     top_p: TopP = None
     top_k: TopK = None
     repetition_penalty: RepetitionPenalty = None
-    seed: int | None = None
+    seed: Seed = None
 
 
 class _Loaded:
@@ -107,6 +148,8 @@ class _Loaded:
                  spec: ChatSpec, variant: str, device: str) -> None:
         self.decoder, self.tokenizer, self.template = decoder, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
+        self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
+        """More characters than this cannot fit in the context, whatever they say."""
 
 
 class OnnxChatModel(BaseLLMModel):
@@ -142,16 +185,21 @@ class OnnxChatModel(BaseLLMModel):
     repetition_penalty: RepetitionPenalty = None
     """Above 1 discourages repeating tokens already in the prompt or answer."""
 
-    seed: int | None = None
+    seed: Seed = None
     """Seed for sampling, for repeatable answers."""
 
     stop: list[str] | None = None
-    """Strings that end the answer; they are not included in it."""
+    """Strings that end the answer; they are not included in it (one string is one stop string)."""
 
     truncate_prompt: bool = False
     """Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing."""
 
     _state: _Loaded | None = PrivateAttr(default=None)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: object) -> object:
+        return None if value is None else check_stop(value)
 
     @model_validator(mode="after")
     def _resolve_folder(self) -> OnnxChatModel:
@@ -172,10 +220,14 @@ class OnnxChatModel(BaseLLMModel):
     def _load(self) -> None:
         settings = load_settings()
         opened = open_variant(Path(self.model_path_), "chat", self.device, self.dtype, settings)  # type: ignore[arg-type]
+        tokenizer = load_tokenizer(opened.folder / "tokenizer.json")
+        decoder = DecoderSession(opened.session, opened.device)
+        spec: ChatSpec = opened.info.manifest.chat  # type: ignore[union-attr]
+        special = {f"eos_token_ids[{i}]": t for i, t in enumerate(spec.eos_token_ids)}
+        check_vocabulary(opened.folder, tokenizer, output_width(opened.session, "logits"),
+                         {**special, "bos_token_id": spec.bos_token_id})
         self._state = _Loaded(
-            DecoderSession(opened.session, opened.device), load_tokenizer(opened.folder / "tokenizer.json"),
-            ChatTemplate.from_folder(opened.folder), opened.info.manifest.chat,  # type: ignore[union-attr]
-            opened.variant, opened.device,
+            decoder, tokenizer, ChatTemplate.from_folder(opened.folder), spec, opened.variant, opened.device,
         )
         logger.info("Loaded chat model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
@@ -207,9 +259,26 @@ class OnnxChatModel(BaseLLMModel):
 
     def _prompt_ids(self, loaded: _Loaded, messages: list[BaseMessage], max_tokens: int | None) -> tuple[list[int], int]:
         """Prompt token ids and the number of tokens to generate, checked against the context."""
-        prompt = loaded.template.render(to_template_messages(messages), add_generation_prompt=True)
-        ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
         context = loaded.spec.context_length
+        bound = loaded.prompt_chars
+        converted = to_template_messages(messages)
+        if sum(len(m["content"]) for m in converted) > bound:  # decided before any tokenizing
+            if not self.truncate_prompt:
+                raise ChatInputError(
+                    f"The conversation has {sum(len(m['content']) for m in converted):,} characters; the "
+                    f"context of {context} tokens holds at most {bound:,} with this tokenizer. Shorten "
+                    "the conversation, or set truncate_prompt=True to drop the oldest text."
+                )
+            converted = _keep_tail(converted, bound)
+        prompt = loaded.template.render(converted, add_generation_prompt=True, max_chars=2 * bound)
+        if len(prompt) > bound:
+            if not self.truncate_prompt:
+                raise ChatInputError(
+                    f"The rendered prompt has {len(prompt):,} characters, more than the context of "
+                    f"{context} tokens can hold. Shorten the conversation, or set truncate_prompt=True."
+                )
+            prompt = prompt[-bound:]
+        ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
         if max_tokens is None:  # not asked for: as many as fit, up to the default
             default = int(loaded.spec.generation.get("max_new_tokens") or _DEFAULT_MAX_TOKENS)
             max_tokens = max(1, min(default, context - len(ids)))
@@ -233,15 +302,18 @@ class OnnxChatModel(BaseLLMModel):
     def _options(
         self, loaded: _Loaded, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[SamplingParams, int | None, tuple[str, ...]]:
-        unknown = set(kwargs) - _CALL_OPTIONS
-        if unknown:
-            raise ChatInputError(f"Unknown generation option(s): {', '.join(sorted(unknown))}.")
-        given = {name: getattr(self, name) for name in _CALL_OPTIONS}
+        given = {name: getattr(self, name) for name in CallOptions.model_fields}
         given.update({k: v for k, v in kwargs.items() if v is not None})
         try:
             checked = CallOptions(**given)
         except ValidationError as exc:
-            raise ChatInputError(f"Bad generation option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}.") from None
+            error = exc.errors()[0]
+            name = error["loc"][0] if error["loc"] else "?"
+            if error["type"] == "extra_forbidden":
+                raise ChatInputError(
+                    f"Unknown generation option: {name}. Options: {', '.join(CallOptions.model_fields)}, stop."
+                ) from None
+            raise ChatInputError(f"Bad generation option {name}={error.get('input')!r}: {error['msg']}.") from None
         defaults = loaded.spec.generation
 
         def pick(name: str, default: Any) -> Any:
@@ -263,7 +335,7 @@ class OnnxChatModel(BaseLLMModel):
             repetition_penalty=float(pick("repetition_penalty", 1.0)),
             seed=pick("seed", None),
         )
-        stops = tuple(s for s in [*(self.stop or []), *(stop or [])] if s)
+        stops = tuple(s for s in [*(self.stop or []), *check_stop(stop)] if s)
         return params, checked.max_tokens, stops
 
     def _stream(
@@ -345,6 +417,6 @@ class OnnxChatModel(BaseLLMModel):
             params["ls_temperature"] = temperature
         if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
             params["ls_max_tokens"] = max_tokens
-        if stops := stop or self.stop:
+        if stops := check_stop(stop) or self.stop:
             params["ls_stop"] = stops
         return params

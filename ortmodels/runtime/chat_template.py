@@ -9,16 +9,16 @@ the model was trained on without importing transformers.
 from __future__ import annotations
 
 import json
+import re
+import sys
+import threading
+import time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFileError, OrtModelsError
-
-
-class ChatTemplateError(OrtModelsError, ValueError):
-    """The template refused the conversation (it called ``raise_exception``)."""
+from ..errors import ChatTemplateError, ModelFileError
 
 
 def _raise(message: str) -> None:
@@ -30,16 +30,147 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-@lru_cache(maxsize=32)
-def _compile(source: str) -> Any:
+#: Longest a render may take; a real conversation renders in about a millisecond.
+RENDER_SECONDS = 2.0
+#: Rendered characters allowed when the caller gives no bound of its own.
+RENDER_CHARS = 8_000_000
+_TEMPLATE_FILE = "<template>"  # the file name jinja2 gives code compiled from a string
+
+
+class _RenderLimit(Exception):
+    """Raised inside a render that went past its time or size bound (turned into a ChatTemplateError)."""
+
+
+class _Budget:
+    """The bounds of one render, checked by the trace function and the sandbox's hooks."""
+
+    def __init__(self, seconds: float, chars: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.seconds, self.chars = seconds, chars
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _RenderLimit(f"it ran for more than {self.seconds:g} s")
+
+    def check_size(self, size: int, what: str) -> None:
+        if size > self.chars:
+            raise _RenderLimit(f"{what} would be {size:,} characters, more than the {self.chars:,} allowed")
+
+
+_budget: threading.local = threading.local()
+
+
+def _current_budget() -> _Budget | None:
+    return getattr(_budget, "value", None)
+
+
+def _size_of(value: Any) -> int:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+
+
+def _bounded_environment() -> Any:
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = _tojson
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """The sandbox, plus bounds on what one operator or call may build."""
+
+        intercepted_binops = frozenset({"*", "**", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            budget = _current_budget()
+            if budget is not None:
+                budget.check_time()
+                if operator == "*":
+                    for seq, times in ((left, right), (right, left)):
+                        if _size_of(seq) and isinstance(times, int):
+                            budget.check_size(_size_of(seq) * times, "a repeated sequence")
+                elif operator == "**" and isinstance(right, (int, float)) and abs(right) > 256:
+                    raise _RenderLimit(f"the power {right!r} is too large")
+                elif operator == "%" and isinstance(left, str):
+                    widths = [int(w) for w in re.findall(r"%[-#0 +]*(\d+)", left)]
+                    budget.check_size(max(widths, default=0), "a formatted field")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            budget = _current_budget()
+            if budget is not None:
+                budget.check_time()
+                for value in (*args, *kwargs.values()):
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        budget.check_size(value, "a number passed to a function")
+            return super().call(__context, __obj, *args, **kwargs)
+
+    # optimized=False: no constant folding at compile time, where no bound applies yet
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], optimized=False)
+    for name, function in list(env.filters.items()):
+        env.filters[name] = _bounded_filter(function)
+    return env
+
+
+def _bounded_filter(function: Any) -> Any:
+    """Filters (``center``, ``indent``, ``wordwrap``, ...) get the same number bound as calls.
+
+    The wrapper takes the template context, which also keeps jinja2 from running the filter
+    on constants at compile time, where no bound applies yet.
+    """
+    from jinja2.utils import _PassArg, pass_context
+
+    wants = _PassArg.from_obj(function)
+
+    @pass_context
+    def bounded(context: Any, *args: Any, **kwargs: Any) -> Any:
+        budget = _current_budget()
+        if budget is not None:
+            budget.check_time()
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, int) and not isinstance(value, bool):
+                    budget.check_size(value, "a number passed to a filter")
+        if wants is _PassArg.context:
+            return function(context, *args, **kwargs)
+        if wants is _PassArg.eval_context:
+            return function(context.eval_ctx, *args, **kwargs)
+        if wants is _PassArg.environment:
+            return function(context.environment, *args, **kwargs)
+        return function(*args, **kwargs)
+
+    return bounded
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str) -> Any:
+    env = _bounded_environment()
+    env.filters["tojson"] = _bounded_filter(_tojson)
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(source)
+
+
+def _bounded_render(template: Any, budget: _Budget, variables: dict[str, Any]) -> str:
+    """Render with a trace on the template's own frames, so a loop that calls nothing and
+    writes nothing (nested ``range`` loops) still meets the deadline; output is counted as
+    it is produced, so it never grows past the size bound."""
+    previous = sys.gettrace()
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        budget.check_time()
+        return local
+
+    def global_trace(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == _TEMPLATE_FILE else None
+
+    _budget.value = budget
+    sys.settrace(global_trace)
+    try:
+        pieces, size = [], 0
+        for piece in template.generate(**variables):
+            size += len(piece)
+            budget.check_size(size, "the rendered prompt")
+            pieces.append(piece)
+        return "".join(pieces)
+    finally:
+        sys.settrace(previous)
+        _budget.value = None
 
 
 def _token_text(value: Any) -> str | None:
@@ -51,10 +182,15 @@ def _token_text(value: Any) -> str | None:
 class ChatTemplate:
     """The template source plus the special tokens it may refer to."""
 
-    def __init__(self, source: str, special_tokens: dict[str, str | None]) -> None:
+    def __init__(self, source: str, special_tokens: dict[str, str | None], origin: str = "chat template") -> None:
         self.source = source
         self.special_tokens = special_tokens
-        self._template = _compile(source)
+        self.origin = origin
+        """Where the template was read from, named in every error about it."""
+        try:
+            self._template = _compile(source)
+        except Exception as exc:  # jinja2's TemplateSyntaxError
+            raise ChatTemplateError(f"The chat template in {origin} does not compile: {exc}") from exc
 
     @classmethod
     def from_folder(cls, folder: Path) -> ChatTemplate:
@@ -68,12 +204,14 @@ class ChatTemplate:
                 raise ModelFileError(config_path, f"Corrupt JSON ({exc})") from None
         source = None
         jinja_path = folder / "chat_template.jinja"
+        origin = str(jinja_path)
         if jinja_path.is_file():
             source = jinja_path.read_text(encoding="utf-8")
         else:
+            origin = f"{config_path} (chat_template)"
             entry = config.get("chat_template")
             if isinstance(entry, list):  # named templates: take "default"
-                entry = next((t.get("template") for t in entry if t.get("name") == "default"), None)
+                entry = next((t.get("template") for t in entry if isinstance(t, dict) and t.get("name") == "default"), None)
             source = entry if isinstance(entry, str) else None
         if not source:
             raise ModelFileError(
@@ -85,15 +223,29 @@ class ChatTemplate:
             key: _token_text(config.get(key))
             for key in ("bos_token", "eos_token", "unk_token", "pad_token")
         }
-        return cls(source, tokens)
+        return cls(source, tokens, origin)
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, *,
+               max_chars: int = RENDER_CHARS, seconds: float = RENDER_SECONDS, **extra: Any) -> str:
+        """The prompt text; a render past ``seconds`` or ``max_chars``, or an empty one, is an error."""
+        variables = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+                     **{k: v for k, v in self.special_tokens.items() if v is not None}, **extra}
         try:
-            return self._template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                **{k: v for k, v in self.special_tokens.items() if v is not None}, **extra,
-            )
+            text = _bounded_render(self._template, _Budget(seconds, max_chars), variables)
         except ChatTemplateError:
             raise
+        except _RenderLimit as exc:
+            raise ChatTemplateError(
+                f"The chat template in {self.origin} was stopped: {exc}. A chat template should "
+                "only format the messages; fix the template, or shorten the conversation."
+            ) from None
         except Exception as exc:  # jinja2's errors: undefined names, sandbox violations
-            raise ChatTemplateError(f"Rendering the chat template failed: {type(exc).__name__}: {exc}") from exc
+            raise ChatTemplateError(
+                f"Rendering the chat template in {self.origin} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not text.strip():
+            raise ChatTemplateError(
+                f"The chat template in {self.origin} rendered an empty prompt for these "
+                f"{len(messages)} message(s); check that the template reads 'messages' and their 'content'."
+            )
+        return text

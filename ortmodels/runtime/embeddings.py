@@ -15,10 +15,10 @@ import numpy as np
 
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
-from ..errors import ModelNotLoadedError
+from ..errors import ModelFileError, ModelNotLoadedError
 from ..names import validate_model_name
 from .pooling import l2_normalize, pool
-from .tokenization import load_tokenizer
+from .tokenization import highest_id, load_tokenizer, max_token_chars
 from .variant import open_variant
 
 if TYPE_CHECKING:
@@ -77,9 +77,38 @@ class EncoderRunner:
         self._needs_token_types = any(i.name == "token_type_ids" for i in session.get_inputs())
         outputs = [o.name for o in session.get_outputs()]
         self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        #: Texts are cut to this many characters before tokenizing: the tokens past
+        #: ``max_seq_length`` are dropped anyway, and a 10 MB text would take seconds to tokenize.
+        self.text_chars = (spec.max_seq_length + 8) * max_token_chars(tokenizer)
+
+    def check(self, folder: Path) -> None:
+        """Run the graph once on the tokenizer's highest id and the pad id, at load: a tokenizer
+        or manifest that does not fit the graph is named now, not by a raw ONNX Runtime error
+        at the first call."""
+        size = highest_id(self.tokenizer) + 1
+        manifest = folder.parent / "manifest.json"
+        if self.spec.pad_token_id >= size:
+            raise ModelFileError(manifest, f"The manifest's pad_token_id {self.spec.pad_token_id} is outside "
+                                 f"the tokenizer's {size} tokens", "Re-run 'ortmodels export' for this model.")
+        input_ids = np.array([[self.spec.pad_token_id, size - 1]], dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+        if self._needs_token_types:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        try:
+            hidden = self.session.run([self._output], feeds)[0]
+        except Exception as exc:  # onnxruntime's own Fail: an index past the embedding table
+            raise ModelFileError(
+                folder / "tokenizer.json",
+                f"The graph refuses the tokenizer's highest id {size - 1} ({str(exc)[:200]})",
+                "The tokenizer and model.onnx come from different checkpoints: re-run 'ortmodels export'.",
+            ) from None
+        if hidden.shape[-1] != self.spec.dimension:
+            raise ModelFileError(manifest, f"The manifest's dimension {self.spec.dimension} does not match "
+                                 f"the graph's {hidden.shape[-1]}", "Re-run 'ortmodels export' for this model.")
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+        bound = self.text_chars
+        return [e.ids for e in self.tokenizer.encode_batch([t[:bound] for t in texts])]
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Embeddings of ``texts`` in their order, as float32 [len(texts), dimension]."""
@@ -148,7 +177,9 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         opened = open_variant(Path(self._model_path), "embedding", self.device, self.dtype, settings)  # type: ignore[arg-type]
         spec = opened.info.manifest.embedding  # type: ignore[union-attr]  # checked by open_variant
         tokenizer = load_tokenizer(opened.folder / "tokenizer.json", spec.max_seq_length)
-        self._runner = EncoderRunner(opened.session, tokenizer, spec)
+        runner = EncoderRunner(opened.session, tokenizer, spec)
+        runner.check(opened.folder)
+        self._runner = runner
         self.variant, self.resolved_device = opened.variant, opened.device
         logger.info("Loaded embedding model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 

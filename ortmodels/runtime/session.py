@@ -94,3 +94,11 @@ def create_session(model_file: Path, device: str, threads: int = 0) -> ort.Infer
         )
     logger.debug("Opened %s on %s", model_file, used)
     return session
+
+
+def output_width(session: ort.InferenceSession, name: str) -> int | None:
+    """The last dimension of output ``name`` when the graph fixes it (vocabulary, hidden size)."""
+    for output in session.get_outputs():
+        if output.name == name and output.shape and isinstance(output.shape[-1], int):
+            return output.shape[-1]
+    return None

@@ -27,3 +27,59 @@ def load_tokenizer(path: Path, max_length: int | None = None) -> Tokenizer:
     else:
         tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
+
+
+#: WordPiece maps a word of up to this many characters to tokens (longer ones to one unknown token).
+_WORDPIECE_WORD = 100
+
+
+def max_token_chars(tokenizer: Tokenizer) -> int:
+    """The most characters of input one token can stand for (from the vocabulary).
+
+    ``len(text) > tokens * max_token_chars`` proves a text is longer than ``tokens`` tokens
+    without tokenizing it, which is how huge inputs are refused or cut before the tokenizer
+    spends seconds and gigabytes on them.
+    """
+    longest = max((len(piece) for piece in tokenizer.get_vocab(with_added_tokens=True)), default=1)
+    model = type(tokenizer.model).__name__
+    if model == "WordPiece":
+        longest = max(longest, _WORDPIECE_WORD)
+    return max(longest, 1)
+
+
+def check_unicode(text: str, what: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates such as ``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character {exc.start} "
+            "is a lone surrogate. Decode the input with errors='replace' (or 'surrogatepass' and "
+            "re-encode) before passing it."
+        ) from None
+
+
+def highest_id(tokenizer: Tokenizer) -> int:
+    """The largest token id the tokenizer can produce (added tokens may sit past the vocabulary)."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+
+
+def check_vocabulary(folder: Path, tokenizer: Tokenizer, graph_vocab: int | None,
+                     special: dict[str, int | None]) -> None:
+    """Refuse at load a tokenizer whose ids, or a special token id, would index past the graph's
+    vocabulary (else ONNX Runtime fails with a raw Gather error at the first call)."""
+    size = highest_id(tokenizer) + 1
+    if graph_vocab is not None and size > graph_vocab:
+        raise ModelFileError(
+            folder / "tokenizer.json",
+            f"The tokenizer has token ids up to {size - 1} but the graph's vocabulary has {graph_vocab}",
+            "The tokenizer and model.onnx come from different checkpoints: re-run 'ortmodels export'.",
+        )
+    limit = max(size, graph_vocab or 0)
+    for name, value in special.items():
+        if value is not None and not 0 <= value < limit:
+            raise ModelFileError(
+                folder.parent / "manifest.json",
+                f"The manifest's {name} {value} is outside the vocabulary of {limit} tokens",
+                "The manifest was changed or damaged: re-run 'ortmodels export'.",
+            )

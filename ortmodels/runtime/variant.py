@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..base import loading_model
 from ..config import Settings
 from ..errors import ModelFileError, UnknownVersionError
-from ..integrity import verify_variant
+from ..integrity import refuse_outside_links, verify_variant
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..versions import VersionLease
@@ -72,6 +72,7 @@ def open_variant(
         resolved = resolve_device(device or settings.model_device)
         variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved)
         folder = info.variant_path(variant)
+        refuse_outside_links(folder, info.onnx_path)
         if settings.model_verify_files:
             hashed = verify_variant(folder, info.variants[variant], info.name)
             logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
