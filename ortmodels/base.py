@@ -366,7 +366,7 @@ class _LifeCycle:
 class _Call:
     """One admitted call: what it is and who made it, so a timed-out unload can name it."""
 
-    __slots__ = ("what", "thread", "started", "record")
+    __slots__ = ("record", "started", "thread", "what")
 
     def __init__(self, what: str) -> None:
         self.what = what

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     @field_validator("default_chat_model", "default_embedding_model", mode="after")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        from .names import validate_model_name
+        from .store.names import validate_model_name
 
         validate_model_name(value)
         return value

@@ -10,15 +10,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import cache, versions
+from . import cache
 from .cache import CacheEntry
 from .config import Settings, load_settings
 from .errors import ModelBusyError
 from .loader import construct_model, estimate_memory
 from .memory import return_freed_memory
 from .monitoring import runtime_state, stats
-from .names import validate_model_name
-from .store import ModelInfo, ModelStore
+from .store import ModelInfo, ModelStore, versions
+from .store.names import validate_model_name
 
 if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported when a model is asked for
     from .base import BaseEmbeddingModel, BaseLLMModel

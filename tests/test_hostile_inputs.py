@@ -31,13 +31,13 @@ from ortmodels.errors import (
     ModelFileError,
     ModelIntegrityError,
 )
-from ortmodels.integrity import forget
 from ortmodels.monitoring import runtime_state
 from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.chat_template import ChatTemplate
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 from ortmodels.store import ModelStore
-from ortmodels.versions import active_version
+from ortmodels.store.integrity import forget
+from ortmodels.store.versions import active_version
 
 from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
 from .test_call_guard import SlowEcho

@@ -9,8 +9,8 @@ import pytest
 
 from ortmodels import ModelManager
 from ortmodels.errors import ModelIntegrityError
-from ortmodels.integrity import forget, verify_variant
 from ortmodels.store import ModelStore
+from ortmodels.store.integrity import forget, verify_variant
 
 from .conftest import EMBEDDING_SAMPLE
 

@@ -13,8 +13,8 @@ import pytest
 
 from ortmodels import BaseEmbeddingModel, ModelManager
 from ortmodels.cache import CacheEntry, expired, victims_for_budget
-from ortmodels.errors import ConfigurationError
 from ortmodels.config import load_settings
+from ortmodels.errors import ConfigurationError
 from ortmodels.units import parse_bytes, parse_seconds
 
 MB = 1_000_000

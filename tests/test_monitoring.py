@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from ortmodels import ModelManager
 from ortmodels.cli import _register, app
-from ortmodels.monitoring.callbacks import PerformanceCallbackHandler
 from ortmodels.errors import ChatInputError
+from ortmodels.monitoring.callbacks import PerformanceCallbackHandler
 
 from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
 

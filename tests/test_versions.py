@@ -16,7 +16,12 @@ from ortmodels.cli import _register, app
 from ortmodels.errors import UnknownVersionError, VersionInUseError
 from ortmodels.export import export_model
 from ortmodels.store import ModelStore
-from ortmodels.versions import active_version, delete_version, list_versions, prune
+from ortmodels.store.versions import (
+    active_version,
+    delete_version,
+    list_versions,
+    prune,
+)
 
 from .conftest import EMBEDDING_SAMPLE
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .. import versions as export_versions
 from ..config import load_settings
 from ..monitoring import runtime_state
+from ..store import versions as export_versions
 from ..units import format_bytes
 from . import app, console
 from .models import _store

@@ -13,9 +13,6 @@ from ..units import format_bytes
 from . import app, console
 
 
-
-
-
 def _store() -> ModelStore:
     return ModelStore(load_settings().local_models_dir)
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExportError, ModelFileError, UnknownModelError
-from ..manifest import Manifest
-from ..store import ModelInfo, ModelStore, detect_kind
-from .. import versions
+from ..store import ModelInfo, ModelStore, detect_kind, versions
+from ..store.manifest import Manifest
 from . import staging
 from .checkpoint import source_sha256
 from .decoder import DECODER_DTYPES, export_decoder

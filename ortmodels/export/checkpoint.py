@@ -7,19 +7,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from ..manifest import FileEntry
-from ..store import ONNX_DIR
+from ..store.files import file_sha256
+from ..store.manifest import FileEntry
+from ..store.versions import ONNX_DIR
 
 _EXPORT_TOOLS = ("ortmodels", "optimum-onnx", "optimum", "transformers", "torch", "onnx", "onnxruntime")
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checkpoint_files(folder: Path) -> list[Path]:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..manifest import Manifest, VariantEntry
 from ..store import ModelInfo, read_json
+from ..store.manifest import Manifest, VariantEntry
 from . import staging
 from .checkpoint import file_entries, tool_versions, utc_now
 from .progress import Progress

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, ParityError
-from ..manifest import ChatSpec, Manifest, VariantEntry
 from ..precision import KIND_PRECISIONS
 from ..store import ModelInfo, read_json
+from ..store.manifest import ChatSpec, Manifest, VariantEntry
 from .common import (
     Builder,
     build_variant,

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParityError
-from ..manifest import EmbeddingSpec, Manifest, VariantEntry
 from ..precision import KIND_PRECISIONS
 from ..runtime.embeddings import EncoderRunner, pad_batch
 from ..runtime.pooling import l2_normalize, pool
 from ..runtime.session import create_session
 from ..runtime.tokenization import load_tokenizer
 from ..store import ModelInfo, read_json
+from ..store.manifest import EmbeddingSpec, Manifest, VariantEntry
 from .common import (
     build_variant,
     check_dtypes,

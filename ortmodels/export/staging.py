@@ -4,7 +4,7 @@
 writes a new ``<id>`` folder and replaces the link with ``os.replace`` (atomic on POSIX),
 so a reader sees either the old export or the new one, and a failed or interrupted
 export leaves the old one untouched. Older exports stay as versions (see
-`ortmodels.versions`) until pruned.
+`ortmodels.store.versions`) until pruned.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .. import versions
 from ..errors import ExportError
-from ..versions import EXPORTS_DIR, ONNX_DIR
+from ..store import versions
+from ..store.versions import EXPORTS_DIR, ONNX_DIR
 
 logger = logging.getLogger(__name__)
 

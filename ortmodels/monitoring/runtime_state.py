@@ -12,10 +12,11 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ..store.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def write_state(models_dir: Path, loaded: list[dict[str, Any]], stats: list[dict
             "updated": time.time(),
             "loaded": loaded, "stats": stats,
         }
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload, default=str))
     except OSError as exc:  # a read-only store: ps simply cannot see this process
         logger.debug("Could not publish runtime state to %s: %s", path, exc)
 

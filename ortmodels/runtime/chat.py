@@ -28,18 +28,31 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..base import BaseLLMModel
 from ..config import load_settings
 from ..errors import ChatInputError, ModelNotLoadedError
-from ..manifest import ChatSpec
-from ..names import validate_model_name
+from ..store.manifest import ChatSpec
+from ..store.names import validate_model_name
 from .chat_template import ChatTemplate
 from .decoder import DecoderSession, DecoderState
 from .generation import SamplingParams, TextAssembler, choose_token
-from .tokenization import check_unicode, check_vocabulary, load_tokenizer, max_token_chars
 from .session import output_width
+from .tokenization import (
+    check_unicode,
+    check_vocabulary,
+    load_tokenizer,
+    max_token_chars,
+)
 from .variant import open_variant
 
 logger = logging.getLogger(__name__)

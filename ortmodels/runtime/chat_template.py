@@ -92,7 +92,7 @@ def _bounded_environment() -> Any:
                     budget.check_size(max(widths, default=0), "a formatted field")
             return super().call_binop(context, operator, left, right)
 
-        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
             budget = _current_budget()
             if budget is not None:
                 budget.check_time()

@@ -16,7 +16,7 @@ import numpy as np
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
 from ..errors import ModelFileError, ModelNotLoadedError
-from ..names import validate_model_name
+from ..store.names import validate_model_name
 from .pooling import l2_normalize, pool
 from .tokenization import highest_id, load_tokenizer, max_token_chars
 from .variant import open_variant
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    from ..manifest import EmbeddingSpec
+    from ..store.manifest import EmbeddingSpec
 
 logger = logging.getLogger(__name__)
 

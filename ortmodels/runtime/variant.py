@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from ..base import loading_model
 from ..config import Settings
 from ..errors import ModelFileError, UnknownVersionError
-from ..integrity import refuse_outside_links, verify_variant
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
-from ..versions import VersionLease
+from ..store.integrity import refuse_outside_links, verify_variant
+from ..store.versions import VersionLease
 from .session import create_session, resolve_device
 
 if TYPE_CHECKING:

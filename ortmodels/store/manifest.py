@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

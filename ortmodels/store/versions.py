@@ -20,7 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidVersionError, ModelFileError, UnknownVersionError, VersionInUseError
+from ..errors import (
+    InvalidVersionError,
+    ModelFileError,
+    UnknownVersionError,
+    VersionInUseError,
+)
 from .manifest import read_manifest
 
 logger = logging.getLogger(__name__)

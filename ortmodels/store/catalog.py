@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import (
+from ..errors import (
     InvalidModelNameError,
     ModelFileError,
     ModelKindError,

@@ -8,7 +8,6 @@ one, re-hashes only files that changed since.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,25 +15,17 @@ import threading
 from pathlib import Path
 from stat import S_ISREG
 
-from .errors import ModelFileError, ModelIntegrityError
+from ..errors import ModelFileError, ModelIntegrityError
+from .files import atomic_write_text, file_sha256
 from .manifest import VariantEntry
 
 logger = logging.getLogger(__name__)
 
 VERIFIED_DIR = ".verified"
-_CHUNK = 1 << 20
 _FIX = "Re-run 'ortmodels export {name} --force', or roll back with 'ortmodels rollback {name} VERSION'."
 
 _memo: dict[str, tuple[int, int, int, int, str]] = {}
 _memo_lock = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
@@ -95,10 +86,7 @@ def _write_record(path: Path | None, record: dict[str, list]) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record))
     except OSError as exc:  # a read-only store: the check is simply paid again next time
         logger.debug("Could not remember verified files in %s: %s", path, exc)
 
