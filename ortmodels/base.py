@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -394,6 +394,8 @@ def _init_life_cycle(model: Any) -> None:
 class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
     """A LangChain `Embeddings` whose subclasses implement `_embed` (plus `_load`/`_unload`)."""
 
+    kind: ClassVar[str] = "embedding"
+
     def __init__(
         self,
         model_name: str | None = None,
@@ -470,6 +472,8 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     """A LangChain `BaseChatModel` whose subclasses implement `_generate` (plus `_load`/`_unload`)."""
 
     model_config = ConfigDict(protected_namespaces=(), arbitrary_types_allowed=True)
+
+    kind: ClassVar[str] = "chat"
 
     model_name: str | None = None
     """Name of the model in the store (its folder name)."""

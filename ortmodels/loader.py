@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import ModelKindError
+from .kinds import kind_spec, load
 from .store import ModelStore
 
 if TYPE_CHECKING:
@@ -19,30 +20,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _base_for(kind: str) -> type:
-    from .base import BaseEmbeddingModel, BaseLLMModel
-
-    return {"embedding": BaseEmbeddingModel, "chat": BaseLLMModel}[kind]
-
-
 def default_class(kind: ModelKind) -> type:
     """ortmodels' own ONNX class for a kind of model (imported only when first needed)."""
-    if kind == "embedding":
-        from .runtime.embeddings import OnnxEmbeddingModel
-
-        return OnnxEmbeddingModel
-    if kind == "chat":
-        from .runtime.chat import OnnxChatModel
-
-        return OnnxChatModel
-    raise ModelKindError(
-        f"ortmodels has no built-in ONNX runtime for {kind} models yet; pass your own "
-        f"{_base_for(kind).__name__} subclass as model_class."
-    )
+    return load(kind_spec(kind).default_class)
 
 
 def check_class(kind: ModelKind, model_class: type) -> None:
-    base = _base_for(kind)
+    base = load(kind_spec(kind).base)
     if not (isinstance(model_class, type) and issubclass(model_class, base)):
         raise ModelKindError(
             f"model_class for a {kind} model must be a subclass of ortmodels.{base.__name__}, "
@@ -57,16 +41,20 @@ def construct_model(
     name: str,
     model_class: type | None,
     version: str | None = None,
+    dtype: str | None = None,
 ) -> BaseModel:
     """Construct ``name`` as ``model_class`` (ortmodels' own class when ``None``), not loaded yet.
 
-    ortmodels' classes need the model (and ``version``, if given) in the store; a user's
-    class gets the folder the name maps to even if it does not exist yet, since it may
-    load from elsewhere.
+    ortmodels' classes need the model (and ``version``, if given) in the store, and are given
+    the manager's settings, so ``configure(Settings(...))`` reaches threads and file checks; a
+    user's class gets the folder the name maps to even if it does not exist yet, since it
+    may load from elsewhere.
     """
+    extra = {}
     if model_class is None:
         path: Path = store.require(name, kind, version).path
         model_class = default_class(kind)
+        extra["settings"] = settings
     else:
         check_class(kind, model_class)
         path = store.model_dir(name)
@@ -74,7 +62,8 @@ def construct_model(
         model_name=name,
         model_path=path,
         device=settings.model_device,
-        dtype=settings.model_dtype,
+        dtype=dtype or settings.model_dtype,
+        **extra,
     )
     model.version = version
     return model
@@ -82,7 +71,7 @@ def construct_model(
 
 def estimate_memory(
     store: ModelStore, settings: Settings, kind: ModelKind, name: str,
-    model_class: type | None, version: str | None = None,
+    model_class: type | None, version: str | None = None, dtype: str | None = None,
 ) -> int:
     """Bytes the variant that would be loaded holds, to make room before loading; 0 if unknown."""
     if model_class is not None:
@@ -93,7 +82,7 @@ def estimate_memory(
 
         info = store.require(name, kind, version)
         device = resolve_device(settings.model_device)
-        variant = select_variant(settings.model_dtype, list(info.variants), kind, device)
+        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, device)
         return info.variants[variant].size
     except Exception:  # the load itself will report whatever is wrong, with its own message
         return 0

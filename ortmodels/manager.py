@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import atexit
 import logging
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import cache
 from .cache import CacheEntry
 from .config import Settings, load_settings
-from .errors import ModelBusyError
+from .errors import ModelBusyError, OrtModelsError
+from .kinds import is_loaded_class, kind_spec
 from .loader import construct_model, estimate_memory
 from .memory import return_freed_memory
 from .monitoring import runtime_state, stats
+from .registry import ModelRegistry
 from .store import ModelInfo, ModelStore, versions
-from .store.names import validate_model_name
+from .store.names import split_tag
 
 if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported when a model is asked for
     from .base import BaseEmbeddingModel, BaseLLMModel
@@ -26,21 +27,16 @@ if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported whe
 
 logger = logging.getLogger(__name__)
 
-_CacheKey = tuple[str, str, Any, str | None]
+class _CacheKey(NamedTuple):
+    """One cached model object per kind, name, class, export version and precision."""
+
+    kind: str
+    name: str
+    model_class: Any
+    version: str | None
+    dtype: str | None
 #: Least seconds between two runtime-state files written after calls (``ortmodels ps``).
 _PUBLISH_EVERY_S = 1.0
-
-
-_DEFAULT_CLASSES = {"embedding": ("ortmodels.runtime.embeddings", "OnnxEmbeddingModel"),
-                    "chat": ("ortmodels.runtime.chat", "OnnxChatModel")}
-
-
-def _is_default_class(kind: str, model_class: type) -> bool:
-    """Is ``model_class`` ortmodels' own class for ``kind``? (Imports nothing: if the module is
-    not loaded yet, the class cannot be it.)"""
-    module, name = _DEFAULT_CLASSES.get(kind, ("", ""))
-    loaded = sys.modules.get(module)
-    return loaded is not None and getattr(loaded, name, None) is model_class
 
 
 @dataclass(frozen=True)
@@ -90,6 +86,7 @@ class ModelManager:
         self._reaper: threading.Thread | None = None
         self._last_publish = 0.0
         self._publish_lock = threading.Lock()
+        self._registry = ModelRegistry()
         self._apply(load_settings())
         atexit.register(self._publish_exit)
 
@@ -195,36 +192,53 @@ class ModelManager:
 
     def get_embedding_model(
         self, name: str | None = None, model_class: type[BaseEmbeddingModel] | None = None,
-        *, version: str | None = None,
+        *, version: str | None = None, dtype: str | None = None,
     ) -> BaseEmbeddingModel:
         """A loaded embedding model; ``name`` defaults to ``DEFAULT_EMBEDDING_MODEL``, ``version``
-        to the active export."""
-        return self._get("embedding", name or self._settings.default_embedding_model, model_class, version)  # type: ignore[return-value]
+        to the active export, ``dtype`` to ``MODEL_DTYPE`` (also as a tag: ``"all-minilm-l6-v2:int8"``)."""
+        return self._get("embedding", name, model_class, version, dtype)  # type: ignore[return-value]
 
     def get_chat_model(
         self, name: str | None = None, model_class: type[BaseLLMModel] | None = None,
-        *, version: str | None = None,
+        *, version: str | None = None, dtype: str | None = None,
     ) -> BaseLLMModel:
         """A loaded chat model; ``name`` defaults to ``DEFAULT_CHAT_MODEL``, ``version`` to the
-        active export."""
-        return self._get("chat", name or self._settings.default_chat_model, model_class, version)  # type: ignore[return-value]
+        active export, ``dtype`` to ``MODEL_DTYPE`` (also as a tag: ``"smollm2-135m-instruct:int8"``).
 
-    def _get(self, kind: str, name: str, model_class: type | None, version: str | None) -> BaseModel:
-        validate_model_name(name)
+        Each precision is its own cached instance, so ``:int8`` and ``:int4`` can serve side by side.
+        """
+        return self._get("chat", name, model_class, version, dtype)  # type: ignore[return-value]
+
+    def register(self, model_class: type, *, name: str | None = None, architecture: str | None = None) -> None:
+        """Build ``name`` (or every model of ``architecture``) with ``model_class`` from now on,
+        so ``get_chat_model(name)`` needs no class argument; see `ortmodels.registry`."""
+        self._registry.register(model_class, name=name, architecture=architecture)
+
+    def _get(self, kind: str, name: str | None, model_class: type | None, version: str | None,
+             dtype: str | None) -> BaseModel:
+        name, dtype = split_tag(name or getattr(self._settings, kind_spec(kind).default_setting), dtype)
         if version is not None:
             versions.check_version_id(version)
-        if model_class is not None and _is_default_class(kind, model_class):
+        if model_class is None:
+            model_class = self._registry.lookup(kind, name, self._architecture(name))
+        if model_class is not None and is_loaded_class(kind_spec(kind).default_class, model_class):
             model_class = None  # ortmodels' own class, named explicitly: the same cached object
-        key: _CacheKey = (kind, name, model_class, version)
+        key = _CacheKey(kind, name, model_class, version, dtype)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                model = construct_model(self._store, self._settings, kind, name, model_class, version)  # type: ignore[arg-type]
+                model = construct_model(self._store, self._settings, kind, name, model_class, version, dtype)  # type: ignore[arg-type]
                 model._observer = self
                 entry = self._entries[key] = CacheEntry(key, model)
             model = entry.model
         model.load()  # the model's own lock: concurrent callers wait for one load
         return model
+
+    def _architecture(self, name: str) -> str | None:
+        try:
+            return self._store.info(name).architecture
+        except OrtModelsError:  # not in the store: a registered class may load it from elsewhere
+            return None
 
     # -- the cache policy, driven by the models' own life cycle --------------------------------
 
@@ -254,9 +268,9 @@ class ModelManager:
             entry = self._entry_of(model)
         if entry is None:
             return
-        kind, name, model_class, version = entry.key
+        kind, name, model_class, version, dtype = entry.key
         incoming = model._last_memory or estimate_memory(
-            self._store, self._settings, kind, name, model_class, version  # type: ignore[arg-type]
+            self._store, self._settings, kind, name, model_class, version, dtype  # type: ignore[arg-type]
         )
         self._make_room(entry, incoming)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from .errors import ConfigurationError
+from .kinds import KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +57,7 @@ def parse_precision_list(value: str) -> list[str]:
     return names
 
 
-_AUTO_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
-    # Embeddings stay in fp32 on the CPU: dynamic int8 costs too much quality to pick silently.
-    ("embedding", "cpu"): ("fp32", "int8"),
-    ("chat", "cpu"): ("int4", "int8", "fp32"),
-}
 _GPU_PREFERENCE = ("fp16", "fp32", "int8", "int4")
-
-
-#: The precisions each kind of model is exported in (the exporters use these lists).
-KIND_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "embedding": ("fp32", "int8"),
-    "chat": ("fp32", "fp16", "int8", "int4"),
-}
 
 
 def select_variant(requested: str, exported: list[str], kind: str, device: str) -> str:
@@ -83,14 +72,15 @@ def select_variant(requested: str, exported: list[str], kind: str, device: str) 
             f"MODEL_DTYPE=bfloat16 runs only on the CUDA provider, and the device here is {device}. "
             "Use float32 or int8 (or float16 on CUDA/CoreML), or set MODEL_DEVICE=cuda on a GPU."
         )
-    if name != "auto" and name not in KIND_PRECISIONS.get(kind, VARIANTS):
+    spec = KINDS.get(kind)
+    if name != "auto" and spec is not None and name not in spec.precisions:
         logger.warning(
             "%s models are not exported as %s (only %s); loading the best exported variant.",
-            kind, name, ", ".join(KIND_PRECISIONS.get(kind, ())),
+            kind, name, ", ".join(spec.precisions),
         )
         name = "auto"
     if name == "auto":
-        preference = _AUTO_PREFERENCE.get((kind, device), _GPU_PREFERENCE)
+        preference = spec.auto_cpu if (spec is not None and device == "cpu") else _GPU_PREFERENCE
         for candidate in preference:
             if candidate in exported:
                 return candidate

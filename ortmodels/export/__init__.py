@@ -12,22 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExportError, ModelFileError, UnknownModelError
+from ..kinds import KINDS, load
 from ..store import ModelInfo, ModelStore, detect_kind, versions
 from ..store.manifest import Manifest
 from . import staging
 from .checkpoint import source_sha256
-from .decoder import DECODER_DTYPES, export_decoder
-from .embedding import EMBEDDING_DTYPES, export_embedding
 from .progress import LogProgress, Progress
 
 logger = logging.getLogger(__name__)
 
 Exporter = Callable[[ModelInfo, list[str], str, Progress], Manifest]
 
-#: Exporters by model kind, with the precisions each can produce.
+#: Exporters by model kind, with the precisions each can produce (from the one kinds table).
 EXPORTERS: dict[str, tuple[Exporter, tuple[str, ...]]] = {
-    "embedding": (export_embedding, EMBEDDING_DTYPES),
-    "chat": (export_decoder, DECODER_DTYPES),
+    name: (load(spec.exporter), spec.precisions) for name, spec in KINDS.items()
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, ParityError
-from ..precision import KIND_PRECISIONS
+from ..kinds import KINDS
 from ..store import ModelInfo, read_json
 from ..store.manifest import ChatSpec, Manifest, VariantEntry
 from .common import (
@@ -47,7 +47,7 @@ _BUILDERS: dict[str, Builder] = {
     "int8": lambda src, dst: quantize_weight_only(src, dst, bits=8, block_size=16),
     "int4": lambda src, dst: quantize_weight_only(src, dst, bits=4),
 }
-DECODER_DTYPES = KIND_PRECISIONS["chat"]
+DECODER_DTYPES = KINDS["chat"].precisions
 
 #: Our own graph's precisions (blocks of 32 along K). int8: asymmetric blocks with a
 #: per-block range search, perplexity at fp32's on the sample (12.128 vs 12.143; symmetric

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParityError
-from ..precision import KIND_PRECISIONS
+from ..kinds import KINDS
 from ..runtime.embeddings import EncoderRunner, pad_batch
 from ..runtime.pooling import l2_normalize, pool
 from ..runtime.session import create_session
@@ -41,7 +41,7 @@ from .quantize import quantize_int8_dynamic
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_DTYPES = KIND_PRECISIONS["embedding"]
+EMBEDDING_DTYPES = KINDS["embedding"].precisions
 FP32_MIN_COSINE = 0.9999
 TASK = "feature-extraction"
 

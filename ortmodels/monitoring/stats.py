@@ -105,11 +105,9 @@ def _percentiles(values: deque) -> dict[str, float] | None:
 
 def key_of(model: Any) -> tuple[str, str | None, str]:
     """(model name, variant, kind) of a model: read it while the model is loaded."""
-    from langchain_core.embeddings import Embeddings
-
     name = getattr(model, "model_name", None) or type(model).__name__
     variant = getattr(model, "loaded_variant", None) or getattr(model, "dtype", None)
-    return name, variant, "embedding" if isinstance(model, Embeddings) else "chat"
+    return name, variant, model.kind
 
 
 class StatsRegistry:

@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from ..base import BaseLLMModel
-from ..config import load_settings
+from ..config import Settings, load_settings
 from ..errors import ChatInputError, ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
@@ -207,6 +207,10 @@ class OnnxChatModel(BaseLLMModel):
     truncate_prompt: bool = False
     """Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing."""
 
+    settings: Settings | None = Field(default=None, exclude=True, repr=False)
+    """Settings for threads and file checks (``None``: read the environment at load); the
+    manager passes its own."""
+
     _state: _Loaded | None = PrivateAttr(default=None)
 
     @field_validator("stop", mode="before")
@@ -231,7 +235,7 @@ class OnnxChatModel(BaseLLMModel):
     # -- life cycle -------------------------------------------------------------------------
 
     def _load(self) -> None:
-        settings = load_settings()
+        settings = self.settings or load_settings()
         opened = open_variant(Path(self.model_path_), "chat", self.device, self.dtype, settings)  # type: ignore[arg-type]
         tokenizer = load_tokenizer(opened.folder / "tokenizer.json")
         decoder = DecoderSession(opened.session, opened.device)

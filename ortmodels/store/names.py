@@ -19,3 +19,23 @@ def validate_model_name(name: object) -> str:
             "'+' and '-' (no '/', '\\', '..', absolute path or leading dot)."
         )
     return name
+
+
+def split_tag(name: object, dtype: str | None = None) -> tuple[str, str | None]:
+    """``"model:int8"`` → ``("model", "int8")``, as Ollama's tags; checks both parts.
+
+    A tag and a ``dtype`` argument that disagree are an error rather than a silent pick.
+    """
+    from ..precision import normalize_precision
+
+    if isinstance(name, str) and ":" in name:
+        name, tag = name.rsplit(":", 1)
+        tagged = normalize_precision(tag)
+        if dtype is not None and normalize_precision(dtype) != tagged:
+            raise InvalidModelNameError(
+                f"The model tag ':{tag}' and dtype={dtype!r} disagree; give the precision once."
+            )
+        dtype = tagged
+    elif dtype is not None:
+        dtype = normalize_precision(dtype)
+    return validate_model_name(name), dtype

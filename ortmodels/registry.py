@@ -1,0 +1,84 @@
+"""Which class builds a model: a user's class registered once for a model name or architecture.
+
+``manager.register(MyChat, name="my-model")`` (or ``architecture="LlamaForCausalLM"``), or a
+package's entry point in the group ``ortmodels.models`` (``my-model = "pkg.mod:MyChat"``;
+``"architecture:LlamaForCausalLM" = ...`` for an architecture), so ``get_chat_model("my-model")``
+builds the user's class without naming it at every call. A name wins over an architecture.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from importlib import metadata
+
+from .errors import ModelKindError
+from .kinds import KINDS, load
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "ortmodels.models"
+_ARCHITECTURE = "architecture:"
+
+
+class ModelRegistry:
+    """Model classes by (kind, model name) and (kind, architecture); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[tuple[str, str], type] = {}
+        self._by_architecture: dict[tuple[str, str], type] = {}
+        self._entry_points_read = False
+
+    def register(self, model_class: type, *, name: str | None = None, architecture: str | None = None) -> None:
+        """Build models of ``name`` (or of ``architecture``) with ``model_class`` from now on."""
+        kind = _kind_of(model_class)
+        if (name is None) == (architecture is None):
+            raise ValueError("register() takes exactly one of name= or architecture=.")
+        with self._lock:
+            if name is not None:
+                from .store.names import validate_model_name
+
+                self._by_name[(kind, validate_model_name(name))] = model_class
+            else:
+                self._by_architecture[(kind, str(architecture))] = model_class
+
+    def unregister(self, *, name: str | None = None, architecture: str | None = None) -> None:
+        with self._lock:
+            for kind in KINDS:
+                self._by_name.pop((kind, name or ""), None)
+                self._by_architecture.pop((kind, architecture or ""), None)
+
+    def lookup(self, kind: str, name: str, architecture: str | None) -> type | None:
+        """The class registered for ``name``, else for ``architecture``; ``None``: ortmodels' own."""
+        self._read_entry_points()
+        with self._lock:
+            found = self._by_name.get((kind, name))
+            if found is None and architecture:
+                found = self._by_architecture.get((kind, architecture))
+        return found
+
+    def _read_entry_points(self) -> None:
+        with self._lock:
+            if self._entry_points_read:
+                return
+            self._entry_points_read = True
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                model_class = entry.load()
+                if entry.name.startswith(_ARCHITECTURE):
+                    self.register(model_class, architecture=entry.name[len(_ARCHITECTURE):])
+                else:
+                    self.register(model_class, name=entry.name)
+            except Exception as exc:  # a broken plug-in must not break every other model
+                logger.warning("Skipping entry point %s = %s: %s", entry.name, entry.value, exc)
+
+
+def _kind_of(model_class: type) -> str:
+    for kind, spec in KINDS.items():
+        if isinstance(model_class, type) and issubclass(model_class, load(spec.base)):
+            return kind
+    raise ModelKindError(
+        f"Only subclasses of ortmodels.BaseLLMModel or ortmodels.BaseEmbeddingModel can be "
+        f"registered, not {model_class!r}."
+    )
