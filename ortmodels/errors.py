@@ -106,3 +106,11 @@ class VersionInUseError(OrtModelsError):
 
 class ModelIntegrityError(ModelFileError):
     """A file of an exported variant no longer matches the sha256 and size its manifest records."""
+
+
+class EngineClosedError(OrtModelsError, RuntimeError):
+    """A request was given to a generation engine after `close()`."""
+
+
+class RequestTooLargeError(OrtModelsError, ValueError):
+    """A request can never fit: its prompt + max_tokens exceed the context or the KV cache bound."""

@@ -225,7 +225,7 @@ def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
     """The manifest's perplexity is within the bound, and the runtime reproduces it."""
     from ortmodels.export.decoder_parity import perplexity
     from ortmodels.export.probes import perplexity_text
-    from ortmodels.runtime.decoder import DecoderSession
+    from ortmodels.engine.decoder import DecoderSession
     from ortmodels.runtime.session import create_session
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())

@@ -36,8 +36,9 @@ from ..errors import ModelNotLoadedError, OrtModelsError
 from ..manifest import ChatSpec
 from ..names import validate_model_name
 from .chat_template import ChatTemplate
-from .decoder import DecoderSession, DecoderState
-from .generation import SamplingParams, TextAssembler, choose_token
+from ..engine.decoder import DecoderSession, DecoderState
+from ..engine.detokenizer import TextAssembler
+from ..engine.sampling import SamplingParams, choose_token
 from .tokenization import load_tokenizer
 from .variant import open_variant
 
