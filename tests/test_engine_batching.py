@@ -88,3 +88,28 @@ def test_memory_bound_makes_requests_wait_not_drop() -> None:
     assert peak == 1
     assert [r.finish_reason for r in requests] == ["length"] * 3
     assert [r.generated for r in requests] == [solo_greedy("int4", p, 6) for p in prompts]
+
+
+def test_graphs_that_cannot_batch_run_requests_one_at_a_time() -> None:
+    """Optimum's graphs (position_ids, no logits_to_keep) get the serial cache; same tokens."""
+    from ortmodels.engine import DecoderSession
+
+    class Unbatched(DecoderSession):
+        batches = False  # type: ignore[assignment]
+
+    serial = Unbatched(decoder("int4").session)
+    engine = Engine(serial, tokenizer(), max_batch=8, prompt_cache_bytes=16 << 20)
+    prompts = _prompts()[:3]
+    requests = [Request(p, max_tokens=6) for p in prompts]
+    for request in requests:
+        engine.add_request(request)
+    peak = 0
+    while engine.step():
+        peak = max(peak, len(engine.active))
+    assert peak == 1
+    assert [r.generated for r in requests] == [solo_greedy("int4", p, 6) for p in prompts]
+    again = Request(prompts[0], max_tokens=6)  # from the prompt cache, through the serial cache
+    engine.add_request(again)
+    while engine.step():
+        pass
+    assert again.cached_tokens == len(prompts[0]) - 1 and again.generated == requests[0].generated

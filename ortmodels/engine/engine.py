@@ -58,7 +58,7 @@ class Engine:
     ``max_batch`` requests decode together at most (8 by default); their KV cache may take
     ``kv_cache_bytes`` at most (each request reserves room for prompt + ``max_tokens``;
     a request that does not fit waits for others to finish). ``prompt_cache_bytes`` > 0
-    keeps finished sequences' caches for later prompts that start the same way.
+    keeps prompts' caches (prefill-made) for later prompts that start the same way.
     ``context_length`` (the model's) ends a request with "length" before it overflows.
     """
 
@@ -202,12 +202,11 @@ class Engine:
             if job.done < len(request.prompt_ids):
                 continue
             self._prefilling = None
+            self.prompt_cache.store(request.prompt_ids, job.past)  # prefill-made only: see prompt_cache.py
             reason, error = self._advance(request, logits)
             if reason is None:
                 self._cache.add(request, job.past, job.done)
             else:
-                if reason != "error":
-                    self.prompt_cache.store(request.prompt_ids, job.past)
                 self._finish(request, reason, error)
 
     def _fits(self, request: Request) -> bool:
@@ -248,12 +247,8 @@ class Engine:
         return reason, None
 
     def _retire(self, request: Request, reason: FinishReason, error: BaseException | None = None) -> None:
-        """Take ``request`` out of the batch (its cache to the prompt cache first) and finish it."""
+        """Take ``request`` out of the batch, freeing its row at once, and finish it."""
         if request in self._cache.keys:
-            if reason != "error" and self.prompt_cache.max_bytes:
-                length = self._cache.length(request)
-                ids = (request.prompt_ids + request.generated)[:length]
-                self.prompt_cache.store(ids, self._cache.read(request))
             self._cache.remove(request)
         self._finish(request, reason, error)
 

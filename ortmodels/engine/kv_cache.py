@@ -1,6 +1,6 @@
 """Where the KV cache of the requests being decoded lives between steps.
 
-Three layouts behind one small interface (`add`, `remove`, `read`, `decode`):
+Three layouts behind one small interface (`add`, `remove`, `decode`):
 
 - `SlotCache` (the default for our own graph): one preallocated buffer per cache input,
   [rows, kv, capacity, head], row b belonging to one request; each step binds that buffer
@@ -47,10 +47,6 @@ class KVCache(Protocol):
 
     def remove(self, key: object) -> None: ...
 
-    def read(self, key: object) -> list[np.ndarray]: ...
-
-    def length(self, key: object) -> int: ...
-
     def decode(self, token_ids: list[int]) -> np.ndarray: ...
 
 
@@ -65,9 +61,6 @@ class _Rows:
     @property
     def keys(self) -> list[object]:
         return list(self._keys)
-
-    def length(self, key: object) -> int:
-        return self._lengths[self._keys.index(key)]
 
     @property
     def allocated(self) -> tuple[int, int]:
@@ -120,11 +113,6 @@ class SlotCache(_Rows):
         self._values = None
         if not self._keys:
             self._buffers = []  # an idle engine holds no cache memory
-
-    def read(self, key: object) -> list[np.ndarray]:
-        row = self._keys.index(key)
-        used = self._lengths[row]
-        return [buffer[row : row + 1, :, :used].copy() for buffer in self._buffers]
 
     def decode(self, token_ids: list[int]) -> np.ndarray:
         lengths = np.asarray(self._lengths, dtype=np.int64)
@@ -191,11 +179,6 @@ class PaddedCache(_Rows):
         self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[keep, :, :width]))
                       for v in self._past]
 
-    def read(self, key: object) -> list[np.ndarray]:
-        row = self._keys.index(key)
-        used = self._lengths[row]
-        return [value.numpy()[row : row + 1, :, :used].copy() for value in self._past]
-
     def decode(self, token_ids: list[int]) -> np.ndarray:
         lengths = np.asarray(self._lengths, dtype=np.int64)
         logits, self._past = self.decoder.decode_batch(self._past, lengths, np.asarray(token_ids))
@@ -233,12 +216,6 @@ class SerialCache:
     def remove(self, key: object) -> None:
         if key == self._key:
             self._key, self._state = None, DecoderState()
-
-    def read(self, key: object) -> list[np.ndarray]:
-        return [value.numpy().copy() for value in self._state.past or []]
-
-    def length(self, key: object) -> int:
-        return self._state.length
 
     def decode(self, token_ids: list[int]) -> np.ndarray:
         return self.decoder.forward(self._state, [int(token_ids[0])])[None]

@@ -1,11 +1,17 @@
-"""The KV cache of finished sequences, kept so a later prompt with the same start skips it.
+"""The KV cache of earlier prompts, kept so a later prompt with the same start skips it.
 
 A chat's next turn repeats the whole conversation so far; its prompt shares a long prefix
-with the last turn's prompt + answer. Prefilling only the new tokens on top of the cached
-prefix gives exactly the logits of one full prefill (checked at max diff 0.0 in fp32 and
+(system prompt, earlier turns) with the last turn's. Prefilling only the new tokens on top
+of a cached prefill gives exactly the logits of one full prefill (max diff 0.0 in fp32 and
 int4), so no other graph is needed. A cached sequence longer than the shared prefix is cut
 to it (the cache is sliced along the sequence axis), and at least one prompt token is
 always left to prefill, since its logits choose the first new token.
+
+Only caches made by prefill are kept, not the positions a request's decode steps added:
+one-row decode steps compute keys/values that differ from a prefill's (on the sample, up
+to 2e-5 in fp32 and 0.7 in int4, whose one-row MatMulNBits takes another kernel), and
+reusing those changed int4 greedy tokens in a 5-turn chat. So a turn re-prefills the
+previous answer, and the cached prefix gives the very tokens no cache gives.
 
 Entries are bounded in bytes and dropped least recently used first; 0 bytes turns it off.
 Only the engine's scheduler thread uses it, so it has no lock.
@@ -42,7 +48,7 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class PromptCache:
-    """Finished sequences' caches by their token ids, LRU within ``max_bytes``."""
+    """Prefilled prompts' caches by their token ids, LRU within ``max_bytes``."""
 
     def __init__(self, max_bytes: int = 0) -> None:
         if not isinstance(max_bytes, int) or max_bytes < 0:
@@ -79,7 +85,7 @@ class PromptCache:
         return best, [np.ascontiguousarray(a[:, :, :best]) for a in entry.past]
 
     def store(self, ids: list[int], past: list[np.ndarray]) -> None:
-        """Keep ``past`` (the cache of ``ids``; the caller's copy, not a view of a live buffer)."""
+        """Keep ``past``, the prefill-made cache of ``ids`` (arrays nobody writes to afterwards)."""
         if not self.max_bytes or not ids:
             return
         entry = _Entry(np.asarray(ids, dtype=np.int64), past)
