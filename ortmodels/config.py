@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     """Seconds ``unload``/``unload_all`` wait for running calls before they raise `ModelBusyError`
     naming the calls that hold the model (``30``, ``2m``); -1 waits for ever."""
 
+    model_max_batch: int = Field(default=8, ge=1, le=256, alias="MODEL_MAX_BATCH")
+    """Most sequences a chat model decodes in one step; more concurrent requests wait their turn."""
+
+    model_kv_cache: int = Field(default=1 << 30, ge=1, alias="MODEL_KV_CACHE")
+    """Bytes a chat model's running requests may hold in KV cache (``1GB``, ``512MiB``); a request
+    that does not fit waits for others to finish."""
+
+    model_prompt_cache: int = Field(default=256 << 20, ge=0, alias="MODEL_PROMPT_CACHE")
+    """Bytes of finished prompts' KV cache kept so a later prompt with the same start (a system
+    prompt, earlier turns) prefills only its new tokens (``256MB``); 0 turns it off."""
+
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
     """Check a variant's files against the manifest's sha256 before its first load."""
 
@@ -84,11 +95,16 @@ class Settings(BaseSettings):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("model_memory_budget", mode="before")
+    @field_validator("model_memory_budget", "model_prompt_cache", mode="before")
     @classmethod
     def _bytes(cls, value: object) -> object:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "0")):
             return 0
+        return parse_bytes(value)  # type: ignore[arg-type]
+
+    @field_validator("model_kv_cache", mode="before")
+    @classmethod
+    def _positive_bytes(cls, value: object) -> object:
         return parse_bytes(value)  # type: ignore[arg-type]
 
     @field_validator("model_keep_alive", "model_unload_timeout", mode="before")

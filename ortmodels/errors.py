@@ -127,3 +127,11 @@ class ChatTemplateError(OrtModelsError, ValueError):
 
 class ModelBusyError(OrtModelsError, TimeoutError):
     """An unload waited its timeout for running calls; the message names the calls that hold the model."""
+
+
+class EngineClosedError(OrtModelsError, RuntimeError):
+    """A request was given to a generation engine after `close()`."""
+
+
+class RequestTooLargeError(OrtModelsError, ValueError):
+    """A request can never fit: its prompt + max_tokens exceed the context or the KV cache bound."""

@@ -84,7 +84,7 @@ def _built(checkpoint: Path, folder: Path, dtype: str = "fp32") -> Path:
 
 
 def _decoder(model_file: Path):  # type: ignore[no-untyped-def]
-    from ortmodels.runtime.decoder import DecoderSession
+    from ortmodels.engine.decoder import DecoderSession
     from ortmodels.runtime.session import create_session
 
     return DecoderSession(create_session(model_file, "cpu"))
@@ -112,7 +112,7 @@ PROMPT = [1, 40, 70, 100, 7, 200, 13, 300, 250, 9, 42, 17, 99, 180, 6, 77]
 @pytest.mark.slow
 def test_fp32_graph_matches_pytorch(tiny: Path, tmp_path: Path) -> None:
     from ortmodels.export.decoder_parity import greedy_tokens
-    from ortmodels.runtime.decoder import DecoderState
+    from ortmodels.engine.decoder import DecoderState
 
     decoder = _decoder(_built(tiny, tmp_path / "fp32"))
     expected_logits, expected_tokens = _torch(tiny, PROMPT, 24)

@@ -8,7 +8,7 @@ as initializers; ``seqlens_k`` and ``total_sequence_length`` derived from
 ``attention_mask`` in the graph), one packed gate/up MatMul, and ``MatMulNBits`` weights
 written directly for int8/int4. About 10 nodes per layer.
 
-Interface (what `runtime/decoder.py` binds): inputs ``input_ids``, ``attention_mask``,
+Interface (what `engine/decoder.py` binds): inputs ``input_ids``, ``attention_mask``,
 ``past_key_values.N.key/value`` [batch, kv_heads, past, head_dim] and ``logits_to_keep``
 (int64 [1]: how many last positions get logits, 0 = all, as in transformers; the runtime
 passes 1 so a long prompt's prefill computes one row of logits); outputs ``logits`` and

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..runtime.chat_template import ChatTemplate
-from ..runtime.decoder import DecoderSession, DecoderState
+from ..engine.decoder import DecoderSession
+from ..engine.engine import Engine
+from ..engine.request import Request
 from ..runtime.session import create_session
 from .probes import PROBE_PROMPTS, perplexity_text
 
@@ -77,13 +79,13 @@ class DecoderReference:
 
 
 def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKENS) -> list[int]:
-    state = DecoderState()
-    logits = decoder.forward(state, ids)
-    tokens: list[int] = []
-    for _ in range(count):
-        tokens.append(int(np.argmax(logits)))
-        logits = decoder.forward(state, [tokens[-1]])
-    return tokens
+    """``count`` greedy tokens after ``ids``, through the engine every chat runs on (no end token)."""
+    engine = Engine(decoder, max_batch=1)
+    request = Request(ids, max_tokens=count)
+    engine.add_request(request)
+    while engine.step():
+        pass
+    return request.generated
 
 
 def common_prefix(a: Sequence, b: Sequence) -> int:
@@ -103,7 +105,7 @@ def onnx_parity(model_file: Path, reference: DecoderReference) -> dict[str, Any]
         common_prefix(greedy_tokens(decoder, ids), expected) / NEW_TOKENS
         for ids, expected in zip(reference.prompts, reference.greedy)
     ]
-    prompt_logits = decoder.all_logits(reference.prompts[0])
+    prompt_logits = decoder.all_logits(reference.prompts[0])  # the engine's Engine.all_logits
     text_logits = decoder.all_logits(reference.text_ids)
     return {
         "reference": "pytorch fp32",

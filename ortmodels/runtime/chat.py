@@ -7,16 +7,22 @@ text pieces streamed as they become whole characters. `_generate` is built from
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.language_models.chat_models import (
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -40,12 +46,11 @@ from pydantic import (
 
 from ..base import BaseLLMModel
 from ..config import Settings, load_settings
+from ..engine import DecoderSession, Engine, Finished, Request, SamplingParams
 from ..errors import ChatInputError, ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .chat_template import ChatTemplate
-from .decoder import DecoderSession, DecoderState
-from .generation import SamplingParams, TextAssembler, choose_token
 from .session import output_width
 from .tokenization import (
     check_unicode,
@@ -63,7 +68,6 @@ _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
 )
 _TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _DEFAULT_MAX_TOKENS = 512
-_NONE = np.zeros(0, dtype=np.int64)
 
 
 def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -157,9 +161,9 @@ class CallOptions(BaseModel):
 class _Loaded:
     """Everything `_load` opens, replaced as a whole so a reader never sees half of it."""
 
-    def __init__(self, decoder: DecoderSession, tokenizer: Any, template: ChatTemplate,
+    def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate,
                  spec: ChatSpec, variant: str, device: str) -> None:
-        self.decoder, self.tokenizer, self.template = decoder, tokenizer, template
+        self.engine, self.tokenizer, self.template = engine, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
         self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
         """More characters than this cannot fit in the context, whatever they say."""
@@ -243,13 +247,24 @@ class OnnxChatModel(BaseLLMModel):
         special = {f"eos_token_ids[{i}]": t for i, t in enumerate(spec.eos_token_ids)}
         check_vocabulary(opened.folder, tokenizer, output_width(opened.session, "logits"),
                          {**special, "bos_token_id": spec.bos_token_id})
-        self._state = _Loaded(
-            decoder, tokenizer, ChatTemplate.from_folder(opened.folder), spec, opened.variant, opened.device,
+        template = ChatTemplate.from_folder(opened.folder)
+        engine = Engine(
+            decoder, tokenizer, max_batch=settings.model_max_batch, kv_cache_bytes=settings.model_kv_cache,
+            prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,
         )
+        self._state = _Loaded(engine, tokenizer, template, spec, opened.variant, opened.device)
         logger.info("Loaded chat model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
     def _unload(self) -> None:
-        self._state = None
+        state, self._state = self._state, None
+        if state is not None:
+            state.engine.close()  # unload waits for running calls, so nothing is cut off here
+
+    def memory_bytes(self) -> int:
+        """The variant's weights plus what the engine holds now: KV slots and the prompt cache."""
+        state = self._state
+        engine_bytes = state.engine.memory_bytes() if state is not None else 0
+        return super().memory_bytes() + engine_bytes
 
     @property
     def loaded(self) -> _Loaded:
@@ -355,6 +370,16 @@ class OnnxChatModel(BaseLLMModel):
         stops = tuple(s for s in [*(self.stop or []), *check_stop(stop)] if s)
         return params, checked.max_tokens, stops
 
+    def _request(self, messages: list[BaseMessage], stop: Any, kwargs: dict[str, Any]) -> tuple[_Loaded, Request]:
+        """The engine request for a conversation: options checked, prompt rendered and tokenized."""
+        self._ensure_loaded()
+        loaded = self.loaded  # one consistent set even if another thread unloads meanwhile
+        params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
+        prompt_ids, max_tokens = self._prompt_ids(loaded, messages, asked_max_tokens)
+        request = Request(prompt_ids, params, max_tokens=max_tokens, stop=stops,
+                          eos_token_ids=loaded.spec.eos_token_ids)
+        return loaded, request
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -362,59 +387,65 @@ class OnnxChatModel(BaseLLMModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        started = time.perf_counter()
-        self._ensure_loaded()
-        loaded = self.loaded  # one consistent set even if another thread unloads meanwhile
-        params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
-        prompt_ids, max_tokens = self._prompt_ids(loaded, messages, asked_max_tokens)
-        eos = set(loaded.spec.eos_token_ids)
-        rng = np.random.default_rng(params.seed)
-        assembler = TextAssembler(lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True), stops)
-        state = DecoderState()
-        logits = loaded.decoder.forward(state, prompt_ids)
-        generated = 0
-        first_token_s: float | None = None
-        finish_reason = "length"
-        while generated < max_tokens:
-            seen = np.asarray(state.tokens, dtype=np.int64) if params.repetition_penalty != 1.0 else _NONE
-            token = choose_token(logits, params, seen, rng)
-            if first_token_s is None:
-                first_token_s = time.perf_counter() - started
-            if token in eos:
-                finish_reason = "stop"
-                break
-            generated += 1
-            piece = assembler.add(token)
-            if piece:
-                yield self._chunk(piece, run_manager)
-            if assembler.stopped:
-                finish_reason = "stop"
-                break
-            if generated < max_tokens:
-                logits = loaded.decoder.forward(state, [token])
-        tail = assembler.flush()
-        if tail:
-            yield self._chunk(tail, run_manager)
-        usage = UsageMetadata(input_tokens=len(prompt_ids), output_tokens=generated,
-                              total_tokens=len(prompt_ids) + generated)
-        yield ChatGenerationChunk(
+        """The engine's events for this conversation as LangChain chunks; other callers' requests
+        share its decode steps. Closing the stream early cancels the request at once."""
+        started, first = time.perf_counter(), None
+        loaded, request = self._request(messages, stop, kwargs)
+        for event in loaded.engine.generate(request):
+            if first is None and not isinstance(event, Finished) and event.token_ids:
+                first = time.perf_counter() - started
+            chunk = self._to_chunk(event, loaded, first, run_manager)
+            if chunk is not None:
+                yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """As `_stream`, on the event loop: a cancelled task cancels its request."""
+        started, first = time.perf_counter(), None
+        loaded, request = await asyncio.get_running_loop().run_in_executor(
+            None, self._request, messages, stop, kwargs
+        )
+        async for event in loaded.engine.agenerate(request):
+            if first is None and not isinstance(event, Finished) and event.token_ids:
+                first = time.perf_counter() - started
+            chunk = self._to_chunk(event, loaded, first, None)
+            if chunk is not None:
+                if run_manager and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+    def _to_chunk(self, event: Any, loaded: _Loaded, first_token_s: float | None,
+                  run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk | None:
+        """One engine event as a LangChain chunk (the one mapping, for sync and async streams)."""
+        if not isinstance(event, Finished):
+            if not event.text:
+                return None
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+            if run_manager:
+                run_manager.on_llm_new_token(event.text, chunk=chunk)
+            return chunk
+        usage = UsageMetadata(
+            input_tokens=event.prompt_tokens, output_tokens=event.completion_tokens,
+            total_tokens=event.prompt_tokens + event.completion_tokens,
+            input_token_details={"cache_read": event.cached_tokens},
+        )
+        first = first_token_s if first_token_s is not None else event.time_to_first_token_s
+        return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
                 usage_metadata=usage,
-                response_metadata={"finish_reason": finish_reason, "model_name": self.model_name,
+                response_metadata={"finish_reason": event.reason, "model_name": self.model_name,
                                    "variant": loaded.variant, "device": loaded.device,
-                                   "time_to_first_token_s": first_token_s},
+                                   "time_to_first_token_s": first},
                 chunk_position="last",
             ),
-            generation_info={"finish_reason": finish_reason},
+            generation_info={"finish_reason": event.reason},
         )
-
-    @staticmethod
-    def _chunk(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
-        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-        if run_manager:
-            run_manager.on_llm_new_token(text, chunk=chunk)
-        return chunk
 
     def _generate(
         self,
@@ -424,6 +455,15 @@ class OnnxChatModel(BaseLLMModel):
         **kwargs: Any,
     ) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(

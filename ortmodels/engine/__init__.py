@@ -1,0 +1,38 @@
+"""The generation engine: decoder steps, KV slots, sampling, detokenizing, batching, prompt cache.
+
+Imports only onnxruntime, tokenizers, numpy, jinja2 and the standard library (plus
+`ortmodels.errors`): no LangChain, no model store, so the LangChain adapters, an HTTP
+server and the exporter's parity checks all run on the same engine.
+
+    engine = Engine(DecoderSession(session), tokenizer, max_batch=8, prompt_cache_bytes=256 << 20)
+    for event in engine.generate(Request(prompt_ids, max_tokens=64, eos_token_ids=[2])):
+        ...  # TextDelta(text, token_ids) ..., then Finished(reason, usage, ttft)
+    engine.close()
+"""
+
+from __future__ import annotations
+
+from .decoder import DecoderSession, DecoderState
+from .detokenizer import TextAssembler
+from .engine import DEFAULT_KV_CACHE_BYTES, Engine
+from .prompt_cache import PromptCache
+from .request import Event, Finished, FinishReason, Request, TextDelta
+from .sampling import BannedTokens, LogitsProcessor, SamplingParams, choose_token
+
+__all__ = [
+    "DEFAULT_KV_CACHE_BYTES",
+    "BannedTokens",
+    "DecoderSession",
+    "DecoderState",
+    "Engine",
+    "Event",
+    "FinishReason",
+    "Finished",
+    "LogitsProcessor",
+    "PromptCache",
+    "Request",
+    "SamplingParams",
+    "TextAssembler",
+    "TextDelta",
+    "choose_token",
+]

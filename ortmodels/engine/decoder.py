@@ -1,0 +1,146 @@
+"""One forward step of an exported decoder: a single sequence, or a batch of them.
+
+The graph (ours from `export/decoder_graph.py`, or optimum's ``text-generation-with-past``)
+takes ``past_key_values.*`` and returns ``present.*``. A single sequence (`forward`) binds
+the previous step's outputs directly as the next step's inputs through IO binding: the
+cache never passes through numpy, and on CUDA it never leaves the GPU. Graphs with a
+``logits_to_keep`` input compute logits for the last position only when generating (a long
+prompt's prefill skips the vocabulary projection of every other position); `all_logits`
+asks for all of them.
+
+Our own graph also decodes several sequences of different lengths in one step
+(`decode_batch`): GroupQueryAttention reads each row's length from the attention mask
+(``seqlens_k`` = ones in the row - 1) and writes the row's new key/value at that position,
+so a right-padded past works as is. A prompt on top of a cache (``sequence_length > 1``
+with a past) must be batch 1 in GroupQueryAttention; prefill is therefore always batch 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
+_PAST = "past_key_values."
+_PRESENT = "present."
+
+
+@dataclass
+class DecoderState:
+    """One conversation's cache: the values from the last step and how many tokens they hold."""
+
+    past: list[ort.OrtValue] | None = None
+    length: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+class DecoderSession:
+    """Runs prefill and decode steps of a decoder graph on one session (thread-safe)."""
+
+    def __init__(self, session: ort.InferenceSession, device: str = "cpu") -> None:
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = sorted((n for n in inputs if n.startswith(_PAST)), key=_layer_order)
+        self.present_names = [_PRESENT + n[len(_PAST):] for n in self.past_names]
+        self.uses_position_ids = "position_ids" in inputs
+        self.keeps_logits = "logits_to_keep" in inputs  # our own graphs: prefill computes one row
+        self.device_type = "cuda" if device == "cuda" else "cpu"
+        if self.past_names:
+            first = inputs[self.past_names[0]]
+            dims = [d if isinstance(d, int) else 0 for d in first.shape]
+            dims[0], dims[2] = 1, 0  # batch 1, nothing cached yet
+            self._empty_past = np.zeros(dims, dtype=_NUMPY_TYPES.get(first.type, np.float32))
+        self.logits_name = next(o.name for o in session.get_outputs() if o.name == "logits")
+
+    @property
+    def batches(self) -> bool:
+        """Whether rows of different lengths can decode in one step (our own GQA graph)."""
+        return self.keeps_logits and not self.uses_position_ids and bool(self.past_names)
+
+    @property
+    def kv_dims(self) -> tuple[int, int, np.dtype]:
+        """(kv heads, head size, dtype) of one layer's key or value cache."""
+        return self._empty_past.shape[1], self._empty_past.shape[3], self._empty_past.dtype
+
+    def forward(self, state: DecoderState, token_ids: list[int]) -> np.ndarray:
+        """Feed ``token_ids`` after what ``state`` holds; returns the last position's logits."""
+        return self._run(state, token_ids, keep=1)[0, -1]
+
+    def all_logits(self, token_ids: list[int]) -> np.ndarray:
+        """Logits for every position of one sequence, from an empty cache ([len, vocab])."""
+        return self._run(DecoderState(), token_ids, keep=0)[0]
+
+    def prefill(self, token_ids: list[int], past: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Batch-1 prompt (or the rest of one) after ``past`` ([1, kv, n, head] per cache input).
+
+        Returns the last position's logits and the new cache as numpy arrays (views that keep
+        ONNX Runtime's buffers alive), ready to be copied into a batch slot or a prompt cache.
+        """
+        state = DecoderState()
+        if past is not None and past[0].shape[2]:
+            state.past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in past]
+            state.length = past[0].shape[2]
+        logits = self.forward(state, token_ids)
+        return logits, [value.numpy() for value in state.past or []]
+
+    def decode_batch(self, past: list[ort.OrtValue], lengths: np.ndarray, token_ids: np.ndarray,
+                     present: list[ort.OrtValue] | None = None) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """One new token for each of B rows; row b holds ``lengths[b]`` tokens in ``past``.
+
+        ``past`` is right-padded: [B, kv, width, head], row b's tokens at [0, lengths[b]).
+        With ``present`` None, ONNX Runtime writes a new cache one position wider (each row's
+        new token at its own length); given the very values of ``past``, the step writes the
+        new token into that buffer in place (GroupQueryAttention's shared past/present buffer),
+        which needs ``width > max(lengths)``. Returns logits [B, vocab] and the new cache.
+        """
+        rows = len(token_ids)
+        width = int(lengths.max()) + 1  # total_sequence_length: the longest row and its new token
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.asarray(token_ids, dtype=np.int64).reshape(rows, 1))
+        io.bind_cpu_input("attention_mask", (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64))
+        io.bind_cpu_input("logits_to_keep", np.array([1], dtype=np.int64))
+        for name, value in zip(self.past_names, past):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output(self.logits_name, "cpu")
+        for index, name in enumerate(self.present_names):
+            if present is None:
+                io.bind_output(name, self.device_type)
+            else:
+                io.bind_ortvalue_output(name, present[index])
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        logits = outputs[0].numpy()[:, -1]
+        return (logits if logits.dtype == np.float32 else logits.astype(np.float32)), (present or outputs[1:])
+
+    def _run(self, state: DecoderState, token_ids: list[int], keep: int) -> np.ndarray:
+        total = state.length + len(token_ids)
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+        if self.uses_position_ids:
+            io.bind_cpu_input("position_ids", np.arange(state.length, total, dtype=np.int64)[None])
+        if self.keeps_logits:
+            io.bind_cpu_input("logits_to_keep", np.array([keep], dtype=np.int64))  # 0: every position
+        if state.past is None:
+            for name in self.past_names:
+                io.bind_cpu_input(name, self._empty_past)
+        else:
+            for name, value in zip(self.past_names, state.past):
+                io.bind_ortvalue_input(name, value)
+        io.bind_output(self.logits_name, "cpu")  # read by numpy every step, on any device
+        for name in self.present_names:
+            io.bind_output(name, self.device_type)
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        state.past = outputs[1:]
+        state.length = total
+        state.tokens.extend(token_ids)
+        logits = outputs[0].numpy()
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return (int(parts[1]) if parts[1].isdigit() else 0, parts[-1])

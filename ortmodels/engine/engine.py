@@ -1,0 +1,374 @@
+"""`Engine`: continuous batching of `Request`s over one decoder session.
+
+Each `step()` is one scheduler iteration: requests that were cancelled leave; waiting
+requests are admitted in arrival order by prefilling them (batch 1, at most
+``prefill_chunk`` prompt tokens per step, so a long prompt does not stall the others for
+long), each starting from the longest prefix the prompt cache holds; then every admitted
+request gets one new token from a single batched decode step. A request that finishes
+(end token, stop string, ``max_tokens``, cancel, error) leaves at once and frees its row.
+
+A background thread (`start()`, `close()`) runs steps while there is work, and
+`generate` / `agenerate` stream one request's events to a sync or async consumer; stepping
+by hand (no thread) is for tests and parity runs. An exception raised while choosing one
+request's token (its logits processor, say) fails that request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError, EngineClosedError, RequestTooLargeError
+from .decoder import DecoderSession
+from .kv_cache import KVCache, PaddedCache, SerialCache, SlotCache, bytes_per_token
+from .prompt_cache import PromptCache
+from .request import Event, FinishReason, Finished, Request
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KV_CACHE_BYTES = 1 << 30
+_LAYOUTS = ("slots", "padded")
+
+
+@dataclass
+class _Prefill:
+    """The request being prefilled, chunk by chunk, and its cache so far."""
+
+    request: Request
+    past: list[np.ndarray] | None
+    done: int
+
+
+def _whole(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"Engine {name} must be a whole number >= {minimum}, not {value!r}.")
+    return value
+
+
+class Engine:
+    """Runs many requests on one decoder, batching their decode steps.
+
+    ``max_batch`` requests decode together at most (8 by default); their KV cache may take
+    ``kv_cache_bytes`` at most (each request reserves room for prompt + ``max_tokens``;
+    a request that does not fit waits for others to finish). ``prompt_cache_bytes`` > 0
+    keeps prompts' caches (prefill-made) for later prompts that start the same way.
+    ``context_length`` (the model's) ends a request with "length" before it overflows.
+    """
+
+    def __init__(
+        self,
+        decoder: DecoderSession,
+        tokenizer: Any = None,
+        *,
+        max_batch: int = 8,
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        prompt_cache_bytes: int = 0,
+        prefill_chunk: int = 512,
+        context_length: int | None = None,
+        kv_layout: str = "slots",
+    ) -> None:
+        self.decoder, self.tokenizer = decoder, tokenizer
+        self.max_batch = _whole("max_batch", max_batch, 1)
+        self.kv_cache_bytes = _whole("kv_cache_bytes", kv_cache_bytes, 1)
+        self.prefill_chunk = _whole("prefill_chunk", prefill_chunk, 1)
+        self.context_length = None if context_length is None else _whole("context_length", context_length, 2)
+        if kv_layout not in _LAYOUTS:
+            raise ConfigurationError(f"Engine kv_layout must be one of {', '.join(_LAYOUTS)}, not {kv_layout!r}.")
+        self.prompt_cache = PromptCache(prompt_cache_bytes)
+        self._cache: KVCache
+        if decoder.batches:
+            self._cache = (SlotCache if kv_layout == "slots" else PaddedCache)(decoder, self.max_batch)
+        else:
+            self._cache = SerialCache(decoder)
+            logger.info("This decoder graph cannot batch rows of different lengths (position_ids, no "
+                        "logits_to_keep): its requests run one at a time.")
+        self._token_bytes = bytes_per_token(decoder) if decoder.past_names else 0
+        self._waiting: deque[Request] = deque()
+        self._prefilling: _Prefill | None = None
+        self._limits: dict[Request, int] = {}
+        self._cond = threading.Condition()
+        self._step_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.steps = 0
+        self.prefilled_tokens = 0  # prompt tokens computed (not taken from the prompt cache)
+        self.decoded_tokens = 0
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        """Queue ``request``; it waits (in arrival order) until a row and cache memory are free."""
+        if request.added_at is not None:
+            raise ConfigurationError(f"{request!r} was already given to an engine; make a new Request.")
+        limit = self._limit(request)
+        need = self._rounded(limit) * self._token_bytes
+        if need > self.kv_cache_bytes:
+            raise RequestTooLargeError(
+                f"{request!r} needs {need} bytes of KV cache (prompt + max_tokens = {limit} tokens), more "
+                f"than the engine's kv_cache_bytes={self.kv_cache_bytes}; lower max_tokens or raise the bound."
+            )
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("This engine is closed; create a new one.")
+            request.start(self.tokenizer)
+            self._limits[request] = limit
+            self._waiting.append(request)
+            self._cond.notify_all()
+
+    def remove_request(self, request: Request) -> None:
+        """Cancel ``request`` and free its row now (blocks while a step is running)."""
+        request.cancel()
+        with self._step_lock:
+            self._reap_cancelled()
+
+    @property
+    def active(self) -> list[Request]:
+        """The requests in the decode batch, in row order."""
+        return [r for r in self._cache.keys if isinstance(r, Request)]
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting) + (self._prefilling is not None)
+
+    def has_work(self) -> bool:
+        with self._cond:
+            return bool(self._waiting or self._prefilling or self._cache.keys)
+
+    def memory_bytes(self) -> int:
+        """Bytes held now: the KV rows allocated for running requests plus the prompt cache."""
+        rows, positions = self._cache.allocated
+        return rows * positions * self._token_bytes + self.prompt_cache.nbytes
+
+    def all_logits(self, token_ids: list[int]) -> np.ndarray:
+        """Logits at every position of one sequence (parity checks, perplexity)."""
+        return self.decoder.all_logits(token_ids)
+
+    # -- the scheduler ----------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One iteration: drop cancelled requests, admit (prefill), one batched decode step.
+
+        Returns whether work remains.
+        """
+        with self._step_lock:
+            self._reap_cancelled()
+            self._admit()
+            if self._cache.keys:
+                self._decode()
+            self.steps += 1
+        return self.has_work()
+
+    def _reap_cancelled(self) -> None:
+        with self._cond:
+            gone = [r for r in self._waiting if r.cancelled]
+            for request in gone:
+                self._waiting.remove(request)
+            if self._prefilling and self._prefilling.request.cancelled:
+                gone.append(self._prefilling.request)
+                self._prefilling = None
+        for request in gone:
+            self._finish(request, "cancelled")
+        for request in self.active:
+            if request.cancelled:
+                self._retire(request, "cancelled")
+
+    def _admit(self) -> None:
+        budget = self.prefill_chunk
+        while budget > 0:
+            with self._cond:
+                if self._prefilling is None:
+                    if not self._waiting or not self._fits(self._waiting[0]):
+                        return
+                    request = self._waiting.popleft()
+                    cached, past = self.prompt_cache.lookup(request.prompt_ids)
+                    request.cached_tokens = cached
+                    self._prefilling = _Prefill(request, past, cached)
+                job = self._prefilling
+            request = job.request
+            chunk = request.prompt_ids[job.done : job.done + budget]
+            try:
+                logits, job.past = self.decoder.prefill(chunk, job.past)
+            except Exception as exc:  # a session failure on this prompt: this request only
+                logger.warning("Prefill failed for %r: %s", request, exc)
+                self._prefilling = None
+                self._finish(request, "error", exc)
+                continue
+            job.done += len(chunk)
+            budget -= len(chunk)
+            self.prefilled_tokens += len(chunk)
+            if job.done < len(request.prompt_ids):
+                continue
+            self._prefilling = None
+            self.prompt_cache.store(request.prompt_ids, job.past)  # prefill-made only: see prompt_cache.py
+            reason, error = self._advance(request, logits)
+            if reason is None:
+                self._cache.add(request, job.past, job.done)
+            else:
+                self._finish(request, reason, error)
+
+    def _fits(self, request: Request) -> bool:
+        """Whether ``request`` can join now: a free row, and the cache bound with its reservation."""
+        active = self._cache.keys
+        if len(active) >= self._cache.capacity:
+            return False
+        have_rows, have_positions = self._cache.allocated  # what is allocated stays until the batch empties
+        rows = max(len(active) + 1, have_rows)
+        positions = max(self._rounded(max(self._limits.get(r, 0) for r in [*active, request])), have_positions)
+        return rows * positions * self._token_bytes <= self.kv_cache_bytes
+
+    def _decode(self) -> None:
+        batch = self.active
+        tokens = [r.generated[-1] for r in batch]
+        try:
+            logits = self._cache.decode(tokens)
+        except Exception as exc:  # the session failed: every request in this step fails with it
+            logger.exception("Decode step failed for %d requests", len(batch))
+            for request in batch:
+                self._retire(request, "error", exc)
+            return
+        self.decoded_tokens += len(batch)
+        for row, request in enumerate(batch):
+            reason, error = self._advance(request, logits[row])
+            if reason is not None:
+                self._retire(request, reason, error)
+
+    def _advance(self, request: Request, logits: np.ndarray) -> tuple[FinishReason | None, BaseException | None]:
+        """Choose and record ``request``'s next token; (why it ends, the error) or (None, None)."""
+        try:
+            reason = request.accept(request.choose(logits))
+        except Exception as exc:
+            logger.warning("Request %d failed while choosing a token: %r", request.id, exc)
+            return "error", exc
+        if reason is None and len(request.prompt_ids) + len(request.generated) >= self._limits[request]:
+            reason = "length"
+        return reason, None
+
+    def _retire(self, request: Request, reason: FinishReason, error: BaseException | None = None) -> None:
+        """Take ``request`` out of the batch, freeing its row at once, and finish it."""
+        if request in self._cache.keys:
+            self._cache.remove(request)
+        self._finish(request, reason, error)
+
+    def _finish(self, request: Request, reason: FinishReason, error: BaseException | None = None) -> None:
+        self._limits.pop(request, None)
+        try:
+            request.finish(reason, error)
+        except Exception as exc:  # the text flush failed: still end the request
+            logger.warning("Request %d failed while finishing: %r", request.id, exc)
+            request.finish("error", exc)
+
+    def _limit(self, request: Request) -> int:
+        """Most positions ``request`` may fill: prompt + max_tokens, within the context."""
+        limit = request.reserved_tokens
+        if self.context_length is not None:
+            if len(request.prompt_ids) >= self.context_length:
+                raise RequestTooLargeError(
+                    f"{request!r}: the prompt ({len(request.prompt_ids)} tokens) fills the context of "
+                    f"{self.context_length}; shorten it."
+                )
+            limit = min(limit, self.context_length)
+        return limit
+
+    @staticmethod
+    def _rounded(positions: int) -> int:
+        return SlotCache.rounded(positions)
+
+    # -- the background thread --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run steps on a background thread whenever there is work (idempotent)."""
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("This engine is closed; create a new one.")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ortmodels-engine", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not (self._waiting or self._prefilling or self._cache.keys):
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug in the scheduler itself: fail everyone rather than spin
+                logger.exception("Engine step failed; cancelling its requests")
+                self._cancel_all("error")
+
+    def close(self) -> None:
+        """Cancel every request, stop the thread and wait for it (idempotent)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._cancel_all("cancelled")
+
+    def _cancel_all(self, reason: FinishReason) -> None:
+        with self._step_lock:
+            with self._cond:
+                pending = list(self._waiting)
+                self._waiting.clear()
+                if self._prefilling is not None:
+                    pending.append(self._prefilling.request)
+                    self._prefilling = None
+            for request in pending:
+                self._finish(request, reason)
+            for request in self.active:
+                self._cache.remove(request)
+                self._finish(request, reason)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- streaming one request --------------------------------------------------------------
+
+    def generate(self, request: Request) -> Iterator[Event]:
+        """Add ``request`` and yield its events; raises its error after a failed `Finished`.
+
+        Leaving the loop early (break, an exception, the generator closed) cancels it.
+        """
+        self.add_request(request)
+        self.start()
+        try:
+            for event in request.events():
+                yield event
+                if isinstance(event, Finished) and event.error is not None:
+                    raise event.error
+        finally:
+            if not request.finished:
+                request.cancel()
+
+    async def agenerate(self, request: Request) -> AsyncIterator[Event]:
+        """`generate` for asyncio: events arrive on the loop; the loop never blocks on a step.
+
+        Cancelling the consuming task (or closing this iterator) cancels the request.
+        """
+        events = request.attach_loop(asyncio.get_running_loop())
+        self.add_request(request)
+        self.start()
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if isinstance(event, Finished):
+                    if event.error is not None:
+                        raise event.error
+                    return
+        finally:
+            if not request.finished:
+                request.cancel()

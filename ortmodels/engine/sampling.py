@@ -1,0 +1,88 @@
+"""Token choice for a decode loop: greedy, temperature/top-k/top-p sampling, repetition penalty.
+
+Pure numpy: no session here, so each piece is testable on its own. A request may carry a
+`LogitsProcessor` (a grammar mask, a banned-token list) that edits its row of logits in
+place before the choice and hears which token was chosen after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen; ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL-style penalty as transformers applies it: divide positive, multiply negative logits."""
+    if penalty == 1.0 or seen.size == 0:
+        return logits
+    logits = logits.copy()
+    scores = logits[seen]
+    logits[seen] = np.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
+
+
+def choose_token(
+    logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator
+) -> int:
+    """The next token id from one row of logits."""
+    logits = apply_repetition_penalty(logits.astype(np.float32, copy=False), seen, params.repetition_penalty)
+    if params.greedy:
+        return int(np.argmax(logits))
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.size:
+        kth = np.partition(logits, -params.top_k)[-params.top_k]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
+        mask = np.zeros_like(probs)
+        mask[keep] = probs[keep]
+        probs = mask / mask.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+@runtime_checkable
+class LogitsProcessor(Protocol):
+    """Per-request hook around token choice; state (a grammar's position) lives in the object.
+
+    `mask` edits one float32 row of logits in place (set disallowed tokens to ``-inf``);
+    `accept` is told the token that was chosen, so the processor can advance. An exception
+    from either fails only the request that owns the processor.
+    """
+
+    def mask(self, logits: np.ndarray) -> None: ...
+
+    def accept(self, token_id: int) -> None: ...
+
+
+@dataclass
+class BannedTokens:
+    """The simplest processor: these token ids are never chosen (also a test of the hook)."""
+
+    token_ids: tuple[int, ...]
+
+    def mask(self, logits: np.ndarray) -> None:
+        logits[list(self.token_ids)] = -np.inf
+
+    def accept(self, token_id: int) -> None:
+        return None

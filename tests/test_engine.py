@@ -1,0 +1,243 @@
+"""The engine's contract: events, cancellation, failures of one request, threads, bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from ortmodels.engine import BannedTokens, Engine, Finished, Request, SamplingParams, TextDelta
+from ortmodels.errors import ConfigurationError, EngineClosedError, RequestTooLargeError
+from tests.engine_samples import EOS, QUESTIONS, chat_prompt, decoder, solo_greedy, tokenizer
+
+
+def test_engine_imports_no_langchain_and_no_store() -> None:
+    code = (
+        "import json, sys\nimport ortmodels.engine\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'langchain_core' or m in "
+        "('ortmodels.store', 'ortmodels.base', 'ortmodels.manager', 'ortmodels.manifest', 'ortmodels.versions', "
+        "'ortmodels.runtime', 'pydantic', 'torch', 'transformers'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_request_checks_its_arguments() -> None:
+    with pytest.raises(ConfigurationError):
+        Request([], max_tokens=4)
+    with pytest.raises(ConfigurationError):
+        Request([1, 2], max_tokens=0)
+
+
+class _Failing:
+    """A logits processor that raises after a few tokens."""
+
+    def __init__(self, after: int) -> None:
+        self.left = after
+
+    def mask(self, logits: np.ndarray) -> None:
+        if self.left == 0:
+            raise ValueError("grammar broke")
+
+    def accept(self, token_id: int) -> None:
+        self.left -= 1
+
+
+@pytest.mark.slow
+class TestOnTheSample:
+    def test_bad_settings_are_configuration_errors(self) -> None:
+        for kwargs in ({"max_batch": 0}, {"kv_cache_bytes": -1}, {"prompt_cache_bytes": -5},
+                       {"prefill_chunk": 0}, {"max_batch": 2.5}, {"kv_layout": "paged"}, {"context_length": 1}):
+            with pytest.raises(ConfigurationError):
+                Engine(decoder("int4"), tokenizer(), **kwargs)  # type: ignore[arg-type]
+
+    def test_too_large_request_is_refused_at_once(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), kv_cache_bytes=1 << 20, context_length=64)
+        with pytest.raises(RequestTooLargeError):
+            engine.add_request(Request(chat_prompt(QUESTIONS[0]), max_tokens=4000))
+        with pytest.raises(RequestTooLargeError):
+            engine.add_request(Request(list(range(100, 170)), max_tokens=1))
+
+    def test_context_length_ends_with_length(self) -> None:
+        prompt = chat_prompt(QUESTIONS[0])
+        engine = Engine(decoder("int4"), tokenizer(), context_length=len(prompt) + 3)
+        request = Request(prompt, max_tokens=50)
+        engine.add_request(request)
+        while engine.step():
+            pass
+        assert request.finish_reason == "length" and len(request.generated) == 3
+
+    def test_events_text_usage_and_eos(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer())
+        request = Request(chat_prompt(QUESTIONS[0]), max_tokens=40, eos_token_ids=EOS)
+        events = list(engine.generate(request))
+        engine.close()
+        deltas = [e for e in events if isinstance(e, TextDelta)]
+        finished = events[-1]
+        assert isinstance(finished, Finished) and finished.reason == "stop"
+        text = "".join(d.text for d in deltas)
+        assert "Paris" in text
+        assert text == tokenizer().decode(request.generated, skip_special_tokens=True)
+        assert finished.completion_tokens == len(request.generated) - 1  # the end token is not output
+        assert finished.prompt_tokens == len(request.prompt_ids)
+        assert finished.time_to_first_token_s is not None and finished.time_to_first_token_s > 0
+
+    def test_stop_string_ends_the_request(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer())
+        request = Request(chat_prompt(QUESTIONS[0]), max_tokens=40, stop=("France",), eos_token_ids=EOS)
+        text = "".join(e.text for e in engine.generate(request) if isinstance(e, TextDelta))
+        engine.close()
+        assert request.finish_reason == "stop" and "France" not in text and text.startswith("The capital of")
+
+    def test_cancel_mid_generation_frees_the_slot(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=2)
+        prompts = [chat_prompt(q) for q in QUESTIONS[:3]]
+        first, second, third = (Request(p, max_tokens=10) for p in prompts)
+        for request in (first, second, third):
+            engine.add_request(request)
+        for _ in range(3):
+            engine.step()
+        assert engine.active == [first, second] and engine.waiting == 1
+        second.cancel()
+        engine.step()
+        assert second.finish_reason == "cancelled" and second not in engine.active
+        assert third in engine.active  # took the freed row in the same step
+        events = list(second.events())
+        assert isinstance(events[-1], Finished) and events[-1].reason == "cancelled"
+        while engine.step():
+            pass
+        assert first.generated == solo_greedy("int4", prompts[0], 10)
+        assert third.generated == solo_greedy("int4", prompts[2], 10)
+
+    def test_remove_request_and_cancel_while_waiting(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=1)
+        running, waiting = Request(chat_prompt(QUESTIONS[0]), max_tokens=8), Request(chat_prompt(QUESTIONS[1]))
+        engine.add_request(running)
+        engine.add_request(waiting)
+        engine.step()
+        waiting.cancel()
+        engine.remove_request(running)
+        assert running.finish_reason == waiting.finish_reason == "cancelled"
+        assert not engine.has_work()
+
+    def test_processor_error_fails_only_its_request(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=4)
+        prompts = [chat_prompt(q) for q in QUESTIONS[:3]]
+        good_a = Request(prompts[0], max_tokens=8)
+        bad = Request(prompts[1], max_tokens=8, processor=_Failing(after=3))
+        good_b = Request(prompts[2], max_tokens=8)
+        for request in (good_a, bad, good_b):
+            engine.add_request(request)
+        while engine.step():
+            pass
+        assert bad.finish_reason == "error" and isinstance(bad.error, ValueError) and len(bad.generated) == 3
+        assert good_a.generated == solo_greedy("int4", prompts[0], 8)
+        assert good_b.generated == solo_greedy("int4", prompts[2], 8)
+        finished = list(bad.events())[-1]
+        assert isinstance(finished, Finished) and finished.error is bad.error
+
+    def test_generate_raises_the_request_error(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer())
+        with pytest.raises(ValueError, match="grammar broke"):
+            list(engine.generate(Request(chat_prompt(QUESTIONS[0]), max_tokens=8, processor=_Failing(after=0))))
+        engine.close()
+
+    def test_banned_token_processor_changes_the_choice(self) -> None:
+        prompt = chat_prompt(QUESTIONS[0])
+        greedy = solo_greedy("int4", prompt, 1)[0]
+        engine = Engine(decoder("int4"), tokenizer())
+        request = Request(prompt, max_tokens=3, processor=BannedTokens((greedy,)))
+        engine.add_request(request)
+        while engine.step():
+            pass
+        assert request.generated[0] != greedy and greedy not in request.generated
+
+    def test_sync_streams_from_threads_run_concurrently(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=4)
+        prompts = [chat_prompt(q) for q in QUESTIONS[:4]]
+        results: dict[int, list[int]] = {}
+
+        def consume(index: int) -> None:
+            request = Request(prompts[index], max_tokens=8)
+            results[index] = [t for e in engine.generate(request) if isinstance(e, TextDelta) for t in e.token_ids]
+
+        threads = [threading.Thread(target=consume, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        engine.close()
+        assert [results[i] for i in range(4)] == [solo_greedy("int4", p, 8) for p in prompts]
+        assert engine.decoded_tokens > engine.steps  # steps held several rows
+        assert engine.steps < 4 * 8
+
+    def test_async_stream_and_cancel_on_consumer_cancel(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=4)
+        prompt = chat_prompt(QUESTIONS[1])
+
+        async def main() -> tuple[str, Request]:
+            done = Request(chat_prompt(QUESTIONS[0]), max_tokens=12, eos_token_ids=EOS)
+            text = "".join([e.text async for e in engine.agenerate(done) if isinstance(e, TextDelta)])
+            slow = Request(prompt, max_tokens=200)
+
+            async def consume() -> None:
+                async for _ in engine.agenerate(slow):
+                    await asyncio.sleep(0)
+
+            task = asyncio.create_task(consume())
+            while len(slow.generated) < 3:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return text, slow
+
+        text, slow = asyncio.run(main())
+        assert "Paris" in text
+        for _ in range(200):
+            if slow.finished:
+                break
+            threading.Event().wait(0.02)
+        assert slow.finish_reason == "cancelled" and len(slow.generated) < 200
+        engine.close()
+
+    def test_close_cancels_everything_and_refuses_more(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=1)
+        requests = [Request(chat_prompt(q), max_tokens=500) for q in QUESTIONS[:3]]
+        for request in requests:
+            engine.add_request(request)
+        engine.start()
+        while not requests[0].generated:
+            threading.Event().wait(0.01)
+        engine.close()
+        assert [r.finish_reason for r in requests] == ["cancelled"] * 3
+        assert engine._thread is not None and not engine._thread.is_alive()
+        with pytest.raises(EngineClosedError):
+            engine.add_request(Request([1, 2, 3]))
+
+    def test_parity_greedy_runs_on_the_engine(self) -> None:
+        from ortmodels.export.decoder_parity import greedy_tokens
+
+        prompt = chat_prompt(QUESTIONS[3])
+        assert greedy_tokens(decoder("int4"), prompt, 10) == solo_greedy("int4", prompt, 10)
+        engine = Engine(decoder("int4"))
+        np.testing.assert_array_equal(engine.all_logits(prompt[:5]), decoder("int4").all_logits(prompt[:5]))
+
+    def test_chunked_prefill_gives_the_same_tokens(self) -> None:
+        prompt = chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 4)
+        engine = Engine(decoder("fp32"), tokenizer(), prefill_chunk=16)
+        request = Request(prompt, max_tokens=8)
+        engine.add_request(request)
+        while engine.step():
+            pass
+        assert engine.steps > len(prompt) // 16
+        assert request.generated == solo_greedy("fp32", prompt, 8)
+
+
+def test_sampling_params_keep_their_defaults() -> None:
+    assert SamplingParams().greedy
