@@ -35,7 +35,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import Field, PrivateAttr
 
 from ortmodels import BaseLLMModel
-from ortmodels.errors import MissingDependencyError, ModelFileError
+from ortmodels.errors import ChatInputError, MissingDependencyError, ModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,14 @@ def _import_stack() -> tuple[Any, Any]:
 def to_chat_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
     """LangChain messages as the ``{"role", "content"}`` dicts a chat template expects."""
     if not messages:
-        raise ValueError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
+        raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
     converted = []
     for index, message in enumerate(messages):
         role = message.role if isinstance(message, ChatMessage) else next(
             (name for cls, name in _ROLES if isinstance(message, cls)), None
         )
         if role not in ("system", "user", "assistant"):
-            raise ValueError(f"Message {index} is a {message.type!r} message; use system, user or assistant.")
+            raise ChatInputError(f"Message {index} is a {message.type!r} message; use system, user or assistant.")
         converted.append({"role": role, "content": message.text})
     return converted
 
@@ -152,12 +152,12 @@ class HuggingFaceChatModel(BaseLLMModel):
         """Prompt ids on the model's device and the keyword arguments for ``generate``."""
         unknown = set(kwargs) - _OPTIONS
         if unknown:
-            raise ValueError(f"Unknown generation option(s): {', '.join(sorted(unknown))}; "
+            raise ChatInputError(f"Unknown generation option(s): {', '.join(sorted(unknown))}; "
                              f"this model takes {', '.join(sorted(_OPTIONS))}.")
         max_tokens = kwargs.get("max_tokens") or self.max_tokens
         temperature = kwargs.get("temperature", self.temperature)
         if max_tokens < 1 or (temperature is not None and temperature < 0):
-            raise ValueError(f"max_tokens must be at least 1 and temperature at least 0, "
+            raise ChatInputError(f"max_tokens must be at least 1 and temperature at least 0, "
                              f"not {max_tokens} and {temperature}.")
         prompt = self._tokenizer.apply_chat_template(
             to_chat_messages(messages), add_generation_prompt=True, return_dict=True, return_tensors="pt",

@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 
 from ortmodels import ModelManager
-from ortmodels.errors import MissingDependencyError
+from ortmodels.errors import ChatInputError, MissingDependencyError
 
 from .conftest import CHAT_SAMPLE, SAMPLES_DIR
 from .tiny_decoders import build_tiny_decoder
@@ -118,7 +118,7 @@ def test_invoke_stream_and_unload_through_the_manager(example, manager: ModelMan
     assert chat.invoke(MESSAGES, max_tokens=NEW_TOKENS, temperature=0, stop=[stop]).content == cut
     assert "".join(c.content for c in chat.stream(MESSAGES, max_tokens=NEW_TOKENS, temperature=0, stop=[stop])) == cut
 
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(ChatInputError, match="top_p"):
         chat.invoke(MESSAGES, top_p=0.9)
 
     assert [m.name for m in manager.loaded()] == [TINY]
