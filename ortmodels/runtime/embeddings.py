@@ -15,6 +15,7 @@ import numpy as np
 
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
+from ..engine.encoder_batching import CoalescingBatcher
 from ..errors import ModelFileError, ModelNotLoadedError
 from ..store.names import validate_model_name
 from .pooling import l2_normalize, pool
@@ -165,6 +166,7 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
             self.batch_size = batch_size
         self._settings = settings
         self._runner: EncoderRunner | None = None
+        self._batcher: CoalescingBatcher | None = None
         self.variant: str | None = None
         """The precision loaded (``fp32``, ``int8``, ...), once loaded."""
         self.resolved_device: str | None = None
@@ -180,11 +182,13 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         runner = EncoderRunner(opened.session, tokenizer, spec)
         runner.check(opened.folder)
         self._runner = runner
+        self._batcher = CoalescingBatcher(lambda texts: runner.embed(texts, self.batch_size))
         self.variant, self.resolved_device = opened.variant, opened.device
         logger.info("Loaded embedding model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
     def _unload(self) -> None:
         self._runner = None
+        self._batcher = None
 
     @property
     def runner(self) -> EncoderRunner:
@@ -207,4 +211,8 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
     # -- inference --------------------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        return self.runner.embed(texts, self.batch_size).tolist()
+        """Concurrent callers share batches (`CoalescingBatcher`); each gets its own rows."""
+        batcher = self._batcher
+        if batcher is None:
+            raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
+        return batcher(texts).tolist()
