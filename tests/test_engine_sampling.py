@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ortmodels.engine.detokenizer import TextAssembler
-from ortmodels.engine.sampling import SamplingParams, apply_repetition_penalty, choose_token
+from ortmodels.engine.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    choose_token,
+)
 
 # A toy byte-level vocabulary: each token is some bytes, so a character can span tokens.
 VOCAB = {1: b"Hel", 2: b"lo", 3: b" wor", 4: b"ld", 5: "é".encode()[:1], 6: "é".encode()[1:], 7: b"!", 8: b" END", 9: b"OF"}

@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, EngineClosedError, RequestTooLargeError
 from .decoder import DecoderSession
 from .kv_cache import KVCache, PaddedCache, SerialCache, SlotCache, bytes_per_token
 from .prompt_cache import PromptCache
-from .request import Event, FinishReason, Finished, Request
+from .request import Event, Finished, FinishReason, Request
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Engine:
             chunk = request.prompt_ids[job.done : job.done + budget]
             try:
                 logits, job.past = self.decoder.prefill(chunk, job.past)
-            except Exception as exc:  # a session failure on this prompt: this request only
+            except Exception as exc:  # noqa: BLE001 - a session failure on this prompt fails this request only
                 logger.warning("Prefill failed for %r: %s", request, exc)
                 self._prefilling = None
                 self._finish(request, "error", exc)
@@ -239,7 +239,7 @@ class Engine:
         """Choose and record ``request``'s next token; (why it ends, the error) or (None, None)."""
         try:
             reason = request.accept(request.choose(logits))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - its processor or sampling: this request only
             logger.warning("Request %d failed while choosing a token: %r", request.id, exc)
             return "error", exc
         if reason is None and len(request.prompt_ids) + len(request.generated) >= self._limits[request]:
@@ -256,7 +256,7 @@ class Engine:
         self._limits.pop(request, None)
         try:
             request.finish(reason, error)
-        except Exception as exc:  # the text flush failed: still end the request
+        except Exception as exc:  # noqa: BLE001 - the text flush failed: still end the request
             logger.warning("Request %d failed while finishing: %r", request.id, exc)
             request.finish("error", exc)
 
@@ -324,7 +324,7 @@ class Engine:
                 self._cache.remove(request)
                 self._finish(request, reason)
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Engine:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,13 +32,13 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from ..base import BaseLLMModel
 from ..config import load_settings
+from ..engine.decoder import DecoderSession, DecoderState
+from ..engine.detokenizer import TextAssembler
+from ..engine.sampling import SamplingParams, choose_token
 from ..errors import ModelNotLoadedError, OrtModelsError
 from ..manifest import ChatSpec
 from ..names import validate_model_name
 from .chat_template import ChatTemplate
-from ..engine.decoder import DecoderSession, DecoderState
-from ..engine.detokenizer import TextAssembler
-from ..engine.sampling import SamplingParams, choose_token
 from .tokenization import load_tokenizer
 from .variant import open_variant
 
