@@ -60,6 +60,8 @@ class Engine:
     a request that does not fit waits for others to finish). ``prompt_cache_bytes`` > 0
     keeps prompts' caches (prefill-made) for later prompts that start the same way.
     ``context_length`` (the model's) ends a request with "length" before it overflows.
+    The bound covers the batch's cache buffers; the prompt cache has its own, and a prompt
+    being prefilled holds one more copy of its own cache until it joins the batch.
     """
 
     def __init__(
