@@ -85,12 +85,13 @@ class Engine:
             raise ConfigurationError(f"Engine kv_layout must be one of {', '.join(_LAYOUTS)}, not {kv_layout!r}.")
         self.prompt_cache = PromptCache(prompt_cache_bytes)
         self._cache: KVCache
-        if decoder.batches:
+        if decoder.batches and decoder.device_type == "cpu":  # the batched layouts keep numpy buffers
             self._cache = (SlotCache if kv_layout == "slots" else PaddedCache)(decoder, self.max_batch)
         else:
             self._cache = SerialCache(decoder)
-            logger.info("This decoder graph cannot batch rows of different lengths (position_ids, no "
-                        "logits_to_keep): its requests run one at a time.")
+            logger.info("Requests on this decoder run one at a time: %s.", "the batched KV layouts are "
+                        "CPU-only for now" if decoder.batches else "its graph cannot batch rows of different "
+                        "lengths (position_ids, no logits_to_keep)")
         self._token_bytes = bytes_per_token(decoder) if decoder.past_names else 0
         self._waiting: deque[Request] = deque()
         self._prefilling: _Prefill | None = None
