@@ -224,9 +224,9 @@ PERPLEXITY_BOUNDS = {"fp32": 1.001, "fp16": 1.01, "int8": 1.02, "int4": 1.10}
 @pytest.mark.parametrize("dtype", ["fp32", "int8", "int4"])
 def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
     """The manifest's perplexity is within the bound, and the runtime reproduces it."""
+    from ortmodels.engine.decoder import DecoderSession
     from ortmodels.export.decoder_parity import perplexity
     from ortmodels.export.probes import perplexity_text
-    from ortmodels.engine.decoder import DecoderSession
     from ortmodels.runtime.session import create_session
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())

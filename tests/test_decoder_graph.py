@@ -111,8 +111,8 @@ PROMPT = [1, 40, 70, 100, 7, 200, 13, 300, 250, 9, 42, 17, 99, 180, 6, 77]
 
 @pytest.mark.slow
 def test_fp32_graph_matches_pytorch(tiny: Path, tmp_path: Path) -> None:
-    from ortmodels.export.decoder_parity import greedy_tokens
     from ortmodels.engine.decoder import DecoderState
+    from ortmodels.export.decoder_parity import greedy_tokens
 
     decoder = _decoder(_built(tiny, tmp_path / "fp32"))
     expected_logits, expected_tokens = _torch(tiny, PROMPT, 24)

@@ -11,9 +11,23 @@ import threading
 import numpy as np
 import pytest
 
-from ortmodels.engine import BannedTokens, Engine, Finished, Request, SamplingParams, TextDelta
+from ortmodels.engine import (
+    BannedTokens,
+    Engine,
+    Finished,
+    Request,
+    SamplingParams,
+    TextDelta,
+)
 from ortmodels.errors import ConfigurationError, EngineClosedError, RequestTooLargeError
-from tests.engine_samples import EOS, QUESTIONS, chat_prompt, decoder, solo_greedy, tokenizer
+from tests.engine_samples import (
+    EOS,
+    QUESTIONS,
+    chat_prompt,
+    decoder,
+    solo_greedy,
+    tokenizer,
+)
 
 
 def test_engine_imports_no_langchain_and_no_store() -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ortmodels.engine.detokenizer import TextAssembler
-from ortmodels.engine.sampling import SamplingParams, apply_repetition_penalty, choose_token
+from ortmodels.engine.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    choose_token,
+)
 
 # A toy byte-level vocabulary: each token is some bytes, so a character can span tokens.
 VOCAB = {1: b"Hel", 2: b"lo", 3: b" wor", 4: b"ld", 5: "é".encode()[:1], 6: "é".encode()[1:], 7: b"!", 8: b" END", 9: b"OF"}
@@ -99,3 +103,14 @@ def test_stop_string_before_a_half_character_at_the_end_is_cut() -> None:
     for token in (1, 2, 8, 9, 5):  # "Hello ENDOF" + half of "é": the last add() waits
         assembler.add(token)
     assert assembler.flush() == "" and assembler.released == "Hello "
+
+
+def test_logits_processor_hook_with_a_trivial_processor() -> None:
+    from ortmodels.engine.sampling import BannedTokens, LogitsProcessor
+
+    banned = BannedTokens((1,))
+    assert isinstance(banned, LogitsProcessor)
+    logits = np.array([0.1, 3.0, 2.0], dtype=np.float32)
+    banned.mask(logits)
+    assert logits[1] == -np.inf
+    assert choose_token(logits, SamplingParams(), np.array([], dtype=np.int64), np.random.default_rng(0)) == 2

@@ -72,7 +72,9 @@ class DecoderSession:
         """Logits for every position of one sequence, from an empty cache ([len, vocab])."""
         return self._run(DecoderState(), token_ids, keep=0)[0]
 
-    def prefill(self, token_ids: list[int], past: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def prefill(
+        self, token_ids: list[int], past: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Batch-1 prompt (or the rest of one) after ``past`` ([1, kv, n, head] per cache input).
 
         Returns the last position's logits and the new cache as numpy arrays (views that keep

@@ -68,7 +68,7 @@ class TextAssembler:
             return None
         known = self.decode(self.ids[self._start : self._read]) if self._read > self._start else ""
         self._start, self._read = self._read, len(self.ids)
-        return text[len(known) :] if text.startswith(known) else text
+        return text.removeprefix(known)
 
     def _settle(self, final: bool) -> str:
         """Release what is safe from ``_pending``; look back into ``_tail`` for stop strings."""

@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, EngineClosedError, RequestTooLargeError
 from .decoder import DecoderSession
 from .kv_cache import KVCache, PaddedCache, SerialCache, SlotCache, bytes_per_token
 from .prompt_cache import PromptCache
-from .request import Event, FinishReason, Finished, Request
+from .request import Event, Finished, FinishReason, Request
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class Engine:
     a request that does not fit waits for others to finish). ``prompt_cache_bytes`` > 0
     keeps prompts' caches (prefill-made) for later prompts that start the same way.
     ``context_length`` (the model's) ends a request with "length" before it overflows.
+    The bound covers the batch's cache buffers; the prompt cache has its own, and a prompt
+    being prefilled holds one more copy of its own cache until it joins the batch.
     """
 
     def __init__(
@@ -83,12 +85,13 @@ class Engine:
             raise ConfigurationError(f"Engine kv_layout must be one of {', '.join(_LAYOUTS)}, not {kv_layout!r}.")
         self.prompt_cache = PromptCache(prompt_cache_bytes)
         self._cache: KVCache
-        if decoder.batches:
+        if decoder.batches and decoder.device_type == "cpu":  # the batched layouts keep numpy buffers
             self._cache = (SlotCache if kv_layout == "slots" else PaddedCache)(decoder, self.max_batch)
         else:
             self._cache = SerialCache(decoder)
-            logger.info("This decoder graph cannot batch rows of different lengths (position_ids, no "
-                        "logits_to_keep): its requests run one at a time.")
+            logger.info("Requests on this decoder run one at a time: %s.", "the batched KV layouts are "
+                        "CPU-only for now" if decoder.batches else "its graph cannot batch rows of different "
+                        "lengths (position_ids, no logits_to_keep)")
         self._token_bytes = bytes_per_token(decoder) if decoder.past_names else 0
         self._waiting: deque[Request] = deque()
         self._prefilling: _Prefill | None = None
@@ -196,7 +199,7 @@ class Engine:
             chunk = request.prompt_ids[job.done : job.done + budget]
             try:
                 logits, job.past = self.decoder.prefill(chunk, job.past)
-            except Exception as exc:  # a session failure on this prompt: this request only
+            except Exception as exc:  # noqa: BLE001 - a session failure on this prompt fails this request only
                 logger.warning("Prefill failed for %r: %s", request, exc)
                 self._prefilling = None
                 self._finish(request, "error", exc)
@@ -244,7 +247,7 @@ class Engine:
         """Choose and record ``request``'s next token; (why it ends, the error) or (None, None)."""
         try:
             reason = request.accept(request.choose(logits))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - its processor or sampling: this request only
             logger.warning("Request %d failed while choosing a token: %r", request.id, exc)
             return "error", exc
         if reason is None and len(request.prompt_ids) + len(request.generated) >= self._limits[request]:
@@ -261,7 +264,7 @@ class Engine:
         self._limits.pop(request, None)
         try:
             request.finish(reason, error)
-        except Exception as exc:  # the text flush failed: still end the request
+        except Exception as exc:  # noqa: BLE001 - the text flush failed: still end the request
             logger.warning("Request %d failed while finishing: %r", request.id, exc)
             request.finish("error", exc)
 
@@ -329,7 +332,7 @@ class Engine:
                 self._cache.remove(request)
                 self._finish(request, reason)
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Engine:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,9 +15,12 @@ Three layouts behind one small interface (`add`, `remove`, `decode`):
   lengths (optimum's, with ``position_ids``); it keeps `DecoderState`'s OrtValues.
 
 Why slots: both batched layouts give exactly the solo greedy tokens (fp32 and int4, rows of
-different lengths), and the slots skip the per-step copy of the whole cache. On the 2-core
-test machine, 8 rows with ~700-token pasts (SmolLM2-135M fp32), one decode step took
-{SLOT_MS} with slots and {PADDED_MS} padded (noisy; see `benchmarks/bench_concurrency.py`).
+different lengths; tests/test_engine_batching.py), and the slots skip the per-step copy of
+the whole cache (ONNX Runtime zero-fills and copies the past into every new present). On
+the shared 2-core test machine, a decode step of 8 rows with 700-750-token pasts on
+SmolLM2-135M took 0.48x the padded layout's time with slots, in int4 (55 vs 115 ms) and in
+fp32 (57 vs 120 ms) (noisy, medians of 2 rounds; `benchmarks/bench_concurrency.py --parts kv`).
+Joins and leaves cost one row copy with slots, a copy of the whole cache padded.
 """
 
 from __future__ import annotations

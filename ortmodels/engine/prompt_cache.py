@@ -52,7 +52,9 @@ class PromptCache:
 
     def __init__(self, max_bytes: int = 0) -> None:
         if not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ConfigurationError(f"prompt cache size must be a whole number of bytes >= 0 (0 = off), not {max_bytes!r}.")
+            raise ConfigurationError(
+                f"prompt cache size must be a whole number of bytes >= 0 (0 = off), not {max_bytes!r}."
+            )
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next = 0

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError
-from ..runtime.chat_template import ChatTemplate
 from ..engine.decoder import DecoderSession
 from ..engine.engine import Engine
 from ..engine.request import Request
+from ..errors import ModelFileError
+from ..runtime.chat_template import ChatTemplate
 from ..runtime.session import create_session
 from .probes import PROBE_PROMPTS, perplexity_text
 
