@@ -112,4 +112,4 @@ def test_graphs_that_cannot_batch_run_requests_one_at_a_time() -> None:
     engine.add_request(again)
     while engine.step():
         pass
-    assert again.cached_tokens == len(prompts[0]) - 1 and again.generated == requests[0].generated
+    assert again.cached_tokens == len(prompts[0]) - 2 and again.generated == requests[0].generated

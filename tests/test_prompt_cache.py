@@ -27,7 +27,7 @@ def test_lookup_finds_the_longest_shared_prefix_and_truncates() -> None:
     assert past[0].shape == (1, 2, 5, 4) and past[0].flags.c_contiguous
     np.testing.assert_array_equal(past[0][0, 0, :, 0], np.arange(5))
     np.testing.assert_array_equal(past[1][0, 1, :, 0], np.arange(5) + 1000)
-    assert cache.lookup(list(range(10)))[0] == 9  # one prompt token is always left to prefill
+    assert cache.lookup(list(range(10)))[0] == 8  # two prompt tokens are always left to prefill
     assert cache.lookup(list(range(12)))[0] == 10
     assert cache.lookup([7, 8, 9]) == (0, None)
     assert cache.hits == 3 and cache.misses == 1
@@ -38,11 +38,11 @@ def test_lru_eviction_by_bytes() -> None:
     cache = PromptCache(2 * entry)
     cache.store([1] + list(range(100, 109)), _past(10))
     cache.store([2] + list(range(100, 109)), _past(10))
-    assert cache.lookup([1, 100, 101])[0] == 2  # touch the first: the second is now least recent
+    assert cache.lookup([1, 100, 101, 102])[0] == 2  # touch the first: the second is now least recent
     cache.store([3] + list(range(100, 109)), _past(10))
     assert len(cache) == 2 and cache.nbytes <= 2 * entry
-    assert cache.lookup([2, 100, 101]) == (0, None)
-    assert cache.lookup([1, 100, 101])[0] == 2 and cache.lookup([3, 100, 101])[0] == 2
+    assert cache.lookup([2, 100, 101, 102]) == (0, None)
+    assert cache.lookup([1, 100, 101, 102])[0] == 2 and cache.lookup([3, 100, 101, 102])[0] == 2
     cache.store(list(range(1000)), _past(1000))  # larger than the whole cache: not kept
     assert len(cache) == 2
 

@@ -1,0 +1,125 @@
+"""Many callers of one chat model share decode steps and still get their own answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from ortmodels import ModelManager
+from ortmodels.runtime.chat import OnnxChatModel
+
+from .conftest import CHAT_SAMPLE
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["What is the capital of France?", "Name three fruits.", "What is 12 times 12?",
+             "Write a haiku about rain.", "Why is the sky blue?", "Say hello in Spanish.",
+             "What is the largest ocean?", "Give me a synonym for happy."]
+
+
+def _model(dtype: str) -> OnnxChatModel:
+    model = ModelManager().get_chat_model(f"{CHAT_SAMPLE}:{dtype}")
+    assert isinstance(model, OnnxChatModel)
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int4"])
+def test_eight_threads_share_decode_steps_and_get_their_solo_answers(dtype: str) -> None:
+    model = _model(dtype)
+    solo = [model.invoke(q, max_tokens=24).content for q in QUESTIONS]
+    engine = model.loaded.engine
+    steps_before, tokens_before = engine.steps, engine.decoded_tokens
+    answers: list[str | None] = [None] * len(QUESTIONS)
+    start = threading.Barrier(len(QUESTIONS))
+
+    def ask(index: int) -> None:
+        start.wait()
+        answers[index] = model.invoke(QUESTIONS[index], max_tokens=24).content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUESTIONS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    same = sum(a == s for a, s in zip(answers, solo))
+    assert same >= 7, list(zip(answers, solo))
+    steps = engine.steps - steps_before
+    tokens = engine.decoded_tokens - tokens_before
+    assert tokens >= 8 * 10 and steps < tokens / 2, (steps, tokens)  # rows decoded together
+
+
+def test_concurrent_ainvoke_calls_share_decode_steps() -> None:
+    model = _model("int4")
+    solo = [model.invoke(q, max_tokens=16).content for q in QUESTIONS]
+    engine = model.loaded.engine
+    steps_before, tokens_before = engine.steps, engine.decoded_tokens
+
+    async def ask_all() -> list[str]:
+        replies = await asyncio.gather(*(model.ainvoke(q, max_tokens=16) for q in QUESTIONS))
+        return [r.content for r in replies]
+
+    answers = asyncio.run(ask_all())
+    assert sum(a == s for a, s in zip(answers, solo)) >= 7
+    assert engine.steps - steps_before < (engine.decoded_tokens - tokens_before) / 2
+
+
+def test_a_cancelled_ainvoke_frees_its_row_and_the_others_finish() -> None:
+    model = _model("int4")
+    engine = model.loaded.engine
+
+    async def run() -> list[str]:
+        doomed = asyncio.create_task(model.ainvoke("Tell me a very long story.", max_tokens=400))
+        others = [asyncio.create_task(model.ainvoke(q, max_tokens=12)) for q in QUESTIONS[:3]]
+        await asyncio.sleep(0.5)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return [(await o).content for o in others]
+
+    answers = asyncio.run(run())
+    assert all(answers)
+    for _ in range(200):  # the engine frees the row at its next step
+        if not engine.active:
+            break
+        threading.Event().wait(0.01)
+    assert not engine.active and model.active_calls == 0
+
+
+def test_a_stream_closed_early_cancels_its_request() -> None:
+    model = _model("int4")
+    stream = model.stream("Count from one to one hundred in words.", max_tokens=300)
+    next(stream)
+    stream.close()
+    for _ in range(200):
+        if not model.loaded.engine.active:
+            break
+        threading.Event().wait(0.01)
+    assert not model.loaded.engine.active and model.active_calls == 0
+
+
+def test_the_prompt_cache_gives_the_answers_no_cache_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    system = SystemMessage("You answer questions about a long shared context. " * 40)
+    turns = [HumanMessage(q) for q in QUESTIONS[:5]]
+
+    def conversation() -> tuple[list[str], int]:
+        model = _model("int4")
+        history: list = [system]
+        answers, cached = [], 0
+        for turn in turns:
+            history.append(turn)
+            reply = model.invoke(history, max_tokens=12)
+            answers.append(reply.content)
+            cached += reply.usage_metadata["input_token_details"]["cache_read"]
+            history.append(reply)
+        ModelManager().unload_all()
+        return answers, cached
+
+    with_cache, cached = conversation()
+    monkeypatch.setenv("MODEL_PROMPT_CACHE", "0")
+    ModelManager().configure()
+    without_cache, none = conversation()
+    assert with_cache == without_cache
+    assert none == 0 and cached > 4 * 400  # the system prompt and earlier turns came from the cache
