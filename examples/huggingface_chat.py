@@ -27,7 +27,6 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
     HumanMessage,
     SystemMessage,
 )
@@ -36,11 +35,11 @@ from pydantic import Field, PrivateAttr
 
 from ortmodels import BaseLLMModel
 from ortmodels.errors import ChatInputError, MissingDependencyError, ModelFileError
+from ortmodels.runtime.messages import to_template_messages
 
 logger = logging.getLogger(__name__)
 
 INSTALL = "pip install 'ortmodels[export]'"
-_ROLES = ((SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"))
 _OPTIONS = frozenset({"max_tokens", "temperature"})
 
 
@@ -55,21 +54,6 @@ def _import_stack() -> tuple[Any, Any]:
             f"install the export extra: {INSTALL}"
         ) from exc
     return torch, transformers
-
-
-def to_chat_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the ``{"role", "content"}`` dicts a chat template expects."""
-    if not messages:
-        raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
-    converted = []
-    for index, message in enumerate(messages):
-        role = message.role if isinstance(message, ChatMessage) else next(
-            (name for cls, name in _ROLES if isinstance(message, cls)), None
-        )
-        if role not in ("system", "user", "assistant"):
-            raise ChatInputError(f"Message {index} is a {message.type!r} message; use system, user or assistant.")
-        converted.append({"role": role, "content": message.text})
-    return converted
 
 
 class HuggingFaceChatModel(BaseLLMModel):
@@ -160,7 +144,7 @@ class HuggingFaceChatModel(BaseLLMModel):
             raise ChatInputError(f"max_tokens must be at least 1 and temperature at least 0, "
                              f"not {max_tokens} and {temperature}.")
         prompt = self._tokenizer.apply_chat_template(
-            to_chat_messages(messages), add_generation_prompt=True, return_dict=True, return_tensors="pt",
+            to_template_messages(messages), add_generation_prompt=True, return_dict=True, return_tensors="pt",
         ).to(self._model.device)
         options: dict[str, Any] = {"input_ids": prompt["input_ids"], "attention_mask": prompt["attention_mask"],
                                    "max_new_tokens": int(max_tokens)}  # not token_type_ids: Llama takes none
@@ -206,7 +190,11 @@ class HuggingFaceChatModel(BaseLLMModel):
         """``generate`` runs in a thread and hands text to a `TextIteratorStreamer`, as transformers
         documents; stop strings are held back until they can no longer start in the pending text."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         prompt_ids, options = self._prepare(messages, stop, kwargs)
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -24,13 +24,8 @@ from langchain_core.language_models.chat_models import (
     generate_from_stream,
 )
 from langchain_core.messages import (
-    AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -51,9 +46,9 @@ from ..errors import ChatInputError, ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .chat_template import ChatTemplate
+from .messages import check_stop, keep_tail, to_template_messages
 from .session import output_width
 from .tokenization import (
-    check_unicode,
     check_vocabulary,
     load_tokenizer,
     max_token_chars,
@@ -62,77 +57,7 @@ from .variant import open_variant
 
 logger = logging.getLogger(__name__)
 
-#: Message classes and their chunk subclasses (a streamed reply fed back as history).
-_ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
-    (SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"), (ToolMessage, "tool"),
-)
-_TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _DEFAULT_MAX_TOKENS = 512
-
-
-def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the ``{"role", "content"}`` dicts chat templates expect."""
-    if not messages:
-        raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
-    converted = []
-    for index, message in enumerate(messages):
-        role = message.role if isinstance(message, ChatMessage) else next(
-            (name for cls, name in _ROLES if isinstance(message, cls)), None
-        )
-        if role not in _TEMPLATE_ROLES:
-            raise ChatInputError(
-                f"Message {index} has role {getattr(message, 'role', message.type)!r}; chat "
-                f"templates know {', '.join(sorted(_TEMPLATE_ROLES))}."
-            )
-        if isinstance(message.content, list):
-            kinds = {b.get("type") for b in message.content if isinstance(b, dict)} - {"text"}
-            if kinds:
-                raise ChatInputError(
-                    f"Message {index} has {', '.join(sorted(map(str, kinds)))} content; this model reads text only."
-                )
-        text = message.text
-        try:
-            check_unicode(text, f"Message {index}")
-        except ValueError as exc:
-            raise ChatInputError(str(exc)) from None
-        converted.append({"role": role, "content": text})
-    return converted
-
-
-def check_stop(stop: object, where: str = "stop") -> list[str]:
-    """Stop strings as a list: one string is one stop string (as LangChain's other models take it)."""
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, (list, tuple)):
-        raise ChatInputError(f"{where} must be a string or a list of strings, not {type(stop).__name__}.")
-    for index, item in enumerate(stop):
-        if not isinstance(item, str):
-            raise ChatInputError(
-                f"{where}[{index}] is {type(item).__name__} {item!r:.40}; stop strings must be strings, "
-                "e.g. stop=['\\n\\n']."
-            )
-        try:
-            check_unicode(item, f"{where}[{index}]")
-        except ValueError as exc:
-            raise ChatInputError(str(exc)) from None
-    return list(stop)
-
-
-def _keep_tail(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
-    """The newest messages whose text fits in ``chars`` (the newest one cut to its end if alone
-    it is too long): what ``truncate_prompt`` keeps of a conversation far beyond the context."""
-    kept: list[dict[str, str]] = []
-    for message in reversed(messages):
-        if chars <= 0:
-            break
-        content = message["content"]
-        if len(content) > chars:
-            content = content[-chars:]
-        kept.append({**message, "content": content})
-        chars -= len(content)
-    return kept[::-1]
 
 
 # Generation options: one bounded type each, shared by the model's fields and per-call checks.
@@ -301,7 +226,7 @@ class OnnxChatModel(BaseLLMModel):
                     f"context of {context} tokens holds at most {bound:,} with this tokenizer. Shorten "
                     "the conversation, or set truncate_prompt=True to drop the oldest text."
                 )
-            converted = _keep_tail(converted, bound)
+            converted = keep_tail(converted, bound)
         prompt = loaded.template.render(converted, add_generation_prompt=True, max_chars=2 * bound)
         if len(prompt) > bound:
             if not self.truncate_prompt:

@@ -56,6 +56,14 @@ class _Budget:
         if size > self.chars:
             raise _RenderLimit(f"{what} would be {size:,} characters, more than the {self.chars:,} allowed")
 
+    def check_call(self, values: tuple[Any, ...], what: str) -> None:
+        """Before a function or filter runs: in time, and no whole-number argument past the size
+        bound (``center(300000000)``, ``indent(width=...)``)."""
+        self.check_time()
+        for value in values:
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.check_size(value, what)
+
 
 _budget: threading.local = threading.local()
 
@@ -95,10 +103,7 @@ def _bounded_environment() -> Any:
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
             budget = _current_budget()
             if budget is not None:
-                budget.check_time()
-                for value in (*args, *kwargs.values()):
-                    if isinstance(value, int) and not isinstance(value, bool):
-                        budget.check_size(value, "a number passed to a function")
+                budget.check_call((*args, *kwargs.values()), "a number passed to a function")
             return super().call(__context, __obj, *args, **kwargs)
 
     # optimized=False: no constant folding at compile time, where no bound applies yet
@@ -122,10 +127,7 @@ def _bounded_filter(function: Any) -> Any:
     def bounded(context: Any, *args: Any, **kwargs: Any) -> Any:
         budget = _current_budget()
         if budget is not None:
-            budget.check_time()
-            for value in (*args, *kwargs.values()):
-                if isinstance(value, int) and not isinstance(value, bool):
-                    budget.check_size(value, "a number passed to a filter")
+            budget.check_call((*args, *kwargs.values()), "a number passed to a filter")
         if wants is _PassArg.context:
             return function(context, *args, **kwargs)
         if wants is _PassArg.eval_context:
