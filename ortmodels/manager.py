@@ -109,7 +109,7 @@ class ModelManager:
         self.unload_all()
         with self._lock:
             for entry in self._entries.values():
-                entry.model._observer = None
+                entry.model.set_listener(None)
             self._entries.clear()
             self._apply(settings or load_settings())
 
@@ -155,7 +155,7 @@ class ModelManager:
             rows.append(LoadedModel(
                 name=entry.key[1], kind=entry.key[0], variant=getattr(model, "loaded_variant", None),
                 version=getattr(model, "loaded_version", None),
-                device=getattr(getattr(model, "_opened", None), "device", None) or model.device,
+                device=getattr(model, "loaded_device", None) or model.device,
                 memory_bytes=entry.memory, loaded_at=entry.loaded_at, last_used=entry.last_used,
                 expires_at=entry.expires_at, active_calls=getattr(model, "active_calls", 0),
                 model_class=type(model).__name__,
@@ -228,7 +228,7 @@ class ModelManager:
             entry = self._entries.get(key)
             if entry is None:
                 model = construct_model(self._store, self._settings, kind, name, model_class, version, dtype)  # type: ignore[arg-type]
-                model._observer = self
+                model.set_listener(self)
                 entry = self._entries[key] = CacheEntry(key, model)
             model = entry.model
         model.load()  # the model's own lock: concurrent callers wait for one load
@@ -240,7 +240,7 @@ class ModelManager:
         except OrtModelsError:  # not in the store: a registered class may load it from elsewhere
             return None
 
-    # -- the cache policy, driven by the models' own life cycle --------------------------------
+    # -- the cache policy, driven by the models' own life cycle (the ModelListener interface) --
 
     def _entry_of(self, model: Any) -> CacheEntry | None:
         key = next((k for k, e in self._entries.items() if e.model is model), None)
@@ -257,10 +257,10 @@ class ModelManager:
                 list(self._entries.values()), self._settings.model_memory_budget, incoming, keep
             )
         for victim in victims:
-            if victim.model._unload_if_idle():
+            if victim.model.unload_if_idle():
                 logger.info("Unloaded %s to stay within MODEL_MEMORY_BUDGET", victim.key[1])
 
-    def _model_loading(self, model: Any) -> None:
+    def model_loading(self, model: Any) -> None:
         """Called by a managed model before it loads: make room for it within the budget."""
         if self._settings.model_memory_budget <= 0:
             return
@@ -269,12 +269,12 @@ class ModelManager:
         if entry is None:
             return
         kind, name, model_class, version, dtype = entry.key
-        incoming = model._last_memory or estimate_memory(
+        incoming = model.last_memory_bytes or estimate_memory(
             self._store, self._settings, kind, name, model_class, version, dtype  # type: ignore[arg-type]
         )
         self._make_room(entry, incoming)
 
-    def _model_loaded(self, model: Any) -> None:
+    def model_loaded(self, model: Any) -> None:
         """Called by a managed model after every load, including a reload on its next use."""
         with self._lock:
             entry = self._entry_of(model)
@@ -287,7 +287,7 @@ class ModelManager:
         self._publish()
         logger.info("Loaded %s model %s", entry.key[0], entry.key[1])
 
-    def _model_unloaded(self, model: Any) -> None:
+    def model_unloaded(self, model: Any) -> None:
         with self._lock:
             entry = self._entry_of(model)
             if entry is not None:
@@ -296,7 +296,7 @@ class ModelManager:
         return_freed_memory()
         self._publish()
 
-    def _model_used(self, model: Any) -> None:
+    def model_used(self, model: Any) -> None:
         """Called by a managed model after each call: LRU time and keep-alive expiry."""
         with self._lock:
             entry = self._entry_of(model)
@@ -333,7 +333,7 @@ class ModelManager:
                 def still_expired(entry: CacheEntry = entry) -> bool:
                     return entry.expires_at is not None and entry.expires_at <= time.time()
 
-                if entry.model._unload_if_idle(still_expired):
+                if entry.model.unload_if_idle(still_expired):
                     logger.info("Unloaded %s: idle for its keep-alive", entry.key[1])
                 else:  # busy now: look again shortly rather than spin
                     with self._lock:

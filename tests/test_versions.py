@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ortmodels import ModelManager
 from ortmodels.cli import _register, app
-from ortmodels.errors import UnknownVersionError, VersionInUseError
+from ortmodels.errors import InvalidVersionError, UnknownVersionError, VersionInUseError
 from ortmodels.export import export_model
 from ortmodels.store import ModelStore
 from ortmodels.store.versions import (
@@ -96,7 +96,7 @@ def test_unknown_version_lists_the_known_ones(versioned: tuple[Path, str, str],
     manager = _use_store(monkeypatch, model_dir)
     with pytest.raises(UnknownVersionError, match=f"Versions: {new}, {old}"):
         manager.get_embedding_model(EMBEDDING_SAMPLE, version="20200101T000000Z-deadbeef")
-    with pytest.raises(UnknownVersionError):
+    with pytest.raises(InvalidVersionError, match="Invalid export version '../../etc'"):
         manager.get_embedding_model(EMBEDDING_SAMPLE, version="../../etc")
     with pytest.raises(VersionInUseError, match="active"):
         delete_version(model_dir, new)

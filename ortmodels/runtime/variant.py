@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..base import loading_model
+from ..lifecycle import loading_model
 from ..config import Settings
 from ..errors import ModelFileError, UnknownVersionError
 from ..precision import select_variant
@@ -83,7 +83,7 @@ def open_variant(
         raise
     opened = OpenVariant(info, variant, folder, resolved, session)
     if owner is not None:
-        owner._attach(opened, lease)
+        owner.attach_variant(opened, lease)
     elif lease is not None:  # opened outside a model's load(): nothing would release it later
         lease.release()
     return opened

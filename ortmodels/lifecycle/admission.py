@@ -1,0 +1,200 @@
+"""Call admission: every public entry point runs inside this guard.
+
+The model stays loaded for the call (an unload waits), the call is timed into the stats
+once however nested, and its undo cannot be skipped, not even by a cancelled task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from ..monitoring import stats
+
+_in_call: ContextVar[frozenset[int]] = ContextVar("ortmodels_in_call", default=frozenset())
+
+
+class CallAdmission:
+    """The call guard every public entry point runs in (see the comment below); thread-safe."""
+
+    _lock: threading.RLock
+    _idle: threading.Condition
+    _loaded: bool
+    _active: int
+    _draining: int
+    _listener: Any
+    _holders: dict[int, _Call]
+
+    if TYPE_CHECKING:
+        def load(self) -> Any: ...  # from LoadState
+
+    # -- the call guard -----------------------------------------------------------------------
+    # Every public entry point runs inside it: the model stays loaded for the call (an unload
+    # waits), and the call is timed into the stats once, however nested (LangChain's stream
+    # falls back to invoke, for instance). Nesting is told by a context variable that holds
+    # the model only while the model's own code runs, never while a stream is handed back
+    # to the caller.
+
+    def _begin_call(self, nested: bool, what: str) -> _Call:
+        """Wait out an unload in progress, load if needed, count the call; blocking."""
+        while True:
+            with self._lock:
+                while self._draining and not nested:  # a nested call must not wait on its outer call
+                    self._idle.wait()
+                if self._loaded:
+                    self._active += 1
+                    call = _Call(what)
+                    self._holders[id(call)] = call
+                    if not nested:
+                        call.record = stats.CallRecord()
+                        call.record.key = stats.key_of(self)
+                    return call
+            self.load()  # outside the lock: the manager may unload other models to make room
+
+    async def _abegin_call(self, what: str) -> _Call:
+        """`_begin_call` off the event loop, with an undo that a cancelled caller cannot skip.
+
+        The admission runs in a worker thread; if the awaiting task is cancelled meanwhile
+        (``asyncio.wait_for`` on a model still loading), the thread still finishes admitting
+        the call, so the call is ended as soon as it does, instead of being counted forever.
+        """
+        loop = asyncio.get_running_loop()
+        admitted = loop.run_in_executor(None, self._begin_call, self._nested(), what)
+        try:
+            return await asyncio.shield(admitted)
+        except asyncio.CancelledError:
+            def undo(future: asyncio.Future) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    call = future.result()
+                    if call.record is not None:
+                        call.record.failed = True
+                    loop.run_in_executor(None, self._end_call, call)  # takes the model's lock
+
+            admitted.add_done_callback(undo)
+            raise
+
+    async def _aend_call(self, call: _Call) -> None:
+        """`_end_call` off the event loop; it runs to the end even if the caller is cancelled."""
+        ended = asyncio.get_running_loop().run_in_executor(None, self._end_call, call)
+        await asyncio.shield(ended)
+
+    def _end_call(self, call: _Call) -> None:
+        with self._lock:
+            if self._holders.pop(id(call), None) is None:
+                return  # already ended: an undo can never count a call twice
+            self._active -= 1
+            if not self._active:
+                self._idle.notify_all()
+        record = call.record
+        if record is not None:
+            record.finish()
+            stats.registry().record_call(record.key, self, record)
+            if self._listener is not None:
+                self._listener.model_used(self)
+
+    def _nested(self) -> bool:
+        return id(self) in _in_call.get()
+
+    @contextmanager
+    def _marked(self) -> Iterator[None]:
+        token = _in_call.set(_in_call.get() | {id(self)})
+        try:
+            yield
+        finally:
+            _in_call.reset(token)
+
+    @contextmanager
+    def _use(self, what: str = "call") -> Iterator[stats.CallRecord | None]:
+        """The call guard for a call that does not hand control back before it returns."""
+        call = self._begin_call(self._nested(), what)
+        try:
+            with self._marked():
+                yield call.record
+        except BaseException:
+            if call.record is not None:
+                call.record.failed = True
+            raise
+        finally:
+            self._end_call(call)
+
+    @asynccontextmanager
+    async def _ause(self, what: str = "async call") -> AsyncIterator[stats.CallRecord | None]:
+        """The call guard for coroutines: waiting and loading run off the event loop."""
+        call = await self._abegin_call(what)
+        try:
+            with self._marked():
+                yield call.record
+        except BaseException:
+            if call.record is not None:
+                call.record.failed = True
+            raise
+        finally:
+            await self._aend_call(call)
+
+    def _guarded_iter(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        """Run a stream under the guard; the model is marked only while producing a chunk."""
+        call = self._begin_call(self._nested(), "stream")
+        record = call.record
+        try:
+            while True:
+                with self._marked():
+                    chunk = next(iterator, _DONE)
+                if chunk is _DONE:
+                    return
+                if record is not None:
+                    record.saw_chunk(chunk)
+                yield chunk
+        except BaseException:
+            if record is not None:
+                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+            raise
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a caller that stopped early: let the model's stream clean up now
+                with self._marked():
+                    close()
+            self._end_call(call)
+
+    async def _aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        call = await self._abegin_call("async stream")
+        record = call.record
+        try:
+            while True:
+                with self._marked():
+                    chunk = await anext(iterator, _DONE)
+                if chunk is _DONE:
+                    return
+                if record is not None:
+                    record.saw_chunk(chunk)
+                yield chunk
+        except BaseException:
+            if record is not None:
+                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+            raise
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with self._marked():
+                    await aclose()
+            await self._aend_call(call)
+
+
+class _Call:
+    """One admitted call: what it is and who made it, so a timed-out unload can name it."""
+
+    __slots__ = ("record", "started", "thread", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.thread = threading.current_thread().name
+        self.started = time.monotonic()
+        self.record: stats.CallRecord | None = None
+
+
+_DONE = object()

@@ -1,0 +1,232 @@
+"""Loading and unloading a model, its export version lease, and telling its listener.
+
+Load and unload take the model's lock; the listener (the manager) is told before a load
+and after loads, unloads and calls, never while the lock is held, so two models loading at
+once never wait on each other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelBusyError
+from ..monitoring import stats
+
+if TYPE_CHECKING:
+    from .listener import ModelListener
+
+_loading: ContextVar[Any] = ContextVar("ortmodels_loading_model", default=None)
+#: The model whose ``load()`` is running in this context, for `open_variant` to attach to.
+
+
+def loading_model() -> Any:
+    """The model whose ``load()`` is running in this thread or task, if any."""
+    return _loading.get()
+
+
+class LoadState:
+    """load / unload / is_loaded, the version lease and the listener; thread-safe.
+
+    Each base provides ``_lock`` (an ``RLock``), ``_idle`` (a ``Condition`` on it),
+    ``_loaded``, ``_active`` (calls running now, counted by `CallAdmission`),
+    ``_opened``/``_lease`` (what `open_variant` attached) and ``_listener`` (the
+    `ModelListener`, usually the `ModelManager` that caches the model, told of loads,
+    unloads and uses so it can apply its memory budget and keep-alive).
+    """
+
+    _lock: threading.RLock
+    _idle: threading.Condition
+    _loaded: bool
+    _active: int
+    _draining: int
+    _last_memory: int
+    """What the model held when last loaded: the room to make before loading it again."""
+    _opened: Any
+    _lease: Any
+    _listener: ModelListener | None
+    _holders: dict[int, Any]
+    """The calls admitted now, by id, for `unload`'s report when it times out."""
+    version: str | None
+
+    def _load(self) -> None:
+        """Open whatever the model needs (sessions, tokenizers); called once per load."""
+
+    def _unload(self) -> None:
+        """Release what `_load` opened."""
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def active_calls(self) -> int:
+        """Calls running on this model right now."""
+        return self._active
+
+    @property
+    def loaded_variant(self) -> str | None:
+        """The precision that was opened (``fp32``, ``int4``, ...), once loaded by ortmodels' classes."""
+        return self._opened.variant if self._opened is not None else None
+
+    @property
+    def loaded_version(self) -> str | None:
+        """The export version that was opened, once loaded by ortmodels' classes."""
+        return self._opened.info.version if self._opened is not None else None
+
+    @property
+    def last_memory_bytes(self) -> int:
+        """What the model held when last loaded: the room to make before loading it again."""
+        return self._last_memory
+
+    @property
+    def loaded_device(self) -> str | None:
+        """The device the opened variant runs on, once loaded by ortmodels' classes."""
+        return self._opened.device if self._opened is not None else None
+
+    def set_listener(self, listener: ModelListener | None) -> None:
+        """Who is told of this model's loads, unloads and calls (the manager that caches it)."""
+        self._listener = listener
+
+    def memory_bytes(self) -> int:
+        """What the loaded model holds, for the manager's memory budget (the variant's file size).
+
+        A user's subclass that opens no ortmodels export may override this; 0 means unknown.
+        """
+        return self._opened.size if (self._loaded and self._opened is not None) else 0
+
+    def attach_variant(self, opened: Any, lease: Any) -> None:
+        """Called by `open_variant` during `_load`: what was opened, and the version lease."""
+        if self._lease is not None:
+            self._lease.release()
+        self._opened, self._lease = opened, lease
+
+    def load(self) -> Any:
+        """Load the model if it is not loaded yet; returns ``self`` so calls can chain.
+
+        The manager is told before (to make room within its memory budget) and after,
+        never while this model's lock is held, so two models loading at once cannot wait
+        on each other.
+        """
+        if self._loaded:
+            return self
+        if self._listener is not None:
+            self._listener.model_loading(self)
+        with self._lock:
+            if self._loaded:
+                return self
+            started = time.perf_counter()
+            token = _loading.set(self)
+            try:
+                self._load()
+            except BaseException:
+                self._release_variant()
+                raise
+            finally:
+                _loading.reset(token)
+            self._loaded = True
+            seconds = time.perf_counter() - started
+            self._last_memory = self.memory_bytes()
+            key = stats.key_of(self)
+        stats.registry().record_load(key, self, seconds, self._last_memory)
+        if self._listener is not None:
+            self._listener.model_loaded(self)
+        return self
+
+    def unload(self, timeout: float | None = None) -> None:
+        """Release the model's memory once running calls have finished; a later call loads it again.
+
+        New calls wait while an unload waits, so a busy model cannot put it off forever. With
+        a ``timeout`` (seconds), an unload that still finds calls running then gives up and
+        raises `ModelBusyError` naming them (a stream that was opened and never read, say);
+        the model stays loaded and the waiting calls go on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._draining += 1
+            try:
+                while self._active:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise ModelBusyError(
+                            f"Could not unload {getattr(self, 'model_name', None) or type(self).__name__} "
+                            f"within {timeout:g} s: {self._active} call(s) still hold it "
+                            f"({self._describe_holders()}). Finish or close those calls (a stream "
+                            "must be read to its end or closed), or unload with a longer timeout."
+                        )
+                    self._idle.wait(left)
+                if not self._loaded:
+                    return
+                self._unload()
+                self._loaded = False
+                self._release_variant()
+            finally:
+                self._draining -= 1
+                self._idle.notify_all()
+        if self._listener is not None:
+            self._listener.model_unloaded(self)
+
+    def _describe_holders(self) -> str:
+        now = time.monotonic()
+        calls = sorted(self._holders.values(), key=lambda h: h.started)
+        return "; ".join(f"{h.what} from thread {h.thread!r}, running {now - h.started:.1f} s" for h in calls) or "?"
+
+    def unload_unless_version(self, version: str | None) -> bool:
+        """Unload if the loaded export version is not ``version``; a load in progress is waited for.
+
+        What a rollback uses: the model's lock is held for the whole of a load, so an
+        instance that was opening the replaced version when the rollback happened is
+        seen here once it has opened it, never skipped.
+        """
+        with self._lock:
+            if not self._loaded or self.loaded_version in (None, version):
+                return False
+        self.unload()
+        return True
+
+    def unload_if_idle(self, still_wanted: Any = None) -> bool:
+        """Unload now if no call is running or waiting and ``still_wanted()`` agrees; never blocks.
+
+        What the manager's budget and keep-alive use: a busy model is skipped, not waited for.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._loaded or self._active or self._draining:
+                return False
+            if still_wanted is not None and not still_wanted():
+                return False
+            self._unload()
+            self._loaded = False
+            self._release_variant()
+        finally:
+            self._lock.release()
+        if self._listener is not None:
+            self._listener.model_unloaded(self)
+        return True
+
+    def _release_variant(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+        self._lease = None
+        self._opened = None
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+
+
+def init_life_cycle(model: Any) -> None:
+    """The life-cycle state of a model that is not a pydantic model (the embedding base)."""
+    model._lock = threading.RLock()
+    model._idle = threading.Condition(model._lock)
+    model._loaded = False
+    model._active = 0
+    model._draining = 0
+    model._last_memory = 0
+    model._opened = None
+    model._lease = None
+    model._listener = None
+    model._holders = {}
