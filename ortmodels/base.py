@@ -134,6 +134,7 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     _loaded: bool = PrivateAttr(default=False)
     _active: int = PrivateAttr(default=0)
     _draining: int = PrivateAttr(default=0)
+    _pending: int = PrivateAttr(default=0)
     _last_memory: int = PrivateAttr(default=0)
     _opened: Any = PrivateAttr(default=None)
     _lease: Any = PrivateAttr(default=None)

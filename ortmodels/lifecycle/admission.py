@@ -28,6 +28,7 @@ class CallAdmission:
     _loaded: bool
     _active: int
     _draining: int
+    _pending: int
     _listener: Any
     _holders: dict[int, _Call]
 
@@ -42,20 +43,38 @@ class CallAdmission:
     # to the caller.
 
     def _begin_call(self, nested: bool, what: str) -> _Call:
-        """Wait out an unload in progress, load if needed, count the call; blocking."""
-        while True:
-            with self._lock:
-                while self._draining and not nested:  # a nested call must not wait on its outer call
-                    self._idle.wait()
-                if self._loaded:
-                    self._active += 1
-                    call = _Call(what)
-                    self._holders[id(call)] = call
-                    if not nested:
-                        call.record = stats.CallRecord()
-                        call.record.key = stats.key_of(self)
-                    return call
-            self.load()  # outside the lock: the manager may unload other models to make room
+        """Wait out an unload in progress, load if needed, count the call; blocking.
+
+        While it loads for a call, the model counts as wanted (``_pending``), so a keep-alive
+        of 0 or a tight budget cannot unload it between the load and the call's admission
+        (which, under load, could repeat without end).
+        """
+        pending = False
+        try:
+            while True:
+                with self._lock:
+                    while self._draining and not nested:  # a nested call must not wait on its outer call
+                        self._idle.wait()
+                    if self._loaded:
+                        if pending:
+                            self._pending -= 1
+                            pending = False
+                        self._active += 1
+                        call = _Call(what)
+                        self._holders[id(call)] = call
+                        if not nested:
+                            call.record = stats.CallRecord()
+                            call.record.key = stats.key_of(self)
+                        return call
+                    if not pending:
+                        self._pending += 1
+                        pending = True
+                self.load()  # outside the lock: the manager may unload other models to make room
+        except BaseException:
+            if pending:
+                with self._lock:
+                    self._pending -= 1
+            raise
 
     async def _abegin_call(self, what: str) -> _Call:
         """`_begin_call` off the event loop, with an undo that a cancelled caller cannot skip.

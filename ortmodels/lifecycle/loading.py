@@ -42,6 +42,8 @@ class LoadState:
     _loaded: bool
     _active: int
     _draining: int
+    _pending: int
+    """Calls loading the model to run on it: an idle unload waits for them."""
     _last_memory: int
     """What the model held when last loaded: the room to make before loading it again."""
     _opened: Any
@@ -194,7 +196,7 @@ class LoadState:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            if not self._loaded or self._active or self._draining:
+            if not self._loaded or self._active or self._draining or self._pending:
                 return False
             if still_wanted is not None and not still_wanted():
                 return False
@@ -225,6 +227,7 @@ def init_life_cycle(model: Any) -> None:
     model._loaded = False
     model._active = 0
     model._draining = 0
+    model._pending = 0
     model._last_memory = 0
     model._opened = None
     model._lease = None
