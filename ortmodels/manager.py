@@ -9,14 +9,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import cache
-from .cache import CacheEntry
 from .config import Settings, load_settings
 from .errors import ModelBusyError, OrtModelsError
 from .kinds import is_loaded_class, kind_spec
+from .lifecycle import cache
+from .lifecycle.cache import CacheEntry
+from .lifecycle.keep_alive import KeepAliveThread
+from .lifecycle.memory import return_freed_memory
 from .loader import construct_model, estimate_memory
-from .memory import return_freed_memory
-from .monitoring import runtime_state, stats
+from .monitoring import stats
+from .monitoring.runtime_state import StatePublisher
 from .registry import ModelRegistry
 from .store import ModelInfo, ModelStore, versions
 from .store.names import split_tag
@@ -35,8 +37,6 @@ class _CacheKey(NamedTuple):
     model_class: Any
     version: str | None
     dtype: str | None
-#: Least seconds between two runtime-state files written after calls (``ortmodels ps``).
-_PUBLISH_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,13 @@ class ModelManager:
 
     def _init(self) -> None:
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
         self._entries: dict[_CacheKey, CacheEntry] = {}
-        self._reaper: threading.Thread | None = None
-        self._last_publish = 0.0
-        self._publish_lock = threading.Lock()
+        self._keep_alive = KeepAliveThread(self._lock, lambda: list(self._entries.values()))
+        self._publisher = StatePublisher(lambda: self._settings.local_models_dir,
+                                         lambda: [asdict(r) for r in self.loaded()])
         self._registry = ModelRegistry()
         self._apply(load_settings())
-        atexit.register(self._publish_exit)
+        atexit.register(self._publisher.clear)
 
     def _apply(self, settings: Settings) -> None:
         self._settings = settings
@@ -284,7 +283,7 @@ class ModelManager:
             entry.touch(self._settings.model_keep_alive)
         self._make_room(entry, 0)
         self._schedule()
-        self._publish()
+        self._publisher.publish()
         logger.info("Loaded %s model %s", entry.key[0], entry.key[1])
 
     def model_unloaded(self, model: Any) -> None:
@@ -294,7 +293,7 @@ class ModelManager:
                 entry.loaded_at = None
                 entry.expires_at = None
         return_freed_memory()
-        self._publish()
+        self._publisher.publish()
 
     def model_used(self, model: Any) -> None:
         """Called by a managed model after each call: LRU time and keep-alive expiry."""
@@ -304,50 +303,11 @@ class ModelManager:
                 return
             entry.touch(self._settings.model_keep_alive)
         self._schedule()  # keep-alive 0 too: unloaded by the keep-alive thread, not the caller
-        if time.monotonic() - self._last_publish >= _PUBLISH_EVERY_S:
-            self._publish()
+        self._publisher.publish(soon=True)
 
     def _schedule(self) -> None:
-        """Wake (or start) the thread that unloads models whose keep-alive has run out."""
-        if self._settings.model_keep_alive < 0:
-            return
-        with self._lock:
-            if self._reaper is None or not self._reaper.is_alive():
-                self._reaper = threading.Thread(target=self._reap, name="ortmodels-keep-alive", daemon=True)
-                self._reaper.start()
-            self._wake.notify_all()
-
-    def _reap(self) -> None:
-        while True:
-            with self._lock:
-                entries = list(self._entries.values())
-                due = cache.expired(entries)
-                if not due:
-                    upcoming = cache.next_expiry(entries)
-                    if upcoming is None:
-                        self._wake.wait(timeout=60.0)
-                    else:
-                        self._wake.wait(timeout=max(0.01, upcoming - time.time()))
-                    continue
-            for entry in due:
-                def still_expired(entry: CacheEntry = entry) -> bool:
-                    return entry.expires_at is not None and entry.expires_at <= time.time()
-
-                if entry.model.unload_if_idle(still_expired):
-                    logger.info("Unloaded %s: idle for its keep-alive", entry.key[1])
-                else:  # busy now: look again shortly rather than spin
-                    with self._lock:
-                        self._wake.wait(timeout=0.05)
-
-    def _publish(self) -> None:
-        with self._publish_lock:  # one writer at a time, so an older snapshot never lands last
-            self._last_publish = time.monotonic()
-            runtime_state.write_state(
-                self._settings.local_models_dir, [asdict(r) for r in self.loaded()], stats.registry().snapshot()
-            )
-
-    def _publish_exit(self) -> None:
-        runtime_state.write_state(self._settings.local_models_dir, [], [])
+        if self._settings.model_keep_alive >= 0:
+            self._keep_alive.wake()
 
     # -- unloading ----------------------------------------------------------------------------
 

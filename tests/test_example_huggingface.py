@@ -17,7 +17,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+)
 
 from ortmodels import ModelManager
 from ortmodels.errors import ChatInputError, MissingDependencyError

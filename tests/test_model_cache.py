@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 from ortmodels import BaseEmbeddingModel, ModelManager
-from ortmodels.cache import CacheEntry, expired, victims_for_budget
 from ortmodels.config import load_settings
 from ortmodels.errors import ConfigurationError
+from ortmodels.lifecycle.cache import CacheEntry, expired, victims_for_budget
 from ortmodels.units import parse_bytes, parse_seconds
 
 MB = 1_000_000

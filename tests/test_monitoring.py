@@ -95,7 +95,7 @@ def test_prometheus_exposition_matches_stats(used: dict) -> None:
 
 
 def test_ps_and_stats_commands_see_this_process(used: dict) -> None:
-    ModelManager()._publish()
+    ModelManager()._publisher.publish()
     ps = json.loads(_cli("ps", "--json"))
     (mine,) = [p for p in ps if p["pid"] == os.getpid()]
     assert {m["name"] for m in mine["loaded"]} == {EMBEDDING_SAMPLE, CHAT_SAMPLE}

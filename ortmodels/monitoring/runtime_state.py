@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,28 @@ def read_states(models_dir: Path) -> list[dict[str, Any]]:
         if pid_text.isdigit() and not _alive(int(pid_text)):
             leftover.unlink(missing_ok=True)
     return states
+
+
+class StatePublisher:
+    """Writes this process's state file: at once after loads and unloads, at most once a
+    second after calls, one writer at a time so an older snapshot never lands last."""
+
+    def __init__(self, models_dir: Callable[[], Path], loaded: Callable[[], list[dict[str, Any]]],
+                 every_s: float = 1.0) -> None:
+        self._models_dir, self._loaded, self._every_s = models_dir, loaded, every_s
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def publish(self, *, soon: bool = False) -> None:
+        """Write the state now (``soon``: only if the last write is a second old)."""
+        if soon and time.monotonic() - self._last < self._every_s:
+            return
+        from . import stats
+
+        with self._lock:
+            self._last = time.monotonic()
+            write_state(self._models_dir(), self._loaded(), stats.registry().snapshot())
+
+    def clear(self) -> None:
+        """At exit: nothing loaded any more."""
+        write_state(self._models_dir(), [], [])
