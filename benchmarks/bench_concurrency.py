@@ -24,7 +24,7 @@ import numpy as np
 
 from ortmodels.engine import DecoderSession, Engine, Request
 from ortmodels.engine.kv_cache import PaddedCache, SlotCache
-from ortmodels.runtime.session import create_session
+from ortmodels.engine.session import create_session
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

@@ -3,7 +3,7 @@
 Measured as users run it: ``stream()`` with ``max_tokens`` as the cap, greedy. The
 checkpoint's chat template renders the messages, as in every other contender. For
 perplexity the loaded model's `DecoderSession` gives the logits of a whole text in one
-pass, whatever graph the export produced.
+pass (through its engine), whatever graph the export produced.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ MODEL = "smollm2-135m-instruct"
 class OrtModelsEngine:
     def __init__(self, models_dir: Path, dtype: str) -> None:
         from ortmodels import OnnxChatModel
+        from ortmodels.config import load_settings
 
-        self.model = OnnxChatModel(model_path=models_dir / MODEL, dtype=dtype, device="cpu", temperature=0.0).load()
+        # No prompt cache: every round repeats the same prompt, and the peers prefill it each time.
+        settings = load_settings(model_prompt_cache=0)
+        self.model = OnnxChatModel(model_path=models_dir / MODEL, dtype=dtype, device="cpu", temperature=0.0,
+                                   settings=settings).load()
 
     @staticmethod
     def _messages(prompt: dict[str, Any]) -> list[Any]:
@@ -51,7 +55,7 @@ class OrtModelsEngine:
         return timings(start, first, end, int(usage.get("output_tokens", 0)), "".join(pieces), finish_reason=finish)
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        return np.asarray(self.model.loaded.decoder.all_logits(ids))
+        return np.asarray(self.model.loaded.engine.all_logits(ids))
 
 
 def load_ortmodels(models_dir: Path, dtype: str) -> OrtModelsEngine:

@@ -77,8 +77,8 @@ def estimate_memory(
     if model_class is not None:
         return 0
     try:
+        from .engine.session import resolve_device
         from .precision import select_variant
-        from .runtime.session import resolve_device
 
         info = store.require(name, kind, version)
         device = resolve_device(settings.model_device)

@@ -31,7 +31,7 @@ def variant_folder(dtype: str) -> Path:
 @cache
 def decoder(dtype: str):  # type: ignore[no-untyped-def]
     from ortmodels.engine.decoder import DecoderSession
-    from ortmodels.runtime.session import create_session
+    from ortmodels.engine.session import create_session
 
     return DecoderSession(create_session(variant_folder(dtype) / "model.onnx", "cpu", 2))
 

@@ -6,8 +6,8 @@ import random
 
 import numpy as np
 
-from ortmodels.runtime.embeddings import length_batches, pad_batch
-from ortmodels.runtime.pooling import l2_normalize, pool
+from ortmodels.engine.encoder import length_batches, pad_batch
+from ortmodels.engine.pooling import l2_normalize, pool
 
 
 def test_every_index_once_in_length_order() -> None:

@@ -225,9 +225,9 @@ PERPLEXITY_BOUNDS = {"fp32": 1.001, "fp16": 1.01, "int8": 1.02, "int4": 1.10}
 def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
     """The manifest's perplexity is within the bound, and the runtime reproduces it."""
     from ortmodels.engine.decoder import DecoderSession
+    from ortmodels.engine.session import create_session
     from ortmodels.export.decoder_parity import perplexity
     from ortmodels.export.probes import perplexity_text
-    from ortmodels.runtime.session import create_session
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())
     parity = manifest["variants"][dtype]["parity"]

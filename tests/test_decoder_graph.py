@@ -85,7 +85,7 @@ def _built(checkpoint: Path, folder: Path, dtype: str = "fp32") -> Path:
 
 def _decoder(model_file: Path):  # type: ignore[no-untyped-def]
     from ortmodels.engine.decoder import DecoderSession
-    from ortmodels.runtime.session import create_session
+    from ortmodels.engine.session import create_session
 
     return DecoderSession(create_session(model_file, "cpu"))
 

@@ -44,7 +44,7 @@ def _torch_greedy(checkpoint: Path, prompt_ids: list[int], count: int) -> list[i
 def _onnx_greedy(model_file: Path, prompt_ids: list[int], count: int) -> list[int]:
     """The same loop on the exported graph, through the runtime's own decoder session."""
     from ortmodels.engine.decoder import DecoderSession, DecoderState
-    from ortmodels.runtime.session import create_session
+    from ortmodels.engine.session import create_session
 
     decoder = DecoderSession(create_session(model_file, "cpu"))
     state = DecoderState()

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from ortmodels import ModelManager
 from ortmodels.cli import _register, app
+from ortmodels.engine.chat_template import ChatTemplate
 from ortmodels.errors import (
     ChatInputError,
     ChatTemplateError,
@@ -33,7 +34,6 @@ from ortmodels.errors import (
 )
 from ortmodels.monitoring import runtime_state
 from ortmodels.runtime.chat import OnnxChatModel
-from ortmodels.runtime.chat_template import ChatTemplate
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 from ortmodels.store import ModelStore
 from ortmodels.store.integrity import forget

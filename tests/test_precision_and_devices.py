@@ -7,13 +7,13 @@ import sys
 import onnxruntime as ort
 import pytest
 
+from ortmodels.engine.session import available_devices, resolve_device
 from ortmodels.errors import ConfigurationError, DeviceUnavailableError
 from ortmodels.precision import (
     normalize_precision,
     parse_precision_list,
     select_variant,
 )
-from ortmodels.runtime.session import available_devices, resolve_device
 
 
 def test_precision_spellings() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ortmodels.errors import SampleModelError
-from ortmodels.samples import (
+from ortmodels.export.samples import (
     SAMPLES,
     WHEEL_CACHE,
     materialise_sample,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..config import load_settings
-from ..samples import SAMPLES, materialise_samples
+from ..export.samples import SAMPLES, materialise_samples
 from . import app, console
 
 

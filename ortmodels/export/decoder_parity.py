@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.chat_template import ChatTemplate
 from ..engine.decoder import DecoderSession
 from ..engine.engine import Engine
 from ..engine.request import Request
+from ..engine.session import create_session
 from ..errors import ModelFileError
-from ..runtime.chat_template import ChatTemplate
-from ..runtime.session import create_session
 from .probes import PROBE_PROMPTS, perplexity_text
 
 NEW_TOKENS = 32

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.encoder import EncoderRunner, pad_batch
+from ..engine.pooling import l2_normalize, pool
+from ..engine.session import create_session
+from ..engine.tokenizer import load_tokenizer
 from ..errors import ParityError
 from ..kinds import KINDS
-from ..runtime.embeddings import EncoderRunner, pad_batch
-from ..runtime.pooling import l2_normalize, pool
-from ..runtime.session import create_session
-from ..runtime.tokenization import load_tokenizer
 from ..store import ModelInfo, read_json
 from ..store.manifest import EmbeddingSpec, Manifest, VariantEntry
 from .common import (

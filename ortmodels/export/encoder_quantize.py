@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.pooling import l2_normalize
+from ..engine.pooling import l2_normalize
 from .probes import PROBE_SENTENCES
 
 logger = logging.getLogger(__name__)

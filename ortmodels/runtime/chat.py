@@ -42,17 +42,17 @@ from pydantic import (
 from ..base import BaseLLMModel
 from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, Finished, Request, SamplingParams
-from ..errors import ChatInputError, ModelNotLoadedError
-from ..store.manifest import ChatSpec
-from ..store.names import validate_model_name
-from .chat_template import ChatTemplate
-from .messages import check_stop, keep_tail, to_template_messages
-from .session import output_width
-from .tokenization import (
+from ..engine.chat_template import ChatTemplate
+from ..engine.session import output_width
+from ..engine.tokenizer import (
     check_vocabulary,
     load_tokenizer,
     max_token_chars,
 )
+from ..errors import ChatInputError, ModelNotLoadedError
+from ..store.manifest import ChatSpec
+from ..store.names import validate_model_name
+from .messages import check_stop, keep_tail, to_template_messages
 from .variant import open_variant
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from ..engine.tokenizer import check_unicode
 from ..errors import ChatInputError
-from .tokenization import check_unicode
 
 #: Message classes and their chunk subclasses (a streamed reply fed back as history).
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (

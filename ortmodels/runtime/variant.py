@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Settings
+from ..engine.session import create_session, resolve_device
 from ..errors import ModelFileError, UnknownVersionError
 from ..lifecycle import loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, verify_variant
 from ..store.versions import VersionLease
-from .session import create_session, resolve_device
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SampleModelError
-from .store.files import file_sha256
+from ..errors import SampleModelError
+from ..store.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _gguf_to_checkpoint(inner_file: str) -> Callable[[Path, Path], None]:
     """Load a GGUF with transformers (de-quantising to fp32) and save a safetensors checkpoint."""
 
     def materialise(unpacked: Path, target: Path) -> None:
-        from .export.optimum_bridge import require_export_stack
+        from .optimum_bridge import require_export_stack
 
         require_export_stack()
         import torch

@@ -1,0 +1,116 @@
+"""Encoder inference: tokenize, batch by length, run the graph, pool.
+
+Texts are tokenized once, sorted by length and run in batches padded only to their own
+longest text, so short texts never pay for long ones. Pooling and normalisation follow
+the export's embedding spec (read from the sentence-transformers files at export).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ModelFileError
+from .pooling import l2_normalize, pool
+from .tokenizer import highest_id, max_token_chars
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+
+def pad_batch(id_lists: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists to the longest one: ``(input_ids, attention_mask)``, int64."""
+    width = max(len(ids) for ids in id_lists)
+    input_ids = np.full((len(id_lists), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(id_lists), width), dtype=np.int64)
+    for i, ids in enumerate(id_lists):
+        input_ids[i, : len(ids)] = ids
+        attention_mask[i, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+#: A batch closes early when the next text is this much longer than its first (shortest) one,
+#: so that little compute goes to padding; measured ~10% faster than fixed batches on real text.
+_LENGTH_SLACK = 1.15
+_MIN_SPLIT_BATCH = 4
+
+
+def length_batches(lengths: list[int], max_batch: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, shortest first, at most ``max_batch`` each."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (
+            len(current) >= max_batch
+            or (
+                len(current) >= _MIN_SPLIT_BATCH
+                and lengths[index] > lengths[current[0]] * _LENGTH_SLACK + 1
+            )
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class EncoderRunner:
+    """Tokenize, batch by length, run the encoder graph, pool: one job, no life cycle."""
+
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: Any) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self._needs_token_types = any(i.name == "token_type_ids" for i in session.get_inputs())
+        outputs = [o.name for o in session.get_outputs()]
+        self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        #: Texts are cut to this many characters before tokenizing: the tokens past
+        #: ``max_seq_length`` are dropped anyway, and a 10 MB text would take seconds to tokenize.
+        self.text_chars = (spec.max_seq_length + 8) * max_token_chars(tokenizer)
+
+    def check(self, folder: Path) -> None:
+        """Run the graph once on the tokenizer's highest id and the pad id, at load: a tokenizer
+        or manifest that does not fit the graph is named now, not by a raw ONNX Runtime error
+        at the first call."""
+        size = highest_id(self.tokenizer) + 1
+        manifest = folder.parent / "manifest.json"
+        if self.spec.pad_token_id >= size:
+            raise ModelFileError(manifest, f"The manifest's pad_token_id {self.spec.pad_token_id} is outside "
+                                 f"the tokenizer's {size} tokens", "Re-run 'ortmodels export' for this model.")
+        input_ids = np.array([[self.spec.pad_token_id, size - 1]], dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+        if self._needs_token_types:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        try:
+            hidden = self.session.run([self._output], feeds)[0]
+        except Exception as exc:  # onnxruntime's own Fail: an index past the embedding table
+            raise ModelFileError(
+                folder / "tokenizer.json",
+                f"The graph refuses the tokenizer's highest id {size - 1} ({str(exc)[:200]})",
+                "The tokenizer and model.onnx come from different checkpoints: re-run 'ortmodels export'.",
+            ) from None
+        if hidden.shape[-1] != self.spec.dimension:
+            raise ModelFileError(manifest, f"The manifest's dimension {self.spec.dimension} does not match "
+                                 f"the graph's {hidden.shape[-1]}", "Re-run 'ortmodels export' for this model.")
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        bound = self.text_chars
+        return [e.ids for e in self.tokenizer.encode_batch([t[:bound] for t in texts])]
+
+    def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Embeddings of ``texts`` in their order, as float32 [len(texts), dimension]."""
+        id_lists = self.token_ids(texts)
+        result = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
+        for rows in length_batches([len(ids) for ids in id_lists], batch_size):
+            input_ids, attention_mask = pad_batch([id_lists[r] for r in rows], self.spec.pad_token_id)
+            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if self._needs_token_types:
+                feeds["token_type_ids"] = np.zeros_like(input_ids)
+            hidden = self.session.run([self._output], feeds)[0]
+            vectors = pool(hidden.astype(np.float32, copy=False), attention_mask, self.spec.pooling)
+            result[rows] = l2_normalize(vectors) if self.spec.normalize else vectors
+        return result
