@@ -1,4 +1,9 @@
-"""8 threads for 30 s mixing chat, embeddings, get_*, unload and stats on the real samples."""
+"""8 threads for 30 s mixing chat, embeddings, get_*, unload and stats on the real samples.
+
+Chat calls share the engine's batched decode steps and its prompt cache; each answer must
+still be the one computed alone. Memory is compared after a short warm-up, so the bound
+tells a leak (growth with the work) from the allocator's one-time per-thread arenas.
+"""
 
 from __future__ import annotations
 
@@ -69,13 +74,11 @@ def test_eight_threads_mixing_everything(samples_dir: Path, monkeypatch: pytest.
     counter.wrap(monkeypatch, OnnxChatModel)
     counter.wrap(monkeypatch, OnnxEmbeddingModel)
     process = psutil.Process()
-    rss_start = process.memory_info().rss
-
     errors: list[BaseException] = []
     mixed: list[str] = []
     done: Counter[str] = Counter()
     done_lock = threading.Lock()
-    deadline = time.monotonic() + SECONDS
+    deadline = 0.0
 
     def worker(index: int) -> None:
         rng = random.Random(index)
@@ -111,12 +114,22 @@ def test_eight_threads_mixing_everything(samples_dir: Path, monkeypatch: pytest.
         except BaseException as exc:  # noqa: BLE001  (reported below, with its thread)
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(SECONDS + 120)
-    assert not any(t.is_alive() for t in threads), "a worker hung"
+    def run(seconds: float) -> None:
+        nonlocal deadline
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds + 120)
+        assert not any(t.is_alive() for t in threads), "a worker hung"
+
+    # A short warm-up first: the first run of 8 threads grows the allocator's per-thread
+    # arenas and onnxruntime's pools once; a leak is what grows after that, with the work.
+    run(min(5.0, SECONDS / 4))
+    manager.unload_all()
+    rss_start = process.memory_info().rss
+    run(SECONDS)
     assert not errors, repr(errors[:3])
     assert not mixed, mixed[:5]
     assert all(done[a] > 0 for a in ("chat", "stream", "embed", "get", "unload", "stats")), done
