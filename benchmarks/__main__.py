@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency]
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ FULL = {
     "chat": ["--new-tokens", "128", "--rounds", "3"],
     "startup": ["--rounds", "3", "--imports", "5"],
     "quality": ["--tokens", "1024"],
+    "concurrency": ["--rounds", "3", "--new-tokens", "64", "--sentences", "512"],
 }
 QUICK = {
     "embeddings": ["--sentences", "500", "--rounds", "1"],
     "chat": ["--new-tokens", "32", "--rounds", "1"],
     "startup": ["--rounds", "1", "--imports", "2"],
     "quality": ["--tokens", "256"],
+    "concurrency": ["--rounds", "1", "--new-tokens", "16", "--sentences", "128", "--parts", "chat", "embeddings", "cache"],
 }
 
 

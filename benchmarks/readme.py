@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import RESULTS
-from benchmarks.targets import TARGETS, Target, evaluate
+from benchmarks.targets import TARGETS, Target, chat_concurrency_figure, evaluate
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PARTS = ("chat", "startup", "quality", "embeddings")
+PARTS = ("chat", "startup", "quality", "embeddings", "concurrency")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -128,9 +128,87 @@ def embeddings_section(data: Mapping[str, Any]) -> list[str]:
                      "cosine to sentence-transformers, mean / worst"], rows)]
 
 
+def _p50_p95(row: Mapping[str, Any], key: str, digits: int = 0) -> str:
+    return f"{_number(row.get(f'{key}_p50_ms'), digits)} / {_number(row.get(f'{key}_p95_ms'), digits)}"
+
+
+def _load(data: Mapping[str, Any]) -> str:
+    load = data.get("load_average", {})
+    ones = [v[0] for v in load.values() if v]
+    return f"load average (1 min) {min(ones):.2f}–{max(ones):.2f} during the run" if ones else "load not recorded"
+
+
+def concurrency_section(data: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    settings = data.get("settings", {})
+    if data.get("chat"):
+        rows: dict[tuple[str, int], dict[str, Mapping[str, Any]]] = {}
+        for r in data["chat"]:
+            rows.setdefault((r["variant"], r["callers"] if r["mode"] != "sequential" else -r["callers"]), {})[r["mode"]] = r
+        table = []
+        for (variant, callers), by_mode in rows.items():
+            if callers < 0:
+                seq = by_mode["sequential"]
+                table.append([variant, f"{-callers} in a row", _number(seq["tokens_per_s"], 1), "–",
+                              _p50_p95(seq, "latency"), "–", _p50_p95(seq, "ttft"), "–"])
+                continue
+            cells = [variant, str(callers)]
+            for key in ("tokens_per_s", "latency", "ttft"):
+                for mode in ("threads", "asyncio"):
+                    r = by_mode.get(mode)
+                    cells.append("n/a" if r is None else _number(r[key], 1) if key == "tokens_per_s" else _p50_p95(r, key))
+            table.append(cells)
+        lines += [(f"Many callers at once on {data['model']}, through the public API "
+                   "(`ModelManager().get_chat_model(\"…:int4\")`, `invoke` from threads, `asyncio.gather` of "
+                   f"`ainvoke`): every caller asks a different question, {data['new_tokens']} greedy tokens each; "
+                   f"MODEL_MAX_BATCH={settings.get('model_max_batch', '?')}; tokens/s are all callers' output tokens "
+                   f"÷ wall time; median of {data['rounds']} interleaved rounds; {_load(data)}:"), "",
+                  *_table(["variant", "callers", "tok/s, threads", "tok/s, asyncio", "latency p50 / p95 ms, threads",
+                           "latency p50 / p95 ms, asyncio", "first token p50 / p95 ms, threads",
+                           "first token p50 / p95 ms, asyncio"], table)]
+        figures = data.get("figures", {})
+        ratios = [f"{v} {m} {_number(figures.get(chat_concurrency_figure(v, m)), 2)}×"
+                  for v in dict.fromkeys(r["variant"] for r in data["chat"]) for m in ("threads", "asyncio")
+                  if chat_concurrency_figure(v, m) in figures]
+        if ratios:
+            lines += ["", f"8 concurrent callers ÷ 8 calls in a row, tokens/s (median of per-round ratios): {', '.join(ratios)}."]
+        solo = data.get("same_as_solo", {})
+        if solo:
+            lines += ["", ("Greedy answers of the 8 concurrent callers (last round) equal to the same question asked "
+                          "alone on a model without prompt cache: " + ", ".join(
+                              f"{name} {v['same']}/{v['of']}" for name, v in solo.items()) + ".")]
+    if data.get("embeddings"):
+        rows_e = [[str(r["threads"]), _number(r["sentences_per_s"], 0), _p50_p95(r, "latency", 1)]
+                  for r in data["embeddings"]]
+        lines += ["", (f"`get_embedding_model().embed_query` ({data['embedding_model']} "
+                       f"{data.get('embedding_variant', '')}) from many threads, {data['sentences']} short stdlib "
+                       "docstring sentences shared out among them (concurrent calls are coalesced into batches):"), "",
+                  *_table(["threads", "sentences/s", "latency p50 / p95 ms"], rows_e)]
+    if data.get("prompt_cache"):
+        rows_c = []
+        for r in data["prompt_cache"]:
+            prompt, hit = r["turn5_prompt_tokens"][-1], r["turn5_cached_tokens"][-1]
+            same = sum(r["same_turns_per_round"])
+            rows_c.append([r["variant"], f"{prompt} ({hit} cached)", _number(r["ttft_ms_cache"], 0),
+                           _number(r["ttft_ms_no_cache"], 0), _number(r["ratio"], 3),
+                           f"{same}/{5 * r['rounds']}"])
+        lines += ["", ("Prompt cache: time to first token of the 5th turn of a conversation under a ~800-token "
+                       f"system prompt, default MODEL_PROMPT_CACHE ({settings.get('model_prompt_cache', 0) >> 20} MiB) "
+                       "against 0; a new conversation each round under the same system prompt:"), "",
+                  *_table(["variant", "5th-turn prompt tokens", "first token ms, cache", "first token ms, no cache",
+                           "cache ÷ none", "same greedy answers (turns)"], rows_c)]
+    if data.get("kv"):
+        lines += ["", "Engine level, one decode step of 8 rows with ~700-token pasts, slot buffers ÷ re-padding: "
+                  + ", ".join(f"{v} {k['ms_per_step_slots']:.0f} ms ÷ {k['ms_per_step_padded']:.0f} ms"
+                              for v, k in data["kv"].items()) + "."]
+    return lines
+
+
 def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
     """Whether any part ran with fewer rounds, tokens or sentences than the full settings."""
-    chat, emb = results.get("chat", {}), results.get("embeddings", {})
+    chat, emb, conc = results.get("chat", {}), results.get("embeddings", {}), results.get("concurrency", {})
+    if conc.get("rounds", 3) < 3 or conc.get("new_tokens", 64) < 64 or conc.get("sentences", 512) < 512:
+        return True
     return (chat.get("new_tokens", 128) < 128 or chat.get("rounds", 3) < 3 or emb.get("sentences", 2000) < 2000
             or emb.get("rounds", 3) < 3 or results.get("quality", {}).get("tokens", 1024) < 1024)
 
@@ -151,11 +229,11 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
              "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`."),
              "", *_about(results), *_quick_warning(results), "", "Targets:", "", *targets_table(merged_figures(results))]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
-                "embeddings": embeddings_section}
+                "embeddings": embeddings_section, "concurrency": concurrency_section}
     for part, make in sections.items():
         if part in results:
             lines += ["", *make(results[part])]
-    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings")
+    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

@@ -25,6 +25,31 @@ def ratio_key(measure: str, ours: str, theirs: str) -> str:
     return f"{measure}: {ours} / {theirs}"
 
 
+#: Figure: aggregate embed_query sentences/s, 32 threads ÷ 1 thread (bench_concurrency).
+EMBED_QUERY_FIGURE = ratio_key("embed_query_sentences_per_s", f"{ORT} 32 threads", f"{ORT} 1 thread")
+
+
+def chat_concurrency_figure(precision: str, mode: str, callers: int = 8) -> str:
+    """Figure: aggregate chat tokens/s of ``callers`` concurrent callers (``threads`` or
+    ``asyncio``) ÷ the same number of calls one after another (bench_concurrency)."""
+    return ratio_key("chat_tokens_per_s", f"{ORT} {precision} {callers} {mode}", f"{ORT} {precision} {callers} sequential")
+
+
+def same_as_solo_figure(precision: str, mode: str, callers: int = 8) -> str:
+    """Figure: how many of ``callers`` concurrent greedy answers equal the same question asked alone."""
+    return f"same_as_solo: {ORT} {precision} {callers} {mode}"
+
+
+def prompt_cache_figure(precision: str) -> str:
+    """Figure: time to first token of a conversation's 5th turn, prompt cache on ÷ off."""
+    return ratio_key("ttft_turn5", f"{ORT} {precision} prompt cache", f"{ORT} {precision} no prompt cache")
+
+
+def prompt_cache_same_figure(precision: str) -> str:
+    """Figure: share of turns whose greedy answer is the same with the prompt cache as without."""
+    return f"prompt_cache_same_answers: {ORT} {precision}"
+
+
 @dataclass(frozen=True)
 class Target:
     label: str
@@ -58,6 +83,24 @@ def _chat_targets() -> list[Target]:
     return out
 
 
+def _concurrency_targets() -> list[Target]:
+    out = []
+    for precision, bar in (("int4", 2.0), ("fp32", 3.5)):
+        for mode, words in (("threads", "threads"), ("asyncio", "asyncio callers")):
+            out.append(Target(f"chat tok/s, 8 concurrent {words} ÷ 8 calls in a row, {precision}",
+                              chat_concurrency_figure(precision, mode), ">=", bar))
+    for mode, words in (("threads", "threads"), ("asyncio", "asyncio callers")):
+        out.append(Target(f"chat fp32, 8 concurrent {words}: greedy answers equal to solo (of 8)",
+                          same_as_solo_figure("fp32", mode), ">=", 7))
+    out.append(Target("embed_query sentences/s, 32 threads ÷ 1 thread", EMBED_QUERY_FIGURE, ">=", 1.3))
+    for precision in ("int4", "fp32"):
+        out.append(Target(f"first token, 5th turn, ~800-token system prompt, {precision}: prompt cache ÷ none",
+                          prompt_cache_figure(precision), "<=", 0.25))
+        out.append(Target(f"prompt cache, {precision}: share of turns with the same greedy answer as without",
+                          prompt_cache_same_figure(precision), ">=", 1.0))
+    return out
+
+
 TARGETS: list[Target] = [
     *_chat_targets(),
     Target("perplexity int8 × fp32", f"perplexity_ratio: {ORT} int8", "<=", 1.02),
@@ -73,6 +116,7 @@ TARGETS: list[Target] = [
     Target("embeddings int8: top-10 neighbours shared with fp32", f"top10_agreement: {ORT} int8", ">=", 0.9),
     Target("`import ortmodels`, fresh process (s)", "import_s: ortmodels", "<=", 0.5),
     Target("cold start, int4 chat: import, load, first token (s)", f"cold_start_s: {ORT} int4", "<=", 1.5),
+    *_concurrency_targets(),
 ]
 
 

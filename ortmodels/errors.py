@@ -135,3 +135,12 @@ class EngineClosedError(OrtModelsError, RuntimeError):
 
 class RequestTooLargeError(OrtModelsError, ValueError):
     """A request can never fit: its prompt + max_tokens exceed the context or the KV cache bound."""
+
+
+class GrammarError(OrtModelsError, ValueError):
+    """A schema, regex or grammar that constrained decoding cannot use; raised before generating."""
+
+
+class StructuredOutputError(OrtModelsError, ValueError):
+    """A structured answer or tool call that cannot be given as asked (cut at max_tokens, an
+    unknown tool name in tool_choice)."""

@@ -7,6 +7,12 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.bench_concurrency import (
+    assign_questions,
+    median_ratio,
+    percentile,
+    rotated,
+)
 from benchmarks.quality import (
     cosine_rows,
     perplexity,
@@ -14,7 +20,14 @@ from benchmarks.quality import (
     top_k_neighbours,
 )
 from benchmarks.readme import END, START, render, replace_section, targets_table
-from benchmarks.targets import Target, evaluate, ratio_key
+from benchmarks.targets import (
+    EMBED_QUERY_FIGURE,
+    Target,
+    chat_concurrency_figure,
+    evaluate,
+    prompt_cache_figure,
+    ratio_key,
+)
 
 
 def test_perplexity_of_uniform_logits_is_the_vocabulary_size() -> None:
@@ -97,3 +110,71 @@ def test_render_shows_machine_versions_targets_and_tables() -> None:
 def test_targets_table_marks_misses() -> None:
     lines = targets_table({"x": 0.5}, [Target("X", "x", ">=", 1.0)])
     assert lines[-1] == "| X | 0.500 | ≥ 1 | **miss** |"
+
+
+def test_percentile_interpolates_as_numpy_does() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    for q in (0, 50, 95, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert percentile([7.0], 95) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_median_ratio_pairs_rounds_by_index() -> None:
+    assert median_ratio([4.0, 9.0, 2.0], [2.0, 3.0, 2.0]) == 2.0
+    assert median_ratio([1.0], [0.0]) is None
+    assert median_ratio([], []) is None
+
+
+def test_assign_questions_never_repeats_and_matches_across_variants() -> None:
+    runs = [("threads", 1), ("threads", 2), ("sequential", 2)]
+    got = assign_questions([f"q{i}" for i in range(10)], 2, runs)
+    asked = [q for qs in got.values() for q in qs]
+    assert len(asked) == len(set(asked)) == 10
+    assert [len(got[r, name, n]) for r in range(2) for name, n in runs] == [1, 2, 2] * 2
+    with pytest.raises(ValueError):
+        assign_questions(["q"] * 9, 2, runs)
+    assert rotated([1, 2, 3], 4) == [2, 3, 1]
+
+
+def _fake_concurrency() -> dict:
+    def row(variant: str, mode: str, callers: int, tps: float) -> dict:
+        return {"variant": variant, "mode": mode, "callers": callers, "tokens_per_s": tps, "latency_p50_ms": 500.0,
+                "latency_p95_ms": 900.0, "ttft_p50_ms": 40.0, "ttft_p95_ms": 120.0}
+
+    return {
+        "date": "2026-11-25T12:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
+                                                        "python": "3.11.7"},
+        "versions": {"dev": {"onnxruntime": "1.32.0"}, "peers": {}},
+        "model": "smollm2-135m-instruct", "embedding_model": "all-minilm-l6-v2", "embedding_variant": "fp32",
+        "new_tokens": 64, "rounds": 3, "sentences": 512,
+        "settings": {"model_max_batch": 8, "model_prompt_cache": 256 << 20},
+        "load_average": {"start": [1.5, 1.2, 1.1], "end": [2.0, 1.4, 1.2]},
+        "chat": [row("int4", "threads", 1, 100.0), row("int4", "threads", 8, 250.0),
+                 row("int4", "asyncio", 8, 260.0), row("int4", "sequential", 8, 110.0)],
+        "same_as_solo": {"int4 threads": {"same": 8, "of": 8}},
+        "embeddings": [{"threads": 1, "sentences_per_s": 400.0, "latency_p50_ms": 2.2, "latency_p95_ms": 4.0},
+                       {"threads": 32, "sentences_per_s": 640.0, "latency_p50_ms": 49.0, "latency_p95_ms": 57.0}],
+        "prompt_cache": [{"variant": "int4", "turn5_prompt_tokens": [1012], "turn5_cached_tokens": [972],
+                          "ttft_ms_cache": 48.0, "ttft_ms_no_cache": 658.0, "ratio": 0.072,
+                          "same_turns_per_round": [5, 5, 5], "rounds": 3}],
+        "figures": {chat_concurrency_figure("int4", "threads"): 2.27, chat_concurrency_figure("int4", "asyncio"): 2.36,
+                    EMBED_QUERY_FIGURE: 1.6, prompt_cache_figure("int4"): 0.072},
+    }
+
+
+def test_render_concurrency_section() -> None:
+    results = {"concurrency": _fake_concurrency()}
+    text = render(results)
+    assert "| chat tok/s, 8 concurrent threads ÷ 8 calls in a row, int4 | 2.270 | ≥ 2 | pass |" in text
+    assert "| chat tok/s, 8 concurrent threads ÷ 8 calls in a row, fp32 | n/a | ≥ 3.5 | n/a |" in text
+    assert "| embed_query sentences/s, 32 threads ÷ 1 thread | 1.600 | ≥ 1.3 | pass |" in text
+    assert "| int4 | 8 | 250.0 | 260.0 | 500 / 900 | 500 / 900 | 40 / 120 | 40 / 120 |" in text
+    assert "| int4 | 8 in a row | 110.0 | – | 500 / 900 | – | 40 / 120 | – |" in text
+    assert "| int4 | 1 | 100.0 | n/a |" in text
+    assert "int4 threads 2.27×, int4 asyncio 2.36×" in text and "int4 threads 8/8" in text
+    assert "| 32 | 640 | 49.0 / 57.0 |" in text
+    assert "| int4 | 1012 (972 cached) | 48 | 658 | 0.072 | 15/15 |" in text
+    assert "load average (1 min) 1.50–2.00" in text
+    assert "Short settings" not in text
+    assert "Short settings" in render({"concurrency": {**_fake_concurrency(), "rounds": 1}})

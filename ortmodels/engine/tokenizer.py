@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelFileError
 
@@ -83,3 +83,23 @@ def check_vocabulary(folder: Path, tokenizer: Tokenizer, graph_vocab: int | None
                 f"The manifest's {name} {value} is outside the vocabulary of {limit} tokens",
                 "The manifest was changed or damaged: re-run 'ortmodels export'.",
             )
+
+
+_GGUF_DECODER_STEPS = ["ByteFallback", "Fuse", "Replace", "ByteLevel"]
+
+
+def repaired_tokenizer_json(data: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of ``tokenizer.json`` with the plain ByteLevel decoder, if it has the GGUF quirk.
+
+    transformers' GGUF converter writes a byte-level BPE tokenizer whose decoder is
+    ``Sequence[ByteFallback, Fuse, Replace "▁", ByteLevel]``; the text decodes the same, but
+    tools that read the vocabulary through the decoder (llguidance, onnxruntime-genai)
+    misread byte-level tokens (``Ġ"`` as the bytes ``Ä…``). ``None`` when no repair is needed.
+    """
+    decoder = data.get("decoder") or {}
+    pre = data.get("pre_tokenizer") or {}
+    steps = [d.get("type") for d in decoder.get("decoders", [])] if decoder.get("type") == "Sequence" else []
+    if steps != _GGUF_DECODER_STEPS or pre.get("type") != "ByteLevel":
+        return None
+    byte_level = dict(decoder["decoders"][-1])
+    return {**data, "decoder": byte_level}

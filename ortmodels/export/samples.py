@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.tokenizer import repaired_tokenizer_json
 from ..errors import SampleModelError
 from ..store.files import file_sha256
 
@@ -54,9 +55,19 @@ def _gguf_to_checkpoint(inner_file: str) -> Callable[[Path, Path], None]:
         tokenizer.save_pretrained(target)
         # transformers may copy the whole GGUF in as tokenizer.model; nothing reads it.
         (target / "tokenizer.model").unlink(missing_ok=True)
+        _repair_tokenizer(target / "tokenizer.json")
         _write_card_from_gguf(gguf, target)
 
     return materialise
+
+
+def _repair_tokenizer(path: Path) -> None:
+    """Give the converted tokenizer the plain ByteLevel decoder of the original SmolLM2 (the
+    text decodes the same; grammar tools then read its vocabulary right)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    repaired = repaired_tokenizer_json(data)
+    if repaired is not None:
+        path.write_text(json.dumps(repaired, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def _write_card_from_gguf(gguf: Path, target: Path) -> None:

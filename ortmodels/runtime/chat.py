@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,11 +24,13 @@ from langchain_core.language_models.chat_models import (
     generate_from_stream,
 )
 from langchain_core.messages import (
+    AIMessage,
     AIMessageChunk,
     BaseMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -43,16 +45,27 @@ from ..base import BaseLLMModel
 from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, Finished, Request, SamplingParams
 from ..engine.chat_template import ChatTemplate
+from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
 from ..engine.tokenizer import (
     check_vocabulary,
+    highest_id,
     load_tokenizer,
     max_token_chars,
 )
+from ..engine.toolcalls import FORMATS, detect_format
 from ..errors import ChatInputError, ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .messages import check_stop, keep_tail, to_template_messages
+from .structured import (
+    OUTPUT_OPTIONS,
+    OutputPlan,
+    format_tools,
+    normalize_tool_choice,
+    structured_output,
+    tool_call_chunks,
+)
 from .variant import open_variant
 
 logger = logging.getLogger(__name__)
@@ -87,9 +100,11 @@ class _Loaded:
     """Everything `_load` opens, replaced as a whole so a reader never sees half of it."""
 
     def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate,
-                 spec: ChatSpec, variant: str, device: str) -> None:
+                 spec: ChatSpec, variant: str, device: str, grammars: GrammarCompiler) -> None:
         self.engine, self.tokenizer, self.template = engine, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
+        self.grammars = grammars
+        self.tool_format = FORMATS[spec.tool_format or detect_format(template.source)]
         self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
         """More characters than this cannot fit in the context, whatever they say."""
 
@@ -177,7 +192,10 @@ class OnnxChatModel(BaseLLMModel):
             decoder, tokenizer, max_batch=settings.model_max_batch, kv_cache_bytes=settings.model_kv_cache,
             prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,
         )
-        self._state = _Loaded(engine, tokenizer, template, spec, opened.variant, opened.device)
+        grammars = GrammarCompiler(opened.folder / "tokenizer.json",
+                                   output_width(opened.session, "logits") or highest_id(tokenizer) + 1,
+                                   spec.eos_token_ids)
+        self._state = _Loaded(engine, tokenizer, template, spec, opened.variant, opened.device, grammars)
         logger.info("Loaded chat model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
     def _unload(self) -> None:
@@ -214,11 +232,11 @@ class OnnxChatModel(BaseLLMModel):
         self._ensure_loaded()
         return self.loaded.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def _prompt_ids(self, loaded: _Loaded, messages: list[BaseMessage], max_tokens: int | None) -> tuple[list[int], int]:
+    def _prompt_ids(self, loaded: _Loaded, converted: list[dict[str, Any]], max_tokens: int | None,
+                    template_vars: dict[str, Any] | None = None) -> tuple[list[int], int]:
         """Prompt token ids and the number of tokens to generate, checked against the context."""
         context = loaded.spec.context_length
         bound = loaded.prompt_chars
-        converted = to_template_messages(messages)
         if sum(len(m["content"]) for m in converted) > bound:  # decided before any tokenizing
             if not self.truncate_prompt:
                 raise ChatInputError(
@@ -227,7 +245,8 @@ class OnnxChatModel(BaseLLMModel):
                     "the conversation, or set truncate_prompt=True to drop the oldest text."
                 )
             converted = keep_tail(converted, bound)
-        prompt = loaded.template.render(converted, add_generation_prompt=True, max_chars=2 * bound)
+        prompt = loaded.template.render(converted, add_generation_prompt=True, max_chars=2 * bound,
+                                        **(template_vars or {}))
         if len(prompt) > bound:
             if not self.truncate_prompt:
                 raise ChatInputError(
@@ -295,15 +314,20 @@ class OnnxChatModel(BaseLLMModel):
         stops = tuple(s for s in [*(self.stop or []), *check_stop(stop)] if s)
         return params, checked.max_tokens, stops
 
-    def _request(self, messages: list[BaseMessage], stop: Any, kwargs: dict[str, Any]) -> tuple[_Loaded, Request]:
-        """The engine request for a conversation: options checked, prompt rendered and tokenized."""
+    def _request(self, messages: list[BaseMessage], stop: Any,
+                 kwargs: dict[str, Any]) -> tuple[_Loaded, Request, OutputPlan]:
+        """The engine request for a conversation: options checked, tools or a response format
+        turned into a grammar, prompt rendered and tokenized."""
         self._ensure_loaded()
         loaded = self.loaded  # one consistent set even if another thread unloads meanwhile
+        output = {k: kwargs.pop(k) for k in OUTPUT_OPTIONS if k in kwargs}
         params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
-        prompt_ids, max_tokens = self._prompt_ids(loaded, messages, asked_max_tokens)
+        plan = OutputPlan.from_options(output, loaded.tool_format, loaded.grammars, loaded.tokenizer)
+        converted = plan.messages(to_template_messages(messages, loaded.tool_format))
+        prompt_ids, max_tokens = self._prompt_ids(loaded, converted, asked_max_tokens, plan.template_vars)
         request = Request(prompt_ids, params, max_tokens=max_tokens, stop=stops,
-                          eos_token_ids=loaded.spec.eos_token_ids)
-        return loaded, request
+                          eos_token_ids=loaded.spec.eos_token_ids, processor=plan.processor)
+        return loaded, request, plan
 
     def _stream(
         self,
@@ -315,12 +339,14 @@ class OnnxChatModel(BaseLLMModel):
         """The engine's events for this conversation as LangChain chunks; other callers' requests
         share its decode steps. Closing the stream early cancels the request at once."""
         started, first = time.perf_counter(), None
-        loaded, request = self._request(messages, stop, kwargs)
+        loaded, request, plan = self._request(messages, stop, kwargs)
+        text: list[str] = []
         for event in loaded.engine.generate(request):
             if first is None and not isinstance(event, Finished) and event.token_ids:
                 first = time.perf_counter() - started
-            chunk = self._to_chunk(event, loaded, first, run_manager)
-            if chunk is not None:
+            for chunk in self._to_chunks(event, loaded, plan, text, first):
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
     async def _astream(
@@ -332,45 +358,59 @@ class OnnxChatModel(BaseLLMModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         """As `_stream`, on the event loop: a cancelled task cancels its request."""
         started, first = time.perf_counter(), None
-        loaded, request = await asyncio.get_running_loop().run_in_executor(
+        loaded, request, plan = await asyncio.get_running_loop().run_in_executor(
             None, self._request, messages, stop, kwargs
         )
+        text: list[str] = []
         async for event in loaded.engine.agenerate(request):
             if first is None and not isinstance(event, Finished) and event.token_ids:
                 first = time.perf_counter() - started
-            chunk = self._to_chunk(event, loaded, first, None)
-            if chunk is not None:
+            for chunk in self._to_chunks(event, loaded, plan, text, first):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
-    def _to_chunk(self, event: Any, loaded: _Loaded, first_token_s: float | None,
-                  run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk | None:
-        """One engine event as a LangChain chunk (the one mapping, for sync and async streams)."""
+    def _to_chunks(self, event: Any, loaded: _Loaded, plan: OutputPlan, text: list[str],
+                   first_token_s: float | None) -> list[ChatGenerationChunk]:
+        """One engine event as LangChain chunks (the one mapping, for sync and async streams).
+
+        With tools offered, the text is held until the end and read as content plus calls:
+        a call arrives whole, as ``tool_call_chunks`` that merge into ``AIMessage.tool_calls``.
+        """
         if not isinstance(event, Finished):
             if not event.text:
-                return None
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=event.text))
-            if run_manager:
-                run_manager.on_llm_new_token(event.text, chunk=chunk)
-            return chunk
+                return []
+            if plan.tool_format is not None:
+                text.append(event.text)
+                return []
+            return [ChatGenerationChunk(message=AIMessageChunk(content=event.text))]
+        chunks = []
+        reason = event.reason
+        if plan.tool_format is not None:
+            content, calls = plan.finish("".join(text))
+            if calls and reason == "stop":
+                reason = "tool_calls"
+            if content or calls:
+                chunks.append(ChatGenerationChunk(message=AIMessageChunk(
+                    content=content, tool_call_chunks=tool_call_chunks(calls))))
         usage = UsageMetadata(
             input_tokens=event.prompt_tokens, output_tokens=event.completion_tokens,
             total_tokens=event.prompt_tokens + event.completion_tokens,
             input_token_details={"cache_read": event.cached_tokens},
         )
         first = first_token_s if first_token_s is not None else event.time_to_first_token_s
-        return ChatGenerationChunk(
+        chunks.append(ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
                 usage_metadata=usage,
-                response_metadata={"finish_reason": event.reason, "model_name": self.model_name,
+                response_metadata={"finish_reason": reason, "model_name": self.model_name,
                                    "variant": loaded.variant, "device": loaded.device,
                                    "time_to_first_token_s": first},
                 chunk_position="last",
             ),
-            generation_info={"finish_reason": event.reason},
-        )
+            generation_info={"finish_reason": reason},
+        ))
+        return chunks
 
     def _generate(
         self,
@@ -389,6 +429,33 @@ class OnnxChatModel(BaseLLMModel):
         **kwargs: Any,
     ) -> ChatResult:
         return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    # -- tools and structured output ---------------------------------------------------------
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, parallel_tool_calls: bool | None = None,
+                   **kwargs: Any) -> Runnable[Any, AIMessage]:
+        """Offer ``tools`` (pydantic classes, functions, LangChain tools or OpenAI dicts).
+
+        ``tool_choice``: ``"auto"`` (the model decides), ``"any"``/``"required"`` (a call to
+        some tool), ``"none"``, or a tool's name (a call to that one). Calls are constrained by
+        a grammar, so they always parse and name a bound tool with valid arguments.
+        """
+        formatted = format_tools(tools)
+        choice = normalize_tool_choice(tool_choice, formatted)
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, tool_choice=choice, **kwargs)
+
+    def with_structured_output(self, schema: Any = None, *, method: str = "json_schema",
+                               include_raw: bool = False, strict: bool | None = None,
+                               **kwargs: Any) -> Runnable[Any, Any]:
+        """Answers parsed into ``schema`` (pydantic class, TypedDict or JSON schema dict).
+
+        ``method``: ``"json_schema"`` (the answer is constrained to the schema),
+        ``"function_calling"`` (through a forced tool call) or ``"json_mode"`` (any JSON
+        object). An answer cut by ``max_tokens`` is an error that says so, never half an object.
+        """
+        return structured_output(self, schema, method, include_raw, strict, kwargs)
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(

@@ -6,6 +6,8 @@ HuggingFace example) converts messages the same way without loading ONNX Runtime
 
 from __future__ import annotations
 
+from typing import Any
+
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -16,6 +18,7 @@ from langchain_core.messages import (
 )
 
 from ..engine.tokenizer import check_unicode
+from ..engine.toolcalls import FORMATS, ToolCall, ToolFormat
 from ..errors import ChatInputError
 
 #: Message classes and their chunk subclasses (a streamed reply fed back as history).
@@ -25,8 +28,13 @@ _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
 _TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
-def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the ``{"role", "content"}`` dicts chat templates expect."""
+def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | None = None) -> list[dict[str, Any]]:
+    """LangChain messages as the ``{"role", "content"}`` dicts chat templates expect.
+
+    An assistant turn that called tools and each ``ToolMessage`` (its ``status="error"``
+    too) are written the way ``tool_format`` says (the generic format when none is given),
+    so the model sees its earlier calls and their results.
+    """
     if not messages:
         raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
     converted = []
@@ -50,7 +58,16 @@ def to_template_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
             check_unicode(text, f"Message {index}")
         except ValueError as exc:
             raise ChatInputError(str(exc)) from None
-        converted.append({"role": role, "content": text})
+        fmt = tool_format or FORMATS["generic"]
+        if isinstance(message, AIMessage) and message.tool_calls:
+            calls = [ToolCall(c["name"], c.get("args") or {}, c.get("id") or f"call_{index}_{n}")
+                     for n, c in enumerate(message.tool_calls)]
+            converted.append(fmt.history_call(text, calls))
+        elif isinstance(message, ToolMessage):
+            converted.append(fmt.history_result(text, message.tool_call_id, message.name,
+                                                message.status == "error"))
+        else:
+            converted.append({"role": role, "content": text})
     return converted
 
 

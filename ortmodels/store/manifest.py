@@ -87,6 +87,9 @@ class ChatSpec(BaseModel):
     bos_token_id: int | None = Field(default=None, ge=0)
     generation: dict[str, Any] = Field(default_factory=dict)
     """Sampling defaults from ``generation_config.json`` (temperature, top_p, ...)."""
+    tool_format: str | None = None
+    """How the chat template calls tools (``generic``, ``hermes``, ``llama3``), detected at export;
+    ``None`` in older exports: detected from the template at load."""
 
 
 class Manifest(BaseModel):

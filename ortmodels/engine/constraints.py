@@ -1,0 +1,187 @@
+"""Constrained decoding: a grammar masks each request's logits before its token is chosen.
+
+Grammars come from a JSON schema, a regex or a Lark grammar and are compiled by
+llguidance (reads ``tokenizer.json`` itself, compiles a schema in about a millisecond,
+computes a mask in tens of microseconds at a 49k vocabulary). Each request gets its own
+matcher, so a batch mixes free and constrained rows. The mask is written into buffers
+allocated once per request, and applied with ``np.copyto(..., where=...)``: no
+vocabulary-sized array is allocated per token. The end token is allowed only where the
+grammar is complete; tokens past the tokenizer's vocabulary (a graph padded to a round
+size) are never allowed.
+
+A `TriggeredGrammar` leaves the model free until it writes a trigger token (a tool-call
+tag such as ``<tool_call>``), then constrains what follows: llama.cpp's "lazy grammar".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import GrammarError, MissingDependencyError
+from .tokenizer import repaired_tokenizer_json
+
+logger = logging.getLogger(__name__)
+
+GrammarKind = Literal["json_schema", "json_object", "regex", "lark"]
+_ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """What a constrained answer must match: ``kind`` and its source (a schema dict or text)."""
+
+    kind: GrammarKind
+    source: Any = None
+
+    def to_llguidance(self) -> str:
+        llg = _llguidance()
+        if self.kind == "json_schema":
+            return llg.LLMatcher.grammar_from_json_schema(self.source)
+        if self.kind == "json_object":
+            return llg.LLMatcher.grammar_from_json_schema(_ANY_JSON_OBJECT)
+        if self.kind == "regex":
+            return llg.LLMatcher.grammar_from_regex(self.source)
+        return llg.LLMatcher.grammar_from_lark(self.source)
+
+
+def close_objects(schema: Any) -> Any:
+    """A copy of a JSON schema whose objects with listed ``properties`` allow no others, unless
+    they say so (``additionalProperties``), as OpenAI's strict mode reads a schema.
+
+    JSON Schema allows extra properties by default, and a small model given that freedom
+    invents keys (``"gender"``, ``"family": {...}``) until ``max_tokens`` cuts it off.
+    """
+    if isinstance(schema, list):
+        return [close_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: close_objects(value) for key, value in schema.items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def _llguidance() -> Any:
+    try:
+        import llguidance
+    except ImportError as exc:  # a core dependency; only a broken install lacks it
+        raise MissingDependencyError(
+            "Constrained decoding needs llguidance: pip install 'llguidance>=1.9'."
+        ) from exc
+    return llguidance
+
+
+class GrammarCompiler:
+    """Compiles grammars for one tokenizer and vocabulary; thread-safe, built on first use."""
+
+    def __init__(self, tokenizer_path: Path, vocab_size: int, eos_token_ids: list[int]) -> None:
+        self.tokenizer_path = tokenizer_path
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def _llg_tokenizer(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._build_tokenizer()
+            return self._tokenizer
+
+    def _build_tokenizer(self) -> Any:
+        llg = _llguidance()
+        data = json.loads(self.tokenizer_path.read_text(encoding="utf-8"))
+        repaired = repaired_tokenizer_json(data)
+        path, temporary = str(self.tokenizer_path), None
+        if repaired is not None:  # a GGUF-converted decoder llguidance misreads: give it the plain one
+            logger.info("Reading %s with a plain ByteLevel decoder for grammars", self.tokenizer_path)
+            handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8")
+            with handle:
+                json.dump(repaired, handle)
+            path = temporary = handle.name
+        try:
+            return llg.LLTokenizer(path, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None)
+        finally:
+            if temporary is not None:
+                os.unlink(temporary)
+
+    def matcher(self, grammar: Grammar) -> Any:
+        """A fresh matcher for ``grammar``, or a `GrammarError` naming what the compiler refused."""
+        llg = _llguidance()
+        try:
+            text = grammar.to_llguidance()
+        except (ValueError, TypeError) as exc:
+            raise GrammarError(f"The {grammar.kind} grammar is not valid: {exc}") from None
+        matcher = llg.LLMatcher(self._llg_tokenizer(), text, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(
+                f"The {grammar.kind} grammar cannot be used for constrained decoding: "
+                f"{matcher.get_error()}. Remove or simplify that part of the {grammar.kind}."
+            )
+        return matcher
+
+    def check(self, grammar: Grammar) -> None:
+        """Compile once to refuse a bad grammar before any token is generated."""
+        self.matcher(grammar)
+
+    def processor(self, grammar: Grammar, trigger_token: int | None = None) -> GrammarProcessor:
+        """The per-request logits processor; with ``trigger_token`` the grammar starts after it."""
+        return GrammarProcessor(self, grammar, trigger_token)
+
+
+class GrammarProcessor:
+    """One request's grammar state: `mask` before each choice, `accept` after it."""
+
+    def __init__(self, compiler: GrammarCompiler, grammar: Grammar, trigger_token: int | None = None) -> None:
+        self.compiler, self.grammar = compiler, grammar
+        self.trigger_token = trigger_token
+        self._matcher: Any = None if trigger_token is not None else compiler.matcher(grammar)
+        words = (compiler.vocab_size + 31) // 32
+        self._words = np.zeros(words, dtype=np.int32)
+        self._shifts = np.arange(32, dtype=np.int32)
+        self._bits = np.empty((words, 32), dtype=np.int32)
+        self._banned = np.empty(words * 32, dtype=bool)
+        self.triggered = trigger_token is None
+
+    @property
+    def active(self) -> bool:
+        """Whether the grammar constrains the next token (a triggered one waits for its trigger)."""
+        return self._matcher is not None
+
+    @property
+    def complete(self) -> bool:
+        """The grammar's text is whole (it would accept the end here, or has stopped)."""
+        return self._matcher is not None and (self._matcher.is_accepting() or self._matcher.is_stopped())
+
+    def mask(self, logits: np.ndarray) -> None:
+        """Set every token the grammar does not allow next to -inf, in place."""
+        if self._matcher is None:
+            return
+        matcher = self._matcher
+        matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+        if matcher.is_error():
+            raise GrammarError(f"Constrained decoding failed: {matcher.get_error()}")
+        np.right_shift(self._words[:, None], self._shifts[None, :], out=self._bits)
+        np.bitwise_and(self._bits, 1, out=self._bits)
+        np.equal(self._bits.reshape(-1), 0, out=self._banned)
+        width = min(logits.shape[-1], self._banned.size)
+        np.copyto(logits[:width], -np.inf, where=self._banned[:width])
+        if logits.shape[-1] > width:
+            logits[width:] = -np.inf
+
+    def accept(self, token_id: int) -> None:
+        if self._matcher is None:
+            if token_id == self.trigger_token:
+                self._matcher = self.compiler.matcher(self.grammar)
+                self.triggered = True
+            return
+        if not self._matcher.consume_token(token_id) and not self._matcher.is_stopped():
+            raise GrammarError(f"Constrained decoding failed: {self._matcher.get_error()}")

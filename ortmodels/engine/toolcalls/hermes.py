@@ -1,0 +1,66 @@
+"""Hermes-style calls (Qwen2.5, Hermes, and templates written like them): the template takes
+``tools`` itself, and the model writes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
+
+``auto`` leaves the model free until it writes ``<tool_call>``; from there the call is
+constrained (a lazy grammar). A forced choice constrains the answer to calls from the
+first token. Several calls in a row are parallel calls.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..constraints import Grammar
+from .base import CallPlan, Choice, ToolCall, ToolFormat, call_schema
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_CALL = re.compile(re.escape(OPEN) + r"\s*(\{.*?\})\s*(?:" + re.escape(CLOSE) + r"|$)", re.S)
+
+
+class HermesFormat(ToolFormat):
+    name = "hermes"
+
+    def detect(self, template: str) -> bool:
+        return OPEN in template and "tools" in template
+
+    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+               choice: Choice, parallel: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return messages, {"tools": tools}
+
+    def _call_lark(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> str:
+        schema = json.dumps(call_schema(tools, choice))
+        repeat = "+" if parallel else ""
+        return (f"start: (call_block){repeat}\n"
+                f"call_block: {OPEN!r} WS? call WS? {CLOSE!r} WS?\n"
+                f"call: %json {schema}\n"
+                "WS: /[ \\t\\n]+/\n").replace("'", '"')
+
+    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> CallPlan:
+        if choice == "auto":  # after the trigger: the rest of the first call, then more calls or the end
+            schema = json.dumps(call_schema(tools, choice))
+            more = f"({OPEN!r} WS? call WS? {CLOSE!r} WS?)*" if parallel else ""
+            lark = (f"start: WS? call WS? {CLOSE!r} WS? {more}\n"
+                    f"call: %json {schema}\n"
+                    "WS: /[ \\t\\n]+/\n").replace("'", '"')
+            return CallPlan(Grammar("lark", lark), trigger=OPEN)
+        return CallPlan(Grammar("lark", self._call_lark(tools, choice, parallel)))
+
+    def parse(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
+        calls = []
+        for match in _CALL.finditer(text):
+            try:
+                value = json.loads(match.group(1))
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and isinstance(value.get("name"), str):
+                arguments = value.get("arguments") or {}
+                if isinstance(arguments, str):  # some models write the arguments as a JSON string
+                    try:
+                        arguments = json.loads(arguments)
+                    except json.JSONDecodeError:
+                        continue
+                calls.append(ToolCall(value["name"], arguments))
+        content = text[: text.find(OPEN)] if OPEN in text else text
+        return content.strip() if calls else text, calls
