@@ -47,11 +47,10 @@ class TestOnnxEmbeddingsIntegration(_SampleModel, EmbeddingsIntegrationTests):
     pass
 
 
-CHAT_PARAMS = {"model_path": str(SAMPLES_DIR / CHAT_SAMPLE), "dtype": "int8", "device": "cpu"}
-
-
 class _SampleChat:
-    """Text chat only: tool calling and structured output come in a later release."""
+    """The int8 sample: every capability the model has, tools and structured output included."""
+
+    dtype = "int8"
 
     @property
     def chat_model_class(self) -> type[OnnxChatModel]:
@@ -59,23 +58,31 @@ class _SampleChat:
 
     @property
     def chat_model_params(self) -> dict:
-        return CHAT_PARAMS
+        return {"model_path": str(SAMPLES_DIR / CHAT_SAMPLE), "dtype": self.dtype, "device": "cpu"}
 
     @property
     def standard_chat_model_params(self) -> dict:
-        return {**super().standard_chat_model_params, "max_tokens": 40}  # keeps the suite quick
+        return {**super().standard_chat_model_params, "max_tokens": 100}  # room for a JSON answer
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict:
+        return {"method": "json_schema"}
 
     @property
     def supports_json_mode(self) -> bool:
-        return False
+        return True
 
     @property
     def returns_usage_metadata(self) -> bool:
@@ -94,3 +101,7 @@ class TestOnnxChatUnit(_SampleChat, ChatModelUnitTests):
 
 class TestOnnxChatIntegration(_SampleChat, ChatModelIntegrationTests):
     pass
+
+
+class TestOnnxChatIntegrationInt4(_SampleChat, ChatModelIntegrationTests):
+    dtype = "int4"

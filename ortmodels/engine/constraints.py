@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 GrammarKind = Literal["json_schema", "json_object", "regex", "lark"]
 _ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+#: Whitespace between JSON tokens: none, one space, or a newline and an indent of at most 20,
+#: as llama.cpp's JSON grammars allow. Unbounded whitespace lets a small model fill an
+#: answer with blank lines until max_tokens instead of writing the next key.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"[ ]?|\n[ \t]{0,20}"}
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,9 @@ class Grammar:
     def to_llguidance(self) -> str:
         llg = _llguidance()
         if self.kind == "json_schema":
-            return llg.LLMatcher.grammar_from_json_schema(self.source)
+            return llg.LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_OPTIONS)
         if self.kind == "json_object":
-            return llg.LLMatcher.grammar_from_json_schema(_ANY_JSON_OBJECT)
+            return llg.LLMatcher.grammar_from_json_schema(_ANY_JSON_OBJECT, defaults=JSON_OPTIONS)
         if self.kind == "regex":
             return llg.LLMatcher.grammar_from_regex(self.source)
         return llg.LLMatcher.grammar_from_lark(self.source)

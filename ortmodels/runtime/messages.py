@@ -25,6 +25,8 @@ from ..errors import ChatInputError
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
     (SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"), (ToolMessage, "tool"),
 )
+#: Content blocks of an assistant turn that stand for its tool calls (given again in ``tool_calls``).
+_TOOL_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "function_call"})
 _TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
@@ -48,7 +50,8 @@ def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | 
                 f"templates know {', '.join(sorted(_TEMPLATE_ROLES))}."
             )
         if isinstance(message.content, list):
-            kinds = {b.get("type") for b in message.content if isinstance(b, dict)} - {"text"}
+            readable = _TOOL_BLOCKS if isinstance(message, AIMessage) else frozenset()  # calls come from .tool_calls
+            kinds = {b.get("type") for b in message.content if isinstance(b, dict)} - {"text"} - readable
             if kinds:
                 raise ChatInputError(
                     f"Message {index} has {', '.join(sorted(map(str, kinds)))} content; this model reads text only."

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from ..constraints import Grammar
+from ..constraints import JSON_OPTIONS, Grammar
 from .base import CallPlan, Choice, ToolCall, ToolFormat, call_schema
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -30,7 +30,7 @@ class HermesFormat(ToolFormat):
         return messages, {"tools": tools}
 
     def _call_lark(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> str:
-        schema = json.dumps(call_schema(tools, choice))
+        schema = json.dumps({**call_schema(tools, choice), "x-guidance": JSON_OPTIONS})
         repeat = "+" if parallel else ""
         return (f"start: (call_block){repeat}\n"
                 f"call_block: {OPEN!r} WS? call WS? {CLOSE!r} WS?\n"
@@ -39,7 +39,7 @@ class HermesFormat(ToolFormat):
 
     def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> CallPlan:
         if choice == "auto":  # after the trigger: the rest of the first call, then more calls or the end
-            schema = json.dumps(call_schema(tools, choice))
+            schema = json.dumps({**call_schema(tools, choice), "x-guidance": JSON_OPTIONS})
             more = f"({OPEN!r} WS? call WS? {CLOSE!r} WS?)*" if parallel else ""
             lark = (f"start: WS? call WS? {CLOSE!r} WS? {more}\n"
                     f"call: %json {schema}\n"
