@@ -200,9 +200,12 @@ def chat_part(args: argparse.Namespace, solo_models: dict[str, Any]) -> dict[str
             run_threads(model, warm_up[:SEQUENTIAL_CALLERS], 8)
             runner.run(_gather(model, warm_up[SEQUENTIAL_CALLERS:], 8))
         measured: dict[tuple[str, str, int], list[tuple[float, list[Call]]]] = {}
-        contenders = [(v, m, n) for v in VARIANTS for m, n in runs]
+        key_runs = [r for r in runs if r[1] == SEQUENTIAL_CALLERS]  # the key ratio's runs go back to back,
+        other_runs = [r for r in runs if r not in key_runs]  # so load swings on a shared machine hit both sides
         for round_ in range(args.rounds):
-            for variant, mode, callers in rotated(contenders, round_ * 3):
+            order = [(v, m, n) for v in rotated(VARIANTS, round_)
+                     for m, n in [*rotated(key_runs, round_), *rotated(other_runs, round_)]]
+            for variant, mode, callers in order:
                 asked = questions[round_, mode, callers]
                 model = models[variant]
                 time.sleep(SETTLE_S)
@@ -295,7 +298,8 @@ def embed_part(args: argparse.Namespace) -> dict[str, Any]:
     run(4)  # warm-up
     measured: dict[int, list[tuple[float, list[float]]]] = {n: [] for n in args.embed_threads}
     for round_ in range(args.rounds):
-        for threads in rotated(list(args.embed_threads), round_):
+        ends = [n for n in (1, 32) if n in args.embed_threads]  # the key ratio's runs back to back
+        for threads in [*rotated(ends, round_), *rotated([n for n in args.embed_threads if n not in ends], round_)]:
             time.sleep(SETTLE_S)
             wall, latencies = run(threads)
             measured[threads].append((wall, latencies))

@@ -67,3 +67,14 @@ def copied_embedding_model(samples_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(samples_dir / EMBEDDING_SAMPLE, target, symlinks=True,
                     ignore=shutil.ignore_patterns("model.safetensors"))
     return target
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests a module lists in ``KNOWN_MODEL_FAILURES`` as expected to fail, each with
+    its reason and the exceptions that failure may raise (any other failure still fails)."""
+    for item in items:
+        known = getattr(item.module, "KNOWN_MODEL_FAILURES", {})
+        entry = known.get((item.cls.__name__ if item.cls else "", getattr(item, "originalname", item.name)))
+        if entry is not None:
+            reason, raises = entry
+            item.add_marker(pytest.mark.xfail(reason=reason, raises=raises, strict=False))

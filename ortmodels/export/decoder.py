@@ -14,7 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError, ParityError
+from ..engine.chat_template import ChatTemplate
+from ..engine.toolcalls import detect_format
+from ..errors import ChatTemplateError, ExportError, ModelFileError, ParityError
 from ..kinds import KINDS
 from ..store import ModelInfo, read_json
 from ..store.manifest import ChatSpec, Manifest, VariantEntry
@@ -88,11 +90,16 @@ def chat_spec(base: Path, tokenizer: Any) -> ChatSpec:
         eos.append(eos_id)
     if not eos:
         raise ExportError(f"{base} names no end-of-sequence token (generation_config.json or config.json).")
+    try:
+        tool_format: str | None = detect_format(ChatTemplate.from_folder(base).source)
+    except (ModelFileError, ChatTemplateError):  # no template: chat fails at load, with its own message
+        tool_format = None
     return ChatSpec(
         context_length=context,
         eos_token_ids=sorted(set(eos)),
         bos_token_id=generation.get("bos_token_id", config.get("bos_token_id")),
         generation={k: generation[k] for k in _GENERATION_KEYS if k in generation},
+        tool_format=tool_format,
     )
 
 

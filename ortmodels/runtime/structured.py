@@ -34,7 +34,12 @@ from langchain_core.utils.function_calling import (
 )
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from ..engine.constraints import Grammar, GrammarCompiler, GrammarProcessor, close_objects
+from ..engine.constraints import (
+    Grammar,
+    GrammarCompiler,
+    GrammarProcessor,
+    close_objects,
+)
 from ..engine.toolcalls import ToolCall, ToolFormat
 from ..errors import ChatInputError, StructuredOutputError
 
@@ -129,10 +134,11 @@ class OutputPlan:
         if tools and choice != "none":
             if grammar is not None:
                 raise ChatInputError("Give tools or a response_format, not both, in one call.")
-            plan = fmt.plan(tools, choice, parallel)
-            trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger else None
+            special = special_tokens(tokenizer)
+            plan = fmt.plan(tools, choice, parallel, special)
+            trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None
             if plan.trigger and trigger is None:  # no single trigger token: constrain from the start
-                plan = fmt.plan(tools, "required", parallel)
+                plan = fmt.plan(tools, "required", parallel, special)
             processor = compiler.processor(plan.grammar, trigger) if plan.grammar else None
             return cls(tools, choice, parallel, fmt, processor, structured=True)
         processor = compiler.processor(grammar) if grammar is not None else None
@@ -152,6 +158,11 @@ class OutputPlan:
         names = {t["function"]["name"] for t in self.tools}
         content, calls = self.tool_format.parse(text, self.tools)
         return content, [c for c in calls if c.name in names]
+
+
+def special_tokens(tokenizer: Any) -> frozenset[str]:
+    """The texts of the tokenizer's special (added) tokens, such as ``<tool_call>`` in Qwen2.5's."""
+    return frozenset(t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special)
 
 
 def tool_call_chunks(calls: list[ToolCall]) -> list[dict[str, Any]]:

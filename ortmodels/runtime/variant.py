@@ -66,6 +66,7 @@ def open_variant(
     until it is unloaded, so the version is not pruned under it.
     """
     owner = loading_model()
+    model_dir = model_dir.absolute()  # files read later (grammars) must not depend on the working directory
     version = getattr(owner, "version", None)
     info, lease = _lease_version(model_dir, kind, version)
     try:

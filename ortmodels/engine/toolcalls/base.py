@@ -83,8 +83,10 @@ class ToolFormat(ABC):
         """Messages for the template, and extra template variables (``tools``)."""
 
     @abstractmethod
-    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> CallPlan:
-        """What the answer is constrained to."""
+    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool,
+             special: frozenset[str] = frozenset()) -> CallPlan:
+        """What the answer is constrained to; ``special``: the tokenizer's special tokens (a
+        tag that is one must be written as that token, not spelled out)."""
 
     @abstractmethod
     def parse(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:

@@ -47,7 +47,8 @@ class GenericFormat(ToolFormat):
             return [first, *messages[1:]], {}
         return [{"role": "system", "content": text}, *messages], {}
 
-    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> CallPlan:
+    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool,
+             special: frozenset[str] = frozenset()) -> CallPlan:
         one = call_schema(tools, choice)
         if parallel:
             calls: dict[str, Any] = {"type": "object", "properties": {"tool_calls": {

@@ -29,23 +29,18 @@ class HermesFormat(ToolFormat):
                choice: Choice, parallel: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return messages, {"tools": tools}
 
-    def _call_lark(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> str:
-        schema = json.dumps({**call_schema(tools, choice), "x-guidance": JSON_OPTIONS})
-        repeat = "+" if parallel else ""
-        return (f"start: (call_block){repeat}\n"
-                f"call_block: {OPEN!r} WS? call WS? {CLOSE!r} WS?\n"
-                f"call: %json {schema}\n"
-                "WS: /[ \\t\\n]+/\n").replace("'", '"')
+    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool,
+             special: frozenset[str] = frozenset()) -> CallPlan:
+        def tag(text: str) -> str:  # a special token is matched as that token, else as text
+            return text if text in special else json.dumps(text)
 
-    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> CallPlan:
+        schema = json.dumps({**call_schema(tools, choice), "x-guidance": JSON_OPTIONS})
+        block = f"{tag(OPEN)} WS? call WS? {tag(CLOSE)} WS?"
+        rules = f"call: %json {schema}\nWS: /[ \\t\\n]+/\n"
         if choice == "auto":  # after the trigger: the rest of the first call, then more calls or the end
-            schema = json.dumps({**call_schema(tools, choice), "x-guidance": JSON_OPTIONS})
-            more = f"({OPEN!r} WS? call WS? {CLOSE!r} WS?)*" if parallel else ""
-            lark = (f"start: WS? call WS? {CLOSE!r} WS? {more}\n"
-                    f"call: %json {schema}\n"
-                    "WS: /[ \\t\\n]+/\n").replace("'", '"')
-            return CallPlan(Grammar("lark", lark), trigger=OPEN)
-        return CallPlan(Grammar("lark", self._call_lark(tools, choice, parallel)))
+            more = f" ({block})*" if parallel else ""
+            return CallPlan(Grammar("lark", f"start: WS? call WS? {tag(CLOSE)} WS?{more}\n{rules}"), trigger=OPEN)
+        return CallPlan(Grammar("lark", f"start: ({block}){'+' if parallel else ''}\n{rules}"))
 
     def parse(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
         calls = []

@@ -25,7 +25,8 @@ class Llama3Format(ToolFormat):
                choice: Choice, parallel: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return messages, {"tools": tools}
 
-    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool) -> CallPlan:
+    def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool,
+             special: frozenset[str] = frozenset()) -> CallPlan:
         if choice == "auto":
             return CallPlan(None)
         return CallPlan(Grammar("json_schema", call_schema(tools, choice, args_key="parameters")))

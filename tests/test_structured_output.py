@@ -1,0 +1,206 @@
+"""with_structured_output and bind_tools on the real sample: every answer parses, every call names
+a bound tool with valid arguments, on schemas LangChain's own suite does not write."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import jsonschema
+import pytest
+from langchain_core.exceptions import OutputParserException
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_core.utils.function_calling import (
+    convert_to_json_schema,
+    convert_to_openai_tool,
+)
+from pydantic import BaseModel, Field
+
+from ortmodels import ModelManager
+from ortmodels.errors import GrammarError, StructuredOutputError
+from ortmodels.runtime.chat import OnnxChatModel
+
+from .conftest import CHAT_SAMPLE
+
+pytestmark = pytest.mark.slow
+
+
+class Colour(str, Enum):
+    red = "red"
+    green = "green"
+    blue = "blue"
+
+
+class Address(BaseModel):
+    """A postal address."""
+
+    city: str
+    country: str
+
+
+class Person(BaseModel):
+    """A person mentioned in the text."""
+
+    name: str = Field(description="the person's first name")
+    age: int = Field(ge=0, le=130)
+    favourite_colour: Colour
+    address: Address
+    nickname: str | None = None
+
+
+class Shopping(BaseModel):
+    """A shopping list."""
+
+    items: list[str] = Field(min_length=1, max_length=5)
+    budget: float = Field(ge=0, le=1000)
+
+
+RAW_SCHEMA = {
+    "title": "Rating", "description": "A rating of a film.", "type": "object",
+    "properties": {"film": {"type": "string"}, "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                   "tags": {"type": "array", "items": {"enum": ["funny", "sad", "long"]}, "maxItems": 3}},
+    "required": ["film", "stars"],
+}
+CASES = [
+    (Person, "Maria is 34, lives in Lyon, France, and loves the colour green. Extract her details."),
+    (Shopping, "I need eggs, milk and bread, and can spend 20 euros. Make the shopping list."),
+    (RAW_SCHEMA, "Rate the film Up: four stars, funny and a bit sad."),
+]
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def chat(request: pytest.FixtureRequest) -> OnnxChatModel:
+    model = OnnxChatModel(model_name=CHAT_SAMPLE, dtype=request.param, device="cpu", max_tokens=160)
+    return model.load()
+
+
+def _schema(schema: Any) -> dict:
+    return schema if isinstance(schema, dict) else convert_to_json_schema(schema)
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+@pytest.mark.parametrize("schema, prompt", CASES, ids=["nested-enum-optional", "array-bounded", "raw-dict"])
+def test_every_structured_answer_validates_or_says_it_was_cut(chat: OnnxChatModel, schema: Any, prompt: str,
+                                                              method: str) -> None:
+    result = chat.with_structured_output(schema, method=method, include_raw=True).invoke(prompt)
+    raw: AIMessage = result["raw"]
+    if raw.response_metadata["finish_reason"] == "length":  # the model looped: reported, never half parsed
+        assert result["parsed"] is None and "cut at max_tokens" in str(result["parsing_error"])
+        return
+    assert result["parsing_error"] is None, raw
+    parsed = result["parsed"]
+    value = parsed.model_dump(mode="json") if isinstance(parsed, BaseModel) else parsed
+    jsonschema.validate(value, _schema(schema))
+    if isinstance(schema, type):
+        assert isinstance(parsed, schema)
+
+
+def test_most_structured_answers_complete(chat: OnnxChatModel) -> None:
+    """The grammar keeps answers short enough: the small model finishes most of them."""
+    finished = 0
+    for schema, prompt in CASES:
+        raw = chat.with_structured_output(schema, include_raw=True).invoke(prompt)["raw"]
+        finished += raw.response_metadata["finish_reason"] == "stop"
+    assert finished >= 2
+
+
+@tool
+def get_weather(city: str, unit: str = "celsius") -> str:
+    """Get the current weather in a city, in celsius or fahrenheit."""
+    return f"12 degrees {unit} in {city}"
+
+
+@tool
+def convert_currency(amount: float, currency: str) -> str:
+    """Convert an amount of euros into another currency (USD, GBP or JPY)."""
+    return f"{amount} EUR in {currency}"
+
+
+TOOLS = [get_weather, convert_currency]
+
+
+def _validate_call(call: dict[str, Any]) -> None:
+    bound = {t.name: convert_to_openai_tool(t)["function"]["parameters"] for t in TOOLS}
+    assert call["name"] in bound and call["id"] and call["type"] == "tool_call"
+    jsonschema.validate(call["args"], bound[call["name"]])
+
+
+@pytest.mark.parametrize("choice", ["any", "required", "get_weather", "convert_currency"])
+def test_forced_tool_calls_name_a_bound_tool_with_valid_arguments(chat: OnnxChatModel, choice: str) -> None:
+    reply = chat.bind_tools(TOOLS, tool_choice=choice).invoke("What is the weather in Oslo, and what are 50 euros in USD?")
+    assert reply.tool_calls, reply
+    for call in reply.tool_calls:
+        _validate_call(call)
+    if choice in ("get_weather", "convert_currency"):
+        assert reply.tool_calls[0]["name"] == choice
+    assert reply.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_auto_either_calls_a_tool_or_answers(chat: OnnxChatModel) -> None:
+    for question in ("What is the weather in Paris?", "Say hello."):
+        reply = chat.bind_tools(TOOLS).invoke(question)
+        assert reply.tool_calls or reply.content
+        for call in reply.tool_calls:
+            _validate_call(call)
+    none = chat.bind_tools(TOOLS, tool_choice="none").invoke("Say hello.")
+    assert none.content and not none.tool_calls
+
+
+def test_streamed_tool_call_chunks_merge_into_the_same_call(chat: OnnxChatModel) -> None:
+    bound = chat.bind_tools(TOOLS, tool_choice="get_weather")
+    question = "Weather in Rome?"
+    invoked = bound.invoke(question)
+    merged = None
+    for chunk in bound.stream(question):
+        merged = chunk if merged is None else merged + chunk
+    assert merged is not None and merged.tool_call_chunks
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [(c["name"], c["args"]) for c in invoked.tool_calls]
+
+
+def test_tool_results_and_errors_go_back_through_the_template(chat: OnnxChatModel) -> None:
+    call = {"name": "get_weather", "args": {"city": "Oslo"}, "id": "call_1", "type": "tool_call"}
+    history = [
+        HumanMessage("Weather in Oslo?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("Service down", tool_call_id="call_1", status="error"),
+    ]
+    prompt = chat.render_prompt(history)
+    assert '"tool_call": {"name": "get_weather", "arguments": {"city": "Oslo"}}' in prompt
+    assert '"tool_error": {"name": null, "content": "Service down"}' in prompt
+    reply = chat.bind_tools(TOOLS).invoke(history)
+    assert reply.content or reply.tool_calls
+
+
+def test_bad_requests_are_refused_before_generating(chat: OnnxChatModel) -> None:
+    with pytest.raises(StructuredOutputError, match="names no bound tool; bound tools: get_weather, convert_currency"):
+        chat.bind_tools(TOOLS, tool_choice="get_time")
+    with pytest.raises(GrammarError, match="strin"):
+        chat.invoke("hi", response_format={"type": "json_schema", "json_schema": {"schema": {
+            "type": "object", "properties": {"x": {"type": "strin"}}}}})
+    steps = chat.loaded.engine.steps
+    assert chat.loaded.engine.steps == steps
+
+
+def test_a_cut_answer_is_an_error_that_says_so(chat: OnnxChatModel) -> None:
+    with pytest.raises(OutputParserException, match="cut at max_tokens"):
+        chat.with_structured_output(Person).invoke(CASES[0][1], max_tokens=5)
+    raw = chat.invoke(CASES[0][1], max_tokens=5, response_format={"type": "json_object"})
+    assert raw.response_metadata["finish_reason"] == "length"
+
+
+def test_json_mode_and_regex_formats(chat: OnnxChatModel) -> None:
+    import json
+
+    reply = chat.invoke("Give me a JSON object with a key 'city' set to Paris.", response_format={"type": "json_object"})
+    if reply.response_metadata["finish_reason"] == "stop":
+        assert isinstance(json.loads(reply.content), dict)
+    answer = chat.invoke("Is Paris in France? Answer yes or no.", response_format={"type": "regex", "regex": "(yes|no)"})
+    assert answer.content in ("yes", "no")
+
+
+def test_the_manager_model_binds_tools_too() -> None:
+    model = ModelManager().get_chat_model(f"{CHAT_SAMPLE}:int4")
+    reply = model.bind_tools(TOOLS, tool_choice="any").invoke("What is the weather in Oslo?")
+    assert reply.tool_calls
+    _validate_call(reply.tool_calls[0])
