@@ -167,7 +167,7 @@ def test_tool_results_and_errors_go_back_through_the_template(chat: OnnxChatMode
     ]
     prompt = chat.render_prompt(history)
     assert '"tool_call": {"name": "get_weather", "arguments": {"city": "Oslo"}}' in prompt
-    assert '"tool_error": {"name": null, "content": "Service down"}' in prompt
+    assert '"tool_error": {"name": "get_weather", "content": "Service down"}' in prompt
     reply = chat.bind_tools(TOOLS).invoke(history)
     assert reply.content or reply.tool_calls
 

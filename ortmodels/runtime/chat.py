@@ -320,6 +320,7 @@ class OnnxChatModel(BaseLLMModel):
         turned into a grammar, prompt rendered and tokenized."""
         self._ensure_loaded()
         loaded = self.loaded  # one consistent set even if another thread unloads meanwhile
+        kwargs = dict(kwargs)  # the caller's dict stays as it was
         output = {k: kwargs.pop(k) for k in OUTPUT_OPTIONS if k in kwargs}
         params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
         plan = OutputPlan.from_options(output, loaded.tool_format, loaded.grammars, loaded.tokenizer)

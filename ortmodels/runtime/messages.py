@@ -40,6 +40,7 @@ def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | 
     if not messages:
         raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
     converted = []
+    names: dict[str, str] = {}  # tool call id → tool name, for results that do not repeat it
     for index, message in enumerate(messages):
         role = message.role if isinstance(message, ChatMessage) else next(
             (name for cls, name in _ROLES if isinstance(message, cls)), None
@@ -65,10 +66,11 @@ def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | 
         if isinstance(message, AIMessage) and message.tool_calls:
             calls = [ToolCall(c["name"], c.get("args") or {}, c.get("id") or f"call_{index}_{n}")
                      for n, c in enumerate(message.tool_calls)]
+            names.update({c.id: c.name for c in calls})
             converted.append(fmt.history_call(text, calls))
         elif isinstance(message, ToolMessage):
-            converted.append(fmt.history_result(text, message.tool_call_id, message.name,
-                                                message.status == "error"))
+            name = message.name or names.get(message.tool_call_id)
+            converted.append(fmt.history_result(text, message.tool_call_id, name, message.status == "error"))
         else:
             converted.append({"role": role, "content": text})
     return converted
