@@ -123,3 +123,25 @@ def test_the_prompt_cache_gives_the_answers_no_cache_gives(monkeypatch: pytest.M
     without_cache, none = conversation()
     assert with_cache == without_cache
     assert none == 0 and cached > 4 * 400  # the system prompt and earlier turns came from the cache
+
+
+def test_a_model_dropped_without_unload_frees_its_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler thread ends when idle, so it does not keep a dropped model's session alive
+    (a test session that loaded a hundred models once held 20 GB this way)."""
+    import gc
+    import time
+    import weakref
+
+    from ortmodels.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IDLE_EXIT_S", 0.1)
+    model = OnnxChatModel(model_name=CHAT_SAMPLE, dtype="int4", device="cpu", max_tokens=4).load()
+    model.invoke("hi")
+    engine = weakref.ref(model.loaded.engine)
+    del model
+    for _ in range(100):
+        gc.collect()
+        if engine() is None:
+            break
+        time.sleep(0.05)
+    assert engine() is None

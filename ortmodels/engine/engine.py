@@ -34,6 +34,8 @@ from .request import Event, Finished, FinishReason, Request
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
+#: Seconds the scheduler thread waits for work before it ends (a new request starts it again).
+IDLE_EXIT_S = 2.0
 _LAYOUTS = ("slots", "padded")
 
 
@@ -296,10 +298,14 @@ class Engine:
                 self._thread.start()
 
     def _run(self) -> None:
+        """Steps while there is work; after `IDLE_EXIT_S` without any, the thread ends (the next
+        request starts another), so an engine nobody holds any more is freed with its session."""
         while True:
             with self._cond:
-                while not self._closed and not (self._waiting or self._prefilling or self._cache.keys):
-                    self._cond.wait()
+                while not self._closed and not self._has_work_locked():
+                    if not self._cond.wait(timeout=IDLE_EXIT_S) and not self._has_work_locked():
+                        self._thread = None
+                        return
                 if self._closed:
                     return
             try:
@@ -307,6 +313,9 @@ class Engine:
             except Exception:  # a bug in the scheduler itself: fail everyone rather than spin
                 logger.exception("Engine step failed; cancelling its requests")
                 self._cancel_all("error")
+
+    def _has_work_locked(self) -> bool:
+        return bool(self._waiting or self._prefilling or self._cache.keys)
 
     def close(self) -> None:
         """Cancel every request, stop the thread and wait for it (idempotent)."""
