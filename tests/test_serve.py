@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -423,6 +424,25 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server: Server) -> None:
             next(lines)
         assert _metric(server, "ortmodels_engine_running_requests") == 1
     # the request cannot end before 4000 tokens, far more than this wait: the row is freed because the client left
+    _wait_for(lambda: _metric(server, "ortmodels_engine_running_requests") == 0, "freed", timeout=10)
+    _wait_for(lambda: _metric(server, "ortmodels_server_requests_in_flight") == 0, "released", timeout=10)
+
+
+def test_a_client_that_leaves_before_a_whole_answer_frees_its_row(server: Server) -> None:
+    body = {**_endless(4000), "stream": False}
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            httpx.post(f"{server.v1}/chat/completions", json=body, timeout=4)
+        except httpx.TimeoutException as exc:  # the client gives up and closes the connection
+            outcome.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    _wait_for(lambda: _metric(server, "ortmodels_engine_running_requests") == 1, "running")
+    asker.join()
+    assert outcome, "the answer came before the client gave up"
     _wait_for(lambda: _metric(server, "ortmodels_engine_running_requests") == 0, "freed", timeout=10)
     _wait_for(lambda: _metric(server, "ortmodels_server_requests_in_flight") == 0, "released", timeout=10)
 

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from langchain_core.messages import (
@@ -145,8 +146,12 @@ def _tool_calls(chunk: AIMessageChunk, start: int) -> list[ResponseToolCall]:
 
 def _finish_reason(chunk: AIMessageChunk) -> str | None:
     reason = chunk.response_metadata.get("finish_reason")
-    if reason in ("cancelled", "error"):
-        raise ApiError(500, f"The request ended with {reason!r} inside the engine.", type="server_error")
+    if reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
+        raise ApiError(503, "The request was cancelled: the model is being unloaded. Retry.", type="server_error",
+                       code="unavailable", headers={"Retry-After": "1"})
+    if reason == "error":
+        raise ApiError(500, "The request failed inside the engine; the server log has the details.",
+                       type="server_error")
     return reason
 
 
@@ -163,12 +168,13 @@ class ChatAnswer:
         text: list[str] = []
         calls: list[ResponseToolCall] = []
         reason, usage = None, None
-        async for chunk in chunks:
-            if isinstance(chunk.content, str):
-                text.append(chunk.content)
-            calls.extend(_tool_calls(chunk, len(calls)))
-            reason = _finish_reason(chunk) or reason
-            usage = _usage(chunk) or usage
+        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
+            async for chunk in chunks:
+                if isinstance(chunk.content, str):
+                    text.append(chunk.content)
+                calls.extend(_tool_calls(chunk, len(calls)))
+                reason = _finish_reason(chunk) or reason
+                usage = _usage(chunk) or usage
         for call in calls:
             call.index = None
         content = "".join(text)
@@ -191,18 +197,19 @@ class ChatAnswer:
         started = False
         calls = 0
         reason, usage = None, None
-        async for chunk in chunks:
-            if not started:  # after the first chunk: a refused request never opens the stream
-                yield self._chunk(Delta(role="assistant", content=""))
-                started = True
-            if isinstance(chunk.content, str) and chunk.content:
-                yield self._chunk(Delta(content=chunk.content))
-            if chunk.tool_call_chunks:
-                deltas = _tool_calls(chunk, calls)
-                calls += len(deltas)
-                yield self._chunk(Delta(tool_calls=deltas))
-            reason = _finish_reason(chunk) or reason
-            usage = _usage(chunk) or usage
+        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
+            async for chunk in chunks:
+                if not started:  # after the first chunk: a refused request never opens the stream
+                    yield self._chunk(Delta(role="assistant", content=""))
+                    started = True
+                if isinstance(chunk.content, str) and chunk.content:
+                    yield self._chunk(Delta(content=chunk.content))
+                if chunk.tool_call_chunks:
+                    deltas = _tool_calls(chunk, calls)
+                    calls += len(deltas)
+                    yield self._chunk(Delta(tool_calls=deltas))
+                reason = _finish_reason(chunk) or reason
+                usage = _usage(chunk) or usage
         yield self._chunk(Delta(), reason or "stop")
         if include_usage:
             final = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from langchain_core.messages import AIMessageChunk
@@ -49,10 +50,11 @@ class TextAnswer:
     async def complete(self, chunks: AsyncIterator[AIMessageChunk]) -> dict[str, Any]:
         text: list[str] = []
         reason, usage = None, None
-        async for chunk in chunks:
-            text.append(chunk.text)
-            reason = _finish_reason(chunk) or reason
-            usage = _usage(chunk) or usage
+        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
+            async for chunk in chunks:
+                text.append(chunk.text)
+                reason = _finish_reason(chunk) or reason
+                usage = _usage(chunk) or usage
         answer = Completion(id=self.id, created=self.created, model=self.model,
                             choices=[CompletionChoice(text="".join(text), finish_reason=reason)],
                             usage=usage or Usage(prompt_tokens=0, total_tokens=0))
@@ -60,11 +62,12 @@ class TextAnswer:
 
     async def stream(self, chunks: AsyncIterator[AIMessageChunk], include_usage: bool) -> AsyncIterator[str]:
         reason, usage = None, None
-        async for chunk in chunks:
-            if chunk.text:
-                yield self._chunk(chunk.text, None)
-            reason = _finish_reason(chunk) or reason
-            usage = _usage(chunk) or usage
+        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
+            async for chunk in chunks:
+                if chunk.text:
+                    yield self._chunk(chunk.text, None)
+                reason = _finish_reason(chunk) or reason
+                usage = _usage(chunk) or usage
         yield self._chunk("", reason or "stop")
         if include_usage:
             final = Completion(id=self.id, created=self.created, model=self.model, choices=[],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -89,10 +89,27 @@ def _ready(state: ServerState) -> None:
                        code="loading", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def _guarded(slot: Slot, work: Awaitable[dict[str, Any]]) -> JSONResponse:
+async def _client_left(request: Request) -> None:
+    """Returns when the client disconnects (the body is already read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _guarded(request: Request, slot: Slot, work: Coroutine[Any, Any, dict[str, Any]]) -> Response:
+    """Run a non-streamed answer; a client that leaves first cancels it (and its engine request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_client_left(request))
     try:
-        return JSONResponse(await work)
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+        return JSONResponse(task.result())
     finally:
+        watcher.cancel()
+        if not task.done():  # this handler itself was cancelled
+            task.cancel()
         slot.release()
 
 
@@ -148,7 +165,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _prime(slot, answer.stream(chunks, include_usage))
-    return await _guarded(slot, answer.complete(chunks))
+    return await _guarded(request, slot, answer.complete(chunks))
 
 
 @v1.post("/completions")
@@ -174,7 +191,7 @@ async def text_completions(request: Request) -> Response:
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _prime(slot, answer.stream(chunks, include_usage))
-    return await _guarded(slot, answer.complete(chunks))
+    return await _guarded(request, slot, answer.complete(chunks))
 
 
 @v1.post("/embeddings")
@@ -190,7 +207,7 @@ async def create_embeddings(request: Request) -> Response:
     except BaseException:
         slot.release()
         raise
-    return await _guarded(slot, embeddings.embed(model, body.model or entry.id, body))
+    return await _guarded(request, slot, embeddings.embed(model, body.model or entry.id, body))
 
 
 router.include_router(v1)
