@@ -32,7 +32,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 jsonschema = pytest.importorskip("jsonschema")
 
-from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR  # noqa: E402
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -130,12 +130,12 @@ def _post(server: Server, path: str, body: object, **kwargs: object) -> httpx.Re
 def _metric(server: Server, name: str) -> float:
     """The sum of a metric's samples on /metrics."""
     text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
     assert values, f"{name} is not on /metrics"
     return sum(values)
 
 
-def _wait_for(check, what: str, timeout: float = 20.0) -> None:  # noqa: ANN001
+def _wait_for(check, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

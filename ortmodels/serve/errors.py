@@ -49,7 +49,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
 class ApiError(Exception):
     """An error answered as OpenAI answers it; raised by the routes themselves."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -20,19 +20,23 @@ def _gauge(name: str, help_text: str, samples: list[tuple[str, float]], kind: st
 
 
 def _engine(model: Any) -> Any:
+    """A loaded chat model's engine; ``None`` for embeddings, a user's class or an unloaded model."""
     if not getattr(model, "is_loaded", False):
         return None
-    state = getattr(model, "_state", None)  # OnnxChatModel's loaded set; a user's class may have none
-    return getattr(state, "engine", None)
+    try:
+        return model.loaded.engine
+    except Exception:  # noqa: BLE001 - unloaded meanwhile, or a class without an engine
+        return None
 
 
 def metrics_text(state: ServerState) -> str:
     queue = state.queue
     running, waiting = [], []
-    for model_id, model in sorted(state.catalog.used.items()):
+    for model_id, model in sorted(state.catalog.used.copy().items()):  # copy: the loop may add one
         engine = _engine(model)
         if engine is not None:
-            label = '{model="%s"}' % model_id.replace("\\", "\\\\").replace('"', '\\"')
+            escaped = model_id.replace("\\", "\\\\").replace('"', '\\"')
+            label = f'{{model="{escaped}"}}'
             running.append((label, len(engine.active)))
             waiting.append((label, engine.waiting))
     parts = [
