@@ -48,6 +48,7 @@ from ..engine.chat_template import ChatTemplate
 from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
 from ..engine.tokenizer import (
+    check_unicode,
     check_vocabulary,
     highest_id,
     load_tokenizer,
@@ -255,6 +256,12 @@ class OnnxChatModel(BaseLLMModel):
                 )
             prompt = prompt[-bound:]
         ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return self._fit_context(loaded, ids, max_tokens)
+
+    def _fit_context(self, loaded: _Loaded, ids: list[int], max_tokens: int | None) -> tuple[list[int], int]:
+        """Prompt ids and tokens to generate within the context: the overflow is refused, naming
+        it in tokens, or (``truncate_prompt``) the oldest tokens are dropped."""
+        context = loaded.spec.context_length
         if max_tokens is None:  # not asked for: as many as fit, up to the default
             default = int(loaded.spec.generation.get("max_new_tokens") or _DEFAULT_MAX_TOKENS)
             max_tokens = max(1, min(default, context - len(ids)))
@@ -370,6 +377,51 @@ class OnnxChatModel(BaseLLMModel):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
+
+    # -- plain text, without the chat template ----------------------------------------------
+
+    def astream_text(self, prompt: str, *, stop: Any = None, **options: Any) -> AsyncIterator[AIMessageChunk]:
+        """Continue ``prompt`` as it is, without the chat template (OpenAI's ``/v1/completions``).
+
+        The same engine, options, stop strings and call guard as `astream`; the last chunk
+        carries ``usage_metadata`` and ``response_metadata["finish_reason"]``. Closing the
+        iterator (or cancelling its task) cancels the request.
+        """
+        return self._aguarded_iter(self._astream_text(prompt, stop, options))
+
+    def _text_request(self, prompt: str, stop: Any, kwargs: dict[str, Any]) -> tuple[_Loaded, Request]:
+        if not isinstance(prompt, str) or not prompt:
+            raise ChatInputError("The prompt must be a non-empty string.")
+        try:
+            check_unicode(prompt, "The prompt")
+        except ValueError as exc:
+            raise ChatInputError(str(exc)) from None
+        self._ensure_loaded()
+        loaded = self.loaded
+        params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
+        if len(prompt) > loaded.prompt_chars:
+            if not self.truncate_prompt:
+                raise ChatInputError(
+                    f"The prompt has {len(prompt):,} characters, more than the context of "
+                    f"{loaded.spec.context_length} tokens can hold. Shorten it, or set truncate_prompt=True."
+                )
+            prompt = prompt[-loaded.prompt_chars:]
+        ids = loaded.tokenizer.encode(prompt, add_special_tokens=True).ids  # a BOS where the model wants one
+        ids, max_tokens = self._fit_context(loaded, ids, asked_max_tokens)
+        return loaded, Request(ids, params, max_tokens=max_tokens, stop=stops,
+                               eos_token_ids=loaded.spec.eos_token_ids)
+
+    async def _astream_text(self, prompt: str, stop: Any, kwargs: dict[str, Any]) -> AsyncIterator[AIMessageChunk]:
+        started, first = time.perf_counter(), None
+        loaded, request = await asyncio.get_running_loop().run_in_executor(
+            None, self._text_request, prompt, stop, kwargs
+        )
+        text: list[str] = []
+        async for event in loaded.engine.agenerate(request):
+            if first is None and not isinstance(event, Finished) and event.token_ids:
+                first = time.perf_counter() - started
+            for chunk in self._to_chunks(event, loaded, OutputPlan(), text, first):
+                yield chunk.message  # type: ignore[misc]
 
     def _to_chunks(self, event: Any, loaded: _Loaded, plan: OutputPlan, text: list[str],
                    first_token_s: float | None) -> list[ChatGenerationChunk]:

@@ -1,0 +1,94 @@
+"""The ASGI app: its lifespan owns the process's `ModelManager`.
+
+Models load in a worker thread after the server starts listening, so ``/health`` can say
+503 while they load (uvicorn only listens once the lifespan's startup is done); requests
+for models wait on the same load. At shutdown (uvicorn has already let running requests
+finish, within its graceful timeout) every model is unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from ..manager import ModelManager
+from . import errors
+from .admission import AdmissionQueue
+from .models import Catalog
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_UNLOAD_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the models, the admission queue, the key and the load status."""
+
+    catalog: Catalog
+    queue: AdmissionQueue
+    api_key: str | None
+    preload: list[str]
+    status: str = "loading"
+    """``loading``, ``ok`` or ``error`` (a model listed to serve failed to load)."""
+    error: str | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+
+async def _preload(state: ServerState) -> None:
+    try:
+        await asyncio.to_thread(state.catalog.load, state.preload)
+    except Exception as exc:  # noqa: BLE001 - reported by /health and the log; the server stays up
+        logger.error("Could not load %s: %s", ", ".join(state.preload), exc)
+        state.status, state.error = "error", str(exc)
+        return
+    state.status = "ok"
+    logger.info("Ready: %s", ", ".join(state.preload) or "no models preloaded")
+
+
+def create_app(models: Sequence[str] | str | None = None, api_key: str | None = None,
+               max_queue: int = DEFAULT_MAX_QUEUE, unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S) -> FastAPI:
+    """The OpenAI-compatible app; for your own ASGI server: ``uvicorn --factory ortmodels.serve:create_app``.
+
+    ``models``: ids to load at start (``name`` or ``name:int8``; a comma-separated string is
+    split; default: ``DEFAULT_CHAT_MODEL`` and ``DEFAULT_EMBEDDING_MODEL`` where exported).
+    Other exported models load on their first request. ``api_key``: every ``/v1`` route then
+    needs ``Authorization: Bearer <key>``. ``max_queue``: requests waiting or running at once,
+    past which the server answers 503 with ``Retry-After``.
+    """
+    manager = ModelManager()
+    catalog = Catalog(manager)
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    preload = list(models) if models else catalog.defaults()
+    catalog.check(preload)
+    state = ServerState(catalog, AdmissionQueue(max_queue), api_key or None, preload)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_preload(state))
+        state.tasks.add(loading)
+        try:
+            yield
+        finally:
+            await asyncio.gather(loading, return_exceptions=True)
+            logger.info("Unloading models")
+            try:
+                await asyncio.to_thread(manager.unload_all, unload_timeout)
+            except Exception as exc:  # noqa: BLE001 - a model still busy: the process is ending anyway
+                logger.warning("Unload at shutdown: %s", exc)
+
+    from .routes import router
+
+    app = FastAPI(title="ortmodels", summary="OpenAI-compatible server for local ONNX models",
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    errors.install(app)
+    app.include_router(router)
+    return app

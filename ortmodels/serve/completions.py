@@ -1,0 +1,87 @@
+"""``/v1/completions``: a plain prompt continued by a chat model's engine, no chat template.
+
+The model's `astream_text` tokenizes the prompt as it is (with the tokenizer's own special
+tokens, a BOS where the model wants one), builds an engine `Request` with the same option
+checks as chat, and streams the engine's text: the prompt shares decode steps with chat
+requests on the same model.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from langchain_core.messages import AIMessageChunk
+
+from .chat import _finish_reason, _usage
+from .errors import bad_request
+from .protocol import Completion, CompletionChoice, CompletionRequest, Usage
+from .sse import DONE, event
+
+
+def prompt_of(request: CompletionRequest) -> str:
+    """The one prompt string of the request (a list of one string is accepted too)."""
+    prompt = request.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise bad_request("Give one prompt as a string; token ids and several prompts per request are not "
+                              "supported.", "prompt", "unsupported_parameter")
+        prompt = prompt[0]
+    if not prompt:
+        raise bad_request("The prompt is empty.", "prompt")
+    return prompt
+
+
+def call_options(request: CompletionRequest) -> dict[str, Any]:
+    options = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
+               "seed": request.seed, "top_k": request.top_k, "repetition_penalty": request.repetition_penalty}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+class TextAnswer:
+    def __init__(self, model_id: str) -> None:
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model_id
+
+    async def complete(self, chunks: AsyncIterator[AIMessageChunk]) -> dict[str, Any]:
+        text: list[str] = []
+        reason, usage = None, None
+        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
+            async for chunk in chunks:
+                text.append(chunk.text)
+                reason = _finish_reason(chunk) or reason
+                usage = _usage(chunk) or usage
+        answer = Completion(id=self.id, created=self.created, model=self.model,
+                            choices=[CompletionChoice(text="".join(text), finish_reason=reason)],
+                            usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+        return _with_nulls(answer.model_dump(exclude_none=True), reason)
+
+    async def stream(self, chunks: AsyncIterator[AIMessageChunk], include_usage: bool) -> AsyncIterator[str]:
+        reason, usage = None, None
+        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
+            async for chunk in chunks:
+                if chunk.text:
+                    yield self._chunk(chunk.text, None)
+                reason = _finish_reason(chunk) or reason
+                usage = _usage(chunk) or usage
+        yield self._chunk("", reason or "stop")
+        if include_usage:
+            final = Completion(id=self.id, created=self.created, model=self.model, choices=[],
+                               usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+            yield event(final.model_dump(exclude_none=True) | {"choices": []})
+        yield DONE
+
+    def _chunk(self, text: str, reason: str | None) -> str:
+        body = Completion(id=self.id, created=self.created, model=self.model,
+                          choices=[CompletionChoice(text=text)]).model_dump(exclude_none=True)
+        return event(_with_nulls(body, reason))
+
+
+def _with_nulls(body: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    for choice in body["choices"]:
+        choice["finish_reason"], choice["logprobs"] = reason, None
+    return body

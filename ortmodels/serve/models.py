@@ -1,0 +1,118 @@
+"""Model ids as the API spells them: a store name, optionally with a precision tag (``name:int8``).
+
+The server answers an id it does not know with a 404 that lists the ids it does know (of
+the kind the endpoint serves), before the manager is asked for anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import OrtModelsError
+from ..manager import ModelManager
+from ..precision import normalize_precision
+from ..store import ModelInfo
+from .errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """One id the server answers to: a model's name, or its name and an exported precision."""
+
+    id: str
+    name: str
+    kind: str
+    dtype: str | None
+    exported: bool
+
+
+def model_ids(infos: list[ModelInfo]) -> list[ModelId]:
+    """Every id of every model: ``name`` then ``name:dtype`` for each exported variant."""
+    ids = []
+    for info in infos:
+        variants = sorted(info.variants)
+        ids.append(ModelId(info.name, info.name, str(info.kind), None, bool(variants)))
+        ids.extend(ModelId(f"{info.name}:{v}", info.name, str(info.kind), v, True) for v in variants)
+    return ids
+
+
+class Catalog:
+    """The store's models as ids, and the model objects this server has handed out."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self.used: dict[str, Any] = {}
+        """Id → the model object served under it (read by /metrics for engine gauges)."""
+        self._ids: list[ModelId] = []
+        self._read_at = 0.0
+
+    def ids(self, refresh: bool = False) -> list[ModelId]:
+        """The ids of the store's models, re-read at most once a second (a new export shows up)."""
+        if refresh or time.monotonic() - self._read_at > 1.0:
+            self._ids = model_ids(self.manager.list_available_models())
+            self._read_at = time.monotonic()
+        return self._ids
+
+    def resolve(self, model: str | None, kind: str) -> ModelId:
+        """The id ``model`` names, of ``kind``; otherwise a 404 listing the known ids of that kind."""
+        for refresh in (False, True):
+            found = self._match(model, kind, refresh)
+            if found is not None:
+                return found
+        known = [m.id for m in self.ids() if m.kind == kind and m.exported]
+        what = "No model given" if not model else f"The model {model!r} does not exist"
+        raise ApiError(404, f"{what}; {kind} models here: {', '.join(known) or 'none'}.",
+                       param="model", code="model_not_found")
+
+    def _match(self, model: str | None, kind: str | None, refresh: bool) -> ModelId | None:
+        if not isinstance(model, str) or not model:
+            return None
+        name, _, tag = model.partition(":")
+        dtype = None
+        if tag:
+            try:
+                dtype = normalize_precision(tag)
+            except OrtModelsError:
+                return None
+        for entry in self.ids(refresh):
+            if entry.name == name and entry.dtype == dtype and kind in (None, entry.kind) and entry.exported:
+                return entry
+        return None
+
+    async def get(self, entry: ModelId) -> Any:
+        """The loaded model for ``entry`` (loading it off the event loop if needed)."""
+        getter = self.manager.get_chat_model if entry.kind == "chat" else self.manager.get_embedding_model
+        model = await asyncio.to_thread(getter, entry.name, dtype=entry.dtype)
+        self.used[entry.id] = model
+        return model
+
+    def check(self, names: list[str]) -> list[ModelId]:
+        """The ids ``names`` stand for; an `OrtModelsError` naming the known ones if one is not here."""
+        found = []
+        for name in names:
+            entry = self._match(name, None, True)
+            if entry is None:
+                known = ", ".join(m.id for m in self.ids() if m.exported)
+                raise OrtModelsError(f"Cannot serve {name!r}: not an exported model in "
+                                     f"{self.manager.settings.local_models_dir}. Known: {known or 'none'}.")
+            found.append(entry)
+        return found
+
+    def load(self, names: list[str]) -> None:
+        """Load ``names`` (ids, tags allowed) now; blocking, for the server's start."""
+        for found in self.check(names):
+            getter = self.manager.get_chat_model if found.kind == "chat" else self.manager.get_embedding_model
+            self.used[found.id] = getter(found.name, dtype=found.dtype)
+            logger.info("Serving %s (%s)", found.id, found.kind)
+
+    def defaults(self) -> list[str]:
+        """The default chat and embedding models, those of them that are exported here."""
+        settings = self.manager.settings
+        exported = {m.id for m in self.ids(True) if m.exported}
+        return [n for n in (settings.default_chat_model, settings.default_embedding_model) if n in exported]

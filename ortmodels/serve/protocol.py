@@ -1,0 +1,296 @@
+"""OpenAI's request and response bodies, as much of them as ortmodels serves.
+
+Requests refuse unknown top-level fields, as OpenAI does (``extra="forbid"``). Fields that
+OpenAI knows but ortmodels cannot honour are declared and listed in ``UNSUPPORTED`` with the
+values that change nothing: a client that sends the neutral value (``presence_penalty=0``)
+is served, one that asks for more gets a 400 that names the field, never a silent ignore.
+Numbers are strict (``"0.5"`` is not a temperature) and bounded as OpenAI bounds them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TOKENS_BOUND = 1 << 24
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Open(BaseModel):
+    """Nested objects whose extra keys OpenAI tolerates (or that clients add): ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
+Temperature = Annotated[float | None, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
+TopP = Annotated[float | None, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+Stop = str | Annotated[list[str], Field(max_length=16)] | None
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
+
+
+class _Sampling(_Strict):
+    """Options both generation endpoints take."""
+
+    model: str | None = None
+    max_tokens: MaxTokens = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    seed: int | None = None
+    stop: Stop = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = 1
+    user: str | None = None
+    # ortmodels' own sampling options (as vLLM and llama.cpp take them, through ``extra_body``)
+    top_k: Annotated[int | None, Field(ge=0)] = None
+    repetition_penalty: Annotated[float | None, Field(gt=0.0, allow_inf_nan=False)] = None
+    # OpenAI's, not supported: see UNSUPPORTED
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    logit_bias: dict[str, Any] | None = None
+    service_tier: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+
+
+def _neutral(*values: Any) -> tuple[Any, ...]:
+    return (None, *values)
+
+
+#: Field → the values that ask for nothing ortmodels lacks; anything else is a 400 naming it.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "n": _neutral(1),
+    "frequency_penalty": _neutral(0, 0.0),
+    "presence_penalty": _neutral(0, 0.0),
+    "logit_bias": _neutral({}),
+    "logprobs": _neutral(False, 0),
+    "top_logprobs": _neutral(0),
+    "best_of": _neutral(1),
+    "echo": _neutral(False),
+    "suffix": _neutral(""),
+    "modalities": _neutral(["text"]),
+    "audio": _neutral(),
+    "prediction": _neutral(),
+    "functions": _neutral([]),
+    "function_call": _neutral("none", "auto"),
+    "web_search_options": _neutral(),
+    "reasoning_effort": _neutral(),
+}
+
+
+def unsupported_field(request: BaseModel) -> str | None:
+    """The first field whose value asks for something ortmodels does not do."""
+    for name, neutral in UNSUPPORTED.items():
+        if name in type(request).model_fields and getattr(request, name) not in neutral:
+            return name
+    return None
+
+
+# -- chat completions --------------------------------------------------------------------------
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+    function_call: Any = None
+    audio: Any = None
+
+
+class FunctionSpec(_Open):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class JsonSchemaSpec(_Open):
+    name: str = "output"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"] = "function"
+    function: dict[str, str]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: MaxTokens = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+
+
+# -- completions -------------------------------------------------------------------------------
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: MaxTokens = 16
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: Annotated[int | None, Field(ge=0, le=5)] = None
+    best_of: int | None = None
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+class EmbeddingRequest(_Strict):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class ResponseToolCall(BaseModel):
+    index: int | None = None
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ortmodels"
+    kind: str
+    """``chat`` or ``embedding`` (ortmodels' addition)."""
+    exported: bool = True
+    loaded: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,213 @@
+"""Every route of the server, each a few lines: parse, admit, hand to its serving module.
+
+Bodies are parsed here rather than by FastAPI's signature binding so that every way a body
+can be wrong (not JSON, not an object, too deep, a 5,000-digit number, a wrong type) comes
+out as the same OpenAI 400, with the field it is about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from . import chat, completions, embeddings
+from .admission import RETRY_AFTER_S, Slot
+from .app import ServerState
+from .errors import ApiError, bad_request, from_validation
+from .metrics import metrics_text
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    unsupported_field,
+)
+from .sse import respond
+
+MAX_BODY_BYTES = 32 << 20
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server  # type: ignore[no-any-return]
+
+
+def _check_key(request: Request) -> None:
+    """With an API key set, ``Authorization: Bearer <key>`` is required (compared in constant time)."""
+    key = _state(request).api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key the "
+                       "server was started with (--api-key).", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(_check_key)])
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The body is {len(raw):,} bytes; at most {MAX_BODY_BYTES:,} are read.",
+                       code="body_too_large")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a number past int's digit limit, too deep
+        raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.",
+                          code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request(f"The body must be a JSON object, not {type(data).__name__}.", code="invalid_json")
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(list(exc.errors())) from None
+    except RecursionError:
+        raise bad_request("The body is nested too deeply.", code="invalid_json") from None
+    field = unsupported_field(parsed)
+    if field is not None:
+        value = getattr(parsed, field)
+        raise bad_request(f"{field}={value!r:.60} is not supported by this server; leave it out"
+                          f"{' (n must be 1)' if field == 'n' else ''}.", field, "unsupported_parameter")
+    return parsed
+
+
+def _ready(state: ServerState) -> None:
+    if state.status == "loading":
+        raise ApiError(503, "The server is loading its models; retry in a moment.", type="server_error",
+                       code="loading", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _client_left(request: Request) -> None:
+    """Returns when the client disconnects (the body is already read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _guarded(request: Request, slot: Slot, work: Coroutine[Any, Any, dict[str, Any]]) -> Response:
+    """Run a non-streamed answer; a client that leaves first cancels it (and its engine request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+        return JSONResponse(task.result())
+    finally:
+        watcher.cancel()
+        if not task.done():  # this handler itself was cancelled
+            task.cancel()
+        slot.release()
+
+
+async def _prime(slot: Slot, events: AsyncIterator[str]) -> Response:
+    return await respond(events, slot)
+
+
+# -- health and metrics -----------------------------------------------------------------------
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """503 while the models load (or if one failed), 200 once they are ready (as llama.cpp)."""
+    state = _state(request)
+    body: dict[str, Any] = {"status": state.status, "models": state.preload}
+    if state.error:
+        body["error"] = state.error
+    return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    text = await asyncio.to_thread(metrics_text, _state(request))
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# -- the OpenAI API ---------------------------------------------------------------------------
+
+@v1.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    ids = await asyncio.to_thread(state.catalog.ids, True)
+    loaded = {i for i, m in state.catalog.used.items() if getattr(m, "is_loaded", False)}
+    cards = [ModelCard(id=m.id, created=0, kind=m.kind, exported=m.exported, loaded=m.id in loaded) for m in ids]
+    return ModelList(data=cards).model_dump()
+
+
+@v1.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, ChatCompletionRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    messages = chat.to_messages(body.messages)
+    options = chat.call_options(body)
+    _ready(state)
+    slot = state.queue.enter()
+    try:
+        model = await state.catalog.get(entry)
+        chunks = model.astream(messages, stop=body.stop, **options)
+    except BaseException:
+        slot.release()
+        raise
+    answer = chat.ChatAnswer(body.model or entry.id)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _prime(slot, answer.stream(chunks, include_usage))
+    return await _guarded(request, slot, answer.complete(chunks))
+
+
+@v1.post("/completions")
+async def text_completions(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, CompletionRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    prompt = completions.prompt_of(body)
+    options = completions.call_options(body)
+    _ready(state)
+    slot = state.queue.enter()
+    try:
+        model = await state.catalog.get(entry)
+        stream_text = getattr(model, "astream_text", None)
+        if stream_text is None:
+            raise bad_request(f"{entry.id} cannot continue plain text (its class has no astream_text); use "
+                              "/v1/chat/completions.", "model")
+        chunks = stream_text(prompt, stop=body.stop, **options)
+    except BaseException:
+        slot.release()
+        raise
+    answer = completions.TextAnswer(body.model or entry.id)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _prime(slot, answer.stream(chunks, include_usage))
+    return await _guarded(request, slot, answer.complete(chunks))
+
+
+@v1.post("/embeddings")
+async def create_embeddings(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, EmbeddingRequest)
+    entry = state.catalog.resolve(body.model, "embedding")
+    embeddings.texts_of(body)
+    _ready(state)
+    slot = state.queue.enter()
+    try:
+        model = await state.catalog.get(entry)
+    except BaseException:
+        slot.release()
+        raise
+    return await _guarded(request, slot, embeddings.embed(model, body.model or entry.id, body))
+
+
+router.include_router(v1)

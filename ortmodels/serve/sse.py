@@ -1,0 +1,60 @@
+"""Server-sent events as OpenAI streams them: ``data: {json}\\n\\n`` ..., then ``data: [DONE]``.
+
+A stream's first item is awaited before the response starts, so a request refused by
+the model (a bad option, a prompt past the context) is an HTTP error, not a 200 whose body
+says so. An error after that is sent as one ``data: {"error": ...}`` event. The admission
+slot is released when the stream ends, is closed by a client that went away, or is never
+started at all (the generator is collected).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from .admission import Slot
+from .errors import from_exception
+
+logger = logging.getLogger(__name__)
+
+DONE = "data: [DONE]\n\n"
+
+
+def event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _events(first: str, rest: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    except Exception as exc:  # noqa: BLE001 - the client gets an error event, the log the details
+        yield event(from_exception(exc).body())
+        yield DONE
+    finally:
+        slot.release()
+        close = getattr(rest, "aclose", None)
+        if close is not None:  # a client that went away: the model's stream cancels its request now
+            await close()
+
+
+async def respond(events: AsyncIterator[str], slot: Slot) -> StreamingResponse:
+    """A streaming response from ``events``; errors before its first event are raised here."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        slot.release()
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+        raise
+    body = _events(first, events, slot)
+    weakref.finalize(body, slot.release)  # never started (the client left first): still released
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

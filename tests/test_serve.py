@@ -1,0 +1,539 @@
+"""`ortmodels serve` as clients see it: a real server process on a loopback port, spoken to by
+the official ``openai`` client, LangChain's ``ChatOpenAI`` / ``OpenAIEmbeddings`` and raw HTTP.
+
+Three server processes: the main one (no key, default queue), a small one (``--api-key``,
+``--max-queue 1``) and, per test, one that is sent SIGTERM. Answers are kept short
+(``max_tokens`` 8-32) so the file runs in a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+jsonschema = pytest.importorskip("jsonschema")
+
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-123"
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log: Path
+    health_seen: list[tuple[int, dict]]
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(tmp: Path, *args: str) -> Server:
+    """``ortmodels serve`` in a subprocess; returns once /health says 200."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_"))}
+    env["LOCAL_MODELS_DIR"] = str(SAMPLES_DIR)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log = tmp / f"server-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "ortmodels", "-v", "serve", "--port", str(port), *args],
+                                   cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(process, f"http://127.0.0.1:{port}", log, [])
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"The server exited with {process.returncode}:\n{server.logs()}")
+        try:
+            reply = httpx.get(f"{server.url}/health", timeout=5)
+        except httpx.TransportError:
+            time.sleep(0.1)
+            continue
+        server.health_seen.append((reply.status_code, reply.json()))
+        if reply.status_code == 200:
+            return server
+        time.sleep(0.1)
+    _stop(server)
+    pytest.fail(f"The server did not become healthy in {START_TIMEOUT_S} s:\n{server.logs()}")
+
+
+def _stop(server: Server) -> int | None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = _start(tmp_path_factory.mktemp("serve"))
+    yield running
+    _stop(running)
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A key, a queue of one, and the chat model only."""
+    running = _start(tmp_path_factory.mktemp("serve-small"), "--api-key", KEY, "--max-queue", "1",
+                     "--models", CHAT_SAMPLE)
+    yield running
+    _stop(running)
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+def _post(server: Server, path: str, body: object, **kwargs: object) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{server.v1}{path}", content=content, timeout=120,
+                      headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
+
+
+def _metric(server: Server, name: str) -> float:
+    """The sum of a metric's samples on /metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
+    assert values, f"{name} is not on /metrics"
+    return sum(values)
+
+
+def _wait_for(check, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Still not {what} after {timeout} s")
+        time.sleep(0.05)
+
+
+CHAT = {"model": CHAT_SAMPLE, "messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 8}
+
+
+def _endless(max_tokens: int) -> dict:
+    """A streamed request that cannot end before ``max_tokens``: its grammar wants more numbers."""
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": max_tokens}
+    return {**CHAT, "max_tokens": max_tokens, "stream": True, "messages": [{"role": "user", "content": "Numbers."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "numbers", "schema": schema}}}
+
+
+# -- the official openai client ---------------------------------------------------------------
+
+def test_health_was_503_with_a_body_while_loading_then_200(server: Server) -> None:
+    for status, body in server.health_seen:
+        assert status in (200, 503)
+        assert body["status"] == ("ok" if status == 200 else "loading")
+    assert server.health_seen[-1][0] == 200
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model=CHAT_SAMPLE, max_tokens=16, temperature=0,
+                                            messages=[{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": "Capital of France?"}])
+    assert answer.object == "chat.completion" and answer.model == CHAT_SAMPLE
+    assert "Paris" in answer.choices[0].message.content
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 0 and 0 < answer.usage.completion_tokens <= 16
+
+
+def test_chat_stream_with_usage_matches_the_whole_answer(client: openai.OpenAI) -> None:
+    asked = {"model": f"{CHAT_SAMPLE}:int8", "max_tokens": 12, "temperature": 0, "seed": 1,
+             "messages": [{"role": "user", "content": "Name three colours."}]}
+    chunks = list(client.chat.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    whole = client.chat.completions.create(**asked)
+    assert whole.choices[0].message.content == text
+
+
+def test_stop_strings(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model=CHAT_SAMPLE, max_tokens=24, temperature=0, stop=["Paris"],
+                                            messages=[{"role": "user", "content": "Capital of France?"}])
+    assert "Paris" not in answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_text_completion(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model=CHAT_SAMPLE, prompt="The capital of France is", max_tokens=8,
+                                       temperature=0)
+    assert answer.object == "text_completion" and "Paris" in answer.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=CHAT_SAMPLE, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if c.choices)
+    assert streamed == answer.choices[0].text
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
+    texts = ["a cat on a mat", "a dog in the fog"]
+    floats = client.embeddings.create(model=EMBEDDING_SAMPLE, input=texts, encoding_format="float")
+    assert [d.index for d in floats.data] == [0, 1] and len(floats.data[0].embedding) == 384
+    assert floats.usage.prompt_tokens > 0
+    packed = client.embeddings.create(model=EMBEDDING_SAMPLE, input=texts)  # the client asks for base64 itself
+    assert packed.data[1].embedding == pytest.approx(floats.data[1].embedding, abs=1e-6)
+    raw = _post_client_raw(client, {"model": f"{EMBEDDING_SAMPLE}:int8", "input": "one",
+                                    "encoding_format": "base64"})
+    vector = base64.b64decode(raw["data"][0]["embedding"])
+    assert len(vector) == 384 * 4
+
+
+def _post_client_raw(client: openai.OpenAI, body: dict) -> dict:
+    reply = httpx.post(f"{client.base_url}embeddings", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert {CHAT_SAMPLE, f"{CHAT_SAMPLE}:int8", f"{CHAT_SAMPLE}:int4", EMBEDDING_SAMPLE,
+            f"{EMBEDDING_SAMPLE}:fp32"} <= set(models)
+    assert models[CHAT_SAMPLE].model_extra["kind"] == "chat"
+    assert models[EMBEDDING_SAMPLE].model_extra["kind"] == "embedding"
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tools_required_gives_parsed_tool_calls(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=CHAT_SAMPLE, max_tokens=64, temperature=0, tools=[WEATHER], tool_choice="required",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    # the call and its result fed back as history
+    follow = client.chat.completions.create(model=CHAT_SAMPLE, max_tokens=8, temperature=0, messages=[
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}])
+    assert follow.choices[0].message.content
+
+
+def test_tools_streamed(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model=CHAT_SAMPLE, max_tokens=64, temperature=0, tools=[WEATHER], stream=True,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        messages=[{"role": "user", "content": "Weather in Rome?"}]))
+    calls = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert calls and calls[0].function.name == "get_weather" and calls[0].index == 0
+    json.loads(calls[0].function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_response_format_json_schema_validates(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+              "required": ["city", "country"], "additionalProperties": False}
+    answer = client.chat.completions.create(
+        model=CHAT_SAMPLE, max_tokens=32, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}},
+        messages=[{"role": "user", "content": "Where is the Eiffel tower? Answer as JSON."}])
+    jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+    anything = client.chat.completions.create(model=CHAT_SAMPLE, max_tokens=24, temperature=0,
+                                              response_format={"type": "json_object"},
+                                              messages=[{"role": "user", "content": "A JSON object, please."}])
+    assert anything.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_concurrent_clients_share_the_engine(server: Server) -> None:
+    async def run() -> list[str]:
+        async_client = openai.AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+        prompts = ["Capital of France?", "Capital of Italy?", "Capital of Spain?", "Capital of Japan?"]
+        answers = await asyncio.gather(*[async_client.chat.completions.create(
+            model=CHAT_SAMPLE, max_tokens=8, temperature=0, messages=[{"role": "user", "content": p}])
+            for p in prompts])
+        return [a.choices[0].message.content for a in answers]
+
+    answers = asyncio.run(run())
+    alone = openai.OpenAI(base_url=server.v1, api_key="unused").chat.completions.create(
+        model=CHAT_SAMPLE, max_tokens=8, temperature=0, messages=[{"role": "user", "content": "Capital of Spain?"}])
+    assert answers[2] == alone.choices[0].message.content
+
+
+# -- LangChain's OpenAI classes, pointed at the server ---------------------------------------
+
+def test_langchain_chat_openai(server: Server) -> None:
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel
+
+    llm = ChatOpenAI(model=CHAT_SAMPLE, base_url=server.v1, api_key="unused", max_tokens=16, temperature=0,
+                     max_retries=0)
+    reply = llm.invoke("Capital of France?")
+    assert "Paris" in reply.content and reply.usage_metadata["output_tokens"] > 0
+    streamed = "".join(c.content for c in llm.stream("Capital of France?"))
+    assert streamed == reply.content
+
+    class Place(BaseModel):
+        city: str
+        country: str
+
+    place = llm.model_copy(update={"max_tokens": 64}).with_structured_output(Place).invoke(
+        "Where is the Eiffel tower?")
+    assert isinstance(place, Place)
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    called = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?", max_tokens=64)
+    assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
+    assert isinstance(called.tool_calls[0]["args"]["city"], str)
+
+
+def test_langchain_openai_embeddings(server: Server) -> None:
+    from langchain_openai import OpenAIEmbeddings
+
+    emb = OpenAIEmbeddings(model=EMBEDDING_SAMPLE, base_url=server.v1, api_key="unused",
+                           check_embedding_ctx_length=False, tiktoken_enabled=False, max_retries=0)
+    vectors = emb.embed_documents(["first text", "second text"])
+    assert len(vectors) == 2 and len(vectors[0]) == 384
+    assert emb.embed_query("first text") == pytest.approx(vectors[0], abs=1e-5)
+
+
+# -- errors: status and OpenAI's body ---------------------------------------------------------
+
+def _error(reply: httpx.Response, status: int) -> dict:
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [
+    (b"{not json", None, "JSON"),
+    (b"[1, 2]", None, "JSON object"),
+    ({**CHAT, "temperature": -1}, "temperature", "temperature"),
+    ({**CHAT, "top_p": 7}, "top_p", "top_p"),
+    ({**CHAT, "max_tokens": "5"}, "max_tokens", "integer"),
+    ({**CHAT, "n": 2}, "n", "n must be 1"),
+    ({**CHAT, "presence_penalty": 1.0}, "presence_penalty", "not supported"),
+    ({**CHAT, "logprobs": True}, "logprobs", "not supported"),
+    ({**CHAT, "foo": 1}, "foo", "Unrecognized"),
+    ({**CHAT, "messages": []}, "messages", "messages"),
+    ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content", "text only"),
+    ({**CHAT, "tool_choice": "required"}, "tool_choice", "tools"),
+])
+def test_bad_requests_are_400_naming_the_field(server: Server, body: object, param: str | None, words: str) -> None:
+    error = _error(_post(server, "/chat/completions", body), 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param and words in error["message"]
+
+
+def test_a_prompt_past_the_context_is_400_with_the_token_count(server: Server) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": "hello " * 9000}]}
+    error = _error(_post(server, "/chat/completions", body), 400)
+    assert re.search(r"Prompt \(\d+ tokens\).*exceeds the context of \d+ tokens by \d+", error["message"])
+    with pytest.raises(openai.BadRequestError):
+        openai.OpenAI(base_url=server.v1, api_key="x", max_retries=0).completions.create(
+            model=CHAT_SAMPLE, prompt="hello " * 9000, max_tokens=8)
+
+
+@pytest.mark.parametrize("model", ["no-such-model", None, f"{CHAT_SAMPLE}:int3", "../etc", EMBEDDING_SAMPLE])
+def test_unknown_models_are_404_listing_the_known(server: Server, model: str | None) -> None:
+    body = {k: v for k, v in {**CHAT, "model": model}.items() if v is not None}
+    error = _error(_post(server, "/chat/completions", body), 404)
+    assert error["code"] == "model_not_found" and f"{CHAT_SAMPLE}:int8" in error["message"]
+    if model != EMBEDDING_SAMPLE:
+        embed = _error(_post(server, "/embeddings", {"model": model or "x:int8", "input": "a"}), 404)
+        assert f"{EMBEDDING_SAMPLE}:int8" in embed["message"]
+
+
+def test_unknown_routes_answer_json(server: Server) -> None:
+    _error(httpx.get(f"{server.url}/v1/nothing", timeout=10), 404)
+    _error(httpx.get(f"{server.v1}/chat/completions", timeout=10), 405)
+
+
+def test_api_key(small_server: Server) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        error = _error(_post(small_server, "/chat/completions", CHAT, headers=headers), 401)
+        assert error["code"] == "invalid_api_key"
+    reply = _post(small_server, "/chat/completions", CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 200, reply.text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=small_server.v1, api_key="wrong", max_retries=0).models.list()
+    assert openai.OpenAI(base_url=small_server.v1, api_key=KEY).models.list().data
+    assert httpx.get(f"{small_server.url}/health", timeout=10).status_code == 200  # open, as llama.cpp's
+
+
+def test_a_full_queue_is_503_with_retry_after(small_server: Server) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{small_server.v1}/chat/completions", json=_endless(4000), headers=auth,
+                      timeout=120) as held:
+        assert held.status_code == 200
+        lines = held.iter_lines()  # kept: a dropped iterator closes the connection, and the server sees it
+        next(lines)  # admitted and generating: the one place in the queue is taken
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60, headers=auth) as http:
+                return await asyncio.gather(*[http.post(f"{small_server.v1}/chat/completions", json=CHAT)
+                                              for _ in range(4)])
+
+        for reply in asyncio.run(burst()):
+            error = _error(reply, 503)
+            assert error["code"] == "queue_full" and int(reply.headers["Retry-After"]) >= 1
+        assert next(line for line in lines if line).startswith("data: ")  # still streaming
+    _wait_for(lambda: _metric(small_server, "ortmodels_server_requests_in_flight") == 0, "released")
+    assert _post(small_server, "/chat/completions", CHAT, headers=auth).status_code == 200
+    assert _metric(small_server, "ortmodels_server_rejected_total") >= 4
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(server: Server) -> None:
+    with httpx.stream("POST", f"{server.v1}/chat/completions", json=_endless(4000), timeout=120) as reply:
+        lines = reply.iter_lines()
+        for _ in range(6):
+            next(lines)
+        assert _metric(server, "ortmodels_engine_running_requests") == 1
+    # the request cannot end before 4000 tokens, far more than this wait: the row is freed because the client left
+    _wait_for(lambda: _metric(server, "ortmodels_engine_running_requests") == 0, "freed", timeout=10)
+    _wait_for(lambda: _metric(server, "ortmodels_server_requests_in_flight") == 0, "released", timeout=10)
+
+
+def test_a_client_that_leaves_before_a_whole_answer_frees_its_row(server: Server) -> None:
+    body = {**_endless(4000), "stream": False}
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            httpx.post(f"{server.v1}/chat/completions", json=body, timeout=4)
+        except httpx.TimeoutException as exc:  # the client gives up and closes the connection
+            outcome.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    _wait_for(lambda: _metric(server, "ortmodels_engine_running_requests") == 1, "running")
+    asker.join()
+    assert outcome, "the answer came before the client gave up"
+    _wait_for(lambda: _metric(server, "ortmodels_engine_running_requests") == 0, "freed", timeout=10)
+    _wait_for(lambda: _metric(server, "ortmodels_server_requests_in_flight") == 0, "released", timeout=10)
+
+
+# -- fuzz --------------------------------------------------------------------------------------
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    kinds = ["none", "bool", "int", "huge", "float", "str", "list", "dict"]
+    kind = rng.choice(kinds if depth < 3 else kinds[:6])
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([-1, 0, 3, -(2**63), 2**64])
+    if kind == "huge":
+        return rng.choice([10**40, -10**40, 1e308, -1e308, 1e-320])
+    if kind == "float":
+        return rng.choice([-0.5, 0.0, 0.7, 2.5, 1e9])
+    if kind == "str":
+        return "".join(rng.choice("ab{}[]\"\\:,é\u2028 \x00") for _ in range(rng.randint(0, 12)))
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["role", "content", "type", "name", "x"]): _random_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 3))}
+
+
+_FIELDS = {
+    "/chat/completions": ["model", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+                          "n", "tools", "tool_choice", "response_format", "logprobs", "stream_options",
+                          "max_completion_tokens", "top_k", "junk"],
+    "/completions": ["model", "prompt", "max_tokens", "temperature", "stop", "echo", "stream", "seed"],
+    "/embeddings": ["model", "input", "encoding_format", "dimensions"],
+}
+_BASES = {
+    "/chat/completions": {**CHAT, "max_tokens": 3},
+    "/completions": {"model": CHAT_SAMPLE, "prompt": "Hi", "max_tokens": 3},
+    "/embeddings": {"model": EMBEDDING_SAMPLE, "input": ["a"]},
+}
+
+
+def _fuzz_bodies(rng: random.Random, count: int) -> Iterator[tuple[str, bytes]]:
+    for _ in range(count):
+        path = rng.choice(list(_BASES))
+        body = dict(_BASES[path])
+        roll = rng.random()
+        if roll < 0.1:  # not JSON, or JSON that is not an object
+            yield path, rng.choice([b"", b"{", b"\xff\xfe", b"null", b"[]", b"12", b'"x"', b"[" * 5000,
+                                    b'{"max_tokens": ' + b"9" * 5000 + b"}", b"{" + b'"a":' * 3 + b"}"])
+            continue
+        for _ in range(rng.randint(1, 3)):
+            name = rng.choice(_FIELDS[path])
+            if rng.random() < 0.2:
+                body.pop(name, None)
+            else:
+                body[name] = _random_value(rng)
+        if path != "/embeddings":  # keep any accidental real generation short
+            if not isinstance(body.get("max_tokens"), int) or 0 < body["max_tokens"] < 1000:
+                body["max_tokens"] = 3
+            body.pop("max_completion_tokens", None) if rng.random() < 0.5 else None
+        yield path, json.dumps(body).encode()
+
+
+def test_fuzz_never_5xx(server: Server) -> None:
+    rng = random.Random(12)
+    statuses: dict[int, int] = {}
+    with httpx.Client(timeout=60) as http:
+        for path, content in _fuzz_bodies(rng, 300):
+            reply = http.post(f"{server.v1}{path}", content=content, headers={"Content-Type": "application/json"})
+            statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+            assert reply.status_code < 500, (path, content[:300], reply.text[:500])
+            if reply.status_code >= 400:
+                assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    assert statuses.get(400, 0) > 100, statuses
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+def test_sigterm_lets_the_running_request_finish_then_exits_0(tmp_path: Path) -> None:
+    running = _start(tmp_path, "--models", CHAT_SAMPLE, "--shutdown-timeout", "20")
+    try:
+        body = {**CHAT, "max_tokens": 32, "stream": True}
+        with httpx.stream("POST", f"{running.v1}/chat/completions", json=body, timeout=60) as reply:
+            lines = reply.iter_lines()
+            assert next(lines).startswith("data: ")
+            running.process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]", rest[-3:]
+        assert running.process.wait(timeout=60) == 0, running.logs()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{running.url}/health", timeout=5)
+    finally:
+        _stop(running)
