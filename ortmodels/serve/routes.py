@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -22,6 +22,7 @@ from .admission import RETRY_AFTER_S, Slot
 from .app import ServerState
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
+from .models import ModelId
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -153,19 +154,11 @@ async def chat_completions(request: Request) -> Response:
     entry = state.catalog.resolve(body.model, "chat")
     messages = chat.to_messages(body.messages)
     options = chat.call_options(body)
-    _ready(state)
-    slot = state.queue.enter()
-    try:
-        model = await state.catalog.get(entry)
-        chunks = model.astream(messages, stop=body.stop, **options)
-    except BaseException:
-        slot.release()
-        raise
-    answer = chat.ChatAnswer(body.model or entry.id)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _prime(slot, answer.stream(chunks, include_usage))
-    return await _guarded(request, slot, answer.complete(chunks))
+
+    def open_stream(model: Any) -> Any:
+        return model.astream(messages, stop=body.stop, **options)
+
+    return await _answer(request, state, entry, open_stream, chat.ChatAnswer(body.model or entry.id), body)
 
 
 @v1.post("/completions")
@@ -175,19 +168,28 @@ async def text_completions(request: Request) -> Response:
     entry = state.catalog.resolve(body.model, "chat")
     prompt = completions.prompt_of(body)
     options = completions.call_options(body)
-    _ready(state)
-    slot = state.queue.enter()
-    try:
-        model = await state.catalog.get(entry)
+
+    def open_stream(model: Any) -> Any:
         stream_text = getattr(model, "astream_text", None)
         if stream_text is None:
             raise bad_request(f"{entry.id} cannot continue plain text (its class has no astream_text); use "
                               "/v1/chat/completions.", "model")
-        chunks = stream_text(prompt, stop=body.stop, **options)
+        return stream_text(prompt, stop=body.stop, **options)
+
+    return await _answer(request, state, entry, open_stream, completions.TextAnswer(body.model or entry.id), body)
+
+
+async def _answer(request: Request, state: ServerState, entry: ModelId, open_stream: Callable[[Any], Any],
+                  answer: Any, body: Any) -> Response:
+    """Admit the request, open the model's stream, and answer it streamed (SSE) or whole;
+    the admission slot is released however it ends."""
+    _ready(state)
+    slot = state.queue.enter()
+    try:
+        chunks = open_stream(await state.catalog.get(entry))
     except BaseException:
         slot.release()
         raise
-    answer = completions.TextAnswer(body.model or entry.id)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _prime(slot, answer.stream(chunks, include_usage))
