@@ -130,8 +130,9 @@ class ModelManager:
         info = versions.activate(self._store.info(name).path, versions.check_version_id(version))
         with self._lock:
             stale = [e.model for k, e in self._entries.items() if k[1] == name and k[3] is None]
+        timeout = self._settings.model_unload_timeout if self._settings.model_unload_timeout >= 0 else None
         for model in stale:  # one that is loading now is waited for, then checked
-            model.unload_unless_version(version)
+            model.unload_unless_version(version, timeout=timeout)
         return info
 
     def prune(self, name: str, keep: int) -> list[str]:

@@ -26,6 +26,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._plugins_lock = threading.Lock()
         self._by_name: dict[tuple[str, str], type] = {}
         self._by_architecture: dict[tuple[str, str], type] = {}
         self._entry_points_read = False
@@ -59,19 +60,22 @@ class ModelRegistry:
         return found
 
     def _read_entry_points(self) -> None:
-        with self._lock:
+        """Plug-ins' classes, once, before the first lookup; a class registered in code wins."""
+        with self._plugins_lock:
             if self._entry_points_read:
                 return
+            for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    model_class = entry.load()
+                    kind = _kind_of(model_class)
+                    with self._lock:
+                        if entry.name.startswith(_ARCHITECTURE):
+                            self._by_architecture.setdefault((kind, entry.name[len(_ARCHITECTURE):]), model_class)
+                        else:
+                            self._by_name.setdefault((kind, entry.name), model_class)
+                except Exception as exc:  # a broken plug-in must not break every other model
+                    logger.warning("Skipping entry point %s = %s: %s", entry.name, entry.value, exc)
             self._entry_points_read = True
-        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                model_class = entry.load()
-                if entry.name.startswith(_ARCHITECTURE):
-                    self.register(model_class, architecture=entry.name[len(_ARCHITECTURE):])
-                else:
-                    self.register(model_class, name=entry.name)
-            except Exception as exc:  # a broken plug-in must not break every other model
-                logger.warning("Skipping entry point %s = %s: %s", entry.name, entry.value, exc)
 
 
 def _kind_of(model_class: type) -> str:

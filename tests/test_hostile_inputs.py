@@ -260,6 +260,11 @@ def test_a_huge_prompt_is_refused_before_tokenizing() -> None:
     ("{{ 'x' | center(300000000) }}", "a number passed to a filter"),
     ("{% for i in range(100000) %}{{ messages[0].content * 100 }}{% endfor %}", "the rendered prompt would be"),
     ("{{ 9 ** 99999999 }}", "the power"),
+    ("{% set ns = namespace(a='x') %}{% for i in range(40) %}{% set ns.a = ns.a + ns.a %}{% endfor %}x",
+     "a joined sequence would be"),
+    ("{% set ns = namespace(a='x') %}{% for i in range(40) %}{% set ns.a = ns.a ~ ns.a %}{% endfor %}x",
+     "grew the process|ran for more than"),
+    ("{{ '{:>50000000}'.format('a') }}", "a formatted field would be 50,000,000"),
 ])
 def test_a_runaway_template_is_stopped_and_named(tmp_path: Path, source: str, problem: str) -> None:
     (tmp_path / "chat_template.jinja").write_text(source)

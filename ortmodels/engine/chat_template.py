@@ -9,6 +9,7 @@ the model was trained on without importing transformers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -47,6 +48,16 @@ class _Budget:
     def __init__(self, seconds: float, chars: int) -> None:
         self.deadline = time.monotonic() + seconds
         self.seconds, self.chars = seconds, chars
+        self.lines = 0
+        self.rss_start = _resident_bytes()
+
+    def check_memory(self) -> None:
+        """Stop a render whose process grew by far more than its output may hold (4 bytes a
+        character, twice over, plus 512 MB of slack for what other threads allocate meanwhile:
+        an engine growing its KV buffers can take ~100 MB at once)."""
+        now = _resident_bytes()
+        if self.rss_start and now and now - self.rss_start > 8 * self.chars + (512 << 20):
+            raise _RenderLimit(f"it grew the process by {(now - self.rss_start) >> 20} MB")
 
     def check_time(self) -> None:
         if time.monotonic() > self.deadline:
@@ -63,6 +74,15 @@ class _Budget:
         for value in values:
             if isinstance(value, int) and not isinstance(value, bool):
                 self.check_size(value, what)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory from ``/proc`` (0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 _budget: threading.local = threading.local()
@@ -83,7 +103,7 @@ def _bounded_environment() -> Any:
     class BoundedEnvironment(ImmutableSandboxedEnvironment):
         """The sandbox, plus bounds on what one operator or call may build."""
 
-        intercepted_binops = frozenset({"*", "**", "%"})
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             budget = _current_budget()
@@ -98,6 +118,8 @@ def _bounded_environment() -> Any:
                 elif operator == "%" and isinstance(left, str):
                     widths = [int(w) for w in re.findall(r"%[-#0 +]*(\d+)", left)]
                     budget.check_size(max(widths, default=0), "a formatted field")
+                elif operator == "+" and _size_of(left) and _size_of(right):
+                    budget.check_size(_size_of(left) + _size_of(right), "a joined sequence")
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -105,6 +127,21 @@ def _bounded_environment() -> Any:
             if budget is not None:
                 budget.check_call((*args, *kwargs.values()), "a number passed to a function")
             return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value: Any) -> Any:
+            """``str.format`` in a template: a field width past the size bound is refused first."""
+            wrapped = super().wrap_str_format(value)
+            if wrapped is None:
+                return None
+            widths = [int(w) for w in re.findall(r"\{[^{}]*:[^{}\d]*(\d+)", value.__self__)]
+
+            def bounded(*args: Any, **kwargs: Any) -> Any:
+                budget = _current_budget()
+                if budget is not None:
+                    budget.check_size(max(widths, default=0), "a formatted field")
+                return wrapped(*args, **kwargs)
+
+            return bounded
 
     # optimized=False: no constant folding at compile time, where no bound applies yet
     env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], optimized=False)
@@ -156,6 +193,9 @@ def _bounded_render(template: Any, budget: _Budget, variables: dict[str, Any]) -
 
     def local(frame: Any, event: str, arg: Any) -> Any:
         budget.check_time()
+        budget.lines += 1
+        if not budget.lines % 8:  # what no operator hook sees (``~`` joins): the process's growth
+            budget.check_memory()
         return local
 
     def global_trace(frame: Any, event: str, arg: Any) -> Any:

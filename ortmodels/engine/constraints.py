@@ -64,11 +64,21 @@ def close_objects(schema: Any) -> Any:
     JSON Schema allows extra properties by default, and a small model given that freedom
     invents keys (``"gender"``, ``"family": {...}``) until ``max_tokens`` cuts it off.
     """
+    return _close(schema, 0)
+
+
+#: Deeper schemas are refused: no real schema nests this far, and recursion must stay bounded.
+MAX_SCHEMA_DEPTH = 64
+
+
+def _close(schema: Any, depth: int) -> Any:
+    if depth > MAX_SCHEMA_DEPTH:
+        raise GrammarError(f"The JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels; flatten it.")
     if isinstance(schema, list):
-        return [close_objects(item) for item in schema]
+        return [_close(item, depth + 1) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    closed = {key: close_objects(value) for key, value in schema.items()}
+    closed = {key: _close(value, depth + 1) for key, value in schema.items()}
     if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
         closed["additionalProperties"] = False
     return closed
@@ -147,6 +157,8 @@ class GrammarProcessor:
     def __init__(self, compiler: GrammarCompiler, grammar: Grammar, trigger_token: int | None = None) -> None:
         self.compiler, self.grammar = compiler, grammar
         self.trigger_token = trigger_token
+        if trigger_token is not None:
+            compiler.check(grammar)  # refused now, not on the scheduler thread when the trigger comes
         self._matcher: Any = None if trigger_token is not None else compiler.matcher(grammar)
         words = (compiler.vocab_size + 31) // 32
         self._words = np.zeros(words, dtype=np.int32)

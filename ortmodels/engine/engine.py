@@ -211,13 +211,18 @@ class Engine:
             self.prefilled_tokens += len(chunk)
             if job.done < len(request.prompt_ids):
                 continue
-            self._prefilling = None
-            self.prompt_cache.store(request.prompt_ids, job.past)  # prefill-made only: see prompt_cache.py
-            reason, error = self._advance(request, logits)
-            if reason is None:
-                self._cache.add(request, job.past, job.done)
-            else:
-                self._finish(request, reason, error)
+            with self._cond:
+                self._prefilling = None
+            try:
+                self.prompt_cache.store(request.prompt_ids, job.past)  # prefill-made only: see prompt_cache.py
+                reason, error = self._advance(request, logits)
+                if reason is None:
+                    self._cache.add(request, job.past, job.done)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - no room for its row, say: this request fails, not silently
+                logger.warning("Could not start %r: %s", request, exc)
+                reason, error = "error", exc
+            self._finish(request, reason, error)
 
     def _fits(self, request: Request) -> bool:
         """Whether ``request`` can join now: a free row, and the cache bound with its reservation."""

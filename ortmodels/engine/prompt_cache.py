@@ -62,13 +62,15 @@ class PromptCache:
             )
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._nbytes = 0  # kept as entries come and go: other threads read it (memory figures)
         self._next = 0
         self.hits = 0
         self.misses = 0
 
     @property
     def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        """Bytes held; safe to read from any thread (a number, not a walk over the entries)."""
+        return self._nbytes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,12 +109,14 @@ class PromptCache:
                 return
             if shared == len(old.ids):  # the new entry covers the old one
                 del self._entries[key]
+                self._nbytes -= old.nbytes
         self._entries[self._next] = entry
         self._next += 1
-        total = self.nbytes
-        while total > self.max_bytes:
+        self._nbytes += entry.nbytes
+        while self._nbytes > self.max_bytes:
             _, dropped = self._entries.popitem(last=False)
-            total -= dropped.nbytes
+            self._nbytes -= dropped.nbytes
 
     def clear(self) -> None:
         self._entries.clear()
+        self._nbytes = 0

@@ -175,7 +175,7 @@ class LoadState:
         calls = sorted(self._holders.values(), key=lambda h: h.started)
         return "; ".join(f"{h.what} from thread {h.thread!r}, running {now - h.started:.1f} s" for h in calls) or "?"
 
-    def unload_unless_version(self, version: str | None) -> bool:
+    def unload_unless_version(self, version: str | None, timeout: float | None = None) -> bool:
         """Unload if the loaded export version is not ``version``; a load in progress is waited for.
 
         What a rollback uses: the model's lock is held for the whole of a load, so an
@@ -185,7 +185,7 @@ class LoadState:
         with self._lock:
             if not self._loaded or self.loaded_version in (None, version):
                 return False
-        self.unload()
+        self.unload(timeout=timeout)
         return True
 
     def unload_if_idle(self, still_wanted: Any = None) -> bool:

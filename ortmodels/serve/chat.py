@@ -69,7 +69,7 @@ def _calls(message: ChatMessage, index: int) -> list[dict[str, Any]]:
     for number, call in enumerate(message.tool_calls or []):
         try:
             args = json.loads(call.function.arguments or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             args = None
         if not isinstance(args, dict):
             raise bad_request(f"messages[{index}].tool_calls[{number}].function.arguments must be a JSON object "

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelNotLoadedError
 from .errors import bad_request
 from .protocol import EmbeddingData, EmbeddingList, EmbeddingRequest, Usage
 
@@ -27,10 +28,17 @@ def texts_of(request: EmbeddingRequest) -> list[str]:
 
 
 def _token_count(model: Any, texts: list[str]) -> int:
-    """Tokens the model read (each text cut to its window, as embedding does)."""
-    runner = getattr(model, "runner", None)
-    if runner is None:
+    """Tokens the model read (each text cut to its window, as embedding does).
+
+    A keep-alive of 0 may have unloaded the model since its vectors were made: it is loaded
+    again for the count rather than failing an answer that is already computed.
+    """
+    if not hasattr(type(model), "runner"):  # a user's own class: no tokenizer to count with
         return 0
+    try:
+        runner = model.load().runner
+    except ModelNotLoadedError:  # unloaded again in between: load once more
+        runner = model.load().runner
     limit = runner.text_chars
     return sum(len(e.ids) for e in runner.tokenizer.encode_batch([t[:limit] for t in texts]))
 

@@ -58,11 +58,26 @@ router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(_check_key)])
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, read only up to `MAX_BODY_BYTES`: a huge upload is refused, never buffered whole."""
+    def too_large() -> ApiError:
+        return ApiError(413, f"The body is larger than {MAX_BODY_BYTES:,} bytes, the most this server reads.",
+                        code="body_too_large")
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large()
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise too_large()
+        parts.append(part)
+    return b"".join(parts)
+
+
 async def _parse(request: Request, model: type[Body]) -> Body:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"The body is {len(raw):,} bytes; at most {MAX_BODY_BYTES:,} are read.",
-                       code="body_too_large")
+    raw = await _read_body(request)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a number past int's digit limit, too deep

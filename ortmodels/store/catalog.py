@@ -181,6 +181,10 @@ def read_json(path: Path) -> dict:
         raise ModelFileError(path, "Missing file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(path, f"Corrupt JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(path, "Corrupt JSON (nested too deeply to read)") from None
+    except OSError as exc:
+        raise ModelFileError(path, f"Unreadable file ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise ModelFileError(path, "Expected a JSON object")
     return data
