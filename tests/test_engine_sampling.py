@@ -114,3 +114,15 @@ def test_logits_processor_hook_with_a_trivial_processor() -> None:
     banned.mask(logits)
     assert logits[1] == -np.inf
     assert choose_token(logits, SamplingParams(), np.array([], dtype=np.int64), np.random.default_rng(0)) == 2
+
+
+def test_token_logprobs_are_a_log_softmax_with_the_likeliest_alternatives() -> None:
+    from ortmodels.engine.sampling import token_logprob
+
+    logits = np.array([1.0, 3.0, 2.0, -np.inf], dtype=np.float32)  # the last one banned by a grammar
+    result = token_logprob(logits, 2, top=3)
+    log_probs = logits.astype(np.float64) - np.log(np.exp(logits[:3].astype(np.float64)).sum())
+    assert result.token_id == 2 and abs(result.logprob - log_probs[2]) < 1e-9
+    assert [t for t, _ in result.top] == [1, 2, 0]
+    assert abs(sum(np.exp(v) for _, v in result.top) - 1.0) < 1e-9
+    assert token_logprob(logits, 1, top=0).top == ()

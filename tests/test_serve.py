@@ -184,6 +184,22 @@ def test_chat_stream_with_usage_matches_the_whole_answer(client: openai.OpenAI) 
     assert whole.choices[0].message.content == text
 
 
+def test_logprobs_whole_and_streamed(client: openai.OpenAI) -> None:
+    asked = {"model": CHAT_SAMPLE, "max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 3,
+             "messages": [{"role": "user", "content": "Capital of France?"}]}
+    whole = client.chat.completions.create(**asked)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert "".join(t.token for t in content) == whole.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob >= token.top_logprobs[-1].logprob
+        assert token.logprob == token.top_logprobs[0].logprob  # greedy: the chosen is the likeliest
+    streamed = [t for c in client.chat.completions.create(**asked, stream=True)
+                if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in content]
+
+
 def test_stop_strings(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(model=CHAT_SAMPLE, max_tokens=24, temperature=0, stop=["Paris"],
                                             messages=[{"role": "user", "content": "Capital of France?"}])
@@ -346,7 +362,8 @@ def _error(reply: httpx.Response, status: int) -> dict:
     ({**CHAT, "max_tokens": "5"}, "max_tokens", "integer"),
     ({**CHAT, "n": 2}, "n", "n must be 1"),
     ({**CHAT, "presence_penalty": 1.0}, "presence_penalty", "not supported"),
-    ({**CHAT, "logprobs": True}, "logprobs", "not supported"),
+    ({**CHAT, "top_logprobs": 2}, "top_logprobs", "needs logprobs"),
+    ({**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "top_logprobs"),
     ({**CHAT, "foo": 1}, "foo", "Unrecognized"),
     ({**CHAT, "messages": []}, "messages", "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},

@@ -21,7 +21,13 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from .detokenizer import TextAssembler
-from .sampling import LogitsProcessor, SamplingParams, choose_token
+from .sampling import (
+    LogitsProcessor,
+    SamplingParams,
+    TokenLogprob,
+    choose_token,
+    token_logprob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ class TextDelta:
 
     text: str
     token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """With ``Request(logprobs=k)``: each new token's log-probability and k alternatives."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class Request:
         stop: Sequence[str] = (),
         eos_token_ids: Sequence[int] = (),
         processor: LogitsProcessor | None = None,
+        logprobs: int | None = None,
     ) -> None:
         if not prompt_ids:
             raise ConfigurationError("A request needs at least one prompt token.")
@@ -86,6 +95,10 @@ class Request:
         self.stop = tuple(s for s in stop if s)
         self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
         self.processor = processor
+        if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
+            raise ConfigurationError(f"logprobs must be a whole number from 0 to 20 (alternatives), not {logprobs!r}.")
+        self.logprobs = logprobs
+        self._chosen_logprob: TokenLogprob | None = None
         self.rng = np.random.default_rng(self.params.seed)
         self.generated: list[int] = []  # every chosen token, an end-of-sequence token included
         self.cached_tokens = 0
@@ -155,6 +168,8 @@ class Request:
         if self.params.repetition_penalty != 1.0:
             seen = np.asarray(self.prompt_ids + self.generated, dtype=np.int64)
         token = choose_token(logits, self.params, seen, self.rng)
+        if self.logprobs is not None:
+            self._chosen_logprob = token_logprob(logits, token, self.logprobs)
         if self.processor is not None:
             self.processor.accept(token)
         return token
@@ -167,7 +182,8 @@ class Request:
         if token in self.eos_token_ids:
             return "stop"
         piece = self._assembler.add(token) if self._assembler else ""
-        self._deliver(TextDelta(piece, (token,)))
+        chosen, self._chosen_logprob = self._chosen_logprob, None
+        self._deliver(TextDelta(piece, (token,), (chosen,) if chosen is not None else ()))
         if self._assembler is not None and self._assembler.stopped:
             return "stop"
         if len(self.generated) >= self.max_tokens:

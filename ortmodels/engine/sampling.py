@@ -86,3 +86,27 @@ class BannedTokens:
 
     def accept(self, token_id: int) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability and the likeliest alternatives (OpenAI's ``logprobs``)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: np.ndarray, token_id: int, top: int) -> TokenLogprob:
+    """Log-probabilities from one row of logits as the model gave them (after any grammar mask,
+    before temperature and penalties), for the chosen token and the ``top`` likeliest."""
+    row = logits.astype(np.float64, copy=False)
+    peak = float(np.max(row))
+    log_norm = peak + float(np.log(np.sum(np.exp(row - peak))))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        count = min(top, row.size)
+        ids = np.argpartition(-row, count - 1)[:count]
+        ids = ids[np.argsort(-row[ids], kind="stable")]
+        best = tuple((int(i), float(row[i] - log_norm)) for i in ids)
+    return TokenLogprob(int(token_id), float(row[token_id] - log_norm), best)

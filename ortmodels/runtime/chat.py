@@ -46,6 +46,7 @@ from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, Finished, Request, SamplingParams
 from ..engine.chat_template import ChatTemplate
 from ..engine.constraints import GrammarCompiler
+from ..engine.sampling import TokenLogprob
 from ..engine.session import output_width
 from ..engine.tokenizer import (
     check_unicode,
@@ -63,6 +64,7 @@ from .structured import (
     OUTPUT_OPTIONS,
     OutputPlan,
     format_tools,
+    logprobs_of,
     normalize_tool_choice,
     structured_output,
     tool_call_chunks,
@@ -95,6 +97,16 @@ class CallOptions(BaseModel):
     top_k: TopK = None
     repetition_penalty: RepetitionPenalty = None
     seed: Seed = None
+
+
+def _logprob_entry(tokenizer: Any, logprob: TokenLogprob) -> dict[str, Any]:
+    """One token's log-probability as OpenAI writes it (-9999.0 for a token the grammar banned)."""
+    def entry(token_id: int, value: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id], skip_special_tokens=False)
+        return {"token": text, "bytes": list(text.encode("utf-8")), "logprob": max(value, -9999.0)}
+
+    return {**entry(logprob.token_id, logprob.logprob),
+            "top_logprobs": [entry(token, value) for token, value in logprob.top]}
 
 
 class _Loaded:
@@ -334,7 +346,8 @@ class OnnxChatModel(BaseLLMModel):
         converted = plan.messages(to_template_messages(messages, loaded.tool_format))
         prompt_ids, max_tokens = self._prompt_ids(loaded, converted, asked_max_tokens, plan.template_vars)
         request = Request(prompt_ids, params, max_tokens=max_tokens, stop=stops,
-                          eos_token_ids=loaded.spec.eos_token_ids, processor=plan.processor)
+                          eos_token_ids=loaded.spec.eos_token_ids, processor=plan.processor,
+                          logprobs=logprobs_of(output))
         return loaded, request, plan
 
     def _stream(
@@ -431,12 +444,14 @@ class OnnxChatModel(BaseLLMModel):
         a call arrives whole, as ``tool_call_chunks`` that merge into ``AIMessage.tool_calls``.
         """
         if not isinstance(event, Finished):
-            if not event.text:
-                return []
             if plan.tool_format is not None:
                 text.append(event.text)
                 return []
-            return [ChatGenerationChunk(message=AIMessageChunk(content=event.text))]
+            if not event.text and not event.logprobs:
+                return []
+            metadata = {"logprobs": {"content": [_logprob_entry(loaded.tokenizer, lp) for lp in event.logprobs]}} \
+                if event.logprobs else {}
+            return [ChatGenerationChunk(message=AIMessageChunk(content=event.text, response_metadata=metadata))]
         chunks = []
         reason = event.reason
         if plan.tool_format is not None:

@@ -44,7 +44,19 @@ from ..engine.toolcalls import ToolCall, ToolFormat
 from ..errors import ChatInputError, StructuredOutputError
 
 #: The keyword arguments a call may carry besides the sampling options.
-OUTPUT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+OUTPUT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs")
+
+
+def logprobs_of(options: dict[str, Any]) -> int | None:
+    """How many alternatives each token's log-probability comes with (``None``: none asked for)."""
+    top = options.get("top_logprobs")
+    if not options.get("logprobs") and top is None:
+        return None
+    if top is None:
+        return 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+        raise ChatInputError(f"top_logprobs must be a whole number from 0 to 20, not {top!r}.")
+    return top
 
 
 def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:

@@ -100,9 +100,8 @@ def to_messages(messages: list[ChatMessage]) -> list[BaseMessage]:
 
 def call_options(request: ChatCompletionRequest) -> dict[str, Any]:
     """The keyword arguments of the model's ``astream`` for this request."""
-    if request.logprobs or request.top_logprobs:
-        raise bad_request("logprobs are not supported by this server yet; leave logprobs and top_logprobs out.",
-                          "logprobs", "unsupported_parameter")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true.", "top_logprobs")
     choice = request.tool_choice
     if choice not in (None, "none", "auto") and not request.tools:
         raise bad_request("tool_choice needs tools: give tools, or leave tool_choice out.", "tool_choice")
@@ -111,6 +110,9 @@ def call_options(request: ChatCompletionRequest) -> dict[str, Any]:
         "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed,
         "top_k": request.top_k, "repetition_penalty": request.repetition_penalty,
     }
+    if request.logprobs:
+        options["logprobs"] = True
+        options["top_logprobs"] = request.top_logprobs or 0
     if request.tools:
         options["tools"] = [t.model_dump(exclude_none=True) for t in request.tools]
         options["tool_choice"] = choice.model_dump() if hasattr(choice, "model_dump") else choice
@@ -144,6 +146,12 @@ def _tool_calls(chunk: AIMessageChunk, start: int) -> list[ResponseToolCall]:
             for n, c in enumerate(chunk.tool_call_chunks)]
 
 
+def _logprobs(chunk: AIMessageChunk) -> dict[str, Any] | None:
+    """The chunk's tokens' log-probabilities (``{"content": [...]}``), when they were asked for."""
+    value = chunk.response_metadata.get("logprobs")
+    return value if isinstance(value, dict) and value.get("content") else None
+
+
 def _finish_reason(chunk: AIMessageChunk) -> str | None:
     reason = chunk.response_metadata.get("finish_reason")
     if reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
@@ -167,11 +175,14 @@ class ChatAnswer:
         """The whole answer, gathered from the stream."""
         text: list[str] = []
         calls: list[ResponseToolCall] = []
+        logprobs: list[dict[str, Any]] | None = None
         reason, usage = None, None
         async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
             async for chunk in chunks:
                 if isinstance(chunk.content, str):
                     text.append(chunk.content)
+                if (entries := _logprobs(chunk)) is not None:
+                    logprobs = [*(logprobs or []), *entries["content"]]
                 calls.extend(_tool_calls(chunk, len(calls)))
                 reason = _finish_reason(chunk) or reason
                 usage = _usage(chunk) or usage
@@ -182,12 +193,13 @@ class ChatAnswer:
         answer = ChatCompletion(id=self.id, created=self.created, model=self.model,
                                 choices=[ChatChoice(message=message, finish_reason=reason)],
                                 usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+        choice_logprobs = {"content": logprobs} if logprobs is not None else None
         return answer.model_dump(exclude_none=True) | {"choices": [
-            {**answer.choices[0].model_dump(exclude_none=True), "logprobs": None}]}
+            {**answer.choices[0].model_dump(exclude_none=True), "logprobs": choice_logprobs}]}
 
-    def _chunk(self, delta: Delta, reason: str | None = None) -> str:
+    def _chunk(self, delta: Delta, reason: str | None = None, logprobs: dict[str, Any] | None = None) -> str:
         payload = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                      choices=[ChunkChoice(delta=delta, finish_reason=reason)])
+                                      choices=[ChunkChoice(delta=delta, finish_reason=reason, logprobs=logprobs)])
         body = payload.model_dump(exclude_none=True)
         body["choices"][0]["finish_reason"] = reason
         return event(body)
@@ -202,8 +214,9 @@ class ChatAnswer:
                 if not started:  # after the first chunk: a refused request never opens the stream
                     yield self._chunk(Delta(role="assistant", content=""))
                     started = True
-                if isinstance(chunk.content, str) and chunk.content:
-                    yield self._chunk(Delta(content=chunk.content))
+                entries = _logprobs(chunk)
+                if isinstance(chunk.content, str) and (chunk.content or entries):
+                    yield self._chunk(Delta(content=chunk.content), logprobs=entries)
                 if chunk.tool_call_chunks:
                     deltas = _tool_calls(chunk, calls)
                     calls += len(deltas)

@@ -36,6 +36,9 @@ def prompt_of(request: CompletionRequest) -> str:
 
 
 def call_options(request: CompletionRequest) -> dict[str, Any]:
+    if request.logprobs:  # chat completions give them; text completions do not yet
+        raise bad_request("logprobs are given by /v1/chat/completions only; leave logprobs out here.",
+                          "logprobs", "unsupported_parameter")
     options = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
                "seed": request.seed, "top_k": request.top_k, "repetition_penalty": request.repetition_penalty}
     return {k: v for k, v in options.items() if v is not None}

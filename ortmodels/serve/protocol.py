@@ -75,8 +75,6 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": _neutral(0, 0.0),
     "presence_penalty": _neutral(0, 0.0),
     "logit_bias": _neutral({}),
-    "logprobs": _neutral(False, 0),
-    "top_logprobs": _neutral(0),
     "best_of": _neutral(1),
     "echo": _neutral(False),
     "suffix": _neutral(""),
@@ -216,7 +214,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: ResponseMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -239,7 +237,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
