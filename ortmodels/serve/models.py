@@ -53,8 +53,11 @@ class Catalog:
         self._read_at = 0.0
 
     def ids(self, refresh: bool = False) -> list[ModelId]:
-        """The ids of the store's models, re-read at most once a second (a new export shows up)."""
-        if refresh or time.monotonic() - self._read_at > 1.0:
+        """The ids of the store's models, re-read at most once a second (a new export shows up);
+        ``refresh`` (an id not found) re-reads sooner, but never more than four times a second,
+        so clients sending unknown ids cannot keep the event loop reading the disk."""
+        age = time.monotonic() - self._read_at
+        if age > 1.0 or (refresh and age > 0.25):
             self._ids = model_ids(self.manager.list_available_models())
             self._read_at = time.monotonic()
         return self._ids
