@@ -31,7 +31,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     for info in infos:
         table.add_row(
             info.name,
-            info.kind,
+            info.kind_label,
             info.architecture or "-",
             ", ".join(info.variants) or "not exported",
             format_bytes(info.size_bytes()) if info.variants else "-",

@@ -95,6 +95,12 @@ def _export_locked(
         )
     exporter, supported = EXPORTERS[info.kind]
     dtypes = list(dtypes or supported)
+    if info.has_chat_template is False:  # said before the long part, not found by the first chat
+        logger.warning(
+            "%s has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json): "
+            "it will only continue plain text. Add the model's template as %s (no re-export needed).",
+            name, info.path / "chat_template.jinja",
+        )
     progress = progress or LogProgress(name)
     progress.step("Hashing the checkpoint")
     source_hash = source_sha256(info.path)

@@ -56,7 +56,7 @@ from ..engine.tokenizer import (
     max_token_chars,
 )
 from ..engine.toolcalls import FORMATS, detect_format
-from ..errors import ChatInputError, ModelNotLoadedError
+from ..errors import ChatInputError, ModelFileError, ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .messages import check_stop, keep_tail, to_template_messages
@@ -99,6 +99,23 @@ class CallOptions(BaseModel):
     seed: Seed = None
 
 
+def find_chat_template(export_folder: Path, checkpoint: Path) -> ChatTemplate | ModelFileError:
+    """The export's chat template, else one added to the checkpoint folder since the export (no
+    re-export needed), else the error that says where it belongs."""
+    for folder in (export_folder, checkpoint):
+        try:
+            return ChatTemplate.from_folder(folder)
+        except ModelFileError:
+            continue
+    return ModelFileError(
+        checkpoint / "chat_template.jinja",
+        "No chat template: this checkpoint has neither chat_template.jinja nor a chat_template in "
+        "tokenizer_config.json",
+        "Add the model's chat template as chat_template.jinja next to config.json (no re-export needed), "
+        "or use plain-text completion (/v1/completions)",
+    )
+
+
 def _logprob_entry(tokenizer: Any, logprob: TokenLogprob) -> dict[str, Any]:
     """One token's log-probability as OpenAI writes it (-9999.0 for a token the grammar banned)."""
     def entry(token_id: int, value: float) -> dict[str, Any]:
@@ -112,14 +129,23 @@ def _logprob_entry(tokenizer: Any, logprob: TokenLogprob) -> dict[str, Any]:
 class _Loaded:
     """Everything `_load` opens, replaced as a whole so a reader never sees half of it."""
 
-    def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate,
+    def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate | ModelFileError,
                  spec: ChatSpec, variant: str, device: str, grammars: GrammarCompiler) -> None:
-        self.engine, self.tokenizer, self.template = engine, tokenizer, template
+        self.engine, self.tokenizer, self._template = engine, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
         self.grammars = grammars
-        self.tool_format = FORMATS[spec.tool_format or detect_format(template.source)]
+        source = template.source if isinstance(template, ChatTemplate) else ""
+        self.tool_format = FORMATS[spec.tool_format or detect_format(source)]
         self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
         """More characters than this cannot fit in the context, whatever they say."""
+
+    @property
+    def template(self) -> ChatTemplate:
+        """The chat template, or the error that says where to put one (plain-text completion
+        works without it)."""
+        if isinstance(self._template, ModelFileError):
+            raise self._template
+        return self._template
 
 
 class OnnxChatModel(BaseLLMModel):
@@ -200,7 +226,7 @@ class OnnxChatModel(BaseLLMModel):
         special = {f"eos_token_ids[{i}]": t for i, t in enumerate(spec.eos_token_ids)}
         check_vocabulary(opened.folder, tokenizer, output_width(opened.session, "logits"),
                          {**special, "bos_token_id": spec.bos_token_id})
-        template = ChatTemplate.from_folder(opened.folder)
+        template = find_chat_template(opened.folder, Path(self.model_path_))
         engine = Engine(
             decoder, tokenizer, max_batch=settings.model_max_batch, kv_cache_bytes=settings.model_kv_cache,
             prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,

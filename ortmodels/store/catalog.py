@@ -120,6 +120,28 @@ class ModelInfo:
         return value
 
     @cached_property
+    def has_chat_template(self) -> bool | None:
+        """Whether a chat model has a chat template (in its checkpoint or its export); ``None``
+        for other kinds. Without one it can only continue plain text."""
+        if self.kind != "chat":
+            return None
+        for folder in [self.path] + [self.onnx_path / v.path for v in self.variants.values()]:
+            if (folder / "chat_template.jinja").is_file():
+                return True
+            if (folder / "tokenizer_config.json").is_file():
+                try:
+                    if read_json(folder / "tokenizer_config.json").get("chat_template"):
+                        return True
+                except ModelFileError:
+                    continue
+        return False
+
+    @property
+    def kind_label(self) -> str:
+        """The kind as ``ortmodels list`` shows it: ``chat (no template)`` for a chat model without one."""
+        return "chat (no template)" if self.has_chat_template is False else self.kind
+
+    @cached_property
     def _card(self) -> tuple[str | None, str | None]:
         return read_card(self.path)
 
@@ -137,6 +159,7 @@ class ModelInfo:
         return {
             "name": self.name,
             "kind": self.kind,
+            "chat_template": self.has_chat_template,
             "architecture": self.architecture,
             "model_type": self.config.get("model_type"),
             "parameters": self.parameters,
