@@ -13,7 +13,7 @@ PEERS_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DLLAMA_CUR
 # e.g. make bench BENCH_ARGS=--quick   (few rounds and tokens: checks the wiring only)
 BENCH_ARGS ?=
 
-.PHONY: install samples export-samples demo test peers bench clean
+.PHONY: install samples export-samples demo test peers llama-server bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,13 @@ $(PEERS_STAMP): benchmarks/peers/requirements.txt
 peers: $(PEERS_STAMP) samples
 	$(BIN)/python -m benchmarks.peers.env
 
+# llama.cpp's own llama-server for benchmarks/bench_server.py, built from the llama.cpp that
+# llama-cpp-python vendors into benchmarks/.cache/llama-server (about 10 min on 2 cores, once).
+llama-server: $(STAMP)
+	benchmarks/peers/build_llama_server.sh $(BIN)/python
+
 # Every benchmark, then the README's section between the bench:start/bench:end markers.
-bench: export-samples peers
+bench: export-samples peers llama-server
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:

