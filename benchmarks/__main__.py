@@ -23,6 +23,8 @@ FULL = {
     "startup": ["--rounds", "3", "--imports", "5"],
     "quality": ["--tokens", "1024"],
     "concurrency": ["--rounds", "3", "--new-tokens", "64", "--sentences", "512"],
+    "server": ["--rounds", "3", "--new-tokens", "64"],
+    "constraints": ["--rounds", "5", "--tokens", "96"],
 }
 QUICK = {
     "embeddings": ["--sentences", "500", "--rounds", "1"],
@@ -30,6 +32,8 @@ QUICK = {
     "startup": ["--rounds", "1", "--imports", "2"],
     "quality": ["--tokens", "256"],
     "concurrency": ["--rounds", "1", "--new-tokens", "16", "--sentences", "128", "--parts", "chat", "embeddings", "cache"],
+    "server": ["--rounds", "1", "--new-tokens", "16", "--clients", "1", "8"],
+    "constraints": ["--rounds", "1", "--tokens", "32"],
 }
 
 
