@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints]
 """
 
 from __future__ import annotations
