@@ -253,5 +253,32 @@ class TestOnTheSample:
         assert request.generated == solo_greedy("fp32", prompt, 8)
 
 
+def test_prompts_are_never_prefilled_one_token_at_a_time() -> None:
+    """A one-token chunk takes the one-row kernels and changes int4 keys and values (0.57 in
+    the logits): it once changed the 5th answer of a cached conversation."""
+    from ortmodels.engine.engine import chunk_size
+
+    assert [chunk_size(r, b) for r, b in [(1, 512), (2, 512), (513, 512), (600, 512), (3, 1), (2, 1)]] == [
+        1, 2, 513, 512, 0, 2]
+    prompt = chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 4)
+    chunk = (len(prompt) - 1) // 2  # two full chunks would leave exactly one token
+    engine = Engine(decoder("int4"), tokenizer(), prefill_chunk=chunk)
+    sizes: list[int] = []
+    real_prefill = engine.decoder.prefill
+
+    def recording(ids: list[int], past: object = None) -> object:
+        sizes.append(len(ids))
+        return real_prefill(ids, past)
+
+    engine.decoder = type("Recorder", (), {"__getattr__": lambda self, n: getattr(real_prefill.__self__, n),
+                                            "prefill": staticmethod(recording)})()
+    request = Request(prompt, max_tokens=6)
+    engine.add_request(request)
+    while engine.step():
+        pass
+    assert min(sizes) >= 2 and sum(sizes) == len(prompt)
+    assert request.generated == solo_greedy("int4", prompt, 6)
+
+
 def test_sampling_params_keep_their_defaults() -> None:
     assert SamplingParams().greedy
