@@ -220,7 +220,7 @@ class ModelManager:
         if version is not None:
             versions.check_version_id(version)
         if model_class is None:
-            model_class = self._registry.lookup(kind, name, self._architecture(name))
+            model_class = self._registry.lookup(kind, name, lambda: self._architecture(name))
         if model_class is not None and is_loaded_class(kind_spec(kind).default_class, model_class):
             model_class = None  # ortmodels' own class, named explicitly: the same cached object
         key = _CacheKey(kind, name, model_class, version, dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from importlib import metadata
 
 from .errors import ModelKindError
@@ -50,14 +51,19 @@ class ModelRegistry:
                 self._by_name.pop((kind, name or ""), None)
                 self._by_architecture.pop((kind, architecture or ""), None)
 
-    def lookup(self, kind: str, name: str, architecture: str | None) -> type | None:
-        """The class registered for ``name``, else for ``architecture``; ``None``: ortmodels' own."""
+    def lookup(self, kind: str, name: str, architecture: Callable[[], str | None]) -> type | None:
+        """The class registered for ``name``, else for the model's architecture; ``None``: ortmodels'
+        own. ``architecture()`` reads the store, so it is asked only when a class is registered
+        for some architecture of this kind (not on every ``get_chat_model``)."""
         self._read_entry_points()
         with self._lock:
             found = self._by_name.get((kind, name))
-            if found is None and architecture:
-                found = self._by_architecture.get((kind, architecture))
-        return found
+            by_architecture = any(k == kind for k, _ in self._by_architecture)
+        if found is not None or not by_architecture:
+            return found
+        wanted = architecture()
+        with self._lock:
+            return self._by_architecture.get((kind, wanted)) if wanted else None
 
     def _read_entry_points(self) -> None:
         """Plug-ins' classes, once, before the first lookup; a class registered in code wins."""

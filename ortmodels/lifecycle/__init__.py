@@ -3,6 +3,7 @@ admission (`admission`), and the typed listener the manager implements (`listene
 
 from .admission import CallAdmission
 from .listener import ModelListener
-from .loading import LoadState, init_life_cycle, loading_model
+from .loading import LoadState, loading_model
+from .state import init_life_cycle
 
 __all__ = ["CallAdmission", "LoadState", "ModelListener", "init_life_cycle", "loading_model"]

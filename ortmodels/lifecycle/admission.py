@@ -16,21 +16,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..monitoring import stats
+from .state import LifeCycleState
 
 _in_call: ContextVar[frozenset[int]] = ContextVar("ortmodels_in_call", default=frozenset())
 
 
-class CallAdmission:
+class CallAdmission(LifeCycleState):
     """The call guard every public entry point runs in (see the comment below); thread-safe."""
-
-    _lock: threading.RLock
-    _idle: threading.Condition
-    _loaded: bool
-    _active: int
-    _draining: int
-    _pending: int
-    _listener: Any
-    _holders: dict[int, _Call]
 
     if TYPE_CHECKING:
         def load(self) -> Any: ...  # from LoadState

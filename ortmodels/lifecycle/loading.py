@@ -7,13 +7,13 @@ once never wait on each other.
 
 from __future__ import annotations
 
-import threading
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelBusyError
 from ..monitoring import stats
+from .state import LifeCycleState
 
 if TYPE_CHECKING:
     from .listener import ModelListener
@@ -27,7 +27,7 @@ def loading_model() -> Any:
     return _loading.get()
 
 
-class LoadState:
+class LoadState(LifeCycleState):
     """load / unload / is_loaded, the version lease and the listener; thread-safe.
 
     Each base provides ``_lock`` (an ``RLock``), ``_idle`` (a ``Condition`` on it),
@@ -37,20 +37,6 @@ class LoadState:
     unloads and uses so it can apply its memory budget and keep-alive).
     """
 
-    _lock: threading.RLock
-    _idle: threading.Condition
-    _loaded: bool
-    _active: int
-    _draining: int
-    _pending: int
-    """Calls loading the model to run on it: an idle unload waits for them."""
-    _last_memory: int
-    """What the model held when last loaded: the room to make before loading it again."""
-    _opened: Any
-    _lease: Any
-    _listener: ModelListener | None
-    _holders: dict[int, Any]
-    """The calls admitted now, by id, for `unload`'s report when it times out."""
     version: str | None
 
     def _load(self) -> None:
@@ -218,18 +204,3 @@ class LoadState:
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self.load()
-
-
-def init_life_cycle(model: Any) -> None:
-    """The life-cycle state of a model that is not a pydantic model (the embedding base)."""
-    model._lock = threading.RLock()
-    model._idle = threading.Condition(model._lock)
-    model._loaded = False
-    model._active = 0
-    model._draining = 0
-    model._pending = 0
-    model._last_memory = 0
-    model._opened = None
-    model._lease = None
-    model._listener = None
-    model._holders = {}

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import OrtModelsError
 from ..manager import ModelManager
-from ..precision import normalize_precision
 from ..store import ModelInfo
+from ..store.names import split_tag
 from .errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,10 @@ class Catalog:
     def _match(self, model: str | None, kind: str | None, refresh: bool) -> ModelId | None:
         if not isinstance(model, str) or not model:
             return None
-        name, _, tag = model.partition(":")
-        dtype = None
-        if tag:
-            try:
-                dtype = normalize_precision(tag)
-            except OrtModelsError:
-                return None
+        try:
+            name, dtype = split_tag(model)
+        except OrtModelsError:  # a bad name or precision names no model here
+            return None
         for entry in self.ids(refresh):
             if entry.name == name and entry.dtype == dtype and kind in (None, entry.kind) and entry.exported:
                 return entry

@@ -256,6 +256,12 @@ def detect_kind(folder: Path, manifest: Manifest | None = None) -> tuple[ModelKi
     return "unknown", architecture
 
 
+def _is_model_folder(folder: Path) -> bool:
+    """A visible folder holding a checkpoint or an export: what the store lists."""
+    return (not folder.name.startswith(".") and folder.is_dir()
+            and ((folder / "config.json").is_file() or (folder / ONNX_DIR / "manifest.json").is_file()))
+
+
 def _folder_problem(folder: Path) -> str | None:
     """Why a model folder cannot be used, with the fix; ``None`` if it can."""
     try:
@@ -299,9 +305,7 @@ class ModelStore:
             return []
         found: list[tuple[str, str | None]] = []
         for child in sorted(self.root.iterdir()):
-            if child.name.startswith(".") or not child.is_dir():
-                continue
-            if not ((child / "config.json").is_file() or (child / ONNX_DIR / "manifest.json").is_file()):
+            if not _is_model_folder(child):
                 continue
             problem = _folder_problem(child)
             if problem is not None:
@@ -312,11 +316,12 @@ class ModelStore:
     def info(self, name: str, version: str | None = None) -> ModelInfo:
         """Describe one model (its active export, or ``version``), or raise `UnknownModelError`."""
         folder = self.model_dir(name)
-        scanned = dict(self._scan())
-        if name not in scanned:
+        if not _is_model_folder(folder):  # only this folder is looked at; the others on a miss
             raise UnknownModelError(name, self.names(), self.root)
-        if scanned[name] is not None:
-            raise ModelFileError(folder, f"Model folder cannot be used: {scanned[name]}")
+        problem = _folder_problem(folder)
+        if problem is not None:
+            warn_once(name, problem)
+            raise ModelFileError(folder, f"Model folder cannot be used: {problem}")
         if version is not None:
             export_dir: Path | None = version_dir(folder, version)
         elif active_version(folder) is not None:
