@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -404,17 +405,24 @@ class OnnxChatModel(BaseLLMModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """As `_stream`, on the event loop: a cancelled task cancels its request."""
-        started, first = time.perf_counter(), None
-        loaded, request, plan = await asyncio.get_running_loop().run_in_executor(
-            None, self._request, messages, stop, kwargs
-        )
+        started = time.perf_counter()
+        prepared = await asyncio.get_running_loop().run_in_executor(None, self._request, messages, stop, kwargs)
+        async with aclosing(self._achunks(started, *prepared)) as chunks:
+            async for chunk in chunks:
+                if run_manager and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+    async def _achunks(self, started: float, loaded: _Loaded, request: Request,
+                       plan: OutputPlan) -> AsyncIterator[ChatGenerationChunk]:
+        """A request's engine events as chunks, on the event loop (chat and plain text alike);
+        closing it cancels the request."""
+        first: float | None = None
         text: list[str] = []
         async for event in loaded.engine.agenerate(request):
             if first is None and not isinstance(event, Finished) and event.token_ids:
                 first = time.perf_counter() - started
             for chunk in self._to_chunks(event, loaded, plan, text, first):
-                if run_manager and chunk.text:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
     # -- plain text, without the chat template ----------------------------------------------
@@ -451,15 +459,12 @@ class OnnxChatModel(BaseLLMModel):
                                eos_token_ids=loaded.spec.eos_token_ids)
 
     async def _astream_text(self, prompt: str, stop: Any, kwargs: dict[str, Any]) -> AsyncIterator[AIMessageChunk]:
-        started, first = time.perf_counter(), None
+        started = time.perf_counter()
         loaded, request = await asyncio.get_running_loop().run_in_executor(
             None, self._text_request, prompt, stop, kwargs
         )
-        text: list[str] = []
-        async for event in loaded.engine.agenerate(request):
-            if first is None and not isinstance(event, Finished) and event.token_ids:
-                first = time.perf_counter() - started
-            for chunk in self._to_chunks(event, loaded, OutputPlan(), text, first):
+        async with aclosing(self._achunks(started, loaded, request, OutputPlan())) as chunks:
+            async for chunk in chunks:
                 yield chunk.message  # type: ignore[misc]
 
     def _to_chunks(self, event: Any, loaded: _Loaded, plan: OutputPlan, text: list[str],
