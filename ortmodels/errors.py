@@ -73,6 +73,10 @@ class ParityError(ExportError):
     """The exported graph does not reproduce the PyTorch model closely enough."""
 
 
+class FailedVariantError(OrtModelsError):
+    """The asked-for precision was exported but failed its quality gates, so it is not loaded."""
+
+
 class MissingDependencyError(OrtModelsError, ImportError):
     """An optional dependency is needed for this operation; the message says what to install."""
 

@@ -82,7 +82,8 @@ def estimate_memory(
 
         info = store.require(name, kind, version)
         device = resolve_device(settings.model_device)
-        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, device)
+        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, device,
+                                 failed=info.failed_variants())
         return info.variants[variant].size
     except Exception:  # the load itself will report whatever is wrong, with its own message
         return 0

@@ -7,6 +7,7 @@ maps them so every entry point accepts either.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from .errors import ConfigurationError
 from .kinds import KINDS
@@ -60,12 +61,16 @@ def parse_precision_list(value: str) -> list[str]:
 _GPU_PREFERENCE = ("fp16", "fp32", "int8", "int4")
 
 
-def select_variant(requested: str, exported: list[str], kind: str, device: str) -> str:
+def select_variant(requested: str, exported: list[str], kind: str, device: str,
+                   failed: Collection[str] = ()) -> str:
     """Pick the precision to load: the asked-for one, or for ``auto`` the best exported one.
 
     ``MODEL_DTYPE`` is one setting for every model, so a precision a kind is never exported
     in (int4 for embeddings, bf16 for now) falls back to ``auto`` for that kind, with a warning.
+    ``auto`` never picks a precision in ``failed`` (it failed its quality gates at export);
+    asking for one by name is left to the store, whose error gives its figures.
     """
+    exported = [dtype for dtype in exported if dtype not in failed] or list(exported)
     name = "auto" if requested == "auto" else normalize_precision(requested)
     if name == "bf16" and device != "cuda":
         raise ConfigurationError(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ..config import load_settings
 from ..errors import ConfigurationError
 from ..precision import parse_precision_list
 from ..store import ModelStore
+from ..store.manifest import Manifest
+from ..units import format_bytes
 from . import app, console
 
 
@@ -53,6 +56,7 @@ def export(
             console.print(f"{skipped.name}: skipped, ortmodels cannot export {skipped.kind} models yet")
         names = [i.name for i in candidates if i.kind in EXPORTERS]
     dtypes = parse_precision_list(dtype) if dtype else None
+    failed: list[str] = []
     for model_name in names:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -63,8 +67,37 @@ def export(
         if outcome.skipped:
             console.print(f"{model_name}: up to date ({', '.join(outcome.manifest.variants)}); --force to redo")
             continue
-        for dt in outcome.exported:
-            parity = outcome.manifest.variants[dt].parity
-            figures = ", ".join(f"{k}={v:.6f}" for k, v in parity.items() if isinstance(v, float))
-            console.print(f"{model_name} {dt}: {figures}")
+        console.print(verdict_table(model_name, outcome.manifest, outcome.exported))
         console.print(f"{model_name}: version {outcome.manifest.version} is now active")
+        failed += [f"{model_name} {dt}" for dt in outcome.failed]
+    if failed:
+        console.print(
+            f"[red]Failed the quality gates, not published: {', '.join(failed)}.[/] The other variants are "
+            "published and 'auto' never picks a failed one; 'ortmodels info NAME' shows the figures."
+        )
+        raise typer.Exit(1)
+
+
+#: Parity figures shown per variant in the export's table: (manifest key, column, format).
+_FIGURES = (
+    ("perplexity", "perplexity", "{:.3f}"),
+    ("top1_agreement", "next-token agr.", "{:.3f}"),
+    ("greedy_agreement", "greedy agr.", "{:.2f}"),
+    ("cosine_min", "worst cosine", "{:.4f}"),
+)
+
+
+def verdict_table(name: str, manifest: Manifest, dtypes: list[str]) -> Table:
+    """One row per variant built: its figures, and whether it passed the quality gates."""
+    table = Table(title=f"{name}: variants and quality gates")
+    for column in ("variant", "size", *(c for _, c, _ in _FIGURES), "verdict"):
+        table.add_column(column)
+    for dtype in dtypes:
+        entry = manifest.variants[dtype]
+        figures = [fmt.format(entry.parity[k]) if isinstance(entry.parity.get(k), (int, float)) else "-"
+                   for k, _, fmt in _FIGURES]
+        quality = entry.quality
+        verdict = ("not gated" if quality is None else "[green]passed[/]" if quality.passed
+                   else "[red]failed[/]: " + "; ".join(quality.failures))
+        table.add_row(dtype, format_bytes(entry.size) if entry.size else "-", *figures, verdict)
+    return table

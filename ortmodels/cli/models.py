@@ -33,7 +33,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             info.name,
             info.kind_label,
             info.architecture or "-",
-            ", ".join(info.variants) or "not exported",
+            ", ".join(d if info.verdict(d) != "failed" else f"{d} (failed)" for d in info.variants)
+            or "not exported",
             format_bytes(info.size_bytes()) if info.variants else "-",
         )
     if not infos:
@@ -76,11 +77,15 @@ def info(
         console.print(f"embedding: {manifest.embedding.model_dump()}")
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
     table = Table()
-    for column in ("variant", "size", "files", "parity"):
+    for column in ("variant", "size", "files", "verdict", "parity"):
         table.add_column(column)
     for dtype, variant in manifest.variants.items():
         parity = ", ".join(
-            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in variant.parity.items()
+            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in variant.parity.items() if k != "probes"
         )
-        table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), parity)
+        verdict = model.verdict(dtype)
+        if variant.quality is not None and variant.quality.failures:
+            verdict += ": " + "; ".join(variant.quality.failures)
+        table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), verdict, parity)
     console.print(table)

@@ -36,6 +36,11 @@ class ExportOutcome:
     exported: list[str]
     skipped: bool
 
+    @property
+    def failed(self) -> list[str]:
+        """Precisions built by this export that failed their quality gates (recorded, not published)."""
+        return [d for d in self.exported if not self.manifest.variants[d].usable]
+
 
 def supported_dtypes(kind: str) -> tuple[str, ...]:
     return EXPORTERS[kind][1] if kind in EXPORTERS else ()

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ExportError
 from ..store import ModelInfo, read_json
-from ..store.manifest import Manifest, VariantEntry
+from ..store.manifest import Manifest, QualityVerdict, VariantEntry
 from . import staging
 from .checkpoint import file_entries, tool_versions, utc_now
 from .progress import Progress
@@ -84,11 +84,18 @@ def build_variant(dtype: str, base: Path, target: Path, builders: dict[str, Buil
     return builders[dtype](base / "model.onnx", target / "model.onnx")
 
 
-def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parity: dict[str, Any]) -> VariantEntry:
-    files = file_entries(folder)
+def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parity: dict[str, Any],
+                  quality: QualityVerdict | None = None) -> VariantEntry:
+    """The manifest entry of a built variant; one that failed its gates is recorded without files."""
+    if quality is not None and not quality.passed:
+        logger.warning("%s variant failed its quality gates, not published: %s", dtype, "; ".join(quality.failures))
+        shutil.rmtree(folder)
+        files = {}
+    else:
+        files = file_entries(folder)
     return VariantEntry(
         dtype=dtype, path=dtype, files=files, size=sum(f.size for f in files.values()),
-        created_at=utc_now(), quantization=recipe, parity=parity,
+        created_at=utc_now(), quantization=recipe, parity=parity, quality=quality,
     )
 
 

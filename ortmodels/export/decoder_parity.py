@@ -1,8 +1,11 @@
 """How faithful an exported decoder is to its PyTorch original.
 
-Three figures per variant: greedy-token agreement over 32 new tokens on probe prompts
-(the share of tokens before the first difference), the largest logit difference on a
-prompt, and perplexity on a fixed real text next to the PyTorch model's.
+Figures per variant: greedy-token agreement over 32 new tokens on probe prompts (the share
+of tokens before the first difference), next-token agreement on a fixed real text (the
+share of positions whose argmax is PyTorch's: the same measure, teacher-forced, so one
+near-tie does not decide it), the largest logit difference on a prompt, whether every logit
+is finite, perplexity next to the PyTorch model's, and the greedy answers to plain chat
+questions (`probes.CHAT_PROBES`). `quality.judge_decoder` turns them into a verdict.
 """
 
 from __future__ import annotations
@@ -20,19 +23,20 @@ from ..engine.engine import Engine
 from ..engine.request import Request
 from ..engine.session import create_session
 from ..errors import ModelFileError
-from .probes import PROBE_PROMPTS, perplexity_text
+from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 
 NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
+ANSWER_TOKENS = 48
 
 
-def _prompt_ids(base: Path, tokenizer: Any) -> list[list[int]]:
+def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str] = PROBE_PROMPTS) -> list[list[int]]:
     """Probe prompts through the chat template when there is one, else as plain text."""
     try:
         template = ChatTemplate.from_folder(base)
     except ModelFileError:
-        return [tokenizer.encode(p).ids for p in PROBE_PROMPTS]
-    texts = [template.render([{"role": "user", "content": p}]) for p in PROBE_PROMPTS]
+        return [tokenizer.encode(p).ids for p in prompts]
+    texts = [template.render([{"role": "user", "content": p}]) for p in prompts]
     return [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
 
 
@@ -53,35 +57,50 @@ class DecoderReference:
     greedy: list[list[int]]
     prompt_logits: np.ndarray
     text_ids: list[int]
+    text_argmax: np.ndarray
     perplexity: float
+    tokenizer: Any
+    eos_token_ids: list[int]
+    question_ids: list[list[int]]
+    answers: list[list[int]]  # PyTorch's greedy answers to CHAT_PROBES, up to an end token
 
     @classmethod
-    def compute(cls, checkpoint: Path, base: Path, tokenizer: Any, context_length: int) -> DecoderReference:
+    def compute(cls, checkpoint: Path, base: Path, tokenizer: Any, context_length: int,
+                eos_token_ids: Sequence[int] = ()) -> DecoderReference:
         import torch
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         prompts = _prompt_ids(base, tokenizer)
-        greedy = []
+        questions = _prompt_ids(base, tokenizer, [question for question, _ in CHAT_PROBES])
+        eos = set(eos_token_ids)
+
+        def greedy(ids: list[int], count: int, stop: set[int]) -> list[int]:
+            out = model(input_ids=torch.tensor([ids]), use_cache=True)
+            tokens: list[int] = []
+            for _ in range(count):
+                tokens.append(int(out.logits[0, -1].argmax()))
+                if tokens[-1] in stop:
+                    break
+                out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values,
+                            use_cache=True)
+            return tokens
+
         with torch.inference_mode():
-            for ids in prompts:
-                out = model(input_ids=torch.tensor([ids]), use_cache=True)
-                tokens: list[int] = []
-                for _ in range(NEW_TOKENS):
-                    tokens.append(int(out.logits[0, -1].argmax()))
-                    out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values,
-                                use_cache=True)
-                greedy.append(tokens)
+            continuations = [greedy(ids, NEW_TOKENS, set()) for ids in prompts]
+            answers = [greedy(ids, ANSWER_TOKENS, eos) for ids in questions]
             prompt_logits = model(input_ids=torch.tensor([prompts[0]])).logits[0].float().numpy()
             text_ids = tokenizer.encode(perplexity_text()).ids[: min(PERPLEXITY_TOKENS, context_length)]
             text_logits = model(input_ids=torch.tensor([text_ids])).logits[0].float().numpy()
-        return cls(prompts, greedy, prompt_logits, text_ids, perplexity(text_logits, text_ids))
+        return cls(prompts, continuations, prompt_logits, text_ids, text_logits.argmax(axis=1),
+                   perplexity(text_logits, text_ids), tokenizer, sorted(eos), questions, answers)
 
 
-def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKENS) -> list[int]:
-    """``count`` greedy tokens after ``ids``, through the engine every chat runs on (no end token)."""
+def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKENS,
+                  eos_token_ids: Sequence[int] = ()) -> list[int]:
+    """``count`` greedy tokens after ``ids``, through the engine every chat runs on."""
     engine = Engine(decoder, max_batch=1)
-    request = Request(ids, max_tokens=count)
+    request = Request(ids, max_tokens=count, eos_token_ids=eos_token_ids)
     engine.add_request(request)
     while engine.step():
         pass
@@ -107,6 +126,8 @@ def onnx_parity(model_file: Path, reference: DecoderReference) -> dict[str, Any]
     ]
     prompt_logits = decoder.all_logits(reference.prompts[0])  # the engine's Engine.all_logits
     text_logits = decoder.all_logits(reference.text_ids)
+    finite = bool(np.isfinite(prompt_logits).all() and np.isfinite(text_logits).all())
+    answers = [greedy_tokens(decoder, ids, ANSWER_TOKENS, reference.eos_token_ids) for ids in reference.question_ids]
     return {
         "reference": "pytorch fp32",
         "prompts": len(reference.prompts),
@@ -116,4 +137,22 @@ def onnx_parity(model_file: Path, reference: DecoderReference) -> dict[str, Any]
         "perplexity": round(perplexity(text_logits, reference.text_ids), 4),
         "perplexity_fp32": round(reference.perplexity, 4),
         "perplexity_tokens": len(reference.text_ids),
+        "finite": finite,
+        "top1_agreement": round(float((text_logits.argmax(axis=1) == reference.text_argmax)[:-1].mean()), 4),
+        "probes": chat_probes(reference, answers),
     }
+
+
+def _answer_text(reference: DecoderReference, ids: list[int]) -> str:
+    return reference.tokenizer.decode([i for i in ids if i not in reference.eos_token_ids])
+
+
+def chat_probes(reference: DecoderReference, answers: list[list[int]]) -> list[dict[str, Any]]:
+    """Each plain question with the variant's answer and, where it derails, why."""
+    from .quality import derailment
+
+    rows = []
+    for (question, keywords), expected, got in zip(CHAT_PROBES, reference.answers, answers):
+        reason = derailment(got, _answer_text(reference, got), expected, _answer_text(reference, expected), keywords)
+        rows.append({"question": question, "answer": _answer_text(reference, got)[:200], "derailed": reason})
+    return rows

@@ -27,9 +27,6 @@ from .common import (
 )
 from .embedding_config import effective_max_length, read_pooling_config
 from .encoder_quantize import (
-    INT8_MIN_COSINE,
-    INT8_MIN_COSINE_MEAN,
-    INT8_MIN_TOP10,
     encoder_texts,
     int8_quality,
     smooth_activations,
@@ -37,6 +34,7 @@ from .encoder_quantize import (
 from .optimum_bridge import export_with_optimum
 from .probes import PROBE_SENTENCES
 from .progress import Progress
+from .quality import judge_embedding
 from .quantize import quantize_int8_dynamic
 
 logger = logging.getLogger(__name__)
@@ -160,18 +158,12 @@ def export_embedding(
                     fp32_vectors = _embed_file(base / "model.onnx", base / "tokenizer.json", spec, quality_texts)
                 int8_vectors = _embed_file(work / dtype / "model.onnx", base / "tokenizer.json", spec, quality_texts)
                 parity["vs_fp32"] = int8_quality(fp32_vectors, int8_vectors)
-                if not parity["vs_fp32"]["meets_bar"]:
-                    logger.warning(
-                        "%s int8 stays less close to fp32 than ortmodels aims for (cosine mean >= %s, "
-                        "worst >= %s, top-10 agreement >= %s): %s. Prefer fp32 for this model.",
-                        info.name, INT8_MIN_COSINE_MEAN, INT8_MIN_COSINE, INT8_MIN_TOP10, parity["vs_fp32"],
-                    )
             if dtype == "fp32" and parity["cosine_min"] < FP32_MIN_COSINE:
                 raise ParityError(
                     f"fp32 export of {info.name} differs from PyTorch: worst cosine "
                     f"{parity['cosine_min']:.6f} < {FP32_MIN_COSINE} on the probe sentences."
                 )
-            variants[dtype] = variant_entry(dtype, work / dtype, recipe, parity)
+            variants[dtype] = variant_entry(dtype, work / dtype, recipe, parity, judge_embedding(dtype, parity))
             logger.info("%s %s parity: %s", info.name, dtype, parity)
 
         return finish_export(

@@ -28,6 +28,19 @@ PROBE_PROMPTS: tuple[str, ...] = (
     "Explain in one sentence what a hash table is.",
 )
 
+#: Plain chat questions (no system message) with the words a right answer contains. A
+#: variant derails on one where fp32 PyTorch answers it right and the variant does not, or
+#: where the variant loops and PyTorch does not. A model that knows none of the answers
+#: (a tiny random one) is judged on loops alone.
+CHAT_PROBES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What is the capital of France?", ("Paris",)),
+    ("What is the capital of Japan?", ("Tokyo",)),
+    ("Name the largest planet in the solar system.", ("Jupiter",)),
+    ("What colour is the sky on a clear day?", ("blue",)),
+    ("How many days are there in a week?", ("seven", "7")),
+    ("What is the chemical symbol for water?", ("H2O", "H₂O")),
+)
+
 #: Standard-library modules whose docstrings make the perplexity text: real English prose
 #: nobody on this project wrote, present wherever Python's sources are.
 _PERPLEXITY_SOURCES = ("argparse.py", "json/__init__.py", "logging/__init__.py", "collections/__init__.py")

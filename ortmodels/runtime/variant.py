@@ -71,7 +71,8 @@ def open_variant(
     info, lease = _lease_version(model_dir, kind, version)
     try:
         resolved = resolve_device(device or settings.model_device)
-        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved)
+        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
+                                 failed=info.failed_variants())
         folder = info.variant_path(variant)
         refuse_outside_links(folder, info.onnx_path)
         if settings.model_verify_files:

@@ -33,10 +33,10 @@ class ModelId:
 
 
 def model_ids(infos: list[ModelInfo]) -> list[ModelId]:
-    """Every id of every model: ``name`` then ``name:dtype`` for each exported variant."""
+    """Every id of every model: ``name`` then ``name:dtype`` for each variant that can be loaded."""
     ids = []
     for info in infos:
-        variants = sorted(info.variants)
+        variants = sorted(info.usable_variants)
         ids.append(ModelId(info.name, info.name, str(info.kind), None, bool(variants)))
         ids.extend(ModelId(f"{info.name}:{v}", info.name, str(info.kind), v, True) for v in variants)
     return ids

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import (
+    FailedVariantError,
     InvalidModelNameError,
     ModelFileError,
     ModelKindError,
@@ -64,7 +65,25 @@ class ModelInfo:
 
     @property
     def variants(self) -> dict[str, VariantEntry]:
+        """Every exported precision, including ones that failed their quality gates."""
         return dict(self.manifest.variants) if self.manifest else {}
+
+    @property
+    def usable_variants(self) -> list[str]:
+        """The precisions that can be loaded: exported, and passed (or predate) the gates."""
+        return [dtype for dtype, entry in self.variants.items() if entry.usable]
+
+    def failed_variants(self) -> dict[str, str]:
+        """Precisions that failed their quality gates, each with the figures that failed."""
+        return {
+            dtype: "; ".join(entry.quality.failures) if entry.quality else ""
+            for dtype, entry in self.variants.items() if not entry.usable
+        }
+
+    def verdict(self, dtype: str) -> str:
+        """``passed``, ``failed`` or ``not gated`` (exported before the gates), for listings."""
+        quality = self.variants[dtype].quality
+        return "not gated" if quality is None else ("passed" if quality.passed else "failed")
 
     @property
     def has_checkpoint(self) -> bool:
@@ -175,7 +194,8 @@ class ModelInfo:
             "size": self.size_bytes(),
             "variants": {
                 dtype: {"size": v.size, "files": len(v.files), "parity": v.parity,
-                        "quantization": v.quantization}
+                        "quantization": v.quantization, "verdict": self.verdict(dtype),
+                        "failures": v.quality.failures if v.quality else []}
                 for dtype, v in self.variants.items()
             },
         }
@@ -187,6 +207,8 @@ class ModelInfo:
     def variant_path(self, dtype: str) -> Path:
         """Folder of one exported precision, or a `ModelNotExportedError` that says how to make it."""
         entry = self.variants.get(dtype)
+        if entry is not None and not entry.usable:
+            raise FailedVariantError(failed_variant_message(self, dtype))
         if entry is None:
             have = ", ".join(self.variants) or "none"
             raise ModelNotExportedError(
@@ -194,6 +216,17 @@ class ModelInfo:
                 f"Run 'ortmodels export {self.name} --dtype {dtype}'."
             )
         return resolve_inside(self.onnx_path, entry.path, "variant folder")
+
+
+def failed_variant_message(info: ModelInfo, dtype: str) -> str:
+    """Why a precision is not loaded, and what to use instead."""
+    usable = ", ".join(info.usable_variants) or "none"
+    return (
+        f"The {dtype} export of {info.name!r} failed its quality gates at export "
+        f"({info.failed_variants().get(dtype) or 'see ortmodels info'}), so it is not loaded. "
+        f"Use MODEL_DTYPE=auto or one of the precisions that passed ({usable}); "
+        f"'ortmodels info {info.name}' shows every variant's figures."
+    )
 
 
 def read_json(path: Path) -> dict:

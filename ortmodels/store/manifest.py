@@ -43,8 +43,22 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
 
 
+class QualityVerdict(BaseModel):
+    """Whether a variant passed the export's quality gates, and the figures that decided it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    passed: bool
+    failures: list[str] = Field(default_factory=list)
+    bounds: dict[str, Any] = Field(default_factory=dict)
+
+
 class VariantEntry(BaseModel):
-    """One precision of the export (a sub-folder of ``onnx/``)."""
+    """One precision of the export (a sub-folder of ``onnx/``).
+
+    A variant that failed its quality gates keeps its entry (its figures, its verdict) but
+    no files: nothing loads it, and asking for it names the figures that failed.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -55,6 +69,11 @@ class VariantEntry(BaseModel):
     created_at: str
     quantization: dict[str, Any] | None = None
     parity: dict[str, Any] = Field(default_factory=dict)
+    quality: QualityVerdict | None = None  # None: exported before the gates existed
+
+    @property
+    def usable(self) -> bool:
+        return self.quality is None or self.quality.passed
 
     @field_validator("path")
     @classmethod
