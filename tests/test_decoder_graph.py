@@ -63,7 +63,8 @@ def test_asymmetric_blocks_reproduce_a_grid_with_integer_offsets() -> None:
 
 # -- the graph against PyTorch -------------------------------------------------------------------
 
-FAMILIES = ("llama", "qwen2", "mistral")
+#: Every family our graph builds (tests/tiny_decoders.py has a fixture for each).
+FAMILIES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -93,9 +94,10 @@ def _decoder(model_file: Path):  # type: ignore[no-untyped-def]
 def _torch(checkpoint: Path, ids: list[int], new: int) -> tuple[np.ndarray, list[int]]:
     """PyTorch's logits over ``ids`` and its ``new`` greedy tokens after them."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    from ortmodels.export.decoder_parity import reference_model
+
+    model = reference_model(checkpoint)
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([ids]), use_cache=True)
         logits = out.logits[0].numpy()
