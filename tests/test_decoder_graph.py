@@ -1,9 +1,11 @@
 """Our own decoder graph (`export/decoder_graph.py`) and its block quantization (`export/nbits.py`).
 
-The builder is checked against PyTorch on tiny random Llama, Qwen2 (q/k/v biases, tied
-embeddings) and Mistral checkpoints: logits at every position, greedy tokens through the
-runtime's KV-cache loop, a prompt fed in pieces, ``logits_to_keep``, and the int8/int4/fp16
-variants within bounds. The MatMulNBits layout is checked against onnxruntime itself.
+The builder is checked against PyTorch on tiny random checkpoints of every family it takes
+(Llama, Qwen2 with q/k/v biases and tied embeddings, Mistral, Qwen3 with q/k norms, Phi-3 with
+packed weights and partial rotary, Gemma, Gemma 2 with soft caps and a sliding window of 8,
+Gemma 3 text with local and global layers): logits at every position, greedy tokens through
+the runtime's KV-cache loop (past the window), a prompt fed in pieces, ``logits_to_keep``,
+the int8/int4/fp16 variants within bounds, and a batch of two prompts past the window. The MatMulNBits layout is checked against onnxruntime itself.
 """
 
 from __future__ import annotations
@@ -59,6 +61,44 @@ def test_asymmetric_blocks_reproduce_a_grid_with_integer_offsets() -> None:
     weight = ((levels - rng.integers(0, 16, (8, 2, 1))) * step).reshape(8, 64).astype(np.float32)
     q = quantize_matrix(weight, 4, 32, symmetric=False)
     np.testing.assert_allclose(q.dequantized(), weight, atol=1e-6)
+
+
+# -- which checkpoints the builder takes ---------------------------------------------------------
+
+_BASE_CONFIG = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2}
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"model_type": "phi3", "rope_scaling": {"type": "longrope"}}, "longrope"),
+        ({"model_type": "phi3", "rope_scaling": {"type": "su"}}, "'su'"),
+        ({"model_type": "phi3", "partial_rotary_factor": 0.75}, "rotary dimension of 12"),
+        ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}, "vision-language"),
+        ({"model_type": "gemma2", "hidden_activation": "gelu"}, "activation 'gelu'"),
+        ({"model_type": "qwen3", "attention_bias": True}, "attention biases"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2'"),
+    ],
+)
+def test_supports_refuses_with_a_reason(config: dict, reason: str) -> None:
+    from ortmodels.export.decoder_graph import supports
+
+    got = supports({**_BASE_CONFIG, **config})
+    assert got is not None and reason in got, got
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"])
+def test_supports_the_families(model_type: str) -> None:
+    from ortmodels.export.decoder_graph import supports
+
+    activation = {"hidden_act": "gelu_pytorch_tanh"} if model_type.startswith("gemma") else {}
+    assert supports({**_BASE_CONFIG, "model_type": model_type, **activation}) is None
+
+
+def test_recipe_names_the_graph() -> None:
+    from ortmodels.export.decoder import GRAPH_PRECISIONS
+
+    assert all(p.recipe()["graph"] == "ortmodels" for p in GRAPH_PRECISIONS.values())
 
 
 # -- the graph against PyTorch -------------------------------------------------------------------
@@ -151,3 +191,34 @@ def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> Non
         assert got.dtype == np.float32 and got.shape == expected.shape
         assert np.isfinite(perplexity(got, text)) and perplexity(got, text) <= base * ppl_bound, name
         assert float(np.abs(got - expected).max()) <= diff_bound * scale, name
+
+
+#: Two prompts of different lengths per windowed family whose greedy continuations do not
+#: collapse into one repeated token on the random weights.
+_BATCH_PROMPTS = {"gemma2": [PROMPT[:6], PROMPT[3:]], "gemma3_text": [PROMPT[:5], PROMPT[5:]]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["slots", "padded"])
+@pytest.mark.parametrize("family", sorted(_BATCH_PROMPTS))
+def test_batched_decode_past_the_sliding_window(tmp_path: Path, family: str, layout: str) -> None:
+    """Gemma 2 (a sliding layer, a global one, soft caps) and Gemma 3 (two rotary bases): two
+    prompts of different lengths decoded in one batch give PyTorch's tokens, past the window of 8."""
+    from ortmodels.engine.engine import Engine
+    from ortmodels.engine.request import Request
+    from tests.tiny_decoders import SLIDING_WINDOW, build_tiny_decoder
+
+    checkpoint = build_tiny_decoder(tmp_path / "ckpt", family)
+    decoder = _decoder(_built(checkpoint, tmp_path / "fp32"))
+    prompts, new = _BATCH_PROMPTS[family], 20
+    assert all(len(p) + new > 2 * SLIDING_WINDOW for p in prompts)
+    expected = [_torch(checkpoint, p, new)[1] for p in prompts]
+    assert all(len(set(tokens)) > 4 for tokens in expected), expected
+    engine = Engine(decoder, max_batch=4, kv_layout=layout)
+    requests = [Request(p, max_tokens=new) for p in prompts]
+    for request in requests:
+        engine.add_request(request)
+    while engine.step():
+        pass
+    assert [r.generated for r in requests] == expected
+    assert engine.steps < 2 * new  # they did decode together
