@@ -1,4 +1,4 @@
-"""`ortmodels export` and the chat runtime on Llama, Qwen2, Mistral, Phi-3 and Gemma.
+"""`ortmodels export` and the chat runtime on Llama, Qwen2, Qwen3, Mistral, Phi-3 and Gemma 1/2/3.
 
 Each case builds a tiny random-weight causal LM with a ChatML template, exports it in fp32
 and int4, checks the manifest, then, independently of the export's own parity check,
@@ -27,9 +27,10 @@ MESSAGES = [
 def _torch_greedy(checkpoint: Path, prompt_ids: list[int], count: int) -> list[int]:
     """``count`` argmax tokens from PyTorch with its KV cache, never stopping at EOS."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    from ortmodels.export.decoder_parity import reference_model
+
+    model = reference_model(checkpoint)  # eager attention where SDPA would drop Gemma 2's soft cap
     tokens: list[int] = []
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
@@ -88,6 +89,9 @@ def test_export_decoder_family_matches_pytorch(tmp_path: Path, family: str) -> N
 
     int4 = manifest.variants["int4"]
     assert int4.quantization is not None and int4.quantization["bits"] == 4
+    # Every family here gets our own graph (GroupQueryAttention, MatMulNBits), not optimum's.
+    assert int4.quantization["graph"] == "ortmodels", int4.quantization
+    assert manifest.variants["fp32"].quantization["graph"] == "ortmodels"
     assert math.isfinite(int4.parity["perplexity"]) and int4.parity["perplexity"] > 0, int4.parity
 
     # A second export of the same checkpoint is a no-op.
