@@ -172,14 +172,32 @@ def _config(family: str):
     raise ValueError(f"Unknown family {family!r}; expected one of {', '.join(FAMILIES)}.")
 
 
-def build_tiny_decoder(folder: Path, family: str) -> Path:
-    """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it."""
+def _long_rope_phi3():
+    """Phi-3 with long-rope scaling (as Phi-3.5): our graph refuses it, so it goes through optimum."""
+    from transformers import Phi3Config
+
+    config = _config("phi3")
+    half = int(config.hidden_size // config.num_attention_heads * config.partial_rotary_factor) // 2
+    return Phi3Config.from_dict({
+        **config.to_dict(),
+        "original_max_position_embeddings": MAX_POSITIONS // 2,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half},
+    })
+
+
+def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False) -> Path:
+    """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it.
+
+    ``long_rope`` (Phi-3 only): long-rope scaling, which sends the export through optimum.
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = _config(family)
+    if long_rope and family != "phi3":
+        raise ValueError("long_rope is a Phi-3 setting.")
+    config = _long_rope_phi3() if long_rope else _config(family)
     tokenizer = build_tokenizer()
 
     torch.manual_seed(0)
