@@ -222,3 +222,25 @@ def test_batched_decode_past_the_sliding_window(tmp_path: Path, family: str, lay
         pass
     assert [r.generated for r in requests] == expected
     assert engine.steps < 2 * new  # they did decode together
+
+
+def test_int4_mix_and_tied_head_in_the_graph(tiny: Path, tmp_path: Path) -> None:
+    """The int4 mix reaches every family under our packed names (Phi-3's stored-packed weights
+    included), and a tied float lm_head reads the embedding initializer instead of a copy."""
+    import onnx
+
+    int4 = onnx.load(str(_built(tiny, tmp_path / "int4", "int4")), load_external_data=False)
+    bits = {n.input[1].removesuffix(".qweight"): a.i for n in int4.graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "bits"}
+    assert bits["layers.0.attn.qkv_proj"] == bits["layers.0.mlp.down_proj"] == bits["lm_head"] == 8, bits
+    assert bits["layers.0.attn.o_proj"] == bits["layers.0.mlp.gate_up_proj"] == 4, bits
+
+    fp32 = onnx.load(str(_built(tiny, tmp_path / "fp32")), load_external_data=False)
+    names = {i.name for i in fp32.graph.initializer}
+    config = __import__("json").loads((tiny / "config.json").read_text())
+    if config.get("tie_word_embeddings", True):
+        assert "lm_head.weight" not in names
+        head = next(n for n in fp32.graph.node if n.op_type == "Gemm")
+        assert head.input[1] == "embed_tokens.weight"
+    else:
+        assert "lm_head.weight" in names
