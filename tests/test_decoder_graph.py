@@ -193,6 +193,22 @@ def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> Non
         assert float(np.abs(got - expected).max()) <= diff_bound * scale, name
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mistral", "phi3", "qwen2", "qwen3"])
+def test_optional_sliding_window_matches_pytorch(tmp_path: Path, family: str) -> None:
+    """Checkpoints that turn the window on (every layer, or Qwen's layers past max_window_layers)
+    follow PyTorch past it: logits at every position and greedy tokens through the engine."""
+    from ortmodels.export.decoder_parity import greedy_tokens
+    from tests.tiny_decoders import build_tiny_decoder
+
+    checkpoint = build_tiny_decoder(tmp_path / "ckpt", family, window=True)
+    decoder = _decoder(_built(checkpoint, tmp_path / "fp32"))
+    expected_logits, expected_tokens = _torch(checkpoint, PROMPT, 24)
+    assert len(set(expected_tokens)) > 4, expected_tokens
+    np.testing.assert_allclose(decoder.all_logits(PROMPT), expected_logits, atol=1e-3, rtol=1e-3)
+    assert greedy_tokens(decoder, PROMPT, 24) == expected_tokens
+
+
 #: Two prompts of different lengths per windowed family whose greedy continuations do not
 #: collapse into one repeated token on the random weights.
 _BATCH_PROMPTS = {"gemma2": [PROMPT[:6], PROMPT[3:]], "gemma3_text": [PROMPT[:5], PROMPT[5:]]}

@@ -185,10 +185,23 @@ def _long_rope_phi3():
     })
 
 
-def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False) -> Path:
+def _with_window(config, family: str):
+    """Mistral, Phi-3 (every layer) or Qwen2/3 (the second layer) with a window of SLIDING_WINDOW."""
+    if family in ("mistral", "phi3"):
+        config.sliding_window = SLIDING_WINDOW
+    elif family in ("qwen2", "qwen3"):
+        config.use_sliding_window, config.sliding_window, config.max_window_layers = True, SLIDING_WINDOW, 1
+        config.layer_types = ["full_attention"] + ["sliding_attention"] * (config.num_hidden_layers - 1)
+    else:
+        raise ValueError(f"window is a setting of mistral, phi3, qwen2 and qwen3, not {family}.")
+    return config
+
+
+def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False, window: bool = False) -> Path:
     """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it.
 
     ``long_rope`` (Phi-3 only): long-rope scaling, which sends the export through optimum.
+    ``window``: a sliding window of SLIDING_WINDOW tokens for families where it is optional.
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -198,6 +211,8 @@ def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False) -> Pa
     if long_rope and family != "phi3":
         raise ValueError("long_rope is a Phi-3 setting.")
     config = _long_rope_phi3() if long_rope else _config(family)
+    if window:
+        config = _with_window(config, family)
     tokenizer = build_tokenizer()
 
     torch.manual_seed(0)
