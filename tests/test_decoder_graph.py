@@ -1,9 +1,11 @@
 """Our own decoder graph (`export/decoder_graph.py`) and its block quantization (`export/nbits.py`).
 
-The builder is checked against PyTorch on tiny random Llama, Qwen2 (q/k/v biases, tied
-embeddings) and Mistral checkpoints: logits at every position, greedy tokens through the
-runtime's KV-cache loop, a prompt fed in pieces, ``logits_to_keep``, and the int8/int4/fp16
-variants within bounds. The MatMulNBits layout is checked against onnxruntime itself.
+The builder is checked against PyTorch on tiny random checkpoints of every family it takes
+(Llama, Qwen2 with q/k/v biases and tied embeddings, Mistral, Qwen3 with q/k norms, Phi-3 with
+packed weights and partial rotary, Gemma, Gemma 2 with soft caps and a sliding window of 8,
+Gemma 3 text with local and global layers): logits at every position, greedy tokens through
+the runtime's KV-cache loop (past the window), a prompt fed in pieces, ``logits_to_keep``,
+the int8/int4/fp16 variants within bounds, and a batch of two prompts past the window. The MatMulNBits layout is checked against onnxruntime itself.
 """
 
 from __future__ import annotations
@@ -61,9 +63,48 @@ def test_asymmetric_blocks_reproduce_a_grid_with_integer_offsets() -> None:
     np.testing.assert_allclose(q.dequantized(), weight, atol=1e-6)
 
 
+# -- which checkpoints the builder takes ---------------------------------------------------------
+
+_BASE_CONFIG = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2}
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"model_type": "phi3", "rope_scaling": {"type": "longrope"}}, "longrope"),
+        ({"model_type": "phi3", "rope_scaling": {"type": "su"}}, "'su'"),
+        ({"model_type": "phi3", "partial_rotary_factor": 0.75}, "rotary dimension of 12"),
+        ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}, "vision-language"),
+        ({"model_type": "gemma2", "hidden_activation": "gelu"}, "activation 'gelu'"),
+        ({"model_type": "qwen3", "attention_bias": True}, "attention biases"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2'"),
+    ],
+)
+def test_supports_refuses_with_a_reason(config: dict, reason: str) -> None:
+    from ortmodels.export.decoder_graph import supports
+
+    got = supports({**_BASE_CONFIG, **config})
+    assert got is not None and reason in got, got
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"])
+def test_supports_the_families(model_type: str) -> None:
+    from ortmodels.export.decoder_graph import supports
+
+    activation = {"hidden_act": "gelu_pytorch_tanh"} if model_type.startswith("gemma") else {}
+    assert supports({**_BASE_CONFIG, "model_type": model_type, **activation}) is None
+
+
+def test_recipe_names_the_graph() -> None:
+    from ortmodels.export.decoder import GRAPH_PRECISIONS
+
+    assert all(p.recipe()["graph"] == "ortmodels" for p in GRAPH_PRECISIONS.values())
+
+
 # -- the graph against PyTorch -------------------------------------------------------------------
 
-FAMILIES = ("llama", "qwen2", "mistral")
+#: Every family our graph builds (tests/tiny_decoders.py has a fixture for each).
+FAMILIES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -93,9 +134,10 @@ def _decoder(model_file: Path):  # type: ignore[no-untyped-def]
 def _torch(checkpoint: Path, ids: list[int], new: int) -> tuple[np.ndarray, list[int]]:
     """PyTorch's logits over ``ids`` and its ``new`` greedy tokens after them."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    from ortmodels.export.decoder_parity import reference_model
+
+    model = reference_model(checkpoint)
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([ids]), use_cache=True)
         logits = out.logits[0].numpy()
@@ -149,3 +191,72 @@ def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> Non
         assert got.dtype == np.float32 and got.shape == expected.shape
         assert np.isfinite(perplexity(got, text)) and perplexity(got, text) <= base * ppl_bound, name
         assert float(np.abs(got - expected).max()) <= diff_bound * scale, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mistral", "phi3", "qwen2", "qwen3"])
+def test_optional_sliding_window_matches_pytorch(tmp_path: Path, family: str) -> None:
+    """Checkpoints that turn the window on (every layer, or Qwen's layers past max_window_layers)
+    follow PyTorch past it: logits at every position and greedy tokens through the engine."""
+    from ortmodels.export.decoder_parity import greedy_tokens
+    from tests.tiny_decoders import build_tiny_decoder
+
+    checkpoint = build_tiny_decoder(tmp_path / "ckpt", family, window=True)
+    decoder = _decoder(_built(checkpoint, tmp_path / "fp32"))
+    expected_logits, expected_tokens = _torch(checkpoint, PROMPT, 24)
+    assert len(set(expected_tokens)) > 4, expected_tokens
+    np.testing.assert_allclose(decoder.all_logits(PROMPT), expected_logits, atol=1e-3, rtol=1e-3)
+    assert greedy_tokens(decoder, PROMPT, 24) == expected_tokens
+
+
+#: Two prompts of different lengths per windowed family whose greedy continuations do not
+#: collapse into one repeated token on the random weights.
+_BATCH_PROMPTS = {"gemma2": [PROMPT[:6], PROMPT[3:]], "gemma3_text": [PROMPT[:5], PROMPT[5:]]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["slots", "padded"])
+@pytest.mark.parametrize("family", sorted(_BATCH_PROMPTS))
+def test_batched_decode_past_the_sliding_window(tmp_path: Path, family: str, layout: str) -> None:
+    """Gemma 2 (a sliding layer, a global one, soft caps) and Gemma 3 (two rotary bases): two
+    prompts of different lengths decoded in one batch give PyTorch's tokens, past the window of 8."""
+    from ortmodels.engine.engine import Engine
+    from ortmodels.engine.request import Request
+    from tests.tiny_decoders import SLIDING_WINDOW, build_tiny_decoder
+
+    checkpoint = build_tiny_decoder(tmp_path / "ckpt", family)
+    decoder = _decoder(_built(checkpoint, tmp_path / "fp32"))
+    prompts, new = _BATCH_PROMPTS[family], 20
+    assert all(len(p) + new > 2 * SLIDING_WINDOW for p in prompts)
+    expected = [_torch(checkpoint, p, new)[1] for p in prompts]
+    assert all(len(set(tokens)) > 4 for tokens in expected), expected
+    engine = Engine(decoder, max_batch=4, kv_layout=layout)
+    requests = [Request(p, max_tokens=new) for p in prompts]
+    for request in requests:
+        engine.add_request(request)
+    while engine.step():
+        pass
+    assert [r.generated for r in requests] == expected
+    assert engine.steps < 2 * new  # they did decode together
+
+
+def test_int4_mix_and_tied_head_in_the_graph(tiny: Path, tmp_path: Path) -> None:
+    """The int4 mix reaches every family under our packed names (Phi-3's stored-packed weights
+    included), and a tied float lm_head reads the embedding initializer instead of a copy."""
+    import onnx
+
+    int4 = onnx.load(str(_built(tiny, tmp_path / "int4", "int4")), load_external_data=False)
+    bits = {n.input[1].removesuffix(".qweight"): a.i for n in int4.graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "bits"}
+    assert bits["layers.0.attn.qkv_proj"] == bits["layers.0.mlp.down_proj"] == bits["lm_head"] == 8, bits
+    assert bits["layers.0.attn.o_proj"] == bits["layers.0.mlp.gate_up_proj"] == 4, bits
+
+    fp32 = onnx.load(str(_built(tiny, tmp_path / "fp32")), load_external_data=False)
+    names = {i.name for i in fp32.graph.initializer}
+    config = __import__("json").loads((tiny / "config.json").read_text())
+    if config.get("tie_word_embeddings", True):
+        assert "lm_head.weight" not in names
+        head = next(n for n in fp32.graph.node if n.op_type == "Gemm")
+        assert head.input[1] == "embed_tokens.weight"
+    else:
+        assert "lm_head.weight" in names

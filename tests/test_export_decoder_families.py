@@ -1,4 +1,4 @@
-"""`ortmodels export` and the chat runtime on Llama, Qwen2, Mistral, Phi-3 and Gemma.
+"""`ortmodels export` and the chat runtime on Llama, Qwen2, Qwen3, Mistral, Phi-3 and Gemma 1/2/3.
 
 Each case builds a tiny random-weight causal LM with a ChatML template, exports it in fp32
 and int4, checks the manifest, then, independently of the export's own parity check,
@@ -27,9 +27,10 @@ MESSAGES = [
 def _torch_greedy(checkpoint: Path, prompt_ids: list[int], count: int) -> list[int]:
     """``count`` argmax tokens from PyTorch with its KV cache, never stopping at EOS."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    from ortmodels.export.decoder_parity import reference_model
+
+    model = reference_model(checkpoint)  # eager attention where SDPA would drop Gemma 2's soft cap
     tokens: list[int] = []
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
@@ -60,6 +61,16 @@ def _onnx_greedy(model_file: Path, prompt_ids: list[int], count: int) -> list[in
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_decoder_family_matches_pytorch(tmp_path: Path, family: str) -> None:
+    _export_and_chat(tmp_path, family, graph="ortmodels")
+
+
+@pytest.mark.slow
+def test_refused_checkpoint_falls_back_to_optimum(tmp_path: Path) -> None:
+    """Long-rope Phi-3 is refused by our graph builder; optimum's graph must still match PyTorch."""
+    _export_and_chat(tmp_path, "phi3", graph="optimum", long_rope=True)
+
+
+def _export_and_chat(tmp_path: Path, family: str, graph: str, long_rope: bool = False) -> None:
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
     from transformers import AutoTokenizer
 
@@ -69,7 +80,7 @@ def test_export_decoder_family_matches_pytorch(tmp_path: Path, family: str) -> N
 
     name = f"tiny-{family}"
     root = tmp_path / "models"
-    folder = build_tiny_decoder(root / name, family)
+    folder = build_tiny_decoder(root / name, family, long_rope=long_rope)
 
     # -- export -------------------------------------------------------------------------------
     outcome = export_model(ModelStore(root), name, ["fp32", "int4"])
@@ -88,6 +99,8 @@ def test_export_decoder_family_matches_pytorch(tmp_path: Path, family: str) -> N
 
     int4 = manifest.variants["int4"]
     assert int4.quantization is not None and int4.quantization["bits"] == 4
+    # Which graph: ours (GroupQueryAttention, MatMulNBits) for every family it takes, else optimum's.
+    assert int4.quantization.get("graph", "optimum") == graph, int4.quantization
     assert math.isfinite(int4.parity["perplexity"]) and int4.parity["perplexity"] > 0, int4.parity
 
     # A second export of the same checkpoint is a no-op.

@@ -1,4 +1,4 @@
-"""Tiny random-weight causal LM checkpoints (Llama, Qwen2, Mistral, Phi-3, Gemma), built offline.
+"""Tiny random-weight causal LM checkpoints (Llama, Qwen2/3, Mistral, Phi-3, Gemma 1/2/3), built offline.
 
 `build_tiny_decoder` writes a complete checkpoint folder (config, safetensors weights,
 ``generation_config.json``, a fast byte-level BPE tokenizer with a ChatML chat template)
@@ -24,7 +24,13 @@ VOCAB_SIZE = 384  # 256 byte symbols + the special tokens + learned merges
 # would make a greedy-token comparison nearly blind to KV-cache mistakes.
 INITIALIZER_RANGE = 0.2
 
-FAMILIES = ("llama", "qwen2", "mistral", "phi3", "gemma")
+FAMILIES = ("llama", "qwen2", "mistral", "phi3", "gemma", "qwen3", "gemma2", "gemma3_text")
+#: The sliding window of the Gemma 2/3 fixtures: shorter than the tests' prompts plus their generations.
+SLIDING_WINDOW = 8
+#: Families whose norm weights are randomized after init (transformers starts Gemma's (1 + w) at w = 0 and
+#: q/k norms at 1, which would hide a missing offset or a norm applied to the wrong axis; with the
+#: scaled tied embedding dominating the residual stream, Gemma 2/3 would also repeat the last token).
+_RANDOM_NORMS = ("qwen3", "gemma2", "gemma3_text")
 
 # Special tokens, in vocabulary order (ids 0, 1, 2, ...).
 PAD, BOS, EOS_TEXT, UNK, IM_START, IM_END = "<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"
@@ -102,11 +108,14 @@ def build_tokenizer():
 
 def _config(family: str):
     from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
         GemmaConfig,
         LlamaConfig,
         MistralConfig,
         Phi3Config,
         Qwen2Config,
+        Qwen3Config,
     )
 
     common = dict(
@@ -130,10 +139,12 @@ def _config(family: str):
     if family == "mistral":
         return MistralConfig(tie_word_embeddings=False, sliding_window=MAX_POSITIONS, **common)
     if family == "phi3":
-        # Full rotary, no long-rope scaling (needs original_max_position_embeddings and factors).
+        # Partial rotary (as Phi-4-mini): 2 heads of 32, the first 16 features rotated; no long-rope
+        # scaling (needs original_max_position_embeddings and factors).
+        common.update(num_attention_heads=2, num_key_value_heads=1)
         return Phi3Config(
             tie_word_embeddings=False,
-            partial_rotary_factor=1.0,
+            partial_rotary_factor=0.5,
             rope_scaling=None,
             original_max_position_embeddings=MAX_POSITIONS,
             sliding_window=None,
@@ -141,21 +152,78 @@ def _config(family: str):
         )
     if family == "gemma":
         return GemmaConfig(tie_word_embeddings=True, head_dim=HEAD_DIM, **common)
+    if family == "qwen3":
+        return Qwen3Config(tie_word_embeddings=True, head_dim=HEAD_DIM, use_sliding_window=False, **common)
+    if family == "gemma2":
+        # Layer 0 slides, layer 1 attends to everything; soft caps small enough to bite on random weights.
+        return Gemma2Config(
+            tie_word_embeddings=True, head_dim=HEAD_DIM, query_pre_attn_scalar=32, sliding_window=SLIDING_WINDOW,
+            attn_logit_softcapping=4.0, final_logit_softcapping=8.0, **common,
+        )
+    if family == "gemma3_text":
+        # Local and global layers with their two rotary bases (the global one linearly scaled).
+        common.update(num_hidden_layers=4)
+        return Gemma3TextConfig(
+            tie_word_embeddings=True, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=SLIDING_WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling={"rope_type": "linear", "factor": 8.0},
+            **common,
+        )
     raise ValueError(f"Unknown family {family!r}; expected one of {', '.join(FAMILIES)}.")
 
 
-def build_tiny_decoder(folder: Path, family: str) -> Path:
-    """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it."""
+def _long_rope_phi3():
+    """Phi-3 with long-rope scaling (as Phi-3.5): our graph refuses it, so it goes through optimum."""
+    from transformers import Phi3Config
+
+    config = _config("phi3")
+    half = int(config.hidden_size // config.num_attention_heads * config.partial_rotary_factor) // 2
+    return Phi3Config.from_dict({
+        **config.to_dict(),
+        "original_max_position_embeddings": MAX_POSITIONS // 2,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half},
+    })
+
+
+def _with_window(config, family: str):
+    """Mistral, Phi-3 (every layer) or Qwen2/3 (the second layer) with a window of SLIDING_WINDOW."""
+    if family in ("mistral", "phi3"):
+        config.sliding_window = SLIDING_WINDOW
+    elif family in ("qwen2", "qwen3"):
+        config.use_sliding_window, config.sliding_window, config.max_window_layers = True, SLIDING_WINDOW, 1
+        config.layer_types = ["full_attention"] + ["sliding_attention"] * (config.num_hidden_layers - 1)
+    else:
+        raise ValueError(f"window is a setting of mistral, phi3, qwen2 and qwen3, not {family}.")
+    return config
+
+
+def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False, window: bool = False) -> Path:
+    """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it.
+
+    ``long_rope`` (Phi-3 only): long-rope scaling, which sends the export through optimum.
+    ``window``: a sliding window of SLIDING_WINDOW tokens for families where it is optional.
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = _config(family)
+    if long_rope and family != "phi3":
+        raise ValueError("long_rope is a Phi-3 setting.")
+    config = _long_rope_phi3() if long_rope else _config(family)
+    if window:
+        config = _with_window(config, family)
     tokenizer = build_tokenizer()
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    if family in _RANDOM_NORMS:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.add_(torch.randn_like(param) * 0.3)
+                if name.endswith(("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")):
+                    param.add_(6.0)  # Gemma's sandwich norms: layer outputs that can outweigh the tied embedding
     model.generation_config = GenerationConfig(
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False
     )

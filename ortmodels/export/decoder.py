@@ -1,9 +1,11 @@
 """Export of causal LMs (Llama, Qwen2, Mistral, Phi-3, Gemma, ...) with their KV cache.
 
-Llama, Qwen2 and Mistral checkpoints get our own graph (`decoder_graph`: fused
-GroupQueryAttention and RMS-norm operators, ``MatMulNBits`` weights written directly), built
-from the safetensors weights for each precision. Other families go through optimum
-(``text-generation-with-past``), with fp16, int8 and int4 derived from its fp32 graph.
+Llama, Mistral, Qwen2/3, Phi-3 and Gemma 1/2/3 (text) checkpoints get our own graph
+(`decoder_graph`: fused GroupQueryAttention and RMS-norm operators, ``MatMulNBits`` weights
+written directly), built from the safetensors weights for each precision;
+`decoder_families.supports` says why any other checkpoint is refused (long-rope scaling, a
+vision-language Gemma 3, ...). Those go through optimum (``text-generation-with-past``), with
+fp16, int8 and int4 derived from its fp32 graph.
 Every variant is compared with the PyTorch model before it is published.
 """
 

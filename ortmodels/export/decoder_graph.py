@@ -1,4 +1,4 @@
-"""Our own decoder graph for Llama-family checkpoints, built from safetensors + config.json.
+"""Our own decoder graph for Llama-like checkpoints, built from safetensors + config.json.
 
 Why not optimum's graph: its ~3000 nodes are mostly dynamic shape and mask arithmetic that
 runs on every decode step. This builder writes onnxruntime's fused contrib operators
@@ -7,6 +7,11 @@ one packed QKV MatMul, GroupQueryAttention with the rotary embedding inside (cos
 as initializers; ``seqlens_k`` and ``total_sequence_length`` derived from
 ``attention_mask`` in the graph), one packed gate/up MatMul, and ``MatMulNBits`` weights
 written directly for int8/int4. About 10 nodes per layer.
+
+Families (`decoder_families.FAMILIES`): Llama, Mistral, Qwen2, Qwen3 (per-head q/k norms),
+Phi-3 (packed weights, partial rotary), Gemma, Gemma 2 (norms around attention and MLP,
+attention and final logit soft-capping, sliding-window layers) and Gemma 3 text (q/k norms,
+a second rotary base for its sliding layers).
 
 Interface (what `engine/decoder.py` binds): inputs ``input_ids``, ``attention_mask``,
 ``past_key_values.N.key/value`` [batch, kv_heads, past, head_dim] and ``logits_to_keep``
@@ -26,13 +31,13 @@ import numpy as np
 
 from ..errors import ExportError
 from .checkpoint_weights import CheckpointWeights, open_weights
+from .decoder_families import ACTIVATIONS, FAMILIES, Family, activation_name, layer_windows, supports
 from .nbits import quantize_matrix
+
+__all__ = ["GraphPrecision", "build_decoder_graph", "supports"]
 
 logger = logging.getLogger(__name__)
 
-#: model_type → whether q/k/v projections carry a bias.
-SUPPORTED_MODEL_TYPES = {"llama": False, "mistral": False, "qwen2": True}
-_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 _OPSET = 17
 _MS = "com.microsoft"
 
@@ -50,48 +55,36 @@ class GraphPrecision:
     lm_head_bits: int | None = None  # None: same as ``bits``
     accuracy_level: int = 4  # int8 activations on the CPU
     #: Matrices stored at 8 bits when ``bits`` is 4: "mlp.down_proj" (every layer) or "0.mlp.down_proj".
+    #: Names are our packed matrices' (self_attn.qkv_proj, mlp.gate_up_proj), whatever the checkpoint stores.
     eight_bit: tuple[str, ...] = field(default_factory=tuple)
 
     def recipe(self) -> dict[str, Any]:
+        """The manifest's record of how the variant was made (``graph`` names the graph builder)."""
         return {"method": "ortmodels decoder_graph (MatMulNBits)" if self.bits else "ortmodels decoder_graph",
-                **asdict(self)}
+                "graph": "ortmodels", **asdict(self)}
 
 
-def supports(config: dict[str, Any]) -> str | None:
-    """``None`` when the builder handles this checkpoint, else the reason it does not."""
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model_type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
-    if config.get("hidden_act", "silu") != "silu":
-        return f"hidden_act {config.get('hidden_act')!r} is not silu"
-    if config.get("mlp_bias"):
-        return "MLP biases"
-    if model_type == "llama" and config.get("attention_bias"):
-        return "attention biases on a Llama checkpoint"
-    scaling = config.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in _ROPE_TYPES:
-        return f"rope_scaling type {rope_type!r}"
-    window = config.get("sliding_window")
-    uses_window = config.get("use_sliding_window", model_type == "mistral")
-    if window and uses_window and int(window) < int(config.get("max_position_embeddings", 0)):
-        return f"a sliding window of {window} tokens"
-    return None
-
-
-def _rotary_caches(checkpoint: Path, length: int) -> tuple[np.ndarray, np.ndarray]:
+def _rotary_caches(config: Any, length: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin [positions, rotary_dim/2], from transformers' own rotary parameters."""
     import torch
-    from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    config = AutoConfig.from_pretrained(checkpoint)
     scaling = getattr(config, "rope_scaling", None) or {}
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[scaling.get("rope_type", scaling.get("type", "default"))](
         config, "cpu"
     )
     freqs = torch.outer(torch.arange(length, dtype=torch.int64).float(), inv_freq.float())
     return (freqs.cos() * attention_factor).numpy(), (freqs.sin() * attention_factor).numpy()
+
+
+def _local_rope_config(config: Any) -> Any:
+    """Gemma 3's sliding layers: rope_local_base_freq, no scaling (as Gemma3TextModel does)."""
+    import copy
+
+    local = copy.deepcopy(config)
+    local.rope_theta = config.rope_local_base_freq
+    local.rope_scaling = {"rope_type": "default"}
+    return local
 
 
 class _Graph:
@@ -119,12 +112,17 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    def ints(self, name: str, values: list[int]) -> str:
+        return self.tensor(name, np.array(values, dtype=np.int64))
+
 
 class _Builder:
-    def __init__(self, config: dict[str, Any], weights: CheckpointWeights, precision: GraphPrecision) -> None:
+    def __init__(self, config: dict[str, Any], hf_config: Any, weights: CheckpointWeights,
+                 precision: GraphPrecision) -> None:
         from onnx import TensorProto
 
-        self.config, self.weights, self.precision = config, weights, precision
+        self.config, self.hf_config, self.weights, self.precision = config, hf_config, weights, precision
+        self.family: Family = FAMILIES[config["model_type"]]
         self.np_float = np.float16 if precision.dtype == "fp16" else np.float32
         self.g = _Graph(TensorProto.FLOAT16 if precision.dtype == "fp16" else TensorProto.FLOAT)
         self.hidden = int(config["hidden_size"])
@@ -133,7 +131,8 @@ class _Builder:
         self.head_dim = int(config.get("head_dim") or self.hidden // self.heads)
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config.get("rms_norm_eps", 1e-6))
-        self.qkv_bias = SUPPORTED_MODEL_TYPES[config["model_type"]]
+        self.activation = ACTIVATIONS[activation_name(config)]
+        self.windows = layer_windows(hf_config, self.family)
 
     def floats(self, name: str, array: np.ndarray) -> str:
         return self.g.tensor(name, array.astype(self.np_float))
@@ -158,11 +157,14 @@ class _Builder:
             return 8
         return p.bits
 
-    def build(self, checkpoint: Path) -> Any:
+    def gamma(self, name: str, weight: np.ndarray) -> str:
+        """An RMS norm's scale; Gemma's (1 + w) is folded in here, in fp32 before the cast."""
+        return self.floats(f"{name}.weight", weight + np.float32(self.family.norm_offset))
+
+    def build(self) -> Any:
         from onnx import TensorProto, helper
 
         g, w, cfg = self.g, self.weights.get, self.config
-        prefix = "model."
         batch, seq, past, total = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
         inputs = [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq]),
@@ -178,57 +180,29 @@ class _Builder:
         inputs.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
 
         # seqlens_k = valid tokens - 1 per row; total_sequence_length = the mask's width.
-        one = g.tensor("const.one_i64", np.array([1], dtype=np.int64))
+        one = g.ints("const.one_i64", [1])
         valid = g.node("ReduceSum", ["attention_mask", one], keepdims=0)[0]
-        seqlens = g.node("Cast", [g.node("Sub", [valid, one])[0]], to=TensorProto.INT32)[0]
+        self.seqlens = g.node("Cast", [g.node("Sub", [valid, one])[0]], to=TensorProto.INT32)[0]
         width = g.node("Gather", [g.node("Shape", ["attention_mask"])[0],
                                   g.tensor("const.one_scalar", np.array(1, dtype=np.int64))], axis=0)[0]
-        total_len = g.node("Cast", [width], to=TensorProto.INT32)[0]
-        cos, sin = _rotary_caches(checkpoint, int(cfg.get("max_position_embeddings", 4096)))
-        cos_name, sin_name = self.floats("cos_cache", cos), self.floats("sin_cache", sin)
+        self.total_len = g.node("Cast", [width], to=TensorProto.INT32)[0]
+        positions = int(cfg.get("max_position_embeddings", 4096))
+        cos, sin = _rotary_caches(self.hf_config, positions)
+        self.rotary = {"global": (self.floats("cos_cache", cos), self.floats("sin_cache", sin))}
+        if self.family.local_rope and any(self.windows):
+            cos, sin = _rotary_caches(_local_rope_config(self.hf_config), positions)
+            self.rotary["local"] = (self.floats("cos_cache_local", cos), self.floats("sin_cache_local", sin))
 
-        embed = w(prefix + "embed_tokens.weight")
-        x = g.node("Gather", [self.floats("embed_tokens.weight", embed), "input_ids"], axis=0)[0]
+        embed = w("model.embed_tokens.weight")
+        embed_name = self.floats("embed_tokens.weight", embed)
+        x = g.node("Gather", [embed_name, "input_ids"], axis=0)[0]
+        if self.family.scaled_embedding:  # sqrt(hidden) rounded to the graph's float type, as transformers does
+            x = g.node("Mul", [x, self.floats("embed_scale", np.array(self.hidden**0.5, dtype=np.float32))])[0]
         residual, skip = x, None
-        intermediate = int(cfg["intermediate_size"])
         for i in range(self.layers):
-            lp = f"{prefix}layers.{i}."
-            normed, residual = self.norm(residual, skip, w(lp + "input_layernorm.weight"), f"layers.{i}.input_norm")
-            qkv_weight = np.concatenate([w(lp + f"self_attn.{m}_proj.weight") for m in "qkv"], axis=0)
-            qkv = self.linear(normed, qkv_weight, f"layers.{i}.attn.qkv_proj", self.bits_for(i, "self_attn.qkv_proj"))
-            if self.qkv_bias:
-                bias = np.concatenate([w(lp + f"self_attn.{m}_proj.bias") for m in "qkv"])
-                qkv = g.node("Add", [qkv, self.floats(f"layers.{i}.attn.qkv_proj.bias", bias)])[0]
-            attn = g.node(
-                "GroupQueryAttention",
-                [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total_len,
-                 cos_name, sin_name],
-                [f"/layers.{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
-                name=f"layers.{i}.attn", domain=_MS, num_heads=self.heads, kv_num_heads=self.kv_heads,
-                scale=float(self.head_dim**-0.5), do_rotary=1, rotary_interleaved=0,
-            )[0]
-            skip = self.linear(attn, w(lp + "self_attn.o_proj.weight"), f"layers.{i}.attn.o_proj",
-                               self.bits_for(i, "self_attn.o_proj"))
-            normed, residual = self.norm(residual, skip, w(lp + "post_attention_layernorm.weight"),
-                                         f"layers.{i}.post_attention_norm")
-            gate_up = np.concatenate([w(lp + "mlp.gate_proj.weight"), w(lp + "mlp.up_proj.weight")], axis=0)
-            gu = self.linear(normed, gate_up, f"layers.{i}.mlp.gate_up_proj", self.bits_for(i, "mlp.gate_up_proj"))
-            sizes = g.tensor(f"layers.{i}.mlp.split", np.array([intermediate, intermediate], dtype=np.int64))
-            gate, up = g.node("Split", [gu, sizes], 2, axis=-1)
-            act = g.node("Mul", [gate, g.node("Sigmoid", [gate])[0]])[0]
-            skip = self.linear(g.node("Mul", [act, up])[0], w(lp + "mlp.down_proj.weight"),
-                               f"layers.{i}.mlp.down_proj", self.bits_for(i, "mlp.down_proj"))
-        normed, _ = self.norm(residual, skip, w(prefix + "norm.weight"), "final_norm", last=True)
-
-        # Only the last ``logits_to_keep`` positions reach lm_head (0 keeps all).
-        start = g.node("Neg", ["logits_to_keep"])[0]
-        end = g.tensor("const.int64_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-        kept = g.node("Slice", [normed, start, end, one])[0]
-        head = w("lm_head.weight") if "lm_head.weight" in self.weights and not cfg.get("tie_word_embeddings") else embed
-        p = self.precision
-        head_bits = p.lm_head_bits if p.lm_head_bits is not None else p.bits
-        logits = self.linear(kept, head, "lm_head", head_bits)
-        g.node("Identity", [logits], ["logits"])
+            residual, skip = self.layer(i, residual, skip)
+        normed, _ = self.norm(residual, skip, w("model.norm.weight"), "final_norm", last=True)
+        g.node("Identity", [self.lm_head(normed, embed, embed_name)], ["logits"])
 
         graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, initializer=g.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(_MS, 1)],
@@ -236,17 +210,125 @@ class _Builder:
         model.ir_version = 9
         return model
 
+    def layer(self, i: int, residual: str, skip: str | None) -> tuple[str, str]:
+        """One decoder layer on the residual stream; returns (residual, the skip still to be added)."""
+        w, fam, lp = self.weights.get, self.family, f"model.layers.{i}."
+        normed, residual = self.norm(residual, skip, w(lp + "input_layernorm.weight"), f"layers.{i}.input_norm")
+        skip = self.linear(self.attention(i, normed), w(lp + "self_attn.o_proj.weight"), f"layers.{i}.attn.o_proj",
+                           self.bits_for(i, "self_attn.o_proj"))
+        if fam.sandwich_norms:  # Gemma 2/3 normalize the attention output before the residual add
+            skip = self.plain_norm(skip, w(lp + "post_attention_layernorm.weight"), f"layers.{i}.post_attention_norm")
+            pre_mlp = w(lp + "pre_feedforward_layernorm.weight")
+        else:
+            pre_mlp = w(lp + "post_attention_layernorm.weight")
+        normed, residual = self.norm(residual, skip, pre_mlp, f"layers.{i}.pre_mlp_norm")
+        skip = self.mlp(i, normed)
+        if fam.sandwich_norms:
+            skip = self.plain_norm(skip, w(lp + "post_feedforward_layernorm.weight"), f"layers.{i}.post_mlp_norm")
+        return residual, skip
+
+    def attention(self, i: int, normed: str) -> str:
+        """Packed q/k/v projection (+ bias, + per-head q/k norms) into GroupQueryAttention."""
+        g, w, fam, lp = self.g, self.weights.get, self.family, f"model.layers.{i}.self_attn."
+        if fam.fused_weights:
+            qkv_weight = w(lp + "qkv_proj.weight")
+        else:
+            qkv_weight = np.concatenate([w(lp + f"{m}_proj.weight") for m in "qkv"], axis=0)
+        qkv = self.linear(normed, qkv_weight, f"layers.{i}.attn.qkv_proj", self.bits_for(i, "self_attn.qkv_proj"))
+        if fam.qkv_bias:
+            bias = np.concatenate([w(lp + f"{m}_proj.bias") for m in "qkv"])
+            qkv = g.node("Add", [qkv, self.floats(f"layers.{i}.attn.qkv_proj.bias", bias)])[0]
+        if fam.qk_norm:
+            q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+            sizes = g.ints(f"layers.{i}.attn.qkv_split", [q_size, kv_size, kv_size])
+            q, k, v = g.node("Split", [qkv, sizes], 3, axis=-1)
+            q = self.head_norm(q, self.heads, w(lp + "q_norm.weight"), f"layers.{i}.attn.q_norm")
+            k = self.head_norm(k, self.kv_heads, w(lp + "k_norm.weight"), f"layers.{i}.attn.k_norm")
+            qkv_inputs = [q, k, v]
+        else:
+            qkv_inputs = [qkv, "", ""]
+        window = self.windows[i]
+        cos, sin = self.rotary["local" if window and "local" in self.rotary else "global"]
+        scalar = float(self.config["query_pre_attn_scalar"]) if fam.query_scalar else float(self.head_dim)
+        attrs: dict[str, Any] = {}
+        if window:
+            attrs["local_window_size"] = window
+        if self.config.get("attn_logit_softcapping"):
+            attrs["softcap"] = float(self.config["attn_logit_softcapping"])
+        return g.node(
+            "GroupQueryAttention",
+            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", self.seqlens, self.total_len,
+             cos, sin],
+            [f"/layers.{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
+            name=f"layers.{i}.attn", domain=_MS, num_heads=self.heads, kv_num_heads=self.kv_heads,
+            scale=scalar**-0.5, do_rotary=1, rotary_interleaved=0, **attrs,
+        )[0]
+
+    def head_norm(self, x: str, heads: int, weight: np.ndarray, name: str) -> str:
+        """RMS norm of each head's vector: [.., heads * head_dim] viewed as [.., heads, head_dim]."""
+        g = self.g
+        shaped = g.node("Reshape", [x, g.ints(f"{name}.heads_shape", [0, 0, heads, self.head_dim])])[0]
+        normed = self.plain_norm(shaped, weight, name)
+        return g.node("Reshape", [normed, g.ints(f"{name}.flat_shape", [0, 0, heads * self.head_dim])])[0]
+
+    def mlp(self, i: int, normed: str) -> str:
+        """Packed gate/up projection, activation(gate) * up, down projection."""
+        g, w, lp = self.g, self.weights.get, f"model.layers.{i}.mlp."
+        if self.family.fused_weights:
+            gate_up = w(lp + "gate_up_proj.weight")
+        else:
+            gate_up = np.concatenate([w(lp + "gate_proj.weight"), w(lp + "up_proj.weight")], axis=0)
+        gu = self.linear(normed, gate_up, f"layers.{i}.mlp.gate_up_proj", self.bits_for(i, "mlp.gate_up_proj"))
+        half = gate_up.shape[0] // 2
+        gate, up = g.node("Split", [gu, g.ints(f"layers.{i}.mlp.split", [half, half])], 2, axis=-1)
+        if self.activation == "gelu_tanh":
+            act = g.node("FastGelu", [gate], domain=_MS)[0]
+        else:
+            act = g.node("Mul", [gate, g.node("Sigmoid", [gate])[0]])[0]
+        return self.linear(g.node("Mul", [act, up])[0], w(lp + "down_proj.weight"), f"layers.{i}.mlp.down_proj",
+                           self.bits_for(i, "mlp.down_proj"))
+
+    def lm_head(self, normed: str, embed: np.ndarray, embed_name: str) -> str:
+        """Logits of the last ``logits_to_keep`` positions (0 keeps all), soft-capped where the family does.
+
+        A tied float head shares the embedding initializer through Gemm(transB=1) on the
+        positions flattened to 2-D, so the matrix is stored once; a quantized head is its own
+        MatMulNBits matrix either way.
+        """
+        g, cfg, p = self.g, self.config, self.precision
+        one = "const.one_i64"
+        start = g.node("Neg", ["logits_to_keep"])[0]
+        end = g.tensor("const.int64_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+        kept = g.node("Slice", [normed, start, end, one])[0]
+        tied = bool(getattr(self.hf_config, "tie_word_embeddings", True)) or "lm_head.weight" not in self.weights
+        bits = p.lm_head_bits if p.lm_head_bits is not None else p.bits
+        if tied and bits is None:
+            flat = g.node("Reshape", [kept, g.ints("lm_head.flat_shape", [-1, self.hidden])])[0]
+            rows = g.node("Gemm", [flat, embed_name], name="lm_head", transB=1)[0]
+            shape = g.node("Concat", [g.node("Shape", [kept], start=0, end=2)[0],
+                                      g.ints("lm_head.vocab", [int(cfg["vocab_size"])])], axis=0)[0]
+            logits = g.node("Reshape", [rows, shape])[0]
+        else:
+            logits = self.linear(kept, embed if tied else self.weights.get("lm_head.weight"), "lm_head", bits)
+        cap = cfg.get("final_logit_softcapping")
+        if cap:
+            c = self.floats("final_logit_softcap", np.array(float(cap), dtype=np.float32))
+            logits = g.node("Mul", [g.node("Tanh", [g.node("Div", [logits, c])[0]])[0], c])[0]
+        return logits
+
+    def plain_norm(self, x: str, weight: np.ndarray, name: str) -> str:
+        """RMS norm over the last axis, with no residual add."""
+        return self.g.node("SimplifiedLayerNormalization", [x, self.gamma(name, weight)], name=name, axis=-1,
+                           epsilon=self.eps, stash_type=1)[0]
+
     def norm(self, residual: str, skip: str | None, weight: np.ndarray, name: str,
              last: bool = False) -> tuple[str, str]:
         """RMS norm of residual (+ skip); returns (normed, the new residual stream)."""
-        gamma = self.floats(f"{name}.weight", weight)
         if skip is None:
-            normed = self.g.node("SimplifiedLayerNormalization", [residual, gamma], name=name, axis=-1,
-                                 epsilon=self.eps, stash_type=1)[0]
-            return normed, residual
+            return self.plain_norm(residual, weight, name), residual
         outs = [f"/{name}/out0"] + ([] if last else ["", "", f"/{name}/sum"])
-        self.g.node("SkipSimplifiedLayerNormalization", [residual, skip, gamma], outs, name=name, domain=_MS,
-                    epsilon=self.eps)
+        self.g.node("SkipSimplifiedLayerNormalization", [residual, skip, self.gamma(name, weight)], outs, name=name,
+                    domain=_MS, epsilon=self.eps)
         return outs[0], outs[-1]
 
 
@@ -254,14 +336,17 @@ def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecisio
     """Write ``target`` (model.onnx) for ``checkpoint``; returns the recipe for the manifest."""
     import json
 
+    from transformers import AutoConfig
+
     from .quantize import save_model
 
     config = json.loads((checkpoint / "config.json").read_text())
     reason = supports(config)
     if reason:
         raise ExportError(f"The decoder graph builder does not handle {checkpoint.name}: {reason}.")
+    hf_config = AutoConfig.from_pretrained(checkpoint)
     with open_weights(checkpoint) as weights:
-        model = _Builder(config, weights, precision).build(checkpoint)
+        model = _Builder(config, hf_config, weights, precision).build()
     save_model(model, target, external_data=True)  # mapped at load: a faster cold start
     logger.info("Built %s (%s, %d nodes)", target, precision.dtype, len(model.graph.node))
     return precision.recipe()

@@ -49,6 +49,22 @@ def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     return float(np.exp(nll.mean()))
 
 
+def reference_model(checkpoint: Path) -> Any:
+    """The fp32 PyTorch model the exports are compared with.
+
+    Eager attention where the config soft-caps attention logits (Gemma 2): transformers' SDPA
+    path silently drops the cap, so it computes another model than the checkpoint's.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    extra = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
+    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
+
+
 @dataclass
 class DecoderReference:
     """What the PyTorch model does on the probes, computed once per export."""
@@ -68,9 +84,8 @@ class DecoderReference:
     def compute(cls, checkpoint: Path, base: Path, tokenizer: Any, context_length: int,
                 eos_token_ids: Sequence[int] = ()) -> DecoderReference:
         import torch
-        from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        model = reference_model(checkpoint)
         prompts = _prompt_ids(base, tokenizer)
         questions = _prompt_ids(base, tokenizer, [question for question, _ in CHAT_PROBES])
         eos = set(eos_token_ids)
