@@ -1,0 +1,134 @@
+"""Quality gates (`export/quality.py`): a variant that is not faithful is never loaded.
+
+The figures are judged on their own first (loops, missed answers, bounds); then a tiny
+Llama whose ``<|im_start|>`` embedding is too large for fp16 (1e5 > 65504) is exported in
+fp32 and fp16: fp32 holds, fp16 turns NaN and must be marked failed, be named in the
+export's table and exit code, never be picked by ``auto``, and refuse to load by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ortmodels.export.quality import derailment, find_loop, judge_decoder
+from ortmodels.precision import select_variant
+
+# -- the judge on figures ----------------------------------------------------------------------
+
+FAITHFUL = {"perplexity": 12.2, "perplexity_fp32": 12.14, "top1_agreement": 0.97, "finite": True, "probes": []}
+
+
+def test_find_loop_sees_a_cycle_at_the_end_only() -> None:
+    assert find_loop([7, 8, 9, 10] + [1, 2, 3, 4] * 5) == 4
+    assert find_loop([5] * 12) == 1
+    assert find_loop(list(range(40))) is None
+    assert find_loop([1, 2, 3, 4] * 5 + list(range(100, 120))) is None  # it recovered
+    assert find_loop([1, 2] * 3) is None  # too short to call a loop
+
+
+def test_derailment_needs_fp32_to_know_better() -> None:
+    assert derailment([1, 2, 3, 4] * 5, "la France, la France", [9], "The capital of France is Paris.", ("Paris",))
+    assert derailment([1, 2], "It is Lyon.", [9], "The capital of France is Paris.", ("Paris",)) == (
+        "misses 'Paris', which fp32 answers")
+    assert derailment([1, 2], "Paris, of course.", [9], "The capital of France is Paris.", ("Paris",)) is None
+    # fp32 does not know it either (a tiny random model): only a loop fp32 does not have counts
+    assert derailment([1, 2], "xq zz", [9], "gibberish", ("Paris",)) is None
+    assert derailment([3] * 20, "aaaa", [3] * 20, "aaaa", ("Paris",)) is None
+
+
+def test_judge_passes_faithful_figures_and_names_each_failure() -> None:
+    assert judge_decoder("int8", FAITHFUL).passed
+    verdict = judge_decoder("int8", {**FAITHFUL, "perplexity": 12.6})
+    assert not verdict.passed and "perplexity 1.038x fp32's > 1.02" in verdict.failures[0]
+    assert judge_decoder("int4", {**FAITHFUL, "perplexity": 12.6}).passed  # int4's bound is 1.10
+    nan = judge_decoder("fp16", {**FAITHFUL, "perplexity": float("nan"), "finite": False, "top1_agreement": 0.0})
+    assert not nan.passed and nan.failures[0].startswith("non-finite logits")
+    assert any("perplexity nan" in f for f in nan.failures) and any("agreement 0.000" in f for f in nan.failures)
+    probe = {"question": "What is the capital of France?", "answer": "L'Étoile, la France, la France",
+             "derailed": "loops ('la France, la France')"}
+    looped = judge_decoder("int8", {**FAITHFUL, "probes": [probe]})
+    assert looped.failures == ["'What is the capital of France?' loops ('la France, la France')"]
+
+
+def test_auto_never_picks_a_failed_variant() -> None:
+    exported = ["fp16", "fp32", "int8", "int4"]
+    assert select_variant("auto", exported, "chat", "cuda") == "fp16"
+    assert select_variant("auto", exported, "chat", "cuda", failed={"fp16": "NaN"}) == "fp32"
+    assert select_variant("auto", exported, "chat", "cpu", failed={"int4": "x"}) == "int8"
+    assert select_variant("auto", exported, "chat", "cpu") == "int4"
+
+
+# -- a real export whose fp16 overflows ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overflowing_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with one embedding row beyond fp16's range, exported by the real CLI."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.tiny_decoders import IM_START_ID, build_tiny_decoder
+
+    root = tmp_path_factory.mktemp("gates") / "models"
+    folder = build_tiny_decoder(root / "tiny-overflow", "llama")
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][IM_START_ID] *= 1e5 / weights["model.embed_tokens.weight"][IM_START_ID].abs().max()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def overflow_export(overflowing_store: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOCAL_MODELS_DIR": str(overflowing_store), "COLUMNS": "250"}
+    return subprocess.run(
+        [sys.executable, "-m", "ortmodels", "export", "tiny-overflow", "--dtype", "fp32,fp16"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_nan_fp16_is_marked_failed_in_the_table_and_exit_code(overflow_export: subprocess.CompletedProcess,
+                                                               overflowing_store: Path) -> None:
+    out = overflow_export.stdout + overflow_export.stderr
+    assert overflow_export.returncode == 1, out
+    assert "Failed the quality gates, not published: tiny-overflow fp16" in out
+    assert "non-finite logits" in out and "passed" in out  # fp32's row
+
+    manifest = json.loads((overflowing_store / "tiny-overflow" / "onnx" / "manifest.json").read_text())
+    fp16, fp32 = manifest["variants"]["fp16"], manifest["variants"]["fp32"]
+    assert fp32["quality"]["passed"] and fp32["parity"]["finite"]
+    assert fp16["quality"]["passed"] is False and fp16["parity"]["finite"] is False
+    assert fp16["files"] == {} and not (overflowing_store / "tiny-overflow" / "onnx" / "fp16").exists()
+
+    listing = subprocess.run([sys.executable, "-m", "ortmodels", "list"], capture_output=True, text=True,
+                             env={**os.environ, "LOCAL_MODELS_DIR": str(overflowing_store), "COLUMNS": "250"})
+    assert "fp16 (failed)" in listing.stdout, listing.stdout
+
+
+@pytest.mark.slow
+def test_a_failed_variant_is_never_loaded(overflow_export: subprocess.CompletedProcess, overflowing_store: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from ortmodels import ModelManager
+    from ortmodels.errors import FailedVariantError
+    from ortmodels.store import ModelStore
+
+    assert overflow_export.returncode == 1
+    info = ModelStore(overflowing_store).info("tiny-overflow")
+    assert info.usable_variants == ["fp32"] and "non-finite logits" in info.failed_variants()["fp16"]
+    assert select_variant("auto", list(info.variants), "chat", "cuda", failed=info.failed_variants()) == "fp32"
+
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(overflowing_store))
+    manager = ModelManager()
+    with pytest.raises(FailedVariantError, match=r"fp16 export of 'tiny-overflow' failed its quality gates.*non-finite"):
+        manager.get_chat_model("tiny-overflow", dtype="fp16").invoke([HumanMessage("hi")], max_tokens=2)
+    chat = manager.get_chat_model("tiny-overflow")  # auto: fp32, the one that passed
+    assert chat.invoke([HumanMessage("hi")], max_tokens=4).response_metadata["finish_reason"]
+    assert chat.variant == "fp32"
+    manager.unload_all()
