@@ -184,7 +184,9 @@ def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> Non
     expected = reference.all_logits(text)
     base = perplexity(expected, text)
     scale = float(np.abs(expected).max())
-    bounds = {"int8": (1.02, 0.1), "int4": (1.5, 1.0), "fp16": (1.01, 0.02)}  # perplexity ratio, logit diff / scale
+    # perplexity ratio, largest logit diff / scale. int8 (blocks of 16) measured 0.03-0.10 of the
+    # scale across the families (Phi-3's tiny model the most); the real-model gates are in quality.py.
+    bounds = {"int8": (1.02, 0.15), "int4": (1.5, 1.0), "fp16": (1.01, 0.02)}
     for name in ("int8", "int4", "fp16"):
         got = _decoder(_built(tiny, tmp_path / name, name)).all_logits(text)
         ppl_bound, diff_bound = bounds[name]

@@ -15,7 +15,7 @@ from ..errors import ExportError, ModelFileError, UnknownModelError
 from ..kinds import KINDS, load
 from ..store import ModelInfo, ModelStore, detect_kind, versions
 from ..store.manifest import Manifest
-from . import staging
+from . import resources, staging
 from .checkpoint import source_sha256
 from .progress import LogProgress, Progress
 
@@ -113,7 +113,8 @@ def _export_locked(
         assert info.manifest is not None
         return ExportOutcome(name, info.manifest, [], skipped=True)
     staging.clean_stale_staging(info.path)
-    manifest = exporter(info, dtypes, source_hash, progress)
+    with resources.measure():
+        manifest = exporter(info, dtypes, source_hash, progress)
     return ExportOutcome(name, manifest, dtypes, skipped=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..store import ModelInfo, read_json
-from ..store.manifest import Manifest, QualityVerdict, VariantEntry
-from . import staging
+from ..store import ModelInfo, read_json, versions
+from ..store.manifest import Manifest, QualityVerdict, VariantEntry, read_manifest
+from . import resources, staging
 from .checkpoint import file_entries, tool_versions, utc_now
 from .progress import Progress
 
@@ -132,6 +133,10 @@ def finish_export(
     carry_over(info, source_hash, work, variants)
     config = read_json(base / "config.json")
     shutil.rmtree(base)
+    shared = share_identical_files(info.path, work, variants)
+    if shared:
+        logger.info("%s: %d files identical to an older version's are hard links to them", info.name, shared)
+    meter = resources.current()
     first = next(iter(variants.values()))
     manifest = Manifest(
         name=info.name,
@@ -144,11 +149,47 @@ def finish_export(
         opset=opset_of(work / first.path / "model.onnx"),
         tools=tool_versions(),
         variants=dict(sorted(variants.items())),
+        export_cost=meter.figures(checkpoint_bytes(info.path)) if meter else None,
         **spec,
     )
     progress.step("Publishing the export")
     publish_manifest(info, work, manifest)
     return manifest
+
+
+def checkpoint_bytes(checkpoint: Path) -> int:
+    """Bytes of the checkpoint's weight files (what the export's memory bound is measured against)."""
+    return sum(p.stat().st_size for p in checkpoint.iterdir()
+               if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+
+
+def share_identical_files(model_dir: Path, work: Path, variants: dict[str, VariantEntry]) -> int:
+    """Hard-link each new file to an identical one (same sha256 and size) of an older version.
+
+    Keeping three versions then costs the disk of what changed between them, not three
+    exports. Exported files are never written in place, so sharing them is safe; returns
+    how many files are shared.
+    """
+    known: dict[tuple[str, int], Path] = {}
+    for version in versions.list_versions(model_dir):
+        manifest = read_manifest(version.path)
+        for entry in (manifest.variants.values() if manifest else ()):
+            for rel, file in entry.files.items():
+                known.setdefault((file.sha256, file.size), version.path / entry.path / rel)
+    shared = 0
+    for entry in variants.values():
+        for rel, file in entry.files.items():
+            new, old = work / entry.path / rel, known.get((file.sha256, file.size))
+            if old is None or not old.is_file() or not new.is_file() or new.samefile(old):
+                continue
+            temporary = new.with_name(new.name + ".link")
+            try:
+                os.link(old, temporary)
+            except OSError:  # another file system, or no hard links: keep the copy
+                continue
+            os.replace(temporary, new)
+            shared += 1
+    return shared
 
 
 def publish_manifest(info: ModelInfo, work: Path, manifest: Manifest) -> None:

@@ -31,7 +31,14 @@ import numpy as np
 
 from ..errors import ExportError
 from .checkpoint_weights import CheckpointWeights, open_weights
-from .decoder_families import ACTIVATIONS, FAMILIES, Family, activation_name, layer_windows, supports
+from .decoder_families import (
+    ACTIVATIONS,
+    FAMILIES,
+    Family,
+    activation_name,
+    layer_windows,
+    supports,
+)
 from .nbits import quantize_matrix
 
 __all__ = ["GraphPrecision", "build_decoder_graph", "supports"]
@@ -39,6 +46,8 @@ __all__ = ["GraphPrecision", "build_decoder_graph", "supports"]
 logger = logging.getLogger(__name__)
 
 _OPSET = 17
+_INLINE_BYTES = 1024  # smaller initializers stay in the graph file
+_DATA_ALIGNMENT = 4096  # a page: onnxruntime maps aligned external data instead of copying it
 _MS = "com.microsoft"
 
 
@@ -47,6 +56,9 @@ class GraphPrecision:
     """How the weights are stored: float type, and block-wise bits for the linear layers."""
 
     dtype: str = "fp32"  # fp32 | fp16: weights, activations and KV cache
+    #: fp16 only: the residual stream, its adds and the norms stay fp32 (casts around each
+    #: block), for models whose hidden states outgrow fp16's 65504 (Gemma's do).
+    fp32_residual: bool = False
     bits: int | None = None  # 4 | 8: MatMulNBits for every linear layer; None: float MatMul
     block_size: int = 32
     symmetric: bool = False  # 4-bit matrices: symmetric blocks (no zero points) or min/max ones
@@ -88,13 +100,25 @@ def _local_rope_config(config: Any) -> Any:
 
 
 class _Graph:
-    """Nodes, initializers and unique names for one ONNX graph."""
+    """Nodes, initializers and unique names for one ONNX graph.
 
-    def __init__(self, float_type: int) -> None:
+    With ``data_file``, every initializer of 1 KiB or more is written there as it is made
+    (page-aligned, so onnxruntime can map it) and the graph keeps only its location: the
+    export never holds the whole model's weights in memory, only the tensor at hand.
+    """
+
+    def __init__(self, float_type: int, data_file: Path | None = None) -> None:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.float_type = float_type
         self._count = 0
+        self.data_file = data_file
+        self._data = data_file.open("wb") if data_file is not None else None
+        self._offset = 0
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
 
     def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, name: str = "",
              domain: str = "", **attrs: Any) -> list[str]:
@@ -107,9 +131,23 @@ class _Graph:
         return names
 
     def tensor(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
+        from onnx import TensorProto, helper, numpy_helper
 
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self._data is None or self.data_file is None or array.nbytes < _INLINE_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return name
+        padding = -self._offset % _DATA_ALIGNMENT
+        self._data.write(b"\0" * padding)
+        self._offset += padding
+        self._data.write(memoryview(array).cast("B"))
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                             dims=array.shape, data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.data_file.name), ("offset", self._offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self._offset += array.nbytes
+        self.initializers.append(tensor)
         return name
 
     def ints(self, name: str, values: list[int]) -> str:
@@ -118,13 +156,15 @@ class _Graph:
 
 class _Builder:
     def __init__(self, config: dict[str, Any], hf_config: Any, weights: CheckpointWeights,
-                 precision: GraphPrecision) -> None:
+                 precision: GraphPrecision, data_file: Path | None = None) -> None:
         from onnx import TensorProto
 
         self.config, self.hf_config, self.weights, self.precision = config, hf_config, weights, precision
         self.family: Family = FAMILIES[config["model_type"]]
         self.np_float = np.float16 if precision.dtype == "fp16" else np.float32
-        self.g = _Graph(TensorProto.FLOAT16 if precision.dtype == "fp16" else TensorProto.FLOAT)
+        self.mixed = precision.dtype == "fp16" and precision.fp32_residual
+        self.np_stream = np.float32 if self.mixed else self.np_float
+        self.g = _Graph(TensorProto.FLOAT16 if precision.dtype == "fp16" else TensorProto.FLOAT, data_file)
         self.hidden = int(config["hidden_size"])
         self.heads = int(config["num_attention_heads"])
         self.kv_heads = int(config.get("num_key_value_heads") or self.heads)
@@ -134,8 +174,21 @@ class _Builder:
         self.activation = ACTIVATIONS[activation_name(config)]
         self.windows = layer_windows(hf_config, self.family)
 
-    def floats(self, name: str, array: np.ndarray) -> str:
-        return self.g.tensor(name, array.astype(self.np_float))
+    def floats(self, name: str, array: np.ndarray, stream: bool = False) -> str:
+        """An initializer in the activations' float type, or the residual stream's."""
+        return self.g.tensor(name, array.astype(self.np_stream if stream else self.np_float))
+
+    def to_stream(self, x: str) -> str:
+        """A block's output into the residual stream's type (a Cast to fp32 when mixed)."""
+        from onnx import TensorProto
+
+        return self.g.node("Cast", [x], to=TensorProto.FLOAT)[0] if self.mixed else x
+
+    def to_activations(self, x: str) -> str:
+        """A normed stream value into the blocks' type (a Cast to fp16 when mixed)."""
+        from onnx import TensorProto
+
+        return self.g.node("Cast", [x], to=TensorProto.FLOAT16)[0] if self.mixed else x
 
     def linear(self, x: str, weight: np.ndarray, name: str, bits: int | None) -> str:
         """x @ weight.T for a PyTorch [out, in] weight: float MatMul or MatMulNBits."""
@@ -157,9 +210,9 @@ class _Builder:
             return 8
         return p.bits
 
-    def gamma(self, name: str, weight: np.ndarray) -> str:
+    def gamma(self, name: str, weight: np.ndarray, stream: bool = False) -> str:
         """An RMS norm's scale; Gemma's (1 + w) is folded in here, in fp32 before the cast."""
-        return self.floats(f"{name}.weight", weight + np.float32(self.family.norm_offset))
+        return self.floats(f"{name}.weight", weight + np.float32(self.family.norm_offset), stream)
 
     def build(self) -> Any:
         from onnx import TensorProto, helper
@@ -195,9 +248,10 @@ class _Builder:
 
         embed = w("model.embed_tokens.weight")
         embed_name = self.floats("embed_tokens.weight", embed)
-        x = g.node("Gather", [embed_name, "input_ids"], axis=0)[0]
+        x = self.to_stream(g.node("Gather", [embed_name, "input_ids"], axis=0)[0])
         if self.family.scaled_embedding:  # sqrt(hidden) rounded to the graph's float type, as transformers does
-            x = g.node("Mul", [x, self.floats("embed_scale", np.array(self.hidden**0.5, dtype=np.float32))])[0]
+            scale = self.floats("embed_scale", np.array(self.hidden**0.5, dtype=np.float32), stream=True)
+            x = g.node("Mul", [x, scale])[0]
         residual, skip = x, None
         for i in range(self.layers):
             residual, skip = self.layer(i, residual, skip)
@@ -216,15 +270,21 @@ class _Builder:
         normed, residual = self.norm(residual, skip, w(lp + "input_layernorm.weight"), f"layers.{i}.input_norm")
         skip = self.linear(self.attention(i, normed), w(lp + "self_attn.o_proj.weight"), f"layers.{i}.attn.o_proj",
                            self.bits_for(i, "self_attn.o_proj"))
+        if not fam.sandwich_norms:
+            skip = self.to_stream(skip)
         if fam.sandwich_norms:  # Gemma 2/3 normalize the attention output before the residual add
-            skip = self.plain_norm(skip, w(lp + "post_attention_layernorm.weight"), f"layers.{i}.post_attention_norm")
+            skip = self.plain_norm(self.to_stream(skip), w(lp + "post_attention_layernorm.weight"),
+                                   f"layers.{i}.post_attention_norm", stream=True)
             pre_mlp = w(lp + "pre_feedforward_layernorm.weight")
         else:
             pre_mlp = w(lp + "post_attention_layernorm.weight")
         normed, residual = self.norm(residual, skip, pre_mlp, f"layers.{i}.pre_mlp_norm")
         skip = self.mlp(i, normed)
         if fam.sandwich_norms:
-            skip = self.plain_norm(skip, w(lp + "post_feedforward_layernorm.weight"), f"layers.{i}.post_mlp_norm")
+            skip = self.plain_norm(self.to_stream(skip), w(lp + "post_feedforward_layernorm.weight"),
+                                   f"layers.{i}.post_mlp_norm", stream=True)
+        else:
+            skip = self.to_stream(skip)
         return residual, skip
 
     def attention(self, i: int, normed: str) -> str:
@@ -316,29 +376,32 @@ class _Builder:
             logits = g.node("Mul", [g.node("Tanh", [g.node("Div", [logits, c])[0]])[0], c])[0]
         return logits
 
-    def plain_norm(self, x: str, weight: np.ndarray, name: str) -> str:
-        """RMS norm over the last axis, with no residual add."""
-        return self.g.node("SimplifiedLayerNormalization", [x, self.gamma(name, weight)], name=name, axis=-1,
-                           epsilon=self.eps, stash_type=1)[0]
+    def plain_norm(self, x: str, weight: np.ndarray, name: str, stream: bool = False) -> str:
+        """RMS norm over the last axis, with no residual add (``stream``: on a stream-typed value)."""
+        return self.g.node("SimplifiedLayerNormalization", [x, self.gamma(name, weight, stream)], name=name,
+                           axis=-1, epsilon=self.eps, stash_type=1)[0]
 
     def norm(self, residual: str, skip: str | None, weight: np.ndarray, name: str,
              last: bool = False) -> tuple[str, str]:
-        """RMS norm of residual (+ skip); returns (normed, the new residual stream)."""
+        """RMS norm of residual (+ skip, both stream-typed); returns (normed for the next block, the new residual)."""
         if skip is None:
-            return self.plain_norm(residual, weight, name), residual
+            return self.to_activations(self.plain_norm(residual, weight, name, stream=True)), residual
         outs = [f"/{name}/out0"] + ([] if last else ["", "", f"/{name}/sum"])
-        self.g.node("SkipSimplifiedLayerNormalization", [residual, skip, self.gamma(name, weight)], outs, name=name,
-                    domain=_MS, epsilon=self.eps)
-        return outs[0], outs[-1]
+        self.g.node("SkipSimplifiedLayerNormalization", [residual, skip, self.gamma(name, weight, stream=True)], outs,
+                    name=name, domain=_MS, epsilon=self.eps)
+        return self.to_activations(outs[0]), outs[-1]
 
 
 def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecision) -> dict[str, Any]:
-    """Write ``target`` (model.onnx) for ``checkpoint``; returns the recipe for the manifest."""
+    """Write ``target`` (model.onnx, weights in ``model.onnx.data``) for ``checkpoint``; returns the recipe.
+
+    Weights are written to the data file tensor by tensor as the graph is built (mapped at
+    load: a faster cold start), so memory holds one tensor at a time, never the model.
+    """
     import json
 
+    import onnx
     from transformers import AutoConfig
-
-    from .quantize import save_model
 
     config = json.loads((checkpoint / "config.json").read_text())
     reason = supports(config)
@@ -346,7 +409,11 @@ def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecisio
         raise ExportError(f"The decoder graph builder does not handle {checkpoint.name}: {reason}.")
     hf_config = AutoConfig.from_pretrained(checkpoint)
     with open_weights(checkpoint) as weights:
-        model = _Builder(config, hf_config, weights, precision).build()
-    save_model(model, target, external_data=True)  # mapped at load: a faster cold start
+        builder = _Builder(config, hf_config, weights, precision, target.with_name(f"{target.name}.data"))
+        try:
+            model = builder.build()
+        finally:
+            builder.g.close()
+    onnx.save_model(model, str(target))
     logger.info("Built %s (%s, %d nodes)", target, precision.dtype, len(model.graph.node))
     return precision.recipe()

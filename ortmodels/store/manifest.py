@@ -133,6 +133,8 @@ class Manifest(BaseModel):
     """This export's id: its UTC time and the first hex digits of ``content_sha256``."""
     content_sha256: str | None = None
     """Hash over every variant file's path and sha256."""
+    export_cost: dict[str, Any] | None = None
+    """Wall time and peak resident memory of the export that made this version."""
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST_NAME
