@@ -110,6 +110,9 @@ class ModelServer:
         self.model = self.catalog.used[self.entry.id]
         logger.info("Replica ready: %s with %s threads", model_id, env.get("MODEL_THREADS"))
 
+    def ready(self) -> str:
+        return self.entry.id
+
     def _model(self, model_id: str) -> Any:
         if model_id != self.entry.id:
             raise ConfigurationError(f"This replica serves {self.entry.id}, not {model_id}.")

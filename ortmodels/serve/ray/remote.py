@@ -95,7 +95,11 @@ class RayCatalog(Catalog):
         return RemoteModel(handle, entry, dimension)
 
     def load(self, names: list[str]) -> None:
-        """The model deployments load their models (a replica is healthy once they are)."""
-        missing = [n for n in names if n not in self.handles]
-        if missing:
-            raise ApiError(500, f"No deployment for {', '.join(missing)}.", type="server_error")
+        """Blocks (in the lifespan's thread) until a replica of each model answers, so ``/health``
+        says 503 until then: a replica is only routed to once its model has loaded."""
+        for name in names:
+            handle = self.handles.get(name)
+            if handle is None:
+                raise ApiError(500, f"No deployment for {name}.", type="server_error")
+            handle.ready.remote().result()
+            logger.info("Serving %s (Ray Serve deployment)", name)
