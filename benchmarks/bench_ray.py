@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_concurrency import median_ratio, percentile, rotated
-from benchmarks.bench_server import MODEL, Contender, one_level, start_server, stop_server
+from benchmarks.bench_server import (
+    MODEL,
+    Contender,
+    one_level,
+    start_server,
+    stop_server,
+)
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.report import RESULTS, machine, versions, write_json
 

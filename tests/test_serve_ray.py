@@ -26,14 +26,14 @@ import pytest
 ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-from ray import serve  # noqa: E402
+from ray import serve
 
-from ortmodels.errors import ConfigurationError, ModelFileError  # noqa: E402
-from ortmodels.serve.ray import plan  # noqa: E402
-from ortmodels.serve.ray.deployments import ModelServer  # noqa: E402
+from ortmodels.errors import ConfigurationError, ModelFileError
+from ortmodels.serve.ray import plan
+from ortmodels.serve.ray.deployments import ModelServer
 
-from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR  # noqa: E402
-from .test_serve import _free_port  # noqa: E402
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
+from .test_serve import _free_port
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_a_replica_killed_under_load_is_replaced(cluster: Cluster) -> None:
     started.wait()
     names = _replica_actors()
     assert len(names) == 2, names
-    killed = sorted(names)[0]
+    killed = min(names)
     ray.kill(ray.get_actor(killed, namespace="serve"), no_restart=True)
     for thread in threads:
         thread.join(120)

@@ -14,7 +14,12 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    RayTaskError,
+)
 from ray.serve.handle import DeploymentHandle
 
 from ...errors import ReplicaUnavailableError
