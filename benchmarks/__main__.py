@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints ray]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints ray ray_multiplex]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ FULL = {
     "server": ["--rounds", "3", "--new-tokens", "64"],
     "constraints": ["--rounds", "5", "--tokens", "96"],
     "ray": ["--rounds", "5", "--new-tokens", "64"],
+    "ray_multiplex": ["--rounds", "5", "--new-tokens", "64"],
 }
 QUICK = {
     "embeddings": ["--sentences", "500", "--rounds", "1"],
@@ -36,6 +37,7 @@ QUICK = {
     "server": ["--rounds", "1", "--new-tokens", "16", "--clients", "1", "8"],
     "constraints": ["--rounds", "1", "--tokens", "32"],
     "ray": ["--rounds", "1", "--new-tokens", "16"],
+    "ray_multiplex": ["--rounds", "1", "--new-tokens", "16"],
 }
 
 
