@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[export,dev,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[export,dev,serve,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

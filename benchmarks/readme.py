@@ -21,7 +21,7 @@ from benchmarks.report import RESULTS
 from benchmarks.targets import TARGETS, Target, chat_concurrency_figure, evaluate
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server")
+PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server", "ray")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -229,6 +229,19 @@ def server_section(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def ray_section(data: Mapping[str, Any]) -> list[str]:
+    """``ortmodels serve --ray`` (replicas × threads) against ``ortmodels serve``, one client level."""
+    rows = [[name, _number(v["tokens_per_s"], 0), f"{_number(v['ttft_p50_s'], 2)} / {_number(v['ttft_p95_s'], 2)}"]
+            for name, v in data["summary"].items()]
+    ratios = [f"{key.split(', ')[0].replace(' / ', ' ÷ ')} {_number(value, 2)}×"
+              for key, value in data.get("figures", {}).items() if value is not None]
+    return [(f"Ray Serve on this machine (`benchmarks/bench_ray.py`): {data['clients']} streaming `openai` clients "
+             f"at once, {data['model']}, at most {data['new_tokens']} greedy tokens each, all three servers up and "
+             f"timed in turn, median of {data['rounds']} rounds:"), "",
+            *_table(["server", "tok/s", "first token p50 / p95 (s)"], rows), "",
+            "Median of per-round ratios: " + "; ".join(ratios) + "."]
+
+
 def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
     """Whether any part ran with fewer rounds, tokens or sentences than the full settings."""
     chat, emb, conc = results.get("chat", {}), results.get("embeddings", {}), results.get("concurrency", {})
@@ -254,11 +267,12 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
              "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`."),
              "", *_about(results), *_quick_warning(results), "", "Targets:", "", *targets_table(merged_figures(results))]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
-                "embeddings": embeddings_section, "concurrency": concurrency_section, "server": server_section}
+                "embeddings": embeddings_section, "concurrency": concurrency_section, "server": server_section,
+                "ray": ray_section}
     for part, make in sections.items():
         if part in results:
             lines += ["", *make(results[part])]
-    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency", "server")
+    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency", "server", "ray")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

@@ -148,3 +148,7 @@ class GrammarError(OrtModelsError, ValueError):
 class StructuredOutputError(OrtModelsError, ValueError):
     """A structured answer or tool call that cannot be given as asked (cut at max_tokens, an
     unknown tool name in tool_choice)."""
+
+
+class ReplicaUnavailableError(OrtModelsError, RuntimeError):
+    """A Ray Serve replica that held the model died or could not be reached; Serve restarts it, retry."""

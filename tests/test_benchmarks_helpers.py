@@ -217,3 +217,15 @@ def test_server_summary_figures_and_section() -> None:
     assert "| llama-server Q4_1 parallel 4 | n/a | 160 (1.20 / 1.60) |" in text
     assert "load average (1 min) 1.00–2.50" in text and "version: 1 (abc)" in text
     assert "| `ortmodels serve` int4, 8 streaming clients: tok/s × llama-server Q4_1 | 1.225 | ≥ 1.2 | pass |" in text
+
+
+def test_render_ray_section() -> None:
+    data = {"date": "2026-12-01T17:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
+                                                            "python": "3.11.7"},
+            "model": "smollm2-135m-instruct:int4", "clients": 8, "new_tokens": 64, "rounds": 5, "figures": {
+        "tokens/s: serve --ray 2 replicas × 1 thread / serve --ray 1 replica × 2 threads, 8 clients": 1.157,
+        "TTFT p50: serve --ray 1 replica × 2 threads / ortmodels serve, 8 clients": None},
+        "summary": {"ortmodels serve": {"tokens_per_s": 136.3, "ttft_p50_s": 0.486, "ttft_p95_s": 0.983}}}
+    text = render({"ray": data})
+    assert "| ortmodels serve | 136 | 0.49 / 0.98 |" in text
+    assert "tokens/s: serve --ray 2 replicas × 1 thread ÷ serve --ray 1 replica × 2 threads 1.16×." in text

@@ -99,6 +99,15 @@ def test_imports_point_the_allowed_way(path: Path) -> None:
     assert not wrong, f"{path.relative_to(PACKAGE)}: " + "; ".join(wrong)
 
 
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_ray_stays_in_serve_ray(path: Path) -> None:
+    """Ray Serve is an extra: only ``serve/ray/`` imports ``ray``, so the local server runs without it."""
+    if path.is_relative_to(PACKAGE / "serve" / "ray"):
+        return
+    wrong = [f"line {line}: {target}" for target, line in _imports(path) if target.split(".")[0] == "ray"]
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports ray outside serve/ray/: " + "; ".join(wrong)
+
+
 def test_every_part_has_a_rule_or_is_a_front_end() -> None:
     """A new part gets a line in ALLOWED (and DESIGN.md); only the front ends import freely."""
     parts = {_part(_module(p)) for p in _sources()}

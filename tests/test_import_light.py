@@ -1,4 +1,4 @@
-"""The runtime path never imports torch, transformers or optimum."""
+"""The runtime path never imports torch, transformers or optimum (nor Ray, an extra of the server)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("torch", "transformers", "optimum")
+HEAVY = ("torch", "transformers", "optimum", "ray")
 
 _PROBE = """
 import json, sys

@@ -21,11 +21,26 @@ def serve(
                                   "are answered 503 with Retry-After."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0.0, help="Seconds running requests "
                                            "get to finish after SIGTERM before they are cancelled."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray Serve: start a local Ray cluster, or join "
+                             "RAY_ADDRESS's (needs the ray extra)."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="With --ray: replicas of each model."),
+    autoscale: str = typer.Option(None, "--autoscale", metavar="MIN:MAX", help="With --ray: scale each model "
+                                  "between MIN and MAX replicas on ongoing requests."),
+    threads: int = typer.Option(None, "--threads", min=1, help="With --ray: MODEL_THREADS per replica "
+                                "(default: the cluster's CPUs over the replicas)."),
 ) -> None:
     """Serve the models over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    if ray:
+        from ..serve.ray import run as run_on_ray
+
+        console.print(f"[dim]ortmodels serve --ray on http://{host}:{port}/v1 (Ctrl-C or SIGTERM stops)[/]",
+                      highlight=False)
+        run_on_ray(host=host, port=port, models=models, replicas=replicas, autoscale=autoscale, threads=threads,
+                   api_key=api_key, max_queue=max_queue)
+        return
     from ..serve import run
 
-    verbose = logging.getLogger().isEnabledFor(logging.INFO)
     console.print(f"[dim]ortmodels serve on http://{host}:{port}/v1 (Ctrl-C or SIGTERM stops)[/]", highlight=False)
     run(host=host, port=port, models=models, api_key=api_key, max_queue=max_queue,
         shutdown_timeout=shutdown_timeout, log_level="info" if verbose else "warning")

@@ -53,17 +53,20 @@ async def _preload(state: ServerState) -> None:
 
 
 def create_app(models: Sequence[str] | str | None = None, api_key: str | None = None,
-               max_queue: int = DEFAULT_MAX_QUEUE, unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S) -> FastAPI:
+               max_queue: int = DEFAULT_MAX_QUEUE, unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
+               catalog: Catalog | None = None) -> FastAPI:
     """The OpenAI-compatible app; for your own ASGI server: ``uvicorn --factory ortmodels.serve:create_app``.
 
     ``models``: ids to load at start (``name`` or ``name:int8``; a comma-separated string is
     split; default: ``DEFAULT_CHAT_MODEL`` and ``DEFAULT_EMBEDDING_MODEL`` where exported).
     Other exported models load on their first request. ``api_key``: every ``/v1`` route then
     needs ``Authorization: Bearer <key>``. ``max_queue``: requests waiting or running at once,
-    past which the server answers 503 with ``Retry-After``.
+    past which the server answers 503 with ``Retry-After``. ``catalog``: where the routes get
+    their models (default: this process's `ModelManager`; `ortmodels.serve.ray` passes one
+    whose models are Ray Serve deployments).
     """
-    manager = ModelManager()
-    catalog = Catalog(manager)
+    catalog = catalog or Catalog(ModelManager())
+    manager = catalog.manager
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     preload = list(models) if models else catalog.defaults()

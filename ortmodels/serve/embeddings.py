@@ -43,15 +43,24 @@ def _token_count(model: Any, texts: list[str]) -> int:
     return sum(len(e.ids) for e in runner.tokenizer.encode_batch([t[:limit] for t in texts]))
 
 
+async def embed_counted(model: Any, texts: list[str]) -> tuple[list[list[float]], int]:
+    """The vectors of ``texts`` and the tokens the model read, computed where the model is."""
+    vectors = await model.aembed_documents(texts)
+    tokens = await asyncio.to_thread(_token_count, model, texts)
+    return vectors, tokens
+
+
 async def embed(model: Any, model_id: str, request: EmbeddingRequest) -> dict[str, Any]:
+    """The answer; ``model`` is a model here, or a stand-in whose ``aembed_counted`` runs
+    `embed_counted` where the model is (`ortmodels.serve.ray`)."""
     texts = texts_of(request)
     if request.dimensions is not None:
         dimension = await asyncio.to_thread(lambda: model.dimension)
         if request.dimensions != dimension:
             raise bad_request(f"{model_id} gives {dimension} dimensions; it cannot give {request.dimensions}.",
                               "dimensions", "unsupported_parameter")
-    vectors = await model.aembed_documents(texts)
-    tokens = await asyncio.to_thread(_token_count, model, texts)
+    counted = getattr(model, "aembed_counted", None)
+    vectors, tokens = await (counted(texts) if counted is not None else embed_counted(model, texts))
     data = []
     for index, vector in enumerate(vectors):
         value: list[float] | str = vector

@@ -31,6 +31,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
     (ort.ModelBusyError, 503, "server_error", "unavailable"),
     (ort.EngineClosedError, 503, "server_error", "unavailable"),
     (ort.ModelNotLoadedError, 503, "server_error", "unavailable"),
+    (ort.ReplicaUnavailableError, 503, "server_error", "unavailable"),
     (ort.ModelFileError, 500, "server_error", "model_files"),
     (ort.DeviceUnavailableError, 500, "server_error", None),
     (ort.MissingDependencyError, 500, "server_error", None),

@@ -1,0 +1,51 @@
+"""The same OpenAI-compatible server on Ray Serve (needs the ``ray`` extra: ``pip install 'ortmodels[ray]'``).
+
+``ortmodels serve --ray`` starts (or joins, with ``RAY_ADDRESS``) a Ray cluster and runs
+`build_app` on it; Ray's own CLI runs it too: ``serve run ortmodels.serve.ray:app``
+(the default models, one replica each) or ``serve run ortmodels.serve.ray:build_app
+replicas=2``. Ray is imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from ...errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from .deployments import build_app
+    from .run import run
+
+_PUBLIC = {"build_app": ".deployments", "run": ".run", "plan": ".deployments"}
+
+
+def _builder(args: dict[str, str]) -> Any:
+    """``serve run ortmodels.serve.ray:build_app key=value ...``: the arguments as strings."""
+    build = __getattr__("build_app")
+    typed: dict[str, Any] = dict(args)
+    for key in ("replicas", "threads", "max_queue", "target_ongoing_requests", "ingress_replicas"):
+        if key in typed:
+            typed[key] = int(typed[key])
+    return build(**typed)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built when Ray's CLI asks for it, not on import
+        return __getattr__("build_app")()
+    if name == "builder":
+        return _builder
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ortmodels.serve.ray' has no attribute {name!r}")
+    try:
+        value = getattr(import_module(module, __name__), name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] in ("ray", "fastapi", "uvicorn", "starlette"):
+            raise MissingDependencyError(f"Ray Serve needs {exc.name}: pip install 'ortmodels[ray]'.") from None
+        raise
+    globals()[name] = value
+    return value
+
+
+__all__ = ["build_app", "plan", "run"]

@@ -1,0 +1,234 @@
+"""``ortmodels serve --ray`` as clients and operators see it: a real local Ray cluster started by
+the CLI, two replicas of each model, the official ``openai`` client, and a replica killed
+under load.
+
+One cluster for the module (started once, about 15 s on 2 cores; stopped with SIGTERM,
+which runs ``serve.shutdown()`` and ``ray.shutdown()``). The test process joins it as a
+second driver to read ``serve.status()`` and to ``ray.kill`` a replica. The health check
+is tested without Ray, on the replica class itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+from ray import serve
+
+from ortmodels.errors import ConfigurationError, ModelFileError
+from ortmodels.serve.ray import plan
+from ortmodels.serve.ray.deployments import ModelServer
+
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
+from .test_serve import _free_port
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = 180.0
+CHAT_DEPLOYMENT = f"model-{CHAT_SAMPLE}"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class Cluster:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path, address: str) -> None:
+        self.process, self.url, self.log, self.address = process, url, log, address
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """``ortmodels serve --ray --replicas 2`` on a free port; the test process joins its cluster."""
+    tmp = tmp_path_factory.mktemp("ray")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_", "RAY_"))}
+    env["LOCAL_MODELS_DIR"] = str(SAMPLES_DIR)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # a loopback cluster for this test only; this process's Ray has read its auth mode already
+    env["RAY_AUTH_MODE"] = "disabled"
+    log = tmp / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ortmodels", "-v", "serve", "--ray", "--replicas", "2", "--port", str(port),
+             "--models", f"{CHAT_SAMPLE},{EMBEDDING_SAMPLE}"],
+            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ortmodels serve --ray exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"ortmodels serve --ray did not answer /health in time:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200 and "Serving on" in log.read_text():
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        found = re.search(r"Ray cluster at (\S+)", log.read_text(errors="replace"))
+        assert found, log.read_text()[-4000:]
+        ray.init(address=found.group(1), log_to_driver=False)
+        yield Cluster(process, url, log, found.group(1))
+    finally:
+        ray.shutdown()
+        _stop(process)
+        assert process.returncode == 0, log.read_text(errors="replace")[-4000:]
+
+
+def _replicas(deployment: str) -> dict[str, int]:
+    status = serve.status().applications["ortmodels"]
+    return dict(status.deployments[deployment].replica_states)
+
+
+def _replica_actors() -> set[str]:
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA") and CHAT_DEPLOYMENT in a["name"]}
+
+
+def test_two_replicas_of_each_model_run(cluster: Cluster) -> None:
+    assert _replicas(CHAT_DEPLOYMENT) == {"RUNNING": 2}
+    assert _replicas(f"model-{EMBEDDING_SAMPLE}") == {"RUNNING": 2}
+    health = httpx.get(f"{cluster.url}/health", timeout=10).json()
+    assert health == {"status": "ok", "models": [CHAT_SAMPLE, EMBEDDING_SAMPLE]}
+
+
+def test_openai_client_chat_stream_and_embeddings(cluster: Cluster) -> None:
+    client = cluster.client()
+    whole = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=12, temperature=0)
+    assert "Paris" in whole.choices[0].message.content
+    assert whole.usage.completion_tokens == 12
+
+    stream = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content  # greedy: the same answer, whichever replica
+    assert chunks[-1].usage.completion_tokens == 12
+
+    text = client.completions.create(model=CHAT_SAMPLE, prompt="The capital of France is", max_tokens=4,
+                                     temperature=0)
+    assert text.choices[0].text.strip()
+
+    vectors = client.embeddings.create(model=EMBEDDING_SAMPLE, input=["Paris is in France.", "Ray Serve"])
+    assert [len(d.embedding) for d in vectors.data] == [384, 384]
+    assert vectors.usage.prompt_tokens > 4
+
+
+def test_errors_from_a_replica_keep_openai_bodies(cluster: Cluster) -> None:
+    client = cluster.client()
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as too_long:  # raised on the replica, answered by the ingress
+        client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=10**6)
+    assert "context" in too_long.value.body["message"] and "Traceback" not in too_long.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as undeployed:
+        client.chat.completions.create(model=f"{CHAT_SAMPLE}:int8", messages=QUESTION)
+    assert "not deployed" in undeployed.value.body["message"]
+
+
+def test_a_replica_killed_under_load_is_replaced(cluster: Cluster) -> None:
+    """8 streams in flight, one chat replica killed: only streams on it fail, each with an OpenAI
+    error; Serve starts a new replica and the next requests all succeed."""
+    client = cluster.client()
+    started = threading.Barrier(9, timeout=120)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        stream = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=96,
+                                                temperature=0, stream=True)
+        try:
+            next(iter(stream))
+            started.wait()
+            reasons = [c.choices[0].finish_reason for c in stream if c.choices]
+            outcomes.append("ok" if reasons[-1] in ("stop", "length") else f"reason {reasons[-1]}")
+        except openai.APIError as exc:  # the error event a failed stream ends with
+            outcomes.append("openai-error" if isinstance(exc.body, dict) and exc.body.get("message") else repr(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else (a broken connection) is a failure
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    names = _replica_actors()
+    assert len(names) == 2, names
+    killed = min(names)
+    ray.kill(ray.get_actor(killed, namespace="serve"), no_restart=True)
+    for thread in threads:
+        thread.join(120)
+
+    failed = [o for o in outcomes if o != "ok"]
+    assert len(outcomes) == 8
+    assert set(failed) <= {"openai-error"}, outcomes
+    assert 1 <= len(failed) < 8, outcomes  # the killed replica had some of the 8, the other the rest
+
+    deadline = time.monotonic() + 90
+    while killed in (now := _replica_actors()) or len(now) != 2 or _replicas(CHAT_DEPLOYMENT) != {"RUNNING": 2}:
+        assert time.monotonic() < deadline, (now, _replicas(CHAT_DEPLOYMENT))
+        time.sleep(0.5)
+    print(f"killed {killed}: outcomes {sorted(outcomes)}; replaced by {sorted(now - names)}")
+    for _ in range(4):
+        answer = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=8, temperature=0)
+        assert answer.choices[0].message.content
+
+
+# -- without Ray ------------------------------------------------------------------------------
+
+def test_a_model_missing_on_disk_fails_the_health_check(copied_embedding_model: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    models = copied_embedding_model.parent
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(models))
+    replica = ModelServer(EMBEDDING_SAMPLE, {"LOCAL_MODELS_DIR": str(models)})
+    replica.check_health()
+    onnx = sorted((copied_embedding_model / "onnx").resolve().rglob("model*.onnx"))
+    assert onnx
+    onnx[0].unlink()
+    with caplog.at_level(logging.ERROR), pytest.raises(ModelFileError, match="missing on this replica's disk"):
+        replica.check_health()
+    assert any(onnx[0].name in r.getMessage() and "Health check failed" in r.getMessage() for r in caplog.records)
+    replica.catalog.manager.unload_all()
+
+
+def test_plan_shares_the_cores_between_replicas() -> None:
+    one = plan(2, models=1, replicas=1)
+    assert (one.num_cpus, one.threads, one.options()["num_replicas"]) == (2.0, 2, 1)
+    two = plan(2, models=2, replicas=2)
+    assert (two.num_cpus, two.threads) == (0.5, 1)
+    scaled = plan(2, models=1, replicas=None, autoscale=(1, 4), target_ongoing_requests=8)
+    assert scaled.threads == 1 and scaled.num_cpus == 0.5
+    assert scaled.options()["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4,
+                                                      "target_ongoing_requests": 8}
+    with pytest.raises(ConfigurationError):
+        plan(2, models=1, replicas=0)
+    with pytest.raises(ConfigurationError):
+        plan(2, models=1, autoscale=(3, 2))
