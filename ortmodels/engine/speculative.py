@@ -9,11 +9,15 @@ longest n-gram wins, its most recent occurrence is used. No draft is made withou
 match, so ordinary text pays only for the matches that turn out wrong.
 
 The engine checks a draft of k tokens in one forward pass of k + 1 tokens and keeps the
-longest prefix the model agrees with plus the model's own next token (engine.py). How
-long the next draft may be follows how the last ones fared: a fully accepted draft doubles
-it (up to ``max_draft``), a partly accepted one shrinks it to what was accepted plus one,
-and a draft rejected at its first token halves it and pauses drafting for 1, 2, 4 ... 32
-steps, so text with nothing to copy soon stops paying for verification.
+longest prefix the model agrees with plus the model's own next token (engine.py). Whether
+to draft and how much follows a cost model: a pass of k draft tokens costs about
+``PASS_BASE + PASS_PER_TOKEN * k`` one-token steps (measured on the 2-core CPU with the
+135M sample: 2 tokens 1.2-1.3x, 9 tokens 2-2.4x), and yields 1 + p + ... + p^k tokens when
+each draft token is accepted with probability p. p is estimated per n-gram size from how
+this request's drafts fared (a long match is a better hint than a short one); the draft
+length with the best tokens per cost is used, and none when no length beats a plain step
+by `GAIN`. Skipped matches let the estimate drift back to its prior, so a request whose
+text turns to copying tries again.
 """
 
 from __future__ import annotations
@@ -23,9 +27,26 @@ from collections.abc import Sequence
 from ..errors import ConfigurationError
 
 #: Defaults: n-grams of 2 to 4 tokens (a single repeated token is too weak a hint), drafts
-#: of at most 8 tokens (on a 2-core CPU a 9-token pass of the 135M sample costs ~2x a step).
+#: of at most 8 tokens.
 MIN_NGRAM, MAX_NGRAM, MAX_DRAFT = 2, 4, 8
-_MAX_PAUSE = 32
+#: A verification pass of k draft tokens costs about PASS_BASE + PASS_PER_TOKEN * k one-token steps.
+PASS_BASE, PASS_PER_TOKEN = 1.2, 0.15
+#: Draft only when the expected tokens per step-cost beat a plain step by this factor.
+GAIN = 1.05
+_DECAY = 0.9  # each skipped match shrinks the evidence, so the estimate drifts back to its prior
+
+
+def best_length(p: float, most: int) -> int:
+    """The draft length (1..most) with the most expected tokens per cost, or 0 if none pays."""
+    best, best_value = 0, GAIN
+    expected, power = 1.0, 1.0
+    for k in range(1, most + 1):
+        power *= p
+        expected += power
+        value = expected / (PASS_BASE + PASS_PER_TOKEN * k)
+        if value > best_value:
+            best, best_value = k, value
+    return best
 
 
 class PromptLookup:
@@ -40,15 +61,19 @@ class PromptLookup:
             )
         self.sizes = range(max_ngram, min_ngram - 1, -1)
         self.max_draft = max_draft
-        self.draft_length = max(1, max_draft // 2)
         self.tokens: list[int] = [int(t) for t in prompt_ids]
         self._prompt_length = len(self.tokens)
         self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self._indexed = 1  # continuation starts indexed so far: every position in [1, _indexed)
-        self._pause = 0
-        self._misses = 0
+        self._evidence = {n: [0.0, 0.0] for n in self.sizes}  # per n-gram size: accepted, rejected tokens
+        self._last_size = max_ngram
         self.drafted = 0  # statistics: draft tokens proposed and accepted
         self.accepted = 0
+
+    def acceptance(self, size: int) -> float:
+        """Estimated chance that a draft token after a match of ``size`` tokens is accepted."""
+        accepted, rejected = self._evidence[size]
+        return (accepted + 1) / (accepted + rejected + 2)
 
     def sync(self, generated: Sequence[int]) -> None:
         """Take the request's generated tokens that this index has not seen yet."""
@@ -57,13 +82,9 @@ class PromptLookup:
             self.tokens.extend(int(t) for t in generated[have:])
 
     def propose(self, limit: int) -> list[int]:
-        """Up to ``min(limit, draft length)`` tokens that followed the latest earlier occurrence of
-        the longest matching suffix n-gram; [] when nothing matches or drafting is paused."""
-        if self._pause > 0:
-            self._pause -= 1
-            return []
-        count = min(limit, self.draft_length)
-        if count <= 0:
+        """Up to ``limit`` tokens that followed the latest earlier occurrence of the longest
+        matching suffix n-gram, as many as pay by the cost model; [] when none do or nothing matches."""
+        if limit <= 0:
             return []
         self._index()
         tokens = self.tokens
@@ -71,24 +92,25 @@ class PromptLookup:
             if len(tokens) <= n:
                 continue
             start = self._ends[n].get(tuple(tokens[-n:]))
-            if start is not None:
-                return tokens[start : start + count]
+            if start is None:
+                continue
+            count = best_length(self.acceptance(n), min(limit, self.max_draft, len(tokens) - start))
+            if count == 0:
+                evidence = self._evidence[n]
+                evidence[0] *= _DECAY
+                evidence[1] *= _DECAY
+                return []
+            self._last_size = n
+            return tokens[start : start + count]
         return []
 
     def feedback(self, drafted: int, accepted: int) -> None:
-        """How the last draft fared: adapt its length and pause after a flat rejection."""
+        """How the last draft fared: its tokens count as evidence for its n-gram size."""
         self.drafted += drafted
         self.accepted += accepted
-        if accepted == drafted:
-            self.draft_length = min(self.max_draft, 2 * self.draft_length)
-            self._misses = 0
-        elif accepted > 0:
-            self.draft_length = max(1, accepted + 1)
-            self._misses = 0
-        else:
-            self.draft_length = max(1, self.draft_length // 2)
-            self._pause = min(_MAX_PAUSE, 1 << self._misses)
-            self._misses += 1
+        evidence = self._evidence[self._last_size]
+        evidence[0] += accepted
+        evidence[1] += 1 if accepted < drafted else 0
 
     def _index(self) -> None:
         """Record the n-grams that end before the last token (their continuation is known)."""
