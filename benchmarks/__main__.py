@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints speculative]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ FULL = {
     "concurrency": ["--rounds", "3", "--new-tokens", "64", "--sentences", "512"],
     "server": ["--rounds", "3", "--new-tokens", "64"],
     "constraints": ["--rounds", "5", "--tokens", "96"],
+    "speculative": ["--rounds", "3", "--tokens", "160"],
 }
 QUICK = {
     "embeddings": ["--sentences", "500", "--rounds", "1"],
@@ -34,6 +35,7 @@ QUICK = {
     "concurrency": ["--rounds", "1", "--new-tokens", "16", "--sentences", "128", "--parts", "chat", "embeddings", "cache"],
     "server": ["--rounds", "1", "--new-tokens", "16", "--clients", "1", "8"],
     "constraints": ["--rounds", "1", "--tokens", "32"],
+    "speculative": ["--rounds", "1", "--tokens", "48"],
 }
 
 
