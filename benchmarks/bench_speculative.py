@@ -14,6 +14,12 @@ ratios. Also recorded: whether the tokens are identical to the non-speculative r
 (and where they first differ), the share of drafted tokens accepted, and the tokens per
 verification pass. Noisy shared machine: compare ratios measured in the same run.
 
+Because a shared 2-core machine's load swings within a round, a second ratio is modelled
+from the same run's counts: the time of a verification pass of n tokens is measured
+against a one-token step (interleaved, median of many), fitted as ``c0 + c1 * (n - 1)``
+steps, and the speculative run's passes and plain steps are priced with it:
+``modelled = new tokens / (plain steps + passes * c0 + draft tokens * c1)``.
+
 Writes results/speculative.json and .png, and rewrites the README's table between
 ``<!-- bench:speculative:start -->`` and ``<!-- bench:speculative:end -->``.
 
@@ -87,6 +93,32 @@ def one_run(decoder: DecoderSession, tokenizer: Any, prompt: list[int], tokens: 
             "accepted": engine.accepted_tokens}
 
 
+def pass_costs(decoder: DecoderSession, prompt: list[int], reps: int = 15) -> tuple[float, float]:
+    """(c0, c1): a pass of n tokens over ``prompt``'s cache costs c0 + c1 * (n - 1) one-token steps."""
+    import numpy as np
+
+    from ortmodels.engine.kv_cache import SlotCache
+
+    _, past = decoder.prefill(prompt)
+    cache = SlotCache(decoder, 1)
+    cache.add("row", past, len(prompt))
+    sizes = (2, 3, 5, 7, 9)
+    times: dict[int, list[float]] = {n: [] for n in (1, *sizes)}
+    for _ in range(reps):
+        for n in (1, *sizes):
+            began = time.perf_counter()
+            if n == 1:
+                cache.decode([100])
+            else:
+                cache.extend("row", [100] * n)
+            times[n].append(time.perf_counter() - began)
+            cache.rewind("row", len(prompt))
+    step = statistics.median(times[1])
+    ratios = np.array([statistics.median(times[n]) / step for n in sizes])
+    c1, c0 = np.polyfit(np.array(sizes) - 1, ratios, 1)
+    return round(float(c0), 3), round(float(c1), 3)
+
+
 def first_difference(a: list[int], b: list[int]) -> int | None:
     """Index of the first differing token (or of the shorter one's end); None when identical."""
     for index, (x, y) in enumerate(zip(a, b)):
@@ -97,6 +129,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 def measure(decoder: DecoderSession, tokenizer: Any, prompt: list[int], tokens: int, rounds: int) -> dict[str, Any]:
     one_run(decoder, tokenizer, prompt, 8, True)  # warm-up
+    c0, c1 = pass_costs(decoder, prompt)
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for round_ in range(rounds):
         for speculative in ((False, True) if round_ % 2 == 0 else (True, False)):
@@ -104,12 +137,17 @@ def measure(decoder: DecoderSession, tokenizer: Any, prompt: list[int], tokens: 
     off, on = runs[False], runs[True]
     ratios = [b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(off, on)]
     last = on[-1]
+    new = len(last["generated"]) - 1
+    plain_steps = new - (last["accepted"] + last["verify_steps"])
+    modelled = new / (plain_steps + last["verify_steps"] * c0 + last["drafted"] * c1)
     return {
         "tokens": len(off[-1]["generated"]),
         "off_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in off), 1),
         "on_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in on), 1),
         "ratio": round(statistics.median(ratios), 3),
         "ratios": [round(r, 3) for r in ratios],
+        "modelled_ratio": round(modelled, 3),
+        "pass_cost": {"c0": c0, "c1": c1},
         "identical": all(r["generated"] == off[0]["generated"] for r in on),
         "first_difference": first_difference(off[0]["generated"], on[0]["generated"]),
         "accepted_share": round(last["accepted"] / last["drafted"], 3) if last["drafted"] else None,
@@ -121,14 +159,16 @@ def measure(decoder: DecoderSession, tokenizer: Any, prompt: list[int], tokens: 
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| variant | prompt | tokens | tok/s without | tok/s with | ratio | identical tokens | drafts accepted |"
-             " tokens / pass |", "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    lines = ["| variant | prompt | tokens | tok/s without | tok/s with | ratio (rounds' range) | identical tokens | drafts accepted |"
+             " tokens / pass | modelled ratio |", "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in rows:
         same = "yes" if r["identical"] else f"no (from token {r['first_difference']})"
         share = "—" if r["accepted_share"] is None else f"{r['accepted_share']:.0%}"
         per_pass = "—" if r["tokens_per_pass"] is None else f"{r['tokens_per_pass']:.2f}"
         lines.append(f"| {r['variant']} | {r['prompt']} | {r['tokens']} | {r['off_tokens_per_s']:.1f} | "
-                     f"{r['on_tokens_per_s']:.1f} | **{r['ratio']:.2f}x** | {same} | {share} | {per_pass} |")
+                     f"{r['on_tokens_per_s']:.1f} | **{r['ratio']:.2f}x** ({min(r['ratios']):.2f}–{max(r['ratios']):.2f}) | {same} | {share} | {per_pass} | "
+                     f"{r['modelled_ratio']:.2f}x (pass = {r['pass_cost']['c0']:.2f} + "
+                     f"{r['pass_cost']['c1']:.2f}·k steps) |")
     return lines
 
 
@@ -199,6 +239,7 @@ def main() -> None:
             print(*table([row])[-1:], flush=True)
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     figures = {f"speculative_ratio: {r['variant']} {r['prompt']}": r["ratio"] for r in rows}
+    figures.update({f"speculative_modelled_ratio: {r['variant']} {r['prompt']}": r["modelled_ratio"] for r in rows})
     payload = {"benchmark": "speculative", "model": MODEL, "rounds": args.rounds, "max_tokens": args.tokens,
                "wall_s": round(time.perf_counter() - began, 1), "load_average": load, "machine": machine(),
                "versions": versions(), "figures": figures, "rows": rows}
