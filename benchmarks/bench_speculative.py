@@ -159,8 +159,9 @@ def measure(decoder: DecoderSession, tokenizer: Any, prompt: list[int], tokens: 
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| variant | prompt | tokens | tok/s without | tok/s with | ratio (rounds' range) | identical tokens | drafts accepted |"
-             " tokens / pass | modelled ratio |", "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines = [("| variant | prompt | tokens | tok/s without | tok/s with | ratio (rounds' range) | identical tokens |"
+              " drafts accepted | tokens / pass | modelled ratio |"),
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in rows:
         same = "yes" if r["identical"] else f"no (from token {r['first_difference']})"
         share = "—" if r["accepted_share"] is None else f"{r['accepted_share']:.0%}"
@@ -179,9 +180,9 @@ def rewrite_readme(readme: Path, payload: dict[str, Any]) -> bool:
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     m = payload["machine"]
-    body = [f"Measured {payload['date'][:16].replace('T', ' ')} UTC on {m['cpu']} ({m['cores']} cores, shared; "
-            f"load average {payload['load_average']['start'][0]} at the start), {payload['rounds']} rounds, "
-            f"greedy, at most {payload['max_tokens']} new tokens; ratio = median of per-round ratios.", "",
+    body = [(f"Measured {payload['date'][:16].replace('T', ' ')} UTC on {m['cpu']} ({m['cores']} cores, shared; "
+             f"load average {payload['load_average']['start'][0]} at the start), {payload['rounds']} rounds, "
+             f"greedy, at most {payload['max_tokens']} new tokens; ratio = median of per-round ratios."), "",
             *table(payload["rows"])]
     readme.write_text(head + START + "\n" + "\n".join(body) + "\n" + END + tail, encoding="utf-8")
     return True
