@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints ray ray_multiplex]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints ray ray_multiplex speculative]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ FULL = {
     "constraints": ["--rounds", "5", "--tokens", "96"],
     "ray": ["--rounds", "5", "--new-tokens", "64"],
     "ray_multiplex": ["--rounds", "5", "--new-tokens", "64"],
+    "speculative": ["--rounds", "3", "--tokens", "160"],
 }
 QUICK = {
     "embeddings": ["--sentences", "500", "--rounds", "1"],
@@ -38,6 +39,7 @@ QUICK = {
     "constraints": ["--rounds", "1", "--tokens", "32"],
     "ray": ["--rounds", "1", "--new-tokens", "16"],
     "ray_multiplex": ["--rounds", "1", "--new-tokens", "16"],
+    "speculative": ["--rounds", "1", "--tokens", "48"],
 }
 
 

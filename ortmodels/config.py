@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     """Bytes of finished prompts' KV cache kept so a later prompt with the same start (a system
     prompt, earlier turns) prefills only its new tokens (``256MB``); 0 turns it off."""
 
+    model_speculative: Literal["auto", "on", "off"] = Field(default="auto", alias="MODEL_SPECULATIVE")
+    """Prompt-lookup speculative decoding for a request that decodes alone: drafts copied from
+    the prompt and the answer so far, checked in one pass (``on``, ``off``; also true/false).
+    ``auto``: on for float variants (fp32, fp16, bf16), whose tokens it leaves unchanged; off
+    for int4/int8, whose multi-token kernels can turn near ties the other way."""
+
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
     """Check a variant's files against the manifest's sha256 before its first load."""
 
@@ -81,6 +87,22 @@ class Settings(BaseSettings):
             key = value.strip().lower()
             return _DEVICE_ALIASES.get(key, key)
         return value
+
+    @field_validator("model_speculative", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            key = value.strip().lower()
+            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(key, key)
+        return value
+
+    def speculates(self, variant: str) -> bool:
+        """Whether `model_speculative` turns speculative decoding on for this precision variant."""
+        if self.model_speculative == "auto":
+            return not variant.startswith("int")
+        return self.model_speculative == "on"
 
     @field_validator("model_dtype", mode="before")
     @classmethod

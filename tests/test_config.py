@@ -77,3 +77,15 @@ def test_default_model_name_must_be_plain(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigurationError, match="DEFAULT_EMBEDDING_MODEL"):
         load_settings()
     assert issubclass(InvalidModelNameError, ValueError)
+
+
+@pytest.mark.parametrize(("value", "fp32", "int4"), [(None, True, False), ("auto", True, False), ("on", True, True),
+                                                     ("true", True, True), ("off", False, False), ("0", False, False)])
+def test_speculative_switch(monkeypatch: pytest.MonkeyPatch, value: str | None, fp32: bool, int4: bool) -> None:
+    if value is not None:
+        monkeypatch.setenv("MODEL_SPECULATIVE", value)
+    settings = load_settings()
+    assert (settings.speculates("fp32"), settings.speculates("int4")) == (fp32, int4)
+    monkeypatch.setenv("MODEL_SPECULATIVE", "sometimes")
+    with pytest.raises(ConfigurationError, match="MODEL_SPECULATIVE"):
+        load_settings()

@@ -116,6 +116,30 @@ class DecoderSession:
         logits = outputs[0].numpy()[:, -1]
         return (logits if logits.dtype == np.float32 else logits.astype(np.float32)), (present or outputs[1:])
 
+    def extend(self, past: list[ort.OrtValue], length: int, token_ids: list[int]) -> np.ndarray:
+        """Several tokens after the ``length`` one batch-1 row of ``past`` holds, with logits for each.
+
+        ``past`` ([1, kv, width, head], width > length + len(token_ids)) is bound as both past
+        and present, so the new keys/values are written in place at [length, length + n); the
+        attention mask covers exactly the positions up to there, so whatever a buffer holds
+        beyond them is never read. Speculative decoding's verification pass: returns logits
+        [n, vocab], row i predicting the token after ``token_ids[i]`` (prefill kernels: on
+        int4/int8 graphs these differ from a one-row step's, see DESIGN.md).
+        """
+        count = len(token_ids)
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((1, length + count), dtype=np.int64))
+        io.bind_cpu_input("logits_to_keep", np.array([count], dtype=np.int64))
+        for name, value in zip(self.past_names, past):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output(self.logits_name, "cpu")
+        for name, value in zip(self.present_names, past):
+            io.bind_ortvalue_output(name, value)
+        self.session.run_with_iobinding(io)
+        logits = io.get_outputs()[0].numpy()[0]
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
     def _run(self, state: DecoderState, token_ids: list[int], keep: int) -> np.ndarray:
         total = state.length + len(token_ids)
         io = self.session.io_binding()

@@ -7,6 +7,19 @@ long), each starting from the longest prefix the prompt cache holds; then every 
 request gets one new token from a single batched decode step. A request that finishes
 (end token, stop string, ``max_tokens``, cancel, error) leaves at once and frees its row.
 
+Speculative decoding (``Engine(speculative=True)`` or ``Request(speculative=True)``): when a
+request decodes alone in the batch, its next tokens are drafted by prompt lookup
+(speculative.py) and checked in one pass of k + 1 tokens over its KV row; each row of
+logits goes through the request's own token choice in turn (its logits processor, penalty,
+sampling, logprobs, stop strings, ``max_tokens``), and the pass stops at the first chosen
+token that differs from the draft. So greedy gives the tokens greedy gives without drafts
+(up to the multi-row kernels' rounding, see `_speculate`), and sampling samples each token
+from the model's own distribution (a draft token is kept with exactly its probability: the
+standard acceptance rule for a draft that is a point mass). Rejected positions are taken
+back from the KV row. With two or more requests in the batch nobody speculates: the
+batched step already shares the weights' reads, and GroupQueryAttention runs several new
+tokens on top of a cache for one row at a time only.
+
 A background thread (`start()`, `close()`) runs steps while there is work, and
 `generate` / `agenerate` stream one request's events to a sync or async consumer; stepping
 by hand (no thread) is for tests and parity runs. An exception raised while choosing one
@@ -30,6 +43,7 @@ from .decoder import DecoderSession
 from .kv_cache import KVCache, PaddedCache, SerialCache, SlotCache, bytes_per_token
 from .prompt_cache import PromptCache
 from .request import Event, Finished, FinishReason, Request
+from .speculative import MAX_DRAFT, PromptLookup
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +92,8 @@ class Engine:
     a request that does not fit waits for others to finish). ``prompt_cache_bytes`` > 0
     keeps prompts' caches (prefill-made) for later prompts that start the same way.
     ``context_length`` (the model's) ends a request with "length" before it overflows.
+    ``speculative`` drafts up to ``draft_tokens`` tokens by prompt lookup for a request that
+    decodes alone (a request's own ``speculative`` overrides it; see the module docstring).
     The bound covers the batch's cache buffers; the prompt cache has its own, and a prompt
     being prefilled holds one more copy of its own cache until it joins the batch.
     """
@@ -93,6 +109,8 @@ class Engine:
         prefill_chunk: int = 512,
         context_length: int | None = None,
         kv_layout: str = "slots",
+        speculative: bool = False,
+        draft_tokens: int = MAX_DRAFT,
     ) -> None:
         self.decoder, self.tokenizer = decoder, tokenizer
         self.max_batch = _whole("max_batch", max_batch, 1)
@@ -102,6 +120,9 @@ class Engine:
         if kv_layout not in _LAYOUTS:
             raise ConfigurationError(f"Engine kv_layout must be one of {', '.join(_LAYOUTS)}, not {kv_layout!r}.")
         self.prompt_cache = PromptCache(prompt_cache_bytes)
+        self.speculative = bool(speculative)
+        self.draft_tokens = _whole("draft_tokens", draft_tokens, 1)
+        self._lookups: dict[Request, PromptLookup] = {}
         self._cache: KVCache
         if decoder.batches and decoder.device_type == "cpu":  # the batched layouts keep numpy buffers
             self._cache = (SlotCache if kv_layout == "slots" else PaddedCache)(decoder, self.max_batch)
@@ -121,6 +142,9 @@ class Engine:
         self.steps = 0
         self.prefilled_tokens = 0  # prompt tokens computed (not taken from the prompt cache)
         self.decoded_tokens = 0
+        self.verify_steps = 0  # speculative passes, draft tokens checked and accepted
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -255,6 +279,8 @@ class Engine:
 
     def _decode(self) -> None:
         batch = self.active
+        if len(batch) == 1 and self._speculates(batch[0]) and self._speculate(batch[0]):
+            return
         tokens = [r.generated[-1] for r in batch]
         try:
             logits = self._cache.decode(tokens)
@@ -268,6 +294,54 @@ class Engine:
             reason, error = self._advance(request, logits[row])
             if reason is not None:
                 self._retire(request, reason, error)
+
+    def _speculates(self, request: Request) -> bool:
+        wanted = self.speculative if request.speculative is None else request.speculative
+        return wanted and isinstance(self._cache, SlotCache)
+
+    def _speculate(self, request: Request) -> bool:
+        """Draft, verify in one pass and keep the agreed tokens; False when there is no draft.
+
+        Row i of the pass's logits is the model's prediction after the draft's first i tokens;
+        the request chooses from it exactly as from a decode step's logits. In fp32 these rows
+        equal a one-row step's up to float rounding (~5e-5); int4/int8 graphs take other
+        kernels for several rows (logits differ by ~0.8 on the sample), so a near tie there
+        may go the other way than without speculation (measured in the benchmark and tests).
+        """
+        lookup = self._lookups.get(request)
+        if lookup is None:
+            lookup = self._lookups[request] = PromptLookup(request.prompt_ids, max_draft=self.draft_tokens)
+        lookup.sync(request.generated)
+        done = len(request.prompt_ids) + len(request.generated)
+        room = min(request.max_tokens - len(request.generated), self._limits[request] - done)
+        draft = lookup.propose(room - 1)  # the model's own token after the draft needs a place too
+        if not draft:
+            return False
+        cached = done - 1  # the cache holds every token but the last chosen one
+        try:
+            logits = self._cache.extend(request, [request.generated[-1], *draft])  # type: ignore[attr-defined]
+        except Exception as exc:  # the session failed: this request fails with it
+            logger.exception("Verification pass failed for %r", request)
+            self._retire(request, "error", exc)
+            return True
+        self.verify_steps += 1
+        reason: FinishReason | None = None
+        error: BaseException | None = None
+        accepted = 0
+        for index, row in enumerate(logits):
+            reason, error = self._advance(request, row)
+            self.decoded_tokens += 1
+            if reason is not None or index == len(draft) or request.generated[-1] != draft[index]:
+                break
+            accepted += 1
+        self.drafted_tokens += len(draft)
+        self.accepted_tokens += accepted
+        lookup.feedback(len(draft), accepted)
+        if reason is not None:
+            self._retire(request, reason, error)
+        else:  # keep the last chosen token's predecessors: the draft tokens it agreed with
+            self._cache.rewind(request, cached + 1 + accepted)  # type: ignore[attr-defined]
+        return True
 
     def _advance(self, request: Request, logits: np.ndarray) -> tuple[FinishReason | None, BaseException | None]:
         """Choose and record ``request``'s next token; (why it ends, the error) or (None, None)."""
@@ -288,6 +362,7 @@ class Engine:
 
     def _finish(self, request: Request, reason: FinishReason, error: BaseException | None = None) -> None:
         self._limits.pop(request, None)
+        self._lookups.pop(request, None)
         try:
             request.finish(reason, error)
         except Exception as exc:  # noqa: BLE001 - the text flush failed: still end the request

@@ -127,6 +127,40 @@ class SlotCache(_Rows):
         self._lengths = [n + 1 for n in self._lengths]
         return logits
 
+    def extend(self, key: object, token_ids: list[int]) -> np.ndarray:
+        """Feed several tokens to ``key``'s row alone (batch 1); logits [n, vocab] for each.
+
+        Speculative decoding's verification pass: the row's length grows by n, and `rewind`
+        takes back the positions of rejected draft tokens.
+        """
+        row, count = self._keys.index(key), len(token_ids)
+        length = self._lengths[row]
+        self._ensure(len(self._keys), length + count + 1)
+        if len(self._keys) == 1:
+            if self._values is None:
+                self._values = [ort.OrtValue.ortvalue_from_numpy(buffer[:1]) for buffer in self._buffers]
+            values = self._values
+        else:  # one row's contiguous block of each buffer
+            values = [ort.OrtValue.ortvalue_from_numpy(buffer[row : row + 1]) for buffer in self._buffers]
+        logits = self.decoder.extend(values, length, token_ids)
+        self._lengths[row] = length + count
+        return logits
+
+    def rewind(self, key: object, length: int) -> None:
+        """Keep only the first ``length`` positions of ``key``'s row (rejected draft tokens leave).
+
+        No step reads past a row's length (the attention mask ends there and the next token is
+        written at it); the dropped positions are zeroed all the same, so stale keys/values
+        cannot be read by a later bug either.
+        """
+        row = self._keys.index(key)
+        old = self._lengths[row]
+        if not 0 <= length <= old:
+            raise RuntimeError(f"Cannot rewind a row of {old} positions to {length}.")
+        for buffer in self._buffers:
+            buffer[row, :, length:old] = 0
+        self._lengths[row] = length
+
     def _ensure(self, rows: int, positions: int) -> None:
         """Grow the buffers (copying what they hold) to at least ``rows`` × ``positions``."""
         have_rows = self._buffers[0].shape[0] if self._buffers else 0

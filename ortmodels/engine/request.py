@@ -71,6 +71,8 @@ class Request:
     Greedy unless ``params`` says otherwise; a seed gives this request its own random
     generator, so its samples do not depend on which other requests share a batch.
     ``processor`` (a grammar mask, say) edits this request's logits before each choice.
+    ``speculative`` turns prompt-lookup speculative decoding on or off for this request
+    (None: the engine's setting); it changes speed only, never which tokens are chosen.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Request:
         eos_token_ids: Sequence[int] = (),
         processor: LogitsProcessor | None = None,
         logprobs: int | None = None,
+        speculative: bool | None = None,
     ) -> None:
         if not prompt_ids:
             raise ConfigurationError("A request needs at least one prompt token.")
@@ -98,6 +101,9 @@ class Request:
         if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
             raise ConfigurationError(f"logprobs must be a whole number from 0 to 20 (alternatives), not {logprobs!r}.")
         self.logprobs = logprobs
+        if speculative is not None and not isinstance(speculative, bool):
+            raise ConfigurationError(f"speculative must be True, False or None (the engine's setting), not {speculative!r}.")
+        self.speculative = speculative
         self._chosen_logprob: TokenLogprob | None = None
         self.rng = np.random.default_rng(self.params.seed)
         self.generated: list[int] = []  # every chosen token, an end-of-sequence token included

@@ -231,6 +231,7 @@ class OnnxChatModel(BaseLLMModel):
         engine = Engine(
             decoder, tokenizer, max_batch=settings.model_max_batch, kv_cache_bytes=settings.model_kv_cache,
             prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,
+            speculative=settings.speculates(opened.variant),
         )
         grammars = GrammarCompiler(opened.folder / "tokenizer.json",
                                    output_width(opened.session, "logits") or highest_id(tokenizer) + 1,
