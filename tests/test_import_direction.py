@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "loader": LEAVES | {"base", "config", "engine", "store"},
     "manager": LEAVES | {"base", "config", "engine", "lifecycle", "loader", "monitoring", "registry", "runtime",
                          "store"},
-    "export": LEAVES | {"config", "engine", "store"},
+    "export": LEAVES | {"config", "engine", "lifecycle", "store"},
     "serve": LEAVES | {"base", "config", "engine", "export", "lifecycle", "loader", "manager", "monitoring",
                        "registry", "runtime", "store"},
 }

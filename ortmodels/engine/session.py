@@ -57,17 +57,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Options every ortmodels session shares: all graph optimisations, quiet logging."""
+def session_options(threads: int = 0, prepack: bool = True) -> ort.SessionOptions:
+    """Options every ortmodels session shares: all graph optimisations, quiet logging.
+
+    ``prepack=False`` keeps onnxruntime from making its own packed copy of the weights:
+    slower steps, half the memory of a float graph (the export's checks use it).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
 
-def create_session(model_file: Path, device: str, threads: int = 0) -> ort.InferenceSession:
+def create_session(model_file: Path, device: str, threads: int = 0, prepack: bool = True) -> ort.InferenceSession:
     """Open ``model_file`` on ``device`` (already resolved), naming the file if it is bad."""
     if not model_file.is_file():
         raise ModelFileError(
@@ -78,7 +84,7 @@ def create_session(model_file: Path, device: str, threads: int = 0) -> ort.Infer
         providers.append(_PROVIDERS["cpu"])
     try:
         session = ort.InferenceSession(
-            str(model_file), sess_options=session_options(threads), providers=providers
+            str(model_file), sess_options=session_options(threads, prepack), providers=providers
         )
     except Exception as exc:  # onnxruntime raises its own untyped Fail / InvalidProtobuf
         raise ModelFileError(

@@ -20,6 +20,7 @@ from ..engine.chat_template import ChatTemplate
 from ..engine.toolcalls import detect_format
 from ..errors import ChatTemplateError, ExportError, ModelFileError, ParityError
 from ..kinds import KINDS
+from ..lifecycle.memory import return_freed_memory
 from ..store import ModelInfo, read_json
 from ..store.manifest import ChatSpec, Manifest, VariantEntry
 from .common import (
@@ -165,6 +166,7 @@ def _prepare_base(info: ModelInfo, base: Path, progress: Progress) -> tuple[str,
             if (info.path / name).is_file():
                 shutil.copy2(info.path / name, base / name)
         build_decoder_graph(info.path, base / "model.onnx", GRAPH_PRECISIONS["fp32"])
+        return_freed_memory()
         return "decoder_graph", _graph_builders(info.path)
     logger.info("%s: %s; exporting with optimum.", info.name, reason)
     progress.step("Exporting the decoder with its KV cache (optimum)")
@@ -218,6 +220,7 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
 
         progress.step("Running the PyTorch reference (greedy tokens, perplexity)")
         reference = DecoderReference.compute(info.path, base, tokenizer, spec.context_length, spec.eos_token_ids)
+        return_freed_memory()  # PyTorch's copy of the weights, before the variants are built
 
         fusion: dict[str, int] = {}
         if graph == "optimum":

@@ -23,6 +23,7 @@ from ..engine.engine import Engine
 from ..engine.request import Request
 from ..engine.session import create_session
 from ..errors import ModelFileError
+from ..lifecycle.memory import return_freed_memory
 from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 
 NEW_TOKENS = 32
@@ -134,7 +135,7 @@ def common_prefix(a: Sequence, b: Sequence) -> int:
 
 def onnx_parity(model_file: Path, reference: DecoderReference) -> dict[str, Any]:
     """The parity figures of one exported graph against ``reference``, on the CPU."""
-    decoder = DecoderSession(create_session(model_file, "cpu"))
+    decoder = DecoderSession(create_session(model_file, "cpu", prepack=False))  # no second copy of the weights
     agreements = [
         common_prefix(greedy_tokens(decoder, ids), expected) / NEW_TOKENS
         for ids, expected in zip(reference.prompts, reference.greedy)
@@ -143,6 +144,8 @@ def onnx_parity(model_file: Path, reference: DecoderReference) -> dict[str, Any]
     text_logits = decoder.all_logits(reference.text_ids)
     finite = bool(np.isfinite(prompt_logits).all() and np.isfinite(text_logits).all())
     answers = [greedy_tokens(decoder, ids, ANSWER_TOKENS, reference.eos_token_ids) for ids in reference.question_ids]
+    del decoder
+    return_freed_memory()  # the session's buffers, before the next variant is built
     return {
         "reference": "pytorch fp32",
         "prompts": len(reference.prompts),
