@@ -29,6 +29,7 @@ from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
 ANSWER_TOKENS = 48
+_TEXT_CHUNK = 128
 
 
 def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str] = PROBE_PROMPTS) -> list[list[int]]:
@@ -41,13 +42,18 @@ def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str] = PROBE_PROMP
     return [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
 
 
-def perplexity(logits: np.ndarray, ids: list[int]) -> float:
-    """exp of the mean negative log-likelihood of ``ids[1:]`` given the logits before each."""
-    scores = logits[:-1].astype(np.float64)
+def token_nll(logits: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """Negative log-likelihood of each ``ids[i + 1]`` given ``logits[i]`` (as many as there are next ids)."""
+    count = min(len(logits), len(ids) - 1)
+    scores = logits[:count].astype(np.float64)
     scores -= scores.max(axis=1, keepdims=True)
     log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
-    nll = -log_probs[np.arange(len(ids) - 1), ids[1:]]
-    return float(np.exp(nll.mean()))
+    return -log_probs[np.arange(count), list(ids[1 : count + 1])]
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    """exp of the mean negative log-likelihood of ``ids[1:]`` given the logits before each."""
+    return float(np.exp(token_nll(logits, ids).mean()))
 
 
 def reference_model(checkpoint: Path) -> Any:
@@ -107,9 +113,17 @@ class DecoderReference:
             answers = [greedy(ids, ANSWER_TOKENS, eos) for ids in questions]
             prompt_logits = model(input_ids=torch.tensor([prompts[0]])).logits[0].float().numpy()
             text_ids = tokenizer.encode(perplexity_text()).ids[: min(PERPLEXITY_TOKENS, context_length)]
-            text_logits = model(input_ids=torch.tensor([text_ids])).logits[0].float().numpy()
-        return cls(prompts, continuations, prompt_logits, text_ids, text_logits.argmax(axis=1),
-                   perplexity(text_logits, text_ids), tokenizer, sorted(eos), questions, answers)
+            text_argmax, text_nll = [], []
+            past = None  # the text in pieces on the KV cache: logits of 128 positions at a time, not 512
+            for start in range(0, len(text_ids), _TEXT_CHUNK):
+                piece = text_ids[start : start + _TEXT_CHUNK]
+                out = model(input_ids=torch.tensor([piece]), past_key_values=past, use_cache=True)
+                past, logits = out.past_key_values, out.logits[0].float().numpy()
+                text_argmax.append(logits.argmax(axis=1))
+                text_nll.append(token_nll(logits, text_ids[start : start + len(piece) + 1]))
+        nll = np.concatenate(text_nll)
+        return cls(prompts, continuations, prompt_logits, text_ids, np.concatenate(text_argmax),
+                   float(np.exp(nll.mean())), tokenizer, sorted(eos), questions, answers)
 
 
 def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKENS,
