@@ -82,7 +82,13 @@ def test_export_family_matches_sentence_transformers(
     assert 0.0 <= int8_vs_fp32["top10_agreement"] <= 1.0 and isinstance(int8_vs_fp32["meets_bar"], bool)
     assert manifest.variants["int8"].quantization["smoothing"]["matmuls"] > 0
 
+    # int8 of random weights may miss the bar: then it is recorded as failed, without files.
+    int8 = manifest.variants["int8"]
+    assert int8.quality is not None and int8.quality.passed is int8_vs_fp32["meets_bar"]
+    assert int8.quality.passed or (not int8.files and "int8 vs fp32" in int8.quality.failures[0])
     for dtype, entry in manifest.variants.items():
+        if not entry.usable:
+            continue
         variant_dir = folder / "onnx" / dtype
         assert (folder / "onnx" / entry.path).resolve() == variant_dir.resolve()
         assert "model.onnx" in entry.files

@@ -137,7 +137,7 @@ def finish_export(
     if shared:
         logger.info("%s: %d files identical to an older version's are hard links to them", info.name, shared)
     meter = resources.current()
-    first = next(iter(variants.values()))
+    first = next((v for v in variants.values() if v.files), next(iter(variants.values())))
     manifest = Manifest(
         name=info.name,
         kind=info.kind,  # type: ignore[arg-type]  # exporters exist for embedding and chat only

@@ -192,6 +192,8 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
                 f"{parity.get('max_logit_diff')})."
             )
         verdict = judge_decoder(dtype, parity)
+        if dtype == "fp32" and not verdict.passed:  # the reference every other variant is made from
+            raise ParityError(f"fp32 export of {name} is not faithful to PyTorch: {'; '.join(verdict.failures)}.")
         logger.info("%s %s parity: %s; %s", name, dtype, parity, "passed" if verdict.passed else verdict.failures)
         if verdict.passed or n >= len(attempts) - 1:
             if tried:
