@@ -36,6 +36,30 @@ def chat_dir(samples_dir: Path) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8", "int4"])
+def test_every_published_variant_answers_the_plain_question(chat_dir: Path, dtype: str) -> None:
+    """No system message, greedy: each variant that passed its gates says Paris (int8 in blocks
+    of 32 said "L'Étoile, la France, la France, ..." here, and the gates now refuse such a recipe)."""
+    from ortmodels.store import ModelStore
+
+    info = ModelStore(chat_dir.parent).info(CHAT_SAMPLE)
+    if dtype not in info.usable_variants:
+        assert dtype in info.failed_variants(), f"{dtype} neither published nor marked failed"
+        return
+    chat = OnnxChatModel(model_path=chat_dir, dtype=dtype, device="cpu", max_tokens=32)
+    reply = chat.invoke([HumanMessage("What is the capital of France?")])
+    chat.unload()
+    assert "Paris" in reply.content, (dtype, reply.content)
+    assert reply.response_metadata["finish_reason"] == "stop", (dtype, reply.content)
+
+
+def test_export_memory_stayed_within_three_times_the_checkpoint(chat_dir: Path) -> None:
+    """The sample's export (by make test) recorded its cost; its peak RSS is bounded, not its time."""
+    cost = json.loads((chat_dir / "onnx" / "manifest.json").read_text())["export_cost"]
+    assert cost["checkpoint_bytes"] > 500_000_000 and cost["seconds"] > 0
+    assert cost["peak_rss_bytes"] <= 3 * cost["checkpoint_bytes"], cost
+
+
 @pytest.fixture(scope="module")
 def fp32(chat_dir: Path) -> OnnxChatModel:
     return OnnxChatModel(model_path=chat_dir, dtype="fp32", device="cpu", max_tokens=48).load()

@@ -9,8 +9,8 @@ run to run by ~150 MB on CI), sized to catch a leak per call, not to measure the
 
 from __future__ import annotations
 
-import os
 import gc
+import os
 import random
 import threading
 import time
