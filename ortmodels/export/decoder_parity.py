@@ -190,8 +190,12 @@ def chat_probes(reference: DecoderReference, answers: list[list[int]]) -> list[d
     """Each plain question with the variant's answer and, where it derails, why."""
     from .quality import derailment
 
+    expected_texts = [_answer_text(reference, ids) for ids in reference.answers]
+    # A model that answers none of them (a tiny random one) says nothing a loop could be
+    # measured against: its greedy text falls into loops or not by chance of near-ties.
+    judged = any(k.lower() in text.lower() for (_, keywords), text in zip(CHAT_PROBES, expected_texts) for k in keywords)
     rows = []
-    for (question, keywords), expected, got in zip(CHAT_PROBES, reference.answers, answers):
-        reason = derailment(got, _answer_text(reference, got), expected, _answer_text(reference, expected), keywords)
+    for (question, keywords), expected, expected_text, got in zip(CHAT_PROBES, reference.answers, expected_texts, answers):
+        reason = derailment(got, _answer_text(reference, got), expected, expected_text, keywords) if judged else None
         rows.append({"question": question, "answer": _answer_text(reference, got)[:200], "derailed": reason})
     return rows

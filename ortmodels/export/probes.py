@@ -31,7 +31,7 @@ PROBE_PROMPTS: tuple[str, ...] = (
 #: Plain chat questions (no system message) with the words a right answer contains. A
 #: variant derails on one where fp32 PyTorch answers it right and the variant does not, or
 #: where the variant loops and PyTorch does not. A model that knows none of the answers
-#: (a tiny random one) is judged on loops alone.
+#: (a tiny random one) is not judged on them: its loops come and go with near-ties.
 CHAT_PROBES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is the capital of France?", ("Paris",)),
     ("What is the capital of Japan?", ("Tokyo",)),
