@@ -62,5 +62,5 @@ def test_chat_says_where_the_template_goes_and_reads_one_added_later(templateles
     manager.unload_all()
     shutil.copy(samples_dir / CHAT_SAMPLE / "chat_template.jinja", templateless / "chat_template.jinja")
     assert ModelStore(templateless.parent).info(CHAT_SAMPLE).has_chat_template is True
-    reply = manager.get_chat_model(CHAT_SAMPLE).invoke([HumanMessage("Capital of France?")], max_tokens=12)
+    reply = manager.get_chat_model(CHAT_SAMPLE).invoke([HumanMessage("What is the capital of France?")], max_tokens=12)
     assert "Paris" in reply.content

@@ -313,9 +313,9 @@ def test_langchain_chat_openai(server: Server) -> None:
 
     llm = ChatOpenAI(model=CHAT_SAMPLE, base_url=server.v1, api_key="unused", max_tokens=16, temperature=0,
                      max_retries=0)
-    reply = llm.invoke("Capital of France?")
+    reply = llm.invoke("What is the capital of France?")
     assert "Paris" in reply.content and reply.usage_metadata["output_tokens"] > 0
-    streamed = "".join(c.content for c in llm.stream("Capital of France?"))
+    streamed = "".join(c.content for c in llm.stream("What is the capital of France?"))
     assert streamed == reply.content
 
     class Place(BaseModel):

@@ -124,14 +124,14 @@ def test_openai_client_chat_stream_and_embeddings(cluster: Cluster) -> None:
     client = cluster.client()
     whole = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=12, temperature=0)
     assert "Paris" in whole.choices[0].message.content
-    assert whole.usage.completion_tokens == 12
+    assert 0 < whole.usage.completion_tokens <= 12
 
     stream = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=12, temperature=0,
                                             stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content  # greedy: the same answer, whichever replica
-    assert chunks[-1].usage.completion_tokens == 12
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
     text = client.completions.create(model=CHAT_SAMPLE, prompt="The capital of France is", max_tokens=4,
                                      temperature=0)
@@ -155,6 +155,10 @@ def test_errors_from_a_replica_keep_openai_bodies(cluster: Cluster) -> None:
     assert "not deployed" in undeployed.value.body["message"]
 
 
+#: A question whose answer outlasts the kill: a short answer may be over before it lands.
+LONG_ANSWER = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+
+
 def test_a_replica_killed_under_load_is_replaced(cluster: Cluster) -> None:
     """8 streams in flight, one chat replica killed: only streams on it fail, each with an OpenAI
     error; Serve starts a new replica and the next requests all succeed."""
@@ -163,7 +167,7 @@ def test_a_replica_killed_under_load_is_replaced(cluster: Cluster) -> None:
     outcomes: list[str] = []
 
     def one() -> None:
-        stream = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=96,
+        stream = client.chat.completions.create(model=CHAT_SAMPLE, messages=LONG_ANSWER, max_tokens=160,
                                                 temperature=0, stream=True)
         try:
             next(iter(stream))
