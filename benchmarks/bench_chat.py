@@ -37,7 +37,13 @@ from benchmarks.contenders import CHART_LABELS, OPTIMUM, PYTORCH, SPECS, start_w
 from benchmarks.prompts import build_prompts
 from benchmarks.protocol import Worker
 from benchmarks.report import bar_chart, machine, versions, write_json
-from benchmarks.targets import GENAI, LLAMA_CPP, ORT, ratio_key
+from benchmarks.targets import (
+    GENAI,
+    LLAMA_CPP,
+    ORT,
+    PEAK_RSS_VS_LLAMA_FIGURE,
+    ratio_key,
+)
 
 MODEL = "smollm2-135m-instruct"
 #: Pause before each timed run, so the previous contender's spinning worker threads
@@ -149,6 +155,10 @@ def main() -> None:
             value = median_ratio(series(ours, prompt, key), series(theirs, prompt, key))
             if value is not None:
                 figures[ratio_key(measure, ours, theirs)] = value
+
+    ours, llama = memory.get(f"{ORT} int4"), memory.get(LLAMA_CPP)
+    if ours and llama:
+        figures[PEAK_RSS_VS_LLAMA_FIGURE] = round(ours["peak_rss_mib"] / llama["peak_rss_mib"], 3)
 
     print(f"\n{MODEL}: {prompt_tokens['short']}-token chat prompt, {args.new_tokens} greedy new tokens; "
           f"{prompt_tokens['long']}-token prompt for its first token; median of {args.rounds} rounds")

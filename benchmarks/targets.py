@@ -9,6 +9,7 @@ never a pass.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +56,21 @@ def server_figure(ours: str, theirs: str) -> str:
     """Figure: aggregate tokens/s of streaming clients of one server ÷ another's (bench_server),
     e.g. ``server_figure("ortmodels int4 8 clients", "llama-server Q4_1 8 clients")``."""
     return ratio_key("server_tokens_per_s", ours, theirs)
+
+
+#: Figure: ortmodels int4's cold start ÷ the faster peer's (onnxruntime-genai int4, llama.cpp) in the same round.
+COLD_START_VS_PEERS_FIGURE = ratio_key("cold_start", f"{ORT} int4", f"faster of {GENAI} int4 and {LLAMA_CPP}")
+#: Figure: peak RSS of the int4 chat worker (load, both prompts, every round) ÷ llama.cpp's (bench_chat).
+PEAK_RSS_VS_LLAMA_FIGURE = ratio_key("peak_rss", f"{ORT} int4", LLAMA_CPP)
+
+
+def faster_peer_ratio(ours: list[float], *peers: list[float]) -> float | None:
+    """Median over rounds of ours ÷ the fastest peer of that round (rounds paired by index);
+    None unless every peer has runs."""
+    if not ours or not all(peers):
+        return None
+    per_round = [a / min(theirs) for a, *theirs in zip(ours, *peers)]
+    return round(statistics.median(per_round), 3)
 
 
 #: Figure: ortmodels serve int4, 8 streaming clients ÷ llama-server (its better --parallel), 8 clients.
@@ -129,6 +145,8 @@ TARGETS: list[Target] = [
     Target("embeddings int8: top-10 neighbours shared with fp32", f"top10_agreement: {ORT} int8", ">=", 0.9),
     Target("`import ortmodels`, fresh process (s)", "import_s: ortmodels", "<=", 0.5),
     Target("cold start, int4 chat: import, load, first token (s)", f"cold_start_s: {ORT} int4", "<=", 1.5),
+    Target("cold start, int4 chat: × the faster of genai int4 and llama.cpp", COLD_START_VS_PEERS_FIGURE, "<=", 0.9),
+    Target("peak RSS, int4 chat: × llama.cpp Q4_1", PEAK_RSS_VS_LLAMA_FIGURE, "<=", 1.3),
     *_concurrency_targets(),
     Target("`ortmodels serve` int4, 8 streaming clients: tok/s × llama-server Q4_1", SERVER_VS_LLAMA_FIGURE, ">=", 1.2),
     Target("`ortmodels serve` int4, tok/s: 8 streaming clients ÷ 1", SERVER_SCALING_FIGURE, ">=", 2.0),

@@ -26,6 +26,7 @@ from benchmarks.targets import (
     Target,
     chat_concurrency_figure,
     evaluate,
+    faster_peer_ratio,
     prompt_cache_figure,
     ratio_key,
 )
@@ -81,6 +82,13 @@ def test_targets_pass_miss_and_missing_figures() -> None:
     targets = [Target("A", "a", ">=", 1.2), Target("B", "b", "<=", 0.5), Target("C", "c", ">=", 1.0)]
     assert [row["verdict"] for row in evaluate(figures, targets)] == ["pass", "miss", "n/a"]
     assert ratio_key("decode", "x", "y") == "decode: x / y"
+
+
+def test_faster_peer_ratio_takes_each_rounds_faster_peer() -> None:
+    # round 1: 1.0 / min(2.0, 0.5) = 2.0; round 2: 1.0 / min(0.8, 4.0) = 1.25; round 3: 0.6 / 1.0
+    assert faster_peer_ratio([1.0, 1.0, 0.6], [2.0, 0.8, 1.0], [0.5, 4.0, 3.0]) == 1.25
+    assert faster_peer_ratio([1.0], [2.0], []) is None  # a peer that did not run: no figure, never a pass
+    assert faster_peer_ratio([], [2.0], [1.0]) is None
 
 
 def test_replace_section_keeps_everything_outside_the_markers() -> None:

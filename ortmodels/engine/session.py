@@ -57,11 +57,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def session_options(threads: int = 0, prepack: bool = True) -> ort.SessionOptions:
+def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) -> ort.SessionOptions:
     """Options every ortmodels session shares: all graph optimisations, quiet logging.
 
     ``prepack=False`` keeps onnxruntime from making its own packed copy of the weights:
     slower steps, half the memory of a float graph (the export's checks use it).
+    ``arena=False`` gives each intermediate tensor back when a run ends instead of keeping
+    it in onnxruntime's CPU arena, which only grows: a decoder's arena keeps what its
+    longest prefill needed (about 66 MiB after a 967-token prompt on the int4 sample) for
+    the life of the session; the same tokens either way.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -70,10 +74,13 @@ def session_options(threads: int = 0, prepack: bool = True) -> ort.SessionOption
         options.intra_op_num_threads = threads
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if not arena:
+        options.enable_cpu_mem_arena = False
     return options
 
 
-def create_session(model_file: Path, device: str, threads: int = 0, prepack: bool = True) -> ort.InferenceSession:
+def create_session(model_file: Path, device: str, threads: int = 0, prepack: bool = True,
+                   arena: bool = True) -> ort.InferenceSession:
     """Open ``model_file`` on ``device`` (already resolved), naming the file if it is bad."""
     if not model_file.is_file():
         raise ModelFileError(
@@ -84,7 +91,7 @@ def create_session(model_file: Path, device: str, threads: int = 0, prepack: boo
         providers.append(_PROVIDERS["cpu"])
     try:
         session = ort.InferenceSession(
-            str(model_file), sess_options=session_options(threads, prepack), providers=providers
+            str(model_file), sess_options=session_options(threads, prepack, arena), providers=providers
         )
     except Exception as exc:  # onnxruntime raises its own untyped Fail / InvalidProtobuf
         raise ModelFileError(

@@ -78,7 +78,8 @@ def open_variant(
         if settings.model_verify_files:
             hashed = verify_variant(folder, info.variants[variant], info.name)
             logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
-        session = create_session(folder / "model.onnx", resolved, settings.model_threads)
+        # A decoder's prefill allocates per prompt length; an arena would keep its largest for good.
+        session = create_session(folder / "model.onnx", resolved, settings.model_threads, arena=kind != "chat")
     except BaseException:
         if lease is not None:
             lease.release()
