@@ -101,6 +101,8 @@ def _export_and_chat(tmp_path: Path, family: str, graph: str, long_rope: bool = 
     assert int4.quantization is not None and int4.quantization["bits"] == 4
     # Which graph: ours (GroupQueryAttention, MatMulNBits) for every family it takes, else optimum's.
     assert int4.quantization.get("graph", "optimum") == graph, int4.quantization
+    if graph == "optimum":  # our graph's int4 mix, in two passes of onnxruntime's quantizer
+        assert int4.quantization["eight_bit_nodes"] > 0 and "lm_head" in int4.quantization["eight_bit"]
     assert math.isfinite(int4.parity["perplexity"]) and int4.parity["perplexity"] > 0, int4.parity
 
     # A second export of the same checkpoint is a no-op.

@@ -132,3 +132,32 @@ def test_a_failed_variant_is_never_loaded(overflow_export: subprocess.CompletedP
     assert chat.invoke([HumanMessage("hi")], max_tokens=4).response_metadata["finish_reason"]
     assert chat.variant == "fp32"
     manager.unload_all()
+
+
+@pytest.mark.slow
+def test_fp16_whose_residual_stream_overflows_falls_back_to_an_fp32_stream(tmp_path: Path) -> None:
+    """Gemma 2's norms after attention and MLP scaled to 3e4: each block's output fits fp16,
+    their sum in the residual stream does not (as Gemma's real activations outgrow fp16).
+    Plain fp16 turns NaN and fails; the export then keeps the stream, adds and norms in fp32,
+    and that passes, with the failed recipe recorded."""
+    from safetensors.torch import load_file, save_file
+
+    from ortmodels.export import export_model
+    from ortmodels.store import ModelStore
+    from tests.tiny_decoders import build_tiny_decoder
+
+    root = tmp_path / "models"
+    folder = build_tiny_decoder(root / "tiny-hot", "gemma2")
+    weights = load_file(folder / "model.safetensors")
+    for name, tensor in weights.items():
+        if "post_attention_layernorm" in name or "post_feedforward_layernorm" in name:
+            tensor[:] = 3e4
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    fp16 = export_model(ModelStore(root), "tiny-hot", ["fp32", "fp16"]).manifest.variants["fp16"]
+    assert fp16.quality is not None and fp16.quality.passed, fp16.quality
+    assert fp16.quantization["fp32_residual"] is True and fp16.files
+    failed = fp16.quantization["failed_recipes"]
+    assert len(failed) == 1 and failed[0]["recipe"]["fp32_residual"] is False
+    assert failed[0]["failures"][0].startswith("non-finite logits")
+    assert fp16.parity["perplexity"] <= 1.01 * fp16.parity["perplexity_fp32"]

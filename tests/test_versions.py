@@ -60,6 +60,26 @@ def _cli(*args: str) -> str:
     return result.output
 
 
+def test_versions_share_identical_files(versioned: tuple[Path, str, str]) -> None:
+    """The re-export's files that equal the old version's (fp32 carried over, the tokenizer and
+    configs of the rebuilt int8) are hard links to them, not copies: same inode."""
+    from ortmodels.store.manifest import read_manifest
+
+    model_dir, old, new = versioned
+    old_files: dict[tuple[str, int], list[Path]] = {}
+    for e in read_manifest(model_dir / ".exports" / old).variants.values():
+        for rel, f in e.files.items():
+            old_files.setdefault((f.sha256, f.size), []).append(model_dir / ".exports" / old / e.path / rel)
+    shared, distinct = [], []
+    for entry in read_manifest(model_dir / ".exports" / new).variants.values():
+        for rel, file in entry.files.items():
+            path, twins = model_dir / ".exports" / new / entry.path / rel, old_files.get((file.sha256, file.size), [])
+            if twins:
+                (shared if any(path.samefile(t) for t in twins) else distinct).append(f"{entry.path}/{rel}")
+    assert not distinct, f"identical but copied: {distinct}"
+    assert "int8/tokenizer.json" in shared and "fp32/model.onnx" in shared, shared
+
+
 def test_two_versions_side_by_side_and_a_rollback(versioned: tuple[Path, str, str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir, old, new = versioned
@@ -135,3 +155,4 @@ def test_prune_never_deletes_a_version_in_use(versioned: tuple[Path, str, str],
     assert "removed 1 version" in _cli("prune", EMBEDDING_SAMPLE, "--keep", "1")
     assert [v.id for v in list_versions(model_dir)] == [new]
     assert len(manager.get_embedding_model(EMBEDDING_SAMPLE).embed_query("still fine")) == 384
+
