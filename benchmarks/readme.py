@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import RESULTS
-from benchmarks.targets import TARGETS, Target, chat_concurrency_figure, evaluate
+from benchmarks.targets import (
+    LLAMA_CPP_SERVER,
+    TARGETS,
+    Target,
+    chat_concurrency_figure,
+    evaluate,
+)
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server", "ray")
@@ -213,9 +219,16 @@ def server_section(data: Mapping[str, Any]) -> list[str]:
     shares = [s for by in levels.values() for v in by.values() for s in v.get("foreign_cpu_share_per_round", [])
               if s is not None]
     others = f", other processes at most {max(shares):.0%} of the CPUs during any timed level" if shares else ""
-    lines = [(f"`ortmodels serve` and llama.cpp's `llama-server` ({data.get('versions', {}).get('llama-server') or '?'}, "
-              f"the llama.cpp that llama-cpp-python vendors; `-t 2 --parallel N -c 2048·N`, the sample's Q4_1 GGUF), "
-              f"each a real server on a loopback port; streaming `openai.AsyncOpenAI` clients at once, each a different "
+    versions = data.get("versions", {})
+    python_server = ""
+    if LLAMA_CPP_SERVER in levels:
+        python_server = (f" and llama-cpp-python's `python -m llama_cpp.server` "
+                         f"({versions.get('peers', {}).get('llama-cpp-python', '?')}, same GGUF, `--n_threads 2 "
+                         f"--n_ctx 2048`; no continuous batching: it serves one request at a time, the others wait, "
+                         f"and its stream has no usage, so one token per content chunk)")
+    lines = [(f"`ortmodels serve` and llama.cpp's `llama-server` ({versions.get('llama-server') or '?'}, "
+              f"the llama.cpp that llama-cpp-python vendors; `-t 2 --parallel N -c 2048·N`, the sample's Q4_1 GGUF)"
+              f"{python_server}, each a real server on a loopback port; streaming `openai.AsyncOpenAI` clients at once, each a different "
               f"question (the same for every server), at most {data['new_tokens']} greedy tokens; aggregate tokens/s "
               f"(all clients' completion tokens ÷ wall time, median of {data['rounds']} rounds) and time to first token "
               f"p50 / p95 in s; {_load(data)}{others}:"), "",

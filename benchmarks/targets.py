@@ -20,6 +20,8 @@ LLAMA_CPP = "llama.cpp Q4_1"
 ST = "sentence-transformers"
 FASTEMBED = "fastembed"
 LLAMA_SERVER = "llama-server Q4_1"
+#: llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``), one request at a time.
+LLAMA_CPP_SERVER = "llama_cpp.server Q4_1"
 
 
 def ratio_key(measure: str, ours: str, theirs: str) -> str:

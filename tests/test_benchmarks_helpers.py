@@ -237,3 +237,61 @@ def test_render_ray_section() -> None:
     text = render({"ray": data})
     assert "| ortmodels serve | 136 | 0.49 / 0.98 |" in text
     assert "tokens/s: serve --ray 2 replicas × 1 thread ÷ serve --ray 1 replica × 2 threads 1.16×." in text
+
+
+def test_server_contenders_commands_and_health_paths(tmp_path) -> None:
+    from benchmarks.bench_server import (
+        llama_contender,
+        llama_cpp_server_contender,
+        ortmodels_contender,
+    )
+    from benchmarks.targets import LLAMA_CPP_SERVER
+
+    gguf, python = tmp_path / "m.gguf", tmp_path / "peers" / "bin" / "python"
+    c = llama_cpp_server_contender(gguf, python)
+    assert c.name == LLAMA_CPP_SERVER and c.model == "smollm2"
+    assert c.command[:3] == [str(python), "-m", "llama_cpp.server"]
+    flags = dict(zip(c.command[3::2], c.command[4::2]))
+    assert flags == {"--model": str(gguf), "--model_alias": "smollm2", "--host": "127.0.0.1", "--port": "{port}",
+                     "--n_threads": "2", "--n_threads_batch": "2", "--n_ctx": "2048",
+                     "--interrupt_requests": "False", "--verbose": "False"}
+    assert c.health == "/v1/models"  # llama_cpp.server has no /health
+    assert ortmodels_contender("int4").health == "/health"
+    llama = llama_contender(gguf, 4, tmp_path / "llama-server")
+    assert llama.health == "/health" and llama.command[0] == str(tmp_path / "llama-server")
+    assert llama.command[llama.command.index("-c") + 1] == "8192"
+
+
+def test_peers_venv_can_be_named_by_environment(monkeypatch, tmp_path) -> None:
+    from benchmarks.peers.env import PEERS_VENV, peers_python
+
+    monkeypatch.delenv("ORTMODELS_PEERS_VENV", raising=False)
+    assert peers_python() == PEERS_VENV / "bin" / "python"
+    monkeypatch.setenv("ORTMODELS_PEERS_VENV", str(tmp_path))
+    assert peers_python() == tmp_path / "bin" / "python"
+
+
+def test_server_figures_and_section_with_llama_cpp_server() -> None:
+    from benchmarks.bench_server import figures_of, summarize
+    from benchmarks.targets import LLAMA_CPP_SERVER, server_figure
+
+    rows = _fake_server_rows()
+    for rnd, tps in enumerate((60.0, 40.0)):
+        for clients in (1, 8):
+            rows.append({"round": rnd, "clients": clients, "contender": LLAMA_CPP_SERVER, "tokens_per_s": tps,
+                         "tokens": 64 * clients, "ttft_s": [0.5 * clients]})
+    names = ["ortmodels int4", "llama-server Q4_1 parallel 8", "llama-server Q4_1 parallel 4", LLAMA_CPP_SERVER]
+    levels = summarize(rows, names, [1, 8])
+    figures, best = figures_of(rows, levels, ["int4"], names[1:3])
+    assert best == "llama-server Q4_1 parallel 8"
+    key = server_figure("ortmodels int4 8 clients", f"{LLAMA_CPP_SERVER} 8 clients")
+    assert figures[key] == pytest.approx(statistics.median([240 / 60, 200 / 40]))
+    data = {"date": "2026-12-01T16:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
+                                                            "python": "3.11.7"},
+            "versions": {"dev": {}, "peers": {"llama-cpp-python": "0.3.36"}, "llama-server": "1 (abc)"},
+            "new_tokens": 64, "rounds": 2, "clients": [1, 8], "settings": {"llama_server_compared": best},
+            "load_average": {"start": [1.0, 1.0, 1.0]}, "levels": levels, "figures": figures}
+    text = render({"server": data})
+    assert "| llama_cpp.server Q4_1 | 50 (0.50 / 0.50) | 50 (4.00 / 4.00) |" in text
+    assert "`python -m llama_cpp.server` (0.3.36" in text and "one request at a time" in text
+    assert "ortmodels int4 8 clients ÷ llama_cpp.server Q4_1 8 clients 4.50×" in text

