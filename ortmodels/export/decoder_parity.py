@@ -156,7 +156,7 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
     # export's memory (fp16 on the CPU: 376 MB instead of 853 MB): unpacked fp32 logits are
     # within 7e-5 of packed ones; fp16 is made for CUDA and CoreML, whose kernels neither CPU
     # path reproduces, so its CPU check stands for overflow and rounding (0.12 apart).
-    decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights))
+    decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights, arena=False))
     agreements = [
         common_prefix(greedy_tokens(decoder, ids), expected) / NEW_TOKENS
         for ids, expected in zip(reference.prompts, reference.greedy)
