@@ -6,7 +6,9 @@ written directly), built from the safetensors weights for each precision;
 `decoder_families.supports` says why any other checkpoint is refused (long-rope scaling, a
 vision-language Gemma 3, ...). Those go through optimum (``text-generation-with-past``), with
 fp16, int8 and int4 derived from its fp32 graph.
-Every variant is compared with the PyTorch model before it is published.
+Every variant is compared with the PyTorch model and judged by the quality gates
+(`quality.py`) before it is published; a precision with a second recipe (fp16) gets it
+only when the first fails.
 """
 
 from __future__ import annotations
