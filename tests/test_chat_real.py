@@ -261,3 +261,32 @@ def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
     ids = ids[: parity["perplexity_tokens"]]
     decoder = DecoderSession(create_session(folder / "model.onnx", "cpu"))
     assert perplexity(decoder.all_logits(ids), ids) == pytest.approx(parity["perplexity"], rel=1e-3)
+
+
+_EXIT_MID_STREAM = """
+import sys
+from pathlib import Path
+from langchain_core.messages import HumanMessage
+from ortmodels.runtime.chat import OnnxChatModel
+
+chat = OnnxChatModel(model_path=Path(sys.argv[1]), dtype="int4", device="cpu", temperature=0.0).load()
+for chunk in chat.stream([HumanMessage("Write a long story about a dragon.")], max_tokens=200):
+    if chunk.content:
+        break
+print("left the stream")
+"""
+
+
+def test_a_script_that_leaves_a_stream_and_ends_exits_cleanly(chat_dir: Path, tmp_path: Path) -> None:
+    """The engine's thread is still in a session run when the interpreter ends: before the
+    engines were closed at exit, onnxruntime aborted the process (exit code 134) in 5 of 10
+    such runs here; each run below must end with 0."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave_stream.py"
+    script.write_text(_EXIT_MID_STREAM, encoding="utf-8")
+    for _ in range(6):
+        done = subprocess.run([sys.executable, str(script), str(chat_dir)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and "left the stream" in done.stdout, (done.returncode, done.stderr[-2000:])

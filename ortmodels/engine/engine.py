@@ -29,8 +29,10 @@ request's token (its logits processor, say) fails that request only.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -46,6 +48,18 @@ from .request import Event, Finished, FinishReason, Request
 from .speculative import MAX_DRAFT, PromptLookup
 
 logger = logging.getLogger(__name__)
+
+#: Engines whose scheduler thread may be inside a session run: closed at interpreter exit,
+#: because a daemon thread still in onnxruntime when Python tears down aborts the process
+#: ("terminate called without an active exception", exit code 134; seen one run in three
+#: after breaking out of a stream just before the script ends).
+_STARTED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_started_engines() -> None:
+    for engine in list(_STARTED):
+        engine.close()
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
 #: Seconds the scheduler thread waits for work before it ends (a new request starts it again).
@@ -395,6 +409,7 @@ class Engine:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ortmodels-engine", daemon=True)
                 self._thread.start()
+                _STARTED.add(self)
 
     def _run(self) -> None:
         """Steps while there is work; after `IDLE_EXIT_S` without any, the thread ends (the next
