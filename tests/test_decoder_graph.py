@@ -244,7 +244,8 @@ def test_batched_decode_past_the_sliding_window(tmp_path: Path, family: str, lay
 
 def test_int4_mix_and_tied_head_in_the_graph(tiny: Path, tmp_path: Path) -> None:
     """The int4 mix reaches every family under our packed names (Phi-3's stored-packed weights
-    included), and a tied float lm_head reads the embedding initializer instead of a copy."""
+    included); a tied float lm_head reads the embedding initializer instead of a copy, and a
+    tied 8-bit head's values are gathered as the embedding (GatherBlockQuantized)."""
     import onnx
 
     int4 = onnx.load(str(_built(tiny, tmp_path / "int4", "int4")), load_external_data=False)
@@ -256,9 +257,14 @@ def test_int4_mix_and_tied_head_in_the_graph(tiny: Path, tmp_path: Path) -> None
     fp32 = onnx.load(str(_built(tiny, tmp_path / "fp32")), load_external_data=False)
     names = {i.name for i in fp32.graph.initializer}
     config = __import__("json").loads((tiny / "config.json").read_text())
+    int4_names = {i.name for i in int4.graph.initializer}
+    gathers = {n.op_type for n in int4.graph.node if n.input[1:2] == ["input_ids"]}
     if config.get("tie_word_embeddings", True):
         assert "lm_head.weight" not in names
         head = next(n for n in fp32.graph.node if n.op_type == "Gemm")
         assert head.input[1] == "embed_tokens.weight"
+        # The quantized tied head's values are the embedding too: no fp32 table in the int4 file.
+        assert gathers == {"GatherBlockQuantized"} and "embed_tokens.weight" not in int4_names, gathers
     else:
         assert "lm_head.weight" in names
+        assert gathers == {"Gather"} and "embed_tokens.weight" in int4_names, gathers

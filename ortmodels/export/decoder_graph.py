@@ -49,6 +49,7 @@ _OPSET = 17
 _INLINE_BYTES = 1024  # smaller initializers stay in the graph file
 _DATA_ALIGNMENT = 4096  # a page: onnxruntime maps aligned external data instead of copying it
 _MS = "com.microsoft"
+_EMBEDDING_BLOCK = 32  # a quantized variant's 8-bit embedding (see _Builder.embedding)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,38 @@ class _Builder:
         return self.g.node("MatMulNBits", inputs, name=name, domain=_MS, K=q.k, N=q.n, bits=bits,
                            block_size=p.block_size, accuracy_level=p.accuracy_level)[0]
 
+    @property
+    def tied(self) -> bool:
+        """Whether ``lm_head`` is the embedding matrix (stated, or no head of its own stored)."""
+        return bool(getattr(self.hf_config, "tie_word_embeddings", True)) or "lm_head.weight" not in self.weights
+
+    @property
+    def head_bits(self) -> int | None:
+        p = self.precision
+        return p.lm_head_bits if p.lm_head_bits is not None else p.bits
+
+    def embedding(self, embed: np.ndarray) -> tuple[str | None, str]:
+        """The input embedding: (its float initializer or None, the gathered rows).
+
+        A quantized variant of a tied model gathers its embedding from an 8-bit copy
+        (``GatherBlockQuantized``: symmetric blocks of 32, plain absmax scales, a quarter of
+        fp32's bytes) instead of the fp32 table, as genai's builder does: onnxruntime reads
+        the table through its mapping of the data file, and the kernel maps whole blocks
+        around each row read (88 MiB of the sample's 108 MiB fp32 table were resident after a
+        967-token prompt). No range search here: the int8 recipe's clipped blocks made the
+        sample answer "la Femme, la Femme, ..." through its embedding, which the gates caught.
+        Tied only: an untied checkpoint keeps its table as it is (nothing else reads it).
+        """
+        g = self.g
+        if not self.tied or self.head_bits is None:
+            name = self.floats("embed_tokens.weight", embed)
+            return name, g.node("Gather", [name, "input_ids"], axis=0)[0]
+        q = quantize_matrix(embed, 8, _EMBEDDING_BLOCK, symmetric=True, search=False)
+        g.tensor("embed_tokens.qweight", q.packed.reshape(q.n, -1))
+        self.floats("embed_tokens.scales", q.scales)
+        return None, g.node("GatherBlockQuantized", ["embed_tokens.qweight", "input_ids", "embed_tokens.scales"],
+                            domain=_MS, bits=8, block_size=_EMBEDDING_BLOCK, gather_axis=0, quantize_axis=1)[0]
+
     def bits_for(self, layer: int, matrix: str) -> int | None:
         p = self.precision
         if p.bits == 4 and (matrix in p.eight_bit or f"{layer}.{matrix}" in p.eight_bit):
@@ -247,8 +280,8 @@ class _Builder:
             self.rotary["local"] = (self.floats("cos_cache_local", cos), self.floats("sin_cache_local", sin))
 
         embed = w("model.embed_tokens.weight")
-        embed_name = self.floats("embed_tokens.weight", embed)
-        x = self.to_stream(g.node("Gather", [embed_name, "input_ids"], axis=0)[0])
+        embed_name, x = self.embedding(embed)
+        x = self.to_stream(x)
         if self.family.scaled_embedding:  # sqrt(hidden) rounded to the graph's float type, as transformers does
             scale = self.floats("embed_scale", np.array(self.hidden**0.5, dtype=np.float32), stream=True)
             x = g.node("Mul", [x, scale])[0]
@@ -348,20 +381,19 @@ class _Builder:
         return self.linear(g.node("Mul", [act, up])[0], w(lp + "down_proj.weight"), f"layers.{i}.mlp.down_proj",
                            self.bits_for(i, "mlp.down_proj"))
 
-    def lm_head(self, normed: str, embed: np.ndarray, embed_name: str) -> str:
+    def lm_head(self, normed: str, embed: np.ndarray, embed_name: str | None) -> str:
         """Logits of the last ``logits_to_keep`` positions (0 keeps all), soft-capped where the family does.
 
         A tied float head shares the embedding initializer through Gemm(transB=1) on the
         positions flattened to 2-D, so the matrix is stored once; a quantized head is its own
         MatMulNBits matrix either way.
         """
-        g, cfg, p = self.g, self.config, self.precision
+        g, cfg = self.g, self.config
         one = "const.one_i64"
         start = g.node("Neg", ["logits_to_keep"])[0]
         end = g.tensor("const.int64_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
         kept = g.node("Slice", [normed, start, end, one])[0]
-        tied = bool(getattr(self.hf_config, "tie_word_embeddings", True)) or "lm_head.weight" not in self.weights
-        bits = p.lm_head_bits if p.lm_head_bits is not None else p.bits
+        tied, bits = self.tied, self.head_bits
         if tied and bits is None:
             flat = g.node("Reshape", [kept, g.ints("lm_head.flat_shape", [-1, self.hidden])])[0]
             rows = g.node("Gemm", [flat, embed_name], name="lm_head", transB=1)[0]
