@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import RESULTS, machine, versions, write_json
+from benchmarks.targets import speculative_figure
 from ortmodels.engine import DecoderSession, Engine, Request
 from ortmodels.engine.session import create_session
 
@@ -239,7 +240,7 @@ def main() -> None:
             rows.append(row)
             print(*table([row])[-1:], flush=True)
     load["end"] = [round(x, 2) for x in os.getloadavg()]
-    figures = {f"speculative_ratio: {r['variant']} {r['prompt']}": r["ratio"] for r in rows}
+    figures = {speculative_figure(r["variant"], r["prompt"]): r["ratio"] for r in rows}
     figures.update({f"speculative_modelled_ratio: {r['variant']} {r['prompt']}": r["modelled_ratio"] for r in rows})
     payload = {"benchmark": "speculative", "model": MODEL, "rounds": args.rounds, "max_tokens": args.tokens,
                "wall_s": round(time.perf_counter() - began, 1), "load_average": load, "machine": machine(),

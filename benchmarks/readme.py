@@ -27,7 +27,8 @@ from benchmarks.targets import (
 )
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server", "ray")
+#: Parts whose figures the targets read (speculative keeps its own README section, written by its benchmark).
+PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server", "ray", "speculative")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
