@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelBusyError
 from ..monitoring import stats
+from .memory import trim_heap
 from .state import LifeCycleState
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class LoadState(LifeCycleState):
             finally:
                 _loading.reset(token)
             self._loaded = True
+            trim_heap()
             seconds = time.perf_counter() - started
             self._last_memory = self.memory_bytes()
             key = stats.key_of(self)

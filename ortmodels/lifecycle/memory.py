@@ -28,6 +28,16 @@ if sys.platform.startswith("linux"):
 def return_freed_memory() -> None:
     """Collect garbage, then hand free heap pages back to the OS where the C library can."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand free heap pages back to the OS (no garbage collection: cheap enough for every load).
+
+    After a load, what parsing the tokenizer's JSON and opening the session freed stays in
+    the heap: the int4 sample's chat model held 311 MB after loading, 283 MB after a trim,
+    and its peak over a short answer fell from 349 to 322 MB (the same tokens).
+    """
     if _trim is not None:
         try:
             _trim(0)
