@@ -8,8 +8,9 @@ onnxruntime load when a model is first asked for.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from .lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from .base import BaseEmbeddingModel, BaseLLMModel
@@ -37,12 +38,7 @@ _PUBLIC = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ortmodels' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+    return lazy_attribute(__name__, name, _PUBLIC)
 
 
 def __dir__() -> list[str]:

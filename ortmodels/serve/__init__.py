@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MissingDependencyError
+from ..lazy import Extra, lazy_attribute
 
 if TYPE_CHECKING:
     from .app import create_app
@@ -19,20 +18,11 @@ if TYPE_CHECKING:
 _PUBLIC = {"create_app": ".app", "run": ".run"}
 
 
+_EXTRA = Extra("The server", "serve", ("fastapi", "uvicorn", "starlette"))
+
+
 def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ortmodels.serve' has no attribute {name!r}")
-    try:
-        value = getattr(import_module(module, __name__), name)
-    except ModuleNotFoundError as exc:
-        if exc.name in ("fastapi", "uvicorn", "starlette"):
-            raise MissingDependencyError(
-                f"The server needs {exc.name}: pip install 'ortmodels[serve]'."
-            ) from None
-        raise
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, name, _PUBLIC, _EXTRA)
 
 
 __all__ = ["create_app", "run"]

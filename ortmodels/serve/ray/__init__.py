@@ -8,16 +8,16 @@ replicas=2``. Ray is imported on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ...errors import MissingDependencyError
+from ...lazy import Extra, lazy_attribute
 
 if TYPE_CHECKING:
     from .deployments import build_app
     from .run import run
 
 _PUBLIC = {"build_app": ".deployments", "run": ".run", "plan": ".deployments"}
+_EXTRA = Extra("Ray Serve", "ray", ("ray", "fastapi", "uvicorn", "starlette"))
 
 
 def _builder(args: dict[str, str]) -> Any:
@@ -35,17 +35,7 @@ def __getattr__(name: str) -> Any:
         return __getattr__("build_app")()
     if name == "builder":
         return _builder
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ortmodels.serve.ray' has no attribute {name!r}")
-    try:
-        value = getattr(import_module(module, __name__), name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] in ("ray", "fastapi", "uvicorn", "starlette"):
-            raise MissingDependencyError(f"Ray Serve needs {exc.name}: pip install 'ortmodels[ray]'.") from None
-        raise
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, name, _PUBLIC, _EXTRA)
 
 
 __all__ = ["build_app", "plan", "run"]
