@@ -234,6 +234,36 @@ class TestOnTheSample:
         with pytest.raises(EngineClosedError):
             engine.add_request(Request([1, 2, 3]))
 
+    def test_close_with_a_timeout_leaves_a_stuck_step_running(self, caplog: pytest.LogCaptureFixture) -> None:
+        """What the exit hook does: a step that does not end (a logits processor waiting
+        forever) cannot hold the process; the request is left to it and finishes later."""
+        import time
+
+        release, entered = threading.Event(), threading.Event()
+
+        class Stuck:
+            def mask(self, logits: np.ndarray) -> None:
+                entered.set()
+                release.wait()
+
+            def accept(self, token_id: int) -> None:
+                pass
+
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=1)
+        request = Request(chat_prompt(QUESTIONS[0]), max_tokens=50, processor=Stuck())  # type: ignore[arg-type]
+        engine.add_request(request)
+        engine.start()
+        assert entered.wait(30)
+        began = time.perf_counter()
+        engine.close(timeout=0.2)
+        assert time.perf_counter() - began < 5
+        assert "did not end within" in caplog.text and not request.finished
+        release.set()
+        engine._thread.join(30)  # type: ignore[union-attr]
+        # The step ends; the closed engine takes no further one and cancels what is left.
+        assert request.finished and request.finish_reason == "cancelled", request.finish_reason
+        assert not engine._thread.is_alive()  # type: ignore[union-attr]
+
     def test_parity_greedy_runs_on_the_engine(self) -> None:
         from ortmodels.export.decoder_parity import greedy_tokens
 

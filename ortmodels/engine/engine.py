@@ -56,10 +56,15 @@ logger = logging.getLogger(__name__)
 _STARTED: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
+#: At exit, how long a step still running may take before the process ends without it (a
+#: logits processor that never returns must not keep the process from ending).
+EXIT_WAIT_S = 10.0
+
+
 @atexit.register
 def _close_started_engines() -> None:
     for engine in list(_STARTED):
-        engine.close()
+        engine.close(timeout=EXIT_WAIT_S)
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
 #: Seconds the scheduler thread waits for work before it ends (a new request starts it again).
@@ -421,24 +426,32 @@ class Engine:
                         self._thread = None
                         return
                 if self._closed:
-                    return
+                    break
             try:
                 self.step()
             except Exception:  # a bug in the scheduler itself: fail everyone rather than spin
                 logger.exception("Engine step failed; cancelling its requests")
                 self._cancel_all("error")
+        self._cancel_all("cancelled")  # after a close that stopped waiting for this thread (a timeout)
 
     def _has_work_locked(self) -> bool:
         return bool(self._waiting or self._prefilling or self._cache.keys)
 
-    def close(self) -> None:
-        """Cancel every request, stop the thread and wait for it (idempotent)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Cancel every request, stop the thread and wait for it (idempotent).
+
+        With a ``timeout`` (seconds) and a step still running after it, the requests are left
+        to that step (it holds them) and a warning says so.
+        """
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("The engine's step did not end within %.0f s; leaving it running.", timeout)
+                return
         self._cancel_all("cancelled")
 
     def _cancel_all(self, reason: FinishReason) -> None:
