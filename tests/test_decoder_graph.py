@@ -245,7 +245,7 @@ def test_batched_decode_past_the_sliding_window(tmp_path: Path, family: str, lay
 def test_int4_mix_and_tied_head_in_the_graph(tiny: Path, tmp_path: Path) -> None:
     """The int4 mix reaches every family under our packed names (Phi-3's stored-packed weights
     included); a tied float lm_head reads the embedding initializer instead of a copy, and a
-    tied 8-bit head's values are gathered as the embedding (GatherBlockQuantized)."""
+    tied model's int4 gathers its embedding from an 8-bit copy (GatherBlockQuantized)."""
     import onnx
 
     int4 = onnx.load(str(_built(tiny, tmp_path / "int4", "int4")), load_external_data=False)
@@ -263,7 +263,7 @@ def test_int4_mix_and_tied_head_in_the_graph(tiny: Path, tmp_path: Path) -> None
         assert "lm_head.weight" not in names
         head = next(n for n in fp32.graph.node if n.op_type == "Gemm")
         assert head.input[1] == "embed_tokens.weight"
-        # The quantized tied head's values are the embedding too: no fp32 table in the int4 file.
+        # No fp32 table in a tied model's int4 file: the embedding is an 8-bit copy.
         assert gathers == {"GatherBlockQuantized"} and "embed_tokens.weight" not in int4_names, gathers
     else:
         assert "lm_head.weight" in names

@@ -236,7 +236,7 @@ class TestOnTheSample:
 
     def test_close_with_a_timeout_leaves_a_stuck_step_running(self, caplog: pytest.LogCaptureFixture) -> None:
         """What the exit hook does: a step that does not end (a logits processor waiting
-        forever) cannot hold the process; the request is left to it and finishes later."""
+        forever) cannot hold the process; once the step ends, the thread cancels the request."""
         import time
 
         release, entered = threading.Event(), threading.Event()
