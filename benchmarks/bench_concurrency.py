@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import RESULTS, machine, versions, write_json
+from benchmarks.report import machine, save_chart, versions, write_json
 from benchmarks.targets import (
     EMBED_QUERY_FIGURE,
     chat_concurrency_figure,
@@ -467,11 +467,7 @@ def chart(chat_rows: list[dict[str, Any]], embed_rows: list[dict[str, Any]], tit
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = RESULTS / "concurrency.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_chart(fig, "concurrency")
 
 
 def _print_tables(data: dict[str, Any]) -> None:

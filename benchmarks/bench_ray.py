@@ -33,7 +33,7 @@ from benchmarks.bench_server import (
     stop_server,
 )
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import RESULTS, machine, versions, write_json
+from benchmarks.report import machine, save_chart, versions, write_json
 
 DIRECT = "ortmodels serve"
 RAY_1X2 = "serve --ray 1 replica × 2 threads"
@@ -65,11 +65,7 @@ def chart(summary: dict[str, dict[str, float]], title: str) -> Path:
         axis.set_xlim(0, max(values) * 1.25)
     ax2.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = RESULTS / "ray.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_chart(fig, "ray", dpi=110)
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ from typing import Any
 from benchmarks.bench_concurrency import median_ratio, percentile, rotated
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.peers.env import extract_gguf, peers_python
-from benchmarks.report import RESULTS, machine, versions, write_json
+from benchmarks.report import machine, save_chart, versions, write_json
 from benchmarks.targets import LLAMA_CPP_SERVER, LLAMA_SERVER, ORT, server_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,11 +272,7 @@ def chart(levels: dict[str, dict[str, Any]], clients: list[int], title: str) -> 
         a.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = RESULTS / "server.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_chart(fig, "server", dpi=110)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import RESULTS, machine, versions, write_json
+from benchmarks.report import machine, save_chart, versions, write_json
 from benchmarks.targets import speculative_figure
 from ortmodels.engine import DecoderSession, Engine, Request
 from ortmodels.engine.session import create_session
@@ -210,11 +210,7 @@ def chart(rows: list[dict[str, Any]], title: str) -> Path:
     ax.set_ylabel("decode tok/s with ÷ without")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = RESULTS / "speculative.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_chart(fig, "speculative")
 
 
 def main() -> None:

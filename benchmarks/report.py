@@ -82,8 +82,16 @@ def bar_chart(name: str, title: str, labels: list[str], values: list[float], uni
     ax.set_xlabel(unit)
     ax.set_title(title)
     ax.set_xlim(0, max(values) * 1.18)
+    return save_chart(fig, name)
+
+
+def save_chart(fig: Any, name: str, dpi: int = 120) -> Path:
+    """Lay out, write ``results/<name>.png`` and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.png"
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
