@@ -135,6 +135,27 @@ def test_a_failed_variant_is_never_loaded(overflow_export: subprocess.CompletedP
 
 
 @pytest.mark.slow
+def test_an_export_whose_every_variant_fails_says_so_and_publishes_nothing(tmp_path: Path) -> None:
+    """Only fp16 asked for, on a first export, and fp16 overflows: a clear error naming the
+    failure (it was a FileNotFoundError from reading the deleted variant's opset)."""
+    from safetensors.torch import load_file, save_file
+
+    from ortmodels.errors import ExportError
+    from ortmodels.export import export_model
+    from ortmodels.store import ModelStore
+    from tests.tiny_decoders import IM_START_ID, build_tiny_decoder
+
+    root = tmp_path / "models"
+    folder = build_tiny_decoder(root / "tiny-overflow", "llama")
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][IM_START_ID] *= 1e5 / weights["model.embed_tokens.weight"][IM_START_ID].abs().max()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=r"Every variant of tiny-overflow failed.*fp16: non-finite logits"):
+        export_model(ModelStore(root), "tiny-overflow", ["fp16"])
+    assert not (folder / "onnx").exists()
+
+
+@pytest.mark.slow
 def test_fp16_whose_residual_stream_overflows_falls_back_to_an_fp32_stream(tmp_path: Path) -> None:
     """Gemma 2's norms after attention and MLP scaled to 3e4: each block's output fits fp16,
     their sum in the residual stream does not (as Gemma's real activations outgrow fp16).

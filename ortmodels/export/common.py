@@ -131,13 +131,19 @@ def finish_export(
 ) -> Manifest:
     """Carry over untouched precisions, write the manifest and publish the export."""
     carry_over(info, source_hash, work, variants)
+    if not any(v.files for v in variants.values()):  # nothing passed, and nothing older to keep
+        failures = "; ".join(f"{dtype}: {'; '.join(v.quality.failures) if v.quality else 'no files'}"
+                             for dtype, v in sorted(variants.items()))
+        raise ExportError(f"Every variant of {info.name} failed its quality gates, so nothing was published "
+                          f"({failures}). Export a precision that passes (fp32 always does), e.g. "
+                          f"'ortmodels export {info.name} --dtype fp32,{','.join(sorted(variants))}'.")
     config = read_json(base / "config.json")
     shutil.rmtree(base)
     shared = share_identical_files(info.path, work, variants)
     if shared:
         logger.info("%s: %d files identical to an older version's are hard links to them", info.name, shared)
     meter = resources.current()
-    first = next((v for v in variants.values() if v.files), next(iter(variants.values())))
+    first = next(v for v in variants.values() if v.files)
     manifest = Manifest(
         name=info.name,
         kind=info.kind,  # type: ignore[arg-type]  # exporters exist for embedding and chat only
