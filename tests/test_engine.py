@@ -66,7 +66,7 @@ class _Failing:
 class TestOnTheSample:
     def test_bad_settings_are_configuration_errors(self) -> None:
         for kwargs in ({"max_batch": 0}, {"kv_cache_bytes": -1}, {"prompt_cache_bytes": -5},
-                       {"prefill_chunk": 0}, {"max_batch": 2.5}, {"kv_layout": "paged"}, {"context_length": 1}):
+                       {"prefill_chunk": 0}, {"prefill_chunk": 1}, {"max_batch": 2.5}, {"kv_layout": "paged"}, {"context_length": 1}):
             with pytest.raises(ConfigurationError):
                 Engine(decoder("int4"), tokenizer(), **kwargs)  # type: ignore[arg-type]
 

@@ -132,7 +132,9 @@ class Engine:
         self.decoder, self.tokenizer = decoder, tokenizer
         self.max_batch = _whole("max_batch", max_batch, 1)
         self.kv_cache_bytes = _whole("kv_cache_bytes", kv_cache_bytes, 1)
-        self.prefill_chunk = _whole("prefill_chunk", prefill_chunk, 1)
+        # At least 2: prompts are never cut into one-token chunks (`chunk_size`), so a budget of
+        # one token would never prefill a prompt of three or more, and the thread would spin.
+        self.prefill_chunk = _whole("prefill_chunk", prefill_chunk, 2)
         self.context_length = None if context_length is None else _whole("context_length", context_length, 2)
         if kv_layout not in _LAYOUTS:
             raise ConfigurationError(f"Engine kv_layout must be one of {', '.join(_LAYOUTS)}, not {kv_layout!r}.")
