@@ -116,10 +116,10 @@ class LoadState(LifeCycleState):
             finally:
                 _loading.reset(token)
             self._loaded = True
-            trim_heap()
             seconds = time.perf_counter() - started
             self._last_memory = self.memory_bytes()
             key = stats.key_of(self)
+        trim_heap()  # outside the lock and the load time: it walks every arena of the heap
         stats.registry().record_load(key, self, seconds, self._last_memory)
         if self._listener is not None:
             self._listener.model_loaded(self)
