@@ -31,3 +31,15 @@ def test_public_names_are_kept_once_imported_and_unknown_ones_are_refused() -> N
     assert ortmodels.ModelManager is vars(ortmodels)["ModelManager"]
     with pytest.raises(AttributeError, match="module 'ortmodels.serve' has no attribute 'nothing'"):
         ortmodels.serve.nothing  # noqa: B018
+
+
+def test_rays_builder_types_the_strings_rays_cli_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve run ortmodels.serve.ray:builder replicas=2 cpus=1.5 ...`` gives one dict of strings."""
+    from ortmodels.serve.ray import deployments
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(deployments, "build_app", lambda **kwargs: seen.update(kwargs) or "app")
+    built = ortmodels.serve.ray.builder({"models": "a,b", "replicas": "2", "cpus": "1.5",
+                                         "health_check_period_s": "5"})
+    assert built == "app"
+    assert seen == {"models": "a,b", "replicas": 2, "cpus": 1.5, "health_check_period_s": 5.0}

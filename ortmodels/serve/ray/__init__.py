@@ -2,8 +2,9 @@
 
 ``ortmodels serve --ray`` starts (or joins, with ``RAY_ADDRESS``) a Ray cluster and runs
 `build_app` on it; Ray's own CLI runs it too: ``serve run ortmodels.serve.ray:app``
-(the default models, one replica each) or ``serve run ortmodels.serve.ray:build_app
-replicas=2``. Ray is imported on first use.
+(the default models, one replica each) or ``serve run ortmodels.serve.ray:builder
+replicas=2`` (Ray hands a builder its arguments as one dict of strings). Ray is imported
+on first use.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ _EXTRA = Extra("Ray Serve", "ray", ("ray", "fastapi", "uvicorn", "starlette"))
 
 
 def _builder(args: dict[str, str]) -> Any:
-    """``serve run ortmodels.serve.ray:build_app key=value ...``: the arguments as strings."""
+    """``serve run ortmodels.serve.ray:builder key=value ...``: the arguments as strings."""
     build = __getattr__("build_app")
     typed: dict[str, Any] = dict(args)
     for key in ("replicas", "threads", "max_queue", "target_ongoing_requests", "ingress_replicas"):
         if key in typed:
             typed[key] = int(typed[key])
+    for key in ("cpus", "health_check_period_s"):
+        if key in typed:
+            typed[key] = float(typed[key])
     return build(**typed)
 
 
