@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ExportError
 from ..store import ModelInfo, read_json, versions
-from ..store.manifest import Manifest, QualityVerdict, VariantEntry, read_manifest
+from ..store.manifest import Manifest, QualityVerdict, VariantEntry
 from . import resources, staging
 from .checkpoint import file_entries, tool_versions, utc_now
 from .progress import Progress
@@ -178,8 +178,7 @@ def share_identical_files(model_dir: Path, work: Path, variants: dict[str, Varia
     """
     known: dict[tuple[str, int], Path] = {}
     for version in versions.list_versions(model_dir):
-        manifest = read_manifest(version.path)
-        for entry in (manifest.variants.values() if manifest else ()):
+        for entry in version.manifest.variants.values():
             for rel, file in entry.files.items():
                 known.setdefault((file.sha256, file.size), version.path / entry.path / rel)
     shared = 0

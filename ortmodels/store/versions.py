@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import (
@@ -26,7 +26,7 @@ from ..errors import (
     UnknownVersionError,
     VersionInUseError,
 )
-from .manifest import read_manifest
+from .manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class VersionInfo:
     """Precision → bytes."""
     active: bool
     in_use: bool
+    manifest: Manifest = field(repr=False, compare=False)
+    """The version's manifest, as read for this listing."""
 
     @property
     def size(self) -> int:
@@ -129,6 +131,7 @@ def list_versions(model_dir: Path) -> list[VersionInfo]:
             variants={k: v.size for k, v in manifest.variants.items()},
             active=folder.name == active,
             in_use=is_leased(model_dir, folder.name),
+            manifest=manifest,
         )
         found.append((manifest.created_at + folder.name, info))
     return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
