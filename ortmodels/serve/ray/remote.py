@@ -87,6 +87,7 @@ class RayCatalog(Catalog):
     def __init__(self, manager: ModelManager, handles: Mapping[str, DeploymentHandle]) -> None:
         super().__init__(manager)
         self.handles = dict(handles)
+        self._dimensions: dict[str, int | None] = {}  # read from the manifest once, not per request
 
     async def get(self, entry: ModelId) -> Any:
         handle = self.handles.get(entry.id)
@@ -96,7 +97,9 @@ class RayCatalog(Catalog):
                            param="model", code="model_not_found")
         dimension = None
         if entry.kind == "embedding":
-            dimension = self.manager.get_model_info(entry.name).embedding_size
+            if entry.name not in self._dimensions:
+                self._dimensions[entry.name] = self.manager.get_model_info(entry.name).embedding_size
+            dimension = self._dimensions[entry.name]
         return RemoteModel(handle, entry, dimension)
 
     def load(self, names: list[str]) -> None:
