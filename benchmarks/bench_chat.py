@@ -14,6 +14,10 @@ virtual machines swing by several times within a minute: read the per-round figu
 the JSON before trusting a ratio). Every engine keeps its default thread count except
 llama.cpp, which is given 2 threads (its default is not all cores).
 
+Engine against engine: ortmodels runs with prompt-lookup speculative decoding off
+(``MODEL_SPECULATIVE=off``, recorded as ``engine_settings``), as none of the peers
+speculates; ``bench_speculative`` measures speculation in its own rows.
+
 Token counts: transformers and optimum get ``min_new_tokens == max_new_tokens``; genai
 and llama.cpp are stopped after exactly the cap; ortmodels runs as users run it
 (``stream()`` with ``max_tokens``) and stops at an end-of-sequence token, which the
@@ -36,7 +40,7 @@ from typing import Any
 from benchmarks.contenders import CHART_LABELS, OPTIMUM, PYTORCH, SPECS, start_worker
 from benchmarks.prompts import build_prompts
 from benchmarks.protocol import Worker
-from benchmarks.report import bar_chart, machine, versions, write_json
+from benchmarks.report import bar_chart, machine, use_engine_settings, versions, write_json
 from benchmarks.targets import (
     GENAI,
     LLAMA_CPP,
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--only", nargs="*", choices=sorted(SPECS), help="run only these contenders")
     args = parser.parse_args()
+    engine_settings = use_engine_settings()  # the ortmodels workers inherit it
 
     began = time.perf_counter()
     prompts = build_prompts(args.models_dir / MODEL, args.long_tokens)
@@ -184,6 +189,7 @@ def main() -> None:
         "torch_threads": ready.get(PYTORCH, {}).get("torch_threads"),
         "llama_cpp_threads": SPECS[LLAMA_CPP].options["threads"],
         "wall_s": round(wall_s, 1),
+        "engine_settings": engine_settings,
         "machine": machine(),
         "versions": versions(),
         "failed": failed,

@@ -22,6 +22,10 @@
 - kv (engine level, about half a minute; leave out of ``--parts`` to skip): one decode step of
   8 rows with ~700-token pasts, slot buffers against re-padding.
 
+Speculative decoding is off (``MODEL_SPECULATIVE=off``, recorded as ``engine_settings``): a
+request decoding alone would speculate on fp32, so the 8 calls in a row would measure
+speculation against batching; bench_speculative measures it apart.
+
 Rounds alternate the contenders (their order rotates); medians over rounds are reported,
 and each ratio is the median of per-round ratios. On a shared 2-core machine the figures
 are noisy: compare ratios, not absolute times. Writes results/concurrency.json and .png.
@@ -45,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import machine, save_chart, versions, write_json
+from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
 from benchmarks.targets import (
     EMBED_QUERY_FIGURE,
     chat_concurrency_figure,
@@ -509,6 +513,7 @@ def main() -> None:
     from ortmodels import OnnxChatModel
     from ortmodels.config import load_settings
 
+    engine_settings = use_engine_settings()  # before any settings are read: ModelManager reads the environment
     began = time.perf_counter()
     load = {"start": [round(x, 2) for x in os.getloadavg()]}
     data: dict[str, Any] = {}
@@ -552,6 +557,7 @@ def main() -> None:
         "parts": args.parts,
         "wall_s": round(time.perf_counter() - began, 1),
         "load_average": load,
+        "engine_settings": engine_settings,
         "machine": machine(),
         "versions": versions(),
         "figures": figures,

@@ -7,7 +7,8 @@ local cluster, idle while another is timed): ``ortmodels serve`` (one process,
 every round runs ``--clients`` streaming ``openai.AsyncOpenAI`` clients at once on each
 server in turn (the order rotates by round; greedy, ``--new-tokens`` at most, a different
 question each, the same questions for every server), measured as `bench_server` measures:
-aggregate tokens/s and time to first token. Figures are medians of per-round ratios.
+aggregate tokens/s and time to first token; speculative decoding off in every server
+(``MODEL_SPECULATIVE=off``). Figures are medians of per-round ratios.
 Writes results/ray.json and results/ray.png.
 
     python -m benchmarks.bench_ray [--rounds 3] [--new-tokens 64] [--clients 8] [--variant int4]
@@ -33,7 +34,7 @@ from benchmarks.bench_server import (
     stop_server,
 )
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import machine, save_chart, versions, write_json
+from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
 
 DIRECT = "ortmodels serve"
 RAY_1X2 = "serve --ray 1 replica × 2 threads"
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--variant", default="int4")
     args = parser.parse_args()
+    engine_settings = use_engine_settings()  # the servers and their Ray replicas inherit it
     model_id = f"{MODEL}:{args.variant}"
     questions = stdlib_sentences(args.rounds * args.clients + 4)
     warm, asked = questions[:4], [questions[4 + r * args.clients: 4 + (r + 1) * args.clients] for r in range(args.rounds)]
@@ -132,7 +134,8 @@ def main() -> None:
         "settings": {"contenders": {c.name: " ".join(c.command[1:]) for c in contenders(model_id)},
                      "order": "all servers up; per round, one after another, rotated by round",
                      "client": "openai.AsyncOpenAI, streamed, stream_options.include_usage, temperature 0"},
-        "took_s": round(time.perf_counter() - began, 1), "figures": figures, "summary": summary,
+        "took_s": round(time.perf_counter() - began, 1), "engine_settings": engine_settings,
+        "figures": figures, "summary": summary,
         "rounds_table": [{k: v for k, v in r.items() if k != "ttft_s"} | {
             "ttft_p50_s": percentile(r["ttft_s"], 50), "ttft_p95_s": percentile(r["ttft_s"], 95)} for r in rows],
     })

@@ -18,7 +18,9 @@ and round: aggregate tokens/s (completion tokens of all clients, from the stream
 or else one per content chunk, ÷ wall time from the first request to the last ``[DONE]``)
 and time to first token per request (request sent → first content delta), p50 and p95
 over every request of every round; medians over rounds for the rates, medians of
-per-round ratios for the figures. Writes results/server.json and results/server.png.
+per-round ratios for the figures. ``ortmodels serve`` runs with speculative decoding off
+(``MODEL_SPECULATIVE=off``, recorded as ``engine_settings``), as llama.cpp's servers do not
+speculate. Writes results/server.json and results/server.png.
 
     python -m benchmarks.bench_server [--rounds 3] [--new-tokens 64] [--clients 1 4 8 16]
         [--variants int4 int8] [--llama-parallel 8 4] [--no-llama] [--no-llama-cpp-server]
@@ -48,7 +50,7 @@ from typing import Any
 from benchmarks.bench_concurrency import median_ratio, percentile, rotated
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.peers.env import extract_gguf, peers_python
-from benchmarks.report import machine, save_chart, versions, write_json
+from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
 from benchmarks.targets import LLAMA_CPP_SERVER, LLAMA_SERVER, ORT, server_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,6 +291,7 @@ def main() -> None:
     parser.add_argument("--peers-python", type=Path, default=None,
                         help="the python with llama-cpp-python[server] (default: the peers venv's)")
     args = parser.parse_args()
+    engine_settings = use_engine_settings()  # `ortmodels serve` inherits it
 
     contenders = [ortmodels_contender(v) for v in args.variants]
     llama_version = None
@@ -360,7 +363,7 @@ def main() -> None:
             "llama_server_compared": best,
             "order": "all servers up; per round and client level, contenders one after another, rotated by round",
         },
-        "took_s": round(time.perf_counter() - began, 1), "load_average": load,
+        "took_s": round(time.perf_counter() - began, 1), "load_average": load, "engine_settings": engine_settings,
         "figures": figures, "levels": levels,
         "rounds_table": [{k: v for k, v in r.items() if k != "ttft_s"} | {
             "ttft_p50_s": percentile(r["ttft_s"], 50), "ttft_p95_s": percentile(r["ttft_s"], 95)} for r in rows],

@@ -20,8 +20,9 @@ against a one-token step (interleaved, median of many), fitted as ``c0 + c1 * (n
 steps, and the speculative run's passes and plain steps are priced with it:
 ``modelled = new tokens / (plain steps + passes * c0 + draft tokens * c1)``.
 
-Writes results/speculative.json and .png, and rewrites the README's table between
-``<!-- bench:speculative:start -->`` and ``<!-- bench:speculative:end -->``.
+Writes results/speculative.json and .png, and has `benchmarks.readme` re-render the
+README's sections (this table sits between ``<!-- bench:speculative:start -->`` and
+``<!-- bench:speculative:end -->``).
 
     python -m benchmarks.bench_speculative [--rounds 3] [--tokens 160] [--variants fp32 int4]
 """
@@ -35,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.readme import speculative_table as table
+from benchmarks.readme import write as write_readme
 from benchmarks.report import machine, save_chart, versions, write_json
 from benchmarks.targets import speculative_figure
 from ortmodels.engine import DecoderSession, Engine, Request
@@ -43,7 +46,6 @@ from ortmodels.engine.session import create_session
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 EOS = (1, 2)  # <|im_start|>, <|im_end|>
-START, END = "<!-- bench:speculative:start -->", "<!-- bench:speculative:end -->"
 
 CONTEXT = (
     "The Great Barrier Reef is the world's largest coral reef system, composed of over 2,900 individual reefs and "
@@ -159,36 +161,6 @@ def measure(decoder: DecoderSession, tokenizer: Any, prompt: list[int], tokens: 
     }
 
 
-def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [("| variant | prompt | tokens | tok/s without | tok/s with | ratio (rounds' range) | identical tokens |"
-              " drafts accepted | tokens / pass | modelled ratio |"),
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
-    for r in rows:
-        same = "yes" if r["identical"] else f"no (from token {r['first_difference']})"
-        share = "—" if r["accepted_share"] is None else f"{r['accepted_share']:.0%}"
-        per_pass = "—" if r["tokens_per_pass"] is None else f"{r['tokens_per_pass']:.2f}"
-        lines.append(f"| {r['variant']} | {r['prompt']} | {r['tokens']} | {r['off_tokens_per_s']:.1f} | "
-                     f"{r['on_tokens_per_s']:.1f} | **{r['ratio']:.2f}x** ({min(r['ratios']):.2f}–{max(r['ratios']):.2f}) | {same} | {share} | {per_pass} | "
-                     f"{r['modelled_ratio']:.2f}x (pass = {r['pass_cost']['c0']:.2f} + "
-                     f"{r['pass_cost']['c1']:.2f}·k steps) |")
-    return lines
-
-
-def rewrite_readme(readme: Path, payload: dict[str, Any]) -> bool:
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        return False
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    m = payload["machine"]
-    body = [(f"Measured {payload['date'][:16].replace('T', ' ')} UTC on {m['cpu']} ({m['cores']} cores, shared; "
-             f"load average {payload['load_average']['start'][0]} at the start), {payload['rounds']} rounds, "
-             f"greedy, at most {payload['max_tokens']} new tokens; ratio = median of per-round ratios."), "",
-            *table(payload["rows"])]
-    readme.write_text(head + START + "\n" + "\n".join(body) + "\n" + END + tail, encoding="utf-8")
-    return True
-
-
 def chart(rows: list[dict[str, Any]], title: str) -> Path:
     import matplotlib
 
@@ -243,12 +215,11 @@ def main() -> None:
                "versions": versions(), "figures": figures, "rows": rows}
     print("\n".join(table(rows)))
     path = write_json("speculative", payload)
-    payload["date"] = __import__("json").loads(path.read_text(encoding="utf-8"))["date"]
     png = chart(rows, f"{MODEL}, prompt-lookup speculative decoding, {machine()['cores']} cores, "
                       f"median of {args.rounds} rounds")
-    wrote = rewrite_readme(args.readme, payload)
-    print(f"load average: {load}; wall {payload['wall_s']:.0f} s; wrote {path}, {png}"
-          + (f" and {args.readme}'s table" if wrote else f" ({args.readme} has no {START} section)"))
+    write_readme(args.readme)
+    print(f"load average: {load}; wall {payload['wall_s']:.0f} s; wrote {path}, {png} and {args.readme}'s "
+          "benchmark sections")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """ortmodels as a chat contender, through its public API only (`OnnxChatModel`).
 
-Measured as users run it: ``stream()`` with ``max_tokens`` as the cap, greedy. The
+Measured as users run it: ``stream()`` with ``max_tokens`` as the cap, greedy, but with
+speculative decoding off, as the peers run (bench_speculative measures it apart). The
 checkpoint's chat template renders the messages, as in every other contender. For
 perplexity the loaded model's `DecoderSession` gives the logits of a whole text in one
 pass (through its engine), whatever graph the export produced.
@@ -24,7 +25,9 @@ class OrtModelsEngine:
         from ortmodels.config import load_settings
 
         # No prompt cache: every round repeats the same prompt, and the peers prefill it each time.
-        settings = load_settings(model_prompt_cache=0)
+        # No speculative decoding: the peers do not speculate (benchmarks.report.ENGINE_SETTINGS;
+        # not imported here, so a cold start measures ortmodels' imports only).
+        settings = load_settings(model_prompt_cache=0, model_speculative="off")
         self.model = OnnxChatModel(model_path=models_dir / MODEL, dtype=dtype, device="cpu", temperature=0.0,
                                    settings=settings).load()
 

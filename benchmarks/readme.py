@@ -1,22 +1,31 @@
-"""Rewrite the README's benchmark section from ``benchmarks/results/*.json``.
+"""Rewrite the README's benchmark sections from ``benchmarks/results/*.json``.
 
-Only the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is replaced, so
-the rest of the README stays whoever wrote it; the section says when and where the
-figures were measured and with which versions, and shows every target with pass/miss.
-Rendering is pure (JSON in, markdown out) so a test can check it without running a
-benchmark.
+Only the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` (and between
+``<!-- bench:speculative:start -->`` and ``<!-- bench:speculative:end -->``) is replaced, so
+the rest of the README stays whoever wrote it. The section says when and where the
+figures were measured and with which versions, shows every target with pass/miss, and
+stamps each result file with the commit and time of its run, marking a file older than
+the code it measures (`benchmarks.provenance`). It records the commit it was rendered
+against, and the marks are judged against that commit, so rendering is a pure function
+of the JSON files and the git history up to that commit: a later commit does not change
+it, and a test can check the README against it without running a benchmark.
 
-    python -m benchmarks.readme [--readme README.md] [--check]
+    python -m benchmarks.readme [--readme README.md]   # render against HEAD and rewrite
+    python -m benchmarks.readme --check                # exit 1 with a diff when the README differs
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import ROOT, Commit, Origin, commit_date, judge_all, resolve
 from benchmarks.report import RESULTS
 from benchmarks.targets import (
     LLAMA_CPP_SERVER,
@@ -27,7 +36,11 @@ from benchmarks.targets import (
 )
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-#: Parts whose figures the targets read (speculative keeps its own README section, written by its benchmark).
+#: Markers of the speculative-decoding table, which sits in the README's section on it.
+SPECULATIVE_START, SPECULATIVE_END = "<!-- bench:speculative:start -->", "<!-- bench:speculative:end -->"
+#: The section's first line: the commit its provenance marks were judged against.
+RENDERED_AT = re.compile(r"<!-- rendered against commit ([0-9a-f]{7,40}) -->")
+#: Parts whose figures the targets read (speculative's table sits in its own README section).
 PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server", "ray", "speculative")
 
 
@@ -60,10 +73,31 @@ def _number(value: Any, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def targets_table(figures: Mapping[str, float], targets: list[Target] = TARGETS) -> list[str]:
+def targets_table(figures: Mapping[str, float], targets: list[Target] = TARGETS,
+                  sources: Mapping[str, str] | None = None) -> list[str]:
+    """Target, measured value, threshold and verdict; with ``sources`` (figure → where it comes
+    from), a last column naming the result file each figure comes from."""
     rows = [[str(r["label"]), _number(r["value"], 3), str(r["wanted"]), f"**{r['verdict']}**"
              if r["verdict"] == "miss" else str(r["verdict"])] for r in evaluate(figures, targets)]
-    return _table(["target", "measured", "wanted", "verdict"], rows)
+    if sources is None:
+        return _table(["target", "measured", "wanted", "verdict"], rows)
+    for row, target in zip(rows, targets):
+        row.append(sources.get(target.figure, "–"))
+    return _table(["target", "measured", "wanted", "verdict", "from"], rows)
+
+
+def _speculation(data: Mapping[str, Any], unrecorded: str = "") -> list[str]:
+    """What the run's ortmodels did about prompt-lookup speculative decoding, as its file records it.
+
+    Engine-against-engine figures need it off: the peers do not speculate. ``unrecorded`` is
+    said when the file does not record the setting (runs before it was recorded)."""
+    value = data.get("engine_settings", {}).get("MODEL_SPECULATIVE")
+    if value == "off":
+        return ["", ("ortmodels ran with prompt-lookup speculative decoding off (`MODEL_SPECULATIVE=off`), as the "
+                     "peers run: engine against engine. Speculation has its own figures in Speculative decoding.")]
+    if value is not None:
+        return ["", f"**ortmodels ran with `MODEL_SPECULATIVE={value}`: these are not engine-against-engine figures.**"]
+    return ["", unrecorded] if unrecorded else []
 
 
 def _about(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -104,6 +138,9 @@ def chat_section(data: Mapping[str, Any]) -> list[str]:
               *_table(["", "decode tok/s", f"first token ({short})", f"first token ({long_})"], ratio_rows)]
     if data.get("failed"):
         lines += ["", "Not measured: " + "; ".join(f"{k} ({v.splitlines()[0][:120]})" for k, v in data["failed"].items())]
+    lines += _speculation(data, ("**This file does not record ortmodels' speculative-decoding setting: such runs left it "
+                                 "at its default, `MODEL_SPECULATIVE=auto`, under which fp32 speculates (once the code "
+                                 "has speculative decoding), so the fp32 rows may not be engine against engine.**"))
     return lines
 
 
@@ -179,6 +216,10 @@ def concurrency_section(data: Mapping[str, Any]) -> list[str]:
                   if chat_concurrency_figure(v, m) in figures]
         if ratios:
             lines += ["", f"8 concurrent callers ÷ 8 calls in a row, tokens/s (median of per-round ratios): {', '.join(ratios)}."]
+        lines += _speculation(data, ("**This file does not record ortmodels' speculative-decoding setting: such runs left it "
+                                     "at its default, `MODEL_SPECULATIVE=auto`, under which fp32 calls in a row "
+                                     "speculate (once the code has speculative decoding), so the fp32 ratios may "
+                                     "measure more than batching.**"))
         solo = data.get("same_as_solo", {})
         if solo:
             lines += ["", ("Greedy answers of the 8 concurrent callers (last round) equal to the same question asked "
@@ -206,7 +247,8 @@ def concurrency_section(data: Mapping[str, Any]) -> list[str]:
                            "cache ÷ none", "same greedy answers (turns)"], rows_c)]
     if data.get("kv"):
         lines += ["", "Engine level, one decode step of 8 rows with ~700-token pasts, slot buffers ÷ re-padding: "
-                  + ", ".join(f"{v} {k['ms_per_step_slots']:.0f} ms ÷ {k['ms_per_step_padded']:.0f} ms"
+                  + ", ".join(f"{v} {k['ms_per_step_slots']:.0f} ms ÷ {k['ms_per_step_padded']:.0f} ms "
+                              f"({k['ms_per_step_slots'] / k['ms_per_step_padded']:.2f}×)"
                               for v, k in data["kv"].items()) + "."]
     return lines
 
@@ -240,7 +282,7 @@ def server_section(data: Mapping[str, Any]) -> list[str]:
     if ratios:
         lines += ["", (f"Median of per-round ratios{f' (llama-server: {compared})' if compared else ''}: "
                        + "; ".join(ratios) + ".")]
-    return lines
+    return lines + _speculation(data)
 
 
 def ray_section(data: Mapping[str, Any]) -> list[str]:
@@ -249,11 +291,11 @@ def ray_section(data: Mapping[str, Any]) -> list[str]:
             for name, v in data["summary"].items()]
     ratios = [f"{key.split(', ')[0].replace(' / ', ' ÷ ')} {_number(value, 2)}×"
               for key, value in data.get("figures", {}).items() if value is not None]
-    return [(f"Ray Serve on this machine (`benchmarks/bench_ray.py`): {data['clients']} streaming `openai` clients "
+    return [(f"Ray Serve on the benchmark machine (`benchmarks/bench_ray.py`): {data['clients']} streaming `openai` clients "
              f"at once, {data['model']}, at most {data['new_tokens']} greedy tokens each, all three servers up and "
              f"timed in turn, median of {data['rounds']} rounds:"), "",
             *_table(["server", "tok/s", "first token p50 / p95 (s)"], rows), "",
-            "Median of per-round ratios: " + "; ".join(ratios) + "."]
+            "Median of per-round ratios: " + "; ".join(ratios) + ".", *_speculation(data)]
 
 
 def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -272,20 +314,127 @@ def _quick_warning(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
             "do not quote them.**")]
 
 
-def render(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The markdown between the markers (without them)."""
+def speculative_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    """bench_speculative's rows: tokens/s without and with drafts, their ratio, and how the drafts fared."""
+    lines = [("| variant | prompt | tokens | tok/s without | tok/s with | ratio (rounds' range) | identical tokens |"
+              " drafts accepted | tokens / pass | modelled ratio |"),
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        same = "yes" if r["identical"] else f"no (from token {r['first_difference']})"
+        share = "—" if r["accepted_share"] is None else f"{r['accepted_share']:.0%}"
+        per_pass = "—" if r["tokens_per_pass"] is None else f"{r['tokens_per_pass']:.2f}"
+        lines.append(f"| {r['variant']} | {r['prompt']} | {r['tokens']} | {r['off_tokens_per_s']:.1f} | "
+                     f"{r['on_tokens_per_s']:.1f} | **{r['ratio']:.2f}x** ({min(r['ratios']):.2f}–{max(r['ratios']):.2f}) | {same} | {share} | {per_pass} | "
+                     f"{r['modelled_ratio']:.2f}x (pass = {r['pass_cost']['c0']:.2f} + "
+                     f"{r['pass_cost']['c1']:.2f}·k steps) |")
+    return lines
+
+
+def speculative_section(data: Mapping[str, Any], origin: Origin | None = None) -> str:
+    """The body of the README's speculative-decoding table (between its own markers)."""
+    m = data["machine"]
+    body = [(f"Measured {_when(data['date'])} UTC on {m['cpu']} ({m['cores']} cores, shared; "
+             f"load average {data['load_average']['start'][0]} at the start), {data['rounds']} rounds, "
+             f"greedy, at most {data['max_tokens']} new tokens; ratio = median of per-round ratios."), "",
+            *speculative_table(data["rows"])]
+    if origin is not None:
+        body += ["", f"From {origin_text(origin)}."]
+    return "\n".join(body)
+
+
+def _when(iso: str) -> str:
+    return iso[:16].replace("T", " ")
+
+
+def _verdict(origin: Origin) -> str:
+    """How a result file stands against the code, in a few words."""
+    if origin.older:
+        changed = origin.code_changed_in
+        assert changed is not None
+        # without a recorded commit, the count starts at the last commit that wrote the file: a lower bound
+        bound = "at least " if origin.commit is None else ""
+        commits = f"{bound}{origin.changes_since} later commit{'s' if origin.changes_since != 1 else ''}"
+        return (f"**older than the code**: {commits} changed `ortmodels/` or its benchmark, the last "
+                f"{changed.short} ({changed.date} UTC)")
+    if origin.commit is not None and not origin.in_history:
+        return "**unknown**: its commit is not in this history"
+    if not origin.known:
+        return "**unknown**: no commit recorded, and the code has not changed since the file was last committed"
+    if origin.dirty:
+        return "**uncommitted code**: the run's tree had changes to `ortmodels/` or `benchmarks/`"
+    if origin.dirty is None:
+        return "current; whether its tree had uncommitted changes is not recorded"
+    return "current"
+
+
+def _commit_cell(origin: Origin) -> str:
+    if origin.commit is not None:
+        return f"{origin.commit[:7]}{' + uncommitted changes' if origin.dirty else ''}"
+    if origin.committed_in is not None:
+        return f"not recorded; file last committed in {origin.committed_in.short}, {origin.committed_in.date} UTC"
+    return "not recorded"
+
+
+def origin_text(origin: Origin) -> str:
+    """One result file's provenance in a sentence: file, run time, commit, verdict."""
+    return f"`{origin.part}.json` (run {_when(origin.date)} UTC; commit {_commit_cell(origin)}) — {_verdict(origin)}"
+
+
+def provenance_lines(origins: Mapping[str, Origin], reference: Commit | None) -> list[str]:
+    """The table of result files: when each was run, at which commit, and whether the code changed since."""
+    if reference is None:
+        return ["No git history here: the result files' commits were not checked against the code."]
+    rows = [[f"`{o.part}.json`", _when(o.date), _commit_cell(o), _verdict(o)] for o in origins.values()]
+    behind = [o for o in origins.values() if not o.current]
+    summary = (f"All {len(origins)} result files measure the code as of that commit."
+               if not behind else
+               f"{len(behind)} of {len(origins)} result files are not current (older than the code, of unknown "
+               "commit, or run on uncommitted code; their targets are marked †): their figures describe the "
+               "code of their own run. `make bench` reruns them all.")
+    return [(f"Each result file's run, against the code as of commit {reference.short} ({reference.date} UTC), "
+             "when this section was rendered. A file is older than the code when `ortmodels/` or its own "
+             "benchmark changed after the commit it records (for a file that records none, after the commit "
+             "that last wrote it):"), "",
+            *_table(["result file", "run (UTC)", "commit", f"against {reference.short}"], rows), "", summary]
+
+
+def _sources(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origin]) -> dict[str, str]:
+    """Figure name → the result file it comes from, marked † when that file is not current."""
+    sources: dict[str, str] = {}
+    for part, data in results.items():
+        origin = origins.get(part)
+        mark = "" if origin is None or origin.current else " †"
+        for key in data.get("figures", {}):
+            sources.setdefault(key, f"{part}{mark}")
+    return sources
+
+
+def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origin] | None = None,
+           reference: Commit | None = None) -> str:
+    """The markdown between the markers (without them); with ``origins``, stamped with each
+    result file's provenance as judged against ``reference``."""
     if not results:
         return "No benchmark results yet: run `make bench`."
-    lines = [("`make bench` wrote these figures and this section (`benchmarks/readme.py`). The machine may be "
-             "shared and noisy: read ratios, not absolute figures; every ratio is the median of per-round "
-             "ratios from runs seconds apart, and the per-round figures are in `benchmarks/results/*.json`."),
-             "", *_about(results), *_quick_warning(results), "", "Targets:", "", *targets_table(merged_figures(results))]
+    lines = []
+    if reference is not None:
+        lines += [f"<!-- rendered against commit {reference.sha} -->"]
+    lines += [("`benchmarks/readme.py` renders this section from `benchmarks/results/*.json`; `make bench` runs "
+               "every benchmark, then it. The machine may be shared and noisy: read ratios, not absolute "
+               "figures; every ratio is the median of per-round ratios from runs seconds apart, and the "
+               "per-round figures are in the JSON files."), "", *_about(results), *_quick_warning(results)]
+    if origins is not None:
+        lines += ["", *provenance_lines(origins, reference)]
+    sources = _sources(results, origins) if origins is not None else None
+    lines += ["", "Targets:", "", *targets_table(merged_figures(results), sources=sources)]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section, "concurrency": concurrency_section, "server": server_section,
                 "ray": ray_section}
     for part, make in sections.items():
         if part in results:
-            lines += ["", *make(results[part])]
+            lines += [""]
+            if origins is not None and part in origins:
+                lines += [f"From {origin_text(origins[part])}.", ""]
+            lines += make(results[part])
     charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency", "server", "ray")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
@@ -293,25 +442,83 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, body: str) -> str:
+def replace_section(text: str, body: str, start: str = START, end: str = END) -> str:
     """``text`` with everything between the markers replaced by ``body``; the markers must exist once."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"README needs exactly one {START} followed by one {END}")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{body}\n{END}{tail}"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"README needs exactly one {start} followed by one {end}")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def rendered_against(text: str) -> str | None:
+    """The commit a README's benchmark section says it was rendered against (as written there)."""
+    if START not in text:
+        return None
+    found = RENDERED_AT.search(text.split(START, 1)[1].split(END, 1)[0])
+    return found.group(1) if found else None
+
+
+def reference_commit(commit: str, root: Path = ROOT) -> Commit | None:
+    """``commit`` (a hash or ``HEAD``) as this repository has it; None without git or the commit."""
+    sha = resolve(commit, root)
+    return Commit(sha, commit_date(sha, root)) if sha else None
+
+
+def render_readme(text: str, results: Mapping[str, Mapping[str, Any]], reference: Commit | None,
+                  root: Path = ROOT) -> str:
+    """``text`` with both benchmark sections rendered from ``results``, judged against ``reference``."""
+    origins = judge_all(results, reference.sha, root) if reference is not None else None
+    text = replace_section(text, render(results, origins, reference))
+    if "speculative" in results and SPECULATIVE_START in text:
+        origin = origins.get("speculative") if origins is not None else None
+        text = replace_section(text, speculative_section(results["speculative"], origin),
+                               SPECULATIVE_START, SPECULATIVE_END)
+    return text
+
+
+def expected_readme(text: str, results: Mapping[str, Mapping[str, Any]], root: Path = ROOT) -> str:
+    """What the README should hold: its sections rendered against the commit the section records
+    (HEAD when it records none), so a commit made after the rendering does not change it."""
+    return render_readme(text, results, reference_commit(rendered_against(text) or "HEAD", root), root)
+
+
+def write(readme: Path, results: Mapping[str, Mapping[str, Any]] | None = None, root: Path = ROOT) -> None:
+    """Render the README's benchmark sections against HEAD and write them."""
+    results = load_results() if results is None else results
+    text = readme.read_text(encoding="utf-8")
+    readme.write_text(render_readme(text, results, reference_commit("HEAD", root), root), encoding="utf-8")
+
+
+def check(readme: Path, results: Mapping[str, Mapping[str, Any]] | None = None, root: Path = ROOT) -> list[str]:
+    """The unified diff between the README and what its sections should hold; empty when equal."""
+    results = load_results() if results is None else results
+    text = readme.read_text(encoding="utf-8")
+    return list(difflib.unified_diff(text.splitlines(keepends=True),
+                                     expected_readme(text, results, root).splitlines(keepends=True),
+                                     fromfile=f"{readme} (as it is)", tofile=f"{readme} (rendered from the JSON)"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--readme", type=Path, default=RESULTS.parent.parent / "README.md")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 with a diff when the README's sections differ from the rendering, write nothing")
     args = parser.parse_args()
     results = load_results()
+    if args.check:
+        diff = check(args.readme, results)
+        if diff:
+            sys.stdout.writelines(diff)
+            print(f"\n{args.readme}'s benchmark sections differ from benchmarks/results/*.json: "
+                  "run `python -m benchmarks.readme` and commit the README.")
+            raise SystemExit(1)
+        print(f"{args.readme}'s benchmark sections match benchmarks/results/*.json")
+        return
     for row in evaluate(merged_figures(results)):
         print(f"{row['verdict']:5} {row['label']:62} {_number(row['value'], 3):>10}  wanted {row['wanted']}")
-    text = args.readme.read_text(encoding="utf-8")
-    args.readme.write_text(replace_section(text, render(results)), encoding="utf-8")
-    print(f"rewrote the benchmark section of {args.readme}")
+    write(args.readme, results)
+    print(f"rewrote the benchmark sections of {args.readme}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import stamp
 from ortmodels.export.checkpoint import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,10 +62,24 @@ def versions() -> dict[str, dict[str, str]]:
     return {"dev": package_versions(*DEV_PACKAGES), "peers": peers}
 
 
+#: What an engine-against-engine run sets for ortmodels: the peers do not speculate, so neither does
+#: it (prompt-lookup speculative decoding has its own figures, from bench_speculative). Each such
+#: benchmark puts it in its environment (its model servers and workers inherit it) and records it.
+ENGINE_SETTINGS = {"MODEL_SPECULATIVE": "off"}
+
+
+def use_engine_settings() -> dict[str, str]:
+    """Set `ENGINE_SETTINGS` in this process's environment; the mapping, to record in the result."""
+    os.environ.update(ENGINE_SETTINGS)
+    return dict(ENGINE_SETTINGS)
+
+
 def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``results/<name>.json``, stamped with the time and the commit it measured
+    (`benchmarks.provenance.stamp`: HEAD, and whether the code had uncommitted changes)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **payload}
+    payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **stamp(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
 
