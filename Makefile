@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+GPU_STAMP := $(VENV)/.installed-gpu
+# samples, export and demo run on either build; the tests and benchmarks need the CPU one.
+INSTALLED := $(if $(wildcard $(GPU_STAMP)),$(GPU_STAMP),$(STAMP))
 
 # The peers (onnxruntime-genai, llama.cpp) need transformers>=5, which the export extra
 # cannot have: they get their own venv. torch first, pinned to the CPU build on disk, so
@@ -13,9 +16,10 @@ PEERS_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DLLAMA_CUR
 # e.g. make bench BENCH_ARGS=--quick   (few rounds and tokens: checks the wiring only)
 BENCH_ARGS ?=
 
-.PHONY: install samples export-samples demo test peers llama-server bench clean
+.PHONY: install install-gpu check-gpu-install samples export-samples demo test peers llama-server bench clean
 
 $(STAMP): pyproject.toml
+	@if [ -f $(GPU_STAMP) ]; then echo "$(VENV) holds the GPU build (make install-gpu): 'make clean' first, or pass VENV=.venv-cpu" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[export,dev,serve,ray]'
@@ -23,7 +27,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-samples: $(STAMP)
+# The CUDA build: the same source as the distribution ortmodels-gpu (packaging/gpu), which
+# needs onnxruntime-gpu where ortmodels needs onnxruntime; both wheels install the module
+# `onnxruntime`, so a venv holds one build, never both. No dev extra (fastembed needs the
+# plain onnxruntime): the tests run on the CPU build.
+$(GPU_STAMP): pyproject.toml packaging/gpu/pyproject.toml
+	@if [ -f $(STAMP) ]; then echo "$(VENV) holds the CPU build (make install): 'make clean' first, or pass VENV=.venv-gpu" >&2; exit 1; fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e 'packaging/gpu[export,serve,ray]'
+	touch $(GPU_STAMP)
+
+install-gpu: $(GPU_STAMP)
+
+# Installs both builds into scratch venvs and checks each holds exactly one ONNX Runtime
+# (the GPU one offering CUDA). Not part of `test`: onnxruntime-gpu is a few hundred MB.
+check-gpu-install:
+	scripts/check_gpu_install.sh $(PYTHON)
+
+samples: $(INSTALLED)
 	$(BIN)/ortmodels samples
 
 export-samples: samples
@@ -33,7 +55,7 @@ export-samples: samples
 demo: export-samples
 	$(BIN)/ortmodels demo
 
-test: export-samples
+test: $(STAMP) export-samples
 	$(BIN)/python -m pytest -q -ra
 
 $(PEERS_STAMP): benchmarks/peers/requirements.txt
@@ -59,4 +81,4 @@ bench: export-samples peers llama-server
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info packaging/gpu/build

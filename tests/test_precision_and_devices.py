@@ -54,7 +54,7 @@ def test_auto_device_is_cpu_without_accelerators() -> None:
     assert "cpu" in available_devices()
 
 
-@pytest.mark.parametrize(("device", "hint"), [("cuda", "ortmodels[gpu]"), ("mps", "macOS"), ("coreml", "macOS")])
+@pytest.mark.parametrize(("device", "hint"), [("cuda", "ortmodels-gpu"), ("mps", "macOS"), ("coreml", "macOS")])
 def test_unavailable_device_says_what_to_install(device: str, hint: str) -> None:
     provider = {"cuda": "CUDAExecutionProvider"}.get(device, "CoreMLExecutionProvider")
     if provider in ort.get_available_providers():

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from ..config import load_settings
 from ..monitoring import runtime_state
@@ -15,6 +14,7 @@ from ..store import versions as export_versions
 from ..units import format_bytes
 from . import app, console
 from .models import _store
+from .tables import print_rows
 
 
 def _model_dir(name: str) -> Path:
@@ -35,13 +35,10 @@ def versions(name: str, as_json: bool = typer.Option(False, "--json", help="Prin
     if not found:
         console.print(f"{name} has no export versions: run 'ortmodels export {name}'.")
         return
-    table = Table(title=f"Export versions of {name}")
-    for column in ("", "version", "created", "variants", "size", "in use"):
-        table.add_column(column, no_wrap=column == "version")
-    for v in found:
-        table.add_row("*" if v.active else "", v.id, v.created_at, ", ".join(v.variants),
-                      format_bytes(v.size), "yes" if v.in_use else "")
-    console.print(table)
+    rows = [("*" if v.active else "", v.id, v.created_at, ", ".join(v.variants), format_bytes(v.size),
+             "yes" if v.in_use else "") for v in found]
+    print_rows(("", "version", "created", "variants", "size", "in use"), rows, whole=("version",),
+               title=f"Export versions of {name}")
 
 
 @app.command()
@@ -83,14 +80,13 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     if not rows:
         console.print("No models loaded by any running process.")
         return
-    table = Table()
-    for column in ("pid", "name", "kind", "variant", "version", "device", "memory", "calls now", "last used", "expires"):
-        table.add_column(column, no_wrap=column in ("name", "version"))
-    for pid, m in rows:
-        table.add_row(str(pid), m["name"], m["kind"], m.get("variant") or "-", m.get("version") or "-",
-                      m.get("device") or "-", format_bytes(m.get("memory_bytes") or 0), str(m.get("active_calls", 0)),
-                      _ago(m.get("last_used")), _until(m.get("expires_at")))
-    console.print(table)
+    print_rows(
+        ("pid", "name", "kind", "variant", "version", "device", "memory", "calls now", "last used", "expires"),
+        [(str(pid), m["name"], m["kind"], m.get("variant") or "-", m.get("version") or "-", m.get("device") or "-",
+          format_bytes(m.get("memory_bytes") or 0), str(m.get("active_calls", 0)), _ago(m.get("last_used")),
+          _until(m.get("expires_at"))) for pid, m in rows],
+        whole=("name", "version"),
+    )
 
 
 def _ms(figures: dict | None, key: str) -> str:
@@ -116,18 +112,17 @@ def stats(
     if not rows:
         console.print("No figures: no running process has used a model.")
         return
-    table = Table()
-    for column in ("pid", "model", "variant", "calls", "errors", "tokens in/out", "tok/s",
-                   "emb/s", "p50 ms", "p95 ms", "p99 ms", "TTFT p50 ms", "load s"):
-        table.add_column(column, no_wrap=column == "model")
+    headers = ("pid", "model", "variant", "calls", "errors", "tokens in/out", "tok/s",
+               "emb/s", "p50 ms", "p95 ms", "p99 ms", "TTFT p50 ms", "load s")
+    cells = []
     for r in rows:
         latency, ttft = r.get("latency_s"), r.get("time_to_first_token_s")
-        table.add_row(
+        cells.append((
             str(r["pid"]), r["model"], r.get("variant") or "-", str(r["calls"]), str(r["errors"]),
             f"{r['input_tokens']}/{r['output_tokens']}",
             f"{r['tokens_per_second']:.1f}" if r.get("tokens_per_second") else "-",
             f"{r['embeddings_per_second']:.1f}" if r.get("embeddings_per_second") else "-",
             _ms(latency, "p50"), _ms(latency, "p95"), _ms(latency, "p99"), _ms(ttft, "p50"),
             f"{r['last_load_s']:.2f}" if r.get("last_load_s") else "-",
-        )
-    console.print(table)
+        ))
+    print_rows(headers, cells, whole=("model",))

@@ -11,6 +11,7 @@ from ..config import load_settings
 from ..store import ModelStore
 from ..units import format_bytes
 from . import app, console
+from .tables import print_rows
 
 
 def _store() -> ModelStore:
@@ -25,11 +26,11 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     if as_json:
         console.print_json(json.dumps([i.to_dict() for i in infos]))
         return
-    table = Table(title=f"Models in {store.root}")
-    for column in ("name", "kind", "architecture", "exported", "size"):
-        table.add_column(column)
-    for info in infos:
-        table.add_row(
+    if not infos:
+        console.print(f"No models in {store.root}. Run 'ortmodels samples' for the sample models.")
+        return
+    rows = [
+        (
             info.name,
             info.kind_label,
             info.architecture or "-",
@@ -37,10 +38,10 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             or "not exported",
             format_bytes(info.size_bytes()) if info.variants else "-",
         )
-    if not infos:
-        console.print(f"No models in {store.root}. Run 'ortmodels samples' for the sample models.")
-        return
-    console.print(table)
+        for info in infos
+    ]
+    print_rows(("name", "kind", "architecture", "exported", "size"), rows, whole=("name",),
+               title=f"Models in {store.root}")
 
 
 @app.command()

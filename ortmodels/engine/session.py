@@ -23,8 +23,9 @@ _PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 _INSTALL_HINT = {
-    "cuda": "Install the GPU build: pip install 'ortmodels[gpu]' (onnxruntime-gpu, with CUDA 12 "
-    "and cuDNN 9 on the machine), and uninstall the plain 'onnxruntime' package.",
+    "cuda": "Install the GPU build, ortmodels-gpu, in a venv without ortmodels: from a clone, "
+    "'make install-gpu' or 'pip install -e packaging/gpu'; the machine needs the CUDA and cuDNN "
+    "versions its onnxruntime-gpu release was built for.",
     "coreml": "CoreML is only offered by onnxruntime on macOS (pip install onnxruntime on a Mac).",
 }
 
