@@ -54,7 +54,7 @@ class ModelFileError(OrtModelsError):
     """A model file is missing, unreadable or corrupt; the message names the file."""
 
     def __init__(self, path: object, problem: str, fix: str | None = None) -> None:
-        self.path = path
+        self.path, self.problem, self.fix = path, problem, fix
         text = f"{problem}: {path}"
         if fix:
             text += f". {fix}"

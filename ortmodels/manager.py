@@ -6,6 +6,7 @@ import atexit
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -82,6 +83,9 @@ class ModelManager:
     def _init(self) -> None:
         self._lock = threading.RLock()
         self._entries: dict[_CacheKey, CacheEntry] = {}
+        self._switching: Counter[str] = Counter()
+        """Names whose ``onnx`` link a rollback is switching: their new instances wait to load."""
+        self._switched = threading.Condition(self._lock)
         self._keep_alive = KeepAliveThread(self._lock, lambda: list(self._entries.values()))
         self._publisher = StatePublisher(lambda: self._settings.local_models_dir,
                                          lambda: [asdict(r) for r in self.loaded()])
@@ -123,17 +127,61 @@ class ModelManager:
 
     def versions(self, name: str) -> list[versions.VersionInfo]:
         """The export versions of ``name``, newest first."""
-        return versions.list_versions(self._store.info(name).path)
+        return versions.list_versions(self._store.folder(name))
 
-    def rollback(self, name: str, version: str) -> versions.VersionInfo:
-        """Make ``version`` the active export; loaded instances of the old one are unloaded."""
-        info = versions.activate(self._store.info(name).path, versions.check_version_id(version))
-        with self._lock:
-            stale = [e.model for k, e in self._entries.items() if k[1] == name and k[3] is None]
-        timeout = self._settings.model_unload_timeout if self._settings.model_unload_timeout >= 0 else None
-        for model in stale:  # one that is loading now is waited for, then checked
-            model.unload_unless_version(version, timeout=timeout)
+    def rollback(self, name: str, version: str, timeout: float | None = None) -> versions.VersionInfo:
+        """Make ``version`` the active export, all or nothing; loaded instances of another are unloaded.
+
+        Before the ``onnx`` link switches, the version's files are verified and this process's
+        instances of the replaced version stop taking calls and finish their running ones
+        (``timeout``, default ``MODEL_UNLOAD_TIMEOUT``); they are unloaded after the switch and
+        their next call loads ``version``. A damaged version (`ModelFileError`) or calls still
+        running at the timeout (`ModelBusyError`) change nothing: the link stays where it was.
+        """
+        version = versions.check_version_id(version)
+        model_dir = self._store.folder(name)
+        if timeout is None and self._settings.model_unload_timeout >= 0:
+            timeout = self._settings.model_unload_timeout
+        held: list[Any] | None = None  # set once hold() has counted the switch
+
+        def hold() -> None:  # under the export lock, after the version was verified
+            nonlocal held
+            deadline = None if timeout is None else time.monotonic() + timeout
+            acquired: list[Any] = []
+            with self._lock:  # an instance made after this waits in model_loading: none is missed
+                self._switching[name] += 1
+                held = acquired
+                instances = [e.model for k, e in self._entries.items() if k[1] == name and k[3] is None]
+            for model in instances:
+                if model.hold_unless_version(version, deadline, timeout):
+                    acquired.append(model)
+
+        try:
+            info = versions.activate(model_dir, version, before_switch=hold)
+        except ModelBusyError as exc:
+            self._end_switch(name, held, None)
+            raise ModelBusyError(
+                f"Rollback of {name} to {version} not done, nothing changed: the onnx link still points "
+                f"to {versions.active_version(model_dir)}, which this process goes on serving. {exc}"
+            ) from None
+        except BaseException:
+            self._end_switch(name, held, None)
+            raise
+        self._end_switch(name, held, version)
         return info
+
+    def _end_switch(self, name: str, held: list[Any] | None, version: str | None) -> None:
+        """Release the instances a rollback held, unloading those not on ``version`` (``None``: the
+        rollback failed, unload none); no call can run on a held model, so this never waits."""
+        if held is None:  # refused before hold(): nothing was held or counted
+            return
+        try:
+            for model in held:
+                model.release_hold(version)
+        finally:
+            with self._lock:
+                self._switching[name] -= 1
+                self._switched.notify_all()
 
     def prune(self, name: str, keep: int) -> list[str]:
         """Delete all but the ``keep`` newest versions (never the active one or one in use)."""
@@ -261,11 +309,14 @@ class ModelManager:
                 logger.info("Unloaded %s to stay within MODEL_MEMORY_BUDGET", victim.key[1])
 
     def model_loading(self, model: Any) -> None:
-        """Called by a managed model before it loads: make room for it within the budget."""
-        if self._settings.model_memory_budget <= 0:
-            return
+        """Called by a managed model before it loads: wait out a rollback of its name (it would
+        load from the link being switched), then make room for it within the budget."""
         with self._lock:
             entry = self._entry_of(model)
+            if entry is not None and entry.key.version is None:
+                self._switched.wait_for(lambda: not self._switching[entry.key.name])
+        if self._settings.model_memory_budget <= 0:
+            return
         if entry is None:
             return
         kind, name, model_class, version, dtype = entry.key

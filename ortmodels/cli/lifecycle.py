@@ -18,13 +18,15 @@ from .tables import print_rows
 
 
 def _model_dir(name: str) -> Path:
-    return _store().info(name).path
+    """The model's folder, without reading its active export (which may be the damaged one)."""
+    return _store().folder(name)
 
 
 @app.command()
 def versions(name: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the export versions of a model, newest first; * marks the active one."""
-    found = export_versions.list_versions(_model_dir(name))
+    model_dir = _model_dir(name)
+    found = export_versions.list_versions(model_dir)
     if as_json:
         console.print_json(json.dumps([
             {"id": v.id, "created_at": v.created_at, "content_sha256": v.content_sha256,
@@ -32,6 +34,9 @@ def versions(name: str, as_json: bool = typer.Option(False, "--json", help="Prin
             for v in found
         ]))
         return
+    for version_id, problem in export_versions.damaged_versions(model_dir).items():
+        console.print(f"damaged version {version_id} (never loaded or rolled back to): {problem}",
+                      highlight=False, markup=False)
     if not found:
         console.print(f"{name} has no export versions: run 'ortmodels export {name}'.")
         return

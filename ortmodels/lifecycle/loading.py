@@ -137,16 +137,7 @@ class LoadState(LifeCycleState):
         with self._lock:
             self._draining += 1
             try:
-                while self._active:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise ModelBusyError(
-                            f"Could not unload {getattr(self, 'model_name', None) or type(self).__name__} "
-                            f"within {timeout:g} s: {self._active} call(s) still hold it "
-                            f"({self._describe_holders()}). Finish or close those calls (a stream "
-                            "must be read to its end or closed), or unload with a longer timeout."
-                        )
-                    self._idle.wait(left)
+                self._wait_for_calls(deadline, timeout, "or unload with a longer timeout")
                 if not self._loaded:
                     return
                 self._unload()
@@ -158,23 +149,63 @@ class LoadState(LifeCycleState):
         if self._listener is not None:
             self._listener.model_unloaded(self)
 
+    def _wait_for_calls(self, deadline: float | None, timeout: float | None, retry: str) -> None:
+        """With the lock held and the drain counted: wait until no call runs, or raise
+        `ModelBusyError` naming the calls once ``deadline`` (``time.monotonic()``) has passed."""
+        while self._active:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ModelBusyError(
+                    f"Could not unload {getattr(self, 'model_name', None) or type(self).__name__} "
+                    f"within {timeout or 0:g} s: {self._active} call(s) still hold it "
+                    f"({self._describe_holders()}). Finish or close those calls (a stream "
+                    f"must be read to its end or closed), {retry}."
+                )
+            self._idle.wait(left)
+
     def _describe_holders(self) -> str:
         now = time.monotonic()
         calls = sorted(self._holders.values(), key=lambda h: h.started)
         return "; ".join(f"{h.what} from thread {h.thread!r}, running {now - h.started:.1f} s" for h in calls) or "?"
 
-    def unload_unless_version(self, version: str | None, timeout: float | None = None) -> bool:
-        """Unload if the loaded export version is not ``version``; a load in progress is waited for.
+    def hold_unless_version(self, version: str, deadline: float | None, timeout: float | None) -> bool:
+        """Stop new calls and wait for the running ones, unless ``version`` is loaded already.
 
-        What a rollback uses: the model's lock is held for the whole of a load, so an
-        instance that was opening the replaced version when the rollback happened is
-        seen here once it has opened it, never skipped.
+        What a rollback takes before it switches the ``onnx`` link, so that nothing can fail
+        after the switch: held, the model stays as it is (loaded or not) and takes no call until
+        `release_hold`. A load in progress is waited for (it holds the lock). Past ``deadline``
+        (``time.monotonic()``), `ModelBusyError` names the calls and nothing stays held.
+        Returns whether the model is now held.
         """
         with self._lock:
-            if not self._loaded or self.loaded_version in (None, version):
+            if self._loaded and self.loaded_version in (None, version):
                 return False
-        self.unload(timeout=timeout)
+            self._draining += 1
+            try:
+                self._wait_for_calls(deadline, timeout, "then roll back again, or with a longer timeout")
+            except BaseException:
+                self._draining -= 1
+                self._idle.notify_all()
+                raise
         return True
+
+    def release_hold(self, unload_unless: str | None) -> None:
+        """End a `hold_unless_version`; with ``unload_unless``, first unload a loaded version other
+        than it (no call can run while held, so this never waits). ``None``: unload nothing."""
+        unloaded = False
+        with self._lock:
+            try:
+                if (unload_unless is not None and self._loaded
+                        and self.loaded_version not in (None, unload_unless)):
+                    self._unload()
+                    self._loaded = False
+                    self._release_variant()
+                    unloaded = True
+            finally:
+                self._draining -= 1
+                self._idle.notify_all()
+        if unloaded and self._listener is not None:
+            self._listener.model_unloaded(self)
 
     def unload_if_idle(self, still_wanted: Any = None) -> bool:
         """Unload now if no call is running or waiting and ``still_wanted()`` agrees; never blocks.

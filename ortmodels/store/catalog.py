@@ -29,7 +29,7 @@ from .integrity import resolve_inside
 from .manifest import Manifest, VariantEntry, read_manifest
 from .model_card import count_parameters, read_card
 from .names import validate_model_name
-from .versions import ONNX_DIR, active_version, exports_root, version_dir
+from .versions import ONNX_DIR, active_version, exports_root, read_version_manifest, version_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,11 @@ class ModelInfo:
 
     @property
     def version(self) -> str | None:
-        """The export version described (``None`` for an unexported or pre-versioning export)."""
-        if self.manifest is not None and self.manifest.version:
-            return self.manifest.version
-        return self.export_dir.name if self.export_dir is not None else None
+        """The export version described (``None`` for an unexported or pre-versioning export):
+        its folder's name, which `read_version_manifest` made sure the manifest agrees with."""
+        if self.export_dir is not None:
+            return self.export_dir.name
+        return self.manifest.version if self.manifest is not None else None
 
     @property
     def variants(self) -> dict[str, VariantEntry]:
@@ -346,8 +347,9 @@ class ModelStore:
             found.append((child.name, problem))
         return found
 
-    def info(self, name: str, version: str | None = None) -> ModelInfo:
-        """Describe one model (its active export, or ``version``), or raise `UnknownModelError`."""
+    def folder(self, name: str) -> Path:
+        """The folder of a usable model, without reading its export: what a rollback needs, even
+        away from an active version whose manifest is damaged."""
         folder = self.model_dir(name)
         if not _is_model_folder(folder):  # only this folder is looked at; the others on a miss
             raise UnknownModelError(name, self.names(), self.root)
@@ -355,6 +357,11 @@ class ModelStore:
         if problem is not None:
             warn_once(name, problem)
             raise ModelFileError(folder, f"Model folder cannot be used: {problem}")
+        return folder
+
+    def info(self, name: str, version: str | None = None) -> ModelInfo:
+        """Describe one model (its active export, or ``version``), or raise `UnknownModelError`."""
+        folder = self.folder(name)
         if version is not None:
             export_dir: Path | None = version_dir(folder, version)
         elif active_version(folder) is not None:
@@ -366,7 +373,7 @@ class ModelStore:
                     f"Remove it and re-run 'ortmodels export {name}'.",
                 )
             export_dir = None
-        manifest = read_manifest(export_dir or folder / ONNX_DIR)
+        manifest = read_version_manifest(export_dir) if export_dir else read_manifest(folder / ONNX_DIR)
         kind, architecture = detect_kind(folder, manifest)
         return ModelInfo(name, folder, kind, architecture, manifest, export_dir)
 

@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,12 @@ from pathlib import Path
 from ..errors import (
     InvalidVersionError,
     ModelFileError,
+    ModelIntegrityError,
     UnknownVersionError,
     VersionInUseError,
 )
-from .manifest import Manifest, read_manifest
+from .integrity import refuse_outside_links, verify_variant
+from .manifest import MANIFEST_NAME, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -105,36 +107,75 @@ def _is_version_dir(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith((".", "tmp-"))
 
 
-def list_versions(model_dir: Path) -> list[VersionInfo]:
-    """Every complete export of a model, newest first; a folder with a bad manifest is skipped."""
+def read_version_manifest(folder: Path) -> Manifest | None:
+    """The manifest of the export version in ``folder``, refused if it names another version.
+
+    The folder's name is a version's identity: the ``onnx`` link, leases, prune and rollback
+    all go by it. A manifest that names another id was copied or edited by hand, and which of
+    the two is right cannot be told, so the version is treated as damaged rather than trusted
+    under either id (``ps`` would report one id while the files of another are served).
+    A manifest without a ``version`` (written before versions existed) takes the folder's name.
+    """
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.version is not None and manifest.version != folder.name:
+        raise ModelFileError(
+            folder / MANIFEST_NAME,
+            f"Export manifest names version {manifest.version!r}, but its folder is {folder.name!r}",
+            "A version's folder name is its id, and the manifest must agree: rename the folder back "
+            f"to {manifest.version!r} if it was moved, or delete it and re-export the model.",
+        )
+    return manifest
+
+
+def _version_info(model_dir: Path, folder: Path, manifest: Manifest, active: str | None) -> VersionInfo:
+    return VersionInfo(
+        id=folder.name,
+        path=folder,
+        created_at=manifest.created_at,
+        content_sha256=manifest.content_sha256,
+        source_sha256=manifest.source_sha256,
+        variants={k: v.size for k, v in manifest.variants.items()},
+        active=folder.name == active,
+        in_use=is_leased(model_dir, folder.name),
+        manifest=manifest,
+    )
+
+
+def _scan_versions(model_dir: Path) -> tuple[list[VersionInfo], dict[str, str]]:
+    """Every complete export of a model, newest first, and the damaged ones with the reason."""
     root = exports_root(model_dir)
     if not root.is_dir():
-        return []
+        return [], {}
     active = active_version(model_dir)
     found: list[tuple[str, VersionInfo]] = []
+    damaged: dict[str, str] = {}
     for folder in root.iterdir():
         if not _is_version_dir(folder):
             continue
         try:
-            manifest = read_manifest(folder)
+            manifest = read_version_manifest(folder)
         except ModelFileError as exc:
-            logger.warning("Skipping export version %s: %s", folder.name, exc)
+            damaged[folder.name] = str(exc)
             continue
         if manifest is None:
             continue
-        info = VersionInfo(
-            id=folder.name,
-            path=folder,
-            created_at=manifest.created_at,
-            content_sha256=getattr(manifest, "content_sha256", None),
-            source_sha256=manifest.source_sha256,
-            variants={k: v.size for k, v in manifest.variants.items()},
-            active=folder.name == active,
-            in_use=is_leased(model_dir, folder.name),
-            manifest=manifest,
-        )
-        found.append((manifest.created_at + folder.name, info))
-    return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
+        found.append((manifest.created_at + folder.name, _version_info(model_dir, folder, manifest, active)))
+    return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)], dict(sorted(damaged.items()))
+
+
+def list_versions(model_dir: Path) -> list[VersionInfo]:
+    """Every complete export of a model, newest first; a folder with a bad manifest is skipped
+    (`damaged_versions` lists those)."""
+    found, damaged = _scan_versions(model_dir)
+    for version, problem in damaged.items():
+        logger.warning("Skipping export version %s: %s", version, problem)
+    return found
+
+
+def damaged_versions(model_dir: Path) -> dict[str, str]:
+    """Version folders whose manifest cannot be used, each with the reason and the fix: never
+    loaded or rolled back to."""
+    return _scan_versions(model_dir)[1]
 
 
 def version_dir(model_dir: Path, version: str) -> Path:
@@ -169,13 +210,51 @@ def model_lock(model_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def activate(model_dir: Path, version: str) -> VersionInfo:
-    """Make ``version`` the one loaded by default (``ortmodels rollback``)."""
+def verify_version(model_dir: Path, version: str) -> Manifest:
+    """Check every file of ``version`` against the sha256 and size its manifest records.
+
+    What a rollback does before it switches the link: a damaged version is refused with
+    `ModelIntegrityError` (or `ModelFileError` for its manifest) naming the file, and the
+    link stays where it was. Files checked before and unchanged since are not hashed again.
+    """
+    folder = version_dir(model_dir, version)
+    try:
+        manifest = read_version_manifest(folder)
+        if manifest is None:  # removed since version_dir looked
+            raise UnknownVersionError(model_dir.name, version, [v.id for v in list_versions(model_dir)])
+        for entry in manifest.variants.values():
+            if entry.files:
+                variant_folder = folder / entry.path
+                refuse_outside_links(variant_folder, folder)
+                verify_variant(variant_folder, entry, model_dir.name)
+    except ModelFileError as exc:
+        active = active_version(model_dir)
+        fix = f"The onnx link stays at {active}" if active else "The onnx link was not changed"
+        if isinstance(exc, ModelIntegrityError) or not exc.fix:
+            fix += (f". Roll back to another version ('ortmodels versions {model_dir.name}' lists them), "
+                    f"or re-run 'ortmodels export {model_dir.name} --force' for a fresh one.")
+        else:
+            fix += f". {exc.fix}"
+        raise type(exc)(exc.path, f"Cannot roll back {model_dir.name} to damaged version {version}: "
+                        f"{exc.problem}", fix) from None
+    return manifest
+
+
+def activate(model_dir: Path, version: str, before_switch: Callable[[], None] | None = None) -> VersionInfo:
+    """Make ``version`` the one loaded by default (``ortmodels rollback``), all or nothing.
+
+    The version's manifest and files are verified first, then ``before_switch`` runs (the
+    manager stops calls on the replaced version there); if either raises, the link is not
+    touched. Both run under `model_lock`, so no export or prune changes the version meanwhile.
+    """
+    check_version_id(version)
     with model_lock(model_dir):
-        version_dir(model_dir, version)
+        manifest = verify_version(model_dir, version)
+        if before_switch is not None:
+            before_switch()
         point_link(model_dir, version)
     logger.info("Model %s now uses export version %s", model_dir.name, version)
-    return next(v for v in list_versions(model_dir) if v.id == version)
+    return _version_info(model_dir, exports_root(model_dir) / version, manifest, version)
 
 
 def prune(model_dir: Path, keep: int) -> list[str]:
