@@ -7,7 +7,6 @@ once however nested, and its undo cannot be skipped, not even by a cancelled tas
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -84,7 +83,7 @@ class CallAdmission(LifeCycleState):
                 if not future.cancelled() and future.exception() is None:
                     call = future.result()
                     if call.record is not None:
-                        call.record.failed = True
+                        call.record.cancelled = True
                     loop.run_in_executor(None, self._end_call, call)  # takes the model's lock
 
             admitted.add_done_callback(undo)
@@ -96,6 +95,8 @@ class CallAdmission(LifeCycleState):
         await asyncio.shield(ended)
 
     def _end_call(self, call: _Call) -> None:
+        """Uncount the call and record it; short waits only (nothing holds the model's lock for
+        long while a call is admitted: loads and unloads wait for it), so any thread may end it."""
         with self._lock:
             if self._holders.pop(id(call), None) is None:
                 return  # already ended: an undo can never count a call twice
@@ -127,9 +128,8 @@ class CallAdmission(LifeCycleState):
         try:
             with self._marked():
                 yield call.record
-        except BaseException:
-            if call.record is not None:
-                call.record.failed = True
+        except BaseException as exc:
+            _mark_ended(call.record, exc)
             raise
         finally:
             self._end_call(call)
@@ -141,9 +141,8 @@ class CallAdmission(LifeCycleState):
         try:
             with self._marked():
                 yield call.record
-        except BaseException:
-            if call.record is not None:
-                call.record.failed = True
+        except BaseException as exc:
+            _mark_ended(call.record, exc)
             raise
         finally:
             await self._aend_call(call)
@@ -161,9 +160,8 @@ class CallAdmission(LifeCycleState):
                 if record is not None:
                     record.saw_chunk(chunk)
                 yield chunk
-        except BaseException:
-            if record is not None:
-                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+        except BaseException as exc:
+            _mark_ended(record, exc)
             raise
         finally:
             close = getattr(iterator, "close", None)
@@ -184,9 +182,8 @@ class CallAdmission(LifeCycleState):
                 if record is not None:
                     record.saw_chunk(chunk)
                 yield chunk
-        except BaseException:
-            if record is not None:
-                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+        except BaseException as exc:
+            _mark_ended(record, exc)
             raise
         finally:
             aclose = getattr(iterator, "aclose", None)
@@ -194,6 +191,16 @@ class CallAdmission(LifeCycleState):
                 with self._marked():
                     await aclose()
             await self._aend_call(call)
+
+
+def _mark_ended(record: stats.CallRecord | None, exc: BaseException) -> None:
+    """A call that raised: cancelled if its caller gave up on it (a cancelled task, a stream
+    closed early), so client departures never count as errors; failed otherwise."""
+    if record is not None:
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            record.cancelled = True
+        else:
+            record.failed = True
 
 
 class _Call:
