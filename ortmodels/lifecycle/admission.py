@@ -7,6 +7,7 @@ once however nested, and its undo cannot be skipped, not even by a cancelled tas
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,9 @@ from ..monitoring import stats
 from .state import LifeCycleState
 
 _in_call: ContextVar[frozenset[int]] = ContextVar("ortmodels_in_call", default=frozenset())
+_admissions = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="ortmodels-admission")
+#: Where async calls wait for their admission (a load, an unload): ours, so a loop that ends
+#: (and shuts its executor down) cannot strand an admission that finishes after it.
 
 
 class CallAdmission(LifeCycleState):
@@ -70,21 +74,24 @@ class CallAdmission(LifeCycleState):
     async def _abegin_call(self, what: str) -> _Call:
         """`_begin_call` off the event loop, with an undo that a cancelled caller cannot skip.
 
-        The admission runs in a worker thread; if the awaiting task is cancelled meanwhile
-        (``asyncio.wait_for`` on a model still loading), the thread still finishes admitting
-        the call, so the call is ended as soon as it does, instead of being counted forever.
+        The admission runs in a worker thread of this module's own pool, not the loop's: if the
+        awaiting task is cancelled meanwhile (``asyncio.wait_for`` on a model still loading),
+        the thread still finishes admitting the call, and the undo then ends it in that thread,
+        even when the loop has shut down its executor or closed (``asyncio.run`` returning).
         """
-        loop = asyncio.get_running_loop()
-        admitted = loop.run_in_executor(None, self._begin_call, self._nested(), what)
+        admitted = _admissions.submit(self._begin_call, self._nested(), what)
+        waiting = asyncio.wrap_future(admitted)
         try:
-            return await asyncio.shield(admitted)
+            return await asyncio.shield(waiting)
         except asyncio.CancelledError:
-            def undo(future: asyncio.Future) -> None:
+            waiting.cancel()  # not started yet: never admitted; its result is then never sent to the loop
+
+            def undo(future: concurrent.futures.Future) -> None:
                 if not future.cancelled() and future.exception() is None:
                     call = future.result()
                     if call.record is not None:
                         call.record.cancelled = True
-                    loop.run_in_executor(None, self._end_call, call)  # takes the model's lock
+                    self._end_call(call)  # in the admitting thread; never blocks for long (see `_end_call`)
 
             admitted.add_done_callback(undo)
             raise
