@@ -21,6 +21,7 @@ from ..manager import ModelManager
 from . import errors
 from .admission import AdmissionQueue
 from .models import Catalog
+from .shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class ServerState:
     """``loading``, ``ok`` or ``error`` (a model listed to serve failed to load)."""
     error: str | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
+    shutdown: Shutdown = field(default_factory=Shutdown)
+    """Cut by `run` when the graceful shutdown's time is up: running answers end with an error."""
 
 
 async def _preload(state: ServerState) -> None:
