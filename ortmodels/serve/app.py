@@ -66,9 +66,9 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
     Other exported models load on their first request. ``api_key``: every ``/v1`` route then
     needs ``Authorization: Bearer <key>`` (an empty key, or one with spaces, raises
     `ConfigurationError`: it would leave the server open, or match no request). ``max_queue``:
-    requests waiting or running at once, past which the server answers 503 with ``Retry-After``. ``catalog``: where the routes get
-    their models (default: this process's `ModelManager`; `ortmodels.serve.ray` passes one
-    whose models are Ray Serve deployments).
+    requests waiting or running at once, past which the server answers 503 with
+    ``Retry-After``. ``catalog``: where the routes get their models (default: this process's
+    `ModelManager`; `ortmodels.serve.ray` passes one whose models are Ray Serve deployments).
     """
     catalog = catalog or Catalog(ModelManager())
     manager = catalog.manager
