@@ -19,9 +19,11 @@ from ..monitoring import stats
 from .state import LifeCycleState
 
 _in_call: ContextVar[frozenset[int]] = ContextVar("ortmodels_in_call", default=frozenset())
-_admissions = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="ortmodels-admission")
+_admissions = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ortmodels-admission")
 #: Where async calls wait for their admission (a load, an unload): ours, so a loop that ends
-#: (and shuts its executor down) cannot strand an admission that finishes after it.
+#: (and shuts its executor down) cannot strand an admission that finishes after it. Its threads
+#: mostly wait, and are started only when needed: enough that calls waiting for one model's
+#: load do not queue the admissions of other models behind them.
 
 
 class CallAdmission(LifeCycleState):
