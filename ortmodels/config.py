@@ -156,3 +156,26 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigurationError(
             "Bad setting " + "; ".join(problems) + ". Fix the environment variable or the .env file."
         ) from None
+
+
+def check_api_key(key: str | None) -> str | None:
+    """The server's API key as given (``None``: no key); a key no request could match is refused.
+
+    An empty key would start an open server while its operator believes it closed, and a key
+    with spaces, control or non-ASCII characters never matches what a client can send in
+    ``Authorization: Bearer <key>`` (the header is stripped and sent as ASCII).
+    """
+    if key is None:
+        return None
+    if not key.strip():
+        raise ConfigurationError(
+            "The API key is empty or blank, which would leave the server open to anyone: give a key "
+            "(e.g. the output of 'openssl rand -hex 32'), or leave it out to serve without one."
+        )
+    if not all("!" <= c <= "~" for c in key):
+        raise ConfigurationError(
+            "The API key contains spaces or characters other than visible ASCII, which no client can send "
+            "in 'Authorization: Bearer <key>', so no request would ever match it: use letters, digits and "
+            "punctuation only (e.g. the output of 'openssl rand -hex 32')."
+        )
+    return key

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 
 import typer
 
-from . import app, console
+from ..config import check_api_key
+from ..errors import ConfigurationError
+from . import app, console, err_console
+
+API_KEY_VAR = "ORTMODELS_API_KEY"
+
+
+def _api_key(value: str | None) -> str | None:
+    """``--api-key`` (or ``ORTMODELS_API_KEY``): refused when empty, blank or unsendable (exit 2)."""
+    if value is None and os.environ.get(API_KEY_VAR) == "":  # click reads an empty variable as unset
+        value = ""
+    try:
+        return check_api_key(value)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 @app.command()
@@ -15,8 +40,9 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     models: str = typer.Option(None, "--models", help="Models to load at start, comma-separated (name or "
                                "name:int8); default: DEFAULT_CHAT_MODEL and DEFAULT_EMBEDDING_MODEL."),
-    api_key: str = typer.Option(None, "--api-key", envvar="ORTMODELS_API_KEY",
-                                help="Require 'Authorization: Bearer KEY' on /v1 routes."),
+    api_key: str = typer.Option(None, "--api-key", envvar=API_KEY_VAR, callback=_api_key,
+                                help="Require 'Authorization: Bearer KEY' on /v1 routes (visible ASCII, "
+                                "no spaces)."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests waiting or running at once; more "
                                   "are answered 503 with Retry-After."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0.0, help="Seconds running requests "
@@ -31,6 +57,10 @@ def serve(
 ) -> None:
     """Serve the models over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    if api_key is None and not _loopback(host):
+        err_console.print(f"[yellow]warning:[/] listening on {host} without an API key: anyone who can reach "
+                          f"this address can use the models. Set --api-key (or {API_KEY_VAR}) to require one.",
+                          highlight=False)
     if ray:
         from ..serve.ray import run as run_on_ray
 

@@ -7,7 +7,7 @@ once however nested, and its undo cannot be skipped, not even by a cancelled tas
 from __future__ import annotations
 
 import asyncio
-import sys
+import concurrent.futures
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +19,11 @@ from ..monitoring import stats
 from .state import LifeCycleState
 
 _in_call: ContextVar[frozenset[int]] = ContextVar("ortmodels_in_call", default=frozenset())
+_admissions = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ortmodels-admission")
+#: Where async calls wait for their admission (a load, an unload): ours, so a loop that ends
+#: (and shuts its executor down) cannot strand an admission that finishes after it. Its threads
+#: mostly wait, and are started only when needed: enough that calls waiting for one model's
+#: load do not queue the admissions of other models behind them.
 
 
 class CallAdmission(LifeCycleState):
@@ -71,21 +76,24 @@ class CallAdmission(LifeCycleState):
     async def _abegin_call(self, what: str) -> _Call:
         """`_begin_call` off the event loop, with an undo that a cancelled caller cannot skip.
 
-        The admission runs in a worker thread; if the awaiting task is cancelled meanwhile
-        (``asyncio.wait_for`` on a model still loading), the thread still finishes admitting
-        the call, so the call is ended as soon as it does, instead of being counted forever.
+        The admission runs in a worker thread of this module's own pool, not the loop's: if the
+        awaiting task is cancelled meanwhile (``asyncio.wait_for`` on a model still loading),
+        the thread still finishes admitting the call, and the undo then ends it in that thread,
+        even when the loop has shut down its executor or closed (``asyncio.run`` returning).
         """
-        loop = asyncio.get_running_loop()
-        admitted = loop.run_in_executor(None, self._begin_call, self._nested(), what)
+        admitted = _admissions.submit(self._begin_call, self._nested(), what)
+        waiting = asyncio.wrap_future(admitted)
         try:
-            return await asyncio.shield(admitted)
+            return await asyncio.shield(waiting)
         except asyncio.CancelledError:
-            def undo(future: asyncio.Future) -> None:
+            waiting.cancel()  # not started yet: never admitted; its result is then never sent to the loop
+
+            def undo(future: concurrent.futures.Future) -> None:
                 if not future.cancelled() and future.exception() is None:
                     call = future.result()
                     if call.record is not None:
-                        call.record.failed = True
-                    loop.run_in_executor(None, self._end_call, call)  # takes the model's lock
+                        call.record.cancelled = True
+                    self._end_call(call)  # in the admitting thread; never blocks for long (see `_end_call`)
 
             admitted.add_done_callback(undo)
             raise
@@ -96,6 +104,8 @@ class CallAdmission(LifeCycleState):
         await asyncio.shield(ended)
 
     def _end_call(self, call: _Call) -> None:
+        """Uncount the call and record it; short waits only (nothing holds the model's lock for
+        long while a call is admitted: loads and unloads wait for it), so any thread may end it."""
         with self._lock:
             if self._holders.pop(id(call), None) is None:
                 return  # already ended: an undo can never count a call twice
@@ -127,9 +137,8 @@ class CallAdmission(LifeCycleState):
         try:
             with self._marked():
                 yield call.record
-        except BaseException:
-            if call.record is not None:
-                call.record.failed = True
+        except BaseException as exc:
+            _mark_ended(call.record, exc)
             raise
         finally:
             self._end_call(call)
@@ -141,9 +150,8 @@ class CallAdmission(LifeCycleState):
         try:
             with self._marked():
                 yield call.record
-        except BaseException:
-            if call.record is not None:
-                call.record.failed = True
+        except BaseException as exc:
+            _mark_ended(call.record, exc)
             raise
         finally:
             await self._aend_call(call)
@@ -161,9 +169,8 @@ class CallAdmission(LifeCycleState):
                 if record is not None:
                     record.saw_chunk(chunk)
                 yield chunk
-        except BaseException:
-            if record is not None:
-                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+        except BaseException as exc:
+            _mark_ended(record, exc)
             raise
         finally:
             close = getattr(iterator, "close", None)
@@ -184,9 +191,8 @@ class CallAdmission(LifeCycleState):
                 if record is not None:
                     record.saw_chunk(chunk)
                 yield chunk
-        except BaseException:
-            if record is not None:
-                record.failed = not isinstance(sys.exc_info()[1], GeneratorExit)
+        except BaseException as exc:
+            _mark_ended(record, exc)
             raise
         finally:
             aclose = getattr(iterator, "aclose", None)
@@ -194,6 +200,16 @@ class CallAdmission(LifeCycleState):
                 with self._marked():
                     await aclose()
             await self._aend_call(call)
+
+
+def _mark_ended(record: stats.CallRecord | None, exc: BaseException) -> None:
+    """A call that raised: cancelled if its caller gave up on it (a cancelled task, a stream
+    closed early), so client departures never count as errors; failed otherwise."""
+    if record is not None:
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            record.cancelled = True
+        else:
+            record.failed = True
 
 
 class _Call:

@@ -24,6 +24,7 @@ Rows = Callable[[], list[dict[str, Any]]]
 _COUNTERS = {
     "calls": "Calls made to the model",
     "errors": "Calls that raised an error",
+    "cancelled": "Calls their callers gave up on (a cancelled task, a stream closed early)",
     "input_tokens": "Prompt tokens read",
     "output_tokens": "Tokens generated",
     "embedded": "Texts embedded",
@@ -57,7 +58,7 @@ class OrtModelsCollector(Collector):
         for field, help_text in _COUNTERS.items():
             family = CounterMetricFamily(f"ortmodels_{field}", help_text, labels=labels)
             for row in rows:
-                family.add_metric(values(row), row[field])
+                family.add_metric(values(row), row.get(field, 0))  # 0: an older process's state file
             yield family
         latency = SummaryMetricFamily("ortmodels_call_seconds", "Call latency in seconds", labels=labels)
         for row in rows:

@@ -29,6 +29,8 @@ class CallRecord:
     items: int = 0
     """Texts embedded (embedding calls)."""
     failed: bool = False
+    cancelled: bool = False
+    """Ended by its caller (a cancelled task, a stream closed early): counted apart from errors."""
     key: tuple[str, str | None, str] | None = None
     """(model, variant, kind), taken when the call began, while the model was surely loaded."""
 
@@ -71,6 +73,8 @@ class ModelStats:
     kind: str
     calls: int = 0
     errors: int = 0
+    cancelled: int = 0
+    """Calls their callers gave up on: a cancelled task, a stream closed before its end."""
     input_tokens: int = 0
     output_tokens: int = 0
     embedded: int = 0
@@ -135,7 +139,8 @@ class StatsRegistry:
         with self._lock:
             entry = self._entry(key or key_of(model))
             entry.calls += 1
-            entry.errors += int(record.failed)
+            entry.errors += int(record.failed and not record.cancelled)
+            entry.cancelled += int(record.cancelled)
             entry.busy_s += record.seconds
             entry.latencies.append(record.seconds)
             if record.items:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
+from ..config import check_api_key
 from ..manager import ModelManager
 from . import errors
 from .admission import AdmissionQueue
 from .models import Catalog
+from .shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class ServerState:
     """``loading``, ``ok`` or ``error`` (a model listed to serve failed to load)."""
     error: str | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
+    shutdown: Shutdown = field(default_factory=Shutdown)
+    """Cut by `run` when the graceful shutdown's time is up: running answers end with an error."""
 
 
 async def _preload(state: ServerState) -> None:
@@ -60,10 +64,11 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
     ``models``: ids to load at start (``name`` or ``name:int8``; a comma-separated string is
     split; default: ``DEFAULT_CHAT_MODEL`` and ``DEFAULT_EMBEDDING_MODEL`` where exported).
     Other exported models load on their first request. ``api_key``: every ``/v1`` route then
-    needs ``Authorization: Bearer <key>``. ``max_queue``: requests waiting or running at once,
-    past which the server answers 503 with ``Retry-After``. ``catalog``: where the routes get
-    their models (default: this process's `ModelManager`; `ortmodels.serve.ray` passes one
-    whose models are Ray Serve deployments).
+    needs ``Authorization: Bearer <key>`` (an empty key, or one with spaces, raises
+    `ConfigurationError`: it would leave the server open, or match no request). ``max_queue``:
+    requests waiting or running at once, past which the server answers 503 with
+    ``Retry-After``. ``catalog``: where the routes get their models (default: this process's
+    `ModelManager`; `ortmodels.serve.ray` passes one whose models are Ray Serve deployments).
     """
     catalog = catalog or Catalog(ModelManager())
     manager = catalog.manager
@@ -71,7 +76,7 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
         models = [m.strip() for m in models.split(",") if m.strip()]
     preload = list(models) if models else catalog.defaults()
     catalog.check(preload)
-    state = ServerState(catalog, AdmissionQueue(max_queue), api_key or None, preload)
+    state = ServerState(catalog, AdmissionQueue(max_queue), check_api_key(api_key), preload)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

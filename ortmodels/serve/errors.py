@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import errors as ort
 
@@ -121,7 +122,12 @@ def install(app: FastAPI) -> None:
         message = f"No route {request.method} {request.url.path}." if exc.status_code in (404, 405) else str(exc.detail)
         return ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {})).response()
 
+    async def client_left(request: Request, exc: Exception) -> Response:
+        logger.info("The client went away while sending its request (%s %s)", request.method, request.url.path)
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(ClientDisconnect, client_left)
     app.add_exception_handler(RequestValidationError, api_error)
     app.add_exception_handler(ort.OrtModelsError, api_error)
     app.add_exception_handler(HTTPException, http_error)

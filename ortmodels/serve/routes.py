@@ -112,11 +112,17 @@ async def _client_left(request: Request) -> None:
 
 
 async def _guarded(request: Request, slot: Slot, work: Coroutine[Any, Any, dict[str, Any]]) -> Response:
-    """Run a non-streamed answer; a client that leaves first cancels it (and its engine request)."""
+    """Run a non-streamed answer; a client that leaves first cancels it (and its engine request),
+    and so does the shutdown timeout (then the client gets a 503)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_client_left(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await _state(request).shutdown.bounded(asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED))
+        except ApiError:  # cut at the shutdown timeout: the answer is cancelled before the 503 is sent
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -129,8 +135,8 @@ async def _guarded(request: Request, slot: Slot, work: Coroutine[Any, Any, dict[
         slot.release()
 
 
-async def _prime(slot: Slot, events: AsyncIterator[str]) -> Response:
-    return await respond(events, slot)
+async def _prime(request: Request, slot: Slot, events: AsyncIterator[str]) -> Response:
+    return await respond(events, slot, _state(request).shutdown)
 
 
 # -- health and metrics -----------------------------------------------------------------------
@@ -207,7 +213,7 @@ async def _answer(request: Request, state: ServerState, entry: ModelId, open_str
         raise
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _prime(slot, answer.stream(chunks, include_usage))
+        return await _prime(request, slot, answer.stream(chunks, include_usage))
     return await _guarded(request, slot, answer.complete(chunks))
 
 

@@ -1,23 +1,45 @@
 """Serve the app with uvicorn, exiting 0 after a graceful SIGTERM or Ctrl-C.
 
-uvicorn stops accepting connections on SIGTERM, lets running requests finish within
-``shutdown_timeout`` seconds (then cancels them), runs the lifespan's shutdown (models
-unloaded), and finally re-raises the signal to the handler that was there before it; the
-handlers set here make that a plain return, so the process ends with status 0.
+uvicorn stops accepting connections on SIGTERM and lets running requests finish; at
+``shutdown_timeout`` seconds the app ends those still running itself (`Shutdown`: a stream
+with an error event and ``[DONE]``, a whole answer with a 503), and uvicorn's own cancel
+comes `CANCEL_GRACE_S` later, only for a client that reads nothing. Then it runs the
+lifespan's shutdown (models unloaded), and finally re-raises the signal to the handler that
+was there before it; the handlers set here make that a plain return, so the process ends
+with status 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 
 import uvicorn
 
 from ..errors import OrtModelsError
 from .app import DEFAULT_MAX_QUEUE, create_app
+from .shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 3.0
+"""Past the shutdown timeout, how long uvicorn waits before it cancels what the app's own cut
+could not end (a response blocked on a client that reads nothing)."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that tells the app's `Shutdown` when the shutdown's time is up."""
+
+    def __init__(self, config: uvicorn.Config, shutdown: Shutdown, timeout: float) -> None:
+        super().__init__(config)
+        self._cut, self._timeout = shutdown, timeout
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().call_later(self._timeout, self._cut.cut)
+        await super().shutdown(sockets)
 
 
 def _stay(signum: int, frame: object) -> None:
@@ -30,8 +52,8 @@ def run(host: str = "127.0.0.1", port: int = 8000, models: Sequence[str] | str |
     """Serve until SIGTERM/SIGINT; raises `OrtModelsError` if the server could not start."""
     app = create_app(models=models, api_key=api_key, max_queue=max_queue, unload_timeout=shutdown_timeout)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                            timeout_graceful_shutdown=shutdown_timeout, timeout_keep_alive=5)
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=shutdown_timeout + CANCEL_GRACE_S, timeout_keep_alive=5)
+    server = _Server(config, app.state.server.shutdown, shutdown_timeout)
     previous = {sig: signal.signal(sig, _stay) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()

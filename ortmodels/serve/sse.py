@@ -2,8 +2,9 @@
 
 A stream's first item is awaited before the response starts, so a request refused by
 the model (a bad option, a prompt past the context) is an HTTP error, not a 200 whose body
-says so. An error after that is sent as one ``data: {"error": ...}`` event. The admission
-slot is released when the stream ends, is closed by a client that went away, or is never
+says so. An error after that is sent as one ``data: {"error": ...}`` event, and so is the
+end of a stream still running at the shutdown timeout (`Shutdown`). The admission slot is
+released when the stream ends, is closed by a client that went away, or is never
 started at all (the generator is collected).
 """
 
@@ -19,20 +20,22 @@ from fastapi.responses import StreamingResponse
 
 from .admission import Slot
 from .errors import from_exception
+from .shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
+_END = object()
 
 
 def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _events(first: str, rest: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]:
+async def _events(first: str, rest: AsyncIterator[str], slot: Slot, shutdown: Shutdown) -> AsyncIterator[str]:
     try:
         yield first
-        async for item in rest:
+        while (item := await shutdown.bounded(anext(rest, _END))) is not _END:
             yield item
     except Exception as exc:  # noqa: BLE001 - the client gets an error event, the log the details
         yield event(from_exception(exc).body())
@@ -44,17 +47,17 @@ async def _events(first: str, rest: AsyncIterator[str], slot: Slot) -> AsyncIter
             await close()
 
 
-async def respond(events: AsyncIterator[str], slot: Slot) -> StreamingResponse:
+async def respond(events: AsyncIterator[str], slot: Slot, shutdown: Shutdown) -> StreamingResponse:
     """A streaming response from ``events``; errors before its first event are raised here."""
     try:
-        first = await anext(events)
+        first = await shutdown.bounded(anext(events))
     except BaseException:
         slot.release()
         close = getattr(events, "aclose", None)
         if close is not None:
             await close()
         raise
-    body = _events(first, events, slot)
+    body = _events(first, events, slot, shutdown)
     weakref.finalize(body, slot.release)  # never started (the client left first): still released
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
