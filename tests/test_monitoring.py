@@ -103,6 +103,7 @@ def test_ps_and_stats_commands_see_this_process(used: dict) -> None:
     rows = [r for r in json.loads(_cli("stats", "--json")) if r["pid"] == os.getpid()]
     assert _row(rows, CHAT_SAMPLE)["calls"] == used["chat_calls"]
     assert "ortmodels_calls_total" in _cli("stats", "--prometheus")
+    assert "cancelled" in _cli("stats")  # calls their callers gave up on, apart from errors
     ModelManager().unload_all()
     ps = json.loads(_cli("ps", "--json"))
     assert [p["loaded"] for p in ps if p["pid"] == os.getpid()] in ([], [[]])

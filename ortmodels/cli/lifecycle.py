@@ -117,13 +117,14 @@ def stats(
     if not rows:
         console.print("No figures: no running process has used a model.")
         return
-    headers = ("pid", "model", "variant", "calls", "errors", "tokens in/out", "tok/s",
+    headers = ("pid", "model", "variant", "calls", "errors", "cancelled", "tokens in/out", "tok/s",
                "emb/s", "p50 ms", "p95 ms", "p99 ms", "TTFT p50 ms", "load s")
     cells = []
     for r in rows:
         latency, ttft = r.get("latency_s"), r.get("time_to_first_token_s")
         cells.append((
             str(r["pid"]), r["model"], r.get("variant") or "-", str(r["calls"]), str(r["errors"]),
+            str(r.get("cancelled", 0)),
             f"{r['input_tokens']}/{r['output_tokens']}",
             f"{r['tokens_per_second']:.1f}" if r.get("tokens_per_second") else "-",
             f"{r['embeddings_per_second']:.1f}" if r.get("embeddings_per_second") else "-",
