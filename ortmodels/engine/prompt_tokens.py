@@ -21,9 +21,13 @@ unit whose tokens would be the same had the caller's text held no special token'
 
 Limits: an escape cut or rewritten by the template (sliced, url-encoded) stays plain text,
 so it is never a control token; a template that transforms message text (``upper``) sees the
-escape, not the token's text, in the rare text that holds one. On a tokenizer whose
-pre-tokenizer marks only the start of the whole input (SentencePiece's ``prepend_scheme:
-first``), a re-tokenized stretch gets that mark as if it began the input.
+escape, not the token's text, in the rare text that holds one. Strings are escaped one by one:
+a template that glues two caller strings with nothing between them could join two halves of
+a special token (no known template does; ChatML and Llama's put markup around every field).
+Only tokens marked ``special`` are escaped: other added tokens (Qwen's ``<tool_call>``) are
+vocabulary, read in text as transformers reads them. On a tokenizer whose pre-tokenizer marks
+only the start of the whole input (SentencePiece's ``prepend_scheme: first``), a re-tokenized
+stretch gets that mark as if it began the input.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
 ESCAPE_OPEN, ESCAPE_CLOSE = "\ue002", "\ue003"
 _RESTORE = re.compile(ESCAPE_OPEN + "([0-9]{1,6})" + ESCAPE_CLOSE)
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class PromptTokenizer:
@@ -66,7 +70,7 @@ class PromptTokenizer:
 
     # -- what the caller wrote -----------------------------------------------------------------
 
-    def escape(self, value: T) -> T:
+    def escape(self, value: _T) -> _T:
         """``value`` (strings, and dicts, lists and tuples of them, keys included) with every
         special token's text escaped; other values are kept as they are."""
         try:
