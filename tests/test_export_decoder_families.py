@@ -128,7 +128,7 @@ def _export_and_chat(tmp_path: Path, family: str, graph: str, long_rope: bool = 
     assert chat.render_prompt(lc_messages) == tokenizer.apply_chat_template(
         MESSAGES, add_generation_prompt=True, tokenize=False
     )
-    assert chat.get_token_ids(chat.render_prompt(lc_messages)) == prompt_ids
+    assert chat.prompt_token_ids(lc_messages) == prompt_ids
 
     reply = chat.invoke("hello")
     assert isinstance(reply, AIMessage)

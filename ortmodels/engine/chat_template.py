@@ -20,15 +20,30 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ChatTemplateError, ModelFileError
+from .prompt_tokens import ESCAPE_CLOSE, ESCAPE_OPEN
 
 
 def _raise(message: str) -> None:
     raise ChatTemplateError(f"The model's chat template refused the messages: {message}")
 
 
+#: What ``json.dumps(ensure_ascii=True)`` writes as ``\uXXXX``, but for the escapes of special
+#: tokens' text (`prompt_tokens`), which must reach the tokenizer as they are.
+_NOT_ASCII = re.compile(rf"[^\x00-\x7e{ESCAPE_OPEN}{ESCAPE_CLOSE}]")
+
+
+def _json_ascii(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code > 0xFFFF:  # a surrogate pair, as json writes it
+        code -= 0x10000
+        return f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+    return _NOT_ASCII.sub(_json_ascii, text) if ensure_ascii else text
 
 
 #: Longest a render may take; a real conversation renders in about a millisecond.

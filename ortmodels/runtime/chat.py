@@ -47,6 +47,7 @@ from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, Finished, Request, SamplingParams
 from ..engine.chat_template import ChatTemplate
 from ..engine.constraints import GrammarCompiler
+from ..engine.prompt_tokens import PromptTokenizer
 from ..engine.sampling import TokenLogprob
 from ..engine.session import output_width
 from ..engine.tokenizer import (
@@ -135,6 +136,8 @@ class _Loaded:
         self.engine, self.tokenizer, self._template = engine, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
         self.grammars = grammars
+        self.prompt_tokens = PromptTokenizer(tokenizer)
+        """Chat prompts (only the template makes control tokens), text, and raw prompts as ids."""
         source = template.source if isinstance(template, ChatTemplate) else ""
         self.tool_format = FORMATS[spec.tool_format or detect_format(source)]
         self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
@@ -269,13 +272,41 @@ class OnnxChatModel(BaseLLMModel):
         return self.loaded.template.render(to_template_messages(messages), add_generation_prompt=True)
 
     def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` by the model's own tokenizer (LangChain's default would use GPT-2's)."""
+        """Token ids of ``text`` as text, by the model's own tokenizer (LangChain's default would
+        use GPT-2's): a special token's text such as ``<|im_end|>`` is plain text here, as it is
+        in a message; no BOS is added."""
         self._ensure_loaded()
-        return self.loaded.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.loaded.prompt_tokens.encode_text(text)
+
+    def prompt_token_ids(self, messages: Any, tools: Sequence[Any] | None = None, **kwargs: Any) -> list[int]:
+        """The prompt ids the engine runs for this conversation (``tools`` and ``tool_choice``
+        offered as `bind_tools` offers them), before the context check: a prompt that does not
+        fit fails the call, or with ``truncate_prompt`` loses its oldest tokens."""
+        self._ensure_loaded()
+        loaded = self.loaded
+        output = {k: v for k, v in kwargs.items() if k in OUTPUT_OPTIONS}
+        if tools:
+            output["tools"] = tools
+        plan = OutputPlan.from_options(output, loaded.tool_format, loaded.grammars, loaded.tokenizer)
+        converted = plan.messages(to_template_messages(self._convert_input(messages).to_messages(),
+                                                       loaded.tool_format))
+        return self._prompt_tokens(loaded, converted, plan.template_vars)
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None,
+                                     **kwargs: Any) -> int:
+        """How many prompt tokens a call with these messages runs (its ``usage`` input tokens),
+        tools and the chat template's markup included."""
+        return len(self.prompt_token_ids(messages, tools, **kwargs))
 
     def _prompt_ids(self, loaded: _Loaded, converted: list[dict[str, Any]], max_tokens: int | None,
                     template_vars: dict[str, Any] | None = None) -> tuple[list[int], int]:
         """Prompt token ids and the number of tokens to generate, checked against the context."""
+        return self._fit_context(loaded, self._prompt_tokens(loaded, converted, template_vars), max_tokens)
+
+    def _prompt_tokens(self, loaded: _Loaded, converted: list[dict[str, Any]],
+                       template_vars: dict[str, Any] | None = None) -> list[int]:
+        """The rendered conversation's ids: the caller's text is escaped before rendering, so the
+        template's markup is the only source of special tokens (`PromptTokenizer`)."""
         context = loaded.spec.context_length
         bound = loaded.prompt_chars
         if sum(len(m["content"]) for m in converted) > bound:  # decided before any tokenizing
@@ -286,8 +317,9 @@ class OnnxChatModel(BaseLLMModel):
                     "the conversation, or set truncate_prompt=True to drop the oldest text."
                 )
             converted = keep_tail(converted, bound)
-        prompt = loaded.template.render(converted, add_generation_prompt=True, max_chars=2 * bound,
-                                        **(template_vars or {}))
+        escape = loaded.prompt_tokens.escape
+        prompt = loaded.template.render(escape(converted), add_generation_prompt=True, max_chars=2 * bound,
+                                        **escape(template_vars or {}))
         if len(prompt) > bound:
             if not self.truncate_prompt:
                 raise ChatInputError(
@@ -295,8 +327,7 @@ class OnnxChatModel(BaseLLMModel):
                     f"{context} tokens can hold. Shorten the conversation, or set truncate_prompt=True."
                 )
             prompt = prompt[-bound:]
-        ids = loaded.tokenizer.encode(prompt, add_special_tokens=False).ids
-        return self._fit_context(loaded, ids, max_tokens)
+        return loaded.prompt_tokens.encode_chat(prompt)
 
     def _fit_context(self, loaded: _Loaded, ids: list[int], max_tokens: int | None) -> tuple[list[int], int]:
         """Prompt ids and tokens to generate within the context: the overflow is refused, naming
@@ -454,7 +485,7 @@ class OnnxChatModel(BaseLLMModel):
                     f"{loaded.spec.context_length} tokens can hold. Shorten it, or set truncate_prompt=True."
                 )
             prompt = prompt[-loaded.prompt_chars:]
-        ids = loaded.tokenizer.encode(prompt, add_special_tokens=True).ids  # a BOS where the model wants one
+        ids = loaded.prompt_tokens.encode_raw(prompt)  # the caller's whole prompt: its special tokens, a BOS
         ids, max_tokens = self._fit_context(loaded, ids, asked_max_tokens)
         return loaded, Request(ids, params, max_tokens=max_tokens, stop=stops,
                                eos_token_ids=loaded.spec.eos_token_ids)
