@@ -47,6 +47,13 @@ from ..errors import ChatInputError, StructuredOutputError
 OUTPUT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs")
 
 
+LOGPROBS_WITH_TOOLS = (
+    "logprobs cannot be given with tools: an answer with tools is read as a whole into content and "
+    "tool calls, with no tokens to attach log-probabilities to. Leave out logprobs / top_logprobs, "
+    "or the tools (or set tool_choice='none')."
+)
+
+
 def logprobs_of(options: dict[str, Any]) -> int | None:
     """How many alternatives each token's log-probability comes with (``None``: none asked for)."""
     top = options.get("top_logprobs")
@@ -178,11 +185,7 @@ class OutputPlan:
             if grammar is not None:
                 raise ChatInputError("Give tools or a response_format, not both, in one call.")
             if logprobs_of(options) is not None:
-                raise ChatInputError(
-                    "logprobs cannot be given with tools: an answer with tools is read as a whole into "
-                    "content and tool calls, with no tokens to attach log-probabilities to. Leave out "
-                    "logprobs / top_logprobs, or the tools (or set tool_choice='none')."
-                )
+                raise ChatInputError(LOGPROBS_WITH_TOOLS)
             special = special_tokens(tokenizer)
             plan = fmt.plan(tools, choice, parallel, special)
             trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None
