@@ -91,11 +91,15 @@ def test_tool_parameters_that_are_not_an_object_schema_are_refused(chat: OnnxCha
         chat.invoke("Count.", tools=[tool], tool_choice="required")
 
 
-def test_two_tools_of_one_name_are_refused(chat: OnnxChatModel) -> None:
-    with pytest.raises(ChatInputError, match="Two tools are named 'get_weather'"):
-        chat.bind_tools([get_weather, get_weather])
-    with pytest.raises(ChatInputError, match="Two tools are named 'get_weather'"):
-        chat.invoke("Weather in Oslo?", tools=[WEATHER, WEATHER])
+def test_two_tools_of_one_name_are_refused_when_called(chat: OnnxChatModel) -> None:
+    """Binding them is allowed (LangChain's standard suite binds a class and its schema, one name
+    twice, and never calls them); a call that offers both is refused before any token."""
+    before = _work(chat)
+    for bound, tools in ((chat.bind_tools([get_weather, get_weather]), None), (chat, [WEATHER, WEATHER]),
+                         (chat.bind_tools([get_weather, City, WEATHER], tool_choice="City"), None)):
+        with pytest.raises(ChatInputError, match="Two tools are named 'get_weather'"):
+            bound.invoke("Weather in Oslo?", **({"tools": tools} if tools else {}))
+    assert _work(chat) == before
 
 
 def test_object_schemas_and_no_parameters_are_accepted(chat: OnnxChatModel) -> None:

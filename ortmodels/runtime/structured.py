@@ -87,34 +87,43 @@ def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:
 
 
 def format_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
-    """OpenAI function dicts from pydantic classes, functions, LangChain tools or dicts."""
+    """OpenAI function dicts from pydantic classes, functions, LangChain tools or dicts, each
+    callable (`check_tools` refuses two of one name when a call offers them: LangChain's own
+    suite binds a class and its JSON schema, one name twice, and never calls them)."""
     formatted = []
     for tool in tools:
         try:
             formatted.append(convert_to_openai_tool(tool))
         except Exception as exc:  # LangChain raises ValueError/TypeError with its own message
             raise ChatInputError(f"Cannot use {tool!r:.80} as a tool: {exc}") from None
-    return check_tools(formatted)
+    for index, tool in enumerate(formatted):
+        _check_tool(index, tool)
+    return formatted
 
 
 def check_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``tools`` as given, once every one can be called and told apart: a call's arguments are
-    a JSON object (OpenAI's and LangChain's tool calls carry a dict; any other schema would give
-    arguments that no client can send back), and each name is one tool's (with two of one
-    name, the model's call could not say which it meant)."""
+    """``tools`` as a call offers them, once every one can be called and told apart: each name
+    is one tool's (with two of one name, a call could not say which it meant, and the first
+    would silently win)."""
     seen: set[str] = set()
     for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
-            raise ChatInputError(f"tools[{index}] has no function name: give {{'type': 'function', "
-                                 "'function': {'name': ..., 'parameters': {...}}}.")
+        name = _check_tool(index, tool)
         if name in seen:
             raise ChatInputError(f"Two tools are named {name!r}: give each tool its own name.")
         seen.add(name)
-        schema = function.get("parameters")
-        if schema is None:
-            continue
+    return tools
+
+
+def _check_tool(index: int, tool: Any) -> str:
+    """The tool's name, once its arguments are a JSON object: OpenAI's and LangChain's tool
+    calls carry a dict, and any other schema would give arguments that no client can send back."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ChatInputError(f"tools[{index}] has no function name: give {{'type': 'function', "
+                             "'function': {'name': ..., 'parameters': {...}}}.")
+    schema = function.get("parameters")
+    if schema is not None:
         kind = schema.get("type", "object") if isinstance(schema, dict) else None
         if kind != "object":
             shown = f"type {kind!r}" if isinstance(schema, dict) else type(schema).__name__
@@ -123,7 +132,7 @@ def check_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "a JSON object. Wrap the value in one: {'type': 'object', 'properties': {'value': <the "
                 "schema>}, 'required': ['value']}."
             )
-    return tools
+    return name
 
 
 def grammar_of(response_format: Any) -> Grammar | None:
@@ -174,8 +183,9 @@ class OutputPlan:
     def from_options(cls, options: dict[str, Any], fmt: ToolFormat, compiler: GrammarCompiler,
                      tokenizer: Any) -> OutputPlan:
         tools = list(options.get("tools") or [])
-        tools = check_tools(tools) if all(isinstance(t, dict) and "function" in t for t in tools) \
-            else format_tools(tools)
+        if not all(isinstance(t, dict) and "function" in t for t in tools):
+            tools = format_tools(tools)
+        check_tools(tools)
         tools = [{**t, "function": {**t["function"], "parameters": close_objects(
             t["function"].get("parameters") or {"type": "object", "properties": {}})}} for t in tools]
         choice = normalize_tool_choice(options.get("tool_choice"), tools)
