@@ -210,7 +210,7 @@ class GrammarProcessor:
             raise _failed(self._matcher, self.grammar)
 
 
-def first_line(text: str) -> str:
+def _first_line(text: str) -> str:
     """The first line of llguidance's error: the rest is a state dump, for the log only."""
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
 
@@ -220,6 +220,6 @@ def _failed(matcher: Any, grammar: Grammar) -> GrammarError:
     logger.debug("Constrained decoding failed: %s", matcher.get_error())
     return GrammarError(
         f"Constrained decoding failed: the {grammar.kind} grammar allows no text after what was "
-        f"generated so far ({first_line(matcher.get_error())}). Fix the {grammar.kind} so that every "
+        f"generated so far ({_first_line(matcher.get_error())}). Fix the {grammar.kind} so that every "
         "text it starts can be completed."
     )
