@@ -140,6 +140,13 @@ class GrammarCompiler:
                 f"The {grammar.kind} grammar cannot be used for constrained decoding: "
                 f"{matcher.get_error()}. Remove or simplify that part of the {grammar.kind}."
             )
+        matcher.compute_bitmask()  # the first mask: a grammar no text can match fails here, not at the first token
+        if matcher.is_error():
+            logger.debug("The %s grammar admits no output: %s", grammar.kind, matcher.get_error())
+            raise GrammarError(
+                f"The {grammar.kind} grammar admits no output: no text can match it. "
+                f"Fix the {grammar.kind} so that some text matches it."
+            )
         return matcher
 
     def check(self, grammar: Grammar) -> None:
@@ -184,7 +191,7 @@ class GrammarProcessor:
         matcher = self._matcher
         matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         if matcher.is_error():
-            raise GrammarError(f"Constrained decoding failed: {matcher.get_error()}")
+            raise _failed(matcher, self.grammar)
         np.right_shift(self._words[:, None], self._shifts[None, :], out=self._bits)
         np.bitwise_and(self._bits, 1, out=self._bits)
         np.equal(self._bits.reshape(-1), 0, out=self._banned)
@@ -200,4 +207,19 @@ class GrammarProcessor:
                 self.triggered = True
             return
         if not self._matcher.consume_token(token_id) and not self._matcher.is_stopped():
-            raise GrammarError(f"Constrained decoding failed: {self._matcher.get_error()}")
+            raise _failed(self._matcher, self.grammar)
+
+
+def _first_line(text: str) -> str:
+    """The first line of llguidance's error: the rest is a state dump, for the log only."""
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def _failed(matcher: Any, grammar: Grammar) -> GrammarError:
+    """The one-line error for a matcher that failed mid-answer; its state dump goes to the log."""
+    logger.debug("Constrained decoding failed: %s", matcher.get_error())
+    return GrammarError(
+        f"Constrained decoding failed: the {grammar.kind} grammar allows no text after what was "
+        f"generated so far ({_first_line(matcher.get_error())}). Fix the {grammar.kind} so that every "
+        "text it starts can be completed."
+    )

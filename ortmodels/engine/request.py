@@ -71,6 +71,10 @@ class Request:
     Greedy unless ``params`` says otherwise; a seed gives this request its own random
     generator, so its samples do not depend on which other requests share a batch.
     ``processor`` (a grammar mask, say) edits this request's logits before each choice.
+    Stop strings end free text only: once a processor says it is ``active`` (a grammar holds
+    the text, from the first token or from a trigger on), no stop string cuts the answer,
+    which ends where its grammar ends, so a tool call or a structured answer is never cut
+    into a fragment that does not parse.
     ``speculative`` turns prompt-lookup speculative decoding on or off for this request
     (None: the engine's setting); it changes speed only, never which tokens are chosen.
     """
@@ -187,6 +191,8 @@ class Request:
         self.generated.append(token)
         if token in self.eos_token_ids:
             return "stop"
+        if self._assembler is not None and self._assembler.stop and getattr(self.processor, "active", False):
+            self._assembler.stop = ()  # a grammar holds the text from here: it ends where the grammar ends
         piece = self._assembler.add(token) if self._assembler else ""
         chosen, self._chosen_logprob = self._chosen_logprob, None
         self._deliver(TextDelta(piece, (token,), (chosen,) if chosen is not None else ()))

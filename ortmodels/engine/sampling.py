@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -29,27 +31,44 @@ class SamplingParams:
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
-    """CTRL-style penalty as transformers applies it: divide positive, multiply negative logits."""
+    """CTRL-style penalty as transformers applies it: divide positive, multiply negative logits.
+
+    Any finite penalty the options accept is safe: the penalized scores are computed in
+    float64 and held within float32's finite range (a penalty of 1e-300 would otherwise
+    make them infinite, and infinity minus infinity is NaN), and a banned (-inf) score stays banned.
+    """
     if penalty == 1.0 or seen.size == 0:
         return logits
     logits = logits.copy()
-    scores = logits[seen]
-    logits[seen] = np.where(scores > 0, scores / penalty, scores * penalty)
+    scores = logits[seen].astype(np.float64)
+    with np.errstate(over="ignore"):
+        penalized = np.where(scores > 0, scores / penalty, scores * penalty)
+    logits[seen] = np.where(np.isfinite(scores), np.clip(penalized, -_FLOAT32_MAX, _FLOAT32_MAX), scores)
     return logits
 
 
 def choose_token(
     logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator
 ) -> int:
-    """The next token id from one row of logits."""
+    """The next token id from one row of logits.
+
+    The logits are shifted so the best is 0 before they are divided by the temperature, in
+    float64: a temperature so small that a logit divided by it would overflow (1e-38, 5e-324)
+    then sends every other token to -inf, the limit of sampling as the temperature goes to 0
+    (greedy, ties shared), instead of inf - inf = NaN.
+    """
     logits = apply_repetition_penalty(logits.astype(np.float32, copy=False), seen, params.repetition_penalty)
     if params.greedy:
         return int(np.argmax(logits))
-    logits = logits / params.temperature
-    if params.top_k and params.top_k < logits.size:
-        kth = np.partition(logits, -params.top_k)[-params.top_k]
-        logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max())
+    best = float(np.max(logits))
+    if not np.isfinite(best):  # every token banned: nothing to weigh, as greedy would choose
+        return int(np.argmax(logits))
+    with np.errstate(over="ignore"):
+        scaled = (logits.astype(np.float64) - best) / params.temperature
+    if params.top_k and params.top_k < scaled.size:
+        kth = np.partition(scaled, -params.top_k)[-params.top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled)
     probs /= probs.sum()
     if params.top_p < 1.0:
         order = np.argsort(-probs)
@@ -67,7 +86,8 @@ class LogitsProcessor(Protocol):
 
     `mask` edits one float32 row of logits in place (set disallowed tokens to ``-inf``);
     `accept` is told the token that was chosen, so the processor can advance. An exception
-    from either fails only the request that owns the processor.
+    from either fails only the request that owns the processor. A processor whose ``active``
+    attribute is true holds the text to a grammar: the request's stop strings do not cut it.
     """
 
     def mask(self, logits: np.ndarray) -> None: ...

@@ -402,6 +402,7 @@ class OnnxChatModel(BaseLLMModel):
         output = {k: kwargs.pop(k) for k in OUTPUT_OPTIONS if k in kwargs}
         params, asked_max_tokens, stops = self._options(loaded, stop, kwargs)
         plan = OutputPlan.from_options(output, loaded.tool_format, loaded.grammars, loaded.tokenizer)
+        plan.stop = stops
         converted = plan.messages(to_template_messages(messages, loaded.tool_format))
         prompt_ids, max_tokens = self._prompt_ids(loaded, converted, asked_max_tokens, plan.template_vars)
         request = Request(prompt_ids, params, max_tokens=max_tokens, stop=stops,
@@ -518,9 +519,7 @@ class OnnxChatModel(BaseLLMModel):
         chunks = []
         reason = event.reason
         if plan.tool_format is not None:
-            content, calls = plan.finish("".join(text))
-            if calls and reason == "stop":
-                reason = "tool_calls"
+            content, calls, reason = plan.finish("".join(text), reason)
             if content or calls:
                 chunks.append(ChatGenerationChunk(message=AIMessageChunk(
                     content=content, tool_call_chunks=tool_call_chunks(calls))))

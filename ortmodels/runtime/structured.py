@@ -47,6 +47,13 @@ from ..errors import ChatInputError, StructuredOutputError
 OUTPUT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs")
 
 
+LOGPROBS_WITH_TOOLS = (
+    "logprobs cannot be given with tools: an answer with tools is read as a whole into content and "
+    "tool calls, with no tokens to attach log-probabilities to. Leave out logprobs / top_logprobs, "
+    "or the tools (or set tool_choice='none')."
+)
+
+
 def logprobs_of(options: dict[str, Any]) -> int | None:
     """How many alternatives each token's log-probability comes with (``None``: none asked for)."""
     top = options.get("top_logprobs")
@@ -80,14 +87,52 @@ def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:
 
 
 def format_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
-    """OpenAI function dicts from pydantic classes, functions, LangChain tools or dicts."""
+    """OpenAI function dicts from pydantic classes, functions, LangChain tools or dicts, each
+    callable (`check_tools` refuses two of one name when a call offers them: LangChain's own
+    suite binds a class and its JSON schema, one name twice, and never calls them)."""
     formatted = []
     for tool in tools:
         try:
             formatted.append(convert_to_openai_tool(tool))
         except Exception as exc:  # LangChain raises ValueError/TypeError with its own message
             raise ChatInputError(f"Cannot use {tool!r:.80} as a tool: {exc}") from None
+    for index, tool in enumerate(formatted):
+        _check_tool(index, tool)
     return formatted
+
+
+def check_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``tools`` as a call offers them, once every one can be called and told apart: each name
+    is one tool's (with two of one name, a call could not say which it meant, and the first
+    would silently win)."""
+    seen: set[str] = set()
+    for index, tool in enumerate(tools):
+        name = _check_tool(index, tool)
+        if name in seen:
+            raise ChatInputError(f"Two tools are named {name!r}: give each tool its own name.")
+        seen.add(name)
+    return tools
+
+
+def _check_tool(index: int, tool: Any) -> str:
+    """The tool's name, once its arguments are a JSON object: OpenAI's and LangChain's tool
+    calls carry a dict, and any other schema would give arguments that no client can send back."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ChatInputError(f"tools[{index}] has no function name: give {{'type': 'function', "
+                             "'function': {'name': ..., 'parameters': {...}}}.")
+    schema = function.get("parameters")
+    if schema is not None:
+        kind = schema.get("type", "object") if isinstance(schema, dict) else None
+        if kind != "object":
+            shown = f"type {kind!r}" if isinstance(schema, dict) else type(schema).__name__
+            raise ChatInputError(
+                f"The parameters of tool {name!r} are {shown}, not an object schema: a call's arguments are "
+                "a JSON object. Wrap the value in one: {'type': 'object', 'properties': {'value': <the "
+                "schema>}, 'required': ['value']}."
+            )
+    return name
 
 
 def grammar_of(response_format: Any) -> Grammar | None:
@@ -131,13 +176,16 @@ class OutputPlan:
     processor: GrammarProcessor | None = None
     template_vars: dict[str, Any] = field(default_factory=dict)
     structured: bool = False
+    stop: tuple[str, ...] = ()
+    """The call's stop strings: they end free text only (see `finish`)."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any], fmt: ToolFormat, compiler: GrammarCompiler,
                      tokenizer: Any) -> OutputPlan:
         tools = list(options.get("tools") or [])
-        if tools and not all(isinstance(t, dict) and "function" in t for t in tools):
+        if not all(isinstance(t, dict) and "function" in t for t in tools):
             tools = format_tools(tools)
+        check_tools(tools)
         tools = [{**t, "function": {**t["function"], "parameters": close_objects(
             t["function"].get("parameters") or {"type": "object", "properties": {}})}} for t in tools]
         choice = normalize_tool_choice(options.get("tool_choice"), tools)
@@ -146,6 +194,8 @@ class OutputPlan:
         if tools and choice != "none":
             if grammar is not None:
                 raise ChatInputError("Give tools or a response_format, not both, in one call.")
+            if logprobs_of(options) is not None:
+                raise ChatInputError(LOGPROBS_WITH_TOOLS)
             special = special_tokens(tokenizer)
             plan = fmt.plan(tools, choice, parallel, special)
             trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None
@@ -163,13 +213,29 @@ class OutputPlan:
         messages, self.template_vars = self.tool_format.prompt(converted, self.tools, self.choice, self.parallel)
         return messages
 
-    def finish(self, text: str) -> tuple[str, list[ToolCall]]:
-        """The answer's content and tool calls (none when no tools were offered)."""
+    def finish(self, text: str, reason: str) -> tuple[str, list[ToolCall], str]:
+        """The answer's content and tool calls (none when no tools were offered), and why it ended.
+
+        Stop strings end free text only: the engine does not cut what a grammar holds, so a
+        call is whole (or cut by ``max_tokens``, reason ``length``, and then no call at all).
+        The free-text answer a format wraps (the generic format's ``{"response": ...}``) is
+        cut here at its first stop string, reason ``stop``. The format's wrapper is never
+        content: a held answer the format cannot read (cut by ``max_tokens``) has no content.
+        """
         if self.tool_format is None:
-            return text, []
+            return text, [], reason
         names = {t["function"]["name"] for t in self.tools}
         content, calls = self.tool_format.parse(text, self.tools)
-        return content, [c for c in calls if c.name in names]
+        calls = [c for c in calls if c.name in names]
+        if not calls and content == text and self.processor is not None and self.processor.trigger_token is None:
+            content = ""  # held from the first token, so the whole text is the format's, cut before its end
+        hits = [i for s in self.stop if (i := content.find(s)) >= 0]
+        if hits:
+            content = content[:min(hits)]
+            reason = "stop" if reason == "length" else reason
+        if calls and reason == "stop":
+            reason = "tool_calls"
+        return content, calls, reason
 
 
 def special_tokens(tokenizer: Any) -> frozenset[str]:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from ..errors import ChatInputError
+from ..runtime.structured import LOGPROBS_WITH_TOOLS, check_tools
 
 MAX_TOKENS_BOUND = 1 << 24
 
@@ -165,6 +169,30 @@ class ChatCompletionRequest(_Sampling):
     function_call: str | dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _callable_tools(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        """Refused here as the chat model refuses them: parameters that are not an object
+        schema (the calls' arguments could not be sent back), two tools of one name."""
+        if tools:
+            try:
+                check_tools([tool.model_dump(exclude_none=True) for tool in tools])
+            except ChatInputError as exc:
+                raise _refused(str(exc)) from None
+        return tools
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs_with_tools(cls, logprobs: bool | None, info: ValidationInfo) -> bool | None:
+        if logprobs and info.data.get("tools") and info.data.get("tool_choice") != "none":
+            raise _refused(LOGPROBS_WITH_TOOLS)
+        return logprobs
+
+
+def _refused(message: str) -> PydanticCustomError:
+    """A validation error whose message is ours as it is (the 400 adds the field and the period)."""
+    return PydanticCustomError("refused", message.rstrip("."))
 
 
 # -- completions -------------------------------------------------------------------------------

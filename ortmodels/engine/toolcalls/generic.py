@@ -6,6 +6,7 @@ allowed) or ``{"response": "..."}``; the grammar holds it to that from the first
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..constraints import Grammar
@@ -18,6 +19,27 @@ from .base import (
     function,
     parse_json,
 )
+
+_RESPONSE = re.compile(r'\s*\{\s*"response"\s*:\s*"')
+
+
+def cut_response(text: str) -> str:
+    """The answer's text so far from an answer cut before its end: the ``response`` string
+    when the cut came inside one, else nothing (a cut call is no answer). The JSON around it
+    is the format's wrapper and never the content."""
+    start = _RESPONSE.match(text)
+    if start is None:
+        return ""
+    body = text[start.end():]
+    decoder = json.JSONDecoder()
+    candidates = [f'"{body}', *(f'"{body[:end]}"' for end in range(len(body), max(-1, len(body) - 6), -1))]
+    for candidate in candidates:  # the whole string if it closed, else cut: a cut escape (\u12) is dropped
+        try:
+            return str(decoder.raw_decode(candidate)[0])
+        except json.JSONDecodeError:
+            continue
+    return ""
+
 
 _INSTRUCTIONS = (
     "You can call these tools:\n{tools}\n\n"
@@ -65,8 +87,8 @@ class GenericFormat(ToolFormat):
 
     def parse(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
         value = parse_json(text)
-        if not isinstance(value, dict):
-            return text, []
+        if not isinstance(value, dict):  # the grammar held it, so it was cut (max_tokens): never the wrapper
+            return cut_response(text), []
         if isinstance(value.get("response"), str):
             return value["response"], []
         raw = value.get("tool_calls") if isinstance(value.get("tool_calls"), list) else [value.get("tool_call")]

@@ -57,5 +57,7 @@ class HermesFormat(ToolFormat):
                     except json.JSONDecodeError:
                         continue
                 calls.append(ToolCall(value["name"], arguments))
-        content = text[: text.find(OPEN)] if OPEN in text else text
-        return content.strip() if calls else text, calls
+        if OPEN not in text:
+            return text, calls
+        content = text[: text.find(OPEN)]  # what follows is calls (a cut one too): never content
+        return content.strip(), calls
