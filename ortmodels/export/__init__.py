@@ -115,13 +115,13 @@ def _export_locked(
             "it will only continue plain text. Add the model's template as %s (no re-export needed).",
             name, info.path / "chat_template.jinja",
         )
+    check_memory(info, force=force_memory)  # before hashing: a 16 GB checkpoint takes a while to read
     progress = progress or LogProgress(name)
     progress.step("Hashing the checkpoint")
     source_hash = source_sha256(info.path)
     if not force and _up_to_date(info, dtypes, source_hash, skip_gates):
         assert info.manifest is not None
         return ExportOutcome(name, info.manifest, [], skipped=True)
-    check_memory(info, force=force_memory)
     staging.clean_stale_staging(info.path)
     with resources.measure(), gates_skipped(skip_gates):
         manifest = exporter(info, dtypes, source_hash, progress)

@@ -34,7 +34,7 @@ FIXED_BYTES = 500_000_000
 #: SmolLM2-135M, 4 variants (1.48 GB; 0.54 GB; 0.10 GB: the estimate says 1.79 GB), a
 #: random Llama 3.2 1B shape in bf16, fp32 and int4 (7.95 GB; 4.94 GB; 0.26 GB) and Gemma 3
 #: 270M, 4 variants (5.30 GB; 1.07 GB; 0.54 GB): 4.94x its checkpoint, for its 262k vocabulary.
-CHAT_WEIGHT_MULTIPLE = 1.16
+CHAT_WEIGHT_MULTIPLE = 1.2
 CHAT_LOGITS_MULTIPLE = 6.6
 #: Embedding exports (optimum's export, then onnxruntime's quantizer): one record,
 #: all-MiniLM-L6-v2 in fp32 and int8 (0.96 GB for 0.09 GB of weights).
