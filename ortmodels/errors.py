@@ -69,6 +69,10 @@ class ExportError(OrtModelsError):
     """An export failed; the previous good export, if any, is left in place."""
 
 
+class ExportMemoryError(ExportError):
+    """An export would need more memory than the machine has available; said before it starts."""
+
+
 class ParityError(ExportError):
     """The exported graph does not reproduce the PyTorch model closely enough."""
 

@@ -10,7 +10,7 @@ from ..config import load_settings
 from ..errors import ConfigurationError
 from ..precision import parse_precision_list
 from ..store import ModelStore
-from ..store.manifest import Manifest
+from ..store.manifest import Manifest, QualityVerdict
 from ..units import format_bytes
 from . import app, console
 
@@ -39,6 +39,12 @@ def export(
     all_models: bool = typer.Option(False, "--all", help="Export every model in the store."),
     force: bool = typer.Option(False, "--force", help="Export even if up to date."),
     keep: int = typer.Option(3, "--keep", min=1, help="Export versions to keep (older ones are pruned)."),
+    skip_gates: bool = typer.Option(
+        False, "--skip-gates",
+        help="Publish every variant whatever its quality figures, marked 'not judged' (random-weight "
+             "checkpoints for benchmarks); fp32 must still match PyTorch."),
+    force_memory: bool = typer.Option(
+        False, "--force-memory", help="Export even when the estimated peak memory exceeds what is available."),
 ) -> None:
     """Export a checkpoint to ONNX; the previous export stays until the new one is complete."""
     from ..export import (  # the export stack is heavy: import only here
@@ -62,7 +68,8 @@ def export(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
         ) as progress:
             steps = _RichSteps(progress, model_name)
-            outcome = export_model(store, model_name, dtypes, force=force, progress=steps, keep=keep)
+            outcome = export_model(store, model_name, dtypes, force=force, progress=steps, keep=keep,
+                                   skip_gates=skip_gates, force_memory=force_memory)
             steps.finish()
         if outcome.skipped:
             console.print(f"{model_name}: up to date ({', '.join(outcome.manifest.variants)}); --force to redo")
@@ -96,8 +103,15 @@ def verdict_table(name: str, manifest: Manifest, dtypes: list[str]) -> Table:
         entry = manifest.variants[dtype]
         figures = [fmt.format(entry.parity[k]) if isinstance(entry.parity.get(k), (int, float)) else "-"
                    for k, _, fmt in _FIGURES]
-        quality = entry.quality
-        verdict = ("not gated" if quality is None else "[green]passed[/]" if quality.passed
-                   else "[red]failed[/]: " + "; ".join(quality.failures))
-        table.add_row(dtype, format_bytes(entry.size) if entry.size else "-", *figures, verdict)
+        table.add_row(dtype, format_bytes(entry.size) if entry.size else "-", *figures, verdict_text(entry.quality))
     return table
+
+
+def verdict_text(quality: QualityVerdict | None) -> str:
+    """A variant's verdict for a table; a "not judged" one (--skip-gates) says what the gates would."""
+    if quality is None:
+        return "not gated"
+    failures = "; ".join(quality.failures)
+    if not quality.judged:
+        return "[yellow]not judged[/]" + (f" (the gates would fail it: {failures})" if failures else "")
+    return "[green]passed[/]" if quality.passed else f"[red]failed[/]: {failures}"

@@ -11,6 +11,7 @@ from ..config import load_settings
 from ..store import ModelStore
 from ..units import format_bytes
 from . import app, console
+from .export import verdict_text
 from .tables import print_rows
 
 
@@ -34,7 +35,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             info.name,
             info.kind_label,
             info.architecture or "-",
-            ", ".join(d if info.verdict(d) != "failed" else f"{d} (failed)" for d in info.variants)
+            ", ".join(d if info.verdict(d) in ("passed", "not gated") else f"{d} ({info.verdict(d)})"
+                      for d in info.variants)
             or "not exported",
             format_bytes(info.size_bytes()) if info.variants else "-",
         )
@@ -85,8 +87,6 @@ def info(
             f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in variant.parity.items() if k != "probes"
         )
-        verdict = model.verdict(dtype)
-        if variant.quality is not None and variant.quality.failures:
-            verdict += ": " + "; ".join(variant.quality.failures)
+        verdict = verdict_text(variant.quality)
         table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), verdict, parity)
     console.print(table)

@@ -17,6 +17,8 @@ from ..store import ModelInfo, ModelStore, detect_kind, versions
 from ..store.manifest import Manifest
 from . import resources, staging
 from .checkpoint import source_sha256
+from .memory_check import check_memory
+from .quality import gates_skipped
 from .progress import LogProgress, Progress
 
 logger = logging.getLogger(__name__)
@@ -54,17 +56,23 @@ def export_model(
     force: bool = False,
     progress: Progress | None = None,
     keep: int = versions.DEFAULT_KEEP,
+    skip_gates: bool = False,
+    force_memory: bool = False,
 ) -> ExportOutcome:
     """Export ``name``'s checkpoint in ``dtypes`` (default: every precision its kind supports).
 
     The new export becomes the active version; of the older ones, all but the ``keep``
     newest versions are pruned (never one that is active or loaded somewhere).
+    ``skip_gates`` publishes every variant but fp32 "not judged" whatever its quality
+    figures (random-weight checkpoints for benchmarks; `quality`); an export whose
+    estimated peak memory exceeds what is available is refused before it starts unless
+    ``force_memory`` (`memory_check`).
     """
     folder = store.model_dir(name)  # validates the name before any path is used
     if name not in store.names():
         raise UnknownModelError(name, store.names(), store.root)
     with staging.export_lock(folder):
-        outcome = _export_locked(store, name, dtypes, force, progress)
+        outcome = _export_locked(store, name, dtypes, force, progress, skip_gates, force_memory)
         if not outcome.skipped:
             removed = versions.prune_locked(folder, keep)
             if removed:
@@ -84,7 +92,8 @@ def _info_ignoring_a_bad_manifest(store: ModelStore, name: str) -> ModelInfo:
 
 
 def _export_locked(
-    store: ModelStore, name: str, dtypes: list[str] | None, force: bool, progress: Progress | None
+    store: ModelStore, name: str, dtypes: list[str] | None, force: bool, progress: Progress | None,
+    skip_gates: bool = False, force_memory: bool = False,
 ) -> ExportOutcome:
     info = _info_ignoring_a_bad_manifest(store, name)
     staging.check_link(info.path)
@@ -106,26 +115,28 @@ def _export_locked(
             "it will only continue plain text. Add the model's template as %s (no re-export needed).",
             name, info.path / "chat_template.jinja",
         )
+    check_memory(info, force=force_memory)  # before hashing: a 16 GB checkpoint takes a while to read
     progress = progress or LogProgress(name)
     progress.step("Hashing the checkpoint")
     source_hash = source_sha256(info.path)
-    if not force and _up_to_date(info, dtypes, source_hash):
+    if not force and _up_to_date(info, dtypes, source_hash, skip_gates):
         assert info.manifest is not None
         return ExportOutcome(name, info.manifest, [], skipped=True)
     staging.clean_stale_staging(info.path)
-    with resources.measure():
+    with resources.measure(), gates_skipped(skip_gates):
         manifest = exporter(info, dtypes, source_hash, progress)
     return ExportOutcome(name, manifest, dtypes, skipped=False)
 
 
-def _up_to_date(info: ModelInfo, dtypes: list[str], source_hash: str) -> bool:
-    """True when every asked-for precision exists, from this very checkpoint, with its files."""
+def _up_to_date(info: ModelInfo, dtypes: list[str], source_hash: str, skip_gates: bool = False) -> bool:
+    """True when every asked-for precision exists, from this very checkpoint, with its files
+    (and was judged by the gates, unless they are skipped now too)."""
     manifest = info.manifest
     if manifest is None or manifest.source_sha256 != source_hash:
         return False
     for dtype in dtypes:
         entry = manifest.variants.get(dtype)
-        if entry is None:
+        if entry is None or (not skip_gates and entry.quality is not None and not entry.quality.judged):
             return False
         folder: Path = info.onnx_path / entry.path
         if any(not (folder / rel).is_file() for rel in entry.files):

@@ -77,6 +77,10 @@ class CheckpointWeights:
     def names(self) -> list[str]:
         return list(self._files)
 
+    def parameters(self) -> int:
+        """How many numbers the tensors hold, from the headers alone."""
+        return sum(int(np.prod(f.entries[name]["shape"], dtype=np.int64)) for name, f in self._files.items())
+
 
 @contextmanager
 def open_weights(checkpoint: Path) -> Iterator[CheckpointWeights]:
@@ -95,3 +99,12 @@ def open_weights(checkpoint: Path) -> Iterator[CheckpointWeights]:
             opened = _SafetensorsFile(path, stack.enter_context(path.open("rb")))
             by_name.update(dict.fromkeys(opened.entries, opened))
         yield CheckpointWeights(by_name)
+
+
+def parameter_count(checkpoint: Path, default: int) -> int:
+    """The checkpoint's parameter count from its safetensors headers; ``default`` without safetensors."""
+    try:
+        with open_weights(checkpoint) as weights:
+            return weights.parameters()
+    except (ExportError, OSError, ValueError, KeyError):  # .bin weights, or headers we cannot read
+        return default

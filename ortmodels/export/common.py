@@ -88,7 +88,10 @@ def build_variant(dtype: str, base: Path, target: Path, builders: dict[str, Buil
 def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parity: dict[str, Any],
                   quality: QualityVerdict | None = None) -> VariantEntry:
     """The manifest entry of a built variant; one that failed its gates is recorded without files."""
-    if quality is not None and not quality.passed:
+    if quality is not None and not quality.judged:
+        logger.warning("%s variant published without its quality gates (--skip-gates): %s", dtype,
+                       "; ".join(quality.failures) or "they would pass")
+    if quality is not None and not quality.publishable:
         logger.warning("%s variant failed its quality gates, not published: %s", dtype, "; ".join(quality.failures))
         shutil.rmtree(folder)
         files = {}

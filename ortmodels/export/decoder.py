@@ -197,7 +197,7 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
         if dtype == "fp32" and not verdict.passed:  # the reference every other variant is made from
             raise ParityError(f"fp32 export of {name} is not faithful to PyTorch: {'; '.join(verdict.failures)}.")
         logger.info("%s %s parity: %s; %s", name, dtype, parity, "passed" if verdict.passed else verdict.failures)
-        if verdict.passed or n >= len(attempts) - 1:
+        if verdict.publishable or n >= len(attempts) - 1:
             if tried:
                 recipe["failed_recipes"] = tried
             return variant_entry(dtype, work / dtype, recipe, parity, verdict)

@@ -4,15 +4,43 @@ Parity figures (`decoder_parity`, `embedding`) become a `QualityVerdict` here. A
 that fails keeps its figures in the manifest but is never loaded: ``auto`` skips it and
 asking for it by name is an error that quotes them. The bounds are per precision: what a
 faithful conversion of that kind keeps, measured on the samples (see the README's table).
+
+``ortmodels export --skip-gates`` (random-weight checkpoints for benchmarks, which no gate
+can pass) runs the same checks and records the same figures, but the verdicts of every
+variant but fp32 say "not judged" and are published whatever they say. fp32 stays judged:
+it must match PyTorch (a broken graph is never wanted, and it is what the others are
+measured against), so the flag skips the quality gates of the other precisions only.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ..store.manifest import QualityVerdict
+
+#: Precisions judged even with ``--skip-gates``: parity with PyTorch is a hard check.
+ALWAYS_JUDGED = ("fp32",)
+_skipping: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_gates", default=False)
+
+
+@contextmanager
+def gates_skipped(skip: bool = True) -> Iterator[None]:
+    """Inside the block, the verdicts of precisions other than fp32 are "not judged"."""
+    token = _skipping.set(skip)
+    try:
+        yield
+    finally:
+        _skipping.reset(token)
+
+
+def _unless_skipped(dtype: str, verdict: QualityVerdict) -> QualityVerdict:
+    if _skipping.get() and dtype not in ALWAYS_JUDGED:
+        return verdict.model_copy(update={"judged": False})
+    return verdict
 
 #: Perplexity on the fixed text, at most this many times PyTorch fp32's.
 PERPLEXITY_RATIO: dict[str, float] = {"fp32": 1.001, "fp16": 1.01, "bf16": 1.02, "int8": 1.02, "int4": 1.10}
@@ -61,11 +89,11 @@ def judge_decoder(dtype: str, parity: dict[str, Any]) -> QualityVerdict:
     if top1 is not None and not top1 >= top1_bound:
         failures.append(f"next-token agreement {top1:.3f} < {top1_bound}")
     failures += [f"{row['question']!r} {row['derailed']}" for row in parity.get("probes", []) if row.get("derailed")]
-    return QualityVerdict(
+    return _unless_skipped(dtype, QualityVerdict(
         passed=not failures, failures=failures,
         bounds={"perplexity_ratio_max": ratio_bound, "top1_agreement_min": top1_bound, "finite": True,
                 "probes": "no loop or missed answer where fp32 has none"},
-    )
+    ))
 
 
 def judge_embedding(dtype: str, parity: dict[str, Any]) -> QualityVerdict:
@@ -83,8 +111,8 @@ def judge_embedding(dtype: str, parity: dict[str, Any]) -> QualityVerdict:
             f"{vs_fp32['cosine_min']:.4f} (>= {INT8_MIN_COSINE}), top-10 {vs_fp32['top10_agreement']:.3f} "
             f"(>= {INT8_MIN_TOP10})"
         )
-    return QualityVerdict(
+    return _unless_skipped(dtype, QualityVerdict(
         passed=not failures, failures=failures,
         bounds={"finite": True, "int8_cosine_mean_min": INT8_MIN_COSINE_MEAN, "int8_cosine_min": INT8_MIN_COSINE,
                 "int8_top10_min": INT8_MIN_TOP10},
-    )
+    ))

@@ -82,9 +82,14 @@ class ModelInfo:
         }
 
     def verdict(self, dtype: str) -> str:
-        """``passed``, ``failed`` or ``not gated`` (exported before the gates), for listings."""
+        """``passed``, ``failed``, ``not judged`` (``--skip-gates``) or ``not gated`` (exported
+        before the gates), for listings."""
         quality = self.variants[dtype].quality
-        return "not gated" if quality is None else ("passed" if quality.passed else "failed")
+        if quality is None:
+            return "not gated"
+        if not quality.judged:
+            return "not judged"
+        return "passed" if quality.passed else "failed"
 
     @property
     def has_checkpoint(self) -> bool:

@@ -51,13 +51,22 @@ class QualityVerdict(BaseModel):
     passed: bool
     failures: list[str] = Field(default_factory=list)
     bounds: dict[str, Any] = Field(default_factory=dict)
+    judged: bool = True
+    """False when exported with ``--skip-gates``: the figures and what the gates would say are
+    recorded, but the variant is published whatever they say ("not judged")."""
+
+    @property
+    def publishable(self) -> bool:
+        """Whether the variant's files are kept and it may be loaded: it passed, or was not judged."""
+        return self.passed or not self.judged
 
 
 class VariantEntry(BaseModel):
     """One precision of the export (a sub-folder of ``onnx/``).
 
     A variant that failed its quality gates keeps its entry (its figures, its verdict) but
-    no files: nothing loads it, and asking for it names the figures that failed.
+    no files: nothing loads it, and asking for it names the figures that failed. One exported
+    with ``--skip-gates`` keeps its files whatever its figures (``quality.judged`` is False).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -73,7 +82,7 @@ class VariantEntry(BaseModel):
 
     @property
     def usable(self) -> bool:
-        return self.quality is None or self.quality.passed
+        return self.quality is None or self.quality.publishable
 
     @field_validator("path")
     @classmethod
