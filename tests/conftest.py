@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,12 +71,39 @@ def copied_embedding_model(samples_dir: Path, tmp_path: Path) -> Path:
     return target
 
 
+def _known_failure(item: pytest.Item) -> tuple[str, type[BaseException]] | None:
+    known = getattr(getattr(item, "module", None), "KNOWN_MODEL_FAILURES", {})
+    return known.get((item.cls.__name__ if item.cls else "", getattr(item, "originalname", item.name)))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests a module lists in ``KNOWN_MODEL_FAILURES`` as expected to fail, each with
-    its reason and the exceptions that failure may raise (any other failure still fails)."""
+    its own reason and the one exception type that failure raises.
+
+    Strict: a listed test that passes fails the run, so the list cannot outlive the failure;
+    and a listed test that fails with any other exception type fails as usual (see
+    `pytest_runtest_makereport`: the type must match exactly, not as a base class).
+    """
     for item in items:
-        known = getattr(item.module, "KNOWN_MODEL_FAILURES", {})
-        entry = known.get((item.cls.__name__ if item.cls else "", getattr(item, "originalname", item.name)))
-        if entry is not None:
-            reason, raises = entry
-            item.add_marker(pytest.mark.xfail(reason=reason, raises=raises, strict=False))
+        entry = _known_failure(item)
+        if entry is None:
+            continue
+        reason, raises = entry
+        if not (isinstance(raises, type) and issubclass(raises, BaseException)):
+            raise TypeError(f"KNOWN_MODEL_FAILURES[{item.nodeid}] must name one exception type, not {raises!r}")
+        item.add_marker(pytest.mark.xfail(reason=reason, raises=raises, strict=True))
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A known failure counts as expected only if it raised exactly the type it lists."""
+    outcome = yield
+    report = outcome.get_result()
+    entry = _known_failure(item)
+    if entry is None or call.when != "call" or call.excinfo is None or not hasattr(report, "wasxfail"):
+        return
+    if type(call.excinfo.value) is not entry[1]:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} is a known failure raising {entry[1].__qualname__}, but it raised "
+                           f"{type(call.excinfo.value).__qualname__}:\n{item.repr_failure(call.excinfo)}")
+        del report.wasxfail

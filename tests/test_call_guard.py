@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from ortmodels import BaseLLMModel, ModelManager
+from ortmodels.lifecycle.admission import CallAdmission
 from ortmodels.monitoring import stats
+
+from .waiting import DEADLINE_S, async_wait_until, join_all, wait_for_event
 
 
 class SlowEcho(BaseLLMModel):
-    """A user's chat model: echoes the last message, a word per chunk, slowly."""
+    """A user's chat model: echoes the last message, a word per chunk, slowly.
+
+    A call of ``HOLD`` stays in flight until ``release`` is set (``holding`` is set meanwhile).
+    """
+
+    holding: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
 
     def _load(self) -> None:
         time.sleep(0.05)
@@ -29,6 +40,9 @@ class SlowEcho(BaseLLMModel):
                   **kwargs: Any) -> ChatResult:
         time.sleep(0.2)
         text = str(messages[-1].content)
+        if text == HOLD:
+            type(self).holding.set()
+            wait_for_event(type(self).release, what="released (SlowEcho.release)")
         message = AIMessage(text, usage_metadata={"input_tokens": 1, "output_tokens": len(text.split()),
                                                   "total_tokens": 1 + len(text.split())})
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -40,10 +54,20 @@ class SlowEcho(BaseLLMModel):
             yield ChatGenerationChunk(message=AIMessageChunk(content=word + " "))
 
 
+HOLD = "hold this call"
+
+
 class OnlyGenerate(SlowEcho):
     """No _stream: LangChain's stream() falls back to invoke(), a nested call."""
 
     _stream = BaseLLMModel._stream  # type: ignore[assignment]
+
+
+def _admitting() -> int:
+    """Threads inside the call guard's admission now (waiting out an unload, or loading)."""
+    frames = sys._current_frames().values()
+    return sum(any(f.f_code is CallAdmission._begin_call.__code__ for f, _ in traceback.walk_stack(top))
+               for top in frames)
 
 
 def _calls(name: str) -> int:
@@ -52,19 +76,25 @@ def _calls(name: str) -> int:
 
 def test_async_calls_do_not_block_the_loop_during_an_unload() -> None:
     model = ModelManager().get_chat_model("echo", SlowEcho)
+    SlowEcho.holding.clear()
+    SlowEcho.release.clear()
+    unloader = threading.Thread(target=model.unload)
 
     async def run() -> list[str]:
-        first = asyncio.create_task(model.ainvoke("one two"))
-        await asyncio.sleep(0.05)  # the first call is running
-        unloader = threading.Thread(target=model.unload)
+        first = asyncio.create_task(model.ainvoke(HOLD))
+        await async_wait_until(SlowEcho.holding.is_set, what="running the first call")
         unloader.start()
-        await asyncio.sleep(0.05)  # the unload waits for it; new calls wait for the unload
+        await async_wait_until(lambda: model._draining, what="unloading (waiting for the first call)")
+        # new calls wait for the unload, in worker threads: the loop goes on polling meanwhile
         rest = [asyncio.create_task(model.ainvoke(f"call {i}")) for i in range(3)]
-        answers = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10)
-        unloader.join(5)
+        await async_wait_until(lambda: _admitting() >= 3, what="three calls waiting for the unload")
+        assert model.is_loaded and not any(task.done() for task in [first, *rest])
+        SlowEcho.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=DEADLINE_S)
         return [a.content for a in answers]
 
-    assert asyncio.run(run()) == ["one two", "call 0", "call 1", "call 2"]
+    assert asyncio.run(run()) == [HOLD, "call 0", "call 1", "call 2"]
+    join_all([unloader])
     assert _calls("echo") == 4 and model.is_loaded  # reloaded for the calls after the unload
 
 

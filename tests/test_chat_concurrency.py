@@ -9,9 +9,11 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from ortmodels import ModelManager
+from ortmodels.engine import Request
 from ortmodels.runtime.chat import OnnxChatModel
 
 from .conftest import CHAT_SAMPLE
+from .waiting import DEADLINE_S, async_wait_until, engine_held, join_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +35,16 @@ def test_eight_threads_share_decode_steps_and_get_their_solo_answers(dtype: str)
     engine = model.loaded.engine
     steps_before, tokens_before = engine.steps, engine.decoded_tokens
     answers: list[str | None] = [None] * len(QUESTIONS)
-    start = threading.Barrier(len(QUESTIONS))
 
     def ask(index: int) -> None:
-        start.wait()
         answers[index] = model.invoke(QUESTIONS[index], max_tokens=24).content
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUESTIONS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with engine_held(engine):  # all eight are queued before the next step, whatever the threads' timing
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: engine.waiting == len(QUESTIONS), what="eight requests queued")
+    join_all(threads)
     same = sum(a == s for a, s in zip(answers, solo))
     assert same >= 7, list(zip(answers, solo))
     steps = engine.steps - steps_before
@@ -58,7 +59,10 @@ def test_concurrent_ainvoke_calls_share_decode_steps() -> None:
     steps_before, tokens_before = engine.steps, engine.decoded_tokens
 
     async def ask_all() -> list[str]:
-        replies = await asyncio.gather(*(model.ainvoke(q, max_tokens=16) for q in QUESTIONS))
+        with engine_held(engine):  # the loop stays free: the calls queue up from worker threads
+            calls = [asyncio.create_task(model.ainvoke(q, max_tokens=16)) for q in QUESTIONS]
+            await async_wait_until(lambda: engine.waiting == len(QUESTIONS), what="eight requests queued")
+        replies = await asyncio.wait_for(asyncio.gather(*calls), DEADLINE_S * 4)
         return [r.content for r in replies]
 
     answers = asyncio.run(ask_all())
@@ -70,22 +74,26 @@ def test_a_cancelled_ainvoke_frees_its_row_and_the_others_finish() -> None:
     model = _model("int4")
     engine = model.loaded.engine
 
+    def doomed_row() -> Request | None:
+        return next((r for r in engine.active if r.max_tokens == 400), None)
+
     async def run() -> list[str]:
         doomed = asyncio.create_task(model.ainvoke("Tell me a very long story.", max_tokens=400))
         others = [asyncio.create_task(model.ainvoke(q, max_tokens=12)) for q in QUESTIONS[:3]]
-        await asyncio.sleep(0.5)
+        # cancelled while its row decodes, however long admission and prefill took
+        await async_wait_until(lambda: (row := doomed_row()) is not None and row.generated, what="decoding the story")
+        row = doomed_row()
         doomed.cancel()
         with pytest.raises(asyncio.CancelledError):
             await doomed
-        return [(await o).content for o in others]
+        answers = [(await asyncio.wait_for(o, DEADLINE_S * 4)).content for o in others]
+        assert row is not None and row.finish_reason == "cancelled" and len(row.generated) < 400
+        return answers
 
     answers = asyncio.run(run())
     assert all(answers)
-    for _ in range(200):  # the engine frees the row at its next step
-        if not engine.active:
-            break
-        threading.Event().wait(0.01)
-    assert not engine.active and model.active_calls == 0
+    wait_until(lambda: not engine.active, what="every row freed")  # at the engine's next step
+    assert model.active_calls == 0
 
 
 def test_a_stream_closed_early_cancels_its_request() -> None:
@@ -93,11 +101,8 @@ def test_a_stream_closed_early_cancels_its_request() -> None:
     stream = model.stream("Count from one to one hundred in words.", max_tokens=300)
     next(stream)
     stream.close()
-    for _ in range(200):
-        if not model.loaded.engine.active:
-            break
-        threading.Event().wait(0.01)
-    assert not model.loaded.engine.active and model.active_calls == 0
+    wait_until(lambda: not model.loaded.engine.active, what="its row freed")
+    assert model.active_calls == 0
 
 
 def test_the_prompt_cache_gives_the_answers_no_cache_gives(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +134,6 @@ def test_a_model_dropped_without_unload_frees_its_engine(monkeypatch: pytest.Mon
     """The scheduler thread ends when idle, so it does not keep a dropped model's session alive
     (a test session that loaded a hundred models once held 20 GB this way)."""
     import gc
-    import time
     import weakref
 
     from ortmodels.engine import engine as engine_module
@@ -139,9 +143,9 @@ def test_a_model_dropped_without_unload_frees_its_engine(monkeypatch: pytest.Mon
     model.invoke("hi")
     engine = weakref.ref(model.loaded.engine)
     del model
-    for _ in range(100):
+
+    def freed() -> bool:
         gc.collect()
-        if engine() is None:
-            break
-        time.sleep(0.05)
-    assert engine() is None
+        return engine() is None
+
+    wait_until(freed, what="the dropped model's engine freed", interval=0.05)

@@ -28,6 +28,7 @@ from tests.engine_samples import (
     solo_greedy,
     tokenizer,
 )
+from tests.waiting import DEADLINE_S, async_wait_until, engine_held, join_all, wait_for_event, wait_until
 
 
 def test_engine_imports_no_langchain_and_no_store() -> None:
@@ -181,10 +182,11 @@ class TestOnTheSample:
             results[index] = [t for e in engine.generate(request) if isinstance(e, TextDelta) for t in e.token_ids]
 
         threads = [threading.Thread(target=consume, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        with engine_held(engine):  # the four requests all wait for the first step, whatever the threads' timing
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: engine.waiting == 4, what="four requests queued")
+        join_all(threads)
         engine.close()
         assert [results[i] for i in range(4)] == [solo_greedy("int4", p, 8) for p in prompts]
         assert engine.decoded_tokens > engine.steps  # steps held several rows
@@ -204,8 +206,7 @@ class TestOnTheSample:
                     await asyncio.sleep(0)
 
             task = asyncio.create_task(consume())
-            while len(slow.generated) < 3:
-                await asyncio.sleep(0.01)
+            await async_wait_until(lambda: len(slow.generated) >= 3, what="generating")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -213,10 +214,7 @@ class TestOnTheSample:
 
         text, slow = asyncio.run(main())
         assert "Paris" in text
-        for _ in range(200):
-            if slow.finished:
-                break
-            threading.Event().wait(0.02)
+        wait_until(lambda: slow.finished, what="finished after its consumer was cancelled")
         assert slow.finish_reason == "cancelled" and len(slow.generated) < 200
         engine.close()
 
@@ -226,8 +224,7 @@ class TestOnTheSample:
         for request in requests:
             engine.add_request(request)
         engine.start()
-        while not requests[0].generated:
-            threading.Event().wait(0.01)
+        wait_until(lambda: requests[0].generated, what="generating")
         engine.close()
         assert [r.finish_reason for r in requests] == ["cancelled"] * 3
         assert engine._thread is not None and not engine._thread.is_alive()
@@ -244,7 +241,7 @@ class TestOnTheSample:
         class Stuck:
             def mask(self, logits: np.ndarray) -> None:
                 entered.set()
-                release.wait()
+                release.wait(DEADLINE_S * 4)  # bounded: a test that fails first must not leave it stuck
 
             def accept(self, token_id: int) -> None:
                 pass
@@ -253,7 +250,7 @@ class TestOnTheSample:
         request = Request(chat_prompt(QUESTIONS[0]), max_tokens=50, processor=Stuck())  # type: ignore[arg-type]
         engine.add_request(request)
         engine.start()
-        assert entered.wait(30)
+        wait_for_event(entered, what="inside the stuck step")
         began = time.perf_counter()
         engine.close(timeout=0.2)
         assert time.perf_counter() - began < 5

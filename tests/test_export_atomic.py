@@ -19,7 +19,9 @@ from ortmodels.store import ModelStore
 
 from .conftest import EMBEDDING_SAMPLE
 
-pytestmark = pytest.mark.slow
+#: An export takes about 30 s on 2 cores, several times that beside other work: a longer bound
+#: than the suite's default (pyproject.toml).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture

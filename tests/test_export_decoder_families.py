@@ -17,6 +17,10 @@ import pytest
 
 from tests.tiny_decoders import EOS_ID, FAMILIES, IM_END, build_tiny_decoder
 
+#: An export takes about 30 s on 2 cores, several times that beside other work: a longer bound
+#: than the suite's default (pyproject.toml).
+pytestmark = pytest.mark.timeout(600)
+
 NEW_TOKENS = 16
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},

@@ -16,6 +16,10 @@ import pytest
 
 from tests.tiny_models import MAX_SEQ_LENGTH, build_tiny_encoder
 
+#: An export takes about 30 s on 2 cores, several times that beside other work: a longer bound
+#: than the suite's default (pyproject.toml).
+pytestmark = pytest.mark.timeout(600)
+
 CASES = [
     ("bert", "mean", True),
     ("xlm-roberta", "cls", True),

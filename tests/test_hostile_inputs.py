@@ -11,9 +11,8 @@ import os
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -41,6 +40,7 @@ from ortmodels.store.versions import active_version
 
 from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
 from .test_call_guard import SlowEcho
+from .waiting import DEADLINE_S, async_wait_until, join_all, wait_for_event, wait_until
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -71,10 +71,17 @@ def _cli(*args: str) -> Any:
 
 
 class SlowLoadingEcho(SlowEcho):
-    """A chat model whose load takes a second: long enough to cancel a call waiting on it."""
+    """A chat model whose load, once ``gate`` is armed, waits for it: a call waiting on that load
+    is cancelled while it certainly waits."""
+
+    gate: ClassVar[threading.Event | None] = None
+    loading: ClassVar[threading.Event] = threading.Event()
 
     def _load(self) -> None:
-        time.sleep(1.0)
+        gate = type(self).gate
+        if gate is not None:
+            type(self).loading.set()
+            wait_for_event(gate, what="let the load end")
 
 
 # -- 1. a cancelled async call ------------------------------------------------------------------
@@ -85,6 +92,9 @@ def test_a_call_cancelled_while_the_model_loads_does_not_hold_it(how: str) -> No
     manager = ModelManager()
     model = manager.get_chat_model("echo", SlowLoadingEcho)
     model.unload()  # so the next call has to wait for a load
+    gate = threading.Event()
+    SlowLoadingEcho.loading.clear()
+    SlowLoadingEcho.gate = gate
 
     async def call() -> None:
         if how == "ainvoke":
@@ -94,16 +104,20 @@ def test_a_call_cancelled_while_the_model_loads_does_not_hold_it(how: str) -> No
                 pass
 
     async def cancel_then_call_again() -> str:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(call(), 0.3)
+        waiting = asyncio.create_task(call())
+        await async_wait_until(SlowLoadingEcho.loading.is_set, what="loading for the call")
+        waiting.cancel()  # while its admission waits on the load
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.set()
         # the admission finishes in its thread once the load is done, and is undone at once
-        return (await asyncio.wait_for(model.ainvoke("second call"), 10)).content
+        return (await asyncio.wait_for(model.ainvoke("second call"), DEADLINE_S)).content
 
-    assert asyncio.run(cancel_then_call_again()) == "second call"
-    deadline = time.monotonic() + 5
-    while model.active_calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert model.active_calls == 0
+    try:
+        assert asyncio.run(cancel_then_call_again()) == "second call"
+    finally:
+        SlowLoadingEcho.gate = None
+    wait_until(lambda: model.active_calls == 0, what="the cancelled call undone")
     manager.unload("echo", timeout=5)  # would block for ever with a call counted for good
     assert not model.is_loaded
 
@@ -284,11 +298,15 @@ def test_a_template_that_renders_nothing_is_a_clear_error(tmp_path: Path) -> Non
 
 
 class SlowOpeningEmbedding(OnnxEmbeddingModel):
-    """Opens its variant, then takes half a second more: a rollback lands in between."""
+    """Opens its variant, then waits for ``resume``: a rollback lands in between."""
+
+    opened: ClassVar[threading.Event] = threading.Event()
+    resume: ClassVar[threading.Event] = threading.Event()
 
     def _load(self) -> None:
         super()._load()
-        time.sleep(0.5)
+        type(self).opened.set()
+        wait_for_event(type(self).resume, what="let the load end")
 
 
 @pytest.mark.slow
@@ -301,11 +319,17 @@ def test_a_rollback_during_a_load_unloads_the_replaced_version(copied_embedding_
     manifest = model_dir / ".exports" / new / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": new}))
     manager = _use_store(monkeypatch, model_dir.parent, MODEL_DTYPE="float32")
+    SlowOpeningEmbedding.opened.clear()
+    SlowOpeningEmbedding.resume.clear()
     loader = threading.Thread(target=manager.get_embedding_model, args=(EMBEDDING_SAMPLE, SlowOpeningEmbedding))
     loader.start()
-    time.sleep(0.25)  # the old version is opened, the load is not finished
-    manager.rollback(EMBEDDING_SAMPLE, new)
-    loader.join()
+    wait_for_event(SlowOpeningEmbedding.opened, what="opened the old version")
+    rollback = threading.Thread(target=manager.rollback, args=(EMBEDDING_SAMPLE, new))
+    rollback.start()  # the old version is opened, the load is not finished
+    wait_until(lambda: str(active_version(model_dir)) == new, what="rolled back on disk")
+    assert loader.is_alive()
+    SlowOpeningEmbedding.resume.set()
+    join_all([loader, rollback])
     model = manager.get_embedding_model(EMBEDDING_SAMPLE, SlowOpeningEmbedding)
     assert model.loaded_version == new
 

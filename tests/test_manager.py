@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,8 @@ import pytest
 from ortmodels import BaseEmbeddingModel, ModelManager
 from ortmodels.errors import InvalidModelNameError, ModelKindError, UnknownModelError
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
+
+from .waiting import DEADLINE_S, join_all, wait_for_event
 
 
 class CountingEmbeddings(BaseEmbeddingModel):
@@ -21,12 +21,47 @@ class CountingEmbeddings(BaseEmbeddingModel):
     _count_lock = threading.Lock()
 
     def _load(self) -> None:
-        time.sleep(0.2)  # wide window for a race
         with self._count_lock:
             type(self).loads += 1
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         return [[float(len(t)), 1.0] for t in texts]
+
+
+class CrowdedLoadEmbeddings(CountingEmbeddings):
+    """Its load ends only once ``expected`` callers have asked for it: they all race the one load."""
+
+    expected = 8
+    callers = 0
+    _crowd = threading.Condition()
+
+    def load(self) -> CrowdedLoadEmbeddings:
+        with self._crowd:
+            type(self).callers += 1
+            self._crowd.notify_all()
+        return super().load()
+
+    def _load(self) -> None:
+        with self._crowd:
+            if not self._crowd.wait_for(lambda: type(self).callers >= self.expected, timeout=DEADLINE_S):
+                pytest.fail(f"only {type(self).callers} of {self.expected} callers came during the load")
+        super()._load()
+
+
+class UnloadedWhileLoadingEmbeddings(CountingEmbeddings):
+    """Its load ends only once an unload of it was asked for: the unload lands during the load."""
+
+    loading = threading.Event()
+    unload_asked = threading.Event()
+
+    def _load(self) -> None:
+        type(self).loading.set()
+        wait_for_event(type(self).unload_asked, what="asked to unload during the load")
+        super()._load()
+
+    def unload(self, timeout: float | None = None) -> None:
+        type(self).unload_asked.set()  # the load may end now; this unload then waits for its lock
+        super().unload(timeout)
 
 
 def test_same_object_every_time() -> None:
@@ -35,8 +70,7 @@ def test_same_object_every_time() -> None:
     threads = [threading.Thread(target=lambda: results.append(ModelManager())) for _ in range(8)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    join_all(threads)
     assert all(m is results[0] for m in results)
 
 
@@ -88,11 +122,16 @@ def test_chat_model_as_embeddings_is_refused(samples_dir: Path) -> None:
 
 
 def test_user_class_loads_once_under_concurrency() -> None:
-    CountingEmbeddings.loads = 0
+    CrowdedLoadEmbeddings.loads = CrowdedLoadEmbeddings.callers = 0
     manager = ModelManager()
-    with ThreadPoolExecutor(8) as pool:
-        models = list(pool.map(lambda _: manager.get_embedding_model("my-model", CountingEmbeddings), range(8)))
-    assert CountingEmbeddings.loads == 1
+    models: list[BaseEmbeddingModel] = []
+    threads = [threading.Thread(target=lambda: models.append(manager.get_embedding_model("my-model",
+                                                                                        CrowdedLoadEmbeddings)))
+               for _ in range(CrowdedLoadEmbeddings.expected)]
+    for thread in threads:
+        thread.start()
+    join_all(threads)
+    assert CrowdedLoadEmbeddings.loads == 1 and len(models) == CrowdedLoadEmbeddings.expected
     assert all(m is models[0] for m in models)
     assert models[0].is_loaded and models[0].model_path == manager.settings.local_models_dir / "my-model"
     assert models[0].embed_documents(["abc"]) == [[3.0, 1.0]]
@@ -125,12 +164,14 @@ def test_configure_rereads_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_unload_during_a_load_is_not_undone() -> None:
+    UnloadedWhileLoadingEmbeddings.loading.clear()
+    UnloadedWhileLoadingEmbeddings.unload_asked.clear()
     manager = ModelManager()
-    loader = threading.Thread(target=lambda: manager.get_embedding_model("slow", CountingEmbeddings))
+    loader = threading.Thread(target=lambda: manager.get_embedding_model("slow", UnloadedWhileLoadingEmbeddings))
     loader.start()
-    time.sleep(0.05)  # inside CountingEmbeddings._load's 0.2 s
-    manager.unload_all()
-    loader.join()
+    wait_for_event(UnloadedWhileLoadingEmbeddings.loading, what="loading")
+    manager.unload_all()  # the load is still running: it ends only once this unload was asked for
+    join_all([loader])
     assert manager.loaded_models() == []  # the finished load was not put back into the cache
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,10 @@ from ortmodels import BaseEmbeddingModel, ModelManager
 from ortmodels.config import load_settings
 from ortmodels.errors import ConfigurationError
 from ortmodels.lifecycle.cache import CacheEntry, expired, victims_for_budget
+from ortmodels.lifecycle.memory import return_freed_memory
 from ortmodels.units import parse_bytes, parse_seconds
+
+from .waiting import join_all, wait_for_event, wait_until
 
 MB = 1_000_000
 
@@ -25,19 +27,24 @@ class Ballast(BaseEmbeddingModel):
 
     SIZE = 100 * MB
     hold = threading.Event()
+    """Set to let a call of ``["wait"]`` end; ``holding`` is set while one waits for it."""
+    holding = threading.Event()
 
     def _load(self) -> None:
         self._weights = np.ones(self.SIZE, dtype=np.uint8)  # touched pages: real resident memory
+        self.unloaded_at: float | None = None
 
     def _unload(self) -> None:
         self._weights = None
+        self.unloaded_at = time.time()
 
     def memory_bytes(self) -> int:
         return self.SIZE if self.is_loaded else 0
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         if texts == ["wait"]:
-            type(self).hold.wait(5)
+            type(self).holding.set()
+            wait_for_event(type(self).hold, what="released (Ballast.hold)")
         return [[float(len(t))] for t in texts]
 
 
@@ -110,18 +117,19 @@ def test_a_model_in_use_is_never_unloaded_under_its_call(monkeypatch: pytest.Mon
     manager = _manager(monkeypatch, MODEL_MEMORY_BUDGET="150MB")
     a = manager.get_embedding_model("a", Ballast)
     Ballast.hold.clear()
+    Ballast.holding.clear()
     call = threading.Thread(target=lambda: a.embed_documents(["wait"]))
     call.start()
-    time.sleep(0.2)
+    wait_for_event(Ballast.holding, what="running the call on a")
+    assert a.active_calls == 1
     b = manager.get_embedding_model("b", Ballast)  # over budget, but a is busy: a stays
     assert a.is_loaded and b.is_loaded
     unloader = threading.Thread(target=manager.unload_all)
     unloader.start()
-    time.sleep(0.2)
-    assert a.is_loaded  # unload_all waits for the running call
+    wait_until(lambda: a._draining, what="unloading a (waiting for its call)")
+    assert a.is_loaded and call.is_alive()  # unload_all waits for the running call
     Ballast.hold.set()
-    call.join(5)
-    unloader.join(5)
+    join_all([call, unloader])
     assert not a.is_loaded and not b.is_loaded
 
 
@@ -129,36 +137,46 @@ def test_keep_alive_zero_unloads_after_each_call(monkeypatch: pytest.MonkeyPatch
     manager = _manager(monkeypatch, MODEL_KEEP_ALIVE="0")
     model = manager.get_embedding_model("a", Ballast)
     assert model.embed_documents(["ab"]) == [[2.0]]
-    _wait_until_unloaded(model, 2.0)  # by the keep-alive thread, right after the call
+    wait_until(lambda: not model.is_loaded, what="unloaded by the keep-alive thread")  # right after the call
     assert manager.loaded() == []
     assert model.embed_query("abc") == [3.0]  # reloads for the next call
-    _wait_until_unloaded(model, 2.0)
-
-
-def _wait_until_unloaded(model: Ballast, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while model.is_loaded and time.time() < deadline:
-        time.sleep(0.01)
-    assert not model.is_loaded
+    wait_until(lambda: not model.is_loaded, what="unloaded again")
 
 
 def test_short_keep_alive_unloads_on_time(monkeypatch: pytest.MonkeyPatch) -> None:
     manager = _manager(monkeypatch, MODEL_KEEP_ALIVE="0.5")
     model = manager.get_embedding_model("a", Ballast)
-    model.embed_query("x")
+    Ballast.hold.clear()
+    Ballast.holding.clear()
+    # a call held open keeps it loaded however long this thread is descheduled: read its row
+    call = threading.Thread(target=lambda: model.embed_documents(["wait"]))
+    call.start()
+    wait_for_event(Ballast.holding, what="running the held call")
     (row,) = manager.loaded()
-    assert row.expires_at is not None and 0 < row.expires_at - time.time() <= 0.5
-    time.sleep(0.25)
-    assert model.is_loaded
-    _wait_until_unloaded(model, 3.0)
-    assert time.time() - row.expires_at < 1.0  # unloaded near its expiry, not much later
+    assert row.expires_at is not None and row.expires_at == pytest.approx(row.last_used + 0.5)
+    released = time.time()  # the keep-alive runs from the end of the call: 0.5 s after it
+    Ballast.hold.set()
+    join_all([call])
+    ended = time.time()
+    wait_until(lambda: not model.is_loaded, what="unloaded by its keep-alive")
+    assert model.unloaded_at is not None
+    assert model.unloaded_at >= released + 0.5  # never before its keep-alive ran out
+    assert model.unloaded_at - (ended + 0.5) < 2.0  # near its expiry, not much later
+
+
+def _settled_rss(process: psutil.Process) -> int:
+    """The resident size once nothing else can free memory meanwhile: an engine thread left by
+    an earlier test frees its dropped model's session when it ends (up to ``IDLE_EXIT_S`` later)."""
+    wait_until(lambda: not any(t.name == "ortmodels-engine" for t in threading.enumerate()),
+               what="every engine thread ended")
+    return_freed_memory()
+    return process.memory_info().rss
 
 
 def test_unload_all_frees_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     process = psutil.Process()
     manager = _manager(monkeypatch)
-    gc.collect()
-    before = process.memory_info().rss
+    before = _settled_rss(process)
     for name in ("a", "b", "c"):
         manager.get_embedding_model(name, Ballast)
     loaded = process.memory_info().rss
@@ -176,7 +194,7 @@ def test_unload_all_frees_the_real_models_memory(samples_dir: Path) -> None:
     manager.get_embedding_model().embed_query("warm up")
     manager.get_chat_model().invoke("Hi", max_tokens=2)
     manager.unload_all()
-    before = process.memory_info().rss
+    before = _settled_rss(process)
     manager.get_embedding_model().embed_documents(["hello world"] * 64)
     manager.get_chat_model().invoke("Hi", max_tokens=8)
     loaded = process.memory_info().rss

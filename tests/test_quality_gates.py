@@ -19,6 +19,10 @@ import pytest
 from ortmodels.export.quality import derailment, find_loop, judge_decoder
 from ortmodels.precision import select_variant
 
+#: An export takes about 30 s on 2 cores, several times that beside other work: a longer bound
+#: than the suite's default (pyproject.toml).
+pytestmark = pytest.mark.timeout(600)
+
 # -- the judge on figures ----------------------------------------------------------------------
 
 FAITHFUL = {"perplexity": 12.2, "perplexity_fp32": 12.14, "top1_agreement": 0.97, "finite": True, "probes": []}

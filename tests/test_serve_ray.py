@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,10 @@ from ortmodels.serve.ray.deployments import ModelServer
 
 from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
 from .test_serve import _free_port
+from .waiting import join_all, wait_until
 
-pytestmark = pytest.mark.slow
+#: A Ray cluster takes minutes to start and to replace a replica on 2 busy cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 START_TIMEOUT_S = 180.0
 CHAT_DEPLOYMENT = f"model-{CHAT_SAMPLE}"
@@ -155,51 +158,79 @@ def test_errors_from_a_replica_keep_openai_bodies(cluster: Cluster) -> None:
     assert "not deployed" in undeployed.value.body["message"]
 
 
-#: A question whose answer outlasts the kill: a short answer may be over before it lands.
-LONG_ANSWER = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+def _ongoing(replica: str) -> int:
+    """Requests the replica actor is serving now, as Serve's router counts them."""
+    return ray.get(ray.get_actor(replica, namespace="serve").get_num_ongoing_requests.remote(), timeout=30)
+
+
+def _endless_stream(client: openai.OpenAI) -> Any:
+    """A stream that cannot end before 600 tokens (its grammar wants 600 numbers): still running
+    when the kill lands, however slow the machine."""
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 600}
+    return client.chat.completions.create(
+        model=CHAT_SAMPLE, messages=[{"role": "user", "content": "Numbers."}], max_tokens=600, temperature=0,
+        stream=True, response_format={"type": "json_schema", "json_schema": {"name": "numbers", "schema": schema}})
 
 
 def test_a_replica_killed_under_load_is_replaced(cluster: Cluster) -> None:
-    """8 streams in flight, one chat replica killed: only streams on it fail, each with an OpenAI
-    error; Serve starts a new replica and the next requests all succeed."""
+    """8 streams in flight, one chat replica killed: exactly the streams on it fail, each with an
+    OpenAI error, the others go on; Serve starts a new replica and the next requests all succeed."""
     client = cluster.client()
     started = threading.Barrier(9, timeout=120)
-    outcomes: list[str] = []
+    expected_failures: list[int] = []  # set once the replica to kill is chosen
+    failed: list[str] = []
+    alive: list[str] = []
+    lock = threading.Lock()
 
     def one() -> None:
-        stream = client.chat.completions.create(model=CHAT_SAMPLE, messages=LONG_ANSWER, max_tokens=160,
-                                                temperature=0, stream=True)
+        outcome = "no chunk"
         try:
-            next(iter(stream))
+            stream = _endless_stream(client)
+            chunks = iter(stream)
+            next(chunks)
             started.wait()
-            reasons = [c.choices[0].finish_reason for c in stream if c.choices]
-            outcomes.append("ok" if reasons[-1] in ("stop", "length") else f"reason {reasons[-1]}")
+            for chunk in chunks:
+                with lock:  # every stream on the killed replica has failed, and this one still streams
+                    if expected_failures and len(failed) == expected_failures[0]:
+                        outcome = "alive"
+                        break
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    outcome = f"ended: {chunk.choices[0].finish_reason}"
+                    break
+            stream.close()
+            with lock:
+                (alive if outcome == "alive" else failed).append(outcome)
         except openai.APIError as exc:  # the error event a failed stream ends with
-            outcomes.append("openai-error" if isinstance(exc.body, dict) and exc.body.get("message") else repr(exc))
+            with lock:
+                failed.append("openai-error" if isinstance(exc.body, dict) and exc.body.get("message") else repr(exc))
         except Exception as exc:  # noqa: BLE001 - anything else (a broken connection) is a failure
-            outcomes.append(repr(exc))
+            with lock:
+                failed.append(repr(exc))
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    threads = [threading.Thread(target=one, name=f"stream-{i}") for i in range(8)]
     for thread in threads:
         thread.start()
-    started.wait()
+    started.wait()  # all 8 streams have their first chunk, and none can end before the kill
     names = _replica_actors()
     assert len(names) == 2, names
-    killed = min(names)
+    ongoing = {name: _ongoing(name) for name in names}
+    assert sum(ongoing.values()) == 8, ongoing
+    killed = max(names, key=lambda name: (ongoing[name], name))  # whichever way Serve routed them
+    with lock:
+        expected_failures.append(ongoing[killed])
     ray.kill(ray.get_actor(killed, namespace="serve"), no_restart=True)
-    for thread in threads:
-        thread.join(120)
+    join_all(threads, timeout=180)
 
-    failed = [o for o in outcomes if o != "ok"]
-    assert len(outcomes) == 8
-    assert set(failed) <= {"openai-error"}, outcomes
-    assert 1 <= len(failed) < 8, outcomes  # the killed replica had some of the 8, the other the rest
+    assert len(failed) + len(alive) == 8
+    assert failed == ["openai-error"] * ongoing[killed], (failed, ongoing)  # only the streams on it
+    assert len(alive) == 8 - ongoing[killed], (failed, ongoing)
 
-    deadline = time.monotonic() + 90
-    while killed in (now := _replica_actors()) or len(now) != 2 or _replicas(CHAT_DEPLOYMENT) != {"RUNNING": 2}:
-        assert time.monotonic() < deadline, (now, _replicas(CHAT_DEPLOYMENT))
-        time.sleep(0.5)
-    print(f"killed {killed}: outcomes {sorted(outcomes)}; replaced by {sorted(now - names)}")
+    def replaced() -> bool:
+        now = _replica_actors()
+        return killed not in now and len(now) == 2 and _replicas(CHAT_DEPLOYMENT) == {"RUNNING": 2}
+
+    wait_until(replaced, 90, "two running replicas again, the killed one replaced", interval=0.5)
+    print(f"killed {killed} serving {ongoing[killed]} of 8 streams; replaced by {sorted(_replica_actors() - names)}")
     for _ in range(4):
         answer = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=8, temperature=0)
         assert answer.choices[0].message.content
