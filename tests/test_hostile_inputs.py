@@ -326,8 +326,10 @@ def test_a_rollback_during_a_load_unloads_the_replaced_version(copied_embedding_
     wait_for_event(SlowOpeningEmbedding.opened, what="opened the old version")
     rollback = threading.Thread(target=manager.rollback, args=(EMBEDDING_SAMPLE, new))
     rollback.start()  # the old version is opened, the load is not finished
-    wait_until(lambda: str(active_version(model_dir)) == new, what="rolled back on disk")
-    assert loader.is_alive()
+    wait_until(lambda: manager._switching[EMBEDDING_SAMPLE] > 0, what="started the rollback")
+    # The rollback waits for the load (it holds the model's lock) before the link switches, so
+    # nothing loaded from the old version can outlive the switch.
+    assert loader.is_alive() and str(active_version(model_dir)) == old
     SlowOpeningEmbedding.resume.set()
     join_all([loader, rollback])
     model = manager.get_embedding_model(EMBEDDING_SAMPLE, SlowOpeningEmbedding)
