@@ -49,6 +49,16 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     ModelManager._instance = None
 
 
+def manager_on(monkeypatch: pytest.MonkeyPatch, store: Path, **env: str) -> ModelManager:
+    """The process's ModelManager, configured anew on the model store ``store`` with ``env`` set."""
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(store))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manager = ModelManager()
+    manager.configure()
+    return manager
+
+
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     """The sample store with the embedding sample exported in fp32 and int8 (by `make test`)."""

@@ -38,7 +38,7 @@ from ortmodels.store import ModelStore
 from ortmodels.store.integrity import forget
 from ortmodels.store.versions import active_version
 
-from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, manager_on
 from .test_call_guard import SlowEcho
 from .waiting import DEADLINE_S, async_wait_until, join_all, wait_for_event, wait_until
 
@@ -46,12 +46,7 @@ from .waiting import DEADLINE_S, async_wait_until, join_all, wait_for_event, wai
 
 
 def _use_store(monkeypatch: pytest.MonkeyPatch, root: Path, **env: str) -> ModelManager:
-    monkeypatch.setenv("LOCAL_MODELS_DIR", str(root))
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    manager = ModelManager()
-    manager.configure()
-    return manager
+    return manager_on(monkeypatch, root, **env)
 
 
 def _variant_dir(model_dir: Path, variant: str = "fp32") -> Path:

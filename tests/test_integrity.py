@@ -12,17 +12,11 @@ from ortmodels.errors import ModelIntegrityError
 from ortmodels.store import ModelStore
 from ortmodels.store.integrity import forget, verify_variant
 
-from .conftest import EMBEDDING_SAMPLE
+from .conftest import EMBEDDING_SAMPLE, manager_on
 
 
 def _manager_on(model_dir: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> ModelManager:
-    monkeypatch.setenv("LOCAL_MODELS_DIR", str(model_dir.parent))
-    monkeypatch.setenv("MODEL_DTYPE", "float32")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    manager = ModelManager()
-    manager.configure()
-    return manager
+    return manager_on(monkeypatch, model_dir.parent, **{"MODEL_DTYPE": "float32", **env})
 
 
 def _fp32_file(model_dir: Path, name: str) -> Path:

@@ -23,7 +23,7 @@ from ortmodels.store.versions import (
     prune,
 )
 
-from .conftest import EMBEDDING_SAMPLE
+from .conftest import EMBEDDING_SAMPLE, manager_on
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +46,7 @@ def versioned(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def _use_store(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> ModelManager:
-    monkeypatch.setenv("LOCAL_MODELS_DIR", str(model_dir.parent))
-    monkeypatch.setenv("MODEL_DTYPE", "float32")
-    manager = ModelManager()
-    manager.configure()
-    return manager
+    return manager_on(monkeypatch, model_dir.parent, MODEL_DTYPE="float32")
 
 
 def _cli(*args: str) -> str:

@@ -26,7 +26,7 @@ from ortmodels.errors import ModelBusyError, ModelFileError, ModelIntegrityError
 from ortmodels.store import versions as store_versions
 from ortmodels.store.versions import active_version, list_versions
 
-from .conftest import EMBEDDING_SAMPLE
+from .conftest import EMBEDDING_SAMPLE, manager_on
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +55,7 @@ def _rewrite_manifest(folder: Path, **changes: str) -> None:
 
 
 def _use_store(monkeypatch: pytest.MonkeyPatch, model_dir: Path, **env: str) -> ModelManager:
-    monkeypatch.setenv("LOCAL_MODELS_DIR", str(model_dir.parent))
-    monkeypatch.setenv("MODEL_DTYPE", "float32")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    manager = ModelManager()
-    manager.configure()
-    return manager
+    return manager_on(monkeypatch, model_dir.parent, **{"MODEL_DTYPE": "float32", **env})
 
 
 # -- 1. a busy rollback changes nothing ------------------------------------------------------------
