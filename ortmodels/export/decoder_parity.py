@@ -40,7 +40,7 @@ def _messages(prompt: str | tuple[str, str]) -> list[dict[str, str]]:
 
 
 def _question_text(prompt: str | tuple[str, str]) -> str:
-    return prompt if isinstance(prompt, str) else f"[system: {prompt[0]}] {prompt[1]}"
+    return prompt if isinstance(prompt, str) else f"(system: {prompt[0]}) {prompt[1]}"
 
 
 def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str | tuple[str, str]] = PROBE_PROMPTS
