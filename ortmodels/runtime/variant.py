@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..engine.session import create_session, resolve_device
-from ..errors import DeviceUnavailableError, FailedVariantError, ModelFileError, ModelNotExportedError, UnknownVersionError
+from ..errors import (
+    DeviceUnavailableError,
+    FailedVariantError,
+    ModelFileError,
+    ModelNotExportedError,
+    UnknownVersionError,
+)
 from ..lifecycle import loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
@@ -44,7 +50,7 @@ _OWN_GRAPH = "model.onnx"
 
 
 def session_kv_dtype(session: ort.InferenceSession) -> str | None:
-    """The cache precision of an opened decoder graph, from its ``past_key_values.*`` inputs (as the engine reads it)."""
+    """The cache precision of an opened decoder graph, from its ``past_key_values.*`` inputs (as the engine does)."""
     past = next((i for i in session.get_inputs() if i.name.startswith("past_key_values.")), None)
     return None if past is None else _KV_TYPES.get(past.type, past.type)
 
