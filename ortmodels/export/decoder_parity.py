@@ -209,5 +209,6 @@ def chat_probes(reference: DecoderReference, answers: list[list[int]]) -> list[d
     rows = []
     for (question, keywords), expected, expected_text, got in zip(CHAT_PROBES, reference.answers, expected_texts, answers):
         reason = derailment(got, _answer_text(reference, got), expected, expected_text, keywords) if judged else None
-        rows.append({"question": _question_text(question), "answer": _answer_text(reference, got)[:200], "derailed": reason})
+        rows.append({"question": _question_text(question), "answer": _answer_text(reference, got)[:200],
+                     "derailed": reason})
     return rows
