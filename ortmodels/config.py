@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     """Bytes a chat model's running requests may hold in KV cache (``1GB``, ``512MiB``); a request
     that does not fit waits for others to finish."""
 
+    model_kv_dtype: Literal["auto", "fp32", "fp16"] = Field(default="auto", alias="MODEL_KV_DTYPE")
+    """Precision of a chat model's KV cache: ``fp16`` halves its bytes per token (twice the
+    tokens in ``MODEL_KV_CACHE`` and ``MODEL_PROMPT_CACHE``); ``auto`` takes fp16 where the
+    variant passed its quality gates with it at export, else fp32 (also float16/float32).
+    The fp16 variant's cache is fp16 under every setting."""
+
     model_prompt_cache: int = Field(default=256 << 20, ge=0, alias="MODEL_PROMPT_CACHE")
     """Bytes of finished prompts' KV cache kept so a later prompt with the same start (a system
     prompt, earlier turns) prefills only its new tokens (``256MB``); 0 turns it off."""
@@ -116,6 +122,24 @@ class Settings(BaseSettings):
             return normalize_precision(key)
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("model_kv_dtype", mode="before")
+    @classmethod
+    def _kv_dtype_name(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        key = value.strip().lower()
+        if key in ("int8", "q8", "int4", "q4", "fp8"):
+            raise ValueError(
+                f"a KV cache in {key} is not offered: onnxruntime's CPU attention takes an int8 cache only with "
+                "scales calibrated at export, which ortmodels does not make yet; use auto, fp16 or fp32"
+            )
+        if key == "auto":
+            return key
+        try:
+            return normalize_precision(key)  # float16 -> fp16; bfloat16 and others fail below
+        except ConfigurationError:
+            return key  # pydantic names the allowed values
 
     @field_validator("model_memory_budget", "model_prompt_cache", mode="before")
     @classmethod

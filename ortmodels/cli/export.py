@@ -95,15 +95,22 @@ _FIGURES = (
 
 
 def verdict_table(name: str, manifest: Manifest, dtypes: list[str]) -> Table:
-    """One row per variant built: its figures, and whether it passed the quality gates."""
+    """One row per variant built and KV cache precision: its figures, and whether it passed the quality gates."""
     table = Table(title=f"{name}: variants and quality gates")
-    for column in ("variant", "size", *(c for _, c, _ in _FIGURES), "verdict"):
+    for column in ("variant", "KV cache", "size", *(c for _, c, _ in _FIGURES), "verdict"):
         table.add_column(column)
     for dtype in dtypes:
         entry = manifest.variants[dtype]
-        figures = [fmt.format(entry.parity[k]) if isinstance(entry.parity.get(k), (int, float)) else "-"
-                   for k, _, fmt in _FIGURES]
-        table.add_row(dtype, format_bytes(entry.size) if entry.size else "-", *figures, verdict_text(entry.quality))
+        # The variant's own graph first (its size is the variant's), then the fp16-KV graph.
+        kv = sorted((entry.kv or {}).items(), key=lambda item: item[1].file != "model.onnx")
+        rows = [(k, e.parity, e.quality, e.bytes_per_token) for k, e in kv] or [("-", entry.parity, entry.quality, 0)]
+        for n, (kv_dtype, parity, quality, per_token) in enumerate(rows):
+            figures = [fmt.format(parity[k]) if isinstance(parity.get(k), (int, float)) else "-"
+                       for k, _, fmt in _FIGURES]
+            verdict = verdict_text(quality)
+            kv_label = kv_dtype if not per_token else f"{kv_dtype} ({format_bytes(per_token)}/token)"
+            size = format_bytes(entry.size) if entry.size and n == 0 else "-"
+            table.add_row(dtype if n == 0 else "", kv_label, size, *figures, verdict)
     return table
 
 

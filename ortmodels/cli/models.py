@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..config import load_settings
 from ..store import ModelStore
+from ..store.manifest import Manifest
 from ..units import format_bytes
 from . import app, console
 from .export import verdict_text
@@ -90,3 +91,21 @@ def info(
         verdict = verdict_text(variant.quality)
         table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), verdict, parity)
     console.print(table)
+    _print_kv(manifest)
+
+
+_KV_FIGURES = ("perplexity", "top1_agreement", "greedy_agreement", "max_logit_diff")
+
+
+def _print_kv(manifest: Manifest) -> None:
+    """Each chat variant's KV cache precisions: bytes per token and the gate figures with that cache."""
+    rows = []
+    for dtype, variant in manifest.variants.items():
+        for kv_dtype, entry in (variant.kv or {}).items():
+            verdict = verdict_text(entry.quality)
+            figures = ", ".join(f"{k}={entry.parity[k]:.6g}" for k in _KV_FIGURES
+                                if isinstance(entry.parity.get(k), float | int))
+            rows.append((dtype, kv_dtype, entry.file, format_bytes(entry.bytes_per_token), verdict, figures))
+    if rows:
+        print_rows(("variant", "KV cache", "graph", "per token", "verdict", "figures"), rows, whole=("variant",),
+                   title="KV cache precision (MODEL_KV_DTYPE=auto takes fp16 where it passed)")

@@ -206,6 +206,11 @@ class Engine:
         with self._cond:
             return bool(self._waiting or self._prefilling or self._cache.keys)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Cache bytes one token takes, in the graph's own KV precision (what every byte bound counts)."""
+        return self._token_bytes
+
     def memory_bytes(self) -> int:
         """Bytes held now: the KV rows allocated for running requests plus the prompt cache."""
         rows, positions = self._cache.allocated

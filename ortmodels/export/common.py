@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ExportError
 from ..store import ModelInfo, read_json, versions
-from ..store.manifest import Manifest, QualityVerdict, VariantEntry
+from ..store.manifest import KVEntry, Manifest, QualityVerdict, VariantEntry
 from . import resources, staging
 from .checkpoint import file_entries, tool_versions, utc_now
 from .progress import Progress
@@ -86,7 +86,7 @@ def build_variant(dtype: str, base: Path, target: Path, builders: dict[str, Buil
 
 
 def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parity: dict[str, Any],
-                  quality: QualityVerdict | None = None) -> VariantEntry:
+                  quality: QualityVerdict | None = None, kv: dict[str, KVEntry] | None = None) -> VariantEntry:
     """The manifest entry of a built variant; one that failed its gates is recorded without files."""
     if quality is not None and not quality.judged:
         logger.warning("%s variant published without its quality gates (--skip-gates): %s", dtype,
@@ -99,7 +99,7 @@ def variant_entry(dtype: str, folder: Path, recipe: dict[str, Any] | None, parit
         files = file_entries(folder)
     return VariantEntry(
         dtype=dtype, path=dtype, files=files, size=sum(f.size for f in files.values()),
-        created_at=utc_now(), quantization=recipe, parity=parity, quality=quality,
+        created_at=utc_now(), quantization=recipe, parity=parity, quality=quality, kv=kv,
     )
 
 

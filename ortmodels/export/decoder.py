@@ -8,7 +8,8 @@ vision-language Gemma 3, ...). Those go through optimum (``text-generation-with-
 fp16, int8 and int4 derived from its fp32 graph.
 Every variant is compared with the PyTorch model and judged by the quality gates
 (`quality.py`) before it is published; a precision with a second recipe (fp16) gets it
-only when the first fails.
+only when the first fails. A variant whose cache is fp32 also gets an fp16-KV graph
+(`kv_precision.py`), judged by the same gates; the manifest's ``kv`` entry records both.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import ChatTemplateError, ExportError, ModelFileError, ParityError
 from ..kinds import KINDS
 from ..lifecycle.memory import return_freed_memory
 from ..store import ModelInfo, read_json
-from ..store.manifest import ChatSpec, Manifest, VariantEntry
+from ..store.manifest import ChatSpec, KVEntry, Manifest, QualityVerdict, VariantEntry
 from .common import (
     Builder,
     build_variant,
@@ -37,6 +38,7 @@ from .common import (
 from .decoder_graph import GraphPrecision, build_decoder_graph, supports
 from .decoder_parity import DecoderReference, onnx_parity
 from .graph_edits import fuse_decoder_ops
+from .kv_precision import KV16_FILE, graph_kv, write_fp16_kv_graph
 from .optimum_bridge import export_with_optimum
 from .progress import Progress
 from .quality import judge_decoder
@@ -200,12 +202,40 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
         if verdict.publishable or n >= len(attempts) - 1:
             if tried:
                 recipe["failed_recipes"] = tried
-            return variant_entry(dtype, work / dtype, recipe, parity, verdict)
+            kv = _kv_entries(dtype, work / dtype, parity, verdict, reference, name) if verdict.publishable else None
+            return variant_entry(dtype, work / dtype, recipe, parity, verdict, kv=kv)
         tried.append({"recipe": recipe, "failures": verdict.failures})
         logger.warning("%s %s failed its gates with %s (%s); trying the next recipe.",
                        name, dtype, recipe, "; ".join(verdict.failures))
         shutil.rmtree(work / dtype)
     raise AssertionError("unreachable: the last attempt always returns")
+
+
+def _kv_entries(dtype: str, folder: Path, parity: dict[str, Any], verdict: QualityVerdict,
+                reference: DecoderReference, name: str) -> dict[str, KVEntry]:
+    """The variant's KV precisions: its own graph's, and an fp16-KV graph where it can have one.
+
+    The fp16-KV graph (`kv_precision`) is judged by the variant's own gates; one that fails
+    keeps its figures in the manifest but not its file, so it is never loaded.
+    """
+    plain = folder / "model.onnx"
+    own, own_bytes = graph_kv(plain)
+    entries: dict[str, KVEntry] = {}
+    if own is not None:
+        entries[own] = KVEntry(file=plain.name, bytes_per_token=own_bytes, parity=parity, quality=verdict)
+    kv16 = folder / KV16_FILE
+    if own == "fp32" and write_fp16_kv_graph(plain, kv16):
+        parity16 = onnx_parity(kv16, reference, float_weights=dtype in ("fp32", "fp16", "bf16"))
+        verdict16 = judge_decoder(dtype, parity16)
+        entries["fp16"] = KVEntry(file=kv16.name, bytes_per_token=graph_kv(kv16)[1], parity=parity16,
+                                  quality=verdict16)
+        logger.info("%s %s with an fp16 KV cache: %s; %s", name, dtype, parity16,
+                    "passed" if verdict16.passed else verdict16.failures)
+        if not verdict16.publishable:
+            logger.warning("%s %s failed its gates with an fp16 KV cache (%s); it keeps an fp32 cache.",
+                           name, dtype, "; ".join(verdict16.failures))
+            kv16.unlink()
+    return entries
 
 
 def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progress: Progress) -> Manifest:

@@ -32,13 +32,25 @@ ANSWER_TOKENS = 48
 _TEXT_CHUNK = 128
 
 
-def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str] = PROBE_PROMPTS) -> list[list[int]]:
+def _messages(prompt: str | tuple[str, str]) -> list[dict[str, str]]:
+    """A probe as chat messages: a question, or a (system, question) pair."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": "system", "content": prompt[0]}, {"role": "user", "content": prompt[1]}]
+
+
+def _question_text(prompt: str | tuple[str, str]) -> str:
+    return prompt if isinstance(prompt, str) else f"(system: {prompt[0]}) {prompt[1]}"
+
+
+def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str | tuple[str, str]] = PROBE_PROMPTS
+                ) -> list[list[int]]:
     """Probe prompts through the chat template when there is one, else as plain text."""
     try:
         template = ChatTemplate.from_folder(base)
     except ModelFileError:
-        return [tokenizer.encode(p).ids for p in prompts]
-    texts = [template.render([{"role": "user", "content": p}]) for p in prompts]
+        return [tokenizer.encode(" ".join(m["content"] for m in _messages(p))).ids for p in prompts]
+    texts = [template.render(_messages(p)) for p in prompts]
     return [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
 
 
@@ -197,5 +209,6 @@ def chat_probes(reference: DecoderReference, answers: list[list[int]]) -> list[d
     rows = []
     for (question, keywords), expected, expected_text, got in zip(CHAT_PROBES, reference.answers, expected_texts, answers):
         reason = derailment(got, _answer_text(reference, got), expected, expected_text, keywords) if judged else None
-        rows.append({"question": question, "answer": _answer_text(reference, got)[:200], "derailed": reason})
+        rows.append({"question": _question_text(question), "answer": _answer_text(reference, got)[:200],
+                     "derailed": reason})
     return rows

@@ -28,12 +28,17 @@ PROBE_PROMPTS: tuple[str, ...] = (
     "Explain in one sentence what a hash table is.",
 )
 
-#: Plain chat questions (no system message) with the words a right answer contains. A
-#: variant derails on one where fp32 PyTorch answers it right and the variant does not, or
-#: where the variant loops and PyTorch does not. A model that knows none of the answers
-#: (a tiny random one) is not judged on them: its loops come and go with near-ties.
-CHAT_PROBES: tuple[tuple[str, tuple[str, ...]], ...] = (
+#: Plain chat questions with the words a right answer contains; a ``(system, question)``
+#: pair is asked after that system message. A variant derails on one where fp32 PyTorch
+#: answers it right and the variant does not, or where the variant loops and PyTorch does
+#: not. A model that knows none of the answers (a tiny random one) is not judged on them:
+#: its loops come and go with near-ties. The "Be brief." question is the README's and the
+#: tests': there the sample's int8 picks "The" over "La" by 0.001 logits, and with an fp16
+#: KV cache it answers "La femme de France, la femme de France, ..." (the plain question
+#: did not show it).
+CHAT_PROBES: tuple[tuple[str | tuple[str, str], tuple[str, ...]], ...] = (
     ("What is the capital of France?", ("Paris",)),
+    (("Be brief.", "What is the capital of France?"), ("Paris",)),
     ("What is the capital of Japan?", ("Tokyo",)),
     ("Name the largest planet in the solar system.", ("Jupiter",)),
     ("What colour is the sky on a clear day?", ("blue",)),

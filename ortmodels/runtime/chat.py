@@ -240,7 +240,8 @@ class OnnxChatModel(BaseLLMModel):
                                    output_width(opened.session, "logits") or highest_id(tokenizer) + 1,
                                    spec.eos_token_ids)
         self._state = _Loaded(engine, tokenizer, template, spec, opened.variant, opened.device, grammars)
-        logger.info("Loaded chat model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
+        logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token)", opened.info.name,
+                    opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token)
 
     def _unload(self) -> None:
         state, self._state = self._state, None
@@ -263,6 +264,11 @@ class OnnxChatModel(BaseLLMModel):
     @property
     def variant(self) -> str | None:
         return self._state.variant if self._state else None
+
+    @property
+    def kv_bytes_per_token(self) -> int | None:
+        """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16)."""
+        return self._state.engine.kv_bytes_per_token if self._state else None
 
     # -- prompt -----------------------------------------------------------------------------
 

@@ -9,11 +9,18 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..engine.session import create_session, resolve_device
-from ..errors import ModelFileError, UnknownVersionError
+from ..errors import (
+    DeviceUnavailableError,
+    FailedVariantError,
+    ModelFileError,
+    ModelNotExportedError,
+    UnknownVersionError,
+)
 from ..lifecycle import loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, verify_variant
+from ..store.manifest import VariantEntry
 from ..store.versions import VersionLease
 
 if TYPE_CHECKING:
@@ -29,11 +36,88 @@ class OpenVariant:
     folder: Path
     device: str
     session: ort.InferenceSession
+    kv_dtype: str | None = None
+    """The KV cache's precision (``fp32``, ``fp16``), read from the graph; ``None`` without a cache."""
 
     @property
     def size(self) -> int:
         """Bytes of the variant's files, as its manifest records them."""
         return self.info.variants[self.variant].size
+
+
+_KV_TYPES = {"tensor(float)": "fp32", "tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}
+_OWN_GRAPH = "model.onnx"
+
+
+def session_kv_dtype(session: ort.InferenceSession) -> str | None:
+    """The cache precision of an opened decoder graph, from its ``past_key_values.*`` inputs (as the engine does)."""
+    past = next((i for i in session.get_inputs() if i.name.startswith("past_key_values.")), None)
+    return None if past is None else _KV_TYPES.get(past.type, past.type)
+
+
+def kv_graph(entry: VariantEntry, requested: str, model: str) -> str:
+    """The graph file of a chat variant for ``MODEL_KV_DTYPE=requested`` (``auto``, ``fp32``, ``fp16``).
+
+    ``auto`` takes the fp16-KV graph where it passed the variant's gates at export, else the
+    variant's own graph. An export with no ``kv`` entry (made before the choice existed) has
+    its own graph only; `open_variant` checks its cache against an explicit request.
+    """
+    offered = entry.kv
+    if not offered:
+        return _OWN_GRAPH
+    own = next((k for k, e in offered.items() if e.file == _OWN_GRAPH), None)
+    if requested == "auto":
+        fp16 = offered.get("fp16")
+        return fp16.file if fp16 is not None and fp16.usable and fp16.file in entry.files else _OWN_GRAPH
+    choice = offered.get(requested)
+    if choice is not None and not choice.usable:
+        failures = "; ".join(choice.quality.failures) if choice.quality else ""
+        raise FailedVariantError(
+            f"MODEL_KV_DTYPE={requested}: the {entry.dtype} export of {model!r} failed its quality gates with an "
+            f"{requested} KV cache at export ({failures}), so that graph is not loaded. Use MODEL_KV_DTYPE=auto "
+            f"or {own or 'fp32'}; 'ortmodels info {model}' shows the figures."
+        )
+    if choice is not None and choice.file in entry.files:
+        return choice.file
+    if requested == "fp32" and own == "fp16":  # the fp16 variant: its cache is fp16 under every setting
+        logger.info("%s %s keeps its KV cache in fp16 (MODEL_KV_DTYPE=fp32 applies to fp32-activation variants).",
+                    model, entry.dtype)
+        return _OWN_GRAPH
+    raise ModelNotExportedError(
+        f"MODEL_KV_DTYPE={requested}: the {entry.dtype} export of {model!r} has no {requested} KV cache graph "
+        f"(offered: {', '.join(offered)}; a graph without GroupQueryAttention, as optimum's, keeps its own). "
+        f"Use MODEL_KV_DTYPE=auto, or re-export with 'ortmodels export {model} --dtype {entry.dtype}'."
+    )
+
+
+def _open_chat_graph(folder: Path, entry: VariantEntry, requested: str, model: str, device: str,
+                     threads: int) -> tuple[ort.InferenceSession, str | None]:
+    """Open the variant's graph for the asked-for KV precision; an fp16 cache the device cannot run is refused."""
+    graph = kv_graph(entry, requested, model)
+    try:
+        # A decoder's prefill allocates per prompt length; an arena would keep its largest for good.
+        session = create_session(folder / graph, device, threads, arena=False)
+    except (ModelFileError, DeviceUnavailableError) as exc:
+        if graph == _OWN_GRAPH:
+            raise
+        # The variant's own graph opens here: the device cannot run GroupQueryAttention on an fp16 cache.
+        session = create_session(folder / _OWN_GRAPH, device, threads, arena=False)
+        if requested != "auto":
+            raise DeviceUnavailableError(
+                f"MODEL_KV_DTYPE={requested}: ONNX Runtime cannot run {model!r}'s {requested} KV cache graph on "
+                f"{device} ({str(exc)[:200]}). Use MODEL_KV_DTYPE=auto or fp32 on this device."
+            ) from exc
+        logger.warning("%s: the fp16 KV cache graph does not run on %s (%s); using the fp32 cache.", model, device,
+                       str(exc)[:200])
+    kv_dtype = session_kv_dtype(session)
+    if requested not in ("auto", kv_dtype) and not (requested == "fp32" and kv_dtype == "fp16"
+                                                     and entry.dtype == "fp16"):
+        raise ModelNotExportedError(
+            f"MODEL_KV_DTYPE={requested}: the {entry.dtype} export of {model!r} holds its KV cache in {kv_dtype} "
+            f"(exported before ortmodels offered a choice). Re-export with 'ortmodels export {model} --dtype "
+            f"{entry.dtype}', or use MODEL_KV_DTYPE=auto."
+        )
+    return session, kv_dtype
 
 
 def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tuple[ModelInfo, VersionLease | None]:
@@ -78,13 +162,17 @@ def open_variant(
         if settings.model_verify_files:
             hashed = verify_variant(folder, info.variants[variant], info.name)
             logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
-        # A decoder's prefill allocates per prompt length; an arena would keep its largest for good.
-        session = create_session(folder / "model.onnx", resolved, settings.model_threads, arena=kind != "chat")
+        kv_dtype = None
+        if kind == "chat":
+            session, kv_dtype = _open_chat_graph(folder, info.variants[variant], settings.model_kv_dtype, info.name,
+                                                 resolved, settings.model_threads)
+        else:
+            session = create_session(folder / _OWN_GRAPH, resolved, settings.model_threads)
     except BaseException:
         if lease is not None:
             lease.release()
         raise
-    opened = OpenVariant(info, variant, folder, resolved, session)
+    opened = OpenVariant(info, variant, folder, resolved, session, kv_dtype)
     if owner is not None:
         owner.attach_variant(opened, lease)
     elif lease is not None:  # opened outside a model's load(): nothing would release it later

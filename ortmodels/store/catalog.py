@@ -201,7 +201,8 @@ class ModelInfo:
             "variants": {
                 dtype: {"size": v.size, "files": len(v.files), "parity": v.parity,
                         "quantization": v.quantization, "verdict": self.verdict(dtype),
-                        "failures": v.quality.failures if v.quality else []}
+                        "failures": v.quality.failures if v.quality else [],
+                        "kv": {k: e.model_dump(mode="json") for k, e in (v.kv or {}).items()}}
                 for dtype, v in self.variants.items()
             },
         }

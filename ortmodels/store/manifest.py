@@ -61,6 +61,30 @@ class QualityVerdict(BaseModel):
         return self.passed or not self.judged
 
 
+class KVEntry(BaseModel):
+    """One KV cache precision of a chat variant: its graph file, gate figures and verdict.
+
+    The figures are those of the variant's gates (`export.quality`) run on that graph, so
+    each variant's manifest entry says how good it is with the cache it will run with.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    bytes_per_token: int = Field(ge=0)
+    parity: dict[str, Any] = Field(default_factory=dict)
+    quality: QualityVerdict | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.quality is None or self.quality.publishable
+
+    @field_validator("file")
+    @classmethod
+    def _relative_file(cls, value: str) -> str:
+        return check_relative_path(value)
+
+
 class VariantEntry(BaseModel):
     """One precision of the export (a sub-folder of ``onnx/``).
 
@@ -79,6 +103,9 @@ class VariantEntry(BaseModel):
     quantization: dict[str, Any] | None = None
     parity: dict[str, Any] = Field(default_factory=dict)
     quality: QualityVerdict | None = None  # None: exported before the gates existed
+    kv: dict[str, KVEntry] | None = None
+    """Chat variants: each KV cache precision offered (``fp32``, ``fp16``), keyed by precision;
+    ``None`` in exports made before there was a choice: ``model.onnx``'s own cache only."""
 
     @property
     def usable(self) -> bool:
