@@ -30,6 +30,7 @@ NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
 ANSWER_TOKENS = 48
 _TEXT_CHUNK = 128
+_NLL_ROWS = 32  # positions per float64 pass of `token_nll`
 
 
 def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str] = PROBE_PROMPTS) -> list[list[int]]:
@@ -42,13 +43,22 @@ def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str] = PROBE_PROMP
     return [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
 
 
-def token_nll(logits: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """Negative log-likelihood of each ``ids[i + 1]`` given ``logits[i]`` (as many as there are next ids)."""
+def token_nll(logits: np.ndarray, ids: Sequence[int], rows: int = _NLL_ROWS) -> np.ndarray:
+    """Negative log-likelihood of each ``ids[i + 1]`` given ``logits[i]`` (as many as there are next ids).
+
+    Worked in float64 ``rows`` positions at a time: the whole [512, vocabulary] array in
+    float64 with its temporaries was ~6.6x one fp32 logits array (3.5 GB at Gemma's 262k
+    vocabulary), the largest single cost of an export's parity check.
+    """
     count = min(len(logits), len(ids) - 1)
-    scores = logits[:count].astype(np.float64)
-    scores -= scores.max(axis=1, keepdims=True)
-    log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(count), list(ids[1 : count + 1])]
+    out = np.empty(count, dtype=np.float64)
+    for start in range(0, count, rows):
+        end = min(start + rows, count)
+        scores = logits[start:end].astype(np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scores).sum(axis=1))
+        out[start:end] = log_norm - scores[np.arange(end - start), list(ids[start + 1 : end + 1])]
+    return out
 
 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:
@@ -162,8 +172,13 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
         for ids, expected in zip(reference.prompts, reference.greedy)
     ]
     prompt_logits = decoder.all_logits(reference.prompts[0])  # the engine's Engine.all_logits
+    # The text's [512, vocabulary] logits are reduced to what the gates read, then dropped
+    # before the answers run: their argmax, their perplexity and whether they are finite.
     text_logits = decoder.all_logits(reference.text_ids)
     finite = bool(np.isfinite(prompt_logits).all() and np.isfinite(text_logits).all())
+    text_argmax = text_logits.argmax(axis=1)
+    text_perplexity = perplexity(text_logits, reference.text_ids)
+    del text_logits
     answers = [greedy_tokens(decoder, ids, ANSWER_TOKENS, reference.eos_token_ids) for ids in reference.question_ids]
     del decoder
     return_freed_memory()  # the session's buffers, before the next variant is built
@@ -173,11 +188,11 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
         "new_tokens": NEW_TOKENS,
         "greedy_agreement": round(float(np.mean(agreements)), 4),
         "max_logit_diff": float(np.abs(prompt_logits - reference.prompt_logits).max()),
-        "perplexity": round(perplexity(text_logits, reference.text_ids), 4),
+        "perplexity": round(text_perplexity, 4),
         "perplexity_fp32": round(reference.perplexity, 4),
         "perplexity_tokens": len(reference.text_ids),
         "finite": finite,
-        "top1_agreement": round(float((text_logits.argmax(axis=1) == reference.text_argmax)[:-1].mean()), 4),
+        "top1_agreement": round(float((text_argmax == reference.text_argmax)[:-1].mean()), 4),
         "probes": chat_probes(reference, answers),
     }
 

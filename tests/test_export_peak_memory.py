@@ -1,0 +1,89 @@
+"""The export's large arrays are worked on in pieces: same figures, a bounded temporary.
+
+Each test measures the numpy allocations of one step with tracemalloc (numpy reports its
+array buffers there) against the size of the array the step reads or returns: before
+these steps were cut into pieces, the perplexity's float64 pass took ~6.6x one fp32 logits
+array, widening a bf16 tensor ~3x its fp32 result, quantizing a matrix ~4x its fp32 size.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ortmodels.export.checkpoint_weights import open_weights
+from ortmodels.export.decoder_parity import token_nll
+from ortmodels.export.nbits import _VALUES, quantize_matrix
+
+
+def _peak(step: Callable[[], Any]) -> tuple[Any, int]:
+    """What ``step`` returns, and the most bytes allocated at once while it ran (result included)."""
+    tracemalloc.start()
+    try:
+        result = step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def _whole_nll(logits: np.ndarray, ids: list[int]) -> np.ndarray:
+    """The unchunked formula the export used before (the whole array in float64 at once)."""
+    count = min(len(logits), len(ids) - 1)
+    scores = logits[:count].astype(np.float64)
+    scores -= scores.max(axis=1, keepdims=True)
+    log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    return -log_probs[np.arange(count), list(ids[1 : count + 1])]
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32, 1000])
+def test_chunked_nll_equals_the_unchunked_one(rows: int) -> None:
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((100, 503)) * 8).astype(np.float32)
+    ids = rng.integers(0, 503, size=101).tolist()
+    expected = _whole_nll(logits, ids)
+    got = token_nll(logits, ids, rows=rows)
+    assert got.shape == (100,) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    # Fewer next ids than logits rows: as many NLLs as there are next ids.
+    np.testing.assert_allclose(token_nll(logits, ids[:40], rows=rows), expected[:39], rtol=1e-12, atol=1e-12)
+
+
+def test_nll_of_a_long_text_holds_a_few_rows_in_float64() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((512, 8192)).astype(np.float32)  # 16 MB
+    ids = rng.integers(0, 8192, size=513).tolist()
+    _, peak = _peak(lambda: token_nll(logits, ids))
+    assert peak < 0.5 * logits.nbytes, f"{peak} bytes for {logits.nbytes} bytes of logits"
+
+
+def test_bf16_is_widened_without_copies_of_the_tensor(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tensor = torch.randn(1024, 4099).to(torch.bfloat16)  # 8.4 MB, several read pieces, odd length
+    save_file({"w": tensor}, tmp_path / "model.safetensors")
+    with open_weights(tmp_path) as weights:
+        got, peak = _peak(lambda: weights.get("w"))
+    assert got.dtype == np.float32 and np.array_equal(got, tensor.float().numpy())
+    assert peak < 1.2 * got.nbytes + 8_500_000, f"{peak} bytes for a {got.nbytes}-byte result"
+
+
+@pytest.mark.parametrize(("bits", "symmetric", "search"), [(8, True, False), (4, False, True), (8, False, True)])
+def test_quantizing_a_tall_matrix_works_on_some_rows_at_a_time(bits: int, symmetric: bool, search: bool) -> None:
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((12 * (_VALUES // 256) + 5, 256)).astype(np.float32)  # 50 MB, 13 pieces
+    q, peak = _peak(lambda: quantize_matrix(weight, bits, 32, symmetric=symmetric, search=search))
+    result = q.packed.nbytes + q.scales.nbytes + (0 if q.zero_points is None else q.zero_points.nbytes)
+    # The result, and a few pieces' temporaries (a piece is _VALUES float32 weights): not the matrix's.
+    assert peak < result + 8 * 4 * _VALUES < weight.nbytes, f"{peak} bytes for a {weight.nbytes}-byte matrix"
+    # Each piece is quantized as the whole matrix would be: a row's blocks never leave the row.
+    head = quantize_matrix(weight[:100], bits, 32, symmetric=symmetric, search=search)
+    assert np.array_equal(q.packed[:100], head.packed) and np.array_equal(q.scales[:100], head.scales)
+    assert np.abs(q.dequantized() - weight).max() < (0.2 if bits == 4 else 0.02) * np.abs(weight).max()
