@@ -172,13 +172,17 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
         for ids, expected in zip(reference.prompts, reference.greedy)
     ]
     prompt_logits = decoder.all_logits(reference.prompts[0])  # the engine's Engine.all_logits
-    # The text's [512, vocabulary] logits are reduced to what the gates read, then dropped
-    # before the answers run: their argmax, their perplexity and whether they are finite.
-    text_logits = decoder.all_logits(reference.text_ids)
-    finite = bool(np.isfinite(prompt_logits).all() and np.isfinite(text_logits).all())
-    text_argmax = text_logits.argmax(axis=1)
-    text_perplexity = perplexity(text_logits, reference.text_ids)
-    del text_logits
+    # The text's logits, 128 positions per run on the cache (as the reference computes them
+    # 128 rows at a time), reduced to what the gates read: argmax, NLL, whether finite.
+    text = reference.text_ids
+    finite = bool(np.isfinite(prompt_logits).all())
+    argmax_parts, nll_parts = [], []
+    for start, logits in zip(range(0, len(text), _TEXT_CHUNK), decoder.logits_in_pieces(text, _TEXT_CHUNK)):
+        finite = finite and bool(np.isfinite(logits).all())
+        argmax_parts.append(logits.argmax(axis=1))
+        nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
+    text_perplexity = float(np.exp(np.concatenate(nll_parts).mean()))
+    text_argmax = np.concatenate(argmax_parts)
     answers = [greedy_tokens(decoder, ids, ANSWER_TOKENS, reference.eos_token_ids) for ids in reference.question_ids]
     del decoder
     return_freed_memory()  # the session's buffers, before the next variant is built
