@@ -87,3 +87,25 @@ def test_quantizing_a_tall_matrix_works_on_some_rows_at_a_time(bits: int, symmet
     head = quantize_matrix(weight[:100], bits, 32, symmetric=symmetric, search=search)
     assert np.array_equal(q.packed[:100], head.packed) and np.array_equal(q.scales[:100], head.scales)
     assert np.abs(q.dequantized() - weight).max() < (0.2 if bits == 4 else 0.02) * np.abs(weight).max()
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-1.5b"])
+def test_the_reference_filled_tensor_by_tensor_is_from_pretrained_in_fp32(tmp_path: Path, name: str) -> None:
+    """bf16 checkpoint (tied head; Qwen's q/k/v biases): the same logits, bit for bit, as transformers' own load."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.checkpoints import MODELS, build
+    from ortmodels.export.decoder_parity import reference_model
+    from tests.conftest import CHAT_SAMPLE, SAMPLES_DIR
+
+    config = {**MODELS[name][0], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    folder = build(config, tmp_path / name, tokenizer_from=SAMPLES_DIR / CHAT_SAMPLE, max_shard_bytes=2_000_000)
+    ours = reference_model(folder)
+    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert all(p.dtype == torch.float32 for p in ours.parameters())
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == bool(config.get("tie_word_embeddings"))
+    ids = torch.tensor([list(range(1, 200))])
+    with torch.inference_mode():
+        assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)

@@ -96,6 +96,21 @@ class CheckpointWeights:
         array = file.read(name)
         return array if array.dtype == np.float32 else array.astype(np.float32)
 
+    def stored(self, name: str) -> tuple[np.ndarray, str]:
+        """The tensor as stored, with its safetensors dtype name (bf16 as its raw uint16 bits)."""
+        file = self._files.get(name)
+        if file is None:
+            raise ExportError(f"The checkpoint has no tensor {name!r}.")
+        entry = file.entries[name]
+        if entry["dtype"] != "BF16":
+            return file.read(name), entry["dtype"]
+        array = np.empty(entry["shape"], dtype=np.uint16)
+        if array.nbytes != entry["data_offsets"][1] - entry["data_offsets"][0]:
+            raise ExportError(f"{file.path}: tensor {name!r} has the wrong size for shape {entry['shape']}.")
+        file.handle.seek(file.data_start + entry["data_offsets"][0])
+        file._read_into(name, array)
+        return array, "BF16"
+
     def names(self) -> list[str]:
         return list(self._files)
 
