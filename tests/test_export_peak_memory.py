@@ -109,3 +109,43 @@ def test_the_reference_filled_tensor_by_tensor_is_from_pretrained_in_fp32(tmp_pa
     ids = torch.tensor([list(range(1, 200))])
     with torch.inference_mode():
         assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
+
+
+_LOAD_PEAK = """
+import sys, threading
+from pathlib import Path
+import psutil, torch  # imported before the baseline, with what loading a Llama imports
+from transformers import AutoConfig, AutoModelForCausalLM, modeling_utils
+from transformers.models.llama import modeling_llama
+from ortmodels.export.decoder_parity import reference_model
+process, peak, done = psutil.Process(), [0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        done.wait(0.002)
+before = process.memory_info().rss
+thread = threading.Thread(target=sample)
+thread.start()
+model = reference_model(Path(sys.argv[1]))
+done.set()
+thread.join(10)
+print(max(peak[0], process.memory_info().rss) - before, sum(p.numel() * 4 for p in model.parameters()))
+"""
+
+
+def test_loading_a_bf16_reference_holds_its_fp32_weights_and_little_else(tmp_path: Path) -> None:
+    """from_pretrained kept the mapped bf16 file resident beside the fp32 copy: 1.5x the fp32 weights."""
+    import subprocess
+    import sys
+
+    from benchmarks.checkpoints import MODELS, build
+    from tests.conftest import CHAT_SAMPLE, SAMPLES_DIR
+
+    config = {**MODELS["llama-3.2-1b"][0], "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 2,
+              "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64}  # 71M parameters, 285 MB fp32
+    folder = build(config, tmp_path / "ckpt", tokenizer_from=SAMPLES_DIR / CHAT_SAMPLE)
+    run = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(folder)], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    grown, fp32 = (int(v) for v in run.stdout.split()[-2:])
+    assert grown < 1.2 * fp32, f"loading grew the process by {grown} bytes for {fp32} bytes of fp32 weights"

@@ -96,20 +96,33 @@ class CheckpointWeights:
         array = file.read(name)
         return array if array.dtype == np.float32 else array.astype(np.float32)
 
-    def stored(self, name: str) -> tuple[np.ndarray, str]:
-        """The tensor as stored, with its safetensors dtype name (bf16 as its raw uint16 bits)."""
+    def pieces(self, name: str) -> Iterator[tuple[int, np.ndarray, str]]:
+        """The tensor as stored, flattened, in pieces of at most 8 MB: (first index, values, dtype name).
+
+        bf16 comes as its raw uint16 bits. For filling another framework's tensor in place
+        without holding a copy of the whole tensor.
+        """
         file = self._files.get(name)
         if file is None:
             raise ExportError(f"The checkpoint has no tensor {name!r}.")
         entry = file.entries[name]
-        if entry["dtype"] != "BF16":
-            return file.read(name), entry["dtype"]
-        array = np.empty(entry["shape"], dtype=np.uint16)
-        if array.nbytes != entry["data_offsets"][1] - entry["data_offsets"][0]:
-            raise ExportError(f"{file.path}: tensor {name!r} has the wrong size for shape {entry['shape']}.")
-        file.handle.seek(file.data_start + entry["data_offsets"][0])
-        file._read_into(name, array)
-        return array, "BF16"
+        dtype = np.uint16 if entry["dtype"] == "BF16" else _DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ExportError(f"{file.path}: tensor {name!r} has dtype {entry['dtype']}, which ortmodels cannot read.")
+        start, end = entry["data_offsets"]
+        count, size = int(np.prod(entry["shape"], dtype=np.int64)), np.dtype(dtype).itemsize
+        if count * size != end - start:
+            raise ExportError(f"{file.path}: tensor {name!r} has {end - start} bytes for shape {entry['shape']}.")
+        step = max(1, (8 << 20) // size)
+        for first in range(0, count, step):
+            file.handle.seek(file.data_start + start + first * size)
+            piece = np.empty(min(step, count - first), dtype=dtype)
+            file._read_into(name, piece)
+            yield first, piece, entry["dtype"]
+
+    def float_dtypes(self) -> set[str]:
+        """The safetensors dtype names of the floating-point tensors (``{"BF16"}`` for most checkpoints)."""
+        return {f.entries[n]["dtype"] for n, f in self._files.items() if f.entries[n]["dtype"] in ("F64", "F32", "F16", "BF16")}
 
     def names(self) -> list[str]:
         return list(self._files)

@@ -10,7 +10,6 @@ questions (`probes.CHAT_PROBES`). `quality.judge_decoder` turns them into a verd
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ from ..engine.session import create_session
 from ..errors import ExportError, ModelFileError
 from ..lifecycle.memory import return_freed_memory
 from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
-
-logger = logging.getLogger(__name__)
 
 NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
@@ -75,10 +72,10 @@ def reference_model(checkpoint: Path) -> Any:
     Eager attention where the config soft-caps attention logits (Gemma 2): transformers' SDPA
     path silently drops the cap, so it computes another model than the checkpoint's.
 
-    Built empty and filled tensor by tensor from plain reads (`checkpoint_weights`), not by
-    ``from_pretrained``: that maps the checkpoint and widens it to fp32 while the mapped bf16
-    pages stay resident, the export's peak (7.93 GB = 3.2x a 1B-shape bf16 checkpoint). The
-    weights are the same numbers (bf16 and fp16 widen to fp32 exactly).
+    A bf16 or fp16 checkpoint is built empty and filled tensor by tensor from plain reads
+    (`checkpoint_weights`), not by ``from_pretrained``: that maps the checkpoint and widens it
+    to fp32 while the mapped pages stay resident, the export's peak (7.93 GB = 3.2x a 1B-shape
+    bf16 checkpoint). The weights are the same numbers (bf16 and fp16 widen to fp32 exactly).
     """
     import json
 
@@ -90,25 +87,24 @@ def reference_model(checkpoint: Path) -> Any:
 
     config = json.loads((checkpoint / "config.json").read_text())
     extra = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
-    with no_init_weights():  # parameters stay unwritten (no resident pages) until filled below
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint), dtype=torch.float32, **extra)
-    model.tie_weights()  # a tied head is its embedding (from_pretrained ties after loading too)
-    targets = dict(model.named_parameters(remove_duplicate=False))
-    targets.update(model.named_buffers())
-    filled: set[str] = set()
     with open_weights(checkpoint) as weights, torch.no_grad():
-        if not set(weights.names()) <= set(targets):  # names transformers renames while loading
-            logger.info("%s: tensor names differ from the model's; loading through from_pretrained.", checkpoint)
-            del model
+        if weights.float_dtypes() <= {"F32"}:  # mapped by from_pretrained and used in place: no copy
             return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
-        for name in weights.names():
-            target = targets[name]
-            array, dtype = weights.stored(name)
-            source = torch.from_numpy(array)
-            target.copy_(source.view(torch.bfloat16) if dtype == "BF16" else source)
-            filled.add(name)
-            del array, source
-    missing = {name for name, p in model.named_parameters()} - filled  # tied heads count as their embedding
+        with no_init_weights():  # parameters stay unwritten (no resident pages) until filled below
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint), dtype=torch.float32,
+                                                     **extra)
+        model.tie_weights()  # a tied head is its embedding (from_pretrained ties after loading too)
+        targets = dict(model.named_parameters(remove_duplicate=False))
+        targets.update(model.named_buffers())
+        if not set(weights.names()) <= set(targets):  # names transformers renames while loading
+            del model, targets
+            return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
+        for name in weights.names():  # 8 MB at a time: never a whole stored tensor beside its fp32 one
+            flat = targets[name].view(-1)
+            for first, piece, dtype in weights.pieces(name):
+                source = torch.from_numpy(piece)
+                flat[first : first + len(piece)].copy_(source.view(torch.bfloat16) if dtype == "BF16" else source)
+    missing = {name for name, _ in model.named_parameters()} - set(weights.names())  # a tied head is its embedding
     if missing:
         raise ExportError(f"{checkpoint}: the checkpoint has no tensors for {sorted(missing)[:5]}.")
     return model.eval()
