@@ -17,6 +17,7 @@ with a past) must be batch 1 in GroupQueryAttention; prefill is therefore always
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +72,16 @@ class DecoderSession:
     def all_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits for every position of one sequence, from an empty cache ([len, vocab])."""
         return self._run(DecoderState(), token_ids, keep=0)[0]
+
+    def logits_in_pieces(self, token_ids: list[int], rows: int) -> Iterator[np.ndarray]:
+        """``all_logits`` of one sequence, ``rows`` positions per run on the growing cache.
+
+        For the export's parity pass: one run over 512 tokens made [512, vocabulary] logits
+        and as large temporaries (0.5 GB each at a 262k vocabulary).
+        """
+        state = DecoderState()
+        for start in range(0, len(token_ids), rows):
+            yield self._run(state, token_ids[start : start + rows], keep=0)[0]
 
     def prefill(
         self, token_ids: list[int], past: list[np.ndarray] | None = None

@@ -177,7 +177,9 @@ class _Builder:
 
     def floats(self, name: str, array: np.ndarray, stream: bool = False) -> str:
         """An initializer in the activations' float type, or the residual stream's."""
-        return self.g.tensor(name, array.astype(self.np_stream if stream else self.np_float))
+        # One copy at most (none for a contiguous fp32 array): astype then the graph's
+        # contiguous copy held a transposed matrix three times.
+        return self.g.tensor(name, np.ascontiguousarray(array, dtype=self.np_stream if stream else self.np_float))
 
     def to_stream(self, x: str) -> str:
         """A block's output into the residual stream's type (a Cast to fp32 when mixed)."""
@@ -280,8 +282,8 @@ class _Builder:
             cos, sin = _rotary_caches(_local_rope_config(self.hf_config), positions)
             self.rotary["local"] = (self.floats("cos_cache_local", cos), self.floats("sin_cache_local", sin))
 
-        embed = w("model.embed_tokens.weight")
-        embed_name, x = self.embedding(embed)
+        # Not held through the layers (1 GB in fp32 at 1B): a quantized tied head reads it again.
+        embed_name, x = self.embedding(w("model.embed_tokens.weight"))
         x = self.to_stream(x)
         if self.family.scaled_embedding:  # sqrt(hidden) rounded to the graph's float type, as transformers does
             scale = self.floats("embed_scale", np.array(self.hidden**0.5, dtype=np.float32), stream=True)
@@ -290,7 +292,7 @@ class _Builder:
         for i in range(self.layers):
             residual, skip = self.layer(i, residual, skip)
         normed, _ = self.norm(residual, skip, w("model.norm.weight"), "final_norm", last=True)
-        g.node("Identity", [self.lm_head(normed, embed, embed_name)], ["logits"])
+        g.node("Identity", [self.lm_head(normed, embed_name)], ["logits"])
 
         graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, initializer=g.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(_MS, 1)],
@@ -382,7 +384,7 @@ class _Builder:
         return self.linear(g.node("Mul", [act, up])[0], w(lp + "down_proj.weight"), f"layers.{i}.mlp.down_proj",
                            self.bits_for(i, "mlp.down_proj"))
 
-    def lm_head(self, normed: str, embed: np.ndarray, embed_name: str | None) -> str:
+    def lm_head(self, normed: str, embed_name: str | None) -> str:
         """Logits of the last ``logits_to_keep`` positions (0 keeps all), soft-capped where the family does.
 
         A tied float head shares the embedding initializer through Gemm(transB=1) on the
@@ -402,7 +404,9 @@ class _Builder:
                                       g.ints("lm_head.vocab", [int(cfg["vocab_size"])])], axis=0)[0]
             logits = g.node("Reshape", [rows, shape])[0]
         else:
-            logits = self.linear(kept, embed if tied else self.weights.get("lm_head.weight"), "lm_head", bits)
+            head = self.weights.get("model.embed_tokens.weight" if tied else "lm_head.weight")
+            logits = self.linear(kept, head, "lm_head", bits)
+            del head
         cap = cfg.get("final_logit_softcapping")
         if cap:
             c = self.floats("final_logit_softcap", np.array(float(cap), dtype=np.float32))

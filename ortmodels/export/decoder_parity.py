@@ -22,7 +22,7 @@ from ..engine.decoder import DecoderSession
 from ..engine.engine import Engine
 from ..engine.request import Request
 from ..engine.session import create_session
-from ..errors import ModelFileError
+from ..errors import ExportError, ModelFileError
 from ..lifecycle.memory import return_freed_memory
 from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 
@@ -30,6 +30,7 @@ NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
 ANSWER_TOKENS = 48
 _TEXT_CHUNK = 128
+_NLL_ROWS = 32  # positions per float64 pass of `token_nll`
 
 
 def _messages(prompt: str | tuple[str, str]) -> list[dict[str, str]]:
@@ -54,13 +55,22 @@ def _prompt_ids(base: Path, tokenizer: Any, prompts: Sequence[str | tuple[str, s
     return [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
 
 
-def token_nll(logits: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """Negative log-likelihood of each ``ids[i + 1]`` given ``logits[i]`` (as many as there are next ids)."""
+def token_nll(logits: np.ndarray, ids: Sequence[int], rows: int = _NLL_ROWS) -> np.ndarray:
+    """Negative log-likelihood of each ``ids[i + 1]`` given ``logits[i]`` (as many as there are next ids).
+
+    Worked in float64 ``rows`` positions at a time: the whole [512, vocabulary] array in
+    float64 with its temporaries was ~6.6x one fp32 logits array (3.5 GB at Gemma's 262k
+    vocabulary), the largest single cost of an export's parity check.
+    """
     count = min(len(logits), len(ids) - 1)
-    scores = logits[:count].astype(np.float64)
-    scores -= scores.max(axis=1, keepdims=True)
-    log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(count), list(ids[1 : count + 1])]
+    out = np.empty(count, dtype=np.float64)
+    for start in range(0, count, rows):
+        end = min(start + rows, count)
+        scores = logits[start:end].astype(np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scores).sum(axis=1))
+        out[start:end] = log_norm - scores[np.arange(end - start), list(ids[start + 1 : end + 1])]
+    return out
 
 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:
@@ -73,15 +83,43 @@ def reference_model(checkpoint: Path) -> Any:
 
     Eager attention where the config soft-caps attention logits (Gemma 2): transformers' SDPA
     path silently drops the cap, so it computes another model than the checkpoint's.
+
+    A bf16 or fp16 checkpoint is built empty and filled tensor by tensor from plain reads
+    (`checkpoint_weights`), not by ``from_pretrained``: that maps the checkpoint and widens it
+    to fp32 while the mapped pages stay resident, the export's peak (7.93 GB = 3.2x a 1B-shape
+    bf16 checkpoint). The weights are the same numbers (bf16 and fp16 widen to fp32 exactly).
     """
     import json
 
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_utils import no_init_weights
+
+    from .checkpoint_weights import open_weights
 
     config = json.loads((checkpoint / "config.json").read_text())
     extra = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
-    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
+    with open_weights(checkpoint) as weights, torch.no_grad():
+        if weights.float_dtypes() <= {"F32"}:  # mapped by from_pretrained and used in place: no copy
+            return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
+        with no_init_weights():  # parameters stay unwritten (no resident pages) until filled below
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint), dtype=torch.float32,
+                                                     **extra)
+        model.tie_weights()  # a tied head is its embedding (from_pretrained ties after loading too)
+        targets = dict(model.named_parameters(remove_duplicate=False))
+        targets.update(model.named_buffers())
+        if not set(weights.names()) <= set(targets):  # names transformers renames while loading
+            del model, targets
+            return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
+        for name in weights.names():  # 8 MB at a time: never a whole stored tensor beside its fp32 one
+            flat = targets[name].view(-1)
+            for first, piece, dtype in weights.pieces(name):
+                source = torch.from_numpy(piece)
+                flat[first : first + len(piece)].copy_(source.view(torch.bfloat16) if dtype == "BF16" else source)
+    missing = {name for name, _ in model.named_parameters()} - set(weights.names())  # a tied head is its embedding
+    if missing:
+        raise ExportError(f"{checkpoint}: the checkpoint has no tensors for {sorted(missing)[:5]}.")
+    return model.eval()
 
 
 @dataclass
@@ -174,8 +212,17 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
         for ids, expected in zip(reference.prompts, reference.greedy)
     ]
     prompt_logits = decoder.all_logits(reference.prompts[0])  # the engine's Engine.all_logits
-    text_logits = decoder.all_logits(reference.text_ids)
-    finite = bool(np.isfinite(prompt_logits).all() and np.isfinite(text_logits).all())
+    # The text's logits, 128 positions per run on the cache (as the reference computes them
+    # 128 rows at a time), reduced to what the gates read: argmax, NLL, whether finite.
+    text = reference.text_ids
+    finite = bool(np.isfinite(prompt_logits).all())
+    argmax_parts, nll_parts = [], []
+    for start, logits in zip(range(0, len(text), _TEXT_CHUNK), decoder.logits_in_pieces(text, _TEXT_CHUNK)):
+        finite = finite and bool(np.isfinite(logits).all())
+        argmax_parts.append(logits.argmax(axis=1))
+        nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
+    text_perplexity = float(np.exp(np.concatenate(nll_parts).mean()))
+    text_argmax = np.concatenate(argmax_parts)
     answers = [greedy_tokens(decoder, ids, ANSWER_TOKENS, reference.eos_token_ids) for ids in reference.question_ids]
     del decoder
     return_freed_memory()  # the session's buffers, before the next variant is built
@@ -185,11 +232,11 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
         "new_tokens": NEW_TOKENS,
         "greedy_agreement": round(float(np.mean(agreements)), 4),
         "max_logit_diff": float(np.abs(prompt_logits - reference.prompt_logits).max()),
-        "perplexity": round(perplexity(text_logits, reference.text_ids), 4),
+        "perplexity": round(text_perplexity, 4),
         "perplexity_fp32": round(reference.perplexity, 4),
         "perplexity_tokens": len(reference.text_ids),
         "finite": finite,
-        "top1_agreement": round(float((text_logits.argmax(axis=1) == reference.text_argmax)[:-1].mean()), 4),
+        "top1_agreement": round(float((text_argmax == reference.text_argmax)[:-1].mean()), 4),
         "probes": chat_probes(reference, answers),
     }
 

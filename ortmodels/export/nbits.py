@@ -15,7 +15,7 @@ import numpy as np
 
 #: Shrink factors of a block's [min, max] range tried by the error search (1.0 = plain min/max).
 _RANGE_SHRINKS = tuple(np.linspace(1.0, 0.80, 11))
-_ROWS = 4096  # rows per pass of the search: bounds its temporary memory
+_VALUES = 1 << 20  # weights per pass (whole rows): bounds the temporaries to a few times 4 MB
 
 
 @dataclass(frozen=True)
@@ -98,22 +98,44 @@ def _asymmetric(blocks: np.ndarray, bits: int, search: bool) -> tuple[np.ndarray
 def quantize_matrix(
     weight: np.ndarray, bits: int, block_size: int = 32, symmetric: bool = False, search: bool = True
 ) -> QuantizedMatrix:
-    """Quantize ``weight`` [N, K] block-wise along K to ``bits`` (4 or 8)."""
+    """Quantize ``weight`` [N, K] block-wise along K to ``bits`` (4 or 8).
+
+    ``_VALUES`` weights' worth of rows at a time (blocks never span rows, so the result is the same): the float
+    temporaries of a whole matrix were several times its size (a 1B model's tied embedding,
+    1 GB in fp32, took ~4 GB to quantize); only the packed bytes are kept whole.
+    """
     if bits not in (4, 8):
         raise ValueError(f"MatMulNBits weights are 4 or 8 bits, not {bits}.")
     n, k = weight.shape
+    rows, blocks = max(1, _VALUES // k), -(-k // block_size)
+    # Filled piece by piece, never concatenated (that held the packed bytes twice).
+    packed = np.empty((n, blocks, block_size * bits // 8), dtype=np.uint8)
+    scales = np.empty((n, blocks), dtype=np.float32)
+    zero = None if symmetric else np.empty((n, blocks), dtype=np.uint8)
+    for i in range(0, n, rows):
+        part = _quantize_rows(weight[i : i + rows], bits, block_size, symmetric, search)
+        packed[i : i + rows], scales[i : i + rows] = part[0], part[1]
+        if zero is not None:
+            zero[i : i + rows] = part[2]
+    if zero is None:
+        return QuantizedMatrix(packed, scales, None, bits, block_size, n, k)
+    if bits == 4:
+        if zero.shape[1] % 2:
+            zero = np.pad(zero, ((0, 0), (0, 1)))
+        zero = _pack(zero, 4)
+    return QuantizedMatrix(packed, scales, zero.reshape(-1), bits, block_size, n, k)
+
+
+def _quantize_rows(
+    weight: np.ndarray, bits: int, block_size: int, symmetric: bool, search: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Packed levels, float32 scales and (asymmetric) uint8 zero points of some whole rows."""
     blocks = _blocks(weight, block_size)
     if symmetric:
         half = 2 ** (bits - 1)
         absmax = np.abs(blocks).max(axis=-1)
         scale = np.where(absmax > 0, absmax / (half - 1), 1.0).astype(np.float32)
         levels = np.clip(np.round(blocks / scale[..., None]) + half, 0, 2 * half - 1)
-        return QuantizedMatrix(_pack(levels, bits), scale, None, bits, block_size, n, k)
-    parts = [_asymmetric(blocks[i : i + _ROWS], bits, search) for i in range(0, n, _ROWS)]
-    levels, scale, zero = (np.concatenate(p) for p in zip(*parts))
-    zero_u8 = zero.astype(np.uint8)
-    if bits == 4:
-        if zero_u8.shape[1] % 2:
-            zero_u8 = np.pad(zero_u8, ((0, 0), (0, 1)))
-        zero_u8 = _pack(zero_u8, 4)
-    return QuantizedMatrix(_pack(levels, bits), scale.astype(np.float32), zero_u8.reshape(-1), bits, block_size, n, k)
+        return _pack(levels, bits), scale, None
+    levels, scale, zero = _asymmetric(blocks, bits, search)
+    return _pack(levels, bits), scale.astype(np.float32), zero.astype(np.uint8)
