@@ -45,8 +45,9 @@ KNOWN_MODEL_FAILURES: dict[tuple[str, str], tuple[str, type[BaseException]]] = {
     ("TestOnnxChatIntegrationInt4", "test_json_mode"): (
         f"int4: with json_mode (any JSON object) the model nests the same key ('{{\"setup\":{{\"setup\":…'), {_CUT}",
         OutputParserException),
-    ("TestOnnxChatIntegrationInt4", "test_unicode_tool_call_integration"): (f"int4: {_UNICODE}", AssertionError),
 }
+# int4 passes test_unicode_tool_call_integration since it runs with an fp16 KV cache (MODEL_KV_DTYPE=auto):
+# its greedy description argument now ends within max_tokens.
 
 PARAMS = {"model_path": str(SAMPLES_DIR / EMBEDDING_SAMPLE), "device": "cpu"}
 
