@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ortmodels.store import versions as store_versions
 from ortmodels.store.versions import active_version, list_versions
 
 from .conftest import EMBEDDING_SAMPLE, manager_on
+from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -131,10 +131,9 @@ def test_an_instance_first_loaded_during_a_rollback_loads_the_new_version(
         held = pool.submit(model.embed_query, "held open")
         assert entered.wait(WAIT_S), "the held call never reached the model"
         rollback = pool.submit(manager.rollback, EMBEDDING_SAMPLE, new, WAIT_S)
-        deadline = time.monotonic() + WAIT_S  # polled: the rollback has begun its switch and waits
-        while not manager._switching[EMBEDDING_SAMPLE]:
-            assert time.monotonic() < deadline and not rollback.done(), "the rollback never started"
-            time.sleep(0.01)
+        wait_until(lambda: manager._switching[EMBEDDING_SAMPLE] > 0 or rollback.done(), timeout=WAIT_S,
+                   what="the rollback began its switch")
+        assert not rollback.done(), "the rollback ended before it waited for the held call"
         late = pool.submit(manager.get_embedding_model, EMBEDDING_SAMPLE, dtype="int8")
         assert loading.wait(WAIT_S), "the new instance never started loading"
         release.set()
