@@ -39,7 +39,9 @@ class OrtModelsEngine:
         return [kinds[m["role"]](m["content"]) for m in prompt["messages"]]
 
     def prompt_tokens(self, prompt: dict[str, Any]) -> int:
-        return len(self.model.get_token_ids(self.model.render_prompt(self._messages(prompt))))
+        # What the engine runs: the template's markup as control ids, the messages' text as text
+        # (`get_token_ids` would read the markup as text too).
+        return len(self.model.prompt_token_ids(self._messages(prompt)))
 
     def run(self, prompt: dict[str, Any], new_tokens: int) -> dict[str, Any]:
         pieces: list[str] = []
