@@ -4,7 +4,7 @@ LangChain's side only: the model's options as fields, loading (which builds the
 `ChatService`), LangChain messages and call options mapped to the service's, and the
 service's events mapped to chunks. `_generate` is built from `_stream`, so streaming and
 invoking can never disagree. The server and Ray call the service's events directly
-(`astream_events`, `astream_text_events`), under the same call guard.
+(`achat_events`, `atext_events`), under the same call guard.
 """
 
 from __future__ import annotations
@@ -216,15 +216,24 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     # -- the service's events, for the server and Ray ------------------------------------------
 
-    def astream_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]:
+    def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]:
         """The service's events for a conversation of message dicts, under the call guard (the
         model loaded for the call, the call timed into the stats). Closing the iterator (or
         cancelling its task) cancels the request."""
         return self._aguarded_iter(self._aevents(lambda s: s.prepare(messages, self.with_defaults(options))))
 
-    def astream_text_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        """`astream_events` for a plain prompt, without the chat template (``/v1/completions``)."""
+    def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        """`achat_events` for a plain prompt, without the chat template (``/v1/completions``)."""
         return self._aguarded_iter(self._aevents(lambda s: s.prepare_text(prompt, self.with_defaults(options))))
+
+    def chat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> Iterator[ChatEvent]:
+        """`achat_events` for a caller without an event loop (``ortmodels chat``)."""
+        return self._guarded_iter(self._events(lambda s: s.prepare(messages, self.with_defaults(options))))
+
+    def _events(self, prepare: Any) -> Iterator[ChatEvent]:
+        self._ensure_loaded()
+        service = self.loaded
+        yield from service.stream(prepare(service))
 
     async def _aevents(self, prepare: Any) -> AsyncIterator[ChatEvent]:
         def prepared() -> tuple[ChatService, Prepared]:

@@ -9,7 +9,7 @@ temperature or penalty samples uniformly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -41,12 +41,16 @@ def check_stop(stop: object, where: str = "stop") -> list[str]:
 MAX_TOKENS_BOUND = 1 << 24
 
 
+MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
+"""A token count to generate (OpenAI spells it ``max_tokens`` and ``max_completion_tokens``)."""
+
+
 class SamplingOptions(BaseModel):
     """How tokens are chosen and how many: per call, or as a model's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    max_tokens: MaxTokens = None
     """Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512, within the context)."""
 
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
@@ -69,12 +73,12 @@ class SamplingOptions(BaseModel):
 class LogprobOptions(BaseModel):
     """Log-probabilities of the answer's tokens (not with tools: a tool answer is read whole)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     logprobs: bool | None = None
     """Give each generated token's log-probability."""
 
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, strict=True)
     """With each token, this many likeliest alternatives and theirs (implies ``logprobs``)."""
 
 
