@@ -74,9 +74,8 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     Stream:
         ``for chunk in chat.stream("Tell me a story"): print(chunk.content, end="")``
 
-    Options (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``,
-    ``seed``, ``stop``, ``truncate_prompt``) are `ModelOptions`' fields, each a default that
-    a call's own keyword arguments replace.
+    Options: the fields of `ortmodels.runtime.options.ModelOptions`, each a default that a
+    call's own keyword argument replaces (``stop`` strings are added to the model's).
     """
 
     model_config = ConfigDict(extra="ignore")

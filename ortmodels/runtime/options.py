@@ -122,6 +122,8 @@ class ChatOptions(ModelOptions, LogprobOptions):
             name = error["loc"][0] if error["loc"] else "?"
             if error["type"] == "extra_forbidden":
                 raise unknown_option(str(name)) from None
+            if isinstance(cause := (error.get("ctx") or {}).get("error"), ChatInputError):
+                raise cause from None  # a check of ours (`check_stop`): its own words
             raise ChatInputError(f"Bad generation option {name}={error.get('input')!r}: {error['msg']}.") from None
 
     def output(self) -> dict[str, Any]:
