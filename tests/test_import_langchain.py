@@ -33,8 +33,8 @@ import ortmodels.serve.embeddings, ortmodels.serve.metrics, ortmodels.serve.run
 import ortmodels.runtime.service, ortmodels.runtime.options, ortmodels.runtime.events, ortmodels.runtime.output_plan
 from ortmodels.serve import create_app
 create_app(models=[])
-print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(%r))))
-""" % (LANGCHAIN,)
+print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(LANGCHAIN))))
+""".replace("LANGCHAIN", repr(LANGCHAIN))
 
 
 def _imported(path: Path) -> set[str]:

@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 
 from ..engine.toolcalls import ToolCall
 from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage

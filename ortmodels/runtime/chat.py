@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -47,9 +46,20 @@ from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .events import ChatEvent, TextDelta, ToolCalls
 from .messages import check_stop, to_service_messages
-from .options import OUTPUT_OPTIONS, ChatOptions, ModelOptions, SamplingOptions, unknown_option
+from .options import (
+    OUTPUT_OPTIONS,
+    ChatOptions,
+    ModelOptions,
+    SamplingOptions,
+    unknown_option,
+)
 from .service import ChatService, Prepared, find_chat_template
-from .structured import format_tools, normalize_tool_choice, structured_output, tool_call_chunks
+from .structured import (
+    format_tools,
+    normalize_tool_choice,
+    structured_output,
+    tool_call_chunks,
+)
 from .variant import open_variant
 
 logger = logging.getLogger(__name__)

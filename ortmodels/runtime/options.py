@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..engine.tokenizer import check_unicode
 from ..errors import ChatInputError
 
+
 def check_stop(stop: object, where: str = "stop") -> list[str]:
     """Stop strings as a list: one string is one stop string (as LangChain's other models take it)."""
     if stop is None:

@@ -34,6 +34,7 @@ from .protocol import (
 )
 from .sse import DONE, event
 
+
 def _text(message: ChatMessage, index: int) -> str:
     """A message's text: a string, or text parts joined; other parts are refused."""
     content = message.content
@@ -102,7 +103,9 @@ def events_of(model: Any, method: str, given: Any, options: ChatOptions) -> Asyn
     stream = getattr(model, method, None)
     if stream is not None:
         return stream(given, options)  # type: ignore[no-any-return]
-    from ..runtime.bridge import langchain_events  # only for such a class: LangChain is imported then
+    from ..runtime.bridge import (
+        langchain_events,  # only for such a class: LangChain is imported then
+    )
 
     return langchain_events(model, method, given, options)
 

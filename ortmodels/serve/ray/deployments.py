@@ -30,8 +30,8 @@ from ...manager import ModelManager
 from ...runtime.events import ChatEvent
 from ...runtime.options import ChatOptions
 from .. import embeddings
-from ..chat import events_of
 from ..app import DEFAULT_MAX_QUEUE, create_app
+from ..chat import events_of
 from ..models import Catalog, ModelId
 from .remote import RayCatalog
 
