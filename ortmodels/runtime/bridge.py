@@ -59,9 +59,7 @@ async def langchain_events(model: Any, method: str, given: Any, options: ChatOpt
         async for chunk in chunks:
             content = chunk.content if isinstance(chunk.content, str) else ""
             metadata = chunk.response_metadata or {}
-            if chunk.tool_call_chunks:
-                calls = tuple(ToolCall(c.get("name") or "", json.loads(c.get("args") or "{}"), *(
-                    [c["id"]] if c.get("id") else [])) for c in chunk.tool_call_chunks)
+            if calls := _calls(chunk):
                 yield ToolCalls(content, calls)
             elif content or (metadata.get("logprobs") or {}).get("content"):
                 entries = (metadata.get("logprobs") or {}).get("content") or []
@@ -73,3 +71,13 @@ async def langchain_events(model: Any, method: str, given: Any, options: ChatOpt
                 cached = (meta.get("input_token_details") or {}).get("cache_read") or 0
                 usage = Usage(meta["input_tokens"], meta["output_tokens"], cached)
     yield Finished(reason or "stop", usage, first, metadata.get("variant"), metadata.get("device"))
+
+
+def _calls(chunk: Any) -> tuple[ToolCall, ...]:
+    """A chunk's tool calls: whole (``tool_call_chunks``), or a message's (a class without a
+    stream of its own answers ``astream`` with its whole ``AIMessage``)."""
+    found = [(c.get("name"), json.loads(c.get("args") or "{}"), c.get("id"))
+             for c in getattr(chunk, "tool_call_chunks", None) or []]
+    if not found:
+        found = [(c["name"], c.get("args") or {}, c.get("id")) for c in getattr(chunk, "tool_calls", None) or []]
+    return tuple(ToolCall(name or "", args, *([call_id] if call_id else [])) for name, args, call_id in found)
