@@ -103,9 +103,8 @@ def events_of(model: Any, method: str, given: Any, options: ChatOptions) -> Asyn
     stream = getattr(model, method, None)
     if stream is not None:
         return stream(given, options)  # type: ignore[no-any-return]
-    from ..runtime.bridge import (
-        langchain_events,  # only for such a class: LangChain is imported then
-    )
+    # only for such a class (LangChain is imported then)
+    from ..runtime.bridge import langchain_events
 
     return langchain_events(model, method, given, options)
 
