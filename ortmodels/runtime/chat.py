@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -215,13 +215,15 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         tools and the chat template's markup included."""
         return len(self.prompt_token_ids(messages, tools, **kwargs))
 
-    def _prepare(self, messages: list[BaseMessage], stop: Any, kwargs: dict[str, Any]) -> tuple[ChatService, Prepared]:
-        """The engine request for a LangChain conversation (on one consistent service, even if
-        another thread unloads meanwhile)."""
+    def _prepared(self, prepare: Callable[[ChatService], Prepared]) -> tuple[ChatService, Prepared]:
+        """A call prepared on one consistent service, even if another thread unloads meanwhile."""
         self._ensure_loaded()
         service = self.loaded
-        options = self.call_options(stop, **kwargs)
-        return service, service.prepare(to_service_messages(messages), options)
+        return service, prepare(service)
+
+    def _langchain_call(self, messages: list[BaseMessage], stop: Any,
+                        kwargs: dict[str, Any]) -> Callable[[ChatService], Prepared]:
+        return lambda service: service.prepare(to_service_messages(messages), self.call_options(stop, **kwargs))
 
     # -- the service's events, for the server and Ray ------------------------------------------
 
@@ -239,18 +241,12 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         """`achat_events` for a caller without an event loop (``ortmodels chat``)."""
         return self._guarded_iter(self._events(lambda s: s.prepare(messages, self.with_defaults(options))))
 
-    def _events(self, prepare: Any) -> Iterator[ChatEvent]:
-        self._ensure_loaded()
-        service = self.loaded
-        yield from service.stream(prepare(service))
+    def _events(self, prepare: Callable[[ChatService], Prepared]) -> Iterator[ChatEvent]:
+        service, call = self._prepared(prepare)
+        yield from service.stream(call)
 
-    async def _aevents(self, prepare: Any) -> AsyncIterator[ChatEvent]:
-        def prepared() -> tuple[ChatService, Prepared]:
-            self._ensure_loaded()
-            service = self.loaded
-            return service, prepare(service)
-
-        service, call = await asyncio.get_running_loop().run_in_executor(None, prepared)
+    async def _aevents(self, prepare: Callable[[ChatService], Prepared]) -> AsyncIterator[ChatEvent]:
+        service, call = await asyncio.get_running_loop().run_in_executor(None, self._prepared, prepare)
         async with aclosing(service.astream(call)) as events:
             async for event in events:
                 yield event
@@ -266,7 +262,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     ) -> Iterator[ChatGenerationChunk]:
         """The service's events for this conversation as LangChain chunks; other callers' requests
         share its decode steps. Closing the stream early cancels the request at once."""
-        service, prepared = self._prepare(messages, stop, kwargs)
+        service, prepared = self._prepared(self._langchain_call(messages, stop, kwargs))
         for event in service.stream(prepared):
             chunk = self._to_chunk(event)
             if run_manager and chunk.text:
@@ -281,8 +277,8 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """As `_stream`, on the event loop: a cancelled task cancels its request."""
-        service, prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepare, messages, stop,
-                                                                             kwargs)
+        call = self._langchain_call(messages, stop, kwargs)
+        service, prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepared, call)
         async with aclosing(service.astream(prepared)) as events:
             async for event in events:
                 chunk = self._to_chunk(event)

@@ -82,7 +82,7 @@ def template_messages(messages: list[dict[str, Any]], tool_format: ToolFormat | 
             converted.append(fmt.history_call(text, calls))
         elif role == "tool":
             call_id = message.get("tool_call_id")
-            name = message.get("name") or names.get(call_id)  # type: ignore[arg-type]
+            name = message.get("name") or (names.get(call_id) if call_id else None)
             converted.append(fmt.history_result(text, call_id, name, bool(message.get("error"))))
         else:
             converted.append({"role": role, "content": text})
