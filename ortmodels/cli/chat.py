@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
 from . import app, console
 
-if TYPE_CHECKING:
-    from langchain_core.messages import BaseMessage
 
-    from ..base import BaseLLMModel
+def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> Iterator[str]:
+    """The answer's text as it comes: from the model's chat service, or (a user's LangChain
+    class) from its ``stream``."""
+    if hasattr(model, "chat_events"):
+        from ..runtime.events import TextDelta, ToolCalls
+        from ..runtime.options import ChatOptions
+
+        for event in model.chat_events(history, ChatOptions.checked(**options)):
+            if isinstance(event, TextDelta):
+                yield event.text
+            elif isinstance(event, ToolCalls):
+                yield event.content
+        return
+    from ..runtime.bridge import to_langchain
+
+    for chunk in model.stream(to_langchain(history), **options):
+        yield chunk.text
 
 
-def _stream_reply(model: BaseLLMModel, history: list[BaseMessage], options: dict) -> str:
+def _stream_reply(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> str:
     parts = []
-    for chunk in model.stream(history, **options):
-        text = chunk.text
+    for text in _texts(model, history, options):
         if text:
             parts.append(text)
             console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
@@ -34,15 +48,13 @@ def chat(
     temperature: float = typer.Option(None, "--temperature", "-t", help="0 is greedy."),
 ) -> None:
     """Stream the model's answer to PROMPT, or talk with it (history kept; /exit or Ctrl-D ends)."""
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-
     from ..manager import ModelManager
 
     model = ModelManager().get_chat_model(name)
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
-    history: list[BaseMessage] = [SystemMessage(system)] if system else []
+    history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
-        _stream_reply(model, [*history, HumanMessage(prompt)], options)
+        _stream_reply(model, [*history, {"role": "user", "content": prompt}], options)
         return
     console.print(f"[dim]{model.model_name}: /exit or Ctrl-D to end, /reset to forget the conversation[/]")
     while True:
@@ -58,5 +70,5 @@ def chat(
             continue
         if not line:
             continue
-        history.append(HumanMessage(line))
-        history.append(AIMessage(_stream_reply(model, history, options)))
+        history.append({"role": "user", "content": line})
+        history.append({"role": "assistant", "content": _stream_reply(model, history, options)})

@@ -47,10 +47,14 @@ class CallRecord:
             self.output_tokens += int(usage.get("output_tokens", 0) or 0)
 
     def saw_chunk(self, chunk: Any) -> None:
-        """A streamed chunk: the first one with text marks the time to first token."""
-        if self.first_token_s is None and getattr(chunk, "content", None):
+        """A streamed chunk (LangChain's, or a chat service event): the first one with text marks
+        the time to first token; the last one carries the usage."""
+        if self.first_token_s is None and (getattr(chunk, "content", None) or getattr(chunk, "text", None)):
             self.first_token_s = time.perf_counter() - self.started
-        self._count_usage(getattr(chunk, "usage_metadata", None))
+        usage = getattr(chunk, "usage_metadata", None)
+        if usage is None and (counts := getattr(chunk, "usage", None)) is not None:
+            usage = {"input_tokens": counts.prompt_tokens, "output_tokens": counts.completion_tokens}
+        self._count_usage(usage)
 
     def saw_result(self, result: Any) -> None:
         """A whole ``LLMResult``: token counts, and the model's own time to first token if it says."""

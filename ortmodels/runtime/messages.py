@@ -1,7 +1,7 @@
-"""LangChain messages as chat templates take them, and the per-call inputs that come with them.
+"""LangChain messages as the chat service and chat templates take them.
 
-Only LangChain's message classes and ortmodels' errors: a user's own `BaseLLMModel` (the
-HuggingFace example) converts messages the same way without loading ONNX Runtime.
+A user's own `BaseLLMModel` (the HuggingFace example) converts messages the same way as
+`OnnxChatModel`, with `to_template_messages`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from ..engine.tokenizer import check_unicode
-from ..engine.toolcalls import FORMATS, ToolCall, ToolFormat
+from ..engine.toolcalls import ToolFormat
 from ..errors import ChatInputError
+from .options import check_stop
+from .service import template_messages
 
 #: Message classes and their chunk subclasses (a streamed reply fed back as history).
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
@@ -37,10 +38,12 @@ def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | 
     too) are written the way ``tool_format`` says (the generic format when none is given),
     so the model sees its earlier calls and their results.
     """
-    if not messages:
-        raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
-    converted = []
-    names: dict[str, str] = {}  # tool call id → tool name, for results that do not repeat it
+    return template_messages(to_service_messages(messages), tool_format)
+
+
+def to_service_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as the chat service's message dicts (see `ortmodels.runtime.service`)."""
+    converted: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         role = message.role if isinstance(message, ChatMessage) else next(
             (name for cls, name in _ROLES if isinstance(message, cls)), None
@@ -57,56 +60,14 @@ def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | 
                 raise ChatInputError(
                     f"Message {index} has {', '.join(sorted(map(str, kinds)))} content; this model reads text only."
                 )
-        text = message.text
-        try:
-            check_unicode(text, f"Message {index}")
-        except ValueError as exc:
-            raise ChatInputError(str(exc)) from None
-        fmt = tool_format or FORMATS["generic"]
+        entry: dict[str, Any] = {"role": role, "content": message.text}
         if isinstance(message, AIMessage) and message.tool_calls:
-            calls = [ToolCall(c["name"], c.get("args") or {}, c.get("id") or f"call_{index}_{n}")
-                     for n, c in enumerate(message.tool_calls)]
-            names.update({c.id: c.name for c in calls})
-            converted.append(fmt.history_call(text, calls))
+            entry["tool_calls"] = [{"name": c["name"], "arguments": c.get("args") or {}, "id": c.get("id")}
+                                   for c in message.tool_calls]
         elif isinstance(message, ToolMessage):
-            name = message.name or names.get(message.tool_call_id)
-            converted.append(fmt.history_result(text, message.tool_call_id, name, message.status == "error"))
-        else:
-            converted.append({"role": role, "content": text})
+            entry.update(tool_call_id=message.tool_call_id, name=message.name, error=message.status == "error")
+        converted.append(entry)
     return converted
 
 
-def check_stop(stop: object, where: str = "stop") -> list[str]:
-    """Stop strings as a list: one string is one stop string (as LangChain's other models take it)."""
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, (list, tuple)):
-        raise ChatInputError(f"{where} must be a string or a list of strings, not {type(stop).__name__}.")
-    for index, item in enumerate(stop):
-        if not isinstance(item, str):
-            raise ChatInputError(
-                f"{where}[{index}] is {type(item).__name__} {item!r:.40}; stop strings must be strings, "
-                "e.g. stop=['\\n\\n']."
-            )
-        try:
-            check_unicode(item, f"{where}[{index}]")
-        except ValueError as exc:
-            raise ChatInputError(str(exc)) from None
-    return list(stop)
-
-
-def keep_tail(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
-    """The newest messages whose text fits in ``chars`` (the newest one cut to its end if alone
-    it is too long): what ``truncate_prompt`` keeps of a conversation far beyond the context."""
-    kept: list[dict[str, str]] = []
-    for message in reversed(messages):
-        if chars <= 0:
-            break
-        content = message["content"]
-        if len(content) > chars:
-            content = content[-chars:]
-        kept.append({**message, "content": content})
-        chars -= len(content)
-    return kept[::-1]
+__all__ = ["check_stop", "to_service_messages", "to_template_messages"]

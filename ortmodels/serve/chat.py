@@ -1,9 +1,10 @@
-"""``/v1/chat/completions``: OpenAI's messages → LangChain messages → the model's ``astream``.
+"""``/v1/chat/completions``: OpenAI's messages and options → the chat service's → OpenAI chunks.
 
-The route only maps: the chat model renders the template, checks the options, builds the
-grammar for tools or a ``response_format`` and runs the request on the engine, whose
-decode steps every concurrent request shares. Streamed or not, the answer is read from
-the same ``astream``, so both say the same thing.
+The route only maps: the model's chat service renders the template, fits the context,
+resolves the options, builds the grammar for tools or a ``response_format`` and runs the
+request on the engine, whose decode steps every concurrent request shares. Streamed or not,
+the answer is read from the same events (`ortmodels.runtime.events`), so both say the same
+thing; no LangChain object is made on the way.
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
-
+from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls, arguments_json
+from ..runtime.options import ChatOptions, SamplingOptions
 from .errors import ApiError, bad_request
 from .protocol import (
     ChatChoice,
@@ -74,42 +68,55 @@ def _calls(message: ChatMessage, index: int) -> list[dict[str, Any]]:
         if not isinstance(args, dict):
             raise bad_request(f"messages[{index}].tool_calls[{number}].function.arguments must be a JSON object "
                               "in a string.", f"messages[{index}].tool_calls")
-        calls.append({"name": call.function.name, "args": args, "id": call.id or f"call_{index}_{number}",
-                      "type": "tool_call"})
+        calls.append({"name": call.function.name, "arguments": args, "id": call.id or f"call_{index}_{number}"})
     return calls
 
 
-def to_messages(messages: list[ChatMessage]) -> list[BaseMessage]:
-    """OpenAI messages as LangChain messages (``developer`` is a system message)."""
-    converted: list[BaseMessage] = []
+def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """OpenAI messages as the chat service's message dicts (``developer`` is a system message)."""
+    converted: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         text = _text(message, index)
         if message.role in ("system", "developer"):
-            converted.append(SystemMessage(text))
+            converted.append({"role": "system", "content": text})
         elif message.role == "user":
-            converted.append(HumanMessage(text))
+            converted.append({"role": "user", "content": text})
         elif message.role == "assistant":
-            converted.append(AIMessage(text, tool_calls=_calls(message, index)))
+            converted.append({"role": "assistant", "content": text, "tool_calls": _calls(message, index)})
         else:
             if not message.tool_call_id:
                 raise bad_request(f"messages[{index}] is a tool message without tool_call_id.",
                                   f"messages[{index}].tool_call_id")
-            converted.append(ToolMessage(text, tool_call_id=message.tool_call_id, name=message.name))
+            converted.append({"role": "tool", "content": text, "tool_call_id": message.tool_call_id,
+                              "name": message.name})
     return converted
 
 
-def call_options(request: ChatCompletionRequest) -> dict[str, Any]:
-    """The keyword arguments of the model's ``astream`` for this request."""
+def sampling_options(request: Any, max_tokens: int | None) -> dict[str, Any]:
+    """The request's `SamplingOptions` (both endpoints' bodies carry them as their own fields)."""
+    return {**{name: getattr(request, name) for name in SamplingOptions.model_fields}, "max_tokens": max_tokens}
+
+
+def events_of(model: Any, method: str, given: Any, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+    """The model's chat-service events (``achat_events`` / ``atext_events``); a user's
+    LangChain class without them is read through `ortmodels.runtime.bridge`."""
+    stream = getattr(model, method, None)
+    if stream is not None:
+        return stream(given, options)  # type: ignore[no-any-return]
+    # only for such a class (LangChain is imported then)
+    from ..runtime.bridge import langchain_events
+
+    return langchain_events(model, method, given, options)
+
+
+def call_options(request: ChatCompletionRequest) -> ChatOptions:
+    """The chat service's options for this request."""
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", "top_logprobs")
     choice = request.tool_choice
     if choice not in (None, "none", "auto") and not request.tools:
         raise bad_request("tool_choice needs tools: give tools, or leave tool_choice out.", "tool_choice")
-    options: dict[str, Any] = {
-        "max_tokens": request.max_completion_tokens or request.max_tokens,
-        "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed,
-        "top_k": request.top_k, "repetition_penalty": request.repetition_penalty,
-    }
+    options: dict[str, Any] = sampling_options(request, request.max_completion_tokens or request.max_tokens)
     if request.logprobs:
         options["logprobs"] = True
         options["top_logprobs"] = request.top_logprobs or 0
@@ -128,39 +135,44 @@ def call_options(request: ChatCompletionRequest) -> dict[str, Any]:
                                           "json_schema": fmt.json_schema.model_dump(by_alias=True, exclude_none=True)}
         else:
             options["response_format"] = {"type": "json_object"}
-    return {k: v for k, v in options.items() if v is not None}
+    return ChatOptions.checked(stop=request.stop, **{k: v for k, v in options.items() if v is not None})
 
 
-def _usage(chunk: AIMessageChunk) -> Usage | None:
-    meta = chunk.usage_metadata
-    if not meta:
+def usage_of(finished: Finished) -> Usage:
+    usage = finished.usage
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 total_tokens=usage.total_tokens, prompt_tokens_details={"cached_tokens": usage.cached_tokens})
+
+
+def _tool_calls(event: ToolCalls, start: int) -> list[ResponseToolCall]:
+    return [ResponseToolCall(index=start + n, id=c.id or f"call_{uuid.uuid4().hex[:24]}",
+                             function=FunctionCall(name=c.name, arguments=arguments_json(c)))
+            for n, c in enumerate(event.calls)]
+
+
+def _logprobs(event: ChatEvent) -> dict[str, Any] | None:
+    """The event's tokens' log-probabilities (``{"content": [...]}``), when they were asked for."""
+    if isinstance(event, TextDelta) and event.logprobs:
+        return {"content": [entry.openai() for entry in event.logprobs]}
+    return None
+
+
+def finish_reason(event: ChatEvent) -> str | None:
+    """Why the answer ended (on its `Finished` event); an engine that closed or failed under it is
+    the 503 or 500 it is."""
+    if not isinstance(event, Finished):
         return None
-    cached = (meta.get("input_token_details") or {}).get("cache_read") or 0
-    return Usage(prompt_tokens=meta["input_tokens"], completion_tokens=meta["output_tokens"],
-                 total_tokens=meta["total_tokens"], prompt_tokens_details={"cached_tokens": cached})
-
-
-def _tool_calls(chunk: AIMessageChunk, start: int) -> list[ResponseToolCall]:
-    return [ResponseToolCall(index=start + n, id=c.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-                             function=FunctionCall(name=c.get("name") or "", arguments=c.get("args") or "{}"))
-            for n, c in enumerate(chunk.tool_call_chunks)]
-
-
-def _logprobs(chunk: AIMessageChunk) -> dict[str, Any] | None:
-    """The chunk's tokens' log-probabilities (``{"content": [...]}``), when they were asked for."""
-    value = chunk.response_metadata.get("logprobs")
-    return value if isinstance(value, dict) and value.get("content") else None
-
-
-def _finish_reason(chunk: AIMessageChunk) -> str | None:
-    reason = chunk.response_metadata.get("finish_reason")
-    if reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
+    if event.reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
         raise ApiError(503, "The request was cancelled: the model is being unloaded. Retry.", type="server_error",
                        code="unavailable", headers={"Retry-After": "1"})
-    if reason == "error":
+    if event.reason == "error":
         raise ApiError(500, "The request failed inside the engine; the server log has the details.",
                        type="server_error")
-    return reason
+    return event.reason
+
+
+def _content(event: ChatEvent) -> str:
+    return event.text if isinstance(event, TextDelta) else event.content if isinstance(event, ToolCalls) else ""
 
 
 class ChatAnswer:
@@ -171,21 +183,21 @@ class ChatAnswer:
         self.created = int(time.time())
         self.model = model_id
 
-    async def complete(self, chunks: AsyncIterator[AIMessageChunk]) -> dict[str, Any]:
+    async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:
         """The whole answer, gathered from the stream."""
         text: list[str] = []
         calls: list[ResponseToolCall] = []
         logprobs: list[dict[str, Any]] | None = None
         reason, usage = None, None
-        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
-            async for chunk in chunks:
-                if isinstance(chunk.content, str):
-                    text.append(chunk.content)
-                if (entries := _logprobs(chunk)) is not None:
+        async with aclosing(events):  # a cancelled answer cancels the model's stream now
+            async for item in events:
+                text.append(_content(item))
+                if (entries := _logprobs(item)) is not None:
                     logprobs = [*(logprobs or []), *entries["content"]]
-                calls.extend(_tool_calls(chunk, len(calls)))
-                reason = _finish_reason(chunk) or reason
-                usage = _usage(chunk) or usage
+                if isinstance(item, ToolCalls):
+                    calls.extend(_tool_calls(item, len(calls)))
+                reason = finish_reason(item) or reason
+                usage = usage_of(item) if isinstance(item, Finished) else usage
         for call in calls:
             call.index = None
         content = "".join(text)
@@ -204,25 +216,25 @@ class ChatAnswer:
         body["choices"][0]["finish_reason"] = reason
         return event(body)
 
-    async def stream(self, chunks: AsyncIterator[AIMessageChunk], include_usage: bool) -> AsyncIterator[str]:
+    async def stream(self, events: AsyncIterator[ChatEvent], include_usage: bool) -> AsyncIterator[str]:
         """SSE events: the role, content and tool-call deltas, the finish reason, usage, [DONE]."""
         started = False
         calls = 0
         reason, usage = None, None
-        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
-            async for chunk in chunks:
-                if not started:  # after the first chunk: a refused request never opens the stream
+        async with aclosing(events):  # a cancelled answer cancels the model's stream now
+            async for item in events:
+                if not started:  # after the first event: a refused request never opens the stream
                     yield self._chunk(Delta(role="assistant", content=""))
                     started = True
-                entries = _logprobs(chunk)
-                if isinstance(chunk.content, str) and (chunk.content or entries):
-                    yield self._chunk(Delta(content=chunk.content), logprobs=entries)
-                if chunk.tool_call_chunks:
-                    deltas = _tool_calls(chunk, calls)
+                entries = _logprobs(item)
+                if (content := _content(item)) or entries:
+                    yield self._chunk(Delta(content=content), logprobs=entries)
+                if isinstance(item, ToolCalls) and item.calls:
+                    deltas = _tool_calls(item, calls)
                     calls += len(deltas)
                     yield self._chunk(Delta(tool_calls=deltas))
-                reason = _finish_reason(chunk) or reason
-                usage = _usage(chunk) or usage
+                reason = finish_reason(item) or reason
+                usage = usage_of(item) if isinstance(item, Finished) else usage
         yield self._chunk(Delta(), reason or "stop")
         if include_usage:
             final = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],

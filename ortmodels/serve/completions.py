@@ -1,9 +1,9 @@
 """``/v1/completions``: a plain prompt continued by a chat model's engine, no chat template.
 
-The model's `astream_text` tokenizes the prompt as it is (with the tokenizer's own special
-tokens, a BOS where the model wants one), builds an engine `Request` with the same option
-checks as chat, and streams the engine's text: the prompt shares decode steps with chat
-requests on the same model.
+The model's chat service (`ChatService.prepare_text`) tokenizes the prompt as it is (with the
+tokenizer's own special tokens, a BOS where the model wants one), builds an engine `Request`
+with the same options as chat, and streams the engine's text: the prompt shares decode steps
+with chat requests on the same model.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from langchain_core.messages import AIMessageChunk
-
-from .chat import _finish_reason, _usage
+from ..runtime.events import ChatEvent, Finished, TextDelta
+from ..runtime.options import ChatOptions
+from .chat import finish_reason, sampling_options, usage_of
 from .errors import bad_request
 from .protocol import Completion, CompletionChoice, CompletionRequest, Usage
 from .sse import DONE, event
@@ -35,13 +35,21 @@ def prompt_of(request: CompletionRequest) -> str:
     return prompt
 
 
-def call_options(request: CompletionRequest) -> dict[str, Any]:
+#: ``max_tokens`` when the body leaves it out: OpenAI's default for this endpoint.
+DEFAULT_MAX_TOKENS = 16
+
+
+def call_options(request: CompletionRequest) -> ChatOptions:
     if request.logprobs:  # chat completions give them; text completions do not yet
         raise bad_request("logprobs are given by /v1/chat/completions only; leave logprobs out here.",
                           "logprobs", "unsupported_parameter")
-    options = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-               "seed": request.seed, "top_k": request.top_k, "repetition_penalty": request.repetition_penalty}
-    return {k: v for k, v in options.items() if v is not None}
+    given = "max_tokens" in request.model_fields_set
+    options = sampling_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS)
+    return ChatOptions.checked(stop=request.stop, **{k: v for k, v in options.items() if v is not None})
+
+
+def _text(event: ChatEvent) -> str:
+    return event.text if isinstance(event, TextDelta) else ""
 
 
 class TextAnswer:
@@ -50,27 +58,27 @@ class TextAnswer:
         self.created = int(time.time())
         self.model = model_id
 
-    async def complete(self, chunks: AsyncIterator[AIMessageChunk]) -> dict[str, Any]:
+    async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:
         text: list[str] = []
         reason, usage = None, None
-        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
-            async for chunk in chunks:
-                text.append(chunk.text)
-                reason = _finish_reason(chunk) or reason
-                usage = _usage(chunk) or usage
+        async with aclosing(events):  # a cancelled answer cancels the model's stream now
+            async for item in events:
+                text.append(_text(item))
+                reason = finish_reason(item) or reason
+                usage = usage_of(item) if isinstance(item, Finished) else usage
         answer = Completion(id=self.id, created=self.created, model=self.model,
                             choices=[CompletionChoice(text="".join(text), finish_reason=reason)],
                             usage=usage or Usage(prompt_tokens=0, total_tokens=0))
         return _with_nulls(answer.model_dump(exclude_none=True), reason)
 
-    async def stream(self, chunks: AsyncIterator[AIMessageChunk], include_usage: bool) -> AsyncIterator[str]:
+    async def stream(self, events: AsyncIterator[ChatEvent], include_usage: bool) -> AsyncIterator[str]:
         reason, usage = None, None
-        async with aclosing(chunks):  # a cancelled answer cancels the model's stream now
-            async for chunk in chunks:
-                if chunk.text:
-                    yield self._chunk(chunk.text, None)
-                reason = _finish_reason(chunk) or reason
-                usage = _usage(chunk) or usage
+        async with aclosing(events):  # a cancelled answer cancels the model's stream now
+            async for item in events:
+                if text := _text(item):
+                    yield self._chunk(text, None)
+                reason = finish_reason(item) or reason
+                usage = usage_of(item) if isinstance(item, Finished) else usage
         yield self._chunk("", reason or "stop")
         if include_usage:
             final = Completion(id=self.id, created=self.created, model=self.model, choices=[],

@@ -4,7 +4,10 @@ Requests refuse unknown top-level fields, as OpenAI does (``extra="forbid"``). F
 OpenAI knows but ortmodels cannot honour are declared and listed in ``UNSUPPORTED`` with the
 values that change nothing: a client that sends the neutral value (``presence_penalty=0``)
 is served, one that asks for more gets a 400 that names the field, never a silent ignore.
-Numbers are strict (``"0.5"`` is not a temperature) and bounded as OpenAI bounds them.
+Numbers are strict (``"0.5"`` is not a temperature). The generation options are
+`ortmodels.runtime.options`' own fields, bounds and descriptions (the request models inherit
+them); this module adds only OpenAI's spellings (``max_completion_tokens``) and shapes (tools,
+response formats, messages).
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from ..errors import ChatInputError
-from ..runtime.structured import LOGPROBS_WITH_TOOLS, check_tools
-
-MAX_TOKENS_BOUND = 1 << 24
+from ..runtime.options import LogprobOptions, MaxTokens, SamplingOptions
+from ..runtime.output_plan import LOGPROBS_WITH_TOOLS, check_tools
 
 
 class _Strict(BaseModel):
@@ -32,9 +34,6 @@ class _Open(BaseModel):
 
 # -- shared pieces -----------------------------------------------------------------------------
 
-MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
-Temperature = Annotated[float | None, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
-TopP = Annotated[float | None, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
 Stop = str | Annotated[list[str], Field(max_length=16)] | None
 
@@ -44,22 +43,18 @@ class StreamOptions(_Open):
     continuous_usage_stats: bool | None = None
 
 
-class _Sampling(_Strict):
-    """Options both generation endpoints take."""
+class _Sampling(SamplingOptions):
+    """Options both generation endpoints take: `SamplingOptions`' (``top_k`` and
+    ``repetition_penalty`` as vLLM and llama.cpp take them, through ``extra_body``), and OpenAI's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
-    max_tokens: MaxTokens = None
-    temperature: Temperature = None
-    top_p: TopP = None
-    seed: int | None = None
     stop: Stop = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
     user: str | None = None
-    # ortmodels' own sampling options (as vLLM and llama.cpp take them, through ``extra_body``)
-    top_k: Annotated[int | None, Field(ge=0)] = None
-    repetition_penalty: Annotated[float | None, Field(gt=0.0, allow_inf_nan=False)] = None
     # OpenAI's, not supported: see UNSUPPORTED
     frequency_penalty: Penalty = None
     presence_penalty: Penalty = None
@@ -153,15 +148,13 @@ class NamedToolChoice(_Open):
     function: dict[str, str]
 
 
-class ChatCompletionRequest(_Sampling):
+class _ChatFields(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
@@ -169,6 +162,12 @@ class ChatCompletionRequest(_Sampling):
     function_call: str | dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+
+
+class ChatCompletionRequest(LogprobOptions, _ChatFields):
+    """The chat body: `LogprobOptions`' fields come last, so ``logprobs`` is checked knowing the tools."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("tools")
     @classmethod
@@ -198,8 +197,9 @@ def _refused(message: str) -> PydanticCustomError:
 # -- completions -------------------------------------------------------------------------------
 
 class CompletionRequest(_Sampling):
+    """``max_tokens`` left out is OpenAI's 16 here (`serve.completions`)."""
+
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: MaxTokens = 16
     echo: bool | None = None
     suffix: str | None = None
     logprobs: Annotated[int | None, Field(ge=0, le=5)] = None

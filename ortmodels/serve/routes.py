@@ -177,7 +177,7 @@ async def chat_completions(request: Request) -> Response:
     options = chat.call_options(body)
 
     def open_stream(model: Any) -> Any:
-        return model.astream(messages, stop=body.stop, **options)
+        return chat.events_of(model, "achat_events", messages, options)
 
     return await _answer(request, state, entry, open_stream, chat.ChatAnswer(body.model or entry.id), body)
 
@@ -191,11 +191,10 @@ async def text_completions(request: Request) -> Response:
     options = completions.call_options(body)
 
     def open_stream(model: Any) -> Any:
-        stream_text = getattr(model, "astream_text", None)
-        if stream_text is None:
+        if not hasattr(model, "atext_events") and not hasattr(model, "astream_text"):
             raise bad_request(f"{entry.id} cannot continue plain text (its class has no astream_text); use "
                               "/v1/chat/completions.", "model")
-        return stream_text(prompt, stop=body.stop, **options)
+        return chat.events_of(model, "atext_events", prompt, options)
 
     return await _answer(request, state, entry, open_stream, completions.TextAnswer(body.model or entry.id), body)
 

@@ -27,8 +27,11 @@ from ray.serve.handle import DeploymentHandle
 from ...config import load_settings
 from ...errors import ConfigurationError, ModelFileError
 from ...manager import ModelManager
+from ...runtime.events import ChatEvent
+from ...runtime.options import ChatOptions
 from .. import embeddings
 from ..app import DEFAULT_MAX_QUEUE, create_app
+from ..chat import events_of
 from ..models import Catalog, ModelId
 from .remote import RayCatalog
 
@@ -118,15 +121,16 @@ class ModelServer:
             raise ConfigurationError(f"This replica serves {self.entry.id}, not {model_id}.")
         return self.model
 
-    async def astream(self, model_id: str, messages: list[Any], stop: Any, options: dict[str, Any]) -> AsyncIterator[Any]:
-        async with aclosing(self._model(model_id).astream(messages, stop=stop, **options)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    async def achat_events(self, model_id: str, messages: list[dict[str, Any]],
+                             options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        async with aclosing(events_of(self._model(model_id), "achat_events", messages, options)) as events:
+            async for item in events:
+                yield item
 
-    async def astream_text(self, model_id: str, prompt: str, stop: Any, options: dict[str, Any]) -> AsyncIterator[Any]:
-        async with aclosing(self._model(model_id).astream_text(prompt, stop=stop, **options)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    async def atext_events(self, model_id: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        async with aclosing(events_of(self._model(model_id), "atext_events", prompt, options)) as events:
+            async for item in events:
+                yield item
 
     async def aembed_counted(self, model_id: str, texts: list[str]) -> tuple[list[list[float]], int]:
         return await embeddings.embed_counted(self._model(model_id), texts)

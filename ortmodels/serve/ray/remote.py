@@ -1,10 +1,11 @@
 """The ingress's side: models that live in Ray Serve deployments, seen as local models.
 
 The routes (`ortmodels.serve.routes`) ask their `Catalog` for a model and call its
-``astream``, ``astream_text`` or (embeddings) ``aembed_counted``. `RayCatalog` answers with
-a `RemoteModel` that forwards each call to the model's deployment through its handle: a
-stream is a `DeploymentResponseGenerator` of LangChain chunks, closed (and so cancelled
-on the replica, with its engine request) when the route closes it. The store is still
+``achat_events``, ``atext_events`` or (embeddings) ``aembed_counted``. `RayCatalog`
+answers with a `RemoteModel` that forwards each call to the model's deployment through its
+handle: a stream is a `DeploymentResponseGenerator` of the chat service's events (frozen
+dataclasses, `ortmodels.runtime.events`), closed (and so cancelled on the replica, with its
+engine request) when the route closes it. The store is still
 read here, for the ids and the 404 that lists them.
 """
 
@@ -24,6 +25,8 @@ from ray.serve.handle import DeploymentHandle
 
 from ...errors import ReplicaUnavailableError
 from ...manager import ModelManager
+from ...runtime.events import ChatEvent
+from ...runtime.options import ChatOptions
 from ..errors import ApiError
 from ..models import Catalog, ModelId
 
@@ -65,11 +68,11 @@ class RemoteModel:
         finally:
             stream.cancel()  # a client that left: the replica's generator is closed, its request cancelled
 
-    def astream(self, messages: list[Any], stop: list[str] | str | None = None, **options: Any) -> AsyncIterator[Any]:
-        return self._stream("astream", messages, stop, options)
+    def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        return self._stream("achat_events", messages, options)
 
-    def astream_text(self, prompt: str, stop: list[str] | str | None = None, **options: Any) -> AsyncIterator[Any]:
-        return self._stream("astream_text", prompt, stop, options)
+    def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        return self._stream("atext_events", prompt, options)
 
     async def aembed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
         try:

@@ -1,0 +1,81 @@
+"""What the chat service streams: typed events every front end maps to its own shapes.
+
+Frozen dataclasses of plain values, so they cross a thread, a process (Ray) or a test as
+they are. A stream is zero or more `TextDelta`, at most one `ToolCalls` (with tools offered,
+the answer is read whole at its end), then one `Finished`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.toolcalls import ToolCall
+
+#: A banned token's log-probability (-inf) as JSON can carry it (OpenAI's floor).
+LOGPROB_FLOOR = -9999.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's text and log-probability, with the likeliest alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+    def openai(self) -> dict[str, Any]:
+        """OpenAI's ``logprobs.content`` entry (LangChain's ``response_metadata`` uses it too)."""
+        def entry(text: str, value: float) -> dict[str, Any]:
+            return {"token": text, "bytes": list(text.encode("utf-8")), "logprob": max(value, LOGPROB_FLOOR)}
+
+        return {**entry(self.token, self.logprob), "top_logprobs": [entry(t, v) for t, v in self.top]}
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New answer text (whole characters), with its tokens' log-probabilities when asked for."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The answer read as a whole when tools were offered: its free text and its calls."""
+
+    content: str
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    """Prompt tokens taken from the prompt cache instead of computed."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event: why the answer ended (``stop``, ``length``, ``tool_calls``, or ``cancelled`` /
+    ``error`` when the engine closed or failed under it), what it cost, and where it ran."""
+
+    reason: str
+    usage: Usage
+    time_to_first_token_s: float | None
+    variant: str | None = None
+    device: str | None = None
+
+
+ChatEvent = TextDelta | ToolCalls | Finished
+
+
+def arguments_json(call: ToolCall) -> str:
+    """A call's arguments as the JSON string OpenAI and LangChain carry (non-ASCII kept as it is)."""
+    return json.dumps(call.arguments, ensure_ascii=False)

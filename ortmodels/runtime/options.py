@@ -1,0 +1,140 @@
+"""`ChatOptions`: every generation option once, with its bound and what it does.
+
+The chat service reads them, the LangChain adapter takes the model-level ones as its fields
+(and every one per call), and the server's protocol takes the sampling and log-probability
+ones as its own fields, adding only OpenAI's spellings (``max_completion_tokens``) and
+OpenAI's shapes for tools and response formats. Non-finite numbers are refused: an infinite
+temperature or penalty samples uniformly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..engine.tokenizer import check_unicode
+from ..errors import ChatInputError
+
+
+def check_stop(stop: object, where: str = "stop") -> list[str]:
+    """Stop strings as a list: one string is one stop string (as LangChain's other models take it)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)):
+        raise ChatInputError(f"{where} must be a string or a list of strings, not {type(stop).__name__}.")
+    for index, item in enumerate(stop):
+        if not isinstance(item, str):
+            raise ChatInputError(
+                f"{where}[{index}] is {type(item).__name__} {item!r:.40}; stop strings must be strings, "
+                "e.g. stop=['\\n\\n']."
+            )
+        try:
+            check_unicode(item, f"{where}[{index}]")
+        except ValueError as exc:
+            raise ChatInputError(str(exc)) from None
+    return list(stop)
+
+
+#: The most tokens one answer may ask for (a bound, not a default).
+MAX_TOKENS_BOUND = 1 << 24
+
+
+MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
+"""A token count to generate (OpenAI spells it ``max_tokens`` and ``max_completion_tokens``)."""
+
+
+class SamplingOptions(BaseModel):
+    """How tokens are chosen and how many: per call, or as a model's defaults."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_tokens: MaxTokens = None
+    """Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512, within the context)."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    """0 is greedy; default from ``generation_config.json`` (greedy unless it samples). At most 2, as OpenAI
+    bounds it: above that an answer is noise."""
+
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches this."""
+
+    top_k: int | None = Field(default=None, ge=0)
+    """Sample among the k likeliest tokens only (0: no limit)."""
+
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    """Above 1 discourages repeating tokens already in the prompt or answer."""
+
+    seed: int | None = Field(default=None, ge=0, lt=1 << 64)
+    """Seed for sampling, for repeatable answers."""
+
+
+class LogprobOptions(BaseModel):
+    """Log-probabilities of the answer's tokens (not with tools: a tool answer is read whole)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    logprobs: bool | None = None
+    """Give each generated token's log-probability."""
+
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, strict=True)
+    """With each token, this many likeliest alternatives and theirs (implies ``logprobs``)."""
+
+
+class ModelOptions(SamplingOptions):
+    """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
+
+    stop: list[str] | None = None
+    """Strings that end the answer; they are not included in it (one string is one stop string)."""
+
+    truncate_prompt: bool = False
+    """Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing."""
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: object) -> object:
+        return None if value is None else check_stop(value)
+
+
+class ChatOptions(ModelOptions, LogprobOptions):
+    """One call's options, as the chat service takes them."""
+
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI function dicts the model may call (see `output_plan.OutputPlan`)."""
+
+    tool_choice: Any = None
+    """``auto``, ``required``/``any``, ``none`` or a tool's name (any spelling OpenAI or LangChain uses)."""
+
+    parallel_tool_calls: bool | None = None
+    """Let one answer call several tools."""
+
+    response_format: dict[str, Any] | None = None
+    """``{"type": "json_object"}``, ``json_schema``, ``regex`` or ``lark``: a grammar the answer follows."""
+
+    @classmethod
+    def checked(cls, **given: Any) -> ChatOptions:
+        """The options, or the `ChatInputError` that names the first bad one."""
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = error["loc"][0] if error["loc"] else "?"
+            if error["type"] == "extra_forbidden":
+                raise unknown_option(str(name)) from None
+            if isinstance(cause := (error.get("ctx") or {}).get("error"), ChatInputError):
+                raise cause from None  # a check of ours (`check_stop`): its own words
+            raise ChatInputError(f"Bad generation option {name}={error.get('input')!r}: {error['msg']}.") from None
+
+    def output(self) -> dict[str, Any]:
+        """The options that shape the output (tools, a response format, log-probabilities), as given."""
+        return {name: value for name in OUTPUT_OPTIONS if (value := getattr(self, name)) is not None}
+
+
+#: The options a call may carry besides the sampling ones and ``stop``.
+OUTPUT_OPTIONS = tuple(name for name in ChatOptions.model_fields if name not in ModelOptions.model_fields)
+
+
+def unknown_option(name: str) -> ChatInputError:
+    return ChatInputError(f"Unknown generation option: {name}. Options: {', '.join(SamplingOptions.model_fields)}, stop.")

@@ -1,0 +1,318 @@
+"""`ChatService`: one loaded chat model's own work, under every front end.
+
+Built when a chat model loads, from its engine, tokenizer, chat template, manifest spec and
+tool format. It owns what is not LangChain's or OpenAI's: plain message dicts rendered by
+the checkpoint's template, the prompt fitted to the context (or refused), options resolved
+against ``generation_config.json``, tools and response formats turned into grammars, the
+engine `Request` built once; then the engine's events read back as typed events
+(`events.TextDelta`, `events.ToolCalls`, `events.Finished`). The LangChain adapter, the
+server's routes and Ray's replicas only map their own shapes to these and back.
+
+Messages are dicts: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``;
+an assistant turn may add ``"tool_calls": [{"name", "arguments": dict, "id"}]``, a tool
+result ``"tool_call_id"``, ``"name"`` and ``"error": True``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import Engine, Request, SamplingParams
+from ..engine import Finished as EngineFinished
+from ..engine.chat_template import ChatTemplate
+from ..engine.constraints import GrammarCompiler
+from ..engine.prompt_tokens import PromptTokenizer
+from ..engine.tokenizer import check_unicode, max_token_chars
+from ..engine.toolcalls import FORMATS, ToolCall, ToolFormat, detect_format
+from ..errors import ChatInputError, ModelFileError
+from ..store.manifest import ChatSpec
+from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage
+from .options import ChatOptions
+from .output_plan import OutputPlan, logprobs_of
+
+_DEFAULT_MAX_TOKENS = 512
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def find_chat_template(export_folder: Path, checkpoint: Path) -> ChatTemplate | ModelFileError:
+    """The export's chat template, else one added to the checkpoint folder since the export (no
+    re-export needed), else the error that says where it belongs."""
+    for folder in (export_folder, checkpoint):
+        try:
+            return ChatTemplate.from_folder(folder)
+        except ModelFileError:
+            continue
+    return ModelFileError(
+        checkpoint / "chat_template.jinja",
+        "No chat template: this checkpoint has neither chat_template.jinja nor a chat_template in "
+        "tokenizer_config.json",
+        "Add the model's chat template as chat_template.jinja next to config.json (no re-export needed), "
+        "or use plain-text completion (/v1/completions)",
+    )
+
+
+def template_messages(messages: list[dict[str, Any]], tool_format: ToolFormat | None = None) -> list[dict[str, Any]]:
+    """The service's message dicts as the ``{"role", "content"}`` dicts chat templates expect.
+
+    An assistant turn that called tools and each tool result (an error too) are written the
+    way ``tool_format`` says (the generic format when none is given), so the model sees its
+    earlier calls and their results.
+    """
+    if not messages:
+        raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
+    fmt = tool_format or FORMATS["generic"]
+    converted = []
+    names: dict[str, str] = {}  # tool call id → tool name, for results that do not repeat it
+    for index, message in enumerate(messages):
+        role, text = message.get("role"), message.get("content") or ""
+        if role not in _ROLES:
+            raise ChatInputError(f"Message {index} has role {role!r}; chat templates know {', '.join(sorted(_ROLES))}.")
+        try:
+            check_unicode(text, f"Message {index}")
+        except ValueError as exc:
+            raise ChatInputError(str(exc)) from None
+        if role == "assistant" and message.get("tool_calls"):
+            calls = [ToolCall(c["name"], c.get("arguments") or {}, c.get("id") or f"call_{index}_{n}")
+                     for n, c in enumerate(message["tool_calls"])]
+            names.update({c.id: c.name for c in calls})
+            converted.append(fmt.history_call(text, calls))
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            name = message.get("name") or (names.get(call_id) if call_id else None)
+            converted.append(fmt.history_result(text, call_id, name, bool(message.get("error"))))
+        else:
+            converted.append({"role": role, "content": text})
+    return converted
+
+
+def keep_tail(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
+    """The newest messages whose text fits in ``chars`` (the newest one cut to its end if alone
+    it is too long): what ``truncate_prompt`` keeps of a conversation far beyond the context."""
+    kept: list[dict[str, str]] = []
+    for message in reversed(messages):
+        if chars <= 0:
+            break
+        content = message["content"]
+        if len(content) > chars:
+            content = content[-chars:]
+        kept.append({**message, "content": content})
+        chars -= len(content)
+    return kept[::-1]
+
+
+@dataclass
+class Prepared:
+    """One call ready to run: the engine request, how its output is read, when the call began."""
+
+    request: Request
+    plan: OutputPlan
+    started: float = field(default_factory=time.perf_counter)
+
+
+class ChatService:
+    """Everything a chat model's `_load` opens, and the calls on it; replaced as a whole at each
+    load, so a reader never sees half of it. Thread-safe: calls share the engine's decode steps."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate | ModelFileError,
+                 spec: ChatSpec, variant: str, device: str, grammars: GrammarCompiler) -> None:
+        self.engine, self.tokenizer, self._template = engine, tokenizer, template
+        self.spec, self.variant, self.device = spec, variant, device
+        self.grammars = grammars
+        self.prompt_tokens = PromptTokenizer(tokenizer)
+        """Chat prompts (only the template makes control tokens), text, and raw prompts as ids."""
+        source = template.source if isinstance(template, ChatTemplate) else ""
+        self.tool_format = FORMATS[spec.tool_format or detect_format(source)]
+        self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
+        """More characters than this cannot fit in the context, whatever they say."""
+
+    @property
+    def template(self) -> ChatTemplate:
+        """The chat template, or the error that says where to put one (plain-text completion
+        works without it)."""
+        if isinstance(self._template, ModelFileError):
+            raise self._template
+        return self._template
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        """The exact text the model sees for ``messages``, rendered by the checkpoint's template."""
+        return self.template.render(template_messages(messages), add_generation_prompt=True)
+
+    def prompt_ids(self, messages: list[dict[str, Any]], options: ChatOptions) -> list[int]:
+        """The prompt ids a call with these messages and options runs, before the context check."""
+        plan = self._plan(options)
+        return self._chat_ids(plan.messages(template_messages(messages, self.tool_format)), plan.template_vars,
+                              options.truncate_prompt)
+
+    def _plan(self, options: ChatOptions) -> OutputPlan:
+        plan = OutputPlan.from_options(options.output(), self.tool_format, self.grammars, self.tokenizer)
+        plan.stop = tuple(s for s in options.stop or () if s)
+        return plan
+
+    def _cut(self, chars: int, truncate: bool, what: str) -> bool:
+        """Whether ``chars`` characters must be cut to `prompt_chars` (``truncate_prompt``); the
+        error that says so when they may not be. Decided before any tokenizing."""
+        if chars <= self.prompt_chars:
+            return False
+        if not truncate:
+            raise ChatInputError(
+                f"{what} has {chars:,} characters; the context of {self.spec.context_length} tokens holds at most "
+                f"{self.prompt_chars:,} with this tokenizer. Shorten it, or set truncate_prompt=True to drop the "
+                "oldest text."
+            )
+        return True
+
+    def _chat_ids(self, converted: list[dict[str, Any]], template_vars: dict[str, Any], truncate: bool) -> list[int]:
+        """The rendered conversation's ids: the caller's text is escaped before rendering, so the
+        template's markup is the only source of special tokens (`PromptTokenizer`)."""
+        bound = self.prompt_chars
+        if self._cut(sum(len(m["content"]) for m in converted), truncate, "The conversation"):
+            converted = keep_tail(converted, bound)
+        escape = self.prompt_tokens.escape
+        prompt = self.template.render(escape(converted), add_generation_prompt=True, max_chars=2 * bound,
+                                      **escape(template_vars or {}))
+        if self._cut(len(prompt), truncate, "The rendered prompt"):
+            prompt = prompt[-bound:]
+        return self.prompt_tokens.encode_chat(prompt)
+
+    def _fit(self, ids: list[int], max_tokens: int | None, truncate: bool) -> tuple[list[int], int]:
+        """Prompt ids and tokens to generate within the context: the overflow is refused, naming
+        it in tokens, or (``truncate_prompt``) the oldest tokens are dropped."""
+        context = self.spec.context_length
+        if max_tokens is None:  # not asked for: as many as fit, up to the default
+            default = int(self.spec.generation.get("max_new_tokens") or _DEFAULT_MAX_TOKENS)
+            max_tokens = max(1, min(default, context - len(ids)))
+        overflow = len(ids) + max_tokens - context
+        if overflow > 0:
+            if max_tokens >= context:
+                raise ChatInputError(
+                    f"max_tokens ({max_tokens}) alone fills the context of {context} tokens; lower it."
+                )
+            if not truncate:
+                raise ChatInputError(
+                    f"Prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the context of "
+                    f"{context} tokens by {overflow}. Shorten the conversation, lower max_tokens, or "
+                    "set truncate_prompt=True to drop the oldest tokens."
+                )
+            ids = ids[overflow:]
+        return ids, max_tokens
+
+    def sampling(self, options: ChatOptions) -> SamplingParams:
+        """The options' sampling, the rest from ``generation_config.json`` as transformers reads it."""
+        defaults = self.spec.generation
+
+        def pick(name: str, default: Any) -> Any:
+            for value in (getattr(options, name), defaults.get(name)):
+                if value is not None:
+                    return value
+            return default
+
+        if options.temperature is not None:
+            temperature = float(options.temperature)
+        elif defaults.get("do_sample"):  # as in transformers: the config samples only if it says so
+            temperature = float(defaults.get("temperature", 1.0))
+        else:
+            temperature = 0.0
+        return SamplingParams(
+            temperature=temperature,
+            top_p=float(pick("top_p", 1.0)),
+            top_k=int(pick("top_k", 50)),  # transformers' default when sampling
+            repetition_penalty=float(pick("repetition_penalty", 1.0)),
+            seed=pick("seed", None),
+        )
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def prepare(self, messages: list[dict[str, Any]], options: ChatOptions) -> Prepared:
+        """A conversation's engine request: tools or a response format turned into a grammar, the
+        prompt rendered, tokenized and fitted to the context."""
+        started = time.perf_counter()
+        params = self.sampling(options)
+        plan = self._plan(options)
+        converted = plan.messages(template_messages(messages, self.tool_format))
+        ids = self._chat_ids(converted, plan.template_vars, options.truncate_prompt)
+        ids, max_tokens = self._fit(ids, options.max_tokens, options.truncate_prompt)
+        request = Request(ids, params, max_tokens=max_tokens, stop=plan.stop, eos_token_ids=self.spec.eos_token_ids,
+                          processor=plan.processor, logprobs=logprobs_of(options.output()))
+        return Prepared(request, plan, started)
+
+    def prepare_text(self, prompt: str, options: ChatOptions) -> Prepared:
+        """``prompt`` continued as it is, without the chat template (OpenAI's ``/v1/completions``):
+        the caller's whole prompt, its special tokens parsed, a BOS where the model wants one."""
+        started = time.perf_counter()
+        if not isinstance(prompt, str) or not prompt:
+            raise ChatInputError("The prompt must be a non-empty string.")
+        try:
+            check_unicode(prompt, "The prompt")
+        except ValueError as exc:
+            raise ChatInputError(str(exc)) from None
+        params = self.sampling(options)
+        if self._cut(len(prompt), options.truncate_prompt, "The prompt"):
+            prompt = prompt[-self.prompt_chars:]
+        ids, max_tokens = self._fit(self.prompt_tokens.encode_raw(prompt), options.max_tokens,
+                                    options.truncate_prompt)
+        request = Request(ids, params, max_tokens=max_tokens, stop=tuple(s for s in options.stop or () if s),
+                          eos_token_ids=self.spec.eos_token_ids)
+        return Prepared(request, OutputPlan(), started)
+
+    def stream(self, prepared: Prepared) -> Iterator[ChatEvent]:
+        """The call's events; other calls share its decode steps. Closing the iterator early
+        cancels the request at once."""
+        reader = _Reader(self, prepared)
+        for event in self.engine.generate(prepared.request):
+            yield from reader.read(event)
+
+    async def astream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
+        """As `stream`, on the event loop: a cancelled task (or the iterator closed) cancels the request."""
+        reader = _Reader(self, prepared)
+        async for event in self.engine.agenerate(prepared.request):
+            for mapped in reader.read(event):
+                yield mapped
+
+
+class _Reader:
+    """One call's engine events as service events (the one mapping, for both streams).
+
+    With tools offered, the text is held until the end and read as content plus calls.
+    """
+
+    def __init__(self, service: ChatService, prepared: Prepared) -> None:
+        self.service, self.plan, self.started = service, prepared.plan, prepared.started
+        self.first: float | None = None
+        self.held: list[str] = []
+
+    def read(self, event: Any) -> list[ChatEvent]:
+        if not isinstance(event, EngineFinished):
+            if self.first is None and event.token_ids:
+                self.first = time.perf_counter() - self.started
+            if self.plan.tool_format is not None:
+                self.held.append(event.text)
+                return []
+            if not event.text and not event.logprobs:
+                return []
+            return [TextDelta(event.text, tuple(self._logprob(lp) for lp in event.logprobs))]
+        events: list[ChatEvent] = []
+        reason = event.reason
+        if self.plan.tool_format is not None:
+            content, calls, reason = self.plan.finish("".join(self.held), reason)
+            if content or calls:
+                events.append(ToolCalls(content, tuple(calls)))
+        first = self.first if self.first is not None else event.time_to_first_token_s
+        usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+        events.append(Finished(reason, usage, first, self.service.variant, self.service.device))
+        return events
+
+    def _logprob(self, logprob: Any) -> TokenLogprob:
+        def text(token_id: int) -> str:
+            return str(self.service.tokenizer.decode([token_id], skip_special_tokens=False))
+
+        return TokenLogprob(text(logprob.token_id), logprob.logprob,
+                            tuple((text(token), value) for token, value in logprob.top))

@@ -1,0 +1,119 @@
+"""The chat service under every front end: its typed events, its one options model, and a
+user's own LangChain class read as the same events (what the server serves it through)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from ortmodels import BaseLLMModel, ModelManager
+from ortmodels.errors import ChatInputError
+from ortmodels.runtime.chat import OnnxChatModel
+from ortmodels.runtime.events import Finished, TextDelta, ToolCalls
+from ortmodels.runtime.options import ChatOptions, LogprobOptions, SamplingOptions
+from ortmodels.serve.chat import events_of
+from ortmodels.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+from .conftest import CHAT_SAMPLE
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_every_option_has_its_description_and_unknown_ones_are_refused() -> None:
+    for name, info in ChatOptions.model_fields.items():
+        assert info.description, f"{name} has no description"
+    with pytest.raises(ChatInputError, match="Unknown generation option: beam_width"):
+        ChatOptions.checked(beam_width=4)
+
+
+@pytest.mark.parametrize("request_class", [ChatCompletionRequest, CompletionRequest])
+def test_the_protocol_takes_the_options_as_they_are(request_class: type) -> None:
+    """The server adds OpenAI's spellings, never its own bounds: each option is the options model's field."""
+    owners = [SamplingOptions, LogprobOptions] if request_class is ChatCompletionRequest else [SamplingOptions]
+    for owner in owners:
+        for name, info in owner.model_fields.items():
+            assert request_class.model_fields[name].metadata == info.metadata, name
+
+
+@pytest.fixture(scope="module")
+def chat() -> OnnxChatModel:
+    model = ModelManager().get_chat_model(CHAT_SAMPLE)
+    assert isinstance(model, OnnxChatModel)
+    return model
+
+
+@pytest.mark.slow
+def test_the_service_streams_typed_events_the_adapter_turns_into_the_same_answer(chat: OnnxChatModel) -> None:
+    service = chat.loaded
+    options = ChatOptions(max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    events = list(service.stream(service.prepare(QUESTION, options)))
+    *deltas, finished = events
+    assert all(isinstance(e, TextDelta) for e in deltas) and isinstance(finished, Finished)
+    used = finished.usage
+    assert finished.reason in ("stop", "length") and 0 < used.completion_tokens <= 8
+    assert used.total_tokens == used.prompt_tokens + used.completion_tokens
+    assert finished.time_to_first_token_s is not None and finished.variant == chat.variant
+    tokens = [lp for d in deltas for lp in d.logprobs]
+    assert tokens and all(len(lp.top) == 2 and isinstance(lp.token, str) for lp in tokens)
+    reply = chat.invoke([HumanMessage(QUESTION[0]["content"])], max_tokens=8, temperature=0)
+    assert reply.content == "".join(d.text for d in deltas)
+    again = list(service.stream(service.prepare(QUESTION, options)))[-1]
+    assert isinstance(again, Finished) and again.usage.cached_tokens > 0  # the prompt cache, as usage says
+
+
+@pytest.mark.slow
+def test_a_tool_answer_is_one_tool_calls_event(chat: OnnxChatModel) -> None:
+    options = ChatOptions(max_tokens=64, tools=[WEATHER], tool_choice="required")
+    asked = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+    async def events() -> list[Any]:
+        return [e async for e in chat.achat_events(asked, options)]
+
+    *body, finished = asyncio.run(events())
+    assert [type(e) for e in body] == [ToolCalls] and isinstance(finished, Finished)
+    assert body[0].calls[0].name == "get_weather" and finished.reason == "tool_calls"
+
+
+@pytest.mark.slow
+def test_plain_text_continues_the_prompt_as_it_is(chat: OnnxChatModel) -> None:
+    service = chat.loaded
+    events = list(service.stream(service.prepare_text("The capital of France is", ChatOptions(max_tokens=4))))
+    assert isinstance(events[-1], Finished) and events[-1].usage.completion_tokens <= 4
+    with pytest.raises(ChatInputError, match="non-empty string"):
+        service.prepare_text("", ChatOptions())
+
+
+class EchoChat(BaseLLMModel):
+    """A user's own class: no chat service, only LangChain's interface."""
+
+    def _load(self) -> None:
+        pass
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        seen = ", ".join(f"{m.type}:{m.text}" for m in messages)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=seen))])
+
+    @property
+    def _llm_type(self) -> str:
+        return "echo"
+
+
+def test_a_users_langchain_class_is_read_as_the_services_events() -> None:
+    model = EchoChat(model_name="echo")
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}, "id": "c1"}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"}, {"role": "user", "content": "Hi"}]
+
+    async def events() -> list[Any]:
+        return [e async for e in events_of(model, "achat_events", messages, ChatOptions())]
+
+    first, finished = asyncio.run(events())
+    assert first == TextDelta("system:Be brief., ai:, tool:42, human:Hi")
+    assert isinstance(finished, Finished) and finished.reason == "stop"
