@@ -8,6 +8,7 @@ array, widening a bf16 tensor ~3x its fp32 result, quantizing a matrix ~4x its f
 
 from __future__ import annotations
 
+import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -199,3 +200,20 @@ def test_loading_a_bf16_reference_holds_its_bf16_weights_and_little_else(tmp_pat
     assert run.returncode == 0, run.stderr[-2000:]
     grown, fp32 = (int(v) for v in run.stdout.split()[-2:])
     assert grown < 0.65 * fp32, f"loading grew the process by {grown} bytes for {fp32} bytes of fp32 weights"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file-backed pages are told apart on Linux")
+def test_the_meter_tells_a_mapped_file_from_anonymous_memory(tmp_path: Path) -> None:
+    """onnxruntime maps a graph's weights: RSS counts those pages, the anonymous peak does not."""
+    import mmap
+
+    from ortmodels.export import resources
+
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"\1" * (64 << 20))
+    with resources.measure() as meter, data.open("rb") as file, mmap.mmap(file.fileno(), 0,
+                                                                           access=mmap.ACCESS_READ) as mapped:
+        assert sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE)) == len(mapped) // mmap.PAGESIZE
+        meter.sample()
+    figures = meter.figures(checkpoint_bytes=64 << 20)
+    assert figures["peak_rss_bytes"] - figures["peak_anon_bytes"] >= 60 << 20, figures
