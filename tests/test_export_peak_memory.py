@@ -217,3 +217,35 @@ def test_the_meter_tells_a_mapped_file_from_anonymous_memory(tmp_path: Path) -> 
         meter.sample()
     figures = meter.figures(checkpoint_bytes=64 << 20)
     assert figures["peak_rss_bytes"] - figures["peak_anon_bytes"] >= 60 << 20, figures
+
+
+@pytest.mark.slow
+def test_a_quantized_export_of_a_bf16_checkpoint_writes_no_fp32_graph(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """int4 alone: built from the checkpoint, checked against the narrow reference; no fp32 graph on the way."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    from ortmodels.export import decoder, export_model
+    from ortmodels.store import ModelStore
+    from tests.tiny_decoders import build_tiny_decoder
+
+    folder = build_tiny_decoder(tmp_path / "models" / "tiny", "llama")
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    built: list[Any] = []
+    real = decoder.build_decoder_graph
+
+    def recording(checkpoint: Path, target: Path, precision: Any) -> dict[str, Any]:
+        built.append(precision)
+        return real(checkpoint, target, precision)
+
+    monkeypatch.setattr(decoder, "build_decoder_graph", recording)
+    manifest = export_model(ModelStore(tmp_path / "models"), "tiny", ["int4"], skip_gates=True).manifest
+    assert [p.bits for p in built] == [4]  # no fp32 graph written first
+    assert list(manifest.variants) == ["int4"] and manifest.variants["int4"].files
+    parity = manifest.variants["int4"].parity
+    assert parity["reference"] == "pytorch fp32" and parity["finite"] and parity["greedy_agreement"] > 0
+    cost = manifest.export_cost
+    assert cost is not None and 0 < cost["peak_anon_bytes"] <= cost["peak_rss_bytes"]
