@@ -115,7 +115,7 @@ def _export_locked(
             "it will only continue plain text. Add the model's template as %s (no re-export needed).",
             name, info.path / "chat_template.jinja",
         )
-    check_memory(info, force=force_memory)  # before hashing: a 16 GB checkpoint takes a while to read
+    check_memory(info, dtypes, force=force_memory)  # before hashing: a 16 GB checkpoint takes a while to read
     progress = progress or LogProgress(name)
     progress.step("Hashing the checkpoint")
     source_hash = source_sha256(info.path)

@@ -120,6 +120,13 @@ class CheckpointWeights:
             file._read_into(name, piece)
             yield first, piece, entry["dtype"]
 
+    def dtype(self, name: str) -> str:
+        """The tensor's safetensors dtype name as stored ("BF16", "F32", ...)."""
+        file = self._files.get(name)
+        if file is None:
+            raise ExportError(f"The checkpoint has no tensor {name!r}.")
+        return str(file.entries[name]["dtype"])
+
     def float_dtypes(self) -> set[str]:
         """The safetensors dtype names of the floating-point tensors (``{"BF16"}`` for most checkpoints)."""
         return {f.entries[n]["dtype"] for n, f in self._files.items() if f.entries[n]["dtype"] in ("F64", "F32", "F16", "BF16")}

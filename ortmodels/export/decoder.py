@@ -159,18 +159,24 @@ def _graph_builders(checkpoint: Path) -> dict[str, list[Builder]]:
     }
 
 
-def _prepare_base(info: ModelInfo, base: Path, progress: Progress) -> tuple[str, dict[str, list[Builder]]]:
-    """Write the fp32 graph and support files into ``base``; returns how, and the variant builders."""
+def _prepare_base(info: ModelInfo, base: Path, progress: Progress, dtypes: list[str]
+                  ) -> tuple[str, dict[str, list[Builder]]]:
+    """Write the support files, and the fp32 graph where needed, into ``base``; returns how, and the builders.
+
+    Our graph's other precisions are built from the checkpoint itself, so the fp32 graph is
+    written only when fp32 is asked for (at 1B it is 4.9 GB of disk and ~30 s of writing).
+    """
     config = read_json(info.path / "config.json")
     reason = supports(config)
     if reason is None:
-        progress.step("Building the decoder graph (GroupQueryAttention, fused norms)")
         base.mkdir()
         for name in _SUPPORT_FILES:
             if (info.path / name).is_file():
                 shutil.copy2(info.path / name, base / name)
-        build_decoder_graph(info.path, base / "model.onnx", GRAPH_PRECISIONS["fp32"])
-        return_freed_memory()
+        if "fp32" in dtypes:
+            progress.step("Building the decoder graph (GroupQueryAttention, fused norms)")
+            build_decoder_graph(info.path, base / "model.onnx", GRAPH_PRECISIONS["fp32"])
+            return_freed_memory()
         return "decoder_graph", _graph_builders(info.path)
     logger.info("%s: %s; exporting with optimum.", info.name, reason)
     progress.step("Exporting the decoder with its KV cache (optimum)")
@@ -245,7 +251,7 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
     check_dtypes("Chat models", dtypes, DECODER_DTYPES)
     with export_attempt(info) as work:
         base = work / "_base"
-        graph, builders = _prepare_base(info, base, progress)
+        graph, builders = _prepare_base(info, base, progress, dtypes)
         require_fast_tokenizer(info.path, base)
         if not (base / "chat_template.jinja").is_file() and (info.path / "chat_template.jinja").is_file():
             shutil.copy2(info.path / "chat_template.jinja", base / "chat_template.jinja")

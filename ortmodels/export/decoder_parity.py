@@ -22,9 +22,10 @@ from ..engine.decoder import DecoderSession
 from ..engine.engine import Engine
 from ..engine.request import Request
 from ..engine.session import create_session
-from ..errors import ExportError, ModelFileError
+from ..errors import ModelFileError
 from ..lifecycle.memory import return_freed_memory
 from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
+from .reference import reference_model
 
 NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
@@ -76,50 +77,6 @@ def token_nll(logits: np.ndarray, ids: Sequence[int], rows: int = _NLL_ROWS) -> 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     """exp of the mean negative log-likelihood of ``ids[1:]`` given the logits before each."""
     return float(np.exp(token_nll(logits, ids).mean()))
-
-
-def reference_model(checkpoint: Path) -> Any:
-    """The fp32 PyTorch model the exports are compared with.
-
-    Eager attention where the config soft-caps attention logits (Gemma 2): transformers' SDPA
-    path silently drops the cap, so it computes another model than the checkpoint's.
-
-    A bf16 or fp16 checkpoint is built empty and filled tensor by tensor from plain reads
-    (`checkpoint_weights`), not by ``from_pretrained``: that maps the checkpoint and widens it
-    to fp32 while the mapped pages stay resident, the export's peak (7.93 GB = 3.2x a 1B-shape
-    bf16 checkpoint). The weights are the same numbers (bf16 and fp16 widen to fp32 exactly).
-    """
-    import json
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_utils import no_init_weights
-
-    from .checkpoint_weights import open_weights
-
-    config = json.loads((checkpoint / "config.json").read_text())
-    extra = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
-    with open_weights(checkpoint) as weights, torch.no_grad():
-        if weights.float_dtypes() <= {"F32"}:  # mapped by from_pretrained and used in place: no copy
-            return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
-        with no_init_weights():  # parameters stay unwritten (no resident pages) until filled below
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint), dtype=torch.float32,
-                                                     **extra)
-        model.tie_weights()  # a tied head is its embedding (from_pretrained ties after loading too)
-        targets = dict(model.named_parameters(remove_duplicate=False))
-        targets.update(model.named_buffers())
-        if not set(weights.names()) <= set(targets):  # names transformers renames while loading
-            del model, targets
-            return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
-        for name in weights.names():  # 8 MB at a time: never a whole stored tensor beside its fp32 one
-            flat = targets[name].view(-1)
-            for first, piece, dtype in weights.pieces(name):
-                source = torch.from_numpy(piece)
-                flat[first : first + len(piece)].copy_(source.view(torch.bfloat16) if dtype == "BF16" else source)
-    missing = {name for name, _ in model.named_parameters()} - set(weights.names())  # a tied head is its embedding
-    if missing:
-        raise ExportError(f"{checkpoint}: the checkpoint has no tensors for {sorted(missing)[:5]}.")
-    return model.eval()
 
 
 @dataclass

@@ -1,12 +1,17 @@
 """Whether an export will fit the machine's memory, said before it starts instead of being killed.
 
-The estimate of the export's peak resident memory is a measured multiple of the checkpoint
-(`resources` records every export's peak into its manifest; the figures below are those
-records), or, when this very checkpoint was exported before, that export's own recorded
-peak. A chat export's peak is the larger of two phases that the formula adds, to stay on
-the safe side: the weights held as fp32 (PyTorch's reference model, then an onnxruntime
-session of the fp32 graph) and the perplexity pass over 512 tokens of text, whose
-``[512, vocabulary]`` logits are held in fp32 and worked on in float64 (several copies).
+The estimate of the export's peak resident memory is fitted to measured exports (`resources`
+records every export's peak into its manifest; the figures below are those records), or,
+when this very checkpoint was exported before in at least the precisions asked for, that
+export's own recorded peak. A chat export holds one large thing at a time, so its peak is
+the interpreter's fixed cost plus the largest of its phases:
+
+- the PyTorch reference: the checkpoint's weights as stored (bf16/fp16 matrices are kept
+  so and widened a few rows at a time as used; an fp32 checkpoint is mapped), and the
+  logits of the probes and of the perplexity text, 128 positions at a time;
+- each variant's onnxruntime session, one at a time: an fp32 graph's weights are mapped
+  (4 bytes a parameter), an fp16 graph's are widened to fp32 by onnxruntime's CPU provider
+  at load, a quantized graph's are mapped and packed (about twice its file).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import psutil
 
 from ..errors import ExportMemoryError
+from ..kinds import KINDS
 from ..store import ModelInfo, read_json
 from ..units import format_bytes
 from .checkpoint_weights import parameter_count
@@ -27,16 +33,21 @@ from .decoder_parity import PERPLEXITY_TOKENS
 
 logger = logging.getLogger(__name__)
 
-#: Python with torch, transformers and onnxruntime imported, before any model.
-FIXED_BYTES = 500_000_000
-#: Peak bytes per byte of the weights in fp32, and per byte of one ``[512, vocabulary]`` fp32
-#: logits array, fitted to the recorded chat exports (peak, weights in fp32, logits array):
-#: SmolLM2-135M, 4 variants (1.48 GB; 0.54 GB; 0.10 GB: the estimate says 1.81 GB), a
-#: random Llama 3.2 1B shape in bf16, fp32 and int4 (7.93 GB, 3.21x its checkpoint; 4.94 GB;
-#: 0.26 GB: 8.16 GB) and Gemma 3 270M, 4 variants (5.30 GB, 4.94x its checkpoint for its 262k
-#: vocabulary; 1.07 GB; 0.54 GB: 5.33 GB).
-CHAT_WEIGHT_MULTIPLE = 1.2
-CHAT_LOGITS_MULTIPLE = 6.6
+#: Python with torch, transformers and onnxruntime imported (~420 MB), and what an export
+#: holds beside its largest phase (tokenizer, the reference's figures, heap not yet returned).
+FIXED_BYTES = 700_000_000
+#: The reference's peak per byte of the checkpoint's weights as stored, and per byte of one
+#: ``[512, vocabulary]`` fp32 logits array (the probes' and the text's logits, 128 rows at a
+#: time, their float64 NLL 32 rows at a time). The 1B shape in bf16 (2.47 GB, 0.26 GB of
+#: logits) held 3.20 GB in its reference; its int8 check 3.22 GB, the export's peak (1.30x).
+REFERENCE_WEIGHT_MULTIPLE = 1.0
+REFERENCE_LOGITS_MULTIPLE = 1.0
+#: A variant's check session at its peak, bytes per parameter with its activations: measured
+#: opening and running each of the sample's variants alone (135M parameters: fp32 0.65 GB,
+#: its weights mapped; fp16 0.63 GB, widened to fp32 by onnxruntime's CPU provider; int8
+#: 0.35 GB and int4 0.26 GB, mapped and packed). With FIXED_BYTES they give the sample's
+#: recorded export peak (1.33 GB, every precision).
+SESSION_BYTES_PER_PARAMETER = {"fp32": 4.8, "fp16": 4.8, "int8": 2.6, "int4": 1.9}
 #: Embedding exports (optimum's export, then onnxruntime's quantizer): one record,
 #: all-MiniLM-L6-v2 in fp32 and int8 (0.96 GB for 0.09 GB of weights).
 EMBEDDING_WEIGHT_MULTIPLE = 5.0
@@ -50,30 +61,45 @@ class MemoryEstimate:
     basis: str
 
 
-def estimate(info: ModelInfo) -> MemoryEstimate:
-    """The expected peak of exporting ``info``'s checkpoint (any precisions: they are built in turn)."""
+def estimate(info: ModelInfo, dtypes: list[str] | None = None) -> MemoryEstimate:
+    """The expected peak of exporting ``info``'s checkpoint in ``dtypes`` (default: its kind's precisions)."""
+    dtypes = list(dtypes or KINDS[info.kind].precisions) if info.kind in KINDS else list(dtypes or [])
     weights = checkpoint_bytes(info.path)
-    recorded = _recorded_peak(info, weights)
+    recorded = _recorded_peak(info, weights, dtypes)
     if recorded is not None:
         return recorded
-    fp32 = 4 * parameter_count(info.path, default=weights // 4)
+    parameters = parameter_count(info.path, default=weights // 4)
     if info.kind != "chat":
+        fp32 = 4 * parameters
         peak = FIXED_BYTES + EMBEDDING_WEIGHT_MULTIPLE * fp32
         return MemoryEstimate(int(peak), (
             f"{format_bytes(FIXED_BYTES)} + {EMBEDDING_WEIGHT_MULTIPLE}x its weights in fp32 "
             f"({format_bytes(fp32)}), as measured on the embedding sample"))
     logits = 4 * PERPLEXITY_TOKENS * _vocab_size(read_json(info.path / "config.json"))
-    peak = FIXED_BYTES + CHAT_WEIGHT_MULTIPLE * fp32 + CHAT_LOGITS_MULTIPLE * logits
+    reference = REFERENCE_WEIGHT_MULTIPLE * weights + REFERENCE_LOGITS_MULTIPLE * logits
+    sessions = {d: SESSION_BYTES_PER_PARAMETER[d] * parameters for d in dtypes if d in SESSION_BYTES_PER_PARAMETER}
+    largest = max(sessions, key=lambda d: sessions[d], default=None)
+    if largest is None or reference >= sessions[largest]:
+        phase = (f"the PyTorch reference: {REFERENCE_WEIGHT_MULTIPLE}x its weights as stored ({format_bytes(weights)}) "
+                 f"+ {REFERENCE_LOGITS_MULTIPLE}x one {PERPLEXITY_TOKENS}-token pass of fp32 logits "
+                 f"({format_bytes(logits)})")
+        peak = FIXED_BYTES + reference
+    else:
+        phase = (f"the {largest} variant's check: {SESSION_BYTES_PER_PARAMETER[largest]} bytes for each of its "
+                 f"{parameters / 1e9:.2f}B parameters")
+        peak = FIXED_BYTES + sessions[largest]
     return MemoryEstimate(int(peak), (
-        f"{format_bytes(FIXED_BYTES)} + {CHAT_WEIGHT_MULTIPLE}x its weights in fp32 ({format_bytes(fp32)}) "
-        f"+ {CHAT_LOGITS_MULTIPLE}x one {PERPLEXITY_TOKENS}-token pass of fp32 logits ({format_bytes(logits)}), "
-        "fitted to the peaks recorded by earlier exports"))
+        f"{format_bytes(FIXED_BYTES)} + its largest phase, {phase}; fitted to the peaks recorded by earlier exports"))
 
 
-def _recorded_peak(info: ModelInfo, weights: int) -> MemoryEstimate | None:
-    """The peak the previous export of this same checkpoint recorded, if there is one."""
-    cost: dict[str, Any] | None = info.manifest.export_cost if info.manifest else None
+def _recorded_peak(info: ModelInfo, weights: int, dtypes: list[str]) -> MemoryEstimate | None:
+    """The peak the previous export of this same checkpoint recorded, if it made at least ``dtypes``."""
+    manifest = info.manifest
+    cost: dict[str, Any] | None = manifest.export_cost if manifest else None
     if not cost or cost.get("checkpoint_bytes") != weights or not isinstance(cost.get("peak_rss_bytes"), int):
+        return None
+    assert manifest is not None
+    if not set(dtypes) <= set(manifest.variants):  # a precision it did not check may cost more
         return None
     return MemoryEstimate(cost["peak_rss_bytes"], (
         f"the peak its previous export recorded ({cost.get('peak_rss_ratio')}x the checkpoint's "
@@ -98,13 +124,13 @@ def available_bytes() -> int:
     return available
 
 
-def check_memory(info: ModelInfo, *, force: bool = False) -> MemoryEstimate:
+def check_memory(info: ModelInfo, dtypes: list[str] | None = None, *, force: bool = False) -> MemoryEstimate:
     """Raise `ExportMemoryError` when the export's estimated peak exceeds the available memory.
 
     With ``force``, only log it: the estimate errs on the large side, and a user who has
     swap or knows better may try anyway.
     """
-    expected = estimate(info)
+    expected = estimate(info, dtypes)
     available = available_bytes()
     logger.info("Exporting %s: expected peak %s (%s); %s available.", info.name,
                 format_bytes(expected.peak_bytes), expected.basis, format_bytes(available))
@@ -114,8 +140,9 @@ def check_memory(info: ModelInfo, *, force: bool = False) -> MemoryEstimate:
         f"Exporting {info.name} needs about {format_bytes(expected.peak_bytes)} of memory at its peak "
         f"(estimate: {expected.basis}), and only {format_bytes(available)} is available, so the system "
         "would likely kill the export part-way. Close other programs (a running 'ortmodels serve' holds its "
-        "loaded models: 'ortmodels ps'), export on a machine with more memory, or pass --force-memory "
-        "to try anyway."
+        "loaded models: 'ortmodels ps'), export fewer precisions (for a chat model, --dtype int8,int4 needs "
+        "the least: fp32's and fp16's checks hold the weights in fp32), export on a machine with more memory, "
+        "or pass --force-memory to try anyway."
     )
     if force:
         logger.warning("%s (--force-memory: trying anyway)", message)
