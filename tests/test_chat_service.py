@@ -7,11 +7,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from ortmodels import BaseLLMModel, ModelManager
-from ortmodels.errors import ChatInputError
+from ortmodels.errors import ChatInputError, StructuredOutputError
 from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.events import Finished, TextDelta, ToolCalls
 from ortmodels.runtime.options import ChatOptions, LogprobOptions, SamplingOptions
@@ -87,6 +87,23 @@ def test_plain_text_continues_the_prompt_as_it_is(chat: OnnxChatModel) -> None:
     assert isinstance(events[-1], Finished) and events[-1].usage.completion_tokens <= 4
     with pytest.raises(ChatInputError, match="non-empty string"):
         service.prepare_text("", ChatOptions())
+    # What shapes a chat answer cannot shape a plain continuation: refused by name, never ignored.
+    for given in ({"response_format": {"type": "json_object"}}, {"logprobs": True}, {"tools": [WEATHER]}):
+        with pytest.raises(ChatInputError, match=next(iter(given))):
+            service.prepare_text("The capital of France is", ChatOptions(**given))
+    service.prepare_text("The capital of France is", ChatOptions(logprobs=False, tool_choice="none"))
+
+
+@pytest.mark.slow
+def test_a_callers_truncate_prompt_is_kept_over_the_models(chat: OnnxChatModel) -> None:
+    assert chat.truncate_prompt is False
+    assert chat.with_defaults(ChatOptions(truncate_prompt=True)).truncate_prompt is True
+    assert chat.with_defaults(ChatOptions()).truncate_prompt is False
+    long = [{"role": "user", "content": "word " * (chat.loaded.prompt_chars // 4)}]
+    with pytest.raises(ChatInputError, match="truncate_prompt"):
+        chat.loaded.prepare(long, chat.with_defaults(ChatOptions(max_tokens=2)))
+    prepared = chat.loaded.prepare(long, chat.with_defaults(ChatOptions(max_tokens=2, truncate_prompt=True)))
+    assert len(prepared.request.prompt_ids) + 2 <= chat.loaded.spec.context_length
 
 
 class EchoChat(BaseLLMModel):
@@ -117,3 +134,36 @@ def test_a_users_langchain_class_is_read_as_the_services_events() -> None:
     first, finished = asyncio.run(events())
     assert first == TextDelta("system:Be brief., ai:, tool:42, human:Hi")
     assert isinstance(finished, Finished) and finished.reason == "stop"
+
+
+class StreamingToolChat(EchoChat):
+    """A user's class that streams a tool call as LangChain does: its arguments in fragments."""
+
+    fragments: tuple[str, ...] = ('{"ci', 'ty": "Par', 'is"}')
+    logprob_entries: tuple[Any, ...] = ({"token": "x"},)  # its own shape, without a logprob
+
+    async def _astream(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                       **kwargs: Any) -> Any:
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content="Checking.", response_metadata={"logprobs": {"content": list(self.logprob_entries)}}))
+        for number, fragment in enumerate(self.fragments):
+            first = number == 0
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[{
+                "name": "get_weather" if first else None, "args": fragment, "id": "call_1" if first else None,
+                "index": 0}]))
+
+
+def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
+    async def events(model: BaseLLMModel) -> list[Any]:
+        return [e async for e in events_of(model, "achat_events", [{"role": "user", "content": "Paris?"}],
+                                           ChatOptions())]
+
+    text, calls, finished = asyncio.run(events(StreamingToolChat(model_name="tools")))
+    assert text == TextDelta("Checking.")  # the entry without a logprob is left out, not a KeyError
+    assert isinstance(calls, ToolCalls) and len(calls.calls) == 1
+    assert (calls.calls[0].name, calls.calls[0].arguments, calls.calls[0].id) == ("get_weather", {"city": "Paris"},
+                                                                                   "call_1")
+    assert isinstance(finished, Finished)
+    broken = StreamingToolChat(model_name="tools", fragments=('{"city": ', "Paris}"))
+    with pytest.raises(StructuredOutputError, match="get_weather.*not JSON"):
+        asyncio.run(events(broken))

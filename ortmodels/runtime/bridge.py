@@ -21,6 +21,7 @@ from langchain_core.messages import (
 )
 
 from ..engine.toolcalls import ToolCall
+from ..errors import StructuredOutputError
 from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage
 from .options import ChatOptions
 
@@ -55,29 +56,63 @@ async def langchain_events(model: Any, method: str, given: Any, options: ChatOpt
     usage = Usage(0, 0, 0)
     first: float | None = None
     metadata: dict[str, Any] = {}
+    pieces: dict[Any, dict[str, Any]] = {}  # streamed tool calls, by index: arguments arrive in fragments
     async with aclosing(chunks):
         async for chunk in chunks:
             content = chunk.content if isinstance(chunk.content, str) else ""
             metadata = chunk.response_metadata or {}
-            if calls := _calls(chunk):
-                yield ToolCalls(content, calls)
+            streamed = getattr(chunk, "tool_call_chunks", None) or []
+            for position, piece in enumerate(streamed):
+                _gather(pieces, piece, position)
+            whole = [] if streamed else getattr(chunk, "tool_calls", None) or []
+            if whole:  # a class without a stream of its own answers `astream` with its whole AIMessage
+                yield ToolCalls(content, tuple(_call(c["name"], c.get("args") or {}, c.get("id")) for c in whole))
             elif content or (metadata.get("logprobs") or {}).get("content"):
                 entries = (metadata.get("logprobs") or {}).get("content") or []
-                yield TextDelta(content, tuple(TokenLogprob(e["token"], e["logprob"], tuple(
-                    (t["token"], t["logprob"]) for t in e.get("top_logprobs") or [])) for e in entries))
+                yield TextDelta(content, tuple(_logprob(e) for e in entries if _has_logprob(e)))
             reason = metadata.get("finish_reason") or reason
             first = metadata.get("time_to_first_token_s", first)
             if meta := chunk.usage_metadata:
                 cached = (meta.get("input_token_details") or {}).get("cache_read") or 0
                 usage = Usage(meta["input_tokens"], meta["output_tokens"], cached)
+    if pieces:
+        yield ToolCalls("", tuple(_parsed(piece) for piece in pieces.values()))
     yield Finished(reason or "stop", usage, first, metadata.get("variant"), metadata.get("device"))
 
 
-def _calls(chunk: Any) -> tuple[ToolCall, ...]:
-    """A chunk's tool calls: whole (``tool_call_chunks``), or a message's (a class without a
-    stream of its own answers ``astream`` with its whole ``AIMessage``)."""
-    found = [(c.get("name"), json.loads(c.get("args") or "{}"), c.get("id"))
-             for c in getattr(chunk, "tool_call_chunks", None) or []]
-    if not found:
-        found = [(c["name"], c.get("args") or {}, c.get("id")) for c in getattr(chunk, "tool_calls", None) or []]
-    return tuple(ToolCall(name or "", args, *([call_id] if call_id else [])) for name, args, call_id in found)
+def _gather(pieces: dict[Any, dict[str, Any]], piece: dict[str, Any], position: int) -> None:
+    """One ``tool_call_chunk`` added to its call (LangChain's merge: by ``index``, arguments concatenated)."""
+    key = piece.get("index") if piece.get("index") is not None else f"at {position}"
+    call = pieces.setdefault(key, {"name": "", "args": "", "id": None})
+    call["name"] = call["name"] or piece.get("name") or ""
+    call["id"] = call["id"] or piece.get("id")
+    call["args"] += piece.get("args") or ""
+
+
+def _parsed(call: dict[str, Any]) -> ToolCall:
+    try:
+        arguments = json.loads(call["args"] or "{}")
+    except json.JSONDecodeError as exc:
+        raise StructuredOutputError(
+            f"The model's call of tool {call['name']!r} has arguments that are not JSON ({exc.msg} at character "
+            f"{exc.pos}): {call['args'][:200]!r}. The model class's stream must give JSON arguments."
+        ) from None
+    if not isinstance(arguments, dict):
+        raise StructuredOutputError(f"The model's call of tool {call['name']!r} has arguments that are not a JSON "
+                                    f"object: {call['args'][:200]!r}.")
+    return _call(call["name"], arguments, call["id"])
+
+
+def _call(name: str | None, arguments: dict[str, Any], call_id: str | None) -> ToolCall:
+    return ToolCall(name or "", arguments, *([call_id] if call_id else []))
+
+
+def _has_logprob(entry: Any) -> bool:
+    """An OpenAI-shaped logprob entry (a class may write its own shape: those are left out)."""
+    return isinstance(entry, dict) and isinstance(entry.get("token"), str) and isinstance(
+        entry.get("logprob"), (int, float))
+
+
+def _logprob(entry: dict[str, Any]) -> TokenLogprob:
+    top = tuple((t["token"], t["logprob"]) for t in entry.get("top_logprobs") or [] if _has_logprob(t))
+    return TokenLogprob(entry["token"], entry["logprob"], top)

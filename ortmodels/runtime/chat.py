@@ -183,8 +183,11 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     def with_defaults(self, options: ChatOptions) -> ChatOptions:
         """``options`` (a server's, a replica's) over the model's own defaults, merged as `call_options` merges
         a LangChain call's."""
-        return self.call_options(options.stop, **options.model_dump(exclude_unset=True,
-                                                                    exclude={"stop", "truncate_prompt"}))
+        merged = self.call_options(options.stop, **options.model_dump(exclude_unset=True,
+                                                                      exclude={"stop", "truncate_prompt"}))
+        if "truncate_prompt" in options.model_fields_set:  # the caller's, over the model's own
+            merged = merged.model_copy(update={"truncate_prompt": options.truncate_prompt})
+        return merged
 
     def render_prompt(self, messages: list[BaseMessage]) -> str:
         """The exact text the model sees, rendered by the checkpoint's own chat template."""

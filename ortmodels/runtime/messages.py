@@ -20,7 +20,7 @@ from langchain_core.messages import (
 from ..engine.toolcalls import ToolFormat
 from ..errors import ChatInputError
 from .options import check_stop
-from .service import template_messages
+from .service import TEMPLATE_ROLES, template_messages
 
 #: Message classes and their chunk subclasses (a streamed reply fed back as history).
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
@@ -28,7 +28,6 @@ _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
 )
 #: Content blocks of an assistant turn that stand for its tool calls (given again in ``tool_calls``).
 _TOOL_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "function_call"})
-_TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | None = None) -> list[dict[str, Any]]:
@@ -48,10 +47,10 @@ def to_service_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
         role = message.role if isinstance(message, ChatMessage) else next(
             (name for cls, name in _ROLES if isinstance(message, cls)), None
         )
-        if role not in _TEMPLATE_ROLES:
+        if role not in TEMPLATE_ROLES:
             raise ChatInputError(
                 f"Message {index} has role {getattr(message, 'role', message.type)!r}; chat "
-                f"templates know {', '.join(sorted(_TEMPLATE_ROLES))}."
+                f"templates know {', '.join(sorted(TEMPLATE_ROLES))}."
             )
         if isinstance(message.content, list):
             readable = _TOOL_BLOCKS if isinstance(message, AIMessage) else frozenset()  # calls come from .tool_calls

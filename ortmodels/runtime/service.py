@@ -35,7 +35,8 @@ from .options import ChatOptions
 from .output_plan import OutputPlan, logprobs_of
 
 _DEFAULT_MAX_TOKENS = 512
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
+#: The roles chat templates know (a message dict of another role is refused by name).
+TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def find_chat_template(export_folder: Path, checkpoint: Path) -> ChatTemplate | ModelFileError:
@@ -69,8 +70,8 @@ def template_messages(messages: list[dict[str, Any]], tool_format: ToolFormat | 
     names: dict[str, str] = {}  # tool call id → tool name, for results that do not repeat it
     for index, message in enumerate(messages):
         role, text = message.get("role"), message.get("content") or ""
-        if role not in _ROLES:
-            raise ChatInputError(f"Message {index} has role {role!r}; chat templates know {', '.join(sorted(_ROLES))}.")
+        if role not in TEMPLATE_ROLES:
+            raise ChatInputError(f"Message {index} has role {role!r}; chat templates know {', '.join(sorted(TEMPLATE_ROLES))}.")
         try:
             check_unicode(text, f"Message {index}")
         except ValueError as exc:
@@ -254,6 +255,10 @@ class ChatService:
             check_unicode(prompt, "The prompt")
         except ValueError as exc:
             raise ChatInputError(str(exc)) from None
+        if given := [name for name, value in options.output().items() if value and value != "none"]:
+            raise ChatInputError(
+                f"{', '.join(given)} cannot shape a plain prompt's continuation (no chat template, no tools or "
+                "grammar, no log-probabilities here): send the prompt as chat messages instead.")
         params = self.sampling(options)
         if self._cut(len(prompt), options.truncate_prompt, "The prompt"):
             prompt = prompt[-self.prompt_chars:]
