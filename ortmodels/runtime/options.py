@@ -78,7 +78,8 @@ class SamplingOptions(BaseModel):
     dry_multiplier: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     """DRY ("don't repeat yourself", llama.cpp's sampler): a token that would extend a repeat of earlier
     text loses ``dry_multiplier * dry_base ** (length - dry_allowed_length)`` from its logit. 0 (the
-    default) is off; 0.8 is llama.cpp's usual setting."""
+    default) is off, also for structured output (benchmarks/bench_dry.py: it ends most of the sample's
+    loops but changes answers that were valid); 0.8 is llama.cpp's usual setting."""
 
     dry_base: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
     """How fast DRY's penalty grows with the repeat's length (default 1.75)."""
