@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 
 import jsonschema
@@ -139,6 +140,17 @@ def test_a_penalized_logit_stays_finite_and_a_banned_one_banned() -> None:
     assert choose_token(logits, SamplingParams(), np.zeros(0, dtype=np.int64), np.random.default_rng(0)) == 2
 
 
+@pytest.mark.parametrize(("multiplier", "base"), [(1.7976931348623157e308, 1e300), (1e30, 1.0), (0.8, 1e300)])
+def test_extreme_settings_give_finite_logits_without_warnings(multiplier: float, base: float) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dry = DryPenalty(DryParams(multiplier, base, 0, -1))
+        dry.sync([1, 2, 3] * 20, [])
+        logits = np.zeros(4, dtype=np.float32)
+        dry.apply(logits)
+    assert np.isfinite(logits).all() and (logits[1:] < 0).all()
+
+
 def test_off_costs_nothing_and_changes_nothing() -> None:
     assert Request([1, 2], SamplingParams(dry=DryParams(0.0)))._dry is None
     assert Request([1, 2], SamplingParams(dry=DryParams(0.8, penalty_last_n=0)))._dry is None
@@ -248,6 +260,21 @@ def test_the_server_takes_llama_cpp_dry_fields(server: object) -> None:
     completion = client.completions.create(model=CHAT_SAMPLE, prompt="One, two,", max_tokens=4,
                                            extra_body={"dry_multiplier": 1})
     assert completion.choices[0].text
+
+
+@pytest.mark.slow
+def test_extreme_dry_under_a_grammar_still_answers_the_schema(server: object) -> None:
+    from .test_serve import _post
+
+    body = {"model": CHAT_SAMPLE, "messages": [{"role": "user", "content": "Tell me a joke about cats."}],
+            "max_tokens": 60, "temperature": 0, "dry_multiplier": 1.7976931348623157e308, "dry_base": 1e300,
+            "dry_allowed_length": 0, "dry_sequence_breakers": ["{"],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "joke", "schema": JOKE}}}
+    reply = _post(server, "/chat/completions", body)  # type: ignore[arg-type]
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    if choice["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(choice["message"]["content"]), JOKE)
 
 
 @pytest.mark.slow

@@ -128,8 +128,9 @@ class DryPenalty:
 
     def __init__(self, params: DryParams) -> None:
         self.params = params
-        self._multiplier = float(np.float32(params.multiplier))  # llama.cpp holds both as float
-        base = np.float32(params.base)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, as llama.cpp's float holds it
+            self._multiplier = float(np.float32(params.multiplier))
+            base = np.float32(params.base)
         self._base = float(base)
         self._max_exponent = int(_FLOAT_MAX_LOG / np.log(base)) if base > np.float32(1.000001) else 0
         self._tokens = np.zeros(64, dtype=np.int64)
@@ -210,7 +211,8 @@ class DryPenalty:
         exponent = lengths - params.allowed_length
         if self._max_exponent > 0:
             exponent = np.minimum(exponent, self._max_exponent)
-        return ids, self._multiplier * np.power(self._base, exponent.astype(np.float64))
+        with np.errstate(over="ignore"):  # an infinite penalty: `apply` holds the logit at float32's lowest
+            return ids, self._multiplier * np.power(self._base, exponent.astype(np.float64))
 
     def _repeat_limit(self, tokens: np.ndarray) -> int:
         """How many tokens follow the last breaker in the window (all of them if there is none)."""
