@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints ray ray_multiplex speculative]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints dry ray ray_multiplex speculative]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ FULL = {
     "concurrency": ["--rounds", "3", "--new-tokens", "64", "--sentences", "512"],
     "server": ["--rounds", "3", "--new-tokens", "64"],
     "constraints": ["--rounds", "5", "--tokens", "96"],
+    "dry": ["--max-tokens", "100"],
     "ray": ["--rounds", "5", "--new-tokens", "64"],
     "ray_multiplex": ["--rounds", "5", "--new-tokens", "64"],
     "speculative": ["--rounds", "3", "--tokens", "160"],
@@ -37,6 +38,7 @@ QUICK = {
     "concurrency": ["--rounds", "1", "--new-tokens", "16", "--sentences", "128", "--parts", "chat", "embeddings", "cache"],
     "server": ["--rounds", "1", "--new-tokens", "16", "--clients", "1", "8"],
     "constraints": ["--rounds", "1", "--tokens", "32"],
+    "dry": ["--precisions", "int4", "--sets", "ortmodels", "--max-tokens", "64"],
     "ray": ["--rounds", "1", "--new-tokens", "16"],
     "ray_multiplex": ["--rounds", "1", "--new-tokens", "16"],
     "speculative": ["--rounds", "1", "--tokens", "48"],

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from .detokenizer import TextAssembler
+from .dry import DryPenalty
 from .sampling import (
     LogitsProcessor,
     SamplingParams,
@@ -110,6 +111,8 @@ class Request:
         self.speculative = speculative
         self._chosen_logprob: TokenLogprob | None = None
         self.rng = np.random.default_rng(self.params.seed)
+        dry = self.params.dry
+        self._dry = DryPenalty(dry) if dry is not None and dry.enabled else None
         self.generated: list[int] = []  # every chosen token, an end-of-sequence token included
         self.cached_tokens = 0
         self.finish_reason: FinishReason | None = None
@@ -177,7 +180,11 @@ class Request:
         seen = _NONE
         if self.params.repetition_penalty != 1.0:
             seen = np.asarray(self.prompt_ids + self.generated, dtype=np.int64)
-        token = choose_token(logits, self.params, seen, self.rng)
+        penalize = None
+        if self._dry is not None:
+            self._dry.sync(self.prompt_ids, self.generated)
+            penalize = self._dry.apply
+        token = choose_token(logits, self.params, seen, self.rng, penalize)
         if self.logprobs is not None:
             self._chosen_logprob = token_logprob(logits, token, self.logprobs)
         if self.processor is not None:

@@ -1,4 +1,4 @@
-"""Token choice for a decode loop: greedy, temperature/top-k/top-p sampling, repetition penalty.
+"""Token choice for a decode loop: greedy, temperature/top-k/top-p sampling, repetition and DRY penalties.
 
 Pure numpy: no session here, so each piece is testable on its own. A request may carry a
 `LogitsProcessor` (a grammar mask, a banned-token list) that edits its row of logits in
@@ -7,10 +7,13 @@ place before the choice and hears which token was chosen after it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from .dry import DryParams
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -24,6 +27,8 @@ class SamplingParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    dry: DryParams | None = None
+    """DRY's settings (`dry.DryPenalty`), None or a zero multiplier when off."""
 
     @property
     def greedy(self) -> bool:
@@ -48,16 +53,25 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 
 
 def choose_token(
-    logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator
+    logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator,
+    penalize: Callable[[np.ndarray], None] | None = None,
 ) -> int:
     """The next token id from one row of logits.
+
+    ``penalize`` edits a copy of the row after the repetition penalty (the request's DRY
+    penalty, in llama.cpp's order), so the caller's row keeps the model's logits.
 
     The logits are shifted so the best is 0 before they are divided by the temperature, in
     float64: a temperature so small that a logit divided by it would overflow (1e-38, 5e-324)
     then sends every other token to -inf, the limit of sampling as the temperature goes to 0
     (greedy, ties shared), instead of inf - inf = NaN.
     """
-    logits = apply_repetition_penalty(logits.astype(np.float32, copy=False), seen, params.repetition_penalty)
+    row = logits.astype(np.float32, copy=False)
+    logits = apply_repetition_penalty(row, seen, params.repetition_penalty)
+    if penalize is not None:
+        if logits is row:
+            logits = row.copy()
+        penalize(logits)
     if params.greedy:
         return int(np.argmax(logits))
     best = float(np.max(logits))

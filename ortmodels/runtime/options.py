@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..engine.dry import DEFAULT_BREAKERS, MAX_BREAKER_CHARS
 from ..engine.tokenizer import check_unicode
 from ..errors import ChatInputError
 
@@ -42,6 +43,10 @@ def check_stop(stop: object, where: str = "stop") -> list[str]:
 MAX_TOKENS_BOUND = 1 << 24
 
 
+#: The most DRY sequence breakers one call may give (each costs a scan of the vocabulary, once).
+MAX_BREAKERS = 32
+
+
 MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
 """A token count to generate (OpenAI spells it ``max_tokens`` and ``max_completion_tokens``)."""
 
@@ -69,6 +74,40 @@ class SamplingOptions(BaseModel):
 
     seed: int | None = Field(default=None, ge=0, lt=1 << 64)
     """Seed for sampling, for repeatable answers."""
+
+    dry_multiplier: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    """DRY ("don't repeat yourself", llama.cpp's sampler): a token that would extend a repeat of earlier
+    text loses ``dry_multiplier * dry_base ** (length - dry_allowed_length)`` from its logit. 0 (the
+    default) is off, also for structured output (benchmarks/bench_dry.py: it ends most of the sample's
+    loops but changes answers that were valid); 0.8 is llama.cpp's usual setting."""
+
+    dry_base: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
+    """How fast DRY's penalty grows with the repeat's length (default 1.75)."""
+
+    dry_allowed_length: int | None = Field(default=None, ge=0, le=MAX_TOKENS_BOUND)
+    """A repeat may grow to this many tokens before DRY penalizes the token that would extend it (default 2)."""
+
+    dry_penalty_last_n: int | None = Field(default=None, ge=-1, le=MAX_TOKENS_BOUND)
+    """How many of the last tokens (prompt included) DRY searches for repeats: -1 (the default) the
+    whole context, 0 off."""
+
+    dry_sequence_breakers: list[str] | None = Field(default=None, min_length=1, max_length=MAX_BREAKERS)
+    """Strings that end a repeat for DRY, matched against token text as llama.cpp matches them (default
+    ``["\\n", ":", "\\"", "*"]``): at least one, each 1 to 40 characters."""
+
+    @field_validator("dry_sequence_breakers")
+    @classmethod
+    def _breakers(cls, value: list[str] | None) -> list[str] | None:
+        for index, item in enumerate(value or ()):
+            if not 1 <= len(item) <= MAX_BREAKER_CHARS:
+                raise ChatInputError(
+                    f"dry_sequence_breakers[{index}] has {len(item)} characters; a sequence breaker has 1 to "
+                    f"{MAX_BREAKER_CHARS}, e.g. [\"\\n\", \":\"].")
+            try:
+                check_unicode(item, f"dry_sequence_breakers[{index}]")
+            except ValueError as exc:
+                raise ChatInputError(str(exc)) from None
+        return value
 
 
 class LogprobOptions(BaseModel):

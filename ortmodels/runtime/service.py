@@ -25,6 +25,7 @@ from ..engine import Engine, Request, SamplingParams
 from ..engine import Finished as EngineFinished
 from ..engine.chat_template import ChatTemplate
 from ..engine.constraints import GrammarCompiler
+from ..engine.dry import DEFAULT_BREAKERS, BreakerCache, DryParams
 from ..engine.prompt_tokens import PromptTokenizer
 from ..engine.tokenizer import check_unicode, max_token_chars
 from ..engine.toolcalls import FORMATS, ToolCall, ToolFormat, detect_format
@@ -129,6 +130,8 @@ class ChatService:
         self.tool_format = FORMATS[spec.tool_format or detect_format(source)]
         self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
         """More characters than this cannot fit in the context, whatever they say."""
+        self.dry_breakers = BreakerCache(tokenizer)
+        """DRY's sequence breakers as token sequences, per list (the vocabulary scanned once per list)."""
 
     @property
     def template(self) -> ChatTemplate:
@@ -228,6 +231,20 @@ class ChatService:
             top_k=int(pick("top_k", 50)),  # transformers' default when sampling
             repetition_penalty=float(pick("repetition_penalty", 1.0)),
             seed=pick("seed", None),
+            dry=self._dry(options),
+        )
+
+    def _dry(self, options: ChatOptions) -> DryParams | None:
+        """DRY's settings with llama.cpp's defaults, or None when its multiplier is 0 (its default: off)."""
+        multiplier = float(options.dry_multiplier or 0.0)
+        if multiplier == 0.0 or options.dry_penalty_last_n == 0:
+            return None
+        return DryParams(
+            multiplier=multiplier,
+            base=1.75 if options.dry_base is None else float(options.dry_base),
+            allowed_length=2 if options.dry_allowed_length is None else options.dry_allowed_length,
+            penalty_last_n=-1 if options.dry_penalty_last_n is None else options.dry_penalty_last_n,
+            breakers=self.dry_breakers.get(options.dry_sequence_breakers or DEFAULT_BREAKERS),
         )
 
     # -- calls ----------------------------------------------------------------------------------
