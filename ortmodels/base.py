@@ -160,6 +160,7 @@ def rerank_pairs(query: object, documents: object, top_n: object) -> list[tuple[
         raise TypeError(f"rerank expects the query as a str, got {type(query).__name__}.")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise ValueError(f"top_n must be a whole number of at least 1 (or None for all), not {top_n!r:.40}.")
+    _check_texts([query], "rerank", RerankInputError, "the query: ")
     return [(query, d) for d in _check_texts(documents, "rerank", RerankInputError)]
 
 
