@@ -293,3 +293,73 @@ def test_fuzz_rerank_never_5xx(server: object) -> None:
     fields = {"/rerank": ["model", "query", "documents", "top_n", "return_documents", "junk"]}
     statuses = fuzz(server, _fuzz_bodies(random.Random(22), 150, bases, fields))  # type: ignore[arg-type]
     assert statuses.get(400, 0) > 50 and statuses.get(200, 0) > 0, statuses
+
+
+def test_the_readme_renders_the_rerank_benchmark() -> None:
+    from benchmarks.readme import rerank_section
+    from benchmarks.targets import CROSS_ENCODER, evaluate, rerank_figure
+
+    row = {"q1x20_pairs_per_s": 300.0, "q1x20_p50_ms": 66.7, "q1x100_pairs_per_s": 280.0, "q1x100_p50_ms": 357.1}
+    data = {"shape": "cross-encoder/ms-marco-MiniLM-L-6-v2", "queries": 20, "corpus": "docstrings", "rounds": 3,
+            "documents": [20, 100], "load_average": {"start": [1.5, 1.0, 1.0], "end": [2.5, 1.0, 1.0]},
+            "results": [{"name": "ortmodels fp32", **row}],
+            "server": [{"clients": 1, "pairs_per_s": 250.0, "latency_p50_ms": 80.0},
+                       {"clients": 8, "pairs_per_s": 400.0, "latency_p50_ms": 400.0}]}
+    text = "\n".join(rerank_section(data))
+    assert "| ortmodels fp32 | 300 (66.7) | 280 (357.1) |" in text
+    assert "1 client 250 pairs/s (p50 80 ms); 8 clients 400 pairs/s" in text and "1.50–2.50" in text
+    verdicts = {r["label"]: r["verdict"] for r in evaluate({rerank_figure("fp32", CROSS_ENCODER): 2.5})}
+    assert verdicts["rerank 1 × 100 documents, fp32: × sentence-transformers CrossEncoder"] == "pass"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_v1_rerank_on_ray_serve(store: Path, server: object, tmp_path: Path) -> None:
+    """``ortmodels serve --ray``: the ingress forwards the ranking to the model's replica and
+    answers as the plain server does; a bad request is the same 400."""
+    pytest.importorskip("ray")
+    httpx = pytest.importorskip("httpx")
+    import signal
+    import time
+
+    from .test_serve import _free_port
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_", "RAY_"))}
+    env.update(LOCAL_MODELS_DIR=str(store), RAY_AUTH_MODE="disabled",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    log = tmp_path / "serve-ray.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "ortmodels", "-v", "serve", "--ray", "--replicas", "1",
+                                    "--port", str(port), "--models", "tiny-ce-bert"],
+                                   cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")[-4000:]
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200 and "Serving on" in log.read_text():
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        body = {"model": "tiny-ce-bert", "query": QUERY, "documents": DOCUMENTS, "top_n": 4, "return_documents": True}
+        on_ray = httpx.post(f"{url}/v1/rerank", json=body, timeout=120)
+        plain = httpx.post(f"{server.url}/v1/rerank", json=body, timeout=120)  # type: ignore[attr-defined]
+        assert on_ray.status_code == plain.status_code == 200, on_ray.text
+        assert [r["index"] for r in on_ray.json()["results"]] == [r["index"] for r in plain.json()["results"]]
+        np.testing.assert_allclose([r["relevance_score"] for r in on_ray.json()["results"]],
+                                   [r["relevance_score"] for r in plain.json()["results"]], atol=1e-6)
+        assert on_ray.json()["usage"] == plain.json()["usage"]
+        bad = httpx.post(f"{url}/rerank", json={"model": "tiny-ce-bert", "query": "q", "documents": [7]}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "documents[0]"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
