@@ -363,3 +363,16 @@ def test_v1_rerank_on_ray_serve(store: Path, server: object, tmp_path: Path) -> 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(30)
+
+
+@pytest.mark.slow
+def test_reranking_through_the_manager_is_light(store: Path) -> None:
+    """The runtime path (manager, cross-encoder, LangChain compressor) imports no torch, transformers,
+    optimum or Ray."""
+    from .test_import_light import _heavy_modules_after
+
+    body = ("from langchain_core.documents import Document\n"
+            "from ortmodels import ModelManager, OnnxReranker\n"
+            "r = ModelManager().get_reranker('tiny-ce-xlmr')\n"
+            "assert len(OnnxReranker(model=r, top_n=1).compress_documents([Document('a'), Document('b')], 'q')) == 1\n")
+    assert _heavy_modules_after(body, {"LOCAL_MODELS_DIR": str(store)}) == []
