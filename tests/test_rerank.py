@@ -215,13 +215,15 @@ def test_cli_rerank(store: Path) -> None:
     env = {**os.environ, "LOCAL_MODELS_DIR": str(store),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "ortmodels", "rerank", "tiny-ce-bert:fp32", QUERY, *DOCUMENTS[:4],
-                           "--top-n", "2", "--json"], capture_output=True, text=True, env=env, timeout=120)
+                           "--top-n", "2", "--json"], check=False, capture_output=True, text=True, env=env,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     expected = [hit["corpus_id"] for hit in _cross_encoder(store / "tiny-ce-bert").rank(QUERY, DOCUMENTS[:4])]
     assert [r["index"] for r in results] == expected[:2]
     assert results[0]["document"] == DOCUMENTS[expected[0]]
-    wrong = subprocess.run([sys.executable, "-m", "ortmodels", "rerank", "nope", QUERY, "d"], capture_output=True,
+    wrong = subprocess.run([sys.executable, "-m", "ortmodels", "rerank", "nope", QUERY, "d"], check=False,
+                           capture_output=True,
                            text=True, env=env, timeout=120)
     assert wrong.returncode != 0 and "nope" in wrong.stderr + wrong.stdout
 

@@ -132,7 +132,7 @@ def reference_scores(checkpoint: Path, pairs: list[tuple[str, str]], spec: Reran
     try:
         from sentence_transformers import CrossEncoder
     except ImportError:
-        CrossEncoder = None  # noqa: N806
+        CrossEncoder = None
     if CrossEncoder is not None:
         model = CrossEncoder(str(checkpoint), device="cpu", max_length=spec.max_seq_length)
         scores = model.predict(pairs, batch_size=16, convert_to_numpy=True, show_progress_bar=False)
