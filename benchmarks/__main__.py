@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings concurrency server constraints dry ray ray_multiplex speculative]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings rerank concurrency server constraints dry ray ray_multiplex speculative]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from benchmarks.protocol import ROOT
 
 FULL = {
     "embeddings": ["--sentences", "2000", "--rounds", "3"],
+    "rerank": ["--queries", "20", "--rounds", "3", "--requests", "16"],
     "chat": ["--new-tokens", "128", "--rounds", "3"],
     "startup": ["--rounds", "3", "--imports", "5"],
     "quality": ["--tokens", "1024"],
@@ -32,6 +33,7 @@ FULL = {
 }
 QUICK = {
     "embeddings": ["--sentences", "500", "--rounds", "1"],
+    "rerank": ["--queries", "3", "--rounds", "1", "--requests", "2"],
     "chat": ["--new-tokens", "32", "--rounds", "1"],
     "startup": ["--rounds", "1", "--imports", "2"],
     "quality": ["--tokens", "256"],

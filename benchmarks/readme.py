@@ -41,7 +41,7 @@ SPECULATIVE_START, SPECULATIVE_END = "<!-- bench:speculative:start -->", "<!-- b
 #: The section's first line: the commit its provenance marks were judged against.
 RENDERED_AT = re.compile(r"<!-- rendered against commit ([0-9a-f]{7,40}) -->")
 #: Parts whose figures the targets read (speculative's table sits in its own README section).
-PARTS = ("chat", "startup", "quality", "embeddings", "concurrency", "server", "ray", "speculative")
+PARTS = ("chat", "startup", "quality", "embeddings", "rerank", "concurrency", "server", "ray", "speculative")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -170,6 +170,20 @@ def embeddings_section(data: Mapping[str, Any]) -> list[str]:
             "interleaved rounds (fastembed runs ortmodels' fp32 file):"), "",
             *_table(["contender", *(f"sentences/s, batch {b}" for b in batches),
                      "cosine to sentence-transformers, mean / worst"], rows)]
+
+
+def rerank_section(data: Mapping[str, Any]) -> list[str]:
+    sizes = data["documents"]
+    rows = [[r["name"], *(f"{_number(r[f'q1x{n}_pairs_per_s'], 0)} ({_number(r[f'q1x{n}_p50_ms'], 1)})" for n in sizes)]
+            for r in data["results"]]
+    server = "; ".join(f"{s['clients']} client{'s' if s['clients'] != 1 else ''} {_number(s['pairs_per_s'], 0)} pairs/s "
+                       f"(p50 {_number(s['latency_p50_ms'], 0)} ms)" for s in data.get("server", []))
+    return [(f"Reranking with a cross-encoder in {data['shape']}'s shape (seeded random weights), "
+             f"{data['queries']} queries of {data['corpus']}, median of {data['rounds']} interleaved rounds (fastembed's TextCrossEncoder runs "
+             f"ortmodels' fp32 file); {_load(data)}:"), "",
+            *_table(["contender", *(f"1 query × {n} documents: pairs/s (p50 ms)" for n in sizes)], rows),
+            *(["", f"`ortmodels serve` `/v1/rerank` (fp32, 1 query × {min(sizes)} documents): {server}."]
+              if server else [])]
 
 
 def _p50_p95(row: Mapping[str, Any], key: str, digits: int = 0) -> str:
@@ -427,7 +441,8 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
     sources = _sources(results, origins) if origins is not None else None
     lines += ["", "Targets:", "", *targets_table(merged_figures(results), sources=sources)]
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
-                "embeddings": embeddings_section, "concurrency": concurrency_section, "server": server_section,
+                "embeddings": embeddings_section, "rerank": rerank_section, "concurrency": concurrency_section,
+                "server": server_section,
                 "ray": ray_section}
     for part, make in sections.items():
         if part in results:
@@ -435,7 +450,8 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
             if origins is not None and part in origins:
                 lines += [f"From {origin_text(origins[part])}.", ""]
             lines += make(results[part])
-    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "concurrency", "server", "ray")
+    charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "rerank", "concurrency",
+                                                               "server", "ray")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

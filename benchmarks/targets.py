@@ -19,6 +19,7 @@ GENAI = "onnxruntime-genai"
 LLAMA_CPP = "llama.cpp Q4_1"
 ST = "sentence-transformers"
 FASTEMBED = "fastembed"
+CROSS_ENCODER = "sentence-transformers CrossEncoder"
 LLAMA_SERVER = "llama-server Q4_1"
 #: llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``), one request at a time.
 LLAMA_CPP_SERVER = "llama_cpp.server Q4_1"
@@ -139,6 +140,21 @@ def _embedding_batch1_targets() -> list[Target]:
             for precision in ("fp32", "int8") for peer, bar in ((FASTEMBED, 1.5), (ST, 3.0))]
 
 
+def rerank_figure(precision: str, peer: str, documents: int = 100) -> str:
+    """Figure: pairs/s reranking 1 query × ``documents``, ortmodels ``precision`` ÷ ``peer`` (bench_rerank)."""
+    return ratio_key(f"rerank_q1x{documents}", f"{ORT} {precision}", peer)
+
+
+def _rerank_targets() -> list[Target]:
+    """One query × 100 documents, what a RAG app reranks after retrieval (issue 22)."""
+    return [Target("rerank 1 × 100 documents, fp32: × sentence-transformers CrossEncoder",
+                   rerank_figure("fp32", CROSS_ENCODER), ">=", 2.0),
+            Target("rerank 1 × 100 documents, int8: × sentence-transformers CrossEncoder",
+                   rerank_figure("int8", CROSS_ENCODER), ">=", 4.0),
+            Target("rerank 1 × 100 documents, fp32: × fastembed on the same file",
+                   rerank_figure("fp32", FASTEMBED), ">=", 1.3)]
+
+
 def speculative_figure(precision: str, prompt: str) -> str:
     """Figure: greedy decode tokens/s with prompt-lookup speculative decoding ÷ without (bench_speculative)."""
     return f"speculative_ratio: {precision} {prompt}"
@@ -170,6 +186,7 @@ TARGETS: list[Target] = [
     Target("embeddings int8: cosine to fp32, mean", f"cosine_mean: {ORT} int8", ">=", 0.99),
     Target("embeddings int8: cosine to fp32, worst", f"cosine_worst: {ORT} int8", ">=", 0.97),
     Target("embeddings int8: top-10 neighbours shared with fp32", f"top10_agreement: {ORT} int8", ">=", 0.9),
+    *_rerank_targets(),
     Target("`import ortmodels`, fresh process (s)", "import_s: ortmodels", "<=", 0.5),
     Target("cold start, int4 chat: import, load, first token (s)", f"cold_start_s: {ORT} int4", "<=", 1.5),
     Target("cold start, int4 chat: × the faster of genai int4 and llama.cpp", COLD_START_VS_PEERS_FIGURE, "<=", 0.9),

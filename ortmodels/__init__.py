@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 from .lazy import lazy_attribute
 
 if TYPE_CHECKING:
-    from .base import BaseEmbeddingModel, BaseLLMModel
+    from .base import BaseEmbeddingModel, BaseLLMModel, BaseRerankModel
     from .config import Settings, load_settings
     from .errors import OrtModelsError
     from .manager import ModelManager
     from .runtime.chat import OnnxChatModel
     from .runtime.embeddings import OnnxEmbeddingModel
+    from .runtime.rerank import OnnxCrossEncoder, OnnxReranker
     from .store import ModelInfo, ModelStore
 
 __version__ = "0.1.0"
@@ -26,11 +27,14 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "BaseEmbeddingModel": ".base",
     "BaseLLMModel": ".base",
+    "BaseRerankModel": ".base",
     "ModelInfo": ".store",
     "ModelManager": ".manager",
     "ModelStore": ".store",
     "OnnxChatModel": ".runtime.chat",
+    "OnnxCrossEncoder": ".runtime.rerank",
     "OnnxEmbeddingModel": ".runtime.embeddings",
+    "OnnxReranker": ".runtime.rerank",
     "OrtModelsError": ".errors",
     "Settings": ".config",
     "load_settings": ".config",

@@ -1,4 +1,4 @@
-"""The two base interfaces every ortmodels model implements.
+"""The base interfaces every ortmodels model implements (chat, embedding, reranker).
 
 A subclass supplies only the model-specific part (`_load`, `_unload` and the
 inference method); the base class gives LangChain's interface, input checks, lazy
@@ -13,16 +13,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import BaseMessageChunk
 from langchain_core.outputs import LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from .errors import EmbeddingInputError
+from .errors import EmbeddingInputError, RerankInputError
 from .lifecycle import CallAdmission, LoadState, init_life_cycle, loading_model
 
-__all__ = ["BaseEmbeddingModel", "BaseLLMModel", "loading_model"]
+__all__ = ["BaseEmbeddingModel", "BaseLLMModel", "BaseRerankModel", "loading_model"]
 
 
 
@@ -30,10 +31,8 @@ class _LifeCycle(LoadState, CallAdmission):
     """Load state and call admission, shared by both bases (see `ortmodels.lifecycle`)."""
 
 
-class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
-    """A LangChain `Embeddings` whose subclasses implement `_embed` (plus `_load`/`_unload`)."""
-
-    kind: ClassVar[str] = "embedding"
+class _PlainModel(_LifeCycle):
+    """What the bases that are not pydantic models share: name, folder, device, precision."""
 
     def __init__(
         self,
@@ -56,6 +55,16 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
         """The model's folder in the store (its checkpoint and ``onnx/`` exports)."""
         return self._model_path
 
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "not loaded"
+        return f"{type(self).__name__}(model_name={self.model_name!r}, {state})"
+
+
+class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
+    """A LangChain `Embeddings` whose subclasses implement `_embed` (plus `_load`/`_unload`)."""
+
+    kind: ClassVar[str] = "embedding"
+
     @abstractmethod
     def _embed(self, texts: list[str]) -> list[list[float]]:
         """Embed non-empty, already validated texts, in order."""
@@ -77,34 +86,104 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}.")
         return self.embed_documents([text])[0]
 
-    def __repr__(self) -> str:
-        state = "loaded" if self._loaded else "not loaded"
-        return f"{type(self).__name__}(model_name={self.model_name!r}, {state})"
 
-
-def _check_texts(texts: object) -> list[str]:
+def _check_texts(texts: object, what: str = "embed_documents", error: type[ValueError] = EmbeddingInputError,
+                 where: str = "") -> list[str]:
     if isinstance(texts, str):
-        raise TypeError("embed_documents expects a list of str, got a single str; wrap it in a list.")
+        raise TypeError(f"{what} expects a list of str, got a single str; wrap it in a list.")
     try:
         items = list(texts)  # type: ignore[call-overload]
     except TypeError:
         raise TypeError(
-            f"embed_documents expects a list of str, got {type(texts).__name__}."
+            f"{what} expects a list of str, got {type(texts).__name__}."
         ) from None
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(
-                f"embed_documents expects str items; item {index} is {type(item).__name__}: "
+                f"{what} expects str items; {where}item {index} is {type(item).__name__}: "
                 f"{item!r:.60}"
             )
         try:
             item.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise EmbeddingInputError(
-                f"Text {index} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
+            raise error(
+                f"{where}Text {index} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
                 f"{exc.start} is a lone surrogate. Decode the input with errors='replace' first."
             ) from None
     return items
+
+
+class BaseRerankModel(_PlainModel, BaseCrossEncoder, ABC):
+    """A LangChain `BaseCrossEncoder` whose subclasses implement `_score` (plus `_load`/`_unload`).
+
+    `score` is LangChain's interface (so LangChain's own ``CrossEncoderReranker`` takes the
+    model); `rerank` gives each document's index and score, best first.
+    """
+
+    kind: ClassVar[str] = "reranker"
+
+    @abstractmethod
+    def _score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Score non-empty, already validated (query, document) pairs, in order."""
+
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        """The relevance score of each (query, document) pair; ``[]`` gives ``[]``."""
+        pairs = _check_pairs(text_pairs)
+        if not pairs:
+            return []
+        with self._use("score") as record:
+            scores = self._score(pairs)
+            if record is not None:
+                record.items = len(pairs)
+            return scores
+
+    def rerank(self, query: str, documents: list[str], top_n: int | None = None) -> list[tuple[int, float]]:
+        """``(index, score)`` of the ``top_n`` best ``documents`` for ``query`` (all if ``None``), best first."""
+        return ranked(self.score(rerank_pairs(query, documents, top_n)), top_n)
+
+    async def ascore(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        """`score` off the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.score, text_pairs)
+
+    async def arerank(self, query: str, documents: list[str], top_n: int | None = None) -> list[tuple[int, float]]:
+        """`rerank` off the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.rerank, query, documents, top_n)
+
+
+def rerank_pairs(query: object, documents: object, top_n: object) -> list[tuple[str, str]]:
+    """The (query, document) pairs of a rerank call, after checking its arguments."""
+    if not isinstance(query, str):
+        raise TypeError(f"rerank expects the query as a str, got {type(query).__name__}.")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be a whole number of at least 1 (or None for all), not {top_n!r:.40}.")
+    _check_texts([query], "rerank", RerankInputError, "the query: ")
+    return [(query, d) for d in _check_texts(documents, "rerank", RerankInputError)]
+
+
+def ranked(scores: list[float], top_n: int | None) -> list[tuple[int, float]]:
+    """``(index, score)`` best first (a stable sort: equal scores keep their order), the first ``top_n``."""
+    order = sorted(enumerate(scores), key=lambda item: -item[1])
+    return order[:top_n] if top_n is not None else order
+
+
+def _check_pairs(pairs: object) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, tuple)):
+        raise TypeError("score expects a list of (query, document) pairs; wrap a single pair in a list.")
+    try:
+        items = list(pairs)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"score expects a list of (query, document) pairs, got {type(pairs).__name__}.") from None
+    checked = []
+    for index, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"score expects (query, document) pairs; item {index} is {item!r:.60}.")
+        _check_texts(list(item), "score", RerankInputError, f"pair {index}: ")
+        checked.append((item[0], item[1]))
+    return checked
 
 
 class BaseLLMModel(_LifeCycle, BaseChatModel):

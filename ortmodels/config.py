@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     """Embedding model used when `get_embedding_model()` is called without a name."""
 
+    default_rerank_model: str = Field(default="ms-marco-minilm-l-6-v2", alias="DEFAULT_RERANK_MODEL")
+    """Cross-encoder used when `get_reranker()` is called without a name."""
+
     model_device: Device = Field(default="auto", alias="MODEL_DEVICE")
     """Execution provider: auto (CUDA, else CoreML on macOS, else CPU), cpu, cuda or coreml (mps)."""
 
@@ -158,7 +161,7 @@ class Settings(BaseSettings):
     def _seconds(cls, value: object) -> object:
         return parse_seconds(value)  # type: ignore[arg-type]
 
-    @field_validator("default_chat_model", "default_embedding_model", mode="after")
+    @field_validator("default_chat_model", "default_embedding_model", "default_rerank_model", mode="after")
     @classmethod
     def _plain_name(cls, value: str) -> str:
         from .store.names import validate_model_name

@@ -129,6 +129,10 @@ class EmbeddingInputError(OrtModelsError, ValueError):
     """A text to embed cannot be used as given (not valid Unicode, say)."""
 
 
+class RerankInputError(OrtModelsError, ValueError):
+    """A query or document to rerank cannot be used as given (not valid Unicode, say)."""
+
+
 class ChatTemplateError(OrtModelsError, ValueError):
     """The chat template refused the conversation, failed, or went past its time or size bound."""
 

@@ -43,6 +43,16 @@ KINDS: dict[str, KindSpec] = {
         auto_cpu=("fp32", "int8"),
         default_setting="default_embedding_model",
     ),
+    "reranker": KindSpec(
+        name="reranker",
+        base="ortmodels.base:BaseRerankModel",
+        default_class="ortmodels.runtime.rerank:OnnxCrossEncoder",
+        exporter="ortmodels.export.rerank:export_reranker",
+        precisions=("fp32", "int8"),
+        # As for embeddings: int8 is picked by name, its gate only bounds how far the order moves.
+        auto_cpu=("fp32", "int8"),
+        default_setting="default_rerank_model",
+    ),
     "chat": KindSpec(
         name="chat",
         base="ortmodels.base:BaseLLMModel",
@@ -61,7 +71,7 @@ def kind_spec(kind: str) -> KindSpec:
     if spec is None:
         raise ModelKindError(
             f"ortmodels has no runtime for models of kind {kind!r}; kinds: {', '.join(KINDS)}. "
-            "Pass your own BaseLLMModel or BaseEmbeddingModel subclass as model_class."
+            "Pass your own BaseLLMModel, BaseEmbeddingModel or BaseRerankModel subclass as model_class."
         )
     return spec
 

@@ -12,10 +12,10 @@ from .kinds import kind_spec, load
 from .store import ModelStore
 
 if TYPE_CHECKING:
-    from .base import BaseEmbeddingModel, BaseLLMModel
+    from .base import BaseEmbeddingModel, BaseLLMModel, BaseRerankModel
     from .store import ModelKind
 
-    BaseModel = BaseEmbeddingModel | BaseLLMModel
+    BaseModel = BaseEmbeddingModel | BaseLLMModel | BaseRerankModel
 
 logger = logging.getLogger(__name__)
 

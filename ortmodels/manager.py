@@ -25,7 +25,7 @@ from .store import ModelInfo, ModelStore, versions
 from .store.names import split_tag
 
 if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported when a model is asked for
-    from .base import BaseEmbeddingModel, BaseLLMModel
+    from .base import BaseEmbeddingModel, BaseLLMModel, BaseRerankModel
     from .loader import BaseModel
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,15 @@ class ModelManager:
         Each precision is its own cached instance, so ``:int8`` and ``:int4`` can serve side by side.
         """
         return self._get("chat", name, model_class, version, dtype)  # type: ignore[return-value]
+
+    def get_reranker(
+        self, name: str | None = None, model_class: type[BaseRerankModel] | None = None,
+        *, version: str | None = None, dtype: str | None = None,
+    ) -> BaseRerankModel:
+        """A loaded cross-encoder reranker; ``name`` defaults to ``DEFAULT_RERANK_MODEL``, ``version``
+        to the active export, ``dtype`` to ``MODEL_DTYPE`` (also as a tag: ``"name:int8"``). Wrap it in
+        `ortmodels.runtime.rerank.OnnxReranker` for LangChain's document compressor."""
+        return self._get("reranker", name, model_class, version, dtype)  # type: ignore[return-value]
 
     def register(self, model_class: type, *, name: str | None = None, architecture: str | None = None) -> None:
         """Build ``name`` (or every model of ``architecture``) with ``model_class`` from now on,

@@ -89,6 +89,6 @@ def _kind_of(model_class: type) -> str:
         if isinstance(model_class, type) and issubclass(model_class, load(spec.base)):
             return kind
     raise ModelKindError(
-        f"Only subclasses of ortmodels.BaseLLMModel or ortmodels.BaseEmbeddingModel can be "
+        f"Only subclasses of ortmodels.BaseLLMModel, BaseEmbeddingModel or BaseRerankModel can be "
         f"registered, not {model_class!r}."
     )

@@ -30,7 +30,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what 
 
 
 def _register() -> None:
-    from . import chat, demo, embed, export, lifecycle, models, samples, serve  # noqa: F401  (each adds its commands)
+    from . import chat, demo, embed, export, lifecycle, models, rerank, samples, serve  # noqa: F401  (each adds its commands)
 
 
 def main() -> None:

@@ -79,6 +79,8 @@ def info(
     console.print(f"source sha256 {manifest.source_sha256}")
     if manifest.embedding:
         console.print(f"embedding: {manifest.embedding.model_dump()}")
+    if manifest.reranker:
+        console.print(f"reranker: {manifest.reranker.model_dump()}")
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
     table = Table()
     for column in ("variant", "size", "files", "verdict", "parity"):

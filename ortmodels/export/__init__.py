@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ExportError, ModelFileError, UnknownModelError
 from ..kinds import KINDS, load
 from ..store import ModelInfo, ModelStore, detect_kind, versions
+from ..store.catalog import classifier_labels
 from ..store.manifest import Manifest
 from . import resources, staging
 from .checkpoint import source_sha256
@@ -101,6 +102,13 @@ def _export_locked(
         raise ExportError(
             f"{info.path} has no config.json: put the Hugging Face checkpoint (config.json, "
             "weights, tokenizer files) in that folder before exporting."
+        )
+    if info.kind == "unknown" and (info.architecture or "").endswith("ForSequenceClassification"):
+        labels = classifier_labels(info.config)
+        raise ExportError(
+            f"{name} is a sequence classifier with {labels} labels ({info.architecture}); ortmodels exports "
+            "only one-label ones, the cross-encoders that rerank (query, document) pairs. Its classifier "
+            "head would be lost as an embedding model; use a one-label cross-encoder checkpoint."
         )
     if info.kind not in EXPORTERS:
         raise ExportError(

@@ -116,3 +116,19 @@ def judge_embedding(dtype: str, parity: dict[str, Any]) -> QualityVerdict:
         bounds={"finite": True, "int8_cosine_mean_min": INT8_MIN_COSINE_MEAN, "int8_cosine_min": INT8_MIN_COSINE,
                 "int8_top10_min": INT8_MIN_TOP10},
     ))
+
+
+def judge_reranker(dtype: str, parity: dict[str, Any], top_k: int, min_order_kept: float) -> QualityVerdict:
+    """The gates of a reranker variant: finite scores, and (not fp32, whose parity is a hard
+    check) the reference's top-``top_k`` order kept on at least ``min_order_kept`` of the queries."""
+    failures: list[str] = []
+    if not parity.get("finite", False):
+        failures.append("non-finite scores (NaN)")
+    kept = parity.get(f"top{top_k}_order_kept")
+    if dtype != "fp32" and isinstance(kept, float) and kept < min_order_kept:
+        failures.append(f"{dtype} vs {parity.get('reference')}: top-{top_k} order kept on {kept:.3f} of "
+                        f"{parity.get('queries')} queries (>= {min_order_kept})")
+    return _unless_skipped(dtype, QualityVerdict(
+        passed=not failures, failures=failures,
+        bounds={"finite": True, f"top{top_k}_order_kept_min": min_order_kept},
+    ))

@@ -38,6 +38,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
     (ort.MissingDependencyError, 500, "server_error", None),
     (ort.ChatInputError, 400, "invalid_request_error", None),
     (ort.EmbeddingInputError, 400, "invalid_request_error", None),
+    (ort.RerankInputError, 400, "invalid_request_error", None),
     (ort.ChatTemplateError, 400, "invalid_request_error", None),
     (ort.GrammarError, 400, "invalid_request_error", "invalid_grammar"),
     (ort.StructuredOutputError, 400, "invalid_request_error", None),

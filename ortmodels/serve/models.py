@@ -87,10 +87,14 @@ class Catalog:
 
     async def get(self, entry: ModelId) -> Any:
         """The loaded model for ``entry`` (loading it off the event loop if needed)."""
-        getter = self.manager.get_chat_model if entry.kind == "chat" else self.manager.get_embedding_model
-        model = await asyncio.to_thread(getter, entry.name, dtype=entry.dtype)
+        model = await asyncio.to_thread(self._getter(entry.kind), entry.name, dtype=entry.dtype)
         self.used[entry.id] = model
         return model
+
+    def _getter(self, kind: str) -> Any:
+        """The manager's method that loads a model of ``kind``."""
+        getters = {"chat": self.manager.get_chat_model, "reranker": self.manager.get_reranker}
+        return getters.get(kind, self.manager.get_embedding_model)
 
     def check(self, names: list[str]) -> list[ModelId]:
         """The ids ``names`` stand for; an `OrtModelsError` naming the known ones if one is not here."""
@@ -107,12 +111,12 @@ class Catalog:
     def load(self, names: list[str]) -> None:
         """Load ``names`` (ids, tags allowed) now; blocking, for the server's start."""
         for found in self.check(names):
-            getter = self.manager.get_chat_model if found.kind == "chat" else self.manager.get_embedding_model
-            self.used[found.id] = getter(found.name, dtype=found.dtype)
+            self.used[found.id] = self._getter(found.kind)(found.name, dtype=found.dtype)
             logger.info("Serving %s (%s)", found.id, found.kind)
 
     def defaults(self) -> list[str]:
-        """The default chat and embedding models, those of them that are exported here."""
+        """The default chat, embedding and rerank models, those of them that are exported here."""
         settings = self.manager.settings
         exported = {m.id for m in self.ids(True) if m.exported}
-        return [n for n in (settings.default_chat_model, settings.default_embedding_model) if n in exported]
+        defaults = (settings.default_chat_model, settings.default_embedding_model, settings.default_rerank_model)
+        return [n for n in defaults if n in exported]

@@ -312,7 +312,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "ortmodels"
     kind: str
-    """``chat`` or ``embedding`` (ortmodels' addition)."""
+    """``chat``, ``embedding`` or ``reranker`` (ortmodels' addition)."""
     exported: bool = True
     loaded: bool = False
 

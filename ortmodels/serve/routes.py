@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from . import chat, completions, embeddings
+from . import chat, completions, embeddings, rerank
 from .admission import RETRY_AFTER_S, Slot
 from .app import ServerState
 from .errors import ApiError, bad_request, from_validation
@@ -222,6 +222,22 @@ async def create_embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
     entry = state.catalog.resolve(body.model, "embedding")
     embeddings.texts_of(body)
+    return await _whole(request, state, entry, lambda model: embeddings.embed(model, body.model or entry.id, body))
+
+
+@v1.post("/rerank")
+@router.post("/rerank", dependencies=[Depends(_check_key)])  # where llama-server and TEI serve it
+async def create_rerank(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, rerank.RerankRequest)
+    entry = state.catalog.resolve(body.model, "reranker")
+    rerank.documents_of(body)
+    return await _whole(request, state, entry, lambda model: rerank.rerank(model, body.model or entry.id, body))
+
+
+async def _whole(request: Request, state: ServerState, entry: ModelId,
+                 work: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> Response:
+    """Admit a non-streamed request, get its model, and answer with ``work(model)``."""
     _ready(state)
     slot = state.queue.enter()
     try:
@@ -229,7 +245,7 @@ async def create_embeddings(request: Request) -> Response:
     except BaseException:
         slot.release()
         raise
-    return await _guarded(request, slot, embeddings.embed(model, body.model or entry.id, body))
+    return await _guarded(request, slot, work(model))
 
 
 router.include_router(v1)

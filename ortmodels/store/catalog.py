@@ -33,10 +33,11 @@ from .versions import ONNX_DIR, active_version, exports_root, read_version_manif
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["embedding", "chat", "unknown"]
+ModelKind = Literal["embedding", "chat", "reranker", "unknown"]
 
 _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+_CLASSIFIER_SUFFIX = "ForSequenceClassification"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class ModelInfo:
             return self.manifest.chat.context_length
         if self.manifest is not None and self.manifest.embedding is not None:
             return self.manifest.embedding.max_seq_length
+        if self.manifest is not None and self.manifest.reranker is not None:
+            return self.manifest.reranker.max_seq_length
         return self._config_count("max_position_embeddings")
 
     @property
@@ -276,17 +279,38 @@ def _architecture(config: dict[str, Any], name: str) -> str | None:
     return archs[0] if archs else None
 
 
+def classifier_labels(config: dict[str, Any]) -> int:
+    """How many labels a ``*ForSequenceClassification`` config has, as transformers counts them:
+    ``id2label``'s entries, else ``num_labels``, else transformers' default of 2."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    count = config.get("num_labels")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 2
+
+
 def detect_kind(folder: Path, manifest: Manifest | None = None) -> tuple[ModelKind, str | None]:
-    """Tell a chat model from an embedding model by its files (the manifest wins if present)."""
+    """Tell a chat model, an embedding model and a reranker apart by their files (the manifest
+    wins if present).
+
+    A ``*ForSequenceClassification`` checkpoint with one label is a cross-encoder (a reranker),
+    whatever sentence-transformers files sit beside it; one with more labels is a classifier
+    ortmodels has no kind for (``unknown``: its export is refused by name, never read as an
+    encoder with its head dropped).
+    """
     architecture: str | None = None
+    config: dict[str, Any] = {}
     config_path = folder / "config.json"
     if config_path.is_file():
         try:
-            architecture = _architecture(read_json(config_path), folder.name)
+            config = read_json(config_path)
+            architecture = _architecture(config, folder.name)
         except ModelFileError as exc:
             warn_once(folder.name, str(exc))
     if manifest is not None:
         return manifest.kind, manifest.architecture or architecture
+    if architecture and architecture.endswith(_CLASSIFIER_SUFFIX):
+        return ("reranker" if classifier_labels(config) == 1 else "unknown"), architecture
     if any((folder / f).is_file() for f in _SENTENCE_TRANSFORMERS_FILES):
         return "embedding", architecture
     if architecture:

@@ -17,7 +17,7 @@ from ..errors import ModelFileError
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
-Kind = Literal["embedding", "chat"]
+Kind = Literal["embedding", "chat", "reranker"]
 
 
 def check_relative_path(value: str) -> str:
@@ -134,6 +134,16 @@ class EmbeddingSpec(BaseModel):
     pad_token_id: int = Field(ge=0)
 
 
+class RerankerSpec(BaseModel):
+    """How a cross-encoder turns a (query, document) pair into one score, read at export."""
+
+    activation: Literal["sigmoid", "identity"]
+    """Applied to the classifier's one logit, as sentence-transformers' ``CrossEncoder`` does."""
+    max_seq_length: int = Field(ge=1, le=1 << 20)
+    """The pair's token limit (query and document together, the longer cut first)."""
+    pad_token_id: int = Field(ge=0)
+
+
 class ChatSpec(BaseModel):
     """What the decode loop needs to know of a causal LM, from its config files."""
 
@@ -164,6 +174,7 @@ class Manifest(BaseModel):
     tools: dict[str, str] = Field(default_factory=dict)
     embedding: EmbeddingSpec | None = None
     chat: ChatSpec | None = None
+    reranker: RerankerSpec | None = None
     variants: dict[str, VariantEntry] = Field(default_factory=dict)
     version: str | None = None
     """This export's id: its UTC time and the first hex digits of ``content_sha256``."""

@@ -29,7 +29,7 @@ from ...errors import ConfigurationError, ModelFileError
 from ...manager import ModelManager
 from ...runtime.events import ChatEvent
 from ...runtime.options import ChatOptions
-from .. import embeddings
+from .. import embeddings, rerank
 from ..app import DEFAULT_MAX_QUEUE, create_app
 from ..chat import events_of
 from ..models import Catalog, ModelId
@@ -102,7 +102,7 @@ def _environment(threads: int) -> dict[str, str]:
 
 class ModelServer:
     """One replica of one model: a `ModelManager` that has loaded it before the replica is
-    ready, and the three calls the ingress forwards to it."""
+    ready, and the calls the ingress forwards to it."""
 
     def __init__(self, model_id: str, env: dict[str, str]) -> None:
         os.environ.update(env)  # a replica is its own process: these are its settings
@@ -134,6 +134,10 @@ class ModelServer:
 
     async def aembed_counted(self, model_id: str, texts: list[str]) -> tuple[list[list[float]], int]:
         return await embeddings.embed_counted(self._model(model_id), texts)
+
+    async def arerank_counted(self, model_id: str, query: str, documents: list[str],
+                              top_n: int | None) -> tuple[list[tuple[int, float]], int]:
+        return await rerank.rerank_counted(self._model(model_id), query, documents, top_n)
 
     def check_health(self) -> None:
         """Serve calls this every few seconds: the model's files must still be on this node's disk

@@ -1,7 +1,8 @@
 """The ingress's side: models that live in Ray Serve deployments, seen as local models.
 
 The routes (`ortmodels.serve.routes`) ask their `Catalog` for a model and call its
-``achat_events``, ``atext_events`` or (embeddings) ``aembed_counted``. `RayCatalog`
+``achat_events``, ``atext_events``, (embeddings) ``aembed_counted`` or (rerankers)
+``arerank_counted``. `RayCatalog`
 answers with a `RemoteModel` that forwards each call to the model's deployment through its
 handle: a stream is a `DeploymentResponseGenerator` of the chat service's events (frozen
 dataclasses, `ortmodels.runtime.events`), closed (and so cancelled on the replica, with its
@@ -74,14 +75,21 @@ class RemoteModel:
     def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
         return self._stream("atext_events", prompt, options)
 
-    async def aembed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def _call(self, method: str, *args: Any) -> Any:
         try:
-            return await self._handle.aembed_counted.remote(self._entry.id, texts)
+            return await getattr(self._handle, method).remote(self._entry.id, *args)
         except BaseException as exc:
             unwrapped = _unwrap(exc)
             if unwrapped is exc:
                 raise
             raise unwrapped from None
+
+    async def aembed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        return await self._call("aembed_counted", texts)  # type: ignore[no-any-return]
+
+    async def arerank_counted(self, query: str, documents: list[str],
+                              top_n: int | None) -> tuple[list[tuple[int, float]], int]:
+        return await self._call("arerank_counted", query, documents, top_n)  # type: ignore[no-any-return]
 
 
 class RayCatalog(Catalog):
