@@ -132,8 +132,9 @@ class ModelServer:
             async for item in events:
                 yield item
 
-    async def aembed_counted(self, model_id: str, texts: list[str]) -> tuple[list[list[float]], int]:
-        return await embeddings.embed_counted(self._model(model_id), texts)
+    async def aembed_counted(self, model_id: str, texts: list[str],
+                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
+        return await embeddings.embed_counted(self._model(model_id), texts, options)
 
     def check_health(self) -> None:
         """Serve calls this every few seconds: the model's files must still be on this node's disk

@@ -74,9 +74,9 @@ class RemoteModel:
     def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
         return self._stream("atext_events", prompt, options)
 
-    async def aembed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def aembed_counted(self, texts: list[str], options: dict[str, Any]) -> tuple[list[list[float]], int]:
         try:
-            return await self._handle.aembed_counted.remote(self._entry.id, texts)
+            return await self._handle.aembed_counted.remote(self._entry.id, texts, options)
         except BaseException as exc:
             unwrapped = _unwrap(exc)
             if unwrapped is exc:
