@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.embeddings import Embeddings
-from langchain_core.runnables.config import run_in_executor
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import BaseMessageChunk
 from langchain_core.outputs import LLMResult
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from .errors import EmbeddingInputError, EmbeddingOptionError

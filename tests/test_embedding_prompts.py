@@ -50,7 +50,7 @@ pipeline_tag: sentence-similarity
 
 
 def _spec(**changes: object) -> EmbeddingSpec:
-    base = dict(pooling="mean", normalize=True, max_seq_length=64, dimension=32, pad_token_id=0)
+    base = {"pooling": "mean", "normalize": True, "max_seq_length": 64, "dimension": 32, "pad_token_id": 0}
     return EmbeddingSpec(**{**base, **changes})  # type: ignore[arg-type]
 
 

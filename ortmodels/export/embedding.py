@@ -25,7 +25,12 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
-from .embedding_config import effective_max_length, read_matryoshka, read_pooling_config, read_prompts
+from .embedding_config import (
+    effective_max_length,
+    read_matryoshka,
+    read_pooling_config,
+    read_prompts,
+)
 from .encoder_quantize import (
     encoder_texts,
     int8_quality,
