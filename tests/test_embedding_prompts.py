@@ -247,6 +247,10 @@ def test_the_server_takes_input_type_prompt_name_and_dimensions(exported: Path, 
         _close(vectors(), np.asarray(onnx.embed(TEXTS), dtype=np.float32))
         _close(vectors(prompt_name="query", dimensions=8),
                np.asarray(onnx.embed(TEXTS, prompt_name="query", dimensions=8), dtype=np.float32))
+        def tokens(**extra: object) -> int:
+            return client.embeddings.create(model="tiny-prompted", input=TEXTS, extra_body=extra).usage.prompt_tokens
+
+        assert tokens(input_type="query") == tokens(prompt_name="empty") + 2 * len(TEXTS)  # "query", ":" each
         unknown = httpx.post(f"{server.v1}/embeddings", timeout=60,
                              json={"model": "tiny-prompted", "input": "a", "prompt_name": "passage"})
         assert unknown.status_code == 400, unknown.text

@@ -222,7 +222,7 @@ class PgVectorStore:
     def add(self, passages: Sequence[Passage], vectors: Sequence[Sequence[float]]) -> None:
         import numpy as np
 
-        rows = [(p.id, p.source, p.chunk, p.text, np.asarray(v, dtype=np.float32))
+        rows = [(uuid.UUID(p.id), p.source, p.chunk, p.text, np.asarray(v, dtype=np.float32))
                 for p, v in zip(passages, vectors, strict=True)]
         with self.conn.cursor() as cur:
             cur.executemany(f"INSERT INTO {self.table} (id, source, chunk, text, embedding) "

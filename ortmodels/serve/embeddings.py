@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelNotLoadedError
+from ..runtime.embedding_options import prompt_for
 from .errors import bad_request
 from .protocol import EmbeddingData, EmbeddingList, EmbeddingRequest, Usage
 
@@ -40,7 +41,7 @@ def _token_count(model: Any, texts: list[str], options: dict[str, Any]) -> int:
     except ModelNotLoadedError:  # unloaded again in between: load once more
         runner = model.load().runner
     limit = runner.text_chars
-    prompt = model.prompt_for(options.get("input_type"), options.get("prompt_name"))
+    prompt = prompt_for(runner.spec, str(model.model_name), options.get("input_type"), options.get("prompt_name"))
     return sum(len(e.ids) for e in runner.tokenizer.encode_batch([(prompt + t)[:limit] for t in texts]))
 
 
