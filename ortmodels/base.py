@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,9 +19,10 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import BaseMessageChunk
 from langchain_core.outputs import LLMResult
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from .errors import EmbeddingInputError, RerankInputError
+from .errors import EmbeddingInputError, EmbeddingOptionError, RerankInputError
 from .lifecycle import CallAdmission, LoadState, init_life_cycle, loading_model
 
 __all__ = ["BaseEmbeddingModel", "BaseLLMModel", "BaseRerankModel", "loading_model"]
@@ -69,22 +71,48 @@ class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
     def _embed(self, texts: list[str]) -> list[list[float]]:
         """Embed non-empty, already validated texts, in order."""
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed search documents; ``[]`` gives ``[]``."""
+    def _embed_as(self, texts: list[str], input_type: str | None, prompt_name: str | None,
+                  dimensions: int | None, matryoshka: bool) -> list[list[float]]:
+        """Embed for a role (``query``, ``document``), a named prompt or fewer dimensions. A model
+        with prompts or truncation overrides this; here every text is embedded alike by `_embed`,
+        and a prompt name or another size is refused rather than ignored."""
+        if prompt_name is not None:
+            raise EmbeddingOptionError(f"{self.model_name} has no prompts; leave prompt_name out.", "prompt_name")
+        vectors = self._embed(texts)
+        if dimensions is not None and vectors and dimensions != len(vectors[0]):
+            raise EmbeddingOptionError(f"{self.model_name} gives {len(vectors[0])} dimensions; it cannot give "
+                                       f"{dimensions}.", "dimensions")
+        return vectors
+
+    def embed(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
+              dimensions: int | None = None, matryoshka: bool = False) -> list[list[float]]:
+        """Embed ``texts`` as a query or as documents (``input_type``), or with a prompt of the model's
+        by name, cut to ``dimensions`` where the model allows it; neither role: sentence-transformers'
+        plain ``encode``. ``[]`` gives ``[]``."""
         texts = _check_texts(texts)
         if not texts:
             return []
         with self._use("embed_documents") as record:
-            vectors = self._embed(texts)
+            vectors = self._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
             if record is not None:
                 record.items = len(texts)
             return vectors
 
+    async def aembed(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
+                     dimensions: int | None = None, matryoshka: bool = False) -> list[list[float]]:
+        """`embed` off the event loop."""
+        return await run_in_executor(None, partial(self.embed, texts, input_type=input_type, prompt_name=prompt_name,
+                                                   dimensions=dimensions, matryoshka=matryoshka))
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed search documents (with the model's document prompt, if it has one); ``[]`` gives ``[]``."""
+        return self.embed(texts, input_type="document")
+
     def embed_query(self, text: str) -> list[float]:
-        """Embed a query text."""
+        """Embed a query text (with the model's query prompt, if it has one)."""
         if not isinstance(text, str):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}.")
-        return self.embed_documents([text])[0]
+        return self.embed([text], input_type="query")[0]
 
 
 def _check_texts(texts: object, what: str = "embed_documents", error: type[ValueError] = EmbeddingInputError,

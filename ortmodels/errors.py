@@ -133,6 +133,18 @@ class RerankInputError(OrtModelsError, ValueError):
     """A query or document to rerank cannot be used as given (not valid Unicode, say)."""
 
 
+class EmbeddingOptionError(EmbeddingInputError):
+    """An embedding option the model cannot honour: a prompt name it does not have, a number of
+    dimensions it was not trained to be cut to; ``param`` names the option (the server's 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # keeps ``param`` across processes (Ray)
+        return type(self), (str(self), self.param)
+
+
 class ChatTemplateError(OrtModelsError, ValueError):
     """The chat template refused the conversation, failed, or went past its time or size bound."""
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -118,3 +121,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         report.longrepr = (f"{item.nodeid} is a known failure raising {entry[1].__qualname__}, but it raised "
                            f"{type(call.excinfo.value).__qualname__}:\n{item.repr_failure(call.excinfo)}")
         del report.wasxfail
+
+
+def load_example(name: str, path: Path) -> ModuleType:
+    """An example file as a module (examples/ is not a package), registered in ``sys.modules``
+    under ``name`` so pydantic and dataclasses can resolve its classes."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]

@@ -41,6 +41,12 @@ def test_embed_prints_vectors(samples_dir: Path) -> None:
     assert out.returncode == 0, out.stderr
     vectors = json.loads(out.stdout)
     assert len(vectors) == 2 and len(vectors[0]) == 384
+    cut = ortmodels("embed", EMBEDDING_SAMPLE, "hello", "--query", "--dimensions", "64", "--matryoshka", "--full",
+                    models_dir=samples_dir)
+    assert cut.returncode == 0, cut.stderr
+    assert len(json.loads(cut.stdout)[0]) == 64
+    refused = ortmodels("embed", EMBEDDING_SAMPLE, "hello", "--dimensions", "64", models_dir=samples_dir)
+    assert refused.returncode == 1 and "gives 384 dimensions" in refused.stderr and "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ stop strings, and that the manager loads and unloads it; the slow test asks the 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from langchain_core.messages import (
 from ortmodels import ModelManager
 from ortmodels.errors import ChatInputError, MissingDependencyError
 
-from .conftest import CHAT_SAMPLE, SAMPLES_DIR
+from .conftest import CHAT_SAMPLE, SAMPLES_DIR, load_example
 from .tiny_decoders import build_tiny_decoder
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "huggingface_chat.py"
@@ -37,14 +36,7 @@ MESSAGES = [SystemMessage("You are a helpful assistant."), HumanMessage("What is
 
 
 def _load_example():
-    """The example as a module (examples/ is not a package); registered so pydantic can resolve it."""
-    name = "ortmodels_example_huggingface_chat"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_example("ortmodels_example_huggingface_chat", EXAMPLE)
 
 
 @pytest.fixture(scope="module")

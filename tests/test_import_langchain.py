@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ortmodels"
 LANGCHAIN = ("langchain", "langchain_core")
 
 #: Modules the server's chat path runs through, none of which may import LangChain.
-LANGCHAIN_FREE = ["runtime/service.py", "runtime/options.py", "runtime/events.py", "runtime/output_plan.py"]
+LANGCHAIN_FREE = ["runtime/service.py", "runtime/options.py", "runtime/events.py", "runtime/output_plan.py",
+                  "runtime/embedding_options.py"]
 
 _PROBE = """
 import json, sys

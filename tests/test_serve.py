@@ -228,6 +228,21 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
     assert len(vector) == 384 * 4
 
 
+def test_embeddings_dimensions_the_model_was_not_trained_for_are_400(client: openai.OpenAI, server: Server) -> None:
+    error = _error(_post(server, "/embeddings", {"model": EMBEDDING_SAMPLE, "input": "a", "dimensions": 128}), 400)
+    assert error["param"] == "dimensions" and "384" in error["message"] and "matryoshka" in error["message"]
+    opted = client.embeddings.create(model=EMBEDDING_SAMPLE, input="a", dimensions=128, encoding_format="float",
+                                     extra_body={"matryoshka": True})
+    assert len(opted.data[0].embedding) == 128
+    assert sum(x * x for x in opted.data[0].embedding) == pytest.approx(1.0, abs=1e-4)  # renormalised
+    unknown = _error(_post(server, "/embeddings", {"model": EMBEDDING_SAMPLE, "input": "a", "prompt_name": "q"}), 400)
+    assert unknown["param"] == "prompt_name" and "'query' (empty), 'document' (empty)" in unknown["message"]
+    plain = client.embeddings.create(model=EMBEDDING_SAMPLE, input="a", encoding_format="float")
+    query = client.embeddings.create(model=EMBEDDING_SAMPLE, input="a", encoding_format="float",
+                                     extra_body={"input_type": "query"})
+    assert query.data[0].embedding == pytest.approx(plain.data[0].embedding, abs=1e-6)  # no prompts: the same
+
+
 def _post_client_raw(client: openai.OpenAI, body: dict) -> dict:
     reply = httpx.post(f"{client.base_url}embeddings", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
@@ -488,7 +503,7 @@ _FIELDS = {
                           "n", "tools", "tool_choice", "response_format", "logprobs", "stream_options",
                           "max_completion_tokens", "top_k", "junk"],
     "/completions": ["model", "prompt", "max_tokens", "temperature", "stop", "echo", "stream", "seed"],
-    "/embeddings": ["model", "input", "encoding_format", "dimensions"],
+    "/embeddings": ["model", "input", "encoding_format", "dimensions", "input_type", "prompt_name", "matryoshka"],
 }
 _BASES = {
     "/chat/completions": {**CHAT, "max_tokens": 3},

@@ -14,12 +14,19 @@ def embed(
     name: str = typer.Argument(..., help="Embedding model name."),
     texts: list[str] = typer.Argument(..., help="Texts to embed."),
     full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON."),
+    query: bool = typer.Option(False, "--query", help="Embed as queries (the model's query prompt), "
+                               "not as documents."),
+    prompt_name: str | None = typer.Option(None, "--prompt-name", help="One of the model's prompts, by name."),
+    dimensions: int | None = typer.Option(None, "--dimensions", help="Fewer dimensions (Matryoshka models)."),
+    matryoshka: bool = typer.Option(False, "--matryoshka", help="Allow --dimensions on a model whose card "
+                                    "declares no Matryoshka training."),
 ) -> None:
     """Embed TEXTS and print the vectors (shortened unless --full)."""
     from ..manager import ModelManager
 
     model = ModelManager().get_embedding_model(name)
-    vectors = model.embed_documents(texts)
+    vectors = model.embed(texts, input_type="query" if query else "document", prompt_name=prompt_name,
+                          dimensions=dimensions, matryoshka=matryoshka)
     if full:
         console.print_json(json.dumps(vectors))
         return

@@ -25,7 +25,12 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
-from .embedding_config import effective_max_length, read_pooling_config
+from .embedding_config import (
+    effective_max_length,
+    read_matryoshka,
+    read_pooling_config,
+    read_prompts,
+)
 from .encoder_quantize import (
     encoder_texts,
     int8_quality,
@@ -45,7 +50,8 @@ TASK = "feature-extraction"
 
 
 def _spec(checkpoint: Path, base: Path, config: dict) -> EmbeddingSpec:
-    """Pooling from the sentence-transformers files; sizes and padding from the exported config."""
+    """Pooling and prompts from the sentence-transformers files, Matryoshka training from the card;
+    sizes and padding from the exported config."""
     pooling = read_pooling_config(checkpoint)
     tokenizer_config = read_json(base / "tokenizer_config.json") if (base / "tokenizer_config.json").is_file() else {}
     max_len = effective_max_length(
@@ -61,12 +67,17 @@ def _spec(checkpoint: Path, base: Path, config: dict) -> EmbeddingSpec:
     pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
     if pad_id is None:
         pad_id = config.get("pad_token_id") or 0
+    prompts, default_prompt_name = read_prompts(checkpoint, pooling.include_prompt)
+    dimension = int(config["hidden_size"])
     return EmbeddingSpec(
         pooling=pooling.pooling,  # type: ignore[arg-type]
         normalize=pooling.normalize,
         max_seq_length=max_len,
-        dimension=int(config["hidden_size"]),
+        dimension=dimension,
         pad_token_id=int(pad_id),
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
+        matryoshka=read_matryoshka(checkpoint, dimension),
     )
 
 

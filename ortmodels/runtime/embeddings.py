@@ -2,7 +2,9 @@
 
 A LangChain `Embeddings` over the engine's `EncoderRunner` (length-sorted batches,
 pooling and normalisation as the export manifest says) and `CoalescingBatcher`
-(concurrent callers share batches).
+(concurrent callers share batches). Queries and documents get the model's prompts and
+vectors may be cut to fewer dimensions, by sentence-transformers' rules
+(`embedding_options`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
 from ..store.names import validate_model_name
+from .embedding_options import output_size, prompt_for, truncate
 from .variant import open_variant
 
 if TYPE_CHECKING:
@@ -39,7 +42,15 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         ``ModelManager().get_embedding_model()``.
 
     Embed:
-        ``emb.embed_documents(["a", "b"])``, ``emb.embed_query("c")`` and their ``a``-twins.
+        ``emb.embed_documents(["a", "b"])``, ``emb.embed_query("c")`` and their ``a``-twins: each
+        with the model's document or query prompt when its ``config_sentence_transformers.json``
+        has them (as sentence-transformers' ``encode_document`` / ``encode_query``);
+        ``emb.embed(texts, prompt_name=..., dimensions=...)`` for the rest.
+
+    Fewer dimensions:
+        ``OnnxEmbeddingModel("nomic-embed", dimensions=256)``: every vector cut to its first 256
+        numbers and renormalised, for a model whose card declares Matryoshka training; any
+        other model refuses unless ``matryoshka=True`` says the caller knows it was trained so.
     """
 
     batch_size: int = 32
@@ -53,6 +64,8 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         dtype: str | None = None,
         batch_size: int | None = None,
         settings: Settings | None = None,
+        dimensions: int | None = None,
+        matryoshka: bool = False,
     ) -> None:
         if model_path is None:  # found by name in LOCAL_MODELS_DIR
             settings = settings or load_settings()
@@ -65,6 +78,13 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
             if batch_size < 1:
                 raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
             self.batch_size = batch_size
+        if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                       or dimensions < 1):
+            raise ValueError(f"dimensions must be a positive whole number, got {dimensions!r}.")
+        self.dimensions = dimensions
+        """The length every vector is cut to (``None``: the model's own); checked at load."""
+        self.matryoshka = matryoshka
+        """True: cut to ``dimensions`` even though the model's card declares no Matryoshka training."""
         self._settings = settings
         self._runner: EncoderRunner | None = None
         self._batcher: CoalescingBatcher | None = None
@@ -82,6 +102,7 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         tokenizer = load_tokenizer(opened.folder / "tokenizer.json", spec.max_seq_length)
         runner = EncoderRunner(opened.session, tokenizer, spec)
         runner.check(opened.folder)
+        output_size(spec, opened.info.name, self.dimensions, self.matryoshka)  # refused at load, not at first use
         self._runner = runner
         self._batcher = CoalescingBatcher(lambda texts: runner.embed(texts, self.batch_size))
         self.variant, self.resolved_device = opened.variant, opened.device
@@ -105,15 +126,34 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
 
     @property
     def dimension(self) -> int:
-        """Length of each embedding vector."""
+        """Length of each embedding vector (``dimensions`` when given)."""
         self._ensure_loaded()
-        return self.runner.spec.dimension
+        return self.dimensions or self.runner.spec.dimension
+
+    def prompt_for(self, input_type: str | None = None, prompt_name: str | None = None) -> str:
+        """The text put before each input for this role or prompt name ("" for none)."""
+        self._ensure_loaded()
+        return prompt_for(self.runner.spec, self._name, input_type, prompt_name)
+
+    @property
+    def _name(self) -> str:
+        return self.model_name or Path(self._model_path or "").name
 
     # -- inference --------------------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        """Concurrent callers share batches (`CoalescingBatcher`); each gets its own rows."""
-        batcher = self._batcher
-        if batcher is None:
+        return self._embed_as(texts, None, None, None, False)
+
+    def _embed_as(self, texts: list[str], input_type: str | None, prompt_name: str | None,
+                  dimensions: int | None, matryoshka: bool) -> list[list[float]]:
+        """Concurrent callers share batches (`CoalescingBatcher`), whatever their prompts; each gets
+        its own rows."""
+        batcher, runner = self._batcher, self._runner
+        if batcher is None or runner is None:
             raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
-        return batcher(texts).tolist()
+        spec = runner.spec
+        prompt = prompt_for(spec, self._name, input_type, prompt_name)
+        size = output_size(spec, self._name, dimensions if dimensions is not None else self.dimensions,
+                           matryoshka or self.matryoshka)
+        vectors = batcher([prompt + text for text in texts] if prompt else texts)
+        return truncate(vectors, size, spec.normalize).tolist()

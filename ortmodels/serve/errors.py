@@ -80,7 +80,7 @@ def from_exception(exc: BaseException) -> ApiError:
         if isinstance(exc, cls):
             if status >= 500:
                 logger.error("Request failed: %s", exc)
-            return ApiError(status, str(exc), type=kind, code=code)
+            return ApiError(status, str(exc), type=kind, code=code, param=getattr(exc, "param", None))
     logger.error("Unexpected error while answering a request", exc_info=exc)
     return ApiError(500, f"Internal error ({type(exc).__name__}); the server log has the details.",
                     type="server_error", code="internal_error")

@@ -212,8 +212,19 @@ class EmbeddingRequest(_Strict):
     model: str | None = None
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: Annotated[int | None, Field(ge=1)] = None
+    """Fewer than the model's own: the first ones, renormalised; for Matryoshka-trained models
+    (or with ``matryoshka: true``), else a 400 naming the model's size."""
     user: str | None = None
+    # ortmodels' (and Jina/Cohere/TEI-style) additions, through the client's extra_body:
+    input_type: Literal["query", "document"] | None = None
+    """Embed the inputs with the model's query or document prompt (sentence-transformers'
+    ``encode_query`` / ``encode_document``); left out: its plain ``encode``."""
+    prompt_name: Annotated[str | None, Field(max_length=100)] = None
+    """One of the model's prompts by name (wins over ``input_type``); an unknown one is a 400
+    that lists them."""
+    matryoshka: bool | None = None
+    """True: cut to ``dimensions`` although the model's card declares no Matryoshka training."""
 
 
 # -- responses ---------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ..errors import ModelFileError
 
@@ -124,6 +131,16 @@ class VariantEntry(BaseModel):
         return value
 
 
+class Matryoshka(BaseModel):
+    """Where the export found that a model was trained to be truncated (Matryoshka
+    representation learning), and the sizes it was trained at when that is said."""
+
+    source: str = Field(max_length=200)
+    """The file and the key or tag that says so (``README.md: tags loss:MatryoshkaLoss``)."""
+    dimensions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=64)
+    """The trained sizes, largest first; empty when the card says Matryoshka without them."""
+
+
 class EmbeddingSpec(BaseModel):
     """How token vectors become one sentence vector, read from the sentence-transformers files."""
 
@@ -132,6 +149,21 @@ class EmbeddingSpec(BaseModel):
     max_seq_length: int = Field(ge=1, le=1 << 20)
     dimension: int = Field(ge=1, le=1 << 20)
     pad_token_id: int = Field(ge=0)
+    prompts: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64)
+    """``config_sentence_transformers.json``'s ``prompts`` (name → text put before the input); empty
+    in exports made before prompts were read, and for models without them."""
+    default_prompt_name: str | None = None
+    """The prompt sentence-transformers' plain ``encode`` applies when none is asked for."""
+    matryoshka: Matryoshka | None = None
+    """Set when the card or config declares Matryoshka training: ``dimensions`` may truncate."""
+
+    @field_validator("default_prompt_name")
+    @classmethod
+    def _known_default(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value not in {"query", "document", *info.data.get("prompts", {})}:
+            raise ValueError(f"default_prompt_name {value!r} is not one of the prompts")  # query, document: built in
+        return value
 
 
 class RerankerSpec(BaseModel):

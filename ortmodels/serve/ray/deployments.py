@@ -132,8 +132,9 @@ class ModelServer:
             async for item in events:
                 yield item
 
-    async def aembed_counted(self, model_id: str, texts: list[str]) -> tuple[list[list[float]], int]:
-        return await embeddings.embed_counted(self._model(model_id), texts)
+    async def aembed_counted(self, model_id: str, texts: list[str],
+                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
+        return await embeddings.embed_counted(self._model(model_id), texts, options)
 
     async def arerank_counted(self, model_id: str, query: str, documents: list[str],
                               top_n: int | None) -> tuple[list[tuple[int, float]], int]:

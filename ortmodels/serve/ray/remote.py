@@ -84,8 +84,8 @@ class RemoteModel:
                 raise
             raise unwrapped from None
 
-    async def aembed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        return await self._call("aembed_counted", texts)  # type: ignore[no-any-return]
+    async def aembed_counted(self, texts: list[str], options: dict[str, Any]) -> tuple[list[list[float]], int]:
+        return await self._call("aembed_counted", texts, options)  # type: ignore[no-any-return]
 
     async def arerank_counted(self, query: str, documents: list[str],
                               top_n: int | None) -> tuple[list[tuple[int, float]], int]:

@@ -1,0 +1,136 @@
+"""examples/rag/app.py: the seed's ``chat_with_ai`` on a real vector database.
+
+The splitter and the Qdrant local store are checked on their own; the slow test ingests the
+example's documents with the embedding sample into Qdrant's in-process store and holds a
+conversation with the chat sample, checking what the app controls: the passages retrieved
+are the right document's, numbered as cited, the answer lists its sources, and the second
+turn reuses the first from the prompt cache (not the 135M model's wording). The PostgreSQL
+path runs against a real server with pgvector when ``ORTMODELS_TEST_PGVECTOR_URL`` is set
+(examples/rag/README.md says how to start one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("qdrant_client")
+
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, load_example
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rag"
+DOCS = EXAMPLE / "docs"
+PG_URL = os.environ.get("ORTMODELS_TEST_PGVECTOR_URL")
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_example("ortmodels_example_rag", EXAMPLE / "app.py")
+
+
+def test_split_keeps_every_word_in_order_within_the_bound(app) -> None:
+    text = (DOCS / "lighthouse-of-varnholm.md").read_text() + "\n\n" + "word " * 400
+    pieces = app.split(text, max_chars=200, overlap=40)
+    assert all(0 < len(p) <= 200 for p in pieces)
+    joined = " ".join(pieces).split()
+    words = text.split()
+    position = 0
+    for word in words:  # every word appears, in order (overlaps may repeat some)
+        position = joined.index(word, position) + 1
+    with pytest.raises(ValueError, match="more than twice overlap"):
+        app.split(text, max_chars=80, overlap=40)
+
+
+def test_qdrant_local_store_adds_once_and_finds_the_nearest(app, tmp_path: Path) -> None:
+    passages = [app.Passage("a.md", 0, "alpha"), app.Passage("b.md", 0, "beta"), app.Passage("b.md", 1, "gamma")]
+    vectors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8]]
+    store = app.QdrantStore(3, path=tmp_path / "qdrant")
+    store.add(passages, vectors)
+    store.add(passages[:1], vectors[:1])  # the same passage again: same id, stored once
+    assert store.ids() == {p.id for p in passages} and all(uuid.UUID(i) for i in store.ids())
+    (best, score), (second, _) = store.search([0.0, 1.0, 0.1], 2)
+    assert best == passages[1] and second == passages[2] and score == pytest.approx(0.995, abs=1e-3)
+    store.client.close()
+    with pytest.raises(ValueError, match="holds 3-dimension vectors, not 4"):
+        app.QdrantStore(4, path=tmp_path / "qdrant")
+    with pytest.raises(TypeError, match="conn must be None, a folder, a postgresql:// URL"):
+        app.open_store(42, 3)
+
+
+@pytest.fixture(scope="module")
+def models(samples_dir: Path) -> Iterator[tuple]:
+    from ortmodels.runtime.chat import OnnxChatModel
+    from ortmodels.runtime.embeddings import OnnxEmbeddingModel
+
+    embeddings = OnnxEmbeddingModel(model_path=samples_dir / EMBEDDING_SAMPLE, device="cpu", dtype="fp32").load()
+    chat = OnnxChatModel(model_path=samples_dir / CHAT_SAMPLE).load()
+    yield embeddings, chat
+    chat.unload()
+    embeddings.unload()
+
+
+def _check_answer(app, answer, expected_source: str) -> None:
+    assert answer.text
+    assert [s.number for s in answer.sources] == list(range(1, len(answer.sources) + 1))
+    assert 1 <= len(answer.sources) <= 4
+    assert answer.sources[0].source == expected_source, [(s.source, s.score) for s in answer.sources]
+    assert set(answer.cited) <= {s.number for s in answer.sources}
+    shown = str(answer).split("\n\nSources:\n", 1)[1].splitlines()
+    assert shown and all(re.fullmatch(r"\[\d+\] [\w.-]+\.md \(part \d+\)", line) for line in shown)
+    assert any(expected_source in line for line in shown)
+
+
+def _conversation(app, conn, models: tuple, dimension: int) -> None:
+    embeddings, chat = models
+    conversation = app.Conversation()
+    first = app.chat_with_ai(conn, "When was the lighthouse of Varnholm built, and by whom?", dimension, chat,
+                             embeddings=embeddings, conversation=conversation)
+    _check_answer(app, first, "lighthouse-of-varnholm.md")
+    follow_up = app.chat_with_ai(conn, "Who was its last keeper?", dimension, chat, embeddings=embeddings,
+                                 conversation=conversation)
+    _check_answer(app, follow_up, "lighthouse-of-varnholm.md")  # found through the turn before
+    assert follow_up.usage["input_token_details"]["cache_read"] > 0  # the first turn came from the prompt cache
+    assert len(conversation.messages) == 5  # system, two questions, two answers
+    other = app.chat_with_ai(conn, "How often does a sourdough starter in the refrigerator need feeding?",
+                             dimension, chat, embeddings=embeddings)
+    _check_answer(app, other, "sourdough-starter.md")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_chat_with_ai_answers_from_the_documents_on_qdrant_local(app, models: tuple, tmp_path: Path) -> None:
+    embeddings, _ = models
+    dimension = embeddings.dimension
+    store = app.open_store(tmp_path / "qdrant", dimension)
+    added = app.ingest(store, embeddings, DOCS)
+    assert added == len(app.read_folder(DOCS)) >= 6
+    assert app.ingest(store, embeddings, DOCS) == 0  # nothing twice
+    _conversation(app, store, models, dimension)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(PG_URL is None, reason="ORTMODELS_TEST_PGVECTOR_URL is not set: no PostgreSQL with pgvector to "
+                                            "test against (examples/rag/README.md starts one)")
+def test_chat_with_ai_on_postgresql_with_pgvector(app, models: tuple) -> None:
+    import psycopg
+
+    embeddings, _ = models
+    table = f"rag_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL) as conn:  # the seed's conn: a psycopg connection
+        try:
+            store = app.PgVectorStore(embeddings.dimension, conn, table)
+            assert app.ingest(store, embeddings, DOCS) == len(app.read_folder(DOCS))
+            assert app.ingest(store, embeddings, DOCS) == 0
+            _conversation(app, store, models, embeddings.dimension)
+            with pytest.raises(ValueError, match=f"holds {embeddings.dimension}-dimension vectors, not 8"):
+                app.PgVectorStore(8, conn, table)
+        finally:
+            conn.rollback()
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.commit()
