@@ -7,6 +7,7 @@ loading and the life cycle the `ModelManager` drives.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
@@ -60,16 +61,28 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
     def _embed(self, texts: list[str]) -> list[list[float]]:
         """Embed non-empty, already validated texts, in order."""
 
+    def _embed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """`_embed` and the tokens the model read (0: this class does not count them)."""
+        return self._embed(texts), 0
+
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed search documents; ``[]`` gives ``[]``."""
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """`embed_documents` and the tokens the model read for them (the server's ``usage``)."""
         texts = _check_texts(texts)
         if not texts:
-            return []
+            return [], 0
         with self._use("embed_documents") as record:
-            vectors = self._embed(texts)
+            counted = self._embed_counted(texts)
             if record is not None:
                 record.items = len(texts)
-            return vectors
+            return counted
+
+    async def aembed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """`embed_counted` off the event loop."""
+        return await asyncio.to_thread(self.embed_counted, texts)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query text."""

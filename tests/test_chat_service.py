@@ -15,8 +15,8 @@ from ortmodels.errors import ChatInputError, StructuredOutputError
 from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.events import Finished, TextDelta, ToolCalls
 from ortmodels.runtime.options import ChatOptions, LogprobOptions, SamplingOptions
-from ortmodels.serve.chat import events_of
 from ortmodels.serve.protocol import ChatCompletionRequest, CompletionRequest
+from ortmodels.serve.protocols import ChatModel, as_chat_model
 
 from .conftest import CHAT_SAMPLE
 
@@ -129,11 +129,18 @@ def test_a_users_langchain_class_is_read_as_the_services_events() -> None:
                 {"role": "tool", "content": "42", "tool_call_id": "c1"}, {"role": "user", "content": "Hi"}]
 
     async def events() -> list[Any]:
-        return [e async for e in events_of(model, "achat_events", messages, ChatOptions())]
+        return [e async for e in as_chat_model(model).achat_events(messages, ChatOptions())]
 
     first, finished = asyncio.run(events())
     assert first == TextDelta("system:Be brief., ai:, tool:42, human:Hi")
     assert isinstance(finished, Finished) and finished.reason == "stop"
+
+
+def test_a_users_class_without_astream_text_is_refused_before_any_stream() -> None:
+    served = as_chat_model(EchoChat(model_name="echo"))
+    assert isinstance(served, ChatModel) and not isinstance(EchoChat(model_name="echo"), ChatModel)
+    with pytest.raises(ChatInputError, match="echo cannot continue plain text.*no astream_text"):
+        served.atext_events("Once upon a time", ChatOptions())
 
 
 class StreamingToolChat(EchoChat):
@@ -155,8 +162,8 @@ class StreamingToolChat(EchoChat):
 
 def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
     async def events(model: BaseLLMModel) -> list[Any]:
-        return [e async for e in events_of(model, "achat_events", [{"role": "user", "content": "Paris?"}],
-                                           ChatOptions())]
+        return [e async for e in as_chat_model(model).achat_events([{"role": "user", "content": "Paris?"}],
+                                                                   ChatOptions())]
 
     text, calls, finished = asyncio.run(events(StreamingToolChat(model_name="tools")))
     assert text == TextDelta("Checking.")  # the entry without a logprob is left out, not a KeyError
@@ -167,3 +174,8 @@ def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
     broken = StreamingToolChat(model_name="tools", fragments=('{"city": ', "Paris}"))
     with pytest.raises(StructuredOutputError, match="get_weather.*not JSON"):
         asyncio.run(events(broken))
+
+
+@pytest.mark.slow
+def test_the_server_calls_an_onnx_chat_model_as_it_is(chat: OnnxChatModel) -> None:
+    assert as_chat_model(chat) is chat

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .decoder import DecoderSession, DecoderState
 from .detokenizer import TextAssembler
-from .engine import DEFAULT_KV_CACHE_BYTES, Engine
+from .engine import DEFAULT_KV_CACHE_BYTES, Engine, EngineGauges
 from .prompt_cache import PromptCache
 from .request import Event, Finished, FinishReason, Request, TextDelta
 from .sampling import BannedTokens, LogitsProcessor, SamplingParams, choose_token
@@ -25,6 +25,7 @@ __all__ = [
     "DecoderSession",
     "DecoderState",
     "Engine",
+    "EngineGauges",
     "Event",
     "FinishReason",
     "Finished",

@@ -37,7 +37,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ..base import BaseLLMModel
 from ..config import Settings, load_settings
-from ..engine import DecoderSession, Engine
+from ..engine import DecoderSession, Engine, EngineGauges
 from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary, highest_id, load_tokenizer
@@ -161,6 +161,11 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     def kv_bytes_per_token(self) -> int | None:
         """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16)."""
         return self._state.engine.kv_bytes_per_token if self._state else None
+
+    def engine_gauges(self) -> EngineGauges | None:
+        """The engine's figures now (``/metrics``); ``None`` while not loaded."""
+        state = self._state
+        return state.engine.gauges() if state is not None else None
 
     # -- options and prompts ----------------------------------------------------------------
 

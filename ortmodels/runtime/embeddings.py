@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
-from ..engine.encoder import EncoderRunner
+from ..engine.encoder import Encoded, EncoderRunner
 from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
@@ -67,7 +67,7 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
             self.batch_size = batch_size
         self._settings = settings
         self._runner: EncoderRunner | None = None
-        self._batcher: CoalescingBatcher | None = None
+        self._batcher: CoalescingBatcher[Encoded] | None = None
         self.variant: str | None = None
         """The precision loaded (``fp32``, ``int8``, ...), once loaded."""
         self.resolved_device: str | None = None
@@ -83,7 +83,7 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         runner = EncoderRunner(opened.session, tokenizer, spec)
         runner.check(opened.folder)
         self._runner = runner
-        self._batcher = CoalescingBatcher(lambda texts: runner.embed(texts, self.batch_size))
+        self._batcher = CoalescingBatcher(lambda texts: runner.encode(texts, self.batch_size))
         self.variant, self.resolved_device = opened.variant, opened.device
         logger.info("Loaded embedding model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
@@ -112,8 +112,13 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
     # -- inference --------------------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        """Concurrent callers share batches (`CoalescingBatcher`); each gets its own rows."""
+        return self._embed_counted(texts)[0]
+
+    def _embed_counted(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Concurrent callers share batches (`CoalescingBatcher`); each gets its own rows, and
+        the tokens its texts were read as."""
         batcher = self._batcher
         if batcher is None:
             raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
-        return batcher(texts).tolist()
+        encoded = batcher(texts)
+        return encoded.vectors.tolist(), int(encoded.tokens.sum())

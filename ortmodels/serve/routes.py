@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from ..runtime.events import ChatEvent
 from . import chat, completions, embeddings
 from .admission import RETRY_AFTER_S, Slot
-from .app import ServerState
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
 from .models import ModelId
@@ -31,7 +31,9 @@ from .protocol import (
     ModelList,
     unsupported_field,
 )
+from .protocols import ChatModel
 from .sse import respond
+from .state import ServerState
 
 MAX_BODY_BYTES = 32 << 20
 
@@ -176,8 +178,8 @@ async def chat_completions(request: Request) -> Response:
     messages = chat.to_messages(body.messages)
     options = chat.call_options(body)
 
-    def open_stream(model: Any) -> Any:
-        return chat.events_of(model, "achat_events", messages, options)
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.achat_events(messages, options)
 
     return await _answer(request, state, entry, open_stream, chat.ChatAnswer(body.model or entry.id), body)
 
@@ -190,23 +192,21 @@ async def text_completions(request: Request) -> Response:
     prompt = completions.prompt_of(body)
     options = completions.call_options(body)
 
-    def open_stream(model: Any) -> Any:
-        if not hasattr(model, "atext_events") and not hasattr(model, "astream_text"):
-            raise bad_request(f"{entry.id} cannot continue plain text (its class has no astream_text); use "
-                              "/v1/chat/completions.", "model")
-        return chat.events_of(model, "atext_events", prompt, options)
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.atext_events(prompt, options)
 
     return await _answer(request, state, entry, open_stream, completions.TextAnswer(body.model or entry.id), body)
 
 
-async def _answer(request: Request, state: ServerState, entry: ModelId, open_stream: Callable[[Any], Any],
-                  answer: Any, body: Any) -> Response:
+async def _answer(request: Request, state: ServerState, entry: ModelId,
+                  open_stream: Callable[[ChatModel], AsyncIterator[ChatEvent]],
+                  answer: chat.ChatAnswer | completions.TextAnswer, body: Any) -> Response:
     """Admit the request, open the model's stream, and answer it streamed (SSE) or whole;
     the admission slot is released however it ends."""
     _ready(state)
     slot = state.queue.enter()
     try:
-        chunks = open_stream(await state.catalog.get(entry))
+        chunks = open_stream(await state.catalog.chat(entry))
     except BaseException:
         slot.release()
         raise
@@ -225,7 +225,7 @@ async def create_embeddings(request: Request) -> Response:
     _ready(state)
     slot = state.queue.enter()
     try:
-        model = await state.catalog.get(entry)
+        model = await state.catalog.embedding(entry)
     except BaseException:
         slot.release()
         raise

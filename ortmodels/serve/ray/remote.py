@@ -92,7 +92,7 @@ class RayCatalog(Catalog):
         self.handles = dict(handles)
         self._dimensions: dict[str, int | None] = {}  # read from the manifest once, not per request
 
-    async def get(self, entry: ModelId) -> Any:
+    async def get(self, entry: ModelId) -> object:
         handle = self.handles.get(entry.id)
         if handle is None:
             raise ApiError(404, f"The model {entry.id!r} is exported but not deployed on this Ray Serve app; "
