@@ -100,7 +100,13 @@ async def langchain_events(model: Any, method: str, given: Any, options: ChatOpt
 
 
 def _gather(pieces: dict[Any, dict[str, Any]], piece: dict[str, Any], position: int) -> None:
-    """One ``tool_call_chunk`` added to its call (LangChain's merge: by ``index``, arguments concatenated)."""
+    """One ``tool_call_chunk`` added to its call (LangChain's merge: by ``index``, arguments concatenated).
+
+    Not LangChain's own merge (``AIMessageChunk`` addition, then ``.tool_calls``): that parses
+    the joined arguments with ``parse_partial_json``, which closes what is open, so a call cut
+    short (``{"city": "Par``) would be served as a whole call with other arguments
+    (``{"city": "Par"}``). The joined text is parsed strictly instead (`_parsed`).
+    """
     key = piece.get("index") if piece.get("index") is not None else f"at {position}"
     call = pieces.setdefault(key, {"name": "", "args": "", "id": None})
     call["name"] = call["name"] or piece.get("name") or ""

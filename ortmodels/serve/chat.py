@@ -18,7 +18,7 @@ from typing import Any
 from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls, arguments_json
 from ..runtime.options import ChatOptions
 from .errors import bad_request
-from .generation import NO_USAGE, Answer, finish_reason, sampling_options, usage_of
+from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
 from .protocol import (
     ChatChoice,
     ChatCompletion,
@@ -91,14 +91,14 @@ def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return converted
 
 
-def call_options(request: ChatCompletionRequest) -> ChatOptions:
-    """The chat service's options for this request."""
+def chat_options(request: ChatCompletionRequest) -> ChatOptions:
+    """The chat service's options for a chat body (OpenAI's spellings and shapes mapped to its own)."""
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", "top_logprobs")
     choice = request.tool_choice
     if choice not in (None, "none", "auto") and not request.tools:
         raise bad_request("tool_choice needs tools: give tools, or leave tool_choice out.", "tool_choice")
-    options: dict[str, Any] = sampling_options(request, request.max_completion_tokens or request.max_tokens)
+    options: dict[str, Any] = {}
     if request.logprobs:
         options["logprobs"] = True
         options["top_logprobs"] = request.top_logprobs or 0
@@ -117,7 +117,7 @@ def call_options(request: ChatCompletionRequest) -> ChatOptions:
                                           "json_schema": fmt.json_schema.model_dump(by_alias=True, exclude_none=True)}
         else:
             options["response_format"] = {"type": "json_object"}
-    return ChatOptions.checked(stop=request.stop, **{k: v for k, v in options.items() if v is not None})
+    return service_options(request, request.max_completion_tokens or request.max_tokens, **options)
 
 
 def _tool_calls(event: ToolCalls, start: int) -> list[ResponseToolCall]:

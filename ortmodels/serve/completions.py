@@ -15,7 +15,7 @@ from typing import Any
 from ..runtime.events import ChatEvent, Finished, TextDelta
 from ..runtime.options import ChatOptions
 from .errors import bad_request
-from .generation import NO_USAGE, Answer, finish_reason, sampling_options, usage_of
+from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
 from .protocol import Completion, CompletionChoice, CompletionRequest
 from .sse import DONE, event
 
@@ -37,13 +37,13 @@ def prompt_of(request: CompletionRequest) -> str:
 DEFAULT_MAX_TOKENS = 16
 
 
-def call_options(request: CompletionRequest) -> ChatOptions:
+def text_options(request: CompletionRequest) -> ChatOptions:
+    """The chat service's options for a completion body (``max_tokens`` left out is OpenAI's 16)."""
     if request.logprobs:  # chat completions give them; text completions do not yet
         raise bad_request("logprobs are given by /v1/chat/completions only; leave logprobs out here.",
                           "logprobs", "unsupported_parameter")
     given = "max_tokens" in request.model_fields_set
-    options = sampling_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS)
-    return ChatOptions.checked(stop=request.stop, **{k: v for k, v in options.items() if v is not None})
+    return service_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS)
 
 
 def _text(event: ChatEvent) -> str:

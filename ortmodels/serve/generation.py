@@ -8,7 +8,7 @@ import uuid
 from typing import Any, ClassVar
 
 from ..runtime.events import ChatEvent, Finished
-from ..runtime.options import SamplingOptions
+from ..runtime.options import ChatOptions, SamplingOptions, StopOptions
 from .errors import ApiError
 from .protocol import Usage
 
@@ -24,9 +24,13 @@ class Answer:
         self.model = model_id
 
 
-def sampling_options(request: Any, max_tokens: int | None) -> dict[str, Any]:
-    """The body's `SamplingOptions` (both endpoints' bodies carry them as their own fields)."""
-    return {**{name: getattr(request, name) for name in SamplingOptions.model_fields}, "max_tokens": max_tokens}
+def service_options(request: Any, max_tokens: int | None, **output: Any) -> ChatOptions:
+    """The chat service's options for a body: its `SamplingOptions` and `StopOptions` fields
+    (both endpoints' bodies carry them as they are), ``max_tokens`` as the endpoint spells it,
+    and ``output`` (tools, a response format, log-probabilities) mapped by the endpoint."""
+    given = {name: getattr(request, name) for name in (*SamplingOptions.model_fields, *StopOptions.model_fields)}
+    given.update(max_tokens=max_tokens, **output)
+    return ChatOptions.checked(**{name: value for name, value in given.items() if value is not None})
 
 
 def usage_of(finished: Finished) -> Usage:

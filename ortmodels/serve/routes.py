@@ -176,7 +176,7 @@ async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
     entry = state.catalog.resolve(body.model, "chat")
     messages = chat.to_messages(body.messages)
-    options = chat.call_options(body)
+    options = chat.chat_options(body)
 
     def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
         return model.achat_events(messages, options)
@@ -190,7 +190,7 @@ async def text_completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     entry = state.catalog.resolve(body.model, "chat")
     prompt = completions.prompt_of(body)
-    options = completions.call_options(body)
+    options = completions.text_options(body)
 
     def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
         return model.atext_events(prompt, options)
