@@ -41,6 +41,14 @@ class EmbeddingModel(Protocol):
 
 
 @runtime_checkable
+class Loadable(Protocol):
+    """A model with a life cycle (``/v1/models`` says which are loaded now)."""
+
+    @property
+    def is_loaded(self) -> bool: ...
+
+
+@runtime_checkable
 class ReportsGauges(Protocol):
     """A model that runs an engine reports its figures (``/metrics``); ``None`` while not loaded."""
 

@@ -31,7 +31,7 @@ from .protocol import (
     ModelList,
     unsupported_field,
 )
-from .protocols import ChatModel
+from .protocols import ChatModel, Loadable
 from .sse import respond
 from .state import ServerState
 
@@ -165,7 +165,7 @@ async def metrics(request: Request) -> PlainTextResponse:
 async def list_models(request: Request) -> dict[str, Any]:
     state = _state(request)
     ids = await asyncio.to_thread(state.catalog.ids, True)
-    loaded = {i for i, m in state.catalog.used.items() if getattr(m, "is_loaded", False)}
+    loaded = {i for i, m in state.catalog.used.items() if isinstance(m, Loadable) and m.is_loaded}
     cards = [ModelCard(id=m.id, created=0, kind=m.kind, exported=m.exported, loaded=m.id in loaded) for m in ids]
     return ModelList(data=cards).model_dump()
 
