@@ -36,7 +36,6 @@ from benchmarks.bench_server import MODEL, _free_port, one_level
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.report import bar_chart, machine, versions, write_json
 from ortmodels.manager import ModelManager
-from ortmodels.serve import embeddings
 from ortmodels.serve.app import create_app
 from ortmodels.serve.models import Catalog
 from ortmodels.serve.ray.deployments import _environment, build_app
@@ -66,7 +65,7 @@ class MultiplexedServer:
                 yield chunk
 
     async def aembed_counted(self, model_id: str, texts: list[str]) -> Any:
-        return await embeddings.embed_counted(await self.get_model(model_id), texts)
+        return await (await self.get_model(model_id)).aembed_counted(texts)
 
 
 @serve.ingress()

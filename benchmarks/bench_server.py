@@ -24,7 +24,15 @@ speculate. Writes results/server.json and results/server.png.
 
     python -m benchmarks.bench_server [--rounds 3] [--new-tokens 64] [--clients 1 4 8 16]
         [--variants int4 int8] [--llama-parallel 8 4] [--no-llama] [--no-llama-cpp-server]
-        [--llama-server-bin PATH] [--peers-python PATH]
+        [--llama-server-bin PATH] [--peers-python PATH] [--baseline REF] [--quick]
+
+``--baseline REF`` adds ``ortmodels serve`` as it was at the commit REF (e.g. ``8b41d04^1``)
+beside today's, for each variant: REF's ``ortmodels/`` is written out with ``git archive``
+into a temporary folder (no worktree registered, nothing checked out here) and its server runs
+there, that folder its working directory and first on ``PYTHONPATH``, on the same models;
+it is measured interleaved with the others, and the figures add today's ÷ REF's tokens/s
+per client level. ``--quick`` is a wiring check, not a measurement: one round, 1 and 8
+clients, 8 tokens, no llama.cpp servers.
 
 ``--peers-python`` defaults to the peers venv's (``$ORTMODELS_PEERS_VENV`` or
 ``benchmarks/.peers-venv``, see ``benchmarks/peers/env.py``); ``--llama-server-bin`` to
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -67,6 +76,7 @@ class Contender:
     command: list[str]
     model: str  # the request's "model"
     health: str = "/health"  # the path that answers 200 once the server takes requests
+    source: Path = ROOT  # the tree whose `ortmodels` it runs: its working directory, first on PYTHONPATH
 
 
 def _free_port() -> int:
@@ -75,10 +85,48 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ortmodels_contender(variant: str) -> Contender:
+def ortmodels_contender(variant: str, baseline: tuple[str, Path] | None = None) -> Contender:
+    """``ortmodels serve`` at ``variant``: this tree's, or (``baseline``: a commit and the folder
+    its ``ortmodels/`` was written to) that commit's."""
     model_id = f"{MODEL}:{variant}"
-    return Contender(f"{ORT} {variant}", [sys.executable, "-m", "ortmodels", "serve", "--port", "{port}", "--models",
-                                          model_id, "--max-queue", "256"], model_id)
+    command = [sys.executable, "-m", "ortmodels", "serve", "--port", "{port}", "--models", model_id,
+               "--max-queue", "256"]
+    if baseline is None:
+        return Contender(f"{ORT} {variant}", command, model_id)
+    ref, folder = baseline
+    return Contender(baseline_name(variant, ref), command, model_id, source=folder)
+
+
+def baseline_name(variant: str, ref: str) -> str:
+    return f"{ORT} {variant} at {ref}"
+
+
+def write_baseline(ref: str, folder: Path) -> str:
+    """``ortmodels/`` as it is at the commit ``ref``, written into ``folder`` (``git archive``:
+    nothing checked out here, no worktree registered); returns the commit's hash."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "ortmodels"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return commit
+
+
+def package_of(contender: Contender) -> str:
+    """Where the contender's ``python -m ortmodels`` imports ortmodels from (checked before it runs:
+    a baseline that ran today's code would compare it with itself)."""
+    done = subprocess.run([sys.executable, "-c", "import ortmodels; print(ortmodels.__file__)"],
+                          env=_environment(contender), cwd=contender.source, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
+def _environment(contender: Contender) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(contender.source), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    env.setdefault("LOCAL_MODELS_DIR", str(ROOT / "models"))
+    return env
 
 
 def llama_contender(gguf: Path, parallel: int, binary: Path = LLAMA_SERVER_BIN) -> Contender:
@@ -105,11 +153,10 @@ def start_server(contender: Contender, log: Path) -> tuple[subprocess.Popen, str
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.setdefault("LOCAL_MODELS_DIR", str(ROOT / "models"))
     command = [part.replace("{port}", str(port)) for part in contender.command]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=_environment(contender), cwd=contender.source, stdout=out,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -250,6 +297,20 @@ def figures_of(rows: list[dict[str, Any]], levels: dict[str, dict[str, Any]], va
     return figures, best
 
 
+def baseline_figures(rows: list[dict[str, Any]], variants: list[str], ref: str,
+                     clients: list[int]) -> dict[str, float]:
+    """Today's ``ortmodels serve`` ÷ the baseline commit's, tokens/s per client level (medians of
+    per-round ratios, both measured in the same rounds)."""
+    figures: dict[str, float] = {}
+    for variant in variants:
+        ours, theirs = f"{ORT} {variant}", baseline_name(variant, ref)
+        for n in clients:
+            ratio = median_ratio(per_round(rows, ours, n), per_round(rows, theirs, n))
+            if ratio is not None:
+                figures[server_figure(f"{ours} {_clients(n)}", f"{theirs} {_clients(n)}")] = ratio
+    return figures
+
+
 def chart(levels: dict[str, dict[str, Any]], clients: list[int], title: str) -> Path:
     import matplotlib
 
@@ -290,10 +351,28 @@ def main() -> None:
     parser.add_argument("--llama-server-bin", type=Path, default=LLAMA_SERVER_BIN)
     parser.add_argument("--peers-python", type=Path, default=None,
                         help="the python with llama-cpp-python[server] (default: the peers venv's)")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="also measure `ortmodels serve` as it was at this commit (e.g. 8b41d04^1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a wiring check: 1 round, 1 and 8 clients, 8 tokens, no llama.cpp servers")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.clients, args.new_tokens = 1, [1, 8], 8
+        args.no_llama = args.no_llama_cpp_server = True
     engine_settings = use_engine_settings()  # `ortmodels serve` inherits it
+    logs = Path(tempfile.mkdtemp(prefix="bench-server-"))
 
     contenders = [ortmodels_contender(v) for v in args.variants]
+    baseline: dict[str, str] | None = None
+    if args.baseline:
+        folder = logs / "baseline"
+        baseline = {"ref": args.baseline, "commit": write_baseline(args.baseline, folder)}
+        contenders += [ortmodels_contender(v, (args.baseline, folder)) for v in args.variants]
+        for c in contenders:
+            found = package_of(c)
+            if not Path(found).is_relative_to(c.source):
+                sys.exit(f"{c.name} would import ortmodels from {found}, not from {c.source}.")
+        print(f"baseline {args.baseline} = {baseline['commit'][:12]}, written to {folder}", flush=True)
     llama_version = None
     if not args.no_llama:
         if not args.llama_server_bin.is_file():
@@ -313,7 +392,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     questions = iter(stdlib_sentences(args.rounds * sum(args.clients) + 8))
-    logs = Path(tempfile.mkdtemp(prefix="bench-server-"))
     load = {"start": _load()}
     servers: dict[str, tuple[subprocess.Popen, str]] = {}
     rows: list[dict[str, Any]] = []
@@ -347,27 +425,38 @@ def main() -> None:
     load["end"] = _load()
     levels = summarize(rows, names, args.clients)
     figures, best = figures_of(rows, levels, args.variants, [c.name for c in contenders if c.name.startswith(LLAMA_SERVER)])
+    if args.baseline:
+        figures.update(baseline_figures(rows, args.variants, args.baseline, args.clients))
     for name, by_level in levels.items():
         print(f"{name:32} " + "  ".join(f"{n}: {v['tokens_per_s']:6.1f} tok/s TTFT {v['ttft_p50_s']:.2f}/"
                                           f"{v['ttft_p95_s']:.2f} s" for n, v in by_level.items()))
     for key, value in figures.items():
         print(f"{key}: {value:.3f}")
-    path = write_json("server", {
+    payload = {
         "machine": machine(), "versions": {**versions(), "llama-server": llama_version},
         "model": MODEL, "new_tokens": args.new_tokens, "rounds": args.rounds, "clients": args.clients,
         "settings": {
             "client": "openai.AsyncOpenAI, streamed, stream_options.include_usage, temperature 0",
             "prompt": "'Explain in detail: <a stdlib docstring sentence>', a different one per request, "
                       "the same for every contender",
-            "contenders": {c.name: " ".join(c.command).replace(str(ROOT) + "/", "") for c in contenders},
+            "contenders": {c.name: " ".join(c.command).replace(str(ROOT) + "/", "")
+                           + ("" if c.source == ROOT else f" (ortmodels of {args.baseline})") for c in contenders},
             "llama_server_compared": best,
+            "baseline": baseline,
+            "quick": args.quick,
             "order": "all servers up; per round and client level, contenders one after another, rotated by round",
         },
         "took_s": round(time.perf_counter() - began, 1), "load_average": load, "engine_settings": engine_settings,
         "figures": figures, "levels": levels,
         "rounds_table": [{k: v for k, v in r.items() if k != "ttft_s"} | {
             "ttft_p50_s": percentile(r["ttft_s"], 50), "ttft_p95_s": percentile(r["ttft_s"], 95)} for r in rows],
-    })
+    }
+    if args.quick:  # a wiring check is no result: results/ keeps the last measurement
+        quick = logs / "server.json"
+        quick.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {quick} (--quick: results/ left as it is)")
+        return
+    path = write_json("server", payload)
     print(f"wrote {path}")
     chart(levels, args.clients, f"{MODEL}, {args.new_tokens} greedy tokens per request, streamed; "
           f"median of {args.rounds} rounds; {machine()['cores']} cores")

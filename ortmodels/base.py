@@ -7,6 +7,7 @@ loading and the life cycle the `ModelManager` drives.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
@@ -72,37 +73,49 @@ class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
         """Embed non-empty, already validated texts, in order."""
 
     def _embed_as(self, texts: list[str], input_type: str | None, prompt_name: str | None,
-                  dimensions: int | None, matryoshka: bool) -> list[list[float]]:
-        """Embed for a role (``query``, ``document``), a named prompt or fewer dimensions. A model
-        with prompts or truncation overrides this; here every text is embedded alike by `_embed`,
-        and a prompt name or another size is refused rather than ignored."""
+                  dimensions: int | None, matryoshka: bool) -> tuple[list[list[float]], int]:
+        """Embed for a role (``query``, ``document``), a named prompt or fewer dimensions, with the
+        tokens the model read (0: this class does not count them). A model with prompts or
+        truncation overrides this; here every text is embedded alike by `_embed`, and a prompt name
+        or another size is refused rather than ignored."""
         if prompt_name is not None:
             raise EmbeddingOptionError(f"{self.model_name} has no prompts; leave prompt_name out.", "prompt_name")
         vectors = self._embed(texts)
         if dimensions is not None and vectors and dimensions != len(vectors[0]):
             raise EmbeddingOptionError(f"{self.model_name} gives {len(vectors[0])} dimensions; it cannot give "
                                        f"{dimensions}.", "dimensions")
-        return vectors
+        return vectors, 0
+
+    def embed_counted(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
+                      dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
+        """`embed` and the tokens the model read for it (the server's ``usage``)."""
+        texts = _check_texts(texts)
+        if not texts:
+            return [], 0
+        with self._use("embed_documents") as record:
+            counted = self._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
+            if record is not None:
+                record.items = len(texts)
+            return counted
 
     def embed(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
               dimensions: int | None = None, matryoshka: bool = False) -> list[list[float]]:
         """Embed ``texts`` as a query or as documents (``input_type``), or with a prompt of the model's
         by name, cut to ``dimensions`` where the model allows it; neither role: sentence-transformers'
         plain ``encode``. ``[]`` gives ``[]``."""
-        texts = _check_texts(texts)
-        if not texts:
-            return []
-        with self._use("embed_documents") as record:
-            vectors = self._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
-            if record is not None:
-                record.items = len(texts)
-            return vectors
+        return self.embed_counted(texts, input_type=input_type, prompt_name=prompt_name, dimensions=dimensions,
+                                  matryoshka=matryoshka)[0]
 
     async def aembed(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
                      dimensions: int | None = None, matryoshka: bool = False) -> list[list[float]]:
         """`embed` off the event loop."""
         return await run_in_executor(None, partial(self.embed, texts, input_type=input_type, prompt_name=prompt_name,
                                                    dimensions=dimensions, matryoshka=matryoshka))
+
+    async def aembed_counted(self, texts: list[str],
+                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
+        """`embed_counted` off the event loop; ``options``: its keywords (the server's request fields)."""
+        return await asyncio.to_thread(partial(self.embed_counted, texts, **(options or {})))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed search documents (with the model's document prompt, if it has one); ``[]`` gives ``[]``."""
@@ -169,16 +182,23 @@ class BaseRerankModel(_PlainModel, BaseCrossEncoder, ABC):
         """``(index, score)`` of the ``top_n`` best ``documents`` for ``query`` (all if ``None``), best first."""
         return ranked(self.score(rerank_pairs(query, documents, top_n)), top_n)
 
+    def rerank_counted(self, query: str, documents: list[str],
+                       top_n: int | None = None) -> tuple[list[tuple[int, float]], int]:
+        """`rerank` and the tokens the model read for it (the server's ``usage``; 0: this class does
+        not count them)."""
+        return self.rerank(query, documents, top_n), 0
+
+    async def arerank_counted(self, query: str, documents: list[str],
+                              top_n: int | None = None) -> tuple[list[tuple[int, float]], int]:
+        """`rerank_counted` off the event loop."""
+        return await asyncio.to_thread(self.rerank_counted, query, documents, top_n)
+
     async def ascore(self, text_pairs: list[tuple[str, str]]) -> list[float]:
         """`score` off the event loop."""
-        import asyncio
-
         return await asyncio.to_thread(self.score, text_pairs)
 
     async def arerank(self, query: str, documents: list[str], top_n: int | None = None) -> list[tuple[int, float]]:
         """`rerank` off the event loop."""
-        import asyncio
-
         return await asyncio.to_thread(self.rerank, query, documents, top_n)
 
 

@@ -295,3 +295,30 @@ def test_server_figures_and_section_with_llama_cpp_server() -> None:
     assert "| llama_cpp.server Q4_1 | 50 (0.50 / 0.50) | 50 (4.00 / 4.00) |" in text
     assert "`python -m llama_cpp.server` (0.3.36" in text and "one request at a time" in text
     assert "ortmodels int4 8 clients ÷ llama_cpp.server Q4_1 8 clients 4.50×" in text
+
+
+def test_server_baseline_runs_that_commits_code_and_is_compared_per_level(tmp_path) -> None:
+    """``--baseline REF``: REF's ortmodels/ written out and imported by its server, never today's;
+    the figures are today's ÷ REF's tokens/s, per client level."""
+    from benchmarks.bench_server import (
+        ROOT,
+        baseline_figures,
+        baseline_name,
+        ortmodels_contender,
+        package_of,
+        write_baseline,
+    )
+    from benchmarks.targets import server_figure
+
+    commit = write_baseline("HEAD", tmp_path / "base")
+    assert len(commit) == 40 and (tmp_path / "base" / "ortmodels" / "__init__.py").is_file()
+    old = ortmodels_contender("int4", ("HEAD", tmp_path / "base"))
+    assert old.name == baseline_name("int4", "HEAD") == "ortmodels int4 at HEAD" and old.model.endswith(":int4")
+    assert package_of(old) == str(tmp_path / "base" / "ortmodels" / "__init__.py")
+    assert package_of(ortmodels_contender("int4")) == str(ROOT / "ortmodels" / "__init__.py")
+    rows = [{"round": rnd, "clients": 8, "contender": name, "tokens_per_s": tps, "tokens": 512, "ttft_s": [0.1]}
+            for rnd, (ours, theirs) in enumerate(((120.0, 100.0), (90.0, 100.0)))
+            for name, tps in (("ortmodels int4", ours), ("ortmodels int4 at HEAD", theirs))]
+    figures = baseline_figures(rows, ["int4"], "HEAD", [1, 8])
+    assert figures == {server_figure("ortmodels int4 8 clients", "ortmodels int4 at HEAD 8 clients"):
+                       pytest.approx(statistics.median([1.2, 0.9]))}

@@ -14,9 +14,14 @@ from ortmodels import BaseLLMModel, ModelManager
 from ortmodels.errors import ChatInputError, StructuredOutputError
 from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.events import Finished, TextDelta, ToolCalls
-from ortmodels.runtime.options import ChatOptions, LogprobOptions, SamplingOptions
-from ortmodels.serve.chat import events_of
+from ortmodels.runtime.options import (
+    ChatOptions,
+    LogprobOptions,
+    SamplingOptions,
+    StopOptions,
+)
 from ortmodels.serve.protocol import ChatCompletionRequest, CompletionRequest
+from ortmodels.serve.protocols import ChatModel, as_chat_model
 
 from .conftest import CHAT_SAMPLE
 
@@ -35,10 +40,33 @@ def test_every_option_has_its_description_and_unknown_ones_are_refused() -> None
 @pytest.mark.parametrize("request_class", [ChatCompletionRequest, CompletionRequest])
 def test_the_protocol_takes_the_options_as_they_are(request_class: type) -> None:
     """The server adds OpenAI's spellings, never its own bounds: each option is the options model's field."""
-    owners = [SamplingOptions, LogprobOptions] if request_class is ChatCompletionRequest else [SamplingOptions]
+    owners = [SamplingOptions, StopOptions] + ([LogprobOptions] if request_class is ChatCompletionRequest else [])
     for owner in owners:
         for name, info in owner.model_fields.items():
             assert request_class.model_fields[name].metadata == info.metadata, name
+
+
+def test_each_option_rule_is_the_options_models_and_the_protocol_says_it_with_the_field() -> None:
+    """Empty stop strings dropped, at most 16, no logprobs with tools: defined once (`options`),
+    the server's 400 naming the field."""
+    from pydantic import ValidationError
+
+    from ortmodels.serve.errors import from_validation
+
+    assert ChatOptions(stop=["", "\n\n", ""]).stop == ["\n\n"] and ChatOptions.checked(stop="").stop == []
+    with pytest.raises(ChatInputError, match="stop has 17 strings; give at most 16"):
+        ChatOptions.checked(stop=["x"] * 17)
+    with pytest.raises(ChatInputError, match="logprobs cannot be given with tools"):
+        ChatOptions.checked(tools=[WEATHER], top_logprobs=2)
+    assert ChatOptions.checked(tools=[WEATHER], tool_choice="none", logprobs=True).logprobs
+    body = {"messages": [{"role": "user", "content": "Hi"}]}
+    for given, param, words in (({"stop": ["x"] * 17}, "stop", "stop has 17 strings; give at most 16"),
+                                ({"tools": [WEATHER], "logprobs": True}, "logprobs", "cannot be given with tools")):
+        with pytest.raises(ValidationError) as caught:
+            ChatCompletionRequest.model_validate({**body, **given})
+        error = from_validation(list(caught.value.errors()))
+        assert error.param == param and words in error.message, error.message
+    assert ChatCompletionRequest.model_validate({**body, "stop": ["", "END"]}).stop == ["END"]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +127,7 @@ def test_a_callers_truncate_prompt_is_kept_over_the_models(chat: OnnxChatModel) 
     assert chat.truncate_prompt is False
     assert chat.with_defaults(ChatOptions(truncate_prompt=True)).truncate_prompt is True
     assert chat.with_defaults(ChatOptions()).truncate_prompt is False
+    assert chat.options_over_defaults(truncate_prompt=True).truncate_prompt is True  # a LangChain call's too
     long = [{"role": "user", "content": "word " * (chat.loaded.prompt_chars // 4)}]
     with pytest.raises(ChatInputError, match="truncate_prompt"):
         chat.loaded.prepare(long, chat.with_defaults(ChatOptions(max_tokens=2)))
@@ -129,11 +158,18 @@ def test_a_users_langchain_class_is_read_as_the_services_events() -> None:
                 {"role": "tool", "content": "42", "tool_call_id": "c1"}, {"role": "user", "content": "Hi"}]
 
     async def events() -> list[Any]:
-        return [e async for e in events_of(model, "achat_events", messages, ChatOptions())]
+        return [e async for e in as_chat_model(model).achat_events(messages, ChatOptions())]
 
     first, finished = asyncio.run(events())
     assert first == TextDelta("system:Be brief., ai:, tool:42, human:Hi")
     assert isinstance(finished, Finished) and finished.reason == "stop"
+
+
+def test_a_users_class_without_astream_text_is_refused_before_any_stream() -> None:
+    served = as_chat_model(EchoChat(model_name="echo"))
+    assert isinstance(served, ChatModel) and not isinstance(EchoChat(model_name="echo"), ChatModel)
+    with pytest.raises(ChatInputError, match="echo cannot continue plain text.*no astream_text"):
+        served.atext_events("Once upon a time", ChatOptions())
 
 
 class StreamingToolChat(EchoChat):
@@ -155,8 +191,8 @@ class StreamingToolChat(EchoChat):
 
 def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
     async def events(model: BaseLLMModel) -> list[Any]:
-        return [e async for e in events_of(model, "achat_events", [{"role": "user", "content": "Paris?"}],
-                                           ChatOptions())]
+        return [e async for e in as_chat_model(model).achat_events([{"role": "user", "content": "Paris?"}],
+                                                                   ChatOptions())]
 
     text, calls, finished = asyncio.run(events(StreamingToolChat(model_name="tools")))
     assert text == TextDelta("Checking.")  # the entry without a logprob is left out, not a KeyError
@@ -167,3 +203,12 @@ def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
     broken = StreamingToolChat(model_name="tools", fragments=('{"city": ', "Paris}"))
     with pytest.raises(StructuredOutputError, match="get_weather.*not JSON"):
         asyncio.run(events(broken))
+    # a call cut short is refused too (LangChain's own merge would read it as {"city": "Par"})
+    cut = StreamingToolChat(model_name="tools", fragments=('{"city": ', '"Par'))
+    with pytest.raises(StructuredOutputError, match="get_weather.*not JSON"):
+        asyncio.run(events(cut))
+
+
+@pytest.mark.slow
+def test_the_server_calls_an_onnx_chat_model_as_it_is(chat: OnnxChatModel) -> None:
+    assert as_chat_model(chat) is chat

@@ -63,6 +63,18 @@ def test_concurrent_calls_do_not_mix(fp32: OnnxEmbeddingModel) -> None:
         np.testing.assert_allclose(np.asarray(got), expected[rows], atol=2e-5)
 
 
+def test_vectors_come_with_the_tokens_each_text_was_read_as(fp32: OnnxEmbeddingModel) -> None:
+    """The server's ``usage``: counted by the encoder while embedding, each text cut to the window."""
+    texts = ["hello", "The cat sits on the mat.", "word " * 5000]
+    vectors, tokens = fp32.embed_counted(texts)
+    tokenizer = fp32.runner.tokenizer
+    assert tokens == sum(len(tokenizer.encode(t).ids) for t in texts)
+    assert tokens < 2 * 256 + 30  # the long text counts only its 256 tokens
+    np.testing.assert_allclose(np.asarray(vectors), np.asarray(fp32.embed_documents(texts)), atol=2e-5)
+    assert asyncio.run(fp32.aembed_counted(["hello"]))[1] == len(tokenizer.encode("hello").ids)
+    assert fp32.embed_counted([]) == ([], 0)
+
+
 def test_query_equals_document(fp32: OnnxEmbeddingModel) -> None:
     assert np.allclose(fp32.embed_query("hello"), fp32.embed_documents(["hello"])[0])
 

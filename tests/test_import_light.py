@@ -52,3 +52,14 @@ def test_chat_through_the_manager_is_light(samples_dir: Path) -> None:
         "assert chat.invoke('Say hi.', max_tokens=4).content\n"
     )
     assert _heavy_modules_after(body, {"LOCAL_MODELS_DIR": str(samples_dir)}) == []
+
+
+def test_the_message_conversion_imports_no_chat_service() -> None:
+    """A user's own chat class converts messages with `ortmodels.runtime.messages`: that needs
+    neither the chat service, its engine, output plan or options, nor onnxruntime."""
+    code = ("import sys\nimport ortmodels.runtime.messages\n"
+            "print(sorted(set(sys.modules) & {'onnxruntime', 'ortmodels.runtime.service', 'ortmodels.runtime.output_plan', "
+            "'ortmodels.runtime.options', 'ortmodels.engine.engine', 'ortmodels.engine.decoder', "
+            "'ortmodels.engine.session'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -122,3 +122,25 @@ def test_callback_handler_traces_each_run(samples_dir: Path) -> None:
     streamed = sum(c.usage_metadata["output_tokens"] for c in chunks if c.usage_metadata)
     assert second.output_tokens == streamed
     assert 0 < second.time_to_first_token_s <= second.latency_s
+
+
+def test_a_chat_models_engine_gauges_are_rendered_by_prometheus_client(samples_dir: Path) -> None:
+    """The model reports its engine's figures (`engine_gauges`); monitoring renders each field as a
+    gauge (``/metrics`` adds these for every chat model it serves)."""
+    from ortmodels.engine import EngineGauges
+    from ortmodels.monitoring.prometheus import FiguresCollector, exposition
+
+    chat = ModelManager().get_chat_model()
+    chat.invoke("Say hi.", max_tokens=2)  # a prompt in the prompt cache, no request running
+    gauges = chat.engine_gauges()
+    assert isinstance(gauges, EngineGauges)
+    assert (gauges.running_requests, gauges.waiting_requests, gauges.kv_cache_bytes) == (0, 0, 0)
+    assert gauges.kv_cache_limit_bytes > 0
+    engines = FiguresCollector("ortmodels_engine", ["model"], lambda: [({"model": CHAT_SAMPLE}, gauges)],
+                               EngineGauges)
+    samples = {s.name: s for family in text_string_to_metric_families(exposition(extra=[engines]))
+               for s in family.samples if s.name.startswith("ortmodels_engine_")}
+    for field in ("running_requests", "waiting_requests", "kv_cache_bytes", "prompt_cache_bytes"):
+        sample = samples[f"ortmodels_engine_{field}"]
+        assert sample.labels == {"model": CHAT_SAMPLE} and sample.value == getattr(gauges, field)
+    assert samples["ortmodels_engine_kv_cache_limit_bytes"].value == gauges.kv_cache_limit_bytes

@@ -255,6 +255,7 @@ def test_models_list(client: openai.OpenAI) -> None:
             f"{EMBEDDING_SAMPLE}:fp32"} <= set(models)
     assert models[CHAT_SAMPLE].model_extra["kind"] == "chat"
     assert models[EMBEDDING_SAMPLE].model_extra["kind"] == "embedding"
+    assert models[CHAT_SAMPLE].model_extra["loaded"] is True  # preloaded (--models)
 
 
 WEATHER = {"type": "function", "function": {

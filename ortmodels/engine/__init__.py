@@ -12,12 +12,36 @@ server and the exporter's parity checks all run on the same engine.
 
 from __future__ import annotations
 
-from .decoder import DecoderSession, DecoderState
-from .detokenizer import TextAssembler
-from .engine import DEFAULT_KV_CACHE_BYTES, Engine
-from .prompt_cache import PromptCache
-from .request import Event, Finished, FinishReason, Request, TextDelta
-from .sampling import BannedTokens, LogitsProcessor, SamplingParams, choose_token
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .decoder import DecoderSession, DecoderState
+    from .detokenizer import TextAssembler
+    from .engine import DEFAULT_KV_CACHE_BYTES, Engine, EngineGauges
+    from .prompt_cache import PromptCache
+    from .request import Event, Finished, FinishReason, Request, TextDelta
+    from .sampling import BannedTokens, LogitsProcessor, SamplingParams, choose_token
+
+#: Public name → its submodule, imported on first use (PEP 562): a module that needs only the
+#: tokenizer or the tool formats (`ortmodels.runtime.messages`) does not load onnxruntime.
+_PUBLIC = {
+    "DecoderSession": ".decoder", "DecoderState": ".decoder", "TextAssembler": ".detokenizer",
+    "DEFAULT_KV_CACHE_BYTES": ".engine", "Engine": ".engine", "EngineGauges": ".engine",
+    "PromptCache": ".prompt_cache", "Event": ".request", "Finished": ".request", "FinishReason": ".request",
+    "Request": ".request", "TextDelta": ".request", "BannedTokens": ".sampling", "LogitsProcessor": ".sampling",
+    "SamplingParams": ".sampling", "choose_token": ".sampling",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_KV_CACHE_BYTES",
@@ -25,6 +49,7 @@ __all__ = [
     "DecoderSession",
     "DecoderState",
     "Engine",
+    "EngineGauges",
     "Event",
     "FinishReason",
     "Finished",

@@ -7,6 +7,7 @@ the export's embedding spec (read from the sentence-transformers files at export
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,24 @@ def length_batches(lengths: list[int], max_batch: int) -> list[list[int]]:
     return batches
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """Texts' vectors and the tokens each was read as (cut to the model's window), row for row:
+    the server's ``usage`` comes from here, with no second tokenizing."""
+
+    vectors: np.ndarray
+    """float32 [texts, dimension]."""
+    tokens: np.ndarray
+    """int64 [texts]."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, rows: slice) -> Encoded:
+        """Some texts' rows (`CoalescingBatcher` hands each caller its own)."""
+        return Encoded(self.vectors[rows], self.tokens[rows])
+
+
 class EncoderRunner:
     """Tokenize, batch by length, run the encoder graph, pool: one job, no life cycle."""
 
@@ -103,6 +122,10 @@ class EncoderRunner:
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Embeddings of ``texts`` in their order, as float32 [len(texts), dimension]."""
+        return self.encode(texts, batch_size).vectors
+
+    def encode(self, texts: list[str], batch_size: int) -> Encoded:
+        """`embed`, with the tokens each text was read as."""
         id_lists = self.token_ids(texts)
         result = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
         for rows in length_batches([len(ids) for ids in id_lists], batch_size):
@@ -113,4 +136,4 @@ class EncoderRunner:
             hidden = self.session.run([self._output], feeds)[0]
             vectors = pool(hidden.astype(np.float32, copy=False), attention_mask, self.spec.pooling)
             result[rows] = l2_normalize(vectors) if self.spec.normalize else vectors
-        return result
+        return Encoded(result, np.array([len(ids) for ids in id_lists], dtype=np.int64))

@@ -13,36 +13,44 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Generic, Protocol, Self, TypeVar
 
-import numpy as np
+
+class Rows(Protocol):
+    """A result with one row per text that slices into callers' rows (a numpy array, `Encoded`)."""
+
+    def __getitem__(self, rows: slice, /) -> Self: ...
 
 
-class _Job:
+R = TypeVar("R", bound=Rows)
+
+
+class _Job(Generic[R]):
     __slots__ = ("done", "error", "result", "texts")
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = texts
-        self.result: np.ndarray | None = None
+        self.result: R | None = None
         self.error: BaseException | None = None
         self.done = False
 
 
-class CoalescingBatcher:
-    """Runs ``run(texts) -> array[len(texts), dim]`` for many callers, in shared calls."""
+class CoalescingBatcher(Generic[R]):
+    """Runs ``run(texts) -> rows[len(texts)]`` (an array, `encoder.Encoded`) for many callers, in shared calls."""
 
-    def __init__(self, run: Callable[[list[str]], np.ndarray], max_texts: int = 256) -> None:
+    def __init__(self, run: Callable[[list[str]], R], max_texts: int = 256) -> None:
         if max_texts < 1:
             raise ValueError(f"max_texts must be at least 1, not {max_texts}.")
         self._run = run
         self.max_texts = max_texts
         self._cond = threading.Condition()
-        self._pending: deque[_Job] = deque()
+        self._pending: deque[_Job[R]] = deque()
         self._busy = False
         self.calls = 0
         """Shared calls made so far (fewer than callers when calls were coalesced)."""
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        job = _Job(texts)
+    def __call__(self, texts: list[str]) -> R:
+        job: _Job[R] = _Job(texts)
         with self._cond:
             self._pending.append(job)
             while self._busy and not job.done:
@@ -59,7 +67,7 @@ class CoalescingBatcher:
                 self._cond.notify_all()
         return self._outcome(job)
 
-    def _take(self, leader: _Job) -> list[_Job]:
+    def _take(self, leader: _Job[R]) -> list[_Job[R]]:
         """The leader's job and every waiting one that fits within ``max_texts``."""
         batch, size = [], 0
         while self._pending:
@@ -73,7 +81,7 @@ class CoalescingBatcher:
             batch.append(leader)
         return batch
 
-    def _execute(self, batch: list[_Job]) -> None:
+    def _execute(self, batch: list[_Job[R]]) -> None:
         self.calls += 1
         texts = [text for job in batch for text in job.texts]
         try:
@@ -93,7 +101,7 @@ class CoalescingBatcher:
             job.done = True
 
     @staticmethod
-    def _outcome(job: _Job) -> np.ndarray:
+    def _outcome(job: _Job[R]) -> R:
         if job.error is not None:
             raise job.error
         assert job.result is not None

@@ -35,7 +35,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,22 @@ def chunk_size(remaining: int, budget: int) -> int:
     if remaining - size == 1:  # one token would be left for later: take it now (one past the budget)
         size += 1
     return size if size >= 2 else 0
+
+
+def _gauge(help_text: str) -> Any:
+    return field(metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class EngineGauges:
+    """What an engine holds at one moment, for ``/metrics``: each field is one gauge
+    (``ortmodels_engine_<field>``), its help text in the field's metadata."""
+
+    running_requests: int = _gauge("Requests in a chat engine's decode batch")
+    waiting_requests: int = _gauge("Requests waiting for a chat engine's batch (or being prefilled)")
+    kv_cache_bytes: int = _gauge("Bytes of KV cache rows allocated for running requests")
+    kv_cache_limit_bytes: int = _gauge("The most KV cache bytes the engine's batch may take (MODEL_KV_CACHE)")
+    prompt_cache_bytes: int = _gauge("Bytes the prompt cache holds")
 
 
 class Engine:
@@ -213,8 +229,14 @@ class Engine:
 
     def memory_bytes(self) -> int:
         """Bytes held now: the KV rows allocated for running requests plus the prompt cache."""
+        gauges = self.gauges()
+        return gauges.kv_cache_bytes + gauges.prompt_cache_bytes
+
+    def gauges(self) -> EngineGauges:
+        """The engine's figures now (read without stopping it: each is one consistent read)."""
         rows, positions = self._cache.allocated
-        return rows * positions * self._token_bytes + self.prompt_cache.nbytes
+        return EngineGauges(len(self.active), self.waiting, rows * positions * self._token_bytes,
+                            self.kv_cache_bytes, self.prompt_cache.nbytes)
 
     def all_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits at every position of one sequence (parity checks, perplexity)."""

@@ -6,7 +6,8 @@ metric objects have to be kept in step with the stats registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -87,15 +88,41 @@ class OrtModelsCollector(Collector):
             yield family
 
 
-def make_registry(loaded: Any = None, rows: Rows | None = None) -> CollectorRegistry:
+#: Figures read at scrape time: (label values, a dataclass whose fields are the figures).
+Figures = Callable[[], Iterable[tuple[dict[str, str], Any]]]
+
+
+class FiguresCollector(Collector):
+    """Dataclass figures as metric families: one per field, named ``<prefix>_<field>``, its help
+    text the field's ``metadata["help"]``; a field whose metadata says ``"counter"`` is a
+    counter. What the figures are (an engine's gauges, a server's queue) is their owner's."""
+
+    def __init__(self, prefix: str, labels: list[str], figures: Figures, kind: type) -> None:
+        self._prefix, self._labels, self._figures = prefix, labels, figures
+        self._fields = [f for f in dataclasses.fields(kind) if "help" in f.metadata]
+
+    def collect(self) -> Iterator[Any]:
+        read = list(self._figures())
+        for spec in self._fields:
+            family_class = CounterMetricFamily if spec.metadata.get("counter") else GaugeMetricFamily
+            family = family_class(f"{self._prefix}_{spec.name}", spec.metadata["help"], labels=self._labels)
+            for labels, figures in read:
+                family.add_metric([labels[name] for name in self._labels], getattr(figures, spec.name))
+            yield family
+
+
+def make_registry(loaded: Any = None, rows: Rows | None = None,
+                  extra: Iterable[Collector] = ()) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OrtModelsCollector(rows, loaded=loaded))
+    for collector in extra:
+        registry.register(collector)
     return registry
 
 
-def exposition(loaded: Any = None) -> str:
-    """The Prometheus text format of this process's figures."""
-    return generate_latest(make_registry(loaded)).decode("utf-8")
+def exposition(loaded: Any = None, extra: Iterable[Collector] = ()) -> str:
+    """The Prometheus text format of this process's figures (and ``extra`` collectors')."""
+    return generate_latest(make_registry(loaded, extra=extra)).decode("utf-8")
 
 
 def exposition_of_rows(rows: list[dict[str, Any]]) -> str:

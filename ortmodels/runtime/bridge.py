@@ -1,5 +1,6 @@
 """A user's own LangChain chat class seen as a chat service: for the server, when a class has
-no ``achat_events`` (only `OnnxChatModel` has one; the server imports this module only then).
+no ``achat_events`` (only `OnnxChatModel` has one; the server imports this module only then,
+through `ortmodels.serve.protocols.as_chat_model`).
 
 The service's message dicts become LangChain messages, its options keyword arguments, and the
 class's chunks the service's events, as the server read them before the service existed.
@@ -21,11 +22,29 @@ from langchain_core.messages import (
 )
 
 from ..engine.toolcalls import ToolCall
-from ..errors import StructuredOutputError
+from ..errors import ChatInputError, StructuredOutputError
 from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage
 from .options import ChatOptions
 
 _METHODS = {"achat_events": "astream", "atext_events": "astream_text"}
+
+
+class LangChainChat:
+    """A user's LangChain chat model with the chat service's two streams (`serve.protocols.ChatModel`)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        return langchain_events(self.model, "achat_events", messages, options)
+
+    def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        """Refused at once (before any stream opens) for a class without ``astream_text``."""
+        if not hasattr(self.model, "astream_text"):
+            name = getattr(self.model, "model_name", None) or type(self.model).__name__
+            raise ChatInputError(f"{name} cannot continue plain text (its class {type(self.model).__name__} has no "
+                                 "astream_text); use /v1/chat/completions.")
+        return langchain_events(self.model, "atext_events", prompt, options)
 
 
 def to_langchain(messages: list[dict[str, Any]]) -> list[BaseMessage]:
@@ -81,7 +100,13 @@ async def langchain_events(model: Any, method: str, given: Any, options: ChatOpt
 
 
 def _gather(pieces: dict[Any, dict[str, Any]], piece: dict[str, Any], position: int) -> None:
-    """One ``tool_call_chunk`` added to its call (LangChain's merge: by ``index``, arguments concatenated)."""
+    """One ``tool_call_chunk`` added to its call (LangChain's merge: by ``index``, arguments concatenated).
+
+    Not LangChain's own merge (``AIMessageChunk`` addition, then ``.tool_calls``): that parses
+    the joined arguments with ``parse_partial_json``, which closes what is open, so a call cut
+    short (``{"city": "Par``) would be served as a whole call with other arguments
+    (``{"city": "Par"}``). The joined text is parsed strictly instead (`_parsed`).
+    """
     key = piece.get("index") if piece.get("index") is not None else f"at {position}"
     call = pieces.setdefault(key, {"name": "", "args": "", "id": None})
     call["name"] = call["name"] or piece.get("name") or ""

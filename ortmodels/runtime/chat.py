@@ -37,7 +37,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ..base import BaseLLMModel
 from ..config import Settings, load_settings
-from ..engine import DecoderSession, Engine
+from ..engine import DecoderSession, Engine, EngineGauges
 from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary, highest_id, load_tokenizer
@@ -45,12 +45,12 @@ from ..errors import ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .events import ChatEvent, TextDelta, ToolCalls
-from .messages import check_stop, to_service_messages
+from .messages import to_service_messages
 from .options import (
     OUTPUT_OPTIONS,
     ChatOptions,
     ModelOptions,
-    SamplingOptions,
+    check_stop,
     unknown_option,
 )
 from .service import ChatService, Prepared, find_chat_template
@@ -63,6 +63,9 @@ from .structured import (
 from .variant import open_variant
 
 logger = logging.getLogger(__name__)
+
+#: What a call may set as a keyword argument (``stop`` is LangChain's own parameter).
+CALL_OPTIONS = frozenset(ChatOptions.model_fields) - {"stop"}
 
 __all__ = ["ChatService", "OnnxChatModel", "find_chat_template"]
 
@@ -162,32 +165,33 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16)."""
         return self._state.engine.kv_bytes_per_token if self._state else None
 
+    def engine_gauges(self) -> EngineGauges | None:
+        """The engine's figures now (``/metrics``); ``None`` while not loaded."""
+        state = self._state
+        return state.engine.gauges() if state is not None else None
+
     # -- options and prompts ----------------------------------------------------------------
 
-    def call_options(self, stop: Any = None, **kwargs: Any) -> ChatOptions:
-        """A call's options: its keyword arguments (``None`` leaves the model's own), ``stop``
-        added to the model's, checked once."""
+    def options_over_defaults(self, stop: Any = None, **kwargs: Any) -> ChatOptions:
+        """A call's options: its keyword arguments (any `ChatOptions` field; ``None`` leaves the
+        model's own) over the model's fields, ``stop`` added to the model's, checked once."""
         given: dict[str, Any] = {name: getattr(self, name) for name in ModelOptions.model_fields}
         for name, value in kwargs.items():
             if value is None:  # not given: the model's own
                 continue
-            if name not in SamplingOptions.model_fields and name not in OUTPUT_OPTIONS:
+            if name not in CALL_OPTIONS:
                 raise unknown_option(name)
             given[name] = value
         tools = given.get("tools")
         if tools and not all(isinstance(t, dict) and "function" in t for t in tools):
             given["tools"] = format_tools(tools)
-        given["stop"] = [s for s in [*(self.stop or []), *check_stop(stop)] if s]
+        given["stop"] = [*(self.stop or []), *check_stop(stop)]
         return ChatOptions.checked(**given)
 
     def with_defaults(self, options: ChatOptions) -> ChatOptions:
-        """``options`` (a server's, a replica's) over the model's own defaults, merged as `call_options` merges
-        a LangChain call's."""
-        merged = self.call_options(options.stop, **options.model_dump(exclude_unset=True,
-                                                                      exclude={"stop", "truncate_prompt"}))
-        if "truncate_prompt" in options.model_fields_set:  # the caller's, over the model's own
-            merged = merged.model_copy(update={"truncate_prompt": options.truncate_prompt})
-        return merged
+        """``options`` (a server's, a replica's) over the model's own defaults, merged as
+        `options_over_defaults` merges a LangChain call's: only the options the caller set."""
+        return self.options_over_defaults(options.stop, **options.model_dump(exclude_unset=True, exclude={"stop"}))
 
     def render_prompt(self, messages: list[BaseMessage]) -> str:
         """The exact text the model sees, rendered by the checkpoint's own chat template."""
@@ -209,7 +213,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         output = {k: v for k, v in kwargs.items() if k in OUTPUT_OPTIONS}
         if tools:
             output["tools"] = tools
-        options = self.call_options(**output)
+        options = self.options_over_defaults(**output)
         return self.loaded.prompt_ids(to_service_messages(self._convert_input(messages).to_messages()), options)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None,
@@ -226,7 +230,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     def _langchain_call(self, messages: list[BaseMessage], stop: Any,
                         kwargs: dict[str, Any]) -> Callable[[ChatService], Prepared]:
-        return lambda service: service.prepare(to_service_messages(messages), self.call_options(stop, **kwargs))
+        return lambda service: service.prepare(to_service_messages(messages), self.options_over_defaults(stop, **kwargs))
 
     # -- the service's events, for the server and Ray ------------------------------------------
 
@@ -296,7 +300,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         carries ``usage_metadata`` and ``response_metadata["finish_reason"]``. Closing the
         iterator (or cancelling its task) cancels the request.
         """
-        events = self._aevents(lambda s: s.prepare_text(prompt, self.call_options(stop, **options)))
+        events = self._aevents(lambda s: s.prepare_text(prompt, self.options_over_defaults(stop, **options)))
         return self._aguarded_iter(self._text_chunks(events))
 
     async def _text_chunks(self, events: AsyncIterator[ChatEvent]) -> AsyncIterator[AIMessageChunk]:

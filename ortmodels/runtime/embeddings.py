@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..base import BaseEmbeddingModel
 from ..config import Settings, load_settings
-from ..engine.encoder import EncoderRunner
+from ..engine.encoder import Encoded, EncoderRunner
 from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
@@ -87,7 +87,7 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         """True: cut to ``dimensions`` even though the model's card declares no Matryoshka training."""
         self._settings = settings
         self._runner: EncoderRunner | None = None
-        self._batcher: CoalescingBatcher | None = None
+        self._batcher: CoalescingBatcher[Encoded] | None = None
         self.variant: str | None = None
         """The precision loaded (``fp32``, ``int8``, ...), once loaded."""
         self.resolved_device: str | None = None
@@ -104,7 +104,7 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         runner.check(opened.folder)
         output_size(spec, opened.info.name, self.dimensions, self.matryoshka)  # refused at load, not at first use
         self._runner = runner
-        self._batcher = CoalescingBatcher(lambda texts: runner.embed(texts, self.batch_size))
+        self._batcher = CoalescingBatcher(lambda texts: runner.encode(texts, self.batch_size))
         self.variant, self.resolved_device = opened.variant, opened.device
         logger.info("Loaded embedding model %s (%s on %s)", opened.info.name, opened.variant, opened.device)
 
@@ -142,12 +142,12 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
     # -- inference --------------------------------------------------------------------------
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        return self._embed_as(texts, None, None, None, False)
+        return self._embed_as(texts, None, None, None, False)[0]
 
     def _embed_as(self, texts: list[str], input_type: str | None, prompt_name: str | None,
-                  dimensions: int | None, matryoshka: bool) -> list[list[float]]:
+                  dimensions: int | None, matryoshka: bool) -> tuple[list[list[float]], int]:
         """Concurrent callers share batches (`CoalescingBatcher`), whatever their prompts; each gets
-        its own rows."""
+        its own rows, and the tokens its texts were read as (prompts included)."""
         batcher, runner = self._batcher, self._runner
         if batcher is None or runner is None:
             raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
@@ -155,5 +155,5 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         prompt = prompt_for(spec, self._name, input_type, prompt_name)
         size = output_size(spec, self._name, dimensions if dimensions is not None else self.dimensions,
                            matryoshka or self.matryoshka)
-        vectors = batcher([prompt + text for text in texts] if prompt else texts)
-        return truncate(vectors, size, spec.normalize).tolist()
+        encoded = batcher([prompt + text for text in texts] if prompt else texts)
+        return truncate(encoded.vectors, size, spec.normalize).tolist(), int(encoded.tokens.sum())

@@ -6,7 +6,7 @@ A user's own `BaseLLMModel` (the HuggingFace example) converts messages the same
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import (
     AIMessage,
@@ -17,10 +17,11 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from ..engine.toolcalls import ToolFormat
 from ..errors import ChatInputError
-from .options import check_stop
-from .service import TEMPLATE_ROLES, template_messages
+from .conversation import TEMPLATE_ROLES, template_messages
+
+if TYPE_CHECKING:
+    from ..engine.toolcalls import ToolFormat
 
 #: Message classes and their chunk subclasses (a streamed reply fed back as history).
 _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
@@ -69,4 +70,4 @@ def to_service_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
     return converted
 
 
-__all__ = ["check_stop", "to_service_messages", "to_template_messages"]
+__all__ = ["to_service_messages", "to_template_messages"]

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..engine.dry import DEFAULT_BREAKERS, MAX_BREAKER_CHARS
 from ..engine.tokenizer import check_unicode
 from ..errors import ChatInputError
+
+#: The most stop strings one call may give (each is looked for after every token).
+MAX_STOP_STRINGS = 16
 
 
 def check_stop(stop: object, where: str = "stop") -> list[str]:
@@ -26,6 +36,8 @@ def check_stop(stop: object, where: str = "stop") -> list[str]:
         stop = [stop]
     if not isinstance(stop, (list, tuple)):
         raise ChatInputError(f"{where} must be a string or a list of strings, not {type(stop).__name__}.")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ChatInputError(f"{where} has {len(stop)} strings; give at most {MAX_STOP_STRINGS}.")
     for index, item in enumerate(stop):
         if not isinstance(item, str):
             raise ChatInputError(
@@ -110,6 +122,19 @@ class SamplingOptions(BaseModel):
         return value
 
 
+LOGPROBS_WITH_TOOLS = (
+    "logprobs cannot be given with tools: an answer with tools is read as a whole into content and "
+    "tool calls, with no tokens to attach log-probabilities to. Leave out logprobs / top_logprobs, "
+    "or the tools (or set tool_choice='none')."
+)
+
+
+def check_logprobs_with_tools(asked: bool, tools: object, tool_choice: object) -> None:
+    """The one rule between log-probabilities (``asked``) and tools (`LOGPROBS_WITH_TOOLS`)."""
+    if asked and tools and tool_choice != "none":
+        raise ChatInputError(LOGPROBS_WITH_TOOLS)
+
+
 class LogprobOptions(BaseModel):
     """Log-probabilities of the answer's tokens (not with tools: a tool answer is read whole)."""
 
@@ -122,19 +147,26 @@ class LogprobOptions(BaseModel):
     """With each token, this many likeliest alternatives and theirs (implies ``logprobs``)."""
 
 
-class ModelOptions(SamplingOptions):
-    """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
+class StopOptions(BaseModel):
+    """Where the answer ends early (the server's protocol takes this field as it is)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     stop: list[str] | None = None
-    """Strings that end the answer; they are not included in it (one string is one stop string)."""
-
-    truncate_prompt: bool = False
-    """Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing."""
+    """Strings that end the answer; they are not included in it (one string is one stop string; at most
+    16; an empty one, which would end every answer at once, is dropped)."""
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_list(cls, value: object) -> object:
-        return None if value is None else check_stop(value)
+        return None if value is None else [s for s in check_stop(value) if s]
+
+
+class ModelOptions(StopOptions, SamplingOptions):
+    """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
+
+    truncate_prompt: bool = False
+    """Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing."""
 
 
 class ChatOptions(ModelOptions, LogprobOptions):
@@ -152,6 +184,18 @@ class ChatOptions(ModelOptions, LogprobOptions):
     response_format: dict[str, Any] | None = None
     """``{"type": "json_object"}``, ``json_schema``, ``regex`` or ``lark``: a grammar the answer follows."""
 
+    @model_validator(mode="after")
+    def _logprobs_without_tools(self) -> ChatOptions:
+        check_logprobs_with_tools(self.logprob_alternatives() is not None, self.tools, self.tool_choice)
+        return self
+
+    def logprob_alternatives(self) -> int | None:
+        """How many alternatives each token's log-probability comes with (``None``: no
+        log-probabilities asked for; ``top_logprobs`` alone asks for them)."""
+        if not self.logprobs and self.top_logprobs is None:
+            return None
+        return self.top_logprobs or 0
+
     @classmethod
     def checked(cls, **given: Any) -> ChatOptions:
         """The options, or the `ChatInputError` that names the first bad one."""
@@ -163,7 +207,7 @@ class ChatOptions(ModelOptions, LogprobOptions):
             if error["type"] == "extra_forbidden":
                 raise unknown_option(str(name)) from None
             if isinstance(cause := (error.get("ctx") or {}).get("error"), ChatInputError):
-                raise cause from None  # a check of ours (`check_stop`): its own words
+                raise cause from None  # a check of ours (`check_stop`, ...): its own words
             raise ChatInputError(f"Bad generation option {name}={error.get('input')!r}: {error['msg']}.") from None
 
     def output(self) -> dict[str, Any]:
@@ -176,4 +220,5 @@ OUTPUT_OPTIONS = tuple(name for name in ChatOptions.model_fields if name not in 
 
 
 def unknown_option(name: str) -> ChatInputError:
-    return ChatInputError(f"Unknown generation option: {name}. Options: {', '.join(SamplingOptions.model_fields)}, stop.")
+    known = [*SamplingOptions.model_fields, *(n for n in ChatOptions.model_fields if n not in SamplingOptions.model_fields)]
+    return ChatInputError(f"Unknown generation option: {name}. Options: {', '.join(known)}.")

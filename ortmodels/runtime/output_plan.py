@@ -4,7 +4,8 @@
 (OpenAI's shapes) into what the engine needs (a grammar processor, the messages and template
 variables the tool format wants) and `OutputPlan.finish` turns the answer's text back into
 content and tool calls. The chat service uses it for every front end; the server's protocol
-refuses the same tools the same way (`check_tools`).
+refuses the same tools the same way (`check_tools`). ``logprobs`` with tools is refused by
+`options.ChatOptions` itself.
 """
 
 from __future__ import annotations
@@ -21,20 +22,6 @@ from ..engine.constraints import (
 )
 from ..engine.toolcalls import ToolCall, ToolFormat
 from ..errors import ChatInputError, StructuredOutputError
-
-LOGPROBS_WITH_TOOLS = (
-    "logprobs cannot be given with tools: an answer with tools is read as a whole into content and "
-    "tool calls, with no tokens to attach log-probabilities to. Leave out logprobs / top_logprobs, "
-    "or the tools (or set tool_choice='none')."
-)
-
-
-def logprobs_of(options: dict[str, Any]) -> int | None:
-    """How many alternatives each token's log-probability comes with (``None``: none asked for)."""
-    top = options.get("top_logprobs")
-    if not options.get("logprobs") and top is None:
-        return None
-    return 0 if top is None else int(top)  # bounded by `ChatOptions`
 
 
 def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:
@@ -147,8 +134,6 @@ class OutputPlan:
         if tools and choice != "none":
             if grammar is not None:
                 raise ChatInputError("Give tools or a response_format, not both, in one call.")
-            if logprobs_of(options) is not None:
-                raise ChatInputError(LOGPROBS_WITH_TOOLS)
             special = special_tokens(tokenizer)
             plan = fmt.plan(tools, choice, parallel, special)
             trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None

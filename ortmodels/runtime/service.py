@@ -28,16 +28,15 @@ from ..engine.constraints import GrammarCompiler
 from ..engine.dry import DEFAULT_BREAKERS, BreakerCache, DryParams
 from ..engine.prompt_tokens import PromptTokenizer
 from ..engine.tokenizer import check_unicode, max_token_chars
-from ..engine.toolcalls import FORMATS, ToolCall, ToolFormat, detect_format
+from ..engine.toolcalls import FORMATS, detect_format
 from ..errors import ChatInputError, ModelFileError
 from ..store.manifest import ChatSpec
+from .conversation import template_messages
 from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage
 from .options import ChatOptions
-from .output_plan import OutputPlan, logprobs_of
+from .output_plan import OutputPlan
 
 _DEFAULT_MAX_TOKENS = 512
-#: The roles chat templates know (a message dict of another role is refused by name).
-TEMPLATE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def find_chat_template(export_folder: Path, checkpoint: Path) -> ChatTemplate | ModelFileError:
@@ -55,40 +54,6 @@ def find_chat_template(export_folder: Path, checkpoint: Path) -> ChatTemplate | 
         "Add the model's chat template as chat_template.jinja next to config.json (no re-export needed), "
         "or use plain-text completion (/v1/completions)",
     )
-
-
-def template_messages(messages: list[dict[str, Any]], tool_format: ToolFormat | None = None) -> list[dict[str, Any]]:
-    """The service's message dicts as the ``{"role", "content"}`` dicts chat templates expect.
-
-    An assistant turn that called tools and each tool result (an error too) are written the
-    way ``tool_format`` says (the generic format when none is given), so the model sees its
-    earlier calls and their results.
-    """
-    if not messages:
-        raise ChatInputError("No messages: pass at least one message, e.g. [HumanMessage('Hi')].")
-    fmt = tool_format or FORMATS["generic"]
-    converted = []
-    names: dict[str, str] = {}  # tool call id → tool name, for results that do not repeat it
-    for index, message in enumerate(messages):
-        role, text = message.get("role"), message.get("content") or ""
-        if role not in TEMPLATE_ROLES:
-            raise ChatInputError(f"Message {index} has role {role!r}; chat templates know {', '.join(sorted(TEMPLATE_ROLES))}.")
-        try:
-            check_unicode(text, f"Message {index}")
-        except ValueError as exc:
-            raise ChatInputError(str(exc)) from None
-        if role == "assistant" and message.get("tool_calls"):
-            calls = [ToolCall(c["name"], c.get("arguments") or {}, c.get("id") or f"call_{index}_{n}")
-                     for n, c in enumerate(message["tool_calls"])]
-            names.update({c.id: c.name for c in calls})
-            converted.append(fmt.history_call(text, calls))
-        elif role == "tool":
-            call_id = message.get("tool_call_id")
-            name = message.get("name") or (names.get(call_id) if call_id else None)
-            converted.append(fmt.history_result(text, call_id, name, bool(message.get("error"))))
-        else:
-            converted.append({"role": role, "content": text})
-    return converted
 
 
 def keep_tail(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
@@ -158,7 +123,7 @@ class ChatService:
 
     def _plan(self, options: ChatOptions) -> OutputPlan:
         plan = OutputPlan.from_options(options.output(), self.tool_format, self.grammars, self.tokenizer)
-        plan.stop = tuple(s for s in options.stop or () if s)
+        plan.stop = tuple(options.stop or ())
         return plan
 
     def _cut(self, chars: int, truncate: bool, what: str) -> bool:
@@ -259,7 +224,7 @@ class ChatService:
         ids = self._chat_ids(converted, plan.template_vars, options.truncate_prompt)
         ids, max_tokens = self._fit(ids, options.max_tokens, options.truncate_prompt)
         request = Request(ids, params, max_tokens=max_tokens, stop=plan.stop, eos_token_ids=self.spec.eos_token_ids,
-                          processor=plan.processor, logprobs=logprobs_of(options.output()))
+                          processor=plan.processor, logprobs=options.logprob_alternatives())
         return Prepared(request, plan, started)
 
     def prepare_text(self, prompt: str, options: ChatOptions) -> Prepared:
@@ -281,7 +246,7 @@ class ChatService:
             prompt = prompt[-self.prompt_chars:]
         ids, max_tokens = self._fit(self.prompt_tokens.encode_raw(prompt), options.max_tokens,
                                     options.truncate_prompt)
-        request = Request(ids, params, max_tokens=max_tokens, stop=tuple(s for s in options.stop or () if s),
+        request = Request(ids, params, max_tokens=max_tokens, stop=tuple(options.stop or ()),
                           eos_token_ids=self.spec.eos_token_ids)
         return Prepared(request, OutputPlan(), started)
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
@@ -21,28 +20,13 @@ from ..manager import ModelManager
 from . import errors
 from .admission import AdmissionQueue
 from .models import Catalog
-from .shutdown import Shutdown
+from .routes import router
+from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_UNLOAD_TIMEOUT_S = 30.0
-
-
-@dataclass
-class ServerState:
-    """What the routes share: the models, the admission queue, the key and the load status."""
-
-    catalog: Catalog
-    queue: AdmissionQueue
-    api_key: str | None
-    preload: list[str]
-    status: str = "loading"
-    """``loading``, ``ok`` or ``error`` (a model listed to serve failed to load)."""
-    error: str | None = None
-    tasks: set[asyncio.Task] = field(default_factory=set)
-    shutdown: Shutdown = field(default_factory=Shutdown)
-    """Cut by `run` when the graceful shutdown's time is up: running answers end with an error."""
 
 
 async def _preload(state: ServerState) -> None:
@@ -91,8 +75,6 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
                 await asyncio.to_thread(manager.unload_all, unload_timeout)
             except Exception as exc:  # noqa: BLE001 - a model still busy: the process is ending anyway
                 logger.warning("Unload at shutdown: %s", exc)
-
-    from .routes import router
 
     app = FastAPI(title="ortmodels", summary="OpenAI-compatible server for local ONNX models",
                   lifespan=lifespan, docs_url=None, redoc_url=None)

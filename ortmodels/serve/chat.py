@@ -10,15 +10,15 @@ thing; no LangChain object is made on the way.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls, arguments_json
-from ..runtime.options import ChatOptions, SamplingOptions
-from .errors import ApiError, bad_request
+from ..runtime.options import ChatOptions
+from .errors import bad_request
+from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
 from .protocol import (
     ChatChoice,
     ChatCompletion,
@@ -30,7 +30,6 @@ from .protocol import (
     FunctionCall,
     ResponseMessage,
     ResponseToolCall,
-    Usage,
 )
 from .sse import DONE, event
 
@@ -92,31 +91,14 @@ def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return converted
 
 
-def sampling_options(request: Any, max_tokens: int | None) -> dict[str, Any]:
-    """The request's `SamplingOptions` (both endpoints' bodies carry them as their own fields)."""
-    return {**{name: getattr(request, name) for name in SamplingOptions.model_fields}, "max_tokens": max_tokens}
-
-
-def events_of(model: Any, method: str, given: Any, options: ChatOptions) -> AsyncIterator[ChatEvent]:
-    """The model's chat-service events (``achat_events`` / ``atext_events``); a user's
-    LangChain class without them is read through `ortmodels.runtime.bridge`."""
-    stream = getattr(model, method, None)
-    if stream is not None:
-        return stream(given, options)  # type: ignore[no-any-return]
-    # only for such a class (LangChain is imported then)
-    from ..runtime.bridge import langchain_events
-
-    return langchain_events(model, method, given, options)
-
-
-def call_options(request: ChatCompletionRequest) -> ChatOptions:
-    """The chat service's options for this request."""
+def chat_options(request: ChatCompletionRequest) -> ChatOptions:
+    """The chat service's options for a chat body (OpenAI's spellings and shapes mapped to its own)."""
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", "top_logprobs")
     choice = request.tool_choice
     if choice not in (None, "none", "auto") and not request.tools:
         raise bad_request("tool_choice needs tools: give tools, or leave tool_choice out.", "tool_choice")
-    options: dict[str, Any] = sampling_options(request, request.max_completion_tokens or request.max_tokens)
+    options: dict[str, Any] = {}
     if request.logprobs:
         options["logprobs"] = True
         options["top_logprobs"] = request.top_logprobs or 0
@@ -135,13 +117,7 @@ def call_options(request: ChatCompletionRequest) -> ChatOptions:
                                           "json_schema": fmt.json_schema.model_dump(by_alias=True, exclude_none=True)}
         else:
             options["response_format"] = {"type": "json_object"}
-    return ChatOptions.checked(stop=request.stop, **{k: v for k, v in options.items() if v is not None})
-
-
-def usage_of(finished: Finished) -> Usage:
-    usage = finished.usage
-    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                 total_tokens=usage.total_tokens, prompt_tokens_details={"cached_tokens": usage.cached_tokens})
+    return service_options(request, request.max_completion_tokens or request.max_tokens, **options)
 
 
 def _tool_calls(event: ToolCalls, start: int) -> list[ResponseToolCall]:
@@ -157,31 +133,14 @@ def _logprobs(event: ChatEvent) -> dict[str, Any] | None:
     return None
 
 
-def finish_reason(event: ChatEvent) -> str | None:
-    """Why the answer ended (on its `Finished` event); an engine that closed or failed under it is
-    the 503 or 500 it is."""
-    if not isinstance(event, Finished):
-        return None
-    if event.reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
-        raise ApiError(503, "The request was cancelled: the model is being unloaded. Retry.", type="server_error",
-                       code="unavailable", headers={"Retry-After": "1"})
-    if event.reason == "error":
-        raise ApiError(500, "The request failed inside the engine; the server log has the details.",
-                       type="server_error")
-    return event.reason
-
-
 def _content(event: ChatEvent) -> str:
     return event.text if isinstance(event, TextDelta) else event.content if isinstance(event, ToolCalls) else ""
 
 
-class ChatAnswer:
-    """One request's identity: id, creation time and the model id it was asked of."""
+class ChatAnswer(Answer):
+    """One chat answer, whole or streamed, read from the model's events."""
 
-    def __init__(self, model_id: str) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model_id
+    prefix = "chatcmpl"
 
     async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:
         """The whole answer, gathered from the stream."""
@@ -204,7 +163,7 @@ class ChatAnswer:
         message = ResponseMessage(content=content if content or not calls else None, tool_calls=calls or None)
         answer = ChatCompletion(id=self.id, created=self.created, model=self.model,
                                 choices=[ChatChoice(message=message, finish_reason=reason)],
-                                usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+                                usage=usage or NO_USAGE)
         choice_logprobs = {"content": logprobs} if logprobs is not None else None
         return answer.model_dump(exclude_none=True) | {"choices": [
             {**answer.choices[0].model_dump(exclude_none=True), "logprobs": choice_logprobs}]}
@@ -238,6 +197,6 @@ class ChatAnswer:
         yield self._chunk(Delta(), reason or "stop")
         if include_usage:
             final = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
-                                        usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+                                        usage=usage or NO_USAGE)
             yield event(final.model_dump(exclude_none=True) | {"choices": []})
         yield DONE

@@ -8,17 +8,15 @@ with chat requests on the same model.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 from ..runtime.events import ChatEvent, Finished, TextDelta
 from ..runtime.options import ChatOptions
-from .chat import finish_reason, sampling_options, usage_of
 from .errors import bad_request
-from .protocol import Completion, CompletionChoice, CompletionRequest, Usage
+from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
+from .protocol import Completion, CompletionChoice, CompletionRequest
 from .sse import DONE, event
 
 
@@ -39,24 +37,23 @@ def prompt_of(request: CompletionRequest) -> str:
 DEFAULT_MAX_TOKENS = 16
 
 
-def call_options(request: CompletionRequest) -> ChatOptions:
+def text_options(request: CompletionRequest) -> ChatOptions:
+    """The chat service's options for a completion body (``max_tokens`` left out is OpenAI's 16)."""
     if request.logprobs:  # chat completions give them; text completions do not yet
         raise bad_request("logprobs are given by /v1/chat/completions only; leave logprobs out here.",
                           "logprobs", "unsupported_parameter")
     given = "max_tokens" in request.model_fields_set
-    options = sampling_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS)
-    return ChatOptions.checked(stop=request.stop, **{k: v for k, v in options.items() if v is not None})
+    return service_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS)
 
 
 def _text(event: ChatEvent) -> str:
     return event.text if isinstance(event, TextDelta) else ""
 
 
-class TextAnswer:
-    def __init__(self, model_id: str) -> None:
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model_id
+class TextAnswer(Answer):
+    """One text completion, whole or streamed, read from the model's events."""
+
+    prefix = "cmpl"
 
     async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:
         text: list[str] = []
@@ -68,7 +65,7 @@ class TextAnswer:
                 usage = usage_of(item) if isinstance(item, Finished) else usage
         answer = Completion(id=self.id, created=self.created, model=self.model,
                             choices=[CompletionChoice(text="".join(text), finish_reason=reason)],
-                            usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+                            usage=usage or NO_USAGE)
         return _with_nulls(answer.model_dump(exclude_none=True), reason)
 
     async def stream(self, events: AsyncIterator[ChatEvent], include_usage: bool) -> AsyncIterator[str]:
@@ -82,7 +79,7 @@ class TextAnswer:
         yield self._chunk("", reason or "stop")
         if include_usage:
             final = Completion(id=self.id, created=self.created, model=self.model, choices=[],
-                               usage=usage or Usage(prompt_tokens=0, total_tokens=0))
+                               usage=usage or NO_USAGE)
             yield event(final.model_dump(exclude_none=True) | {"choices": []})
         yield DONE
 

@@ -104,7 +104,9 @@ def from_validation(errors: list[dict[str, Any]]) -> ApiError:
         return bad_request(f"Unrecognized request argument supplied: {param}.", param, "unknown_parameter")
     if error.get("type") == "missing":
         return bad_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
-    text = str(error.get("msg", "invalid value"))
+    cause = (error.get("ctx") or {}).get("error")
+    # a check of ours inside a validator (`check_stop`, `check_tools`, ...): its own words
+    text = str(cause).rstrip(".") if isinstance(cause, ort.OrtModelsError) else str(error.get("msg", "invalid value"))
     given = error.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r:.60})"
     return bad_request(f"Invalid value for '{param}': {text}{shown}." if param else f"{text}.", param,

@@ -1,52 +1,47 @@
-"""``/metrics``: the manager's Prometheus figures plus the server's own gauges.
+"""``/metrics``: the manager's Prometheus figures plus the server's and each chat engine's.
 
 ``ortmodels_server_requests_in_flight`` is what ``--max-queue`` bounds (admitted requests,
 waiting or running); ``ortmodels_engine_running_requests`` is each chat engine's decode
-batch, so a client that left mid-stream shows as its row freed.
+batch, so a client that left mid-stream shows as its row freed. Every family is rendered by
+prometheus-client (`ortmodels.monitoring.prometheus`); the figures are the queue's and what
+each model reports (`protocols.ReportsGauges`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from .app import ServerState
-
-
-def _gauge(name: str, help_text: str, samples: list[tuple[str, float]], kind: str = "gauge") -> str:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{labels} {value:g}" for labels, value in samples]
-    return "\n".join(lines) + "\n"
+from ..engine import EngineGauges
+from ..monitoring.prometheus import FiguresCollector, exposition
+from .protocols import ReportsGauges
+from .state import ServerState
 
 
-def _engine(model: Any) -> Any:
-    """A loaded chat model's engine; ``None`` for embeddings, a user's class or an unloaded model."""
-    if not getattr(model, "is_loaded", False):
-        return None
-    try:
-        return model.loaded.engine
-    except Exception:  # noqa: BLE001 - unloaded meanwhile, or a class without an engine
-        return None
+def _figure(help_text: str, counter: bool = False) -> Any:
+    return field(metadata={"help": help_text, "counter": counter})
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    """The admission queue's figures (``ortmodels_server_<field>``)."""
+
+    requests_in_flight: int = _figure("Requests admitted by the server, waiting or running")
+    max_queue: int = _figure("Requests the server admits at once (--max-queue)")
+    rejected: int = _figure("Requests answered 503 because the queue was full", counter=True)
+
+
+def _engines(state: ServerState) -> Iterator[tuple[dict[str, str], EngineGauges]]:
+    for model_id, model in sorted(state.catalog.used.copy().items()):  # copy: a request may add one
+        if isinstance(model, ReportsGauges) and (gauges := model.engine_gauges()) is not None:
+            yield {"model": model_id}, gauges
 
 
 def metrics_text(state: ServerState) -> str:
     queue = state.queue
-    running, waiting = [], []
-    for model_id, model in sorted(state.catalog.used.copy().items()):  # copy: the loop may add one
-        engine = _engine(model)
-        if engine is not None:
-            escaped = model_id.replace("\\", "\\\\").replace('"', '\\"')
-            label = f'{{model="{escaped}"}}'
-            running.append((label, len(engine.active)))
-            waiting.append((label, engine.waiting))
-    parts = [
-        state.catalog.manager.prometheus_text().rstrip("\n") + "\n",
-        _gauge("ortmodels_server_requests_in_flight", "Requests admitted by the server, waiting or running",
-               [("", queue.in_flight)]),
-        _gauge("ortmodels_server_max_queue", "Requests the server admits at once (--max-queue)", [("", queue.limit)]),
-        _gauge("ortmodels_server_rejected_total", "Requests answered 503 because the queue was full",
-               [("", queue.rejected)], "counter"),
-        _gauge("ortmodels_engine_running_requests", "Requests in a chat engine's decode batch", running),
-        _gauge("ortmodels_engine_waiting_requests", "Requests waiting for a chat engine's batch", waiting),
-    ]
-    return "".join(parts)
+    server = FiguresCollector(
+        "ortmodels_server", [],
+        lambda: [({}, ServerFigures(queue.in_flight, queue.limit, queue.rejected))], ServerFigures)
+    engines = FiguresCollector("ortmodels_engine", ["model"], lambda: _engines(state), EngineGauges)
+    return exposition(state.catalog.manager.loaded, extra=[server, engines])

@@ -10,13 +10,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from ..errors import OrtModelsError
 from ..manager import ModelManager
 from ..store import ModelInfo
 from ..store.names import split_tag
 from .errors import ApiError
+from .protocols import ChatModel, EmbeddingModel, RerankModel, as_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Catalog:
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
-        self.used: dict[str, Any] = {}
+        self.used: dict[str, object] = {}
         """Id → the model object served under it (read by /metrics for engine gauges)."""
         self._ids: list[ModelId] = []
         self._read_at = 0.0
@@ -85,7 +86,21 @@ class Catalog:
                 return entry
         return None
 
-    async def get(self, entry: ModelId) -> Any:
+    async def chat(self, entry: ModelId) -> ChatModel:
+        """The chat model for ``entry``, as the routes call it."""
+        return as_chat_model(await self.get(entry))
+
+    async def embedding(self, entry: ModelId) -> EmbeddingModel:
+        """The embedding model for ``entry`` (`OnnxEmbeddingModel`, a user's `BaseEmbeddingModel`,
+        Ray's stand-in: each has ``aembed_counted``)."""
+        return cast(EmbeddingModel, await self.get(entry))
+
+    async def reranker(self, entry: ModelId) -> RerankModel:
+        """The reranker for ``entry`` (`OnnxCrossEncoder`, a user's `BaseRerankModel`, Ray's
+        stand-in: each has ``arerank_counted``)."""
+        return cast(RerankModel, await self.get(entry))
+
+    async def get(self, entry: ModelId) -> object:
         """The loaded model for ``entry`` (loading it off the event loop if needed)."""
         model = await asyncio.to_thread(self._getter(entry.kind), entry.name, dtype=entry.dtype)
         self.used[entry.id] = model

@@ -15,11 +15,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
-from ..errors import ChatInputError
-from ..runtime.options import LogprobOptions, MaxTokens, SamplingOptions
-from ..runtime.output_plan import LOGPROBS_WITH_TOOLS, check_tools
+from ..runtime.options import (
+    LogprobOptions,
+    MaxTokens,
+    SamplingOptions,
+    StopOptions,
+    check_logprobs_with_tools,
+)
+from ..runtime.output_plan import check_tools
 
 
 class _Strict(BaseModel):
@@ -35,7 +39,6 @@ class _Open(BaseModel):
 # -- shared pieces -----------------------------------------------------------------------------
 
 Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
-Stop = str | Annotated[list[str], Field(max_length=16)] | None
 
 
 class StreamOptions(_Open):
@@ -43,14 +46,14 @@ class StreamOptions(_Open):
     continuous_usage_stats: bool | None = None
 
 
-class _Sampling(SamplingOptions):
+class _Sampling(StopOptions, SamplingOptions):
     """Options both generation endpoints take: `SamplingOptions`' (``top_k`` and
-    ``repetition_penalty`` as vLLM and llama.cpp take them, through ``extra_body``), and OpenAI's."""
+    ``repetition_penalty`` as vLLM and llama.cpp take them, through ``extra_body``) and ``stop``,
+    and OpenAI's."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
-    stop: Stop = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
@@ -175,23 +178,15 @@ class ChatCompletionRequest(LogprobOptions, _ChatFields):
         """Refused here as the chat model refuses them: parameters that are not an object
         schema (the calls' arguments could not be sent back), two tools of one name."""
         if tools:
-            try:
-                check_tools([tool.model_dump(exclude_none=True) for tool in tools])
-            except ChatInputError as exc:
-                raise _refused(str(exc)) from None
+            check_tools([tool.model_dump(exclude_none=True) for tool in tools])
         return tools
 
     @field_validator("logprobs")
     @classmethod
     def _no_logprobs_with_tools(cls, logprobs: bool | None, info: ValidationInfo) -> bool | None:
-        if logprobs and info.data.get("tools") and info.data.get("tool_choice") != "none":
-            raise _refused(LOGPROBS_WITH_TOOLS)
+        """The options model's rule, checked here too so that the 400 names ``logprobs``."""
+        check_logprobs_with_tools(bool(logprobs), info.data.get("tools"), info.data.get("tool_choice"))
         return logprobs
-
-
-def _refused(message: str) -> PydanticCustomError:
-    """A validation error whose message is ours as it is (the 400 adds the field and the period)."""
-    return PydanticCustomError("refused", message.rstrip("."))
 
 
 # -- completions -------------------------------------------------------------------------------

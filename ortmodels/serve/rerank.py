@@ -9,12 +9,12 @@ coalesced, length-sorted batches of `ortmodels.runtime.rerank`.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import bad_request
+from .protocols import RerankModel
 
 #: The most documents one request may rank (Cohere's and Jina's limit).
 MAX_DOCUMENTS = 1000
@@ -73,23 +73,11 @@ def documents_of(request: RerankRequest) -> list[str]:
     return texts
 
 
-async def rerank_counted(model: Any, query: str, documents: list[str],
-                         top_n: int | None) -> tuple[list[tuple[int, float]], int]:
-    """The ranking and the tokens the model read, computed where the model is; a user's own
-    reranker class without `rerank_counted` is ranked with `rerank` and counts no tokens."""
-    counted = getattr(model, "rerank_counted", None)
-    if counted is not None:
-        return await asyncio.to_thread(counted, query, documents, top_n)  # type: ignore[no-any-return]
-    return await asyncio.to_thread(model.rerank, query, documents, top_n), 0
-
-
-async def rerank(model: Any, model_id: str, request: RerankRequest) -> dict[str, Any]:
+async def rerank(model: RerankModel, model_id: str, request: RerankRequest) -> dict[str, Any]:
     """The answer; ``model`` is a model here, or a stand-in whose ``arerank_counted`` runs
-    `rerank_counted` where the model is (`ortmodels.serve.ray`)."""
+    where the model is (`ortmodels.serve.ray`)."""
     documents = documents_of(request)
-    remote = getattr(model, "arerank_counted", None)
-    ranked, tokens = await (remote(request.query, documents, request.top_n) if remote is not None
-                            else rerank_counted(model, request.query, documents, request.top_n))
+    ranked, tokens = await model.arerank_counted(request.query, documents, request.top_n)
     results = [RerankResult(index=i, relevance_score=score,
                             document={"text": documents[i]} if request.return_documents else None)
                for i, score in ranked]

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from ..runtime.events import ChatEvent
 from . import chat, completions, embeddings, rerank
 from .admission import RETRY_AFTER_S, Slot
-from .app import ServerState
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
 from .models import ModelId
@@ -31,7 +31,9 @@ from .protocol import (
     ModelList,
     unsupported_field,
 )
+from .protocols import ChatModel, Loadable
 from .sse import respond
+from .state import ServerState
 
 MAX_BODY_BYTES = 32 << 20
 
@@ -163,7 +165,7 @@ async def metrics(request: Request) -> PlainTextResponse:
 async def list_models(request: Request) -> dict[str, Any]:
     state = _state(request)
     ids = await asyncio.to_thread(state.catalog.ids, True)
-    loaded = {i for i, m in state.catalog.used.items() if getattr(m, "is_loaded", False)}
+    loaded = {i for i, m in state.catalog.used.items() if isinstance(m, Loadable) and m.is_loaded}
     cards = [ModelCard(id=m.id, created=0, kind=m.kind, exported=m.exported, loaded=m.id in loaded) for m in ids]
     return ModelList(data=cards).model_dump()
 
@@ -174,10 +176,10 @@ async def chat_completions(request: Request) -> Response:
     body = await _parse(request, ChatCompletionRequest)
     entry = state.catalog.resolve(body.model, "chat")
     messages = chat.to_messages(body.messages)
-    options = chat.call_options(body)
+    options = chat.chat_options(body)
 
-    def open_stream(model: Any) -> Any:
-        return chat.events_of(model, "achat_events", messages, options)
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.achat_events(messages, options)
 
     return await _answer(request, state, entry, open_stream, chat.ChatAnswer(body.model or entry.id), body)
 
@@ -188,25 +190,23 @@ async def text_completions(request: Request) -> Response:
     body = await _parse(request, CompletionRequest)
     entry = state.catalog.resolve(body.model, "chat")
     prompt = completions.prompt_of(body)
-    options = completions.call_options(body)
+    options = completions.text_options(body)
 
-    def open_stream(model: Any) -> Any:
-        if not hasattr(model, "atext_events") and not hasattr(model, "astream_text"):
-            raise bad_request(f"{entry.id} cannot continue plain text (its class has no astream_text); use "
-                              "/v1/chat/completions.", "model")
-        return chat.events_of(model, "atext_events", prompt, options)
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.atext_events(prompt, options)
 
     return await _answer(request, state, entry, open_stream, completions.TextAnswer(body.model or entry.id), body)
 
 
-async def _answer(request: Request, state: ServerState, entry: ModelId, open_stream: Callable[[Any], Any],
-                  answer: Any, body: Any) -> Response:
+async def _answer(request: Request, state: ServerState, entry: ModelId,
+                  open_stream: Callable[[ChatModel], AsyncIterator[ChatEvent]],
+                  answer: chat.ChatAnswer | completions.TextAnswer, body: Any) -> Response:
     """Admit the request, open the model's stream, and answer it streamed (SSE) or whole;
     the admission slot is released however it ends."""
     _ready(state)
     slot = state.queue.enter()
     try:
-        chunks = open_stream(await state.catalog.get(entry))
+        chunks = open_stream(await state.catalog.chat(entry))
     except BaseException:
         slot.release()
         raise
@@ -222,7 +222,8 @@ async def create_embeddings(request: Request) -> Response:
     body = await _parse(request, EmbeddingRequest)
     entry = state.catalog.resolve(body.model, "embedding")
     embeddings.texts_of(body)
-    return await _whole(request, state, entry, lambda model: embeddings.embed(model, body.model or entry.id, body))
+    return await _whole(request, state, state.catalog.embedding(entry),
+                        lambda model: embeddings.embed(model, body.model or entry.id, body))
 
 
 @v1.post("/rerank")
@@ -232,16 +233,22 @@ async def create_rerank(request: Request) -> Response:
     body = await _parse(request, rerank.RerankRequest)
     entry = state.catalog.resolve(body.model, "reranker")
     rerank.documents_of(body)
-    return await _whole(request, state, entry, lambda model: rerank.rerank(model, body.model or entry.id, body))
+    return await _whole(request, state, state.catalog.reranker(entry),
+                        lambda model: rerank.rerank(model, body.model or entry.id, body))
 
 
-async def _whole(request: Request, state: ServerState, entry: ModelId,
+async def _whole(request: Request, state: ServerState, model_of: Coroutine[Any, Any, Any],
                  work: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> Response:
-    """Admit a non-streamed request, get its model, and answer with ``work(model)``."""
-    _ready(state)
-    slot = state.queue.enter()
+    """Admit a non-streamed request, get its model (``model_of``: the catalog's getter, awaited
+    only once admitted), and answer with ``work(model)``."""
     try:
-        model = await state.catalog.get(entry)
+        _ready(state)
+        slot = state.queue.enter()
+    except BaseException:
+        model_of.close()  # never awaited: closed so no "never awaited" warning
+        raise
+    try:
+        model = await model_of
     except BaseException:
         slot.release()
         raise

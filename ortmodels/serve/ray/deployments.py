@@ -17,7 +17,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray import serve
@@ -29,10 +29,9 @@ from ...errors import ConfigurationError, ModelFileError
 from ...manager import ModelManager
 from ...runtime.events import ChatEvent
 from ...runtime.options import ChatOptions
-from .. import embeddings, rerank
 from ..app import DEFAULT_MAX_QUEUE, create_app
-from ..chat import events_of
 from ..models import Catalog, ModelId
+from ..protocols import EmbeddingModel, RerankModel, as_chat_model
 from .remote import RayCatalog
 
 logger = logging.getLogger(__name__)
@@ -116,29 +115,29 @@ class ModelServer:
     def ready(self) -> str:
         return self.entry.id
 
-    def _model(self, model_id: str) -> Any:
+    def _model(self, model_id: str) -> object:
         if model_id != self.entry.id:
             raise ConfigurationError(f"This replica serves {self.entry.id}, not {model_id}.")
         return self.model
 
     async def achat_events(self, model_id: str, messages: list[dict[str, Any]],
                              options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        async with aclosing(events_of(self._model(model_id), "achat_events", messages, options)) as events:
+        async with aclosing(as_chat_model(self._model(model_id)).achat_events(messages, options)) as events:
             async for item in events:
                 yield item
 
     async def atext_events(self, model_id: str, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        async with aclosing(events_of(self._model(model_id), "atext_events", prompt, options)) as events:
+        async with aclosing(as_chat_model(self._model(model_id)).atext_events(prompt, options)) as events:
             async for item in events:
                 yield item
 
     async def aembed_counted(self, model_id: str, texts: list[str],
                              options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
-        return await embeddings.embed_counted(self._model(model_id), texts, options)
+        return await cast(EmbeddingModel, self._model(model_id)).aembed_counted(texts, options)
 
     async def arerank_counted(self, model_id: str, query: str, documents: list[str],
                               top_n: int | None) -> tuple[list[tuple[int, float]], int]:
-        return await rerank.rerank_counted(self._model(model_id), query, documents, top_n)
+        return await cast(RerankModel, self._model(model_id)).arerank_counted(query, documents, top_n)
 
     def check_health(self) -> None:
         """Serve calls this every few seconds: the model's files must still be on this node's disk

@@ -84,7 +84,8 @@ class RemoteModel:
                 raise
             raise unwrapped from None
 
-    async def aembed_counted(self, texts: list[str], options: dict[str, Any]) -> tuple[list[list[float]], int]:
+    async def aembed_counted(self, texts: list[str],
+                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
         return await self._call("aembed_counted", texts, options)  # type: ignore[no-any-return]
 
     async def arerank_counted(self, query: str, documents: list[str],
@@ -100,7 +101,7 @@ class RayCatalog(Catalog):
         self.handles = dict(handles)
         self._dimensions: dict[str, int | None] = {}  # read from the manifest once, not per request
 
-    async def get(self, entry: ModelId) -> Any:
+    async def get(self, entry: ModelId) -> object:
         handle = self.handles.get(entry.id)
         if handle is None:
             raise ApiError(404, f"The model {entry.id!r} is exported but not deployed on this Ray Serve app; "

@@ -1,0 +1,57 @@
+"""What both generation endpoints (``/v1/chat/completions``, ``/v1/completions``) share: an
+answer's identity, why it ended, what it cost, and the sampling options of a body."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, ClassVar
+
+from ..runtime.events import ChatEvent, Finished
+from ..runtime.options import ChatOptions, SamplingOptions, StopOptions
+from .errors import ApiError
+from .protocol import Usage
+
+
+class Answer:
+    """One request's identity: id, creation time and the model id it was asked of."""
+
+    prefix: ClassVar[str] = "cmpl"
+
+    def __init__(self, model_id: str) -> None:
+        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model_id
+
+
+def service_options(request: Any, max_tokens: int | None, **output: Any) -> ChatOptions:
+    """The chat service's options for a body: its `SamplingOptions` and `StopOptions` fields
+    (both endpoints' bodies carry them as they are), ``max_tokens`` as the endpoint spells it,
+    and ``output`` (tools, a response format, log-probabilities) mapped by the endpoint."""
+    given = {name: getattr(request, name) for name in (*SamplingOptions.model_fields, *StopOptions.model_fields)}
+    given.update(max_tokens=max_tokens, **output)
+    return ChatOptions.checked(**{name: value for name, value in given.items() if value is not None})
+
+
+def usage_of(finished: Finished) -> Usage:
+    usage = finished.usage
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 total_tokens=usage.total_tokens, prompt_tokens_details={"cached_tokens": usage.cached_tokens})
+
+
+#: The usage of an answer that never finished (a stream closed before its `Finished`).
+NO_USAGE = Usage(prompt_tokens=0, total_tokens=0)
+
+
+def finish_reason(event: ChatEvent) -> str | None:
+    """Why the answer ended (on its `Finished` event); an engine that closed or failed under it is
+    the 503 or 500 it is."""
+    if not isinstance(event, Finished):
+        return None
+    if event.reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
+        raise ApiError(503, "The request was cancelled: the model is being unloaded. Retry.", type="server_error",
+                       code="unavailable", headers={"Retry-After": "1"})
+    if event.reason == "error":
+        raise ApiError(500, "The request failed inside the engine; the server log has the details.",
+                       type="server_error")
+    return event.reason
