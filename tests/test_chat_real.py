@@ -241,6 +241,37 @@ def test_default_max_tokens_fits_the_context(chat_dir: Path) -> None:
     assert reply.usage_metadata["total_tokens"] <= 40
 
 
+def test_int4_keeps_the_smallest_recipe_that_passed_and_names_those_it_rejected(chat_dir: Path) -> None:
+    """The sample's int4 (exported by make test) is one of `int4_recipes`' candidates, every
+    smaller candidate is recorded as rejected with its figures and reasons, and `ortmodels info`
+    shows the recipe kept."""
+    from typer.testing import CliRunner
+
+    from ortmodels.cli import app
+    from ortmodels.export.int4_recipes import int4_candidates
+
+    manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())
+    int4 = manifest["variants"]["int4"]
+    recipe = int4["quantization"]
+    assert int4["quality"]["passed"] and int4["files"], int4["quality"]
+    names = [c.name for c in int4_candidates(json.loads((chat_dir / "config.json").read_text()))]
+    assert recipe["candidate"] in names, recipe
+    rejected = recipe.get("failed_recipes", [])
+    assert [r["recipe"]["candidate"] for r in rejected] == names[: names.index(recipe["candidate"])]
+    for row in rejected:  # built and failed, or not built (a calibration out of reach): why, either way
+        assert row["failures"], row
+        if row.get("skipped"):
+            assert row["failures"][0].startswith("not built: ") and row["estimated_size"] > 0, row
+        else:
+            assert row["size"] > 0 and row["seconds"] > 0 and row["figures"]["own_kv"]["perplexity_ratio"] > 1.0, row
+    assert int4["size"] > 0 and recipe["seconds"] > 0
+    shown = CliRunner().invoke(app, ["info", CHAT_SAMPLE], env={"LOCAL_MODELS_DIR": str(chat_dir.parent),
+                                                               "COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert recipe["candidate"] in shown.output, shown.output
+    assert ("rejected: " in shown.output) == bool(rejected), shown.output
+
+
 #: Perplexity of each precision relative to PyTorch fp32's on the probe text (project targets).
 PERPLEXITY_BOUNDS = {"fp32": 1.001, "fp16": 1.01, "int8": 1.02, "int4": 1.10}
 
