@@ -44,16 +44,25 @@ def test_estimated_bytes_are_the_graphs_quantized_tensors(tmp_path: Path) -> Non
     from ortmodels.export.decoder_graph import build_decoder_graph
     from tests.tiny_decoders import build_tiny_decoder
 
+    from dataclasses import replace
+
+    from tests.test_decoder_graph import PROMPT, _decoder
+
     checkpoint = build_tiny_decoder(tmp_path / "ckpt", "qwen2")  # tied embeddings
     config = json.loads((checkpoint / "config.json").read_text())
-    for n, candidate in enumerate([int4_candidates(config)[0], int4_candidates(config)[-1]]):
+    candidates = int4_candidates(config)
+    table4 = replace(LAST_RESORT, embedding_bits=4)  # an asymmetric 4-bit table, with zero points
+    for n, precision in enumerate([candidates[0].precision, candidates[-1].precision, table4]):
         target = tmp_path / str(n) / "model.onnx"
         target.parent.mkdir()
-        build_decoder_graph(checkpoint, target, candidate.precision)
+        build_decoder_graph(checkpoint, target, precision)
         model = onnx.load(str(target))
         quantized = sum(onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer
                         if i.name.endswith((".qweight", ".scales", ".zero_points")))
-        assert quantized == estimated_bytes(config, candidate.precision)[0] == candidate.bytes
+        assert quantized == estimated_bytes(config, precision)[0]
+        assert np.isfinite(_decoder(target).all_logits(PROMPT)).all()
+    assert candidates[0].bytes == estimated_bytes(config, candidates[0].precision)[0]
+    assert estimated_bytes(config, table4)[0] < candidates[-1].bytes
 
 
 # -- roundings -----------------------------------------------------------------------------------

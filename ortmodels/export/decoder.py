@@ -10,6 +10,8 @@ Every variant is compared with the PyTorch model and judged by the quality gates
 (`quality.py`) before it is published; a precision with a second recipe (fp16) gets it
 only when the first fails. A variant whose cache is fp32 also gets an fp16-KV graph
 (`kv_precision.py`), judged by the same gates; the manifest's ``kv`` entry records both.
+Our graph's int4 has several candidate recipes (`int4_recipes`), tried from the fewest bytes
+per token up; the first that passes with every KV cache is kept, the others are recorded.
 """
 
 from __future__ import annotations

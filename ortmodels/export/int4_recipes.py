@@ -1,7 +1,7 @@
 """int4 recipes for our decoder graph: the candidates, in order of the bytes they read per token.
 
 Why several: 4 bits everywhere is the smallest file, but round-to-nearest at 4 bits fails the
-gates on many checkpoints (the sample: perplexity 1.26x fp32's), so a mix keeps some matrices
+gates on small checkpoints (the sample: perplexity 1.45x fp32's), so a mix keeps some matrices
 at 8 bits. Which mix a checkpoint needs depends on the checkpoint, and a better rounding
 (GPTQ, calibrated on `calibration.txt`) can make a smaller mix pass. The exporter
 (`decoder._build_checked`) builds the candidates from the fewest bytes up and keeps the
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .decoder_graph import GraphPrecision
+from .decoder_graph import EMBEDDING_BLOCK, GraphPrecision
 
 #: The mix that passed on every checkpoint so far (llama.cpp's K-quant manner): 8-bit packed
 #: q/k/v, down projection and lm_head, 4-bit o_proj and gate/up. The sample: 159 MB,
@@ -32,16 +32,22 @@ MIXES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("8-bit lm_head", {"lm_head_bits": 8}),
     ("8-bit lm_head, down_proj", {"lm_head_bits": 8, "eight_bit": ("mlp.down_proj",)}),
 )
-#: Roundings tried on each smaller mix, cheapest first (`nbits.METHODS`).
+#: Roundings tried on each smaller mix, cheapest first (`nbits.METHODS`). On the sample kquant
+#: and hqq were no better than rtn (8-bit lm_head: 1.262x and 1.251x fp32's perplexity against
+#: 1.267x) and hqq took minutes, so they are not tried.
 ROUNDINGS: tuple[str, ...] = ("rtn", "gptq")
-#: A calibrated rounding is built for a mix only where round-to-nearest came this close to the
-#: int4 gates (perplexity at most the bound times ``_REACH_RATIO``, agreement at least the bound
-#: less ``_REACH_AGREEMENT``): on the sample GPTQ gained 4-6% of perplexity (all 4-bit 1.449x ->
-#: 1.364x fp32's, 8-bit lm_head 1.267x -> 1.214x) and no agreement, and one costs minutes.
-_REACH_RATIO = 1.10
-_REACH_AGREEMENT = 0.05
+#: Embedding table bits tried for a tied model. 4 (asymmetric, range search) saved 14 MB on the
+#: sample's last-resort mix (perplexity 1.081x, agreement 0.872) but lost "blue" in "What colour
+#: is the sky on a clear day?" with one of the two KV caches, so only 8 is tried.
+TABLE_BITS: tuple[int, ...] = (8,)
+#: A mix's better-equipped candidates (GPTQ, an 8-bit table) are built only where its first one
+#: came this close to the int4 gates (perplexity at most the bound times ``_REACH_RATIO``,
+#: agreement at least the bound less ``_REACH_AGREEMENT``): on the sample GPTQ (act-order) took
+#: the 8-bit-lm_head mix from 1.267x fp32's perplexity to 1.128x and its agreement from 0.754
+#: to 0.806, and one costs a minute or more.
+_REACH_RATIO = 1.20
+_REACH_AGREEMENT = 0.08
 _SCALE_BYTES = 4  # float32 scales: the int4 graph's activations are fp32
-_EMBEDDING_BLOCK = 32  # the GatherBlockQuantized table of a tied, quantized model
 
 
 @dataclass(frozen=True)
@@ -91,54 +97,62 @@ def estimated_bytes(config: dict[str, Any], precision: GraphPrecision) -> tuple[
     vocab, hidden = int(config["vocab_size"]), int(config["hidden_size"])
     per_token += size(vocab, hidden, p.head_bits)
     tied = bool(config.get("tie_word_embeddings", True))
-    table = (matrix_bytes(vocab, hidden, p.embedding_bits, _EMBEDDING_BLOCK, symmetric=True) if tied and p.head_bits
-             else vocab * hidden * 4)
+    table = (matrix_bytes(vocab, hidden, p.embedding_bits, EMBEDDING_BLOCK, symmetric=p.embedding_bits == 8)
+             if tied and p.head_bits else vocab * hidden * 4)
     return per_token + table, per_token
 
 
 def int4_candidates(config: dict[str, Any]) -> list[Candidate]:
     """The int4 recipes for ``config``, fewest bytes per token first; ``LAST_RESORT`` last.
 
-    At equal bytes the cheaper rounding comes first (GPTQ needs a calibration pass).
+    Each mix (`MIXES`, and the last resort's) with each rounding (`ROUNDINGS`) and, for a tied
+    model, each table precision (`TABLE_BITS`). At equal bytes per token the
+    smaller file comes first, then the cheaper rounding (GPTQ needs a calibration pass); a
+    candidate no smaller than the last resort is left out.
     """
-    found: list[tuple[int, int, Candidate]] = []
-    for label, fields in MIXES:
-        for rank, rounding in enumerate(ROUNDINGS):
-            precision = replace(LAST_RESORT, **{"lm_head_bits": None, "eight_bit": (), **fields}, rounding=rounding)
-            if precision == LAST_RESORT:
-                continue
-            total, per_token = estimated_bytes(config, precision)
-            found.append((per_token, rank, Candidate(f"{rounding}, {label}", precision, total, per_token)))
-    total, per_token = estimated_bytes(config, LAST_RESORT)
-    last = Candidate("rtn, 8-bit lm_head, qkv_proj, down_proj", LAST_RESORT, total, per_token)
-    return [c for _, _, c in sorted(found, key=lambda row: row[:2]) if c.per_token < last.per_token] + [last]
+    tied = bool(config.get("tie_word_embeddings", True))
+    mixes = (*MIXES, ("8-bit lm_head, qkv_proj, down_proj", {"lm_head_bits": 8, "eight_bit": LAST_RESORT.eight_bit}))
+    last_total, last_per_token = estimated_bytes(config, LAST_RESORT)
+    found: list[tuple[int, int, int, Candidate]] = []
+    for label, fields in mixes:
+        for embedding_bits in TABLE_BITS if tied else (8,):
+            for rank, rounding in enumerate(ROUNDINGS):
+                precision = replace(LAST_RESORT, **{"lm_head_bits": None, "eight_bit": (), **fields},
+                                    rounding=rounding, embedding_bits=embedding_bits)
+                total, per_token = estimated_bytes(config, precision)
+                if (per_token, total) >= (last_per_token, last_total):
+                    continue
+                name = f"{rounding}, {label}" + (", 4-bit embedding" if embedding_bits == 4 else "")
+                found.append((per_token, total, rank, Candidate(name, precision, total, per_token)))
+    last = Candidate(f"rtn, {mixes[-1][0]}", LAST_RESORT, last_total, last_per_token)
+    return [c for *_, c in sorted(found, key=lambda row: row[:3])] + [last]
 
 
-def _mix(recipe: dict[str, Any]) -> tuple[Any, ...]:
-    """What a recipe stores at which bits, whatever its rounding."""
+def _weights_read(recipe: dict[str, Any]) -> tuple[Any, ...]:
+    """What a recipe stores at which bits among the weights read per token (not the rounding, not the table)."""
     return (recipe.get("lm_head_bits"), tuple(recipe.get("eight_bit") or ()), recipe.get("block_size"),
-            recipe.get("embedding_bits"), recipe.get("symmetric"))
+            recipe.get("symmetric"))
 
 
 def skip_reason(candidate: Candidate, tried: list[dict[str, Any]]) -> str | None:
-    """Why a calibrated candidate is not worth building, judging by the same mix rounded to nearest.
+    """Why ``candidate`` is not worth building: a sibling already built (the same weights per
+    token, a cheaper rounding or a 4-bit table) missed the int4 gates by more than those can gain.
 
     ``tried``: the rejected attempts so far, as `decoder._build_checked` records them.
     """
     from .quality import PERPLEXITY_RATIO, TOP1_AGREEMENT
 
-    if candidate.precision.rounding == "rtn":
-        return None
-    mix = _mix(candidate.precision.recipe())
+    mix = _weights_read(candidate.precision.recipe())
+    ratio_reach = PERPLEXITY_RATIO["int4"] * _REACH_RATIO
+    top1_reach = TOP1_AGREEMENT["int4"] - _REACH_AGREEMENT
     for row in tried:
         figures = row.get("figures", {}).get("own_kv") or {}
-        if row["recipe"].get("rounding") != "rtn" or _mix(row["recipe"]) != mix or not figures:
+        if _weights_read(row["recipe"]) != mix or not figures:
             continue
         ratio, top1 = figures.get("perplexity_ratio"), figures.get("top1_agreement")
-        ratio_reach = PERPLEXITY_RATIO["int4"] * _REACH_RATIO
-        top1_reach = TOP1_AGREEMENT["int4"] - _REACH_AGREEMENT
+        sibling = row["recipe"].get("candidate", "the same mix")
         if ratio is not None and ratio > ratio_reach:
-            return f"rounded to nearest, this mix had perplexity {ratio:.3f}x fp32's (> {ratio_reach:.2f}, out of reach)"
+            return f"{sibling} had perplexity {ratio:.3f}x fp32's (> {ratio_reach:.2f}, out of reach)"
         if top1 is not None and top1 < top1_reach:
-            return f"rounded to nearest, this mix had next-token agreement {top1:.3f} (< {top1_reach:.2f}, out of reach)"
+            return f"{sibling} had next-token agreement {top1:.3f} (< {top1_reach:.2f}, out of reach)"
     return None

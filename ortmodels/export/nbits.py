@@ -28,7 +28,9 @@ _VALUES = 1 << 20  # weights per pass (whole rows): bounds the temporaries to a 
 METHODS: tuple[str, ...] = ("rtn", "kquant", "hqq", "gptq")
 _GPTQ_DAMPING = 0.01  # of the Hessian's mean diagonal, added to it (GPTQ's percdamp)
 _GPTQ_COLUMNS = 128  # columns per lazy update of the ones after them (GPTQ's blocksize)
-_GPTQ_ACT_ORDER = False  # columns in order of their inputs' energy, grids fixed beforehand (see _gptq_rows)
+#: Columns in order of their inputs' energy, grids fixed beforehand (see _gptq_rows). On the sample's
+#: 8-bit lm_head and down_proj mix: perplexity 1.098x fp32's with it, 1.158x without (rtn 1.137x).
+_GPTQ_ACT_ORDER = True
 _GPTQ_VALUES = 1 << 23  # GPTQ's rows per pass: its loop runs once per column and pass, so fewer, larger passes
 
 
