@@ -38,15 +38,13 @@ def test_candidates_go_from_the_fewest_bytes_up_and_end_with_the_last_resort() -
 def test_estimated_bytes_are_the_graphs_quantized_tensors(tmp_path: Path) -> None:
     """What the estimate counts is exactly what the builder writes for the matrices and the table."""
     import json
+    from dataclasses import replace
 
     import onnx
 
     from ortmodels.export.decoder_graph import build_decoder_graph
-    from tests.tiny_decoders import build_tiny_decoder
-
-    from dataclasses import replace
-
     from tests.test_decoder_graph import PROMPT, _decoder
+    from tests.tiny_decoders import build_tiny_decoder
 
     checkpoint = build_tiny_decoder(tmp_path / "ckpt", "qwen2")  # tied embeddings
     config = json.loads((checkpoint / "config.json").read_text())
@@ -122,7 +120,11 @@ def test_calibrated_gptq_graph_on_a_tiny_checkpoint(tmp_path: Path) -> None:
     import onnx
     from tokenizers import Tokenizer
 
-    from ortmodels.export.calibration import calibration_chunks, collect_hessians, linear_inputs
+    from ortmodels.export.calibration import (
+        calibration_chunks,
+        collect_hessians,
+        linear_inputs,
+    )
     from ortmodels.export.decoder import GRAPH_PRECISIONS
     from ortmodels.export.decoder_graph import build_decoder_graph
     from tests.test_decoder_graph import PROMPT, _decoder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -95,7 +96,7 @@ def info(
     _print_kv(manifest)
 
 
-def recipe_text(recipe: dict) -> str:
+def recipe_text(recipe: dict[str, Any]) -> str:
     """One line for a variant's recipe: its candidate name (int4), else method, bits and blocks."""
     name = recipe.get("candidate") or recipe.get("method", "?")
     details = [f"{recipe['bits']}-bit" if recipe.get("bits") else recipe.get("dtype")]
@@ -103,7 +104,8 @@ def recipe_text(recipe: dict) -> str:
         details.append(f"blocks of {recipe['block_size']}")
     if recipe.get("calibration"):
         details.append(f"calibrated on {recipe['calibration'].get('tokens')} tokens")
-    return f"{name} ({', '.join(d for d in details if d)})"
+    shown = ", ".join(str(d) for d in details if d)
+    return f"{name} ({shown})" if shown else str(name)
 
 
 def _print_recipes(manifest: Manifest) -> None:

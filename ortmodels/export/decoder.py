@@ -29,6 +29,12 @@ from ..kinds import KINDS
 from ..lifecycle.memory import return_freed_memory
 from ..store import ModelInfo, read_json
 from ..store.manifest import ChatSpec, KVEntry, Manifest, QualityVerdict, VariantEntry
+from .calibration import (
+    CALIBRATION_TEXT,
+    Hessians,
+    calibration_chunks,
+    collect_hessians,
+)
 from .common import (
     Builder,
     build_variant,
@@ -38,7 +44,6 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
-from .calibration import CALIBRATION_TEXT, Hessians, calibration_chunks, collect_hessians
 from .decoder_graph import GraphPrecision, build_decoder_graph, supports
 from .decoder_parity import DecoderReference, onnx_parity
 from .graph_edits import fuse_decoder_ops

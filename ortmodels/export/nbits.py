@@ -177,7 +177,9 @@ def _quantize_rows(
 
 def _kquant(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """onnxruntime's k-quant (llama.cpp's weighted least-squares fit of scale and minimum) per block."""
-    from onnxruntime.quantization.neural_compressor.weight_only import quant_tensor_k_quant_cpu
+    from onnxruntime.quantization.neural_compressor.weight_only import (
+        quant_tensor_k_quant_cpu,
+    )
 
     rows, count, size = blocks.shape
     levels, scale, zero = quant_tensor_k_quant_cpu(blocks.reshape(-1, size), bits, size)
