@@ -247,7 +247,7 @@ def test_int4_keeps_the_smallest_recipe_that_passed_and_names_those_it_rejected(
     shows the recipe kept."""
     from typer.testing import CliRunner
 
-    from ortmodels.cli import app
+    from ortmodels.cli import _register, app
     from ortmodels.export.int4_recipes import int4_candidates
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())
@@ -265,6 +265,7 @@ def test_int4_keeps_the_smallest_recipe_that_passed_and_names_those_it_rejected(
         else:
             assert row["size"] > 0 and row["seconds"] > 0 and row["figures"]["own_kv"]["perplexity_ratio"] > 1.0, row
     assert int4["size"] > 0 and recipe["seconds"] > 0
+    _register()  # the commands, as `ortmodels` adds them
     shown = CliRunner().invoke(app, ["info", CHAT_SAMPLE], env={"LOCAL_MODELS_DIR": str(chat_dir.parent),
                                                                "COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
