@@ -17,6 +17,7 @@ from ..store import ModelInfo, ModelStore, detect_kind, versions
 from ..store.manifest import Manifest
 from . import resources, staging
 from .checkpoint import source_sha256
+from .int4_recipes import int4_search
 from .memory_check import check_memory
 from .quality import gates_skipped
 from .progress import LogProgress, Progress
@@ -58,6 +59,7 @@ def export_model(
     keep: int = versions.DEFAULT_KEEP,
     skip_gates: bool = False,
     force_memory: bool = False,
+    int4: str = "off",
 ) -> ExportOutcome:
     """Export ``name``'s checkpoint in ``dtypes`` (default: every precision its kind supports).
 
@@ -66,13 +68,16 @@ def export_model(
     ``skip_gates`` publishes every variant but fp32 "not judged" whatever its quality
     figures (random-weight checkpoints for benchmarks; `quality`); an export whose
     estimated peak memory exceeds what is available is refused before it starts unless
-    ``force_memory`` (`memory_check`).
+    ``force_memory`` (`memory_check`). ``int4`` searches smaller int4 recipes of our decoder
+    graph (`int4_recipes.SEARCH_MODES`: ``rtn``, or ``gptq`` with calibration too); ``off``
+    builds the default recipe alone.
     """
     folder = store.model_dir(name)  # validates the name before any path is used
     if name not in store.names():
         raise UnknownModelError(name, store.names(), store.root)
     with staging.export_lock(folder):
-        outcome = _export_locked(store, name, dtypes, force, progress, skip_gates, force_memory)
+        with int4_search(int4):
+            outcome = _export_locked(store, name, dtypes, force, progress, skip_gates, force_memory, int4)
         if not outcome.skipped:
             removed = versions.prune_locked(folder, keep)
             if removed:
@@ -93,7 +98,7 @@ def _info_ignoring_a_bad_manifest(store: ModelStore, name: str) -> ModelInfo:
 
 def _export_locked(
     store: ModelStore, name: str, dtypes: list[str] | None, force: bool, progress: Progress | None,
-    skip_gates: bool = False, force_memory: bool = False,
+    skip_gates: bool = False, force_memory: bool = False, int4: str = "off",
 ) -> ExportOutcome:
     info = _info_ignoring_a_bad_manifest(store, name)
     staging.check_link(info.path)
@@ -119,7 +124,7 @@ def _export_locked(
     progress = progress or LogProgress(name)
     progress.step("Hashing the checkpoint")
     source_hash = source_sha256(info.path)
-    if not force and _up_to_date(info, dtypes, source_hash, skip_gates):
+    if not force and _up_to_date(info, dtypes, source_hash, skip_gates, int4):
         assert info.manifest is not None
         return ExportOutcome(name, info.manifest, [], skipped=True)
     staging.clean_stale_staging(info.path)
@@ -128,15 +133,20 @@ def _export_locked(
     return ExportOutcome(name, manifest, dtypes, skipped=False)
 
 
-def _up_to_date(info: ModelInfo, dtypes: list[str], source_hash: str, skip_gates: bool = False) -> bool:
+def _up_to_date(info: ModelInfo, dtypes: list[str], source_hash: str, skip_gates: bool = False,
+                int4: str = "off") -> bool:
     """True when every asked-for precision exists, from this very checkpoint, with its files
-    (and was judged by the gates, unless they are skipped now too)."""
+    (and was judged by the gates, unless they are skipped now too; and an int4 search asked
+    for was the one made)."""
     manifest = info.manifest
     if manifest is None or manifest.source_sha256 != source_hash:
         return False
     for dtype in dtypes:
         entry = manifest.variants.get(dtype)
         if entry is None or (not skip_gates and entry.quality is not None and not entry.quality.judged):
+            return False
+        searched = ((entry.quantization or {}).get("selection") or {}).get("search", "off")
+        if dtype == "int4" and int4 != "off" and searched != int4:
             return False
         folder: Path = info.onnx_path / entry.path
         if any(not (folder / rel).is_file() for rel in entry.files):

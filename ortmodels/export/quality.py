@@ -37,6 +37,11 @@ def gates_skipped(skip: bool = True) -> Iterator[None]:
         _skipping.reset(token)
 
 
+def gates_are_skipped() -> bool:
+    """Whether this export runs inside `gates_skipped` (then a recipe search has nothing to go by)."""
+    return _skipping.get()
+
+
 def _unless_skipped(dtype: str, verdict: QualityVerdict) -> QualityVerdict:
     if _skipping.get() and dtype not in ALWAYS_JUDGED:
         return verdict.model_copy(update={"judged": False})
