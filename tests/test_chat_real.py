@@ -248,7 +248,7 @@ def test_int4_records_its_recipe_and_why(chat_dir: Path) -> None:
     from typer.testing import CliRunner
 
     from ortmodels.cli import _register, app
-    from ortmodels.export.int4_recipes import LAST_RESORT, int4_candidates
+    from ortmodels.export.decoder.int4_recipes import LAST_RESORT, int4_candidates
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())
     int4 = manifest["variants"]["int4"]
@@ -277,7 +277,7 @@ def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
     """The manifest's perplexity is within the bound, and the runtime reproduces it."""
     from ortmodels.engine.decoder import DecoderSession
     from ortmodels.engine.session import create_session
-    from ortmodels.export.decoder_parity import perplexity
+    from ortmodels.export.decoder.parity import perplexity
     from ortmodels.export.probes import perplexity_text
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())

@@ -1,5 +1,5 @@
-"""int4's recipe search (`export/int4_recipes.py`, `decoder._build_checked`), its roundings
-(`export/nbits.py`: rtn, kquant, hqq, gptq) and GPTQ's calibration (`export/calibration.py`).
+"""int4's recipe search (`export/decoder/int4_recipes.py`, `exporter._build_checked`), its roundings
+(`export/decoder/nbits.py`: rtn, kquant, hqq, gptq) and GPTQ's calibration (`export/decoder/calibration.py`).
 
 The order and the byte estimates are checked on config shapes and on a tiny checkpoint's
 real graphs; the selection on stand-in builds and gate figures (a recipe that fails, one
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ortmodels.export.int4_recipes import LAST_RESORT, estimated_bytes, int4_candidates
-from ortmodels.export.nbits import quantize_matrix
+from ortmodels.export.decoder.int4_recipes import LAST_RESORT, estimated_bytes, int4_candidates
+from ortmodels.export.decoder.nbits import quantize_matrix
 
 SAMPLE_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
                 "head_dim": 64, "num_hidden_layers": 30, "vocab_size": 49152, "tie_word_embeddings": True}
@@ -42,7 +42,7 @@ def test_estimated_bytes_are_the_graphs_quantized_tensors(tmp_path: Path) -> Non
 
     import onnx
 
-    from ortmodels.export.decoder_graph import build_decoder_graph
+    from ortmodels.export.decoder.graph import build_decoder_graph
     from tests.test_decoder_graph import PROMPT, _decoder
     from tests.tiny_decoders import build_tiny_decoder
 
@@ -120,13 +120,13 @@ def test_calibrated_gptq_graph_on_a_tiny_checkpoint(tmp_path: Path) -> None:
     import onnx
     from tokenizers import Tokenizer
 
-    from ortmodels.export.calibration import (
+    from ortmodels.export.decoder.calibration import (
         calibration_chunks,
         collect_hessians,
         linear_inputs,
     )
-    from ortmodels.export.decoder import GRAPH_PRECISIONS
-    from ortmodels.export.decoder_graph import build_decoder_graph
+    from ortmodels.export.decoder.exporter import GRAPH_PRECISIONS
+    from ortmodels.export.decoder.graph import build_decoder_graph
     from tests.test_decoder_graph import PROMPT, _decoder
     from tests.tiny_decoders import build_tiny_decoder
 
@@ -165,7 +165,7 @@ def _verdict(failures: list[str]) -> Any:
 def _search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcomes: list[tuple[list[str], list[str]]]) -> Any:
     """Run `_build_checked` over stand-in recipes: each builds a file, and the gates say
     ``outcomes[n]`` = (failures with its own cache, failures with an fp16 cache)."""
-    from ortmodels.export import decoder
+    from ortmodels.export.decoder import exporter as decoder
     from ortmodels.store.manifest import KVEntry
 
     calls: list[int] = []
@@ -240,8 +240,8 @@ def test_the_search_is_opt_in_and_skipped_gates_build_the_last_resort_alone(tmp_
     search would only cost time."""
     import json
 
-    from ortmodels.export.decoder import _graph_builders
-    from ortmodels.export.int4_recipes import int4_search
+    from ortmodels.export.decoder.exporter import _graph_builders
+    from ortmodels.export.decoder.int4_recipes import int4_search
     from ortmodels.export.quality import gates_skipped
     from tests.tiny_decoders import build_tiny_decoder
 
@@ -264,7 +264,7 @@ def test_the_search_is_opt_in_and_skipped_gates_build_the_last_resort_alone(tmp_
 
 
 def test_selection_says_which_search_was_made_and_why() -> None:
-    from ortmodels.export.int4_recipes import DEFAULT_WHY, selection
+    from ortmodels.export.decoder.int4_recipes import DEFAULT_WHY, selection
 
     assert selection("off", 0, 1) == {"search": "off", "why": DEFAULT_WHY}
     assert "--int4-search" in DEFAULT_WHY
@@ -279,7 +279,7 @@ def test_gptq_calibrates_on_an_fp32_graph_of_its_own_when_fp32_is_not_exported(t
     writes one for itself and removes it once the Hessians are on disk."""
     import shutil
 
-    from ortmodels.export.decoder import _LazyHessians
+    from ortmodels.export.decoder.exporter import _LazyHessians
     from tests.tiny_decoders import build_tiny_decoder
 
     checkpoint = build_tiny_decoder(tmp_path / "ckpt", "llama")
@@ -319,7 +319,7 @@ def _info_output(root: Path) -> str:
 @pytest.mark.slow
 def test_default_int4_export_records_its_recipe_and_why(tiny_int4: Path) -> None:
     from ortmodels.export import export_model
-    from ortmodels.export.int4_recipes import DEFAULT_WHY
+    from ortmodels.export.decoder.int4_recipes import DEFAULT_WHY
     from ortmodels.store import ModelStore
 
     outcome = export_model(ModelStore(tiny_int4), "tiny", ["fp32", "int4"])  # random weights: int4 may fail
@@ -361,7 +361,7 @@ def test_an_int4_search_tries_the_smaller_candidates_first(tiny_int4: Path) -> N
 
 
 def test_a_calibrated_rounding_is_built_only_where_round_to_nearest_came_close() -> None:
-    from ortmodels.export.int4_recipes import skip_reason
+    from ortmodels.export.decoder.int4_recipes import skip_reason
 
     candidates = int4_candidates(SAMPLE_SHAPE)
     rtn, gptq = candidates[0], candidates[1]

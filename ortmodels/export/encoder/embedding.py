@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.encoder import EncoderRunner, pad_batch
-from ..engine.pooling import l2_normalize, pool
-from ..engine.session import create_session
-from ..engine.tokenizer import load_tokenizer
-from ..errors import ParityError
-from ..kinds import KINDS
-from ..store import ModelInfo, read_json
-from ..store.manifest import EmbeddingSpec, Manifest, VariantEntry
-from .common import (
+from ...engine.encoder import EncoderRunner, pad_batch
+from ...engine.pooling import l2_normalize, pool
+from ...engine.session import create_session
+from ...engine.tokenizer import load_tokenizer
+from ...errors import ParityError
+from ...kinds import KINDS
+from ...store import ModelInfo, read_json
+from ...store.manifest import EmbeddingSpec, Manifest, VariantEntry
+from ..optimum_bridge import export_with_optimum
+from ..pipeline import (
     build_variant,
     check_dtypes,
     export_attempt,
@@ -25,17 +26,16 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
+from ..probes import PROBE_SENTENCES
+from ..progress import Progress
+from ..quality import judge_embedding
 from .embedding_config import effective_max_length, read_pooling_config
-from .encoder_quantize import (
+from .quantize import (
     encoder_texts,
     int8_quality,
+    quantize_int8_dynamic,
     smooth_activations,
 )
-from .optimum_bridge import export_with_optimum
-from .probes import PROBE_SENTENCES
-from .progress import Progress
-from .quality import judge_embedding
-from .quantize import quantize_int8_dynamic
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ExportError, ModelFileError
-from ..store import read_json
+from ...errors import ExportError, ModelFileError
+from ...store import read_json
 
 logger = logging.getLogger(__name__)
 

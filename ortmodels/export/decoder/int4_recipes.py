@@ -4,7 +4,7 @@ Why several: 4 bits everywhere is the smallest file, but round-to-nearest at 4 b
 gates on small checkpoints (the sample: perplexity 1.45x fp32's), so a mix keeps some matrices
 at 8 bits. Which mix a checkpoint needs depends on the checkpoint, and a better rounding
 (GPTQ, calibrated on `calibration.txt`) can make a smaller mix pass. The exporter
-(`decoder._build_checked`) builds the candidates from the fewest bytes up and keeps the
+(`exporter._build_checked`) builds the candidates from the fewest bytes up and keeps the
 first that passes the int4 gates with every KV cache precision it offers; the last candidate
 is the mix that passed on every checkpoint tried so far, whose verdict stands whatever it is.
 The manifest's int4 entry names the candidate kept and each one rejected, with its figures.
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .decoder_graph import EMBEDDING_BLOCK, GraphPrecision
+from .graph import EMBEDDING_BLOCK, GraphPrecision
 
 #: The mix that passed on every checkpoint so far (llama.cpp's K-quant manner): 8-bit packed
 #: q/k/v, down projection and lm_head, 4-bit o_proj and gate/up. The sample: 159 MB,
@@ -199,9 +199,9 @@ def skip_reason(candidate: Candidate, tried: list[dict[str, Any]]) -> str | None
     """Why ``candidate`` is not worth building: a sibling already built (the same weights per
     token, a cheaper rounding or a 4-bit table) missed the int4 gates by more than those can gain.
 
-    ``tried``: the rejected attempts so far, as `decoder._build_checked` records them.
+    ``tried``: the rejected attempts so far, as `exporter._build_checked` records them.
     """
-    from .quality import PERPLEXITY_RATIO, TOP1_AGREEMENT
+    from ..quality import PERPLEXITY_RATIO, TOP1_AGREEMENT
 
     mix = _weights_read(candidate.precision.recipe())
     ratio_reach = PERPLEXITY_RATIO["int4"] * _REACH_RATIO

@@ -8,7 +8,7 @@ as initializers; ``seqlens_k`` and ``total_sequence_length`` derived from
 ``attention_mask`` in the graph), one packed gate/up MatMul, and ``MatMulNBits`` weights
 written directly for int8/int4. About 10 nodes per layer.
 
-Families (`decoder_families.FAMILIES`): Llama, Mistral, Qwen2, Qwen3 (per-head q/k norms),
+Families (`families.FAMILIES`): Llama, Mistral, Qwen2, Qwen3 (per-head q/k norms),
 Phi-3 (packed weights, partial rotary), Gemma, Gemma 2 (norms around attention and MLP,
 attention and final logit soft-capping, sliding-window layers) and Gemma 3 text (q/k norms,
 a second rotary base for its sliding layers).
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ExportError
-from .checkpoint_weights import CheckpointWeights, open_weights
-from .decoder_families import (
+from ...errors import ExportError
+from ..checkpoint.weights import CheckpointWeights, open_weights
+from .families import (
     ACTIVATIONS,
     FAMILIES,
     Family,

@@ -1,9 +1,9 @@
 """Export of causal LMs (Llama, Qwen2, Mistral, Phi-3, Gemma, ...) with their KV cache.
 
 Llama, Mistral, Qwen2/3, Phi-3 and Gemma 1/2/3 (text) checkpoints get our own graph
-(`decoder_graph`: fused GroupQueryAttention and RMS-norm operators, ``MatMulNBits`` weights
+(`graph`: fused GroupQueryAttention and RMS-norm operators, ``MatMulNBits`` weights
 written directly), built from the safetensors weights for each precision;
-`decoder_families.supports` says why any other checkpoint is refused (long-rope scaling, a
+`families.supports` says why any other checkpoint is refused (long-rope scaling, a
 vision-language Gemma 3, ...). Those go through optimum (``text-generation-with-past``), with
 fp16, int8 and int4 derived from its fp32 graph.
 Every variant is compared with the PyTorch model and judged by the quality gates
@@ -22,20 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..engine.chat_template import ChatTemplate
-from ..engine.toolcalls import detect_format
-from ..errors import ChatTemplateError, ExportError, ModelFileError, ParityError
-from ..kinds import KINDS
-from ..lifecycle.memory import return_freed_memory
-from ..store import ModelInfo, read_json
-from ..store.manifest import ChatSpec, KVEntry, Manifest, QualityVerdict, VariantEntry
-from .calibration import (
-    CALIBRATION_TEXT,
-    Hessians,
-    calibration_chunks,
-    collect_hessians,
-)
-from .common import (
+from ...engine.chat_template import ChatTemplate
+from ...engine.toolcalls import detect_format
+from ...errors import ChatTemplateError, ExportError, ModelFileError, ParityError
+from ...kinds import KINDS
+from ...lifecycle.memory import return_freed_memory
+from ...store import ModelInfo, read_json
+from ...store.manifest import ChatSpec, KVEntry, Manifest, QualityVerdict, VariantEntry
+from ..graph_edits import fuse_decoder_ops
+from ..optimum_bridge import export_with_optimum
+from ..pipeline import (
     Builder,
     build_variant,
     check_dtypes,
@@ -44,9 +40,15 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
-from .decoder_graph import GraphPrecision, build_decoder_graph, supports
-from .decoder_parity import DecoderReference, onnx_parity
-from .graph_edits import fuse_decoder_ops
+from ..progress import Progress
+from ..quality import gates_are_skipped, judge_decoder
+from .calibration import (
+    CALIBRATION_TEXT,
+    Hessians,
+    calibration_chunks,
+    collect_hessians,
+)
+from .graph import GraphPrecision, build_decoder_graph, supports
 from .int4_recipes import (
     LAST_RESORT,
     Candidate,
@@ -56,9 +58,7 @@ from .int4_recipes import (
     skip_reason,
 )
 from .kv_precision import KV16_FILE, graph_kv, write_fp16_kv_graph
-from .optimum_bridge import export_with_optimum
-from .progress import Progress
-from .quality import gates_are_skipped, judge_decoder
+from .parity import DecoderReference, onnx_parity
 from .quantize import OVERFLOW_PRONE_OPS, convert_fp16, quantize_weight_only
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
 CHUNK_TOKENS = 256  # tokens per run: a fresh sequence each, as the text's paragraphs are
 _HESSIAN_BYTES = 256 << 20  # Hessians accumulated per group of runs (float32)
 _PASS_THROUGH = ("Slice", "Reshape")  # between the final norm and lm_head: walked back over
-_NODE_NAME = re.compile(r"^/(.+)_\d+$")  # `decoder_graph._Graph.node`'s names: /<name>_<count>
+_NODE_NAME = re.compile(r"^/(.+)_\d+$")  # `graph._Graph.node`'s names: /<name>_<count>
 
 
 def calibration_chunks(tokenizer: Any, tokens: int = CHUNK_TOKENS) -> list[list[int]]:
@@ -79,7 +79,7 @@ def collect_hessians(model_file: Path, chunks: list[list[int]], folder: Path) ->
     import onnx
     import onnxruntime as ort
 
-    from ..engine.session import session_options
+    from ...engine.session import session_options
 
     model = onnx.load(str(model_file), load_external_data=False)
     names = linear_inputs(model)

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.chat_template import ChatTemplate
-from ..engine.decoder import DecoderSession
-from ..engine.engine import Engine
-from ..engine.request import Request
-from ..engine.session import create_session
-from ..errors import ModelFileError
-from ..lifecycle.memory import return_freed_memory
-from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
+from ...engine.chat_template import ChatTemplate
+from ...engine.decoder import DecoderSession
+from ...engine.engine import Engine
+from ...engine.request import Request
+from ...engine.session import create_session
+from ...errors import ModelFileError
+from ...lifecycle.memory import return_freed_memory
+from ..probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 from .reference import reference_model
 
 NEW_TOKENS = 32
@@ -224,7 +224,7 @@ def _answer_text(reference: DecoderReference, ids: list[int]) -> str:
 
 def chat_probes(reference: DecoderReference, answers: list[list[int]]) -> list[dict[str, Any]]:
     """Each plain question with the variant's answer and, where it derails, why."""
-    from .quality import derailment
+    from ..quality import derailment
 
     expected_texts = [_answer_text(reference, ids) for ids in reference.answers]
     # A model that answers none of them (a tiny random one) says nothing a loop could be
