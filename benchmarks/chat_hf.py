@@ -57,7 +57,7 @@ def _optimum_export(checkpoint: Path) -> Path:
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
-    from ortmodels.export.checkpoint import source_sha256
+    from ortmodels.export.checkpoint.source import source_sha256
 
     folder = ROOT / "benchmarks" / ".cache" / "optimum" / MODEL
     stamp = folder / ".checkpoint-sha256"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import stamp
-from ortmodels.export.checkpoint import package_versions
+from ortmodels.export.checkpoint.source import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

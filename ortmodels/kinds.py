@@ -37,7 +37,7 @@ KINDS: dict[str, KindSpec] = {
         name="embedding",
         base="ortmodels.base:BaseEmbeddingModel",
         default_class="ortmodels.runtime.embeddings:OnnxEmbeddingModel",
-        exporter="ortmodels.export.embedding:export_embedding",
+        exporter="ortmodels.export.encoder.embedding:export_embedding",
         precisions=("fp32", "int8"),
         # fp32 on the CPU: int8 costs some quality, so it is picked by name, never silently.
         auto_cpu=("fp32", "int8"),
@@ -47,7 +47,7 @@ KINDS: dict[str, KindSpec] = {
         name="reranker",
         base="ortmodels.base:BaseRerankModel",
         default_class="ortmodels.runtime.rerank:OnnxCrossEncoder",
-        exporter="ortmodels.export.rerank:export_reranker",
+        exporter="ortmodels.export.encoder.rerank:export_reranker",
         precisions=("fp32", "int8"),
         # As for embeddings: int8 is picked by name, its gate only bounds how far the order moves.
         auto_cpu=("fp32", "int8"),
@@ -57,7 +57,7 @@ KINDS: dict[str, KindSpec] = {
         name="chat",
         base="ortmodels.base:BaseLLMModel",
         default_class="ortmodels.runtime.chat:OnnxChatModel",
-        exporter="ortmodels.export.decoder:export_decoder",
+        exporter="ortmodels.export.decoder.exporter:export_decoder",
         precisions=("fp32", "fp16", "int8", "int4"),
         auto_cpu=("int4", "int8", "fp32"),
         default_setting="default_chat_model",

@@ -241,6 +241,33 @@ def test_default_max_tokens_fits_the_context(chat_dir: Path) -> None:
     assert reply.usage_metadata["total_tokens"] <= 40
 
 
+def test_int4_records_its_recipe_and_why(chat_dir: Path) -> None:
+    """The sample's int4 (exported by make test, no search) names its recipe, the last resort of
+    `int4_recipes`, with why it was chosen; `ortmodels info` shows it. An export made before the
+    recipes were named (no ``candidate``) is still that mix."""
+    from typer.testing import CliRunner
+
+    from ortmodels.cli import _register, app
+    from ortmodels.export.decoder.int4_recipes import LAST_RESORT, int4_candidates
+
+    manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())
+    int4 = manifest["variants"]["int4"]
+    recipe = int4["quantization"]
+    assert int4["quality"]["passed"] and int4["files"], int4["quality"]
+    assert recipe["eight_bit"] == list(LAST_RESORT.eight_bit) and recipe["lm_head_bits"] == 8, recipe
+    if "candidate" not in recipe:
+        pytest.skip("the sample was exported before int4 recipes were named: re-export it")
+    last = int4_candidates(json.loads((chat_dir / "config.json").read_text()))[-1]
+    assert recipe["candidate"] == last.name and recipe["selection"]["search"] == "off", recipe
+    assert "--int4-search" in recipe["selection"]["why"] and "failed_recipes" not in recipe
+    assert int4["size"] > 0 and recipe["seconds"] > 0
+    _register()  # the commands, as `ortmodels` adds them
+    shown = CliRunner().invoke(app, ["info", CHAT_SAMPLE], env={"LOCAL_MODELS_DIR": str(chat_dir.parent),
+                                                               "COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert recipe["candidate"] in shown.output and "default recipe" in shown.output, shown.output
+
+
 #: Perplexity of each precision relative to PyTorch fp32's on the probe text (project targets).
 PERPLEXITY_BOUNDS = {"fp32": 1.001, "fp16": 1.01, "int8": 1.02, "int4": 1.10}
 
@@ -250,7 +277,7 @@ def test_perplexity_within_bounds(chat_dir: Path, dtype: str) -> None:
     """The manifest's perplexity is within the bound, and the runtime reproduces it."""
     from ortmodels.engine.decoder import DecoderSession
     from ortmodels.engine.session import create_session
-    from ortmodels.export.decoder_parity import perplexity
+    from ortmodels.export.decoder.parity import perplexity
     from ortmodels.export.probes import perplexity_text
 
     manifest = json.loads((chat_dir / "onnx" / "manifest.json").read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ortmodels.errors import ExportError
-from ortmodels.export.checkpoint_weights import open_weights
+from ortmodels.export.checkpoint.weights import open_weights
 
 
 def test_reads_every_dtype_and_shards_as_safetensors_does(tmp_path: Path) -> None:

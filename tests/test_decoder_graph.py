@@ -1,4 +1,4 @@
-"""Our own decoder graph (`export/decoder_graph.py`) and its block quantization (`export/nbits.py`).
+"""Our own decoder graph (`export/decoder/graph.py`) and its block quantization (`export/decoder/nbits.py`).
 
 The builder is checked against PyTorch on tiny random checkpoints of every family it takes
 (Llama, Qwen2 with q/k/v biases and tied embeddings, Mistral, Qwen3 with q/k norms, Phi-3 with
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortmodels.export.nbits import quantize_matrix
+from ortmodels.export.decoder.nbits import quantize_matrix
 
 # -- MatMulNBits layout ------------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ _BASE_CONFIG = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_head
     ],
 )
 def test_supports_refuses_with_a_reason(config: dict, reason: str) -> None:
-    from ortmodels.export.decoder_graph import supports
+    from ortmodels.export.decoder.graph import supports
 
     got = supports({**_BASE_CONFIG, **config})
     assert got is not None and reason in got, got
@@ -89,14 +89,14 @@ def test_supports_refuses_with_a_reason(config: dict, reason: str) -> None:
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"])
 def test_supports_the_families(model_type: str) -> None:
-    from ortmodels.export.decoder_graph import supports
+    from ortmodels.export.decoder.graph import supports
 
     activation = {"hidden_act": "gelu_pytorch_tanh"} if model_type.startswith("gemma") else {}
     assert supports({**_BASE_CONFIG, "model_type": model_type, **activation}) is None
 
 
 def test_recipe_names_the_graph() -> None:
-    from ortmodels.export.decoder import GRAPH_PRECISIONS
+    from ortmodels.export.decoder.exporter import GRAPH_PRECISIONS
 
     assert all(p.recipe()["graph"] == "ortmodels" for p in GRAPH_PRECISIONS.values())
 
@@ -116,8 +116,8 @@ def tiny(request, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def _built(checkpoint: Path, folder: Path, dtype: str = "fp32") -> Path:
     """The graph of one precision, as `ortmodels export` builds it."""
-    from ortmodels.export.decoder import GRAPH_PRECISIONS
-    from ortmodels.export.decoder_graph import build_decoder_graph
+    from ortmodels.export.decoder.exporter import GRAPH_PRECISIONS
+    from ortmodels.export.decoder.graph import build_decoder_graph
 
     folder.mkdir(parents=True, exist_ok=True)
     build_decoder_graph(checkpoint, folder / "model.onnx", GRAPH_PRECISIONS[dtype])
@@ -135,7 +135,7 @@ def _torch(checkpoint: Path, ids: list[int], new: int) -> tuple[np.ndarray, list
     """PyTorch's logits over ``ids`` and its ``new`` greedy tokens after them."""
     import torch
 
-    from ortmodels.export.decoder_parity import reference_model
+    from ortmodels.export.decoder.parity import reference_model
 
     model = reference_model(checkpoint)
     with torch.inference_mode():
@@ -154,7 +154,7 @@ PROMPT = [1, 40, 70, 100, 7, 200, 13, 300, 250, 9, 42, 17, 99, 180, 6, 77]
 @pytest.mark.slow
 def test_fp32_graph_matches_pytorch(tiny: Path, tmp_path: Path) -> None:
     from ortmodels.engine.decoder import DecoderState
-    from ortmodels.export.decoder_parity import greedy_tokens
+    from ortmodels.export.decoder.parity import greedy_tokens
 
     decoder = _decoder(_built(tiny, tmp_path / "fp32"))
     expected_logits, expected_tokens = _torch(tiny, PROMPT, 24)
@@ -177,7 +177,7 @@ def test_fp32_graph_matches_pytorch(tiny: Path, tmp_path: Path) -> None:
 def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> None:
     """Random tiny weights have near-tied logits, so greedy tokens are no fair test here: the
     bounds are on logits and perplexity (the real model's are in test_chat_real.py)."""
-    from ortmodels.export.decoder_parity import perplexity
+    from ortmodels.export.decoder.parity import perplexity
 
     reference = _decoder(_built(tiny, tmp_path / "fp32"))
     text = PROMPT * 4
@@ -200,7 +200,7 @@ def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> Non
 def test_optional_sliding_window_matches_pytorch(tmp_path: Path, family: str) -> None:
     """Checkpoints that turn the window on (every layer, or Qwen's layers past max_window_layers)
     follow PyTorch past it: logits at every position and greedy tokens through the engine."""
-    from ortmodels.export.decoder_parity import greedy_tokens
+    from ortmodels.export.decoder.parity import greedy_tokens
     from tests.tiny_decoders import build_tiny_decoder
 
     checkpoint = build_tiny_decoder(tmp_path / "ckpt", family, window=True)

@@ -120,7 +120,7 @@ def test_int8_variant_is_close_to_fp32(fp32: OnnxEmbeddingModel, samples_dir: Pa
 def test_int8_keeps_quality_on_real_text(fp32: OnnxEmbeddingModel, samples_dir: Path) -> None:
     """The int8 targets, on 2,000 real sentences: cosine to fp32 and each text's 10 nearest neighbours."""
     from benchmarks.corpus import stdlib_sentences
-    from ortmodels.export.encoder_quantize import top_k_agreement
+    from ortmodels.export.encoder.quantize import top_k_agreement
 
     texts = stdlib_sentences(2000)
     int8 = OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int8").load()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortmodels.export.encoder_quantize import (
+from ortmodels.export.encoder.quantize import (
     int8_quality,
     smooth_activations,
     top_k_agreement,
@@ -72,7 +72,7 @@ def test_smoothing_keeps_fp32_outputs(graphs: tuple[Path, Path, dict]) -> None:
 
 
 def test_smoothing_makes_int8_closer_to_fp32(graphs: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    from ortmodels.export.quantize import quantize_int8_dynamic
+    from ortmodels.export.encoder.quantize import quantize_int8_dynamic
 
     source, smoothed, _ = graphs
     quantize_int8_dynamic(source, tmp_path / "plain_int8.onnx")

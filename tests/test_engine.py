@@ -262,7 +262,7 @@ class TestOnTheSample:
         assert not engine._thread.is_alive()  # type: ignore[union-attr]
 
     def test_parity_greedy_runs_on_the_engine(self) -> None:
-        from ortmodels.export.decoder_parity import greedy_tokens
+        from ortmodels.export.decoder.parity import greedy_tokens
 
         prompt = chat_prompt(QUESTIONS[3])
         assert greedy_tokens(decoder("int4"), prompt, 10) == solo_greedy("int4", prompt, 10)

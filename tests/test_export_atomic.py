@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ortmodels.errors import ExportError, MissingDependencyError, ParityError
-from ortmodels.export import embedding as embedding_export
+from ortmodels.export.encoder import embedding as embedding_export
 from ortmodels.export import export_model
-from ortmodels.export.checkpoint import file_sha256
+from ortmodels.export.checkpoint.source import file_sha256
 from ortmodels.export.optimum_bridge import require_export_stack
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 from ortmodels.store import ModelStore

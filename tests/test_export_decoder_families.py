@@ -32,7 +32,7 @@ def _torch_greedy(checkpoint: Path, prompt_ids: list[int], count: int) -> list[i
     """``count`` argmax tokens from PyTorch with its KV cache, never stopping at EOS."""
     import torch
 
-    from ortmodels.export.decoder_parity import reference_model
+    from ortmodels.export.decoder.parity import reference_model
 
     model = reference_model(checkpoint)  # eager attention where SDPA would drop Gemma 2's soft cap
     tokens: list[int] = []

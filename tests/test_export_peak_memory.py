@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ortmodels.export.checkpoint_weights import open_weights
-from ortmodels.export.decoder_parity import token_nll
-from ortmodels.export.nbits import _VALUES, quantize_matrix
+from ortmodels.export.checkpoint.weights import open_weights
+from ortmodels.export.decoder.parity import token_nll
+from ortmodels.export.decoder.nbits import _VALUES, quantize_matrix
 
 
 def _peak(step: Callable[[], Any]) -> tuple[Any, int]:
@@ -101,8 +101,8 @@ def test_the_reference_filled_tensor_by_tensor_is_from_pretrained_in_fp32(tmp_pa
     from transformers import AutoModelForCausalLM
 
     from benchmarks.checkpoints import MODELS, build
-    from ortmodels.export.decoder_parity import reference_model
-    from ortmodels.export.reference import PIECE_ELEMENTS
+    from ortmodels.export.decoder.parity import reference_model
+    from ortmodels.export.decoder.reference import PIECE_ELEMENTS
     from tests.conftest import CHAT_SAMPLE, SAMPLES_DIR
 
     config = {**MODELS[name][0], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -136,7 +136,7 @@ def test_a_narrow_reference_computes_what_fp32_weights_compute(tmp_path: Path, f
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from ortmodels.export.decoder_parity import reference_model
+    from ortmodels.export.decoder.parity import reference_model
     from tests.tiny_decoders import build_tiny_decoder
 
     folder = build_tiny_decoder(tmp_path / family, family)
@@ -165,7 +165,7 @@ from pathlib import Path
 import psutil, torch  # imported before the baseline, with what loading a Llama imports
 from transformers import AutoConfig, AutoModelForCausalLM, modeling_utils
 from transformers.models.llama import modeling_llama
-from ortmodels.export.decoder_parity import reference_model
+from ortmodels.export.decoder.parity import reference_model
 process, peak, done = psutil.Process(), [0], threading.Event()
 def sample():
     while not done.is_set():
@@ -226,7 +226,8 @@ def test_a_quantized_export_of_a_bf16_checkpoint_writes_no_fp32_graph(tmp_path: 
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file, save_file
 
-    from ortmodels.export import decoder, export_model
+    from ortmodels.export import export_model
+    from ortmodels.export.decoder import exporter as decoder
     from ortmodels.store import ModelStore
     from tests.tiny_decoders import build_tiny_decoder
 
@@ -237,9 +238,9 @@ def test_a_quantized_export_of_a_bf16_checkpoint_writes_no_fp32_graph(tmp_path: 
     built: list[Any] = []
     real = decoder.build_decoder_graph
 
-    def recording(checkpoint: Path, target: Path, precision: Any) -> dict[str, Any]:
+    def recording(checkpoint: Path, target: Path, precision: Any, hessians: Any = None) -> dict[str, Any]:
         built.append(precision)
-        return real(checkpoint, target, precision)
+        return real(checkpoint, target, precision, hessians)
 
     monkeypatch.setattr(decoder, "build_decoder_graph", recording)
     manifest = export_model(ModelStore(tmp_path / "models"), "tiny", ["int4"], skip_gates=True).manifest

@@ -1,4 +1,4 @@
-"""KV cache precision (``MODEL_KV_DTYPE``, `export/kv_precision.py`).
+"""KV cache precision (``MODEL_KV_DTYPE``, `export/decoder/kv_precision.py`).
 
 Tiny random checkpoints are exported by the real exporter: each fp32-activation variant
 gets an fp16-KV graph sharing its weights, judged by the variant's own gates, and the

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import checkpoints
 from benchmarks.checkpoints import MODELS, build, shards, tensors, to_bf16
-from ortmodels.export.checkpoint_weights import open_weights
+from ortmodels.export.checkpoint.weights import open_weights
 from tests.conftest import CHAT_SAMPLE, SAMPLES_DIR
 
 #: Parameters of the published checkpoints (the model cards' 1.24B, 3.21B and 1.54B).

@@ -74,7 +74,7 @@ def test_a_one_label_sequence_classifier_is_a_reranker_and_a_multi_label_one_is_
 
 
 def test_the_activation_is_read_as_sentence_transformers_reads_it(tmp_path: Path) -> None:
-    from ortmodels.export.rerank import read_activation
+    from ortmodels.export.encoder.rerank import read_activation
 
     assert read_activation(tmp_path, {}) == "sigmoid"  # CrossEncoder's default for one label
     assert read_activation(tmp_path, {"sbert_ce_default_activation_function":
@@ -90,7 +90,7 @@ def test_the_activation_is_read_as_sentence_transformers_reads_it(tmp_path: Path
 
 
 def test_order_kept_counts_queries_whose_top_k_keeps_its_order() -> None:
-    from ortmodels.export.rerank import order_kept
+    from ortmodels.export.encoder.rerank import order_kept
 
     reference = np.array([0.9, 0.8, 0.1, 0.5, 0.4, 0.3])
     same_top = np.array([0.7, 0.6, 0.0, 0.2, 0.9, 0.1])  # the second query's first two swap

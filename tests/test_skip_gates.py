@@ -114,7 +114,7 @@ def test_an_export_without_the_flag_judges_again(skipped_store: tuple[Path, subp
 def test_fp32_that_does_not_match_pytorch_is_refused_even_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ortmodels.errors import ParityError
     from ortmodels.export import export_model
-    from ortmodels.export.decoder_parity import DecoderReference
+    from ortmodels.export.decoder.parity import DecoderReference
     from ortmodels.store import ModelStore
     from tests.tiny_decoders import VOCAB_SIZE, build_tiny_decoder
 

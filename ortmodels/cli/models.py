@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -93,7 +94,43 @@ def info(
         verdict = verdict_text(variant.quality)
         table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), verdict, parity)
     console.print(table)
+    _print_recipes(manifest)
     _print_kv(manifest)
+
+
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """One line for a variant's recipe: its candidate name (int4), else method, bits and blocks."""
+    name = recipe.get("candidate") or recipe.get("method", "?")
+    details = [f"{recipe['bits']}-bit" if recipe.get("bits") else recipe.get("dtype")]
+    if recipe.get("block_size") and recipe.get("bits"):
+        details.append(f"blocks of {recipe['block_size']}")
+    if recipe.get("calibration"):
+        details.append(f"calibrated on {recipe['calibration'].get('tokens')} tokens")
+    shown = ", ".join(str(d) for d in details if d)
+    return f"{name} ({shown})" if shown else str(name)
+
+
+def _print_recipes(manifest: Manifest) -> None:
+    """How each variant was made, and each recipe tried before it and why it was rejected."""
+    rows = []
+    for dtype, variant in manifest.variants.items():
+        recipe = variant.quantization or {}
+        if not recipe:
+            continue
+        seconds = f", {recipe['seconds']} s" if recipe.get("seconds") is not None else ""
+        search = (recipe.get("selection") or {}).get("search")
+        how = {None: "", "off": " (default recipe; --int4-search tries smaller ones)"}.get(search, f" ({search} search)")
+        rows.append((dtype, recipe_text(recipe), format_bytes(variant.size) + seconds,
+                     ("kept" if variant.files else "kept (failed its gates)") + how))
+        for failed in recipe.get("failed_recipes", []):
+            size = (format_bytes(failed["size"]) if failed.get("size")
+                    else f"~{format_bytes(failed['estimated_size'])}" if failed.get("estimated_size") else "-")
+            seconds = f", {failed['seconds']} s" if failed.get("seconds") is not None else ""
+            rows.append((dtype, recipe_text(failed.get("recipe", {})), size + seconds,
+                         "rejected: " + "; ".join(failed.get("failures", []))))
+    if rows:
+        print_rows(("variant", "recipe", "size", "outcome"), rows, whole=("variant",),
+                   title="Recipes (tried from the fewest bytes up; the first that passes is kept)")
 
 
 _KV_FIGURES = ("perplexity", "top1_agreement", "greedy_agreement", "max_logit_diff")

@@ -1,6 +1,6 @@
 """One forward step of an exported decoder: a single sequence, or a batch of them.
 
-The graph (ours from `export/decoder_graph.py`, or optimum's ``text-generation-with-past``)
+The graph (ours from `export/decoder/graph.py`, or optimum's ``text-generation-with-past``)
 takes ``past_key_values.*`` and returns ``present.*``. A single sequence (`forward`) binds
 the previous step's outputs directly as the next step's inputs through IO binding: the
 cache never passes through numpy, and on CUDA it never leaves the GPU. Graphs with a

@@ -27,9 +27,9 @@ from ..errors import ExportMemoryError
 from ..kinds import KINDS
 from ..store import ModelInfo, read_json
 from ..units import format_bytes
-from .checkpoint_weights import parameter_count
-from .common import checkpoint_bytes
-from .decoder_parity import PERPLEXITY_TOKENS
+from .checkpoint.source import checkpoint_bytes
+from .checkpoint.weights import parameter_count
+from .decoder.parity import PERPLEXITY_TOKENS
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Quality gates: whether an exported variant is good enough to be loaded.
 
-Parity figures (`decoder_parity`, `embedding`) become a `QualityVerdict` here. A variant
+Parity figures (`decoder.parity`, `encoder.embedding`) become a `QualityVerdict` here. A variant
 that fails keeps its figures in the manifest but is never loaded: ``auto`` skips it and
 asking for it by name is an error that quotes them. The bounds are per precision: what a
 faithful conversion of that kind keeps, measured on the samples (see the README's table).
@@ -35,6 +35,11 @@ def gates_skipped(skip: bool = True) -> Iterator[None]:
         yield
     finally:
         _skipping.reset(token)
+
+
+def gates_are_skipped() -> bool:
+    """Whether this export runs inside `gates_skipped` (then a recipe search has nothing to go by)."""
+    return _skipping.get()
 
 
 def _unless_skipped(dtype: str, verdict: QualityVerdict) -> QualityVerdict:
@@ -98,7 +103,7 @@ def judge_decoder(dtype: str, parity: dict[str, Any]) -> QualityVerdict:
 
 def judge_embedding(dtype: str, parity: dict[str, Any]) -> QualityVerdict:
     """The gates of an embedding variant: finite vectors, and int8 close enough to fp32."""
-    from .encoder_quantize import INT8_MIN_COSINE, INT8_MIN_COSINE_MEAN, INT8_MIN_TOP10
+    from .encoder.quantize import INT8_MIN_COSINE, INT8_MIN_COSINE_MEAN, INT8_MIN_TOP10
 
     failures: list[str] = []
     cosine_min = parity.get("cosine_min")

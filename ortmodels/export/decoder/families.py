@@ -1,7 +1,7 @@
 """What our decoder graph needs to know about each model family, and which checkpoints it refuses.
 
 One `Family` row per ``model_type`` says how a family differs from Llama; the graph builder
-(`decoder_graph.py`) reads the row instead of testing family names. `supports` works on the
+(`graph.py`) reads the row instead of testing family names. `supports` works on the
 raw config.json dict (no transformers import) and returns the reason a checkpoint is refused,
 so the export can fall back to optimum and say why.
 """

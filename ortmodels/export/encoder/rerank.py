@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.cross_encoder import CrossEncoderRunner
-from ..engine.session import create_session
-from ..engine.tokenizer import load_tokenizer
-from ..errors import ExportError, ParityError
-from ..kinds import KINDS
-from ..store import ModelInfo, read_json
-from ..store.manifest import Manifest, RerankerSpec, VariantEntry
-from .common import (
+from ...engine.cross_encoder import CrossEncoderRunner
+from ...engine.session import create_session
+from ...engine.tokenizer import load_tokenizer
+from ...errors import ExportError, ParityError
+from ...kinds import KINDS
+from ...store import ModelInfo, read_json
+from ...store.manifest import Manifest, RerankerSpec, VariantEntry
+from ..optimum_bridge import export_with_optimum
+from ..pipeline import (
     build_variant,
     check_dtypes,
     export_attempt,
@@ -31,13 +32,12 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
-from .embedding import _Int8Builder
+from ..probes import PROBE_SENTENCES
+from ..progress import Progress
+from ..quality import judge_reranker
+from .embedding import Int8Builder
 from .embedding_config import effective_max_length
-from .encoder_quantize import encoder_texts
-from .optimum_bridge import export_with_optimum
-from .probes import PROBE_SENTENCES
-from .progress import Progress
-from .quality import judge_reranker
+from .quantize import encoder_texts
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def export_reranker(info: ModelInfo, dtypes: list[str], source_hash: str, progre
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:
             progress.step(f"Building and checking the {dtype} variant")
-            recipe = build_variant(dtype, base, work / dtype, {"int8": _Int8Builder(work, tokenizer, calibration)})
+            recipe = build_variant(dtype, base, work / dtype, {"int8": Int8Builder(work, tokenizer, calibration)})
             parity = _parity(work / dtype, spec, pairs, groups, reference, source)
             if dtype == "fp32" and not parity["max_abs_diff"] <= FP32_MAX_ABS_DIFF:
                 raise ParityError(

@@ -8,7 +8,7 @@ as initializers; ``seqlens_k`` and ``total_sequence_length`` derived from
 ``attention_mask`` in the graph), one packed gate/up MatMul, and ``MatMulNBits`` weights
 written directly for int8/int4. About 10 nodes per layer.
 
-Families (`decoder_families.FAMILIES`): Llama, Mistral, Qwen2, Qwen3 (per-head q/k norms),
+Families (`families.FAMILIES`): Llama, Mistral, Qwen2, Qwen3 (per-head q/k norms),
 Phi-3 (packed weights, partial rotary), Gemma, Gemma 2 (norms around attention and MLP,
 attention and final logit soft-capping, sliding-window layers) and Gemma 3 text (q/k norms,
 a second rotary base for its sliding layers).
@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ExportError
-from .checkpoint_weights import CheckpointWeights, open_weights
-from .decoder_families import (
+from ...errors import ExportError
+from ..checkpoint.weights import CheckpointWeights, open_weights
+from .families import (
     ACTIVATIONS,
     FAMILIES,
     Family,
@@ -41,7 +41,10 @@ from .decoder_families import (
 )
 from .nbits import quantize_matrix
 
-__all__ = ["GraphPrecision", "build_decoder_graph", "supports"]
+if TYPE_CHECKING:
+    from .calibration import Hessians
+
+__all__ = ["EMBEDDING_BLOCK", "GraphPrecision", "build_decoder_graph", "supports"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ _OPSET = 17
 _INLINE_BYTES = 1024  # smaller initializers stay in the graph file
 _DATA_ALIGNMENT = 4096  # a page: onnxruntime maps aligned external data instead of copying it
 _MS = "com.microsoft"
-_EMBEDDING_BLOCK = 32  # a quantized variant's 8-bit embedding (see _Builder.embedding)
+EMBEDDING_BLOCK = 32  # a tied, quantized variant's GatherBlockQuantized table (see _Builder.embedding)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,23 @@ class GraphPrecision:
     #: Matrices stored at 8 bits when ``bits`` is 4: "mlp.down_proj" (every layer) or "0.mlp.down_proj".
     #: Names are our packed matrices' (self_attn.qkv_proj, mlp.gate_up_proj), whatever the checkpoint stores.
     eight_bit: tuple[str, ...] = field(default_factory=tuple)
+    #: How the 4-bit matrices' blocks are rounded (`nbits.METHODS`); 8-bit ones always round to nearest.
+    #: ``gptq`` needs the Hessians of the fp32 graph's linear inputs (`calibration.collect_hessians`).
+    rounding: str = "rtn"
+    #: A tied, quantized model's embedding table (`_Builder.embedding`), blocks of 32: 8 bits symmetric, or
+    #: 4 bits asymmetric (zero points) with the range search.
+    embedding_bits: int = 8
+
+    @property
+    def head_bits(self) -> int | None:
+        """The bits of ``lm_head``: ``lm_head_bits``, else ``bits``."""
+        return self.lm_head_bits if self.lm_head_bits is not None else self.bits
+
+    def bits_for(self, layer: int, matrix: str) -> int | None:
+        """The bits of one layer's matrix (our packed names): ``bits``, or 8 where ``eight_bit`` names it."""
+        if self.bits == 4 and (matrix in self.eight_bit or f"{layer}.{matrix}" in self.eight_bit):
+            return 8
+        return self.bits
 
     def recipe(self) -> dict[str, Any]:
         """The manifest's record of how the variant was made (``graph`` names the graph builder)."""
@@ -157,10 +177,13 @@ class _Graph:
 
 class _Builder:
     def __init__(self, config: dict[str, Any], hf_config: Any, weights: CheckpointWeights,
-                 precision: GraphPrecision, data_file: Path | None = None) -> None:
+                 precision: GraphPrecision, data_file: Path | None = None, hessians: Hessians | None = None) -> None:
         from onnx import TensorProto
 
+        if precision.rounding == "gptq" and hessians is None:
+            raise ExportError("The gptq rounding needs the calibration Hessians of the fp32 graph.")
         self.config, self.hf_config, self.weights, self.precision = config, hf_config, weights, precision
+        self.hessians = hessians
         self.family: Family = FAMILIES[config["model_type"]]
         self.np_float = np.float16 if precision.dtype == "fp16" else np.float32
         self.mixed = precision.dtype == "fp16" and precision.fp32_residual
@@ -199,7 +222,13 @@ class _Builder:
             return self.g.node("MatMul", [x, self.floats(f"{name}.weight", weight.T)], name=name)[0]
         p = self.precision
         symmetric = p.symmetric8 if bits == 8 else p.symmetric
-        q = quantize_matrix(weight, bits, p.block_size, symmetric=symmetric, search=p.search)
+        method = p.rounding if bits == 4 else "rtn"
+        hessian = self.hessians.get(name) if method == "gptq" and self.hessians is not None else None
+        if method == "gptq" and (hessian is None or weight.shape[1] % p.block_size):
+            logger.warning("%s: no calibration Hessian or partial blocks; rounded to nearest instead.", name)
+            method = "rtn"
+        q = quantize_matrix(weight, bits, p.block_size, symmetric=symmetric, search=p.search, method=method,
+                            hessian=hessian)
         inputs = [x, self.g.tensor(f"{name}.qweight", q.packed),
                   self.floats(f"{name}.scales", q.scales.reshape(-1))]
         if q.zero_points is not None:
@@ -214,8 +243,7 @@ class _Builder:
 
     @property
     def head_bits(self) -> int | None:
-        p = self.precision
-        return p.lm_head_bits if p.lm_head_bits is not None else p.bits
+        return self.precision.head_bits
 
     def embedding(self, embed: np.ndarray) -> tuple[str | None, str]:
         """The input embedding: (its float initializer or None, the gathered rows).
@@ -227,24 +255,28 @@ class _Builder:
         its checkpoint comes from a GGUF whose embedding is Q8_0); resident memory over the
         benchmark's prompts measured the same either way (the table is mapped). No range
         search here: the int8 recipe's clipped blocks made the sample answer "la Femme, la
-        Femme, ..." through its embedding, which the gates caught.
+        Femme, ..." through its embedding, which the gates caught. ``embedding_bits=4`` (not
+        used by default, see `int4_recipes.TABLE_BITS`) takes asymmetric blocks with the search
+        instead (the sample's last-resort mix: perplexity 1.081x fp32's, against 1.092x with absmax blocks).
         Tied only: an untied checkpoint keeps its table as it is (nothing else reads it).
         """
         g = self.g
         if not self.tied or self.head_bits is None:
             name = self.floats("embed_tokens.weight", embed)
             return name, g.node("Gather", [name, "input_ids"], axis=0)[0]
-        q = quantize_matrix(embed, 8, _EMBEDDING_BLOCK, symmetric=True, search=False)
+        bits = self.precision.embedding_bits
+        # 4 bits: asymmetric blocks with the range search (zero points packed two to a byte, as MatMulNBits')
+        q = quantize_matrix(embed, bits, EMBEDDING_BLOCK, symmetric=bits == 8, search=bits == 4)
+        inputs = ["embed_tokens.qweight", "input_ids", "embed_tokens.scales"]
         g.tensor("embed_tokens.qweight", q.packed.reshape(q.n, -1))
         self.floats("embed_tokens.scales", q.scales)
-        return None, g.node("GatherBlockQuantized", ["embed_tokens.qweight", "input_ids", "embed_tokens.scales"],
-                            domain=_MS, bits=8, block_size=_EMBEDDING_BLOCK, gather_axis=0, quantize_axis=1)[0]
+        if q.zero_points is not None:
+            inputs.append(g.tensor("embed_tokens.zero_points", q.zero_points.reshape(q.n, -1)))
+        return None, g.node("GatherBlockQuantized", inputs, domain=_MS, bits=bits, block_size=EMBEDDING_BLOCK,
+                            gather_axis=0, quantize_axis=1)[0]
 
     def bits_for(self, layer: int, matrix: str) -> int | None:
-        p = self.precision
-        if p.bits == 4 and (matrix in p.eight_bit or f"{layer}.{matrix}" in p.eight_bit):
-            return 8
-        return p.bits
+        return self.precision.bits_for(layer, matrix)
 
     def gamma(self, name: str, weight: np.ndarray, stream: bool = False) -> str:
         """An RMS norm's scale; Gemma's (1 + w) is folded in here, in fp32 before the cast."""
@@ -429,8 +461,11 @@ class _Builder:
         return self.to_activations(outs[0]), outs[-1]
 
 
-def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecision) -> dict[str, Any]:
+def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecision,
+                        hessians: Hessians | None = None) -> dict[str, Any]:
     """Write ``target`` (model.onnx, weights in ``model.onnx.data``) for ``checkpoint``; returns the recipe.
+
+    ``hessians``: the calibration of the fp32 graph's linear inputs, which a ``gptq`` precision needs.
 
     Weights are written to the data file tensor by tensor as the graph is built (mapped at
     load: a faster cold start), so memory holds one tensor at a time, never the model.
@@ -446,7 +481,7 @@ def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecisio
         raise ExportError(f"The decoder graph builder does not handle {checkpoint.name}: {reason}.")
     hf_config = AutoConfig.from_pretrained(checkpoint)
     with open_weights(checkpoint) as weights:
-        builder = _Builder(config, hf_config, weights, precision, target.with_name(f"{target.name}.data"))
+        builder = _Builder(config, hf_config, weights, precision, target.with_name(f"{target.name}.data"), hessians)
         try:
             model = builder.build()
         finally:

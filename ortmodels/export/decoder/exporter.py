@@ -1,32 +1,37 @@
 """Export of causal LMs (Llama, Qwen2, Mistral, Phi-3, Gemma, ...) with their KV cache.
 
 Llama, Mistral, Qwen2/3, Phi-3 and Gemma 1/2/3 (text) checkpoints get our own graph
-(`decoder_graph`: fused GroupQueryAttention and RMS-norm operators, ``MatMulNBits`` weights
+(`graph`: fused GroupQueryAttention and RMS-norm operators, ``MatMulNBits`` weights
 written directly), built from the safetensors weights for each precision;
-`decoder_families.supports` says why any other checkpoint is refused (long-rope scaling, a
+`families.supports` says why any other checkpoint is refused (long-rope scaling, a
 vision-language Gemma 3, ...). Those go through optimum (``text-generation-with-past``), with
 fp16, int8 and int4 derived from its fp32 graph.
 Every variant is compared with the PyTorch model and judged by the quality gates
 (`quality.py`) before it is published; a precision with a second recipe (fp16) gets it
 only when the first fails. A variant whose cache is fp32 also gets an fp16-KV graph
 (`kv_precision.py`), judged by the same gates; the manifest's ``kv`` entry records both.
+Our graph's int4 has several candidate recipes (`int4_recipes`), tried from the fewest bytes
+per token up; the first that passes with every KV cache is kept, the others are recorded.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
-from ..engine.chat_template import ChatTemplate
-from ..engine.toolcalls import detect_format
-from ..errors import ChatTemplateError, ExportError, ModelFileError, ParityError
-from ..kinds import KINDS
-from ..lifecycle.memory import return_freed_memory
-from ..store import ModelInfo, read_json
-from ..store.manifest import ChatSpec, KVEntry, Manifest, QualityVerdict, VariantEntry
-from .common import (
+from ...engine.chat_template import ChatTemplate
+from ...engine.toolcalls import detect_format
+from ...errors import ChatTemplateError, ExportError, ModelFileError, ParityError
+from ...kinds import KINDS
+from ...lifecycle.memory import return_freed_memory
+from ...store import ModelInfo, read_json
+from ...store.manifest import ChatSpec, KVEntry, Manifest, QualityVerdict, VariantEntry
+from ..graph_edits import fuse_decoder_ops
+from ..optimum_bridge import export_with_optimum
+from ..pipeline import (
     Builder,
     build_variant,
     check_dtypes,
@@ -35,13 +40,25 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
-from .decoder_graph import GraphPrecision, build_decoder_graph, supports
-from .decoder_parity import DecoderReference, onnx_parity
-from .graph_edits import fuse_decoder_ops
+from ..progress import Progress
+from ..quality import gates_are_skipped, judge_decoder
+from .calibration import (
+    CALIBRATION_TEXT,
+    Hessians,
+    calibration_chunks,
+    collect_hessians,
+)
+from .graph import GraphPrecision, build_decoder_graph, supports
+from .int4_recipes import (
+    LAST_RESORT,
+    Candidate,
+    int4_search_mode,
+    searched_candidates,
+    selection,
+    skip_reason,
+)
 from .kv_precision import KV16_FILE, graph_kv, write_fp16_kv_graph
-from .optimum_bridge import export_with_optimum
-from .progress import Progress
-from .quality import judge_decoder
+from .parity import DecoderReference, onnx_parity
 from .quantize import OVERFLOW_PRONE_OPS, convert_fp16, quantize_weight_only
 
 logger = logging.getLogger(__name__)
@@ -73,13 +90,14 @@ DECODER_DTYPES = KINDS["chat"].precisions
 #: K-quants: asymmetric 4-bit gate/up and output projections, symmetric 8-bit q/k/v, down
 #: projection and lm_head: perplexity 13.00 (1.07x), agreement 0.858, every question right.
 #: The symmetric 4-bit mix had the lower perplexity (12.82) but agreement 0.812 and "A week is
-#: approximately 315 days"; an all-4-bit graph had 15.29.
+#: approximately 315 days"; an all-4-bit graph had 15.29. That mix is int4's last resort: the
+#: smaller candidates of `int4_recipes` are tried before it.
 GRAPH_PRECISIONS: dict[str, GraphPrecision] = {
     "fp32": GraphPrecision(),
     "fp16": GraphPrecision(dtype="fp16"),
     "fp16-fp32-residual": GraphPrecision(dtype="fp16", fp32_residual=True),
     "int8": GraphPrecision(bits=8, symmetric8=False, block_size=16),
-    "int4": GraphPrecision(bits=4, symmetric=False, lm_head_bits=8, eight_bit=("self_attn.qkv_proj", "mlp.down_proj")),
+    "int4": LAST_RESORT,
 }
 #: Files a checkpoint folder may carry that the exported variants need beside the graph.
 _SUPPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -146,17 +164,81 @@ def _fuse_if_faithful(base: Path, scratch: Path, reference: DecoderReference) ->
 
 
 #: Our graph's precisions per variant, in the order tried (as `_BUILDERS`): fp16 keeps its
-#: residual stream in fp32 when plain fp16 overflows.
-_GRAPH_ATTEMPTS: dict[str, tuple[str, ...]] = {"fp16": ("fp16", "fp16-fp32-residual"), "int8": ("int8",),
-                                               "int4": ("int4",)}
+#: residual stream in fp32 when plain fp16 overflows. int4's come from `int4_recipes`.
+_GRAPH_ATTEMPTS: dict[str, tuple[str, ...]] = {"fp16": ("fp16", "fp16-fp32-residual"), "int8": ("int8",)}
 
 
-def _graph_builders(checkpoint: Path) -> dict[str, list[Builder]]:
-    """Builders per precision, each writing its graph straight from the checkpoint."""
-    return {
+class _LazyHessians:
+    """GPTQ's calibration of the fp32 graph, run the first time a gptq candidate is built (then kept).
+
+    Only ``--int4-gptq`` gets here. The fp32 graph is the export's own when fp32 is exported;
+    otherwise it is written for the calibration and removed after it (its disk, and its mapped
+    pages while it runs: the cost the README states).
+    """
+
+    def __init__(self, checkpoint: Path, base: Path, folder: Path) -> None:
+        self.checkpoint, self.base, self.folder = checkpoint, base, folder
+        self.hessians: Hessians | None = None
+        self.seconds = 0.0
+
+    def get(self) -> Hessians:
+        if self.hessians is None:
+            from tokenizers import Tokenizer
+
+            started = time.monotonic()
+            tokenizer = Tokenizer.from_file(str(self.base / "tokenizer.json"))
+            graph, own = self.base / "model.onnx", None
+            if not graph.is_file():
+                own = self.folder / "fp32"
+                own.mkdir(parents=True, exist_ok=True)
+                graph = own / "model.onnx"
+                build_decoder_graph(self.checkpoint, graph, GRAPH_PRECISIONS["fp32"])
+            try:
+                self.hessians = collect_hessians(graph, calibration_chunks(tokenizer), self.folder)
+            finally:
+                if own is not None:
+                    shutil.rmtree(own)
+                return_freed_memory()
+            self.seconds = round(time.monotonic() - started, 1)
+        return self.hessians
+
+
+class _Int4Attempt:
+    """One int4 candidate as a builder, which can also say why it is not worth building."""
+
+    def __init__(self, checkpoint: Path, candidate: Candidate, hessians: _LazyHessians) -> None:
+        self.checkpoint, self.candidate, self.hessians = checkpoint, candidate, hessians
+
+    def recipe(self) -> dict[str, Any]:
+        return {**self.candidate.precision.recipe(), "candidate": self.candidate.name}
+
+    def skip_reason(self, tried: list[dict[str, Any]]) -> str | None:
+        return skip_reason(self.candidate, tried)
+
+    def __call__(self, _src: Path, dst: Path) -> dict[str, Any]:
+        p = self.candidate.precision
+        build_decoder_graph(self.checkpoint, dst, p, self.hessians.get() if p.rounding == "gptq" else None)
+        recipe = self.recipe()
+        if p.rounding == "gptq" and self.hessians.hessians is not None:
+            recipe["calibration"] = {"text": CALIBRATION_TEXT.name, "tokens": self.hessians.hessians.tokens,
+                                     "seconds": self.hessians.seconds}
+        return recipe
+
+
+def _graph_builders(checkpoint: Path, work: Path) -> dict[str, list[Builder]]:
+    """Builders per precision, each writing its graph straight from the checkpoint.
+
+    int4 builds the last resort alone unless this export searches (`int4_recipes.int4_search`):
+    then it tries `int4_recipes.searched_candidates` in order.
+    """
+    builders: dict[str, list[Builder]] = {
         dtype: [lambda _src, dst, p=GRAPH_PRECISIONS[name]: build_decoder_graph(checkpoint, dst, p) for name in names]
         for dtype, names in _GRAPH_ATTEMPTS.items()
     }
+    candidates = searched_candidates(read_json(checkpoint / "config.json"), int4_search_mode(), gates_are_skipped())
+    hessians = _LazyHessians(checkpoint, work / "_base", work / "_base" / "calibration")  # removed with the base
+    builders["int4"] = [_Int4Attempt(checkpoint, c, hessians) for c in candidates]
+    return builders
 
 
 def _prepare_base(info: ModelInfo, base: Path, progress: Progress, dtypes: list[str]
@@ -177,7 +259,7 @@ def _prepare_base(info: ModelInfo, base: Path, progress: Progress, dtypes: list[
             progress.step("Building the decoder graph (GroupQueryAttention, fused norms)")
             build_decoder_graph(info.path, base / "model.onnx", GRAPH_PRECISIONS["fp32"])
             return_freed_memory()
-        return "decoder_graph", _graph_builders(info.path)
+        return "decoder_graph", _graph_builders(info.path, base.parent)
     logger.info("%s: %s; exporting with optimum.", info.name, reason)
     progress.step("Exporting the decoder with its KV cache (optimum)")
     export_with_optimum(info.path, base, TASK)
@@ -188,13 +270,26 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
                    reference: DecoderReference, name: str) -> VariantEntry:
     """Build ``dtype`` with each recipe in turn until one passes the gates; the last one's verdict stands.
 
-    fp32 has no builder (it is the base graph, described by ``base_recipe``) and must
-    reproduce PyTorch's greedy tokens, or nothing is published.
+    A recipe before the last must pass with every KV cache precision it offers (the fp16-KV
+    graph is what ``MODEL_KV_DTYPE=auto`` runs), so a smaller int4 never costs a larger
+    cache. Each rejected recipe is recorded (``failed_recipes``) with its figures, size and
+    the seconds its build and gates took. fp32 has no builder (it is the base graph,
+    described by ``base_recipe``) and must reproduce PyTorch's greedy tokens, or nothing is published.
     """
     tried: list[dict[str, Any]] = []
     for n, builder in enumerate(attempts or [None]):
+        last = n >= len(attempts) - 1
+        reason = builder.skip_reason(tried) if isinstance(builder, _Int4Attempt) and not last else None
+        if isinstance(builder, _Int4Attempt) and reason:
+            tried.append({"recipe": builder.recipe(), "failures": [f"not built: {reason}"], "skipped": True,
+                          "estimated_size": builder.candidate.bytes, "figures": {}, "seconds": 0.0})
+            continue
+        started = time.monotonic()
         recipe = build_variant(dtype, base, work / dtype, {dtype: builder} if builder else {}) or dict(base_recipe)
-        parity = onnx_parity(work / dtype / "model.onnx", reference, float_weights=dtype in ("fp32", "fp16", "bf16"))
+        # A recipe with another after it is screened: failing the text's figures, it skips the greedy runs.
+        screen = None if last or gates_are_skipped() else (lambda figures: judge_decoder(dtype, figures).passed)
+        parity = onnx_parity(work / dtype / "model.onnx", reference, float_weights=dtype in ("fp32", "fp16", "bf16"),
+                             screen=screen)
         if dtype == "fp32" and parity.get("greedy_agreement") != 1.0:
             raise ParityError(
                 f"fp32 export of {name} does not reproduce PyTorch's greedy tokens "
@@ -205,16 +300,44 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
         if dtype == "fp32" and not verdict.passed:  # the reference every other variant is made from
             raise ParityError(f"fp32 export of {name} is not faithful to PyTorch: {'; '.join(verdict.failures)}.")
         logger.info("%s %s parity: %s; %s", name, dtype, parity, "passed" if verdict.passed else verdict.failures)
-        if verdict.publishable or n >= len(attempts) - 1:
+        kv = _kv_entries(dtype, work / dtype, parity, verdict, reference, name) if verdict.publishable else None
+        failures = list(verdict.failures) if not verdict.publishable else [
+            f"with an fp16 KV cache: {failure}" for failure in _kv_failures(kv)]
+        size = sum(f.stat().st_size for f in (work / dtype).glob("model*.onnx*"))
+        if not failures or last:
+            if builder is not None:
+                recipe["seconds"] = round(time.monotonic() - started, 1)
+            if isinstance(builder, _Int4Attempt):
+                recipe["selection"] = selection(int4_search_mode(), n, len(attempts), gates_are_skipped())
             if tried:
                 recipe["failed_recipes"] = tried
-            kv = _kv_entries(dtype, work / dtype, parity, verdict, reference, name) if verdict.publishable else None
             return variant_entry(dtype, work / dtype, recipe, parity, verdict, kv=kv)
-        tried.append({"recipe": recipe, "failures": verdict.failures})
+        tried.append({"recipe": recipe, "failures": failures, "size": size, "figures": _gate_figures(parity, kv),
+                      "seconds": round(time.monotonic() - started, 1)})
         logger.warning("%s %s failed its gates with %s (%s); trying the next recipe.",
-                       name, dtype, recipe, "; ".join(verdict.failures))
+                       name, dtype, recipe.get("candidate", recipe), "; ".join(failures))
         shutil.rmtree(work / dtype)
     raise AssertionError("unreachable: the last attempt always returns")
+
+
+def _kv_failures(kv: dict[str, KVEntry] | None) -> list[str]:
+    """What the gates said of the variant's other KV precisions (its fp16-KV graph), if they failed it."""
+    return [failure for entry in (kv or {}).values() if entry.quality is not None and not entry.quality.publishable
+            for failure in entry.quality.failures]
+
+
+def _gate_figures(parity: dict[str, Any], kv: dict[str, KVEntry] | None) -> dict[str, Any]:
+    """The figures the gates read, per KV precision: perplexity over fp32's, next-token agreement."""
+    def figures(p: dict[str, Any]) -> dict[str, Any]:
+        ratio = p["perplexity"] / p["perplexity_fp32"] if p.get("perplexity_fp32") else None
+        return {"perplexity_ratio": round(ratio, 4) if ratio is not None else None,
+                "top1_agreement": p.get("top1_agreement"),
+                # None: screened out on the text's figures before the questions were asked
+                "derailed": None if p.get("screened") else sum(1 for row in p.get("probes", []) if row.get("derailed"))}
+    out = {"own_kv": figures(parity)}
+    out.update({f"{kv_dtype}_kv": figures(entry.parity) for kv_dtype, entry in (kv or {}).items()
+                if entry.file != "model.onnx"})
+    return out
 
 
 def _kv_entries(dtype: str, folder: Path, parity: dict[str, Any], verdict: QualityVerdict,

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..errors import ExportError
+from ...errors import ExportError
 
 #: safetensors dtype names → numpy types as stored (BF16 is widened by hand).
 _DTYPES: dict[str, Any] = {

@@ -1,6 +1,6 @@
-"""Weight quantization and half precision of exported graphs, with onnxruntime's own tools.
+"""Weight quantization and half precision of optimum's decoder graphs, with onnxruntime's own tools.
 
-Each function writes ``target`` from ``source`` and returns the recipe that goes into
+The fallback for checkpoints our own graph (`graph.py`) refuses. Each function writes ``target`` from ``source`` and returns the recipe that goes into
 the manifest, so a variant always says how it was made.
 """
 
@@ -9,54 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-#: Graphs above this size are saved with their weights in ``model.onnx.data`` (protobuf's 2 GB limit).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
-
-
-def save_model(model, target: Path, external_data: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """Save an onnx.ModelProto; weights go to ``<target>.data`` when asked or when over 2 GB.
-
-    External weights load about 3x faster (measured 0.38 s vs 1.2 s for a 240 MB int4
-    decoder): onnxruntime maps the file instead of copying tensors out of one protobuf.
-    """
-    import onnx
-
-    large = model.ByteSize() > _EXTERNAL_DATA_BYTES if hasattr(model, "ByteSize") else False
-    onnx.save_model(
-        model, str(target), save_as_external_data=large or external_data, all_tensors_to_one_file=True,
-        location=f"{target.name}.data", size_threshold=1024,
-    )
-
-
-def quantize_int8_dynamic(source: Path, target: Path) -> dict[str, Any]:
-    """8-bit weights per output channel, activations quantized at run time (encoders).
-
-    Weights use 7 bits (``reduce_range``): on AVX2 without VNNI, onnxruntime multiplies
-    u8 activations by s8 weights with ``vpmaddubsw``, whose int16 pair sums saturate at
-    full 8-bit range; measured on all-MiniLM-L6-v2, smoothed activations lost 0.01-0.6 in
-    mean cosine without it, and speed was the same. Only MatMuls with a constant weight
-    are quantized: the attention score products stay fp32.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    recipe: dict[str, Any] = {
-        "method": "onnxruntime.quantization.quantize_dynamic",
-        "weight_type": "QInt8",
-        "per_channel": True,
-        "reduce_range": True,
-        "op_types": ["MatMul"],
-        "matmul_const_b_only": True,
-    }
-    quantize_dynamic(
-        model_input=source,
-        model_output=target,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-        op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-    )
-    return recipe
+from ..graph_edits import save_model, untie_transposed_weights
 
 
 def quantize_weight_only(
@@ -78,7 +31,6 @@ def quantize_weight_only(
         MatMulNBitsQuantizer,
     )
 
-    from .graph_edits import untie_transposed_weights
 
     model = onnx.load(str(source))
     untied = untie_transposed_weights(model)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.pooling import l2_normalize
-from .probes import PROBE_SENTENCES
+from ...engine.pooling import l2_normalize
+from ..probes import PROBE_SENTENCES
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def smooth_activations(
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from .quantize import save_model
+    from ..graph_edits import save_model
 
     model = onnx.load(str(source))
     graph = model.graph
@@ -229,3 +229,34 @@ def int8_quality(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
         and quality["top10_agreement"] >= INT8_MIN_TOP10
     )
     return quality
+
+
+def quantize_int8_dynamic(source: Path, target: Path) -> dict[str, Any]:
+    """8-bit weights per output channel, activations quantized at run time (encoders).
+
+    Weights use 7 bits (``reduce_range``): on AVX2 without VNNI, onnxruntime multiplies
+    u8 activations by s8 weights with ``vpmaddubsw``, whose int16 pair sums saturate at
+    full 8-bit range; measured on all-MiniLM-L6-v2, smoothed activations lost 0.01-0.6 in
+    mean cosine without it, and speed was the same. Only MatMuls with a constant weight
+    are quantized: the attention score products stay fp32.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    recipe: dict[str, Any] = {
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "weight_type": "QInt8",
+        "per_channel": True,
+        "reduce_range": True,
+        "op_types": ["MatMul"],
+        "matmul_const_b_only": True,
+    }
+    quantize_dynamic(
+        model_input=source,
+        model_output=target,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+        op_types_to_quantize=["MatMul"],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return recipe

@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.encoder import EncoderRunner, pad_batch
-from ..engine.pooling import l2_normalize, pool
-from ..engine.session import create_session
-from ..engine.tokenizer import load_tokenizer
-from ..errors import ParityError
-from ..kinds import KINDS
-from ..store import ModelInfo, read_json
-from ..store.manifest import EmbeddingSpec, Manifest, VariantEntry
-from .common import (
+from ...engine.encoder import EncoderRunner, pad_batch
+from ...engine.pooling import l2_normalize, pool
+from ...engine.session import create_session
+from ...engine.tokenizer import load_tokenizer
+from ...errors import ParityError
+from ...kinds import KINDS
+from ...store import ModelInfo, read_json
+from ...store.manifest import EmbeddingSpec, Manifest, VariantEntry
+from ..optimum_bridge import export_with_optimum
+from ..pipeline import (
     build_variant,
     check_dtypes,
     export_attempt,
@@ -25,22 +26,21 @@ from .common import (
     require_fast_tokenizer,
     variant_entry,
 )
+from ..probes import PROBE_SENTENCES
+from ..progress import Progress
+from ..quality import judge_embedding
 from .embedding_config import (
     effective_max_length,
     read_matryoshka,
     read_pooling_config,
     read_prompts,
 )
-from .encoder_quantize import (
+from .quantize import (
     encoder_texts,
     int8_quality,
+    quantize_int8_dynamic,
     smooth_activations,
 )
-from .optimum_bridge import export_with_optimum
-from .probes import PROBE_SENTENCES
-from .progress import Progress
-from .quality import judge_embedding
-from .quantize import quantize_int8_dynamic
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _embed_file(model_file: Path, tokenizer_file: Path, spec: EmbeddingSpec, tex
     return runner.embed(texts, batch_size=32)
 
 
-class _Int8Builder:
+class Int8Builder:
     """Smooth the fp32 graph's activations on calibration text, then quantize it to int8."""
 
     def __init__(self, work: Path, tokenizer: Any, calibration: list[str]) -> None:
@@ -162,7 +162,7 @@ def export_embedding(
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:
             progress.step(f"Building and checking the {dtype} variant")
-            recipe = build_variant(dtype, base, work / dtype, {"int8": _Int8Builder(work, tokenizer, calibration)})
+            recipe = build_variant(dtype, base, work / dtype, {"int8": Int8Builder(work, tokenizer, calibration)})
             parity = _parity(work / dtype, spec, reference)
             if dtype == "int8":
                 if fp32_vectors is None:

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
-from .checkpoint_weights import open_weights
+from ...errors import ExportError
+from ..checkpoint.weights import open_weights
 
 #: fp32 elements of one widened piece of a matrix (4 MB: stays in the CPU's caches between
 #: the widening and the product that reads it).
@@ -34,7 +34,7 @@ def reference_model(checkpoint: Path) -> Any:
     path silently drops the cap, so it computes another model than the checkpoint's.
 
     The model is built unwritten (no resident pages) and filled tensor by tensor from plain
-    reads (`checkpoint_weights`), 8 MB at a time, not by ``from_pretrained``: that maps the
+    reads (`checkpoint.weights`), 8 MB at a time, not by ``from_pretrained``: that maps the
     checkpoint and widens it to fp32 while the mapped pages stay resident (7.93 GB = 3.2x a
     1B-shape bf16 checkpoint).
     """

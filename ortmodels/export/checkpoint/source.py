@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from ..store.files import file_sha256
-from ..store.manifest import FileEntry
-from ..store.versions import ONNX_DIR
+from ...store.files import file_sha256
+from ...store.manifest import FileEntry
+from ...store.versions import ONNX_DIR
 
 _EXPORT_TOOLS = ("ortmodels", "optimum-onnx", "optimum", "transformers", "torch", "onnx", "onnxruntime")
 
@@ -64,3 +64,9 @@ def tool_versions() -> dict[str, str]:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def checkpoint_bytes(checkpoint: Path) -> int:
+    """Bytes of the checkpoint's weight files (what the export's memory bound is measured against)."""
+    return sum(p.stat().st_size for p in checkpoint.iterdir()
+               if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".pth"))

@@ -10,21 +10,21 @@ questions (`probes.CHAT_PROBES`). `quality.judge_decoder` turns them into a verd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..engine.chat_template import ChatTemplate
-from ..engine.decoder import DecoderSession
-from ..engine.engine import Engine
-from ..engine.request import Request
-from ..engine.session import create_session
-from ..errors import ModelFileError
-from ..lifecycle.memory import return_freed_memory
-from .probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
+from ...engine.chat_template import ChatTemplate
+from ...engine.decoder import DecoderSession
+from ...engine.engine import Engine
+from ...engine.request import Request
+from ...engine.session import create_session
+from ...errors import ModelFileError
+from ...lifecycle.memory import return_freed_memory
+from ..probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 from .reference import reference_model
 
 NEW_TOKENS = 32
@@ -155,8 +155,14 @@ def common_prefix(a: Sequence, b: Sequence) -> int:
     return n
 
 
-def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bool = False) -> dict[str, Any]:
-    """The parity figures of one exported graph (``float_weights``: fp32/fp16) against ``reference``, on the CPU."""
+def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bool = False,
+                screen: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    """The parity figures of one exported graph (``float_weights``: fp32/fp16) against ``reference``, on the CPU.
+
+    ``screen``: asked with the text's figures (perplexity, next-token agreement) first; when it
+    says no, the greedy runs are skipped and the figures so far returned (``"screened": True``):
+    a candidate recipe whose perplexity already fails costs a third of the checks.
+    """
     # Quantized graphs get the runtime's own session, so the figures are what users get:
     # int8/int4 compute with int8 activations only on prepacked weights (logits 1.15 apart
     # on the sample without). Float graphs skip the packed copy of their weights, for the
@@ -164,22 +170,16 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
     # within 7e-5 of packed ones; fp16 is made for CUDA and CoreML, whose kernels neither CPU
     # path reproduces, so its CPU check stands for overflow and rounding (0.12 apart).
     decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights, arena=False))
+    text = _text_figures(decoder, reference)
+    if screen is not None and not screen(text):
+        del decoder
+        return_freed_memory()
+        return {**text, "screened": True}
     agreements = [
         common_prefix(greedy_tokens(decoder, ids), expected) / NEW_TOKENS
         for ids, expected in zip(reference.prompts, reference.greedy)
     ]
     prompt_logits = decoder.all_logits(reference.prompts[0])  # the engine's Engine.all_logits
-    # The text's logits, 128 positions per run on the cache (as the reference computes them
-    # 128 rows at a time), reduced to what the gates read: argmax, NLL, whether finite.
-    text = reference.text_ids
-    finite = bool(np.isfinite(prompt_logits).all())
-    argmax_parts, nll_parts = [], []
-    for start, logits in zip(range(0, len(text), _TEXT_CHUNK), decoder.logits_in_pieces(text, _TEXT_CHUNK)):
-        finite = finite and bool(np.isfinite(logits).all())
-        argmax_parts.append(logits.argmax(axis=1))
-        nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
-    text_perplexity = float(np.exp(np.concatenate(nll_parts).mean()))
-    text_argmax = np.concatenate(argmax_parts)
     answers = [greedy_tokens(decoder, ids, ANSWER_TOKENS, reference.eos_token_ids) for ids in reference.question_ids]
     del decoder
     return_freed_memory()  # the session's buffers, before the next variant is built
@@ -189,12 +189,32 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
         "new_tokens": NEW_TOKENS,
         "greedy_agreement": round(float(np.mean(agreements)), 4),
         "max_logit_diff": float(np.abs(prompt_logits - reference.prompt_logits).max()),
-        "perplexity": round(text_perplexity, 4),
+        **text,
+        "finite": text["finite"] and bool(np.isfinite(prompt_logits).all()),
+        "probes": chat_probes(reference, answers),
+    }
+
+
+def _text_figures(decoder: DecoderSession, reference: DecoderReference) -> dict[str, Any]:
+    """Perplexity and next-token agreement on the fixed text, and whether its logits were finite.
+
+    The text's logits, 128 positions per run on the cache (as the reference computes them
+    128 rows at a time), reduced to what the gates read: argmax, NLL, whether finite.
+    """
+    text = reference.text_ids
+    finite = True
+    argmax_parts, nll_parts = [], []
+    for start, logits in zip(range(0, len(text), _TEXT_CHUNK), decoder.logits_in_pieces(text, _TEXT_CHUNK)):
+        finite = finite and bool(np.isfinite(logits).all())
+        argmax_parts.append(logits.argmax(axis=1))
+        nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
+    text_argmax = np.concatenate(argmax_parts)
+    return {
+        "perplexity": round(float(np.exp(np.concatenate(nll_parts).mean())), 4),
         "perplexity_fp32": round(reference.perplexity, 4),
-        "perplexity_tokens": len(reference.text_ids),
+        "perplexity_tokens": len(text),
         "finite": finite,
         "top1_agreement": round(float((text_argmax == reference.text_argmax)[:-1].mean()), 4),
-        "probes": chat_probes(reference, answers),
     }
 
 
@@ -204,7 +224,7 @@ def _answer_text(reference: DecoderReference, ids: list[int]) -> str:
 
 def chat_probes(reference: DecoderReference, answers: list[list[int]]) -> list[dict[str, Any]]:
     """Each plain question with the variant's answer and, where it derails, why."""
-    from .quality import derailment
+    from ..quality import derailment
 
     expected_texts = [_answer_text(reference, ids) for ids in reference.answers]
     # A model that answers none of them (a tiny random one) says nothing a loop could be

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError, ModelFileError
-from ..store import read_json
-from ..store.manifest import Matryoshka
+from ...errors import ExportError, ModelFileError
+from ...store import read_json
+from ...store.manifest import Matryoshka
 
 logger = logging.getLogger(__name__)
 

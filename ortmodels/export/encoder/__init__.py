@@ -1,0 +1,1 @@
+"""Sentence encoders: export through optimum, pooling from the checkpoint, int8 with smoothing."""
