@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ortmodels.errors import EmbeddingOptionError
-from ortmodels.export.embedding_config import read_matryoshka, read_prompts
+from ortmodels.export.encoder.embedding_config import read_matryoshka, read_prompts
 from ortmodels.runtime.embedding_options import output_size, prompt_for, truncate
 from ortmodels.store.manifest import EmbeddingSpec, Matryoshka
 from tests.tiny_models import build_tiny_encoder

@@ -134,3 +134,34 @@ def test_chat_with_ai_on_postgresql_with_pgvector(app, models: tuple) -> None:
             conn.rollback()
             conn.execute(f"DROP TABLE IF EXISTS {table}")
             conn.commit()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_retrieve_keeps_the_passages_a_cross_encoder_ranks_best(app, models: tuple, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reranking step on a real exported cross-encoder (a tiny random one: its order is
+    checked against its own scores, not against relevance)."""
+    pytest.importorskip("sentence_transformers")
+    from ortmodels.export import export_model
+    from ortmodels.store import ModelStore
+    from tests.conftest import manager_on
+    from tests.tiny_cross_encoders import build_tiny_cross_encoder
+
+    embeddings, _ = models
+    root = tmp_path / "models"
+    build_tiny_cross_encoder(root / "tiny-ce", "bert", "sigmoid")
+    export_model(ModelStore(root), "tiny-ce", ["fp32"])
+    manager = manager_on(monkeypatch, root, DEFAULT_RERANK_MODEL="tiny-ce", MODEL_DEVICE="cpu")
+    reranker = app.open_reranker(manager, None, keep=3)
+    assert reranker is not None and reranker.top_n == 3
+    store = app.open_store(None, embeddings.dimension)
+    app.ingest(store, embeddings, DOCS)
+    query = "When was the lighthouse of Varnholm built?"
+    sources = app.retrieve(store, embeddings, query, reranker)
+    candidates = [p.text for p, _ in store.search(embeddings.embed_query(query), 20)]
+    scores = manager.get_reranker("tiny-ce").score([(query, text) for text in candidates])
+    best = sorted(range(len(candidates)), key=lambda i: -scores[i])[:3]
+    assert [s.text for s in sources] == [candidates[i] for i in best]
+    assert [s.score for s in sources] == pytest.approx([scores[i] for i in best], abs=1e-6)
+    assert app.open_reranker(manager_on(monkeypatch, root, DEFAULT_RERANK_MODEL="absent"), None, 3) is None

@@ -378,6 +378,19 @@ def chat_with_ai(conn: Any, user_input: str, dimension: int, chat_model: BaseCha
 
 # -- command line --------------------------------------------------------------------------------
 
+def open_reranker(manager: Any, name: str | None, keep: int) -> BaseDocumentCompressor | None:
+    """``name``'s cross-encoder as a compressor keeping ``keep`` passages; with no name, the
+    store's default reranker if one is exported (a missing named one is an error, not a silence)."""
+    from ortmodels import OnnxReranker
+
+    if name is None:
+        name = manager.settings.default_rerank_model
+        if name not in {m.name for m in manager.list_available_models() if m.kind == "reranker" and m.usable_variants}:
+            logger.info("No reranker exported (DEFAULT_RERANK_MODEL=%s): passages ranked by similarity.", name)
+            return None
+    return OnnxReranker(model=manager.get_reranker(name), top_n=keep)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("question", nargs="?", help="ask one question and exit (else: a conversation)")
@@ -388,6 +401,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--chat-model", default=None, help="default: DEFAULT_CHAT_MODEL")
     parser.add_argument("--dimensions", type=int, default=None,
                         help="fewer dimensions than the embedding model's (a Matryoshka-trained model)")
+    parser.add_argument("--rerank-model", default=None,
+                        help="a cross-encoder exported in the store (default: DEFAULT_RERANK_MODEL when it is "
+                             "exported, else no reranking)")
+    parser.add_argument("--keep", type=int, default=4, help="passages kept for the answer")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING)
 
@@ -398,6 +415,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     embeddings = (manager.get_embedding_model(args.embedding_model) if args.dimensions is None
                   else OnnxEmbeddingModel(args.embedding_model, dimensions=args.dimensions))
     chat_model = manager.get_chat_model(args.chat_model)
+    reranker = open_reranker(manager, args.rerank_model, args.keep)
     dimension = len(embeddings.embed_query("dimension"))
     store = open_store(args.db, dimension)
     ingest(store, embeddings, args.docs)
@@ -406,7 +424,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         for question in questions:
             print(chat_with_ai(store, question, dimension, chat_model, embeddings=embeddings,
-                               conversation=conversation))
+                               reranker=reranker, conversation=conversation))
     except (EOFError, KeyboardInterrupt):
         pass
     return 0
