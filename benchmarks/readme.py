@@ -28,6 +28,9 @@ from typing import Any
 from benchmarks.provenance import ROOT, Commit, Origin, commit_date, judge_all, resolve
 from benchmarks.report import RESULTS
 from benchmarks.targets import (
+    CLI_ANSWER_VS_LLAMA_FIGURE,
+    CLI_LLAMA,
+    CLI_OURS,
     LLAMA_CPP_SERVER,
     TARGETS,
     Target,
@@ -150,7 +153,22 @@ def startup_section(data: Mapping[str, Any]) -> list[str]:
     return [("Cold start: a fresh process, from its start to the first token of the short prompt "
             f"(median of {data['rounds']}); `import ortmodels` in a fresh interpreter: "
             f"{_number(data['figures'].get('import_s: ortmodels'), 3)} s."), "",
-            *_table(["contender", "cold start s", "of which import + load s", "peak RSS MiB"], rows)]
+            *_table(["contender", "cold start s", "of which import + load s", "peak RSS MiB"], rows),
+            *_cli_answer(data)]
+
+
+def _cli_answer(data: Mapping[str, Any]) -> list[str]:
+    """The command-line answer against llama-cpp-python, when the run measured it."""
+    cli, figures = data.get("cli"), data["figures"]
+    if not cli:
+        return []
+    return ["", (f"`ortmodels chat {data['model']}:int4 \"{cli['question']}\" --max-tokens {cli['max_tokens']}`, "
+                 f"a fresh process from start to exit: {_number(figures.get(f'cli_answer_s: {CLI_OURS}'), 3)} s; "
+                 f"llama-cpp-python loading the Q4_1 GGUF and answering with `create_chat_completion` "
+                 f"({cli['max_tokens']} tokens, {cli['llama_threads']} threads): "
+                 f"{_number(figures.get(f'cli_answer_s: {CLI_LLAMA}'), 3)} s; ratio "
+                 f"{_number(figures.get(CLI_ANSWER_VS_LLAMA_FIGURE), 3)} (median of "
+                 f"{len(cli['seconds'][CLI_OURS])} interleaved rounds' ratios).")]
 
 
 def quality_section(data: Mapping[str, Any]) -> list[str]:

@@ -63,6 +63,12 @@ def server_figure(ours: str, theirs: str) -> str:
 
 #: Figure: ortmodels int4's cold start ÷ the faster peer's (onnxruntime-genai int4, llama.cpp) in the same round.
 COLD_START_VS_PEERS_FIGURE = ratio_key("cold_start", f"{ORT} int4", f"faster of {GENAI} int4 and {LLAMA_CPP}")
+#: The command-line answer (bench_startup): ``ortmodels chat NAME QUESTION --max-tokens 16`` on int4, and
+#: llama-cpp-python loading the Q4_1 GGUF for one ``create_chat_completion`` of 16 tokens, fresh processes.
+CLI_OURS = f"{ORT} chat int4"
+CLI_LLAMA = "llama-cpp-python Q4_1"
+#: Figure: the command's start-to-exit seconds ÷ llama-cpp-python's, median of interleaved rounds' ratios.
+CLI_ANSWER_VS_LLAMA_FIGURE = ratio_key("cli_answer", CLI_OURS, CLI_LLAMA)
 #: Figure: peak RSS of the int4 chat worker (load, both prompts, every round) ÷ llama.cpp's (bench_chat).
 PEAK_RSS_VS_LLAMA_FIGURE = ratio_key("peak_rss", f"{ORT} int4", LLAMA_CPP)
 
@@ -190,6 +196,8 @@ TARGETS: list[Target] = [
     Target("`import ortmodels`, fresh process (s)", "import_s: ortmodels", "<=", 0.5),
     Target("cold start, int4 chat: import, load, first token (s)", f"cold_start_s: {ORT} int4", "<=", 1.5),
     Target("cold start, int4 chat: × the faster of genai int4 and llama.cpp", COLD_START_VS_PEERS_FIGURE, "<=", 0.9),
+    Target("`ortmodels chat` int4, fresh process, 16 tokens: × llama-cpp-python Q4_1", CLI_ANSWER_VS_LLAMA_FIGURE,
+           "<=", 1.0),
     Target("peak RSS, int4 chat: × llama.cpp Q4_1", PEAK_RSS_VS_LLAMA_FIGURE, "<=", 1.3),
     *_speculative_targets(),
     *_concurrency_targets(),

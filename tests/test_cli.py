@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -89,3 +90,46 @@ def test_chat_conversation_keeps_history(samples_dir: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "/exit or Ctrl-D" in out.stdout and "Paris" in out.stdout
+
+
+def test_every_command_is_named_with_its_module() -> None:
+    """A run imports only the module of its command (`COMMANDS`), so each command must be listed."""
+    from ortmodels.cli import COMMANDS, _register, app
+
+    _register()
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands if c.callback}
+    assert names == set(COMMANDS)
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """``ortmodels chat`` does not pay for the export command's imports (a quarter of a second)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith('ortmodels'))))\n"
+            "sys.argv = ['ortmodels', 'chat', '--help']\n"
+            "from ortmodels.cli import main\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--max-tokens" in out.stdout
+    imported = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    assert "ortmodels.cli.chat" in imported
+    assert not imported & {"ortmodels.cli.export", "ortmodels.export", "ortmodels.cli.serve"}
+
+
+@pytest.mark.slow
+def test_chat_ends_quickly_with_its_exit_handlers_run(samples_dir: Path, tmp_path: Path) -> None:
+    """The chat command skips the interpreter's teardown but still runs its exit handlers: the
+    manager's state file for ``ortmodels ps`` is removed, the answer is all there."""
+    import os
+
+    env = {**os.environ, "LOCAL_MODELS_DIR": str(samples_dir), "COLUMNS": "200"}
+    process = subprocess.Popen([sys.executable, "-m", "ortmodels", "chat", "smollm2-135m-instruct",
+                                "What is the capital of France?", "--max-tokens", "24"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Paris" in stdout and stdout.endswith("\n")
+    assert not (samples_dir / ".runtime" / f"{process.pid}.json").exists()
+    failed = subprocess.run([sys.executable, "-m", "ortmodels", "chat", "no-such-model", "hi"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode == 1 and "Unknown model 'no-such-model'" in failed.stderr

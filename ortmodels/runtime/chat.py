@@ -40,8 +40,8 @@ from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, EngineGauges
 from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
-from ..engine.tokenizer import check_vocabulary, highest_id, load_tokenizer
-from ..errors import ModelNotLoadedError
+from ..engine.tokenizer import check_vocabulary
+from ..errors import ChatTemplateError, ModelNotLoadedError
 from ..store.manifest import ChatSpec
 from ..store.names import validate_model_name
 from .events import ChatEvent, TextDelta, ToolCalls
@@ -60,7 +60,7 @@ from .structured import (
     structured_output,
     tool_call_chunks,
 )
-from .variant import open_variant
+from .variant import open_variant, read_chat_files
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +117,27 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     def _load(self) -> None:
         settings = self.settings or load_settings()
-        opened = open_variant(Path(self.model_path_), "chat", self.device, self.dtype, settings)  # type: ignore[arg-type]
-        tokenizer = load_tokenizer(opened.folder / "tokenizer.json")
+        checkpoint = Path(self.model_path_)  # type: ignore[arg-type]
+        opened = open_variant(checkpoint, "chat", self.device, self.dtype, settings,
+                              beside=lambda folder: read_chat_files(folder, checkpoint))
+        tokenizer, (top_id, token_chars), template = opened.beside
         decoder = DecoderSession(opened.session, opened.device)
         spec: ChatSpec = opened.info.manifest.chat  # type: ignore[union-attr]
         special = {f"eos_token_ids[{i}]": t for i, t in enumerate(spec.eos_token_ids)}
         check_vocabulary(opened.folder, tokenizer, output_width(opened.session, "logits"),
-                         {**special, "bos_token_id": spec.bos_token_id})
-        template = find_chat_template(opened.folder, Path(self.model_path_))
+                         {**special, "bos_token_id": spec.bos_token_id}, size=top_id + 1)
+        if isinstance(template, ChatTemplateError):
+            raise template
         engine = Engine(
             decoder, tokenizer, max_batch=settings.model_max_batch, kv_cache_bytes=settings.model_kv_cache,
             prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,
             speculative=settings.speculates(opened.variant),
         )
         grammars = GrammarCompiler(opened.folder / "tokenizer.json",
-                                   output_width(opened.session, "logits") or highest_id(tokenizer) + 1,
+                                   output_width(opened.session, "logits") or top_id + 1,
                                    spec.eos_token_ids)
-        self._state = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars)
+        self._state = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
+                                  token_chars)
         logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token)", opened.info.name,
                     opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token)
 

@@ -85,7 +85,8 @@ class ChatService:
     load, so a reader never sees half of it. Thread-safe: calls share the engine's decode steps."""
 
     def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate | ModelFileError,
-                 spec: ChatSpec, variant: str, device: str, grammars: GrammarCompiler) -> None:
+                 spec: ChatSpec, variant: str, device: str, grammars: GrammarCompiler,
+                 token_chars: int | None = None) -> None:
         self.engine, self.tokenizer, self._template = engine, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
         self.grammars = grammars
@@ -93,7 +94,7 @@ class ChatService:
         """Chat prompts (only the template makes control tokens), text, and raw prompts as ids."""
         source = template.source if isinstance(template, ChatTemplate) else ""
         self.tool_format = FORMATS[spec.tool_format or detect_format(source)]
-        self.prompt_chars = spec.context_length * max_token_chars(tokenizer)
+        self.prompt_chars = spec.context_length * (token_chars or max_token_chars(tokenizer))
         """More characters than this cannot fit in the context, whatever they say."""
         self.dry_breakers = BreakerCache(tokenizer)
         """DRY's sequence breakers as token sequences, per list (the vocabulary scanned once per list)."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..engine.session import create_session, resolve_device
+from ..engine.session import create_session, open_beside, resolve_device
+from ..engine.tokenizer import load_tokenizer, vocabulary_bounds
 from ..errors import (
+    ChatTemplateError,
     DeviceUnavailableError,
     FailedVariantError,
     ModelFileError,
@@ -25,6 +28,9 @@ from ..store.versions import VersionLease
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from ..engine.chat_template import ChatTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,8 @@ class OpenVariant:
     session: ort.InferenceSession
     kv_dtype: str | None = None
     """The KV cache's precision (``fp32``, ``fp16``), read from the graph; ``None`` without a cache."""
+    beside: Any = None
+    """What ``open_variant``'s ``beside`` returned (read while the session opened)."""
 
     @property
     def size(self) -> int:
@@ -141,9 +149,13 @@ def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tup
 
 
 def open_variant(
-    model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings
+    model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings,
+    beside: Callable[[Path], Any] | None = None,
 ) -> OpenVariant:
     """Check the model's kind and export, pick device and precision, verify the files, open the session.
+
+    ``beside(folder)`` (the variant's folder, verified) runs while a chat session opens on a
+    helper thread (`open_beside`); its result is the opened variant's ``beside``.
 
     Called from a model's ``_load``: the export version comes from that model's
     ``version`` (``None``: the active one), and the model keeps a lease on the version
@@ -162,19 +174,36 @@ def open_variant(
         if settings.model_verify_files:
             hashed = verify_variant(folder, info.variants[variant], info.name)
             logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
-        kv_dtype = None
+        kv_dtype, extra = None, None
         if kind == "chat":
-            session, kv_dtype = _open_chat_graph(folder, info.variants[variant], settings.model_kv_dtype, info.name,
-                                                 resolved, settings.model_threads)
+            (session, kv_dtype), extra = open_beside(
+                lambda: _open_chat_graph(folder, info.variants[variant], settings.model_kv_dtype, info.name,
+                                         resolved, settings.model_threads),
+                lambda: None if beside is None else beside(folder))
         else:
             session = create_session(folder / _OWN_GRAPH, resolved, settings.model_threads)
     except BaseException:
         if lease is not None:
             lease.release()
         raise
-    opened = OpenVariant(info, variant, folder, resolved, session, kv_dtype)
+    opened = OpenVariant(info, variant, folder, resolved, session, kv_dtype, extra)
     if owner is not None:
         owner.attach_variant(opened, lease)
     elif lease is not None:  # opened outside a model's load(): nothing would release it later
         lease.release()
     return opened
+
+
+def read_chat_files(folder: Path, checkpoint: Path
+                    ) -> tuple[Tokenizer, tuple[int, int], ChatTemplate | ModelFileError | ChatTemplateError]:
+    """A chat variant's tokenizer, its `vocabulary_bounds` and chat template (`find_chat_template`),
+    read while the session opens (`open_variant`'s ``beside``). A template that does not compile
+    is returned, for the caller to raise after its vocabulary check, as when read in turn."""
+    from .service import find_chat_template
+
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    bounds = vocabulary_bounds(tokenizer)
+    try:
+        return tokenizer, bounds, find_chat_template(folder, checkpoint)
+    except ChatTemplateError as exc:
+        return tokenizer, bounds, exc
