@@ -7,7 +7,6 @@ loading and the life cycle the `ModelManager` drives.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,18 +18,16 @@ from langchain_core.messages import BaseMessageChunk
 from langchain_core.outputs import LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from .errors import EmbeddingInputError
-from .lifecycle import CallAdmission, LoadState, init_life_cycle, loading_model
+from .inputs import check_texts
+from .lifecycle import LifeCycle, Managed, loading_model, set_recorder
+from .monitoring import stats
 
 __all__ = ["BaseEmbeddingModel", "BaseLLMModel", "loading_model"]
 
+set_recorder(stats.RECORDER)  # a model used without the manager records its calls too
 
 
-class _LifeCycle(LoadState, CallAdmission):
-    """Load state and call admission, shared by both bases (see `ortmodels.lifecycle`)."""
-
-
-class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
+class BaseEmbeddingModel(Managed, Embeddings, ABC):
     """A LangChain `Embeddings` whose subclasses implement `_embed` (plus `_load`/`_unload`)."""
 
     kind: ClassVar[str] = "embedding"
@@ -49,7 +46,10 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
         self.dtype = dtype
         self.version: str | None = None
         """Export version to load (``None``: the active one); see ``ortmodels versions``."""
-        init_life_cycle(self)
+        self._life = self._new_life_cycle()
+
+    def _new_life_cycle(self) -> LifeCycle:
+        return LifeCycle(self)
 
     @property
     def model_path(self) -> Path | None:
@@ -62,7 +62,7 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed search documents; ``[]`` gives ``[]``."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return []
         with self._use("embed_documents") as record:
@@ -78,36 +78,11 @@ class BaseEmbeddingModel(_LifeCycle, Embeddings, ABC):
         return self.embed_documents([text])[0]
 
     def __repr__(self) -> str:
-        state = "loaded" if self._loaded else "not loaded"
+        state = "loaded" if self.is_loaded else "not loaded"
         return f"{type(self).__name__}(model_name={self.model_name!r}, {state})"
 
 
-def _check_texts(texts: object) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("embed_documents expects a list of str, got a single str; wrap it in a list.")
-    try:
-        items = list(texts)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(
-            f"embed_documents expects a list of str, got {type(texts).__name__}."
-        ) from None
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(
-                f"embed_documents expects str items; item {index} is {type(item).__name__}: "
-                f"{item!r:.60}"
-            )
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise EmbeddingInputError(
-                f"Text {index} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
-                f"{exc.start} is a lone surrogate. Decode the input with errors='replace' first."
-            ) from None
-    return items
-
-
-class BaseLLMModel(_LifeCycle, BaseChatModel):
+class BaseLLMModel(Managed, BaseChatModel):
     """A LangChain `BaseChatModel` whose subclasses implement `_generate` (plus `_load`/`_unload`)."""
 
     model_config = ConfigDict(protected_namespaces=(), arbitrary_types_allowed=True)
@@ -129,21 +104,15 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     version: str | None = None
     """Export version to load (``None``: the active one); see ``ortmodels versions``."""
 
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-    _idle: threading.Condition = PrivateAttr()
-    _loaded: bool = PrivateAttr(default=False)
-    _active: int = PrivateAttr(default=0)
-    _draining: int = PrivateAttr(default=0)
-    _pending: int = PrivateAttr(default=0)
-    _last_memory: int = PrivateAttr(default=0)
-    _opened: Any = PrivateAttr(default=None)
-    _lease: Any = PrivateAttr(default=None)
-    _listener: Any = PrivateAttr(default=None)
-    _holders: dict = PrivateAttr(default_factory=dict)
+    _life: LifeCycle = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        self._idle = threading.Condition(self._lock)
+        self._life = self._new_life_cycle()
+
+    def _new_life_cycle(self) -> LifeCycle:
+        """This model's life cycle (ortmodels' adapter shares its runtime's)."""
+        return LifeCycle(self)
 
     # The public entry points hold the model loaded for the call and record it; LangChain's
     # invoke/batch go through generate, stream/astream through their own paths.

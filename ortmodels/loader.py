@@ -4,25 +4,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .errors import ModelKindError
 from .kinds import kind_spec, load
+from .lifecycle import Managed
 from .store import ModelStore
 
 if TYPE_CHECKING:
-    from .base import BaseEmbeddingModel, BaseLLMModel
     from .store import ModelKind
 
-    BaseModel = BaseEmbeddingModel | BaseLLMModel
-
 logger = logging.getLogger(__name__)
+
+
+#: ortmodels' LangChain-free runtime per kind, and its LangChain face's ``over(runtime)``; a kind
+#: without one is built as its default class directly.
+RUNTIMES = {
+    "chat": "ortmodels.runtime.chat_runtime:ChatRuntime",
+    "embedding": "ortmodels.runtime.embedding_runtime:EmbeddingRuntime",
+}
 
 
 def default_class(kind: ModelKind) -> type:
     """ortmodels' own ONNX class for a kind of model (imported only when first needed)."""
     return load(kind_spec(kind).default_class)
+
+
+def adapter_of(kind: ModelKind, model: Any) -> Any:
+    """The LangChain object for what `construct_model` built: ``model`` itself unless it is one
+    of ortmodels' runtimes, whose LangChain face (sharing its life cycle) is made here."""
+    if kind in RUNTIMES and isinstance(model, load(RUNTIMES[kind])):
+        return default_class(kind).over(model)  # type: ignore[attr-defined]
+    return model
 
 
 def check_class(kind: ModelKind, model_class: type) -> None:
@@ -42,29 +56,28 @@ def construct_model(
     model_class: type | None,
     version: str | None = None,
     dtype: str | None = None,
-) -> BaseModel:
-    """Construct ``name`` as ``model_class`` (ortmodels' own class when ``None``), not loaded yet.
+) -> Managed:
+    """Construct ``name`` as ``model_class`` (``None``: ortmodels' own runtime, LangChain-free;
+    `adapter_of` makes its LangChain face), not loaded yet.
 
     ortmodels' classes need the model (and ``version``, if given) in the store, and are given
     the manager's settings, so ``configure(Settings(...))`` reaches threads and file checks; a
     user's class gets the folder the name maps to even if it does not exist yet, since it
     may load from elsewhere.
     """
-    extra = {}
     if model_class is None:
         path: Path = store.require(name, kind, version).path
-        model_class = default_class(kind)
-        extra["settings"] = settings
+        dtype = dtype or settings.model_dtype
+        if kind in RUNTIMES:
+            runtime: Managed = load(RUNTIMES[kind])(name, model_path=path, device=settings.model_device, dtype=dtype,
+                                                    version=version, settings=settings)
+            return runtime
+        model = default_class(kind)(model_name=name, model_path=path, device=settings.model_device, dtype=dtype,
+                                    settings=settings)
     else:
         check_class(kind, model_class)
-        path = store.model_dir(name)
-    model = model_class(
-        model_name=name,
-        model_path=path,
-        device=settings.model_device,
-        dtype=dtype or settings.model_dtype,
-        **extra,
-    )
+        model = model_class(model_name=name, model_path=store.model_dir(name), device=settings.model_device,
+                            dtype=dtype or settings.model_dtype)
     model.version = version
     return model
 

@@ -20,7 +20,7 @@ from ..lifecycle import loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, verify_variant
-from ..store.manifest import VariantEntry
+from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
 from ..store.versions import VersionLease
 
 if TYPE_CHECKING:
@@ -43,6 +43,24 @@ class OpenVariant:
     def size(self) -> int:
         """Bytes of the variant's files, as its manifest records them."""
         return self.info.variants[self.variant].size
+
+    @property
+    def chat_spec(self) -> ChatSpec:
+        """The manifest's chat section (`open_variant` checked it is there for a chat model)."""
+        spec = self.info.manifest.chat if self.info.manifest is not None else None
+        if spec is None:
+            raise ModelFileError(self.info.onnx_path / "manifest.json", "No chat export found",
+                                 f"Run 'ortmodels export {self.info.name}'.")
+        return spec
+
+    @property
+    def embedding_spec(self) -> EmbeddingSpec:
+        """The manifest's embedding section (`open_variant` checked it is there for an embedding model)."""
+        spec = self.info.manifest.embedding if self.info.manifest is not None else None
+        if spec is None:
+            raise ModelFileError(self.info.onnx_path / "manifest.json", "No embedding export found",
+                                 f"Run 'ortmodels export {self.info.name}'.")
+        return spec
 
 
 _KV_TYPES = {"tensor(float)": "fp32", "tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}

@@ -86,9 +86,9 @@ class Catalog:
         return None
 
     async def get(self, entry: ModelId) -> Any:
-        """The loaded model for ``entry`` (loading it off the event loop if needed)."""
-        getter = self.manager.get_chat_model if entry.kind == "chat" else self.manager.get_embedding_model
-        model = await asyncio.to_thread(getter, entry.name, dtype=entry.dtype)
+        """The loaded model for ``entry`` (loading it off the event loop if needed): ortmodels'
+        LangChain-free runtime, or a user's registered class."""
+        model = await asyncio.to_thread(self.manager.get_runtime, entry.kind, entry.name, dtype=entry.dtype)
         self.used[entry.id] = model
         return model
 
@@ -107,8 +107,7 @@ class Catalog:
     def load(self, names: list[str]) -> None:
         """Load ``names`` (ids, tags allowed) now; blocking, for the server's start."""
         for found in self.check(names):
-            getter = self.manager.get_chat_model if found.kind == "chat" else self.manager.get_embedding_model
-            self.used[found.id] = getter(found.name, dtype=found.dtype)
+            self.used[found.id] = self.manager.get_runtime(found.kind, found.name, dtype=found.dtype)
             logger.info("Serving %s (%s)", found.id, found.kind)
 
     def defaults(self) -> list[str]:
