@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,8 @@ def adapter_of(kind: ModelKind, model: Any) -> Any:
     """The LangChain object for what `construct_model` built: ``model`` itself unless it is one
     of ortmodels' runtimes, whose LangChain face (sharing its life cycle) is made here."""
     if kind in RUNTIMES and isinstance(model, load(RUNTIMES[kind])):
-        return default_class(kind).over(model)  # type: ignore[attr-defined]
+        face: Any = default_class(kind)
+        return face.over(model)
     return model
 
 
@@ -66,12 +68,10 @@ def construct_model(
     may load from elsewhere.
     """
     if model_class is None:
-        path: Path = store.require(name, kind, version).path
         dtype = dtype or settings.model_dtype
         if kind in RUNTIMES:
-            runtime: Managed = load(RUNTIMES[kind])(name, model_path=path, device=settings.model_device, dtype=dtype,
-                                                    version=version, settings=settings)
-            return runtime
+            return _runtime(store, settings, kind, name, version, dtype)
+        path: Path = store.require(name, kind, version).path
         model = default_class(kind)(model_name=name, model_path=path, device=settings.model_device, dtype=dtype,
                                     settings=settings)
     else:
@@ -82,21 +82,19 @@ def construct_model(
     return model
 
 
-def estimate_memory(
-    store: ModelStore, settings: Settings, kind: ModelKind, name: str,
-    model_class: type | None, version: str | None = None, dtype: str | None = None,
-) -> int:
-    """Bytes the variant that would be loaded holds, to make room before loading; 0 if unknown."""
-    if model_class is not None:
-        return 0
-    try:
-        from .engine.session import resolve_device
-        from .precision import select_variant
+def _runtime(store: ModelStore, settings: Settings, kind: ModelKind, name: str, version: str | None,
+             dtype: str) -> Managed:
+    """ortmodels' runtime for ``name``, with what its first load opens chosen here, once (the
+    manifest read, the variant chosen, the version leased), and the chooser of later loads."""
+    from .runtime.variant import choose_variant
 
-        info = store.require(name, kind, version)
-        device = resolve_device(settings.model_device)
-        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, device,
-                                 failed=info.failed_variants())
-        return info.variants[variant].size
-    except Exception:  # the load itself will report whatever is wrong, with its own message
-        return 0
+    first = choose_variant(store, name, kind, version, settings.model_device, dtype, settings)
+    try:
+        runtime = load(RUNTIMES[kind])(name, model_path=first.info.path, device=settings.model_device, dtype=dtype,
+                                       version=version, settings=settings)
+        runtime.life_cycle.set_chooser(partial(runtime.choice, store), first)
+    except BaseException:
+        first.release()
+        raise
+    model: Managed = runtime
+    return model

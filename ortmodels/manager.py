@@ -17,7 +17,7 @@ from .lifecycle import Managed, cache, set_recorder
 from .lifecycle.cache import CacheEntry
 from .lifecycle.keep_alive import KeepAliveThread
 from .lifecycle.memory import return_freed_memory
-from .loader import adapter_of, construct_model, estimate_memory
+from .loader import adapter_of, construct_model
 from .monitoring import stats
 from .monitoring.runtime_state import StatePublisher
 from .registry import ModelRegistry
@@ -331,16 +331,15 @@ class ModelManager:
         load from the link being switched), then make room for it within the budget."""
         with self._lock:
             entry = self._entry_of(model)
-            if entry is not None and entry.key.version is None:
+            if entry is not None and entry.key.version is None and self._switching[entry.key.name]:
                 self._switched.wait_for(lambda: not self._switching[entry.key.name])
+                model.life_cycle.forget_choice()  # chosen from the link that was switched
         if self._settings.model_memory_budget <= 0:
             return
         if entry is None:
             return
-        kind, name, model_class, version, dtype = entry.key
-        incoming = model.last_memory_bytes or estimate_memory(
-            self._store, self._settings, kind, name, model_class, version, dtype  # type: ignore[arg-type]
-        )
+        # what it held last time, else the files of the variant its load will open (chosen once)
+        incoming = model.last_memory_bytes or model.life_cycle.expected_bytes()
         self._make_room(entry, incoming)
 
     def model_loaded(self, model: Any) -> None:

@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "base": LEAVES | {"lifecycle", "monitoring"},
     "runtime": LEAVES | {"base", "config", "engine", "lifecycle", "store"},
     "registry": LEAVES | {"store"},
-    "loader": LEAVES | {"base", "config", "engine", "lifecycle", "store"},
+    "loader": LEAVES | {"base", "config", "engine", "lifecycle", "runtime", "store"},
     "manager": LEAVES | {"base", "config", "engine", "lifecycle", "loader", "monitoring", "registry", "runtime",
                          "store"},
     "export": LEAVES | {"config", "engine", "lifecycle", "store"},

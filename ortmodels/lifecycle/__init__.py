@@ -7,6 +7,7 @@ from .admission import CallAdmission
 from .listener import CallRecorder, ModelListener, set_recorder
 from .loading import LoadState, loading_model
 from .managed import LifeCycle, Managed
+from .state import VariantChoice
 
-__all__ = ["CallAdmission", "CallRecorder", "LifeCycle", "LoadState", "Managed", "ModelListener", "loading_model",
-           "set_recorder"]
+__all__ = ["CallAdmission", "CallRecorder", "LifeCycle", "LoadState", "Managed", "ModelListener", "VariantChoice",
+           "loading_model", "set_recorder"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelBusyError
 from .listener import recorder
 from .memory import trim_heap
-from .state import LifeCycleState
+from .state import LifeCycleState, VariantChoice
 
 if TYPE_CHECKING:
     from .listener import ModelListener
@@ -73,6 +73,41 @@ class LoadState(LifeCycleState):
         """Bytes of the opened variant's files (0: none opened, or not loaded)."""
         return self._opened.size if (self._loaded and self._opened is not None) else 0
 
+    def set_chooser(self, chooser: Any, first: VariantChoice | None = None) -> None:
+        """How each load chooses what to open (``chooser()``), and the choice the first load opens."""
+        with self._lock:
+            self._drop_choice()
+            self._chooser, self._choice = chooser, first
+
+    def choose(self) -> VariantChoice | None:
+        """The next load's choice, made now if not yet (``None``: the model makes its own)."""
+        with self._lock:
+            if self._choice is None and self._chooser is not None and not self._loaded:
+                self._choice = self._chooser()
+            return self._choice
+
+    def take_choice(self) -> VariantChoice | None:
+        """The choice this load opens (`open_variant`); its lease then goes with what is opened."""
+        with self._lock:
+            choice = self.choose()
+            self._choice = None
+            return choice
+
+    def expected_bytes(self) -> int:
+        """What the next load will hold at least (the chosen variant's files); 0 if unknown."""
+        choice = self.choose()
+        return choice.size if choice is not None else 0
+
+    def forget_choice(self) -> None:
+        """Drop a choice made before a rollback switched the ``onnx`` link: the load chooses again."""
+        with self._lock:
+            self._drop_choice()
+
+    def _drop_choice(self) -> None:
+        choice, self._choice = self._choice, None
+        if choice is not None:
+            choice.release()
+
     def attach_variant(self, opened: Any, lease: Any) -> None:
         """Called by `open_variant` during `_load`: what was opened, and the version lease."""
         if self._lease is not None:
@@ -90,7 +125,12 @@ class LoadState(LifeCycleState):
         if self._loaded:
             return owner
         if self._listener is not None:
-            self._listener.model_loading(owner)
+            try:
+                self._listener.model_loading(owner)
+            except BaseException:
+                with self._lock:
+                    self._drop_choice()
+                raise
         with self._lock:
             if self._loaded:
                 return owner
@@ -170,6 +210,7 @@ class LoadState(LifeCycleState):
             if self._loaded and self.loaded_version in (None, version):
                 return False
             self._draining += 1
+            self._drop_choice()  # made from the link being switched: the next load chooses again
             try:
                 self._wait_for_calls(deadline, timeout, "then roll back again, or with a longer timeout")
             except BaseException:
@@ -218,6 +259,7 @@ class LoadState(LifeCycleState):
         return True
 
     def _release_variant(self) -> None:
+        self._drop_choice()
         if self._lease is not None:
             self._lease.release()
         self._lease = None

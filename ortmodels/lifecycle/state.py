@@ -4,10 +4,34 @@ admission) work on, in the one `LifeCycle` object each model holds."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..store import ModelInfo
+    from ..store.versions import VersionLease
     from .listener import ModelListener
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """What a load will open, chosen once: the model's info (its manifest read once), the
+    variant, the device, and the lease that keeps that export version from being pruned."""
+
+    info: ModelInfo
+    variant: str
+    device: str
+    lease: VersionLease | None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the variant's files, as its manifest records them (the memory estimate)."""
+        return self.info.variants[self.variant].size
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
 
 class LifeCycleState:
@@ -33,6 +57,10 @@ class LifeCycleState:
         """What `open_variant` opened (info, variant, device, session), while loaded."""
         self._lease: Any = None
         """The lease on the opened export version, while loaded."""
+        self._chooser: Callable[[], VariantChoice] | None = None
+        """Makes the next load's `VariantChoice` (the loader's; ``None``: the model opens its own)."""
+        self._choice: VariantChoice | None = None
+        """The choice the next load opens, once made (by the loader, or for the memory estimate)."""
         self._listener: ModelListener | None = None
         self._holders: dict[int, Any] = {}
         """The calls admitted now, by id, for `unload`'s report when it times out."""

@@ -23,12 +23,20 @@ from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary, highest_id, load_tokenizer
 from ..errors import ModelNotLoadedError
-from ..lifecycle import LifeCycle, Managed
+from ..lifecycle import LifeCycle, Managed, VariantChoice
+from ..store import ModelStore
 from ..store.names import validate_model_name
 from .events import ChatEvent
-from .options import OUTPUT_OPTIONS, ChatOptions, ModelOptions, SamplingOptions, check_stop, unknown_option
+from .options import (
+    OUTPUT_OPTIONS,
+    ChatOptions,
+    ModelOptions,
+    SamplingOptions,
+    check_stop,
+    unknown_option,
+)
 from .service import ChatService, Prepared, find_chat_template
-from .variant import open_variant
+from .variant import choose_variant, open_variant
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,18 @@ class ChatRuntime(Managed):
         return f"ChatRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
 
     # -- life cycle -------------------------------------------------------------------------
+
+    def choice(self, store: ModelStore) -> VariantChoice:
+        """What the next load opens, chosen from ``store`` with this model's fields (the loader's
+        chooser: the manifest read, the variant chosen and the version leased once per load)."""
+        if self.front is not None:
+            self._follow_front()
+        return choose_variant(store, self.model_path.name, self.kind, self.version, self.device, self.dtype,
+                              self.settings or load_settings())
+
+
+    def _follow_front(self) -> None:
+        self.follow(self.front)
 
     def _load(self) -> None:
         if self.front is not None:

@@ -19,9 +19,10 @@ from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
 from ..inputs import check_texts
-from ..lifecycle import LifeCycle, Managed
+from ..lifecycle import LifeCycle, Managed, VariantChoice
+from ..store import ModelStore
 from ..store.names import validate_model_name
-from .variant import open_variant
+from .variant import choose_variant, open_variant
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -62,9 +63,22 @@ class EmbeddingRuntime(Managed):
 
     # -- life cycle -------------------------------------------------------------------------
 
+    def choice(self, store: ModelStore) -> VariantChoice:
+        """What the next load opens, chosen from ``store`` with this model's fields (the loader's
+        chooser: the manifest read, the variant chosen and the version leased once per load)."""
+        if self.front is not None:
+            self._follow_front()
+        return choose_variant(store, self.model_path.name, self.kind, self.version, self.device, self.dtype,
+                              self.settings or load_settings())
+
+
+    def _follow_front(self) -> None:
+        """Fields a user may have set on the LangChain face since it was made."""
+        self.device, self.dtype, self.version = self.front.device, self.front.dtype, self.front.version
+
     def _load(self) -> None:
-        if self.front is not None:  # fields a user may have set on the LangChain face since
-            self.device, self.dtype, self.version = self.front.device, self.front.dtype, self.front.version
+        if self.front is not None:
+            self._follow_front()
         settings = self.settings or load_settings()
         opened = open_variant(self.model_path, "embedding", self.device, self.dtype, settings)
         spec = opened.embedding_spec

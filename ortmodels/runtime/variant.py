@@ -16,7 +16,7 @@ from ..errors import (
     ModelNotExportedError,
     UnknownVersionError,
 )
-from ..lifecycle import loading_model
+from ..lifecycle import VariantChoice, loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, verify_variant
@@ -138,12 +138,12 @@ def _open_chat_graph(folder: Path, entry: VariantEntry, requested: str, model: s
     return session, kv_dtype
 
 
-def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tuple[ModelInfo, VersionLease | None]:
+def _lease_version(store: ModelStore, name: str, kind: ModelKind,
+                   version: str | None) -> tuple[ModelInfo, VersionLease | None]:
     """The model's info and a lease on its version; the active version is read again if a
     new export replaced (and pruned) it between reading and leasing."""
-    store = ModelStore(model_dir.parent)
     for attempt in (1, 2):
-        info = store.require(model_dir.name, kind, version)
+        info = store.require(name, kind, version)
         if info.manifest is None or getattr(info.manifest, kind) is None:
             raise ModelFileError(
                 info.onnx_path / "manifest.json", "No ONNX export found", f"Run 'ortmodels export {info.name}'."
@@ -158,24 +158,44 @@ def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tup
     raise AssertionError("unreachable")
 
 
+def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str | None, device: str | None,
+                   dtype: str | None, settings: Settings) -> VariantChoice:
+    """What a load of ``name`` opens, chosen once: its info (the manifest read once), a lease on
+    its export version (``None``: the active one), the device and the variant for ``dtype``
+    (``None``: ``MODEL_DTYPE``). The memory estimate and the load both read this one choice."""
+    info, lease = _lease_version(store, name, kind, version)
+    try:
+        resolved = resolve_device(device or settings.model_device)
+        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
+                                 failed=info.failed_variants())
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return VariantChoice(info, variant, resolved, lease)
+
+
 def open_variant(
     model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings
 ) -> OpenVariant:
-    """Check the model's kind and export, pick device and precision, verify the files, open the session.
+    """Open what the loading model's life cycle chose (the loader's `choose_variant`), or, for a
+    model made without the manager, choose it here: verify the files, open the session.
 
     Called from a model's ``_load``: the export version comes from that model's
     ``version`` (``None``: the active one), and the model keeps a lease on the version
     until it is unloaded, so the version is not pruned under it.
     """
     owner = loading_model()
-    model_dir = model_dir.absolute()  # files read later (grammars) must not depend on the working directory
-    version = getattr(owner, "version", None)
-    info, lease = _lease_version(model_dir, kind, version)
+    life = getattr(owner, "life_cycle", None)
+    choice = life.take_choice() if life is not None else None
+    if choice is None:
+        model_dir = model_dir.absolute()
+        choice = choose_variant(ModelStore(model_dir.parent), model_dir.name, kind, getattr(owner, "version", None),
+                                device, dtype, settings)
+    info, variant, resolved = choice.info, choice.variant, choice.device
     try:
-        resolved = resolve_device(device or settings.model_device)
-        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
-                                 failed=info.failed_variants())
-        folder = info.variant_path(variant)
+        # files read later (grammars) must not depend on the working directory
+        folder = info.variant_path(variant).absolute()
         refuse_outside_links(folder, info.onnx_path)
         if settings.model_verify_files:
             hashed = verify_variant(folder, info.variants[variant], info.name)
@@ -187,12 +207,11 @@ def open_variant(
         else:
             session = create_session(folder / _OWN_GRAPH, resolved, settings.model_threads)
     except BaseException:
-        if lease is not None:
-            lease.release()
+        choice.release()
         raise
     opened = OpenVariant(info, variant, folder, resolved, session, kv_dtype)
     if owner is not None:
-        owner.attach_variant(opened, lease)
-    elif lease is not None:  # opened outside a model's load(): nothing would release it later
-        lease.release()
+        owner.attach_variant(opened, choice.lease)
+    else:  # opened outside a model's load(): nothing would release it later
+        choice.release()
     return opened
