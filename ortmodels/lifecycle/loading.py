@@ -168,6 +168,7 @@ class LoadState(LifeCycleState):
             try:
                 self._wait_for_calls(deadline, timeout, "or unload with a longer timeout")
                 if not self._loaded:
+                    self._drop_choice()  # a choice never opened: its version lease goes too
                     return
                 self.owner._unload()
                 self._loaded = False

@@ -38,7 +38,7 @@ from ..base import BaseLLMModel
 from ..config import Settings, load_settings
 from ..lifecycle import LifeCycle
 from ..store.names import validate_model_name
-from .chat_runtime import ChatRuntime
+from .chat_runtime import ChatRuntime, merge_options, over_defaults
 from .events import ChatEvent, TextDelta, ToolCalls
 from .messages import check_stop, to_service_messages
 from .options import OUTPUT_OPTIONS, ChatOptions, ModelOptions
@@ -152,11 +152,11 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         tools = kwargs.get("tools")
         if tools and not all(isinstance(t, dict) and "function" in t for t in tools):
             kwargs["tools"] = format_tools(tools)
-        return self._runtime.call_options(stop, **kwargs)
+        return merge_options(self, stop, kwargs)  # this object's fields (a model_copy's own too)
 
     def with_defaults(self, options: ChatOptions) -> ChatOptions:
-        """``options`` (a server's, a replica's) over the model's own defaults."""
-        return self._runtime.with_defaults(options)
+        """``options`` (a server's, a replica's) over this model's own defaults."""
+        return over_defaults(self, options)
 
     def render_prompt(self, messages: list[BaseMessage]) -> str:
         """The exact text the model sees, rendered by the checkpoint's own chat template."""
@@ -194,16 +194,17 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     # -- the service's events (the runtime's, under this model's call guard) -------------------
 
     def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        """The service's events for a conversation of message dicts (see `ChatRuntime.achat_events`)."""
-        return self._runtime.achat_events(messages, options)
+        """The service's events for a conversation of message dicts, over this model's defaults
+        (see `ChatRuntime.achat_events`)."""
+        return self._aguarded_iter(self._runtime.aevents(lambda s: s.prepare(messages, self.with_defaults(options))))
 
     def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
         """`achat_events` for a plain prompt, without the chat template (``/v1/completions``)."""
-        return self._runtime.atext_events(prompt, options)
+        return self._aguarded_iter(self._runtime.aevents(lambda s: s.prepare_text(prompt, self.with_defaults(options))))
 
     def chat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> Iterator[ChatEvent]:
         """`achat_events` for a caller without an event loop."""
-        return self._runtime.chat_events(messages, options)
+        return self._guarded_iter(self._runtime.events(lambda s: s.prepare(messages, self.with_defaults(options))))
 
     # -- LangChain ----------------------------------------------------------------------------
 

@@ -41,6 +41,30 @@ from .variant import choose_variant, open_variant
 logger = logging.getLogger(__name__)
 
 
+def merge_options(defaults: ModelOptions, stop: Any, kwargs: dict[str, Any]) -> ChatOptions:
+    """A call's options: its keyword arguments (``None`` leaves the model's own), ``stop``
+    added to the model's, checked once."""
+    given: dict[str, Any] = {name: getattr(defaults, name) for name in ModelOptions.model_fields}
+    for name, value in kwargs.items():
+        if value is None:  # not given: the model's own
+            continue
+        if name not in SamplingOptions.model_fields and name not in OUTPUT_OPTIONS:
+            raise unknown_option(name)
+        given[name] = value
+    given["stop"] = [s for s in [*(defaults.stop or []), *check_stop(stop)] if s]
+    return ChatOptions.checked(**given)
+
+
+def over_defaults(defaults: ModelOptions, options: ChatOptions) -> ChatOptions:
+    """``options`` (a server's, a replica's) over a model's ``defaults``, merged as `merge_options`
+    merges a LangChain call's."""
+    merged = merge_options(defaults, options.stop, options.model_dump(exclude_unset=True,
+                                                                      exclude={"stop", "truncate_prompt"}))
+    if "truncate_prompt" in options.model_fields_set:  # the caller's, over the model's own
+        merged = merged.model_copy(update={"truncate_prompt": options.truncate_prompt})
+    return merged
+
+
 class ChatRuntime(Managed):
     """A chat model's life cycle and chat service, without LangChain; thread-safe.
 
@@ -148,27 +172,12 @@ class ChatRuntime(Managed):
     # -- options ------------------------------------------------------------------------------
 
     def call_options(self, stop: Any = None, **kwargs: Any) -> ChatOptions:
-        """A call's options: its keyword arguments (``None`` leaves the model's own), ``stop``
-        added to the model's, checked once."""
-        defaults = self.defaults
-        given: dict[str, Any] = {name: getattr(defaults, name) for name in ModelOptions.model_fields}
-        for name, value in kwargs.items():
-            if value is None:  # not given: the model's own
-                continue
-            if name not in SamplingOptions.model_fields and name not in OUTPUT_OPTIONS:
-                raise unknown_option(name)
-            given[name] = value
-        given["stop"] = [s for s in [*(defaults.stop or []), *check_stop(stop)] if s]
-        return ChatOptions.checked(**given)
+        """A call's options over this model's defaults (see `merge_options`)."""
+        return merge_options(self.defaults, stop, kwargs)
 
     def with_defaults(self, options: ChatOptions) -> ChatOptions:
-        """``options`` (a server's, a replica's) over the model's own defaults, merged as `call_options`
-        merges a LangChain call's."""
-        merged = self.call_options(options.stop, **options.model_dump(exclude_unset=True,
-                                                                      exclude={"stop", "truncate_prompt"}))
-        if "truncate_prompt" in options.model_fields_set:  # the caller's, over the model's own
-            merged = merged.model_copy(update={"truncate_prompt": options.truncate_prompt})
-        return merged
+        """``options`` (a server's, a replica's) over the model's own defaults (see `over_defaults`)."""
+        return over_defaults(self.defaults, options)
 
     # -- calls --------------------------------------------------------------------------------
 
