@@ -8,7 +8,6 @@ loading and the life cycle the `ModelManager` drives.
 from __future__ import annotations
 
 import asyncio
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -23,18 +22,17 @@ from langchain_core.outputs import LLMResult
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from .errors import EmbeddingInputError, EmbeddingOptionError, RerankInputError
-from .lifecycle import CallAdmission, LoadState, init_life_cycle, loading_model
+from .errors import EmbeddingOptionError, RerankInputError
+from .inputs import check_texts
+from .lifecycle import LifeCycle, Managed, loading_model, set_recorder
+from .monitoring import stats
 
 __all__ = ["BaseEmbeddingModel", "BaseLLMModel", "BaseRerankModel", "loading_model"]
 
+set_recorder(stats.RECORDER)  # a model used without the manager records its calls too
 
 
-class _LifeCycle(LoadState, CallAdmission):
-    """Load state and call admission, shared by both bases (see `ortmodels.lifecycle`)."""
-
-
-class _PlainModel(_LifeCycle):
+class _PlainModel(Managed):
     """What the bases that are not pydantic models share: name, folder, device, precision."""
 
     def __init__(
@@ -51,7 +49,10 @@ class _PlainModel(_LifeCycle):
         self.dtype = dtype
         self.version: str | None = None
         """Export version to load (``None``: the active one); see ``ortmodels versions``."""
-        init_life_cycle(self)
+        self._life = self._new_life_cycle()
+
+    def _new_life_cycle(self) -> LifeCycle:
+        return LifeCycle(self)
 
     @property
     def model_path(self) -> Path | None:
@@ -59,7 +60,7 @@ class _PlainModel(_LifeCycle):
         return self._model_path
 
     def __repr__(self) -> str:
-        state = "loaded" if self._loaded else "not loaded"
+        state = "loaded" if self.is_loaded else "not loaded"
         return f"{type(self).__name__}(model_name={self.model_name!r}, {state})"
 
 
@@ -89,7 +90,7 @@ class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
     def embed_counted(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
                       dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
         """`embed` and the tokens the model read for it (the server's ``usage``)."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return [], 0
         with self._use("embed_documents") as record:
@@ -126,32 +127,6 @@ class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
         if not isinstance(text, str):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}.")
         return self.embed([text], input_type="query")[0]
-
-
-def _check_texts(texts: object, what: str = "embed_documents", error: type[ValueError] = EmbeddingInputError,
-                 where: str = "") -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{what} expects a list of str, got a single str; wrap it in a list.")
-    try:
-        items = list(texts)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(
-            f"{what} expects a list of str, got {type(texts).__name__}."
-        ) from None
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(
-                f"{what} expects str items; {where}item {index} is {type(item).__name__}: "
-                f"{item!r:.60}"
-            )
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise error(
-                f"{where}Text {index} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
-                f"{exc.start} is a lone surrogate. Decode the input with errors='replace' first."
-            ) from None
-    return items
 
 
 class BaseRerankModel(_PlainModel, BaseCrossEncoder, ABC):
@@ -208,8 +183,8 @@ def rerank_pairs(query: object, documents: object, top_n: object) -> list[tuple[
         raise TypeError(f"rerank expects the query as a str, got {type(query).__name__}.")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise ValueError(f"top_n must be a whole number of at least 1 (or None for all), not {top_n!r:.40}.")
-    _check_texts([query], "rerank", RerankInputError, "the query: ")
-    return [(query, d) for d in _check_texts(documents, "rerank", RerankInputError)]
+    check_texts([query], "rerank", RerankInputError, "the query: ")
+    return [(query, d) for d in check_texts(documents, "rerank", RerankInputError)]
 
 
 def ranked(scores: list[float], top_n: int | None) -> list[tuple[int, float]]:
@@ -229,12 +204,12 @@ def _check_pairs(pairs: object) -> list[tuple[str, str]]:
     for index, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise TypeError(f"score expects (query, document) pairs; item {index} is {item!r:.60}.")
-        _check_texts(list(item), "score", RerankInputError, f"pair {index}: ")
+        check_texts(list(item), "score", RerankInputError, f"pair {index}: ")
         checked.append((item[0], item[1]))
     return checked
 
 
-class BaseLLMModel(_LifeCycle, BaseChatModel):
+class BaseLLMModel(Managed, BaseChatModel):
     """A LangChain `BaseChatModel` whose subclasses implement `_generate` (plus `_load`/`_unload`)."""
 
     model_config = ConfigDict(protected_namespaces=(), arbitrary_types_allowed=True)
@@ -256,21 +231,15 @@ class BaseLLMModel(_LifeCycle, BaseChatModel):
     version: str | None = None
     """Export version to load (``None``: the active one); see ``ortmodels versions``."""
 
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-    _idle: threading.Condition = PrivateAttr()
-    _loaded: bool = PrivateAttr(default=False)
-    _active: int = PrivateAttr(default=0)
-    _draining: int = PrivateAttr(default=0)
-    _pending: int = PrivateAttr(default=0)
-    _last_memory: int = PrivateAttr(default=0)
-    _opened: Any = PrivateAttr(default=None)
-    _lease: Any = PrivateAttr(default=None)
-    _listener: Any = PrivateAttr(default=None)
-    _holders: dict = PrivateAttr(default_factory=dict)
+    _life: LifeCycle = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        self._idle = threading.Condition(self._lock)
+        self._life = self._new_life_cycle()
+
+    def _new_life_cycle(self) -> LifeCycle:
+        """This model's life cycle (ortmodels' adapter shares its runtime's)."""
+        return LifeCycle(self)
 
     # The public entry points hold the model loaded for the call and record it; LangChain's
     # invoke/batch go through generate, stream/astream through their own paths.

@@ -13,22 +13,22 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .config import Settings, load_settings
 from .errors import ModelBusyError, OrtModelsError
 from .kinds import is_loaded_class, kind_spec
-from .lifecycle import cache
+from .lifecycle import Managed, cache, set_recorder
 from .lifecycle.cache import CacheEntry
 from .lifecycle.keep_alive import KeepAliveThread
 from .lifecycle.memory import return_freed_memory
-from .loader import construct_model, estimate_memory
+from .loader import adapter_of, construct_model
 from .monitoring import stats
 from .monitoring.runtime_state import StatePublisher
 from .registry import ModelRegistry
 from .store import ModelInfo, ModelStore, versions
 from .store.names import split_tag
 
-if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported when a model is asked for
+if TYPE_CHECKING:  # the bases pull in LangChain's model machinery: imported when a LangChain model is asked for
     from .base import BaseEmbeddingModel, BaseLLMModel, BaseRerankModel
-    from .loader import BaseModel
 
 logger = logging.getLogger(__name__)
+set_recorder(stats.RECORDER)  # every model's loads and calls land in the stats
 
 class _CacheKey(NamedTuple):
     """One cached model object per kind, name, class, export version and precision."""
@@ -206,7 +206,8 @@ class ModelManager:
                 device=getattr(model, "loaded_device", None) or model.device,
                 memory_bytes=entry.memory, loaded_at=entry.loaded_at, last_used=entry.last_used,
                 expires_at=entry.expires_at, active_calls=getattr(model, "active_calls", 0),
-                model_class=type(model).__name__,
+                model_class=type(entry.adapter or model).__name__ if entry.key[2] is not None
+                else kind_spec(entry.key[0]).default_class.rpartition(":")[2],
             ))
         return sorted(rows, key=lambda r: (r.name, r.kind))
 
@@ -244,7 +245,8 @@ class ModelManager:
     ) -> BaseEmbeddingModel:
         """A loaded embedding model; ``name`` defaults to ``DEFAULT_EMBEDDING_MODEL``, ``version``
         to the active export, ``dtype`` to ``MODEL_DTYPE`` (also as a tag: ``"all-minilm-l6-v2:int8"``)."""
-        return self._get("embedding", name, model_class, version, dtype)  # type: ignore[return-value]
+        model: BaseEmbeddingModel = self._adapter(self._entry("embedding", name, model_class, version, dtype))
+        return model
 
     def get_chat_model(
         self, name: str | None = None, model_class: type[BaseLLMModel] | None = None,
@@ -255,7 +257,22 @@ class ModelManager:
 
         Each precision is its own cached instance, so ``:int8`` and ``:int4`` can serve side by side.
         """
-        return self._get("chat", name, model_class, version, dtype)  # type: ignore[return-value]
+        model: BaseLLMModel = self._adapter(self._entry("chat", name, model_class, version, dtype))
+        return model
+
+    def get_runtime(self, kind: str, name: str | None = None, *, version: str | None = None,
+                    dtype: str | None = None) -> Managed:
+        """A loaded model as the server, Ray and ``ortmodels chat`` use it, without LangChain:
+        ortmodels' own runtime (`ChatRuntime`, `EmbeddingRuntime`), or a user's registered class.
+        The same cached model (and life cycle) as ``get_chat_model``/``get_embedding_model``."""
+        return self._entry(kind, name, None, version, dtype).model
+
+    def _adapter(self, entry: CacheEntry) -> Any:
+        """The LangChain object of a cached model, made once (a runtime's face shares its life cycle)."""
+        with self._lock:
+            if entry.adapter is None:
+                entry.adapter = adapter_of(entry.key[0], entry.model)
+            return entry.adapter
 
     def get_reranker(
         self, name: str | None = None, model_class: type[BaseRerankModel] | None = None,
@@ -264,15 +281,17 @@ class ModelManager:
         """A loaded cross-encoder reranker; ``name`` defaults to ``DEFAULT_RERANK_MODEL``, ``version``
         to the active export, ``dtype`` to ``MODEL_DTYPE`` (also as a tag: ``"name:int8"``). Wrap it in
         `ortmodels.runtime.rerank.OnnxReranker` for LangChain's document compressor."""
-        return self._get("reranker", name, model_class, version, dtype)  # type: ignore[return-value]
+        model: BaseRerankModel = self._adapter(self._entry("reranker", name, model_class, version, dtype))
+        return model
 
     def register(self, model_class: type, *, name: str | None = None, architecture: str | None = None) -> None:
         """Build ``name`` (or every model of ``architecture``) with ``model_class`` from now on,
         so ``get_chat_model(name)`` needs no class argument; see `ortmodels.registry`."""
         self._registry.register(model_class, name=name, architecture=architecture)
 
-    def _get(self, kind: str, name: str | None, model_class: type | None, version: str | None,
-             dtype: str | None) -> BaseModel:
+    def _entry(self, kind: str, name: str | None, model_class: type | None, version: str | None,
+               dtype: str | None) -> CacheEntry:
+        """The cache entry of a model, made if new, its model loaded."""
         name, dtype = split_tag(name or getattr(self._settings, kind_spec(kind).default_setting), dtype)
         if version is not None:
             versions.check_version_id(version)
@@ -287,9 +306,8 @@ class ModelManager:
                 model = construct_model(self._store, self._settings, kind, name, model_class, version, dtype)  # type: ignore[arg-type]
                 model.set_listener(self)
                 entry = self._entries[key] = CacheEntry(key, model)
-            model = entry.model
-        model.load()  # the model's own lock: concurrent callers wait for one load
-        return model
+        entry.model.load()  # the model's own lock: concurrent callers wait for one load
+        return entry
 
     def _architecture(self, name: str) -> str | None:
         try:
@@ -300,8 +318,9 @@ class ModelManager:
     # -- the cache policy, driven by the models' own life cycle (the ModelListener interface) --
 
     def _entry_of(self, model: Any) -> CacheEntry | None:
-        key = next((k for k, e in self._entries.items() if e.model is model), None)
-        return self._entries.get(key) if key is not None else None
+        """The entry of the model a life cycle tells of (a runtime, or the face it is under)."""
+        life = getattr(model, "life_cycle", model)
+        return next((e for e in self._entries.values() if getattr(e.model, "life_cycle", e.model) is life), None)
 
     def _make_room(self, keep: CacheEntry, incoming: int) -> None:
         """Unload idle models, least recently used first, until ``incoming`` more bytes fit.
@@ -322,16 +341,15 @@ class ModelManager:
         load from the link being switched), then make room for it within the budget."""
         with self._lock:
             entry = self._entry_of(model)
-            if entry is not None and entry.key.version is None:
+            if entry is not None and entry.key.version is None and self._switching[entry.key.name]:
                 self._switched.wait_for(lambda: not self._switching[entry.key.name])
+                model.life_cycle.forget_choice()  # chosen from the link that was switched
         if self._settings.model_memory_budget <= 0:
             return
         if entry is None:
             return
-        kind, name, model_class, version, dtype = entry.key
-        incoming = model.last_memory_bytes or estimate_memory(
-            self._store, self._settings, kind, name, model_class, version, dtype  # type: ignore[arg-type]
-        )
+        # what it held last time, else the files of the variant its load will open (chosen once)
+        incoming = model.last_memory_bytes or model.life_cycle.expected_bytes()
         self._make_room(entry, incoming)
 
     def model_loaded(self, model: Any) -> None:

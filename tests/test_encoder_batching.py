@@ -93,14 +93,14 @@ def test_32_threads_embedding_queries_get_the_vectors_computed_alone(monkeypatch
     texts = [f"Question {i}: how do I set option {i % 7} of tool {i % 11} in a long-running job?"
              for i in range(256)]
     alone = {t: np.array(model.embed_query(t)) for t in texts}
-    before = model._batcher.calls  # type: ignore[union-attr]
+    before = model.runtime._batcher.calls  # type: ignore[union-attr]
     got: dict[str, np.ndarray] = {}
 
     def work(chunk: list[str]) -> None:
         for text in chunk:
             got[text] = np.array(model.embed_query(text))
 
-    batcher = model._batcher  # type: ignore[union-attr]
+    batcher = model.runtime._batcher  # type: ignore[union-attr]
     run, held = batcher._run, []
 
     def first_call_waits(batch: list[str]) -> np.ndarray:  # the other 31 threads queue behind it
@@ -117,4 +117,4 @@ def test_32_threads_embedding_queries_get_the_vectors_computed_alone(monkeypatch
     assert set(got) == set(texts)
     for text in texts:
         np.testing.assert_allclose(got[text], alone[text], rtol=0, atol=1e-6)
-    assert model._batcher.calls - before < len(texts)  # type: ignore[union-attr]  # coalesced
+    assert model.runtime._batcher.calls - before < len(texts)  # type: ignore[union-attr]  # coalesced

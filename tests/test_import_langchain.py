@@ -1,11 +1,11 @@
-"""The server's way to a chat model takes no LangChain: its modules, the chat service, the options.
+"""``ortmodels serve``, ``ortmodels chat`` and Ray's replicas take no LangChain, models loaded or not.
 
-What holds today: a process that imports what ``ortmodels serve`` imports (the CLI, the app,
-every route's module, Ray's ingress side aside) and the chat service's modules, and builds
-the app, has not imported LangChain; the routes map OpenAI bodies to the service's message
-dicts and `ChatOptions`, and its events to OpenAI chunks. What does not hold yet: loading a
-model still imports it, since `OnnxChatModel` and `OnnxEmbeddingModel` are LangChain classes
-that the manager builds (issue 21: the manager would hand the server the service itself).
+The server's modules and the chat service's never import it; the manager caches ortmodels'
+LangChain-free runtimes (`ChatRuntime`, `EmbeddingRuntime`) and builds their LangChain faces
+only when ``get_chat_model``/``get_embedding_model`` are asked. So a real server process that
+has loaded both samples and answered a chat and an embeddings request over HTTP, and a
+process that ran ``ortmodels chat``, still have no LangChain module. The one exception: a
+user's own LangChain class, served through the bridge, imports it (and is served).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, SAMPLES_DIR
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ortmodels"
 LANGCHAIN = ("langchain", "langchain_core")
@@ -59,3 +61,110 @@ def test_a_server_process_has_not_imported_langchain_before_a_model_loads(tmp_pa
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
                          env={**os.environ, "LOCAL_MODELS_DIR": str(tmp_path)})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+#: A real server in this process (uvicorn on a free port, the sample models loaded at start),
+#: asked by the official client over HTTP; then the LangChain modules this process has imported.
+_SERVED = """
+import json, socket, sys, threading, time
+import httpx, uvicorn
+from openai import OpenAI
+from ortmodels.serve import create_app
+USER_CLASS
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+server = uvicorn.Server(uvicorn.Config(create_app(models=MODELS), port=port, log_level="warning"))
+thread = threading.Thread(target=server.run, daemon=True)
+thread.start()
+client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
+deadline = time.monotonic() + 120
+while True:
+    try:
+        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("the server did not get ready within 120 s")
+    time.sleep(0.05)
+chat = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+EMBED
+server.should_exit = True
+thread.join(60)
+print(json.dumps({"answer": chat.choices[0].message.content, "usage": chat.usage.completion_tokens,
+                  "langchain": sorted({m.split('.')[0] for m in sys.modules} & {"langchain", "langchain_core"})}))
+"""
+
+_EMBED = """
+vectors = client.embeddings.create(model=EMBEDDING, input=["a cat", "a dog"])
+assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384, vectors
+"""
+
+#: A user's LangChain chat class, registered by name: the bridge serves it (LangChain is its own import).
+_USER_CLASS = """
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from ortmodels import BaseLLMModel, ModelManager
+
+class Echo(BaseLLMModel):
+    @property
+    def _llm_type(self):
+        return "echo"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("echo: " + messages[-1].text))])
+
+ModelManager().register(Echo, name=CHAT)
+"""
+
+
+def _run(script: str, store: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "LOCAL_MODELS_DIR": str(store), "MODEL_KEEP_ALIVE": "-1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_a_server_process_serving_both_samples_never_imports_langchain() -> None:
+    script = (_SERVED.replace("USER_CLASS", "").replace("EMBED", _EMBED)
+              .replace("MODELS", repr([CHAT_SAMPLE, EMBEDDING_SAMPLE])).replace("EMBEDDING", repr(EMBEDDING_SAMPLE))
+              .replace("CHAT", repr(CHAT_SAMPLE)))
+    seen = _run(script, SAMPLES_DIR)
+    assert seen["usage"] >= 1 and seen["answer"]
+    assert seen["langchain"] == []
+
+
+@pytest.mark.slow
+def test_a_users_langchain_class_is_served_and_may_import_langchain() -> None:
+    script = (_SERVED.replace("USER_CLASS", _USER_CLASS).replace("EMBED", "")
+              .replace("MODELS", repr([CHAT_SAMPLE])).replace("CHAT", repr(CHAT_SAMPLE)))
+    seen = _run(script, SAMPLES_DIR)
+    assert seen["answer"] == "echo: Hi"
+    assert seen["langchain"] == ["langchain_core"]
+
+
+_CLI_CHAT = """
+import json, sys
+from ortmodels.cli import main
+sys.argv = ["ortmodels", "chat", CHAT, "Say hi", "--max-tokens", "4"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+finally:
+    print()
+    print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {"langchain", "langchain_core"})))
+"""
+
+
+@pytest.mark.slow
+def test_ortmodels_chat_answers_without_importing_langchain() -> None:
+    out = subprocess.run([sys.executable, "-c", _CLI_CHAT.replace("CHAT", repr(CHAT_SAMPLE))], check=False,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "LOCAL_MODELS_DIR": str(SAMPLES_DIR)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) >= 2 and lines[0].strip(), out.stdout  # the answer, then the modules
+    assert json.loads(lines[-1]) == []

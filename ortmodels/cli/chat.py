@@ -50,7 +50,7 @@ def chat(
     """Stream the model's answer to PROMPT, or talk with it (history kept; /exit or Ctrl-D ends)."""
     from ..manager import ModelManager
 
-    model = ModelManager().get_chat_model(name)
+    model = ModelManager().get_runtime("chat", name)  # ortmodels' own: no LangChain; a user's class: its own
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ..monitoring import stats
+from .listener import recorder
 from .state import LifeCycleState
 
 _in_call: ContextVar[frozenset[int]] = ContextVar("ortmodels_in_call", default=frozenset())
@@ -57,11 +57,10 @@ class CallAdmission(LifeCycleState):
                             self._pending -= 1
                             pending = False
                         self._active += 1
-                        call = _Call(what)
+                        call = _Call(what, outer=not nested)
                         self._holders[id(call)] = call
-                        if not nested:
-                            call.record = stats.CallRecord()
-                            call.record.key = stats.key_of(self)
+                        if call.outer and (calls := recorder()) is not None:
+                            call.record = calls.start_call(self.owner)
                         return call
                     if not pending:
                         self._pending += 1
@@ -113,11 +112,11 @@ class CallAdmission(LifeCycleState):
             if not self._active:
                 self._idle.notify_all()
         record = call.record
-        if record is not None:
+        if record is not None and (calls := recorder()) is not None:
             record.finish()
-            stats.registry().record_call(record.key, self, record)
-            if self._listener is not None:
-                self._listener.model_used(self)
+            calls.record_call(record.key, self.owner, record)
+        if call.outer and self._listener is not None:
+            self._listener.model_used(self.owner)
 
     def _nested(self) -> bool:
         return id(self) in _in_call.get()
@@ -131,7 +130,7 @@ class CallAdmission(LifeCycleState):
             _in_call.reset(token)
 
     @contextmanager
-    def _use(self, what: str = "call") -> Iterator[stats.CallRecord | None]:
+    def use(self, what: str = "call") -> Iterator[Any]:
         """The call guard for a call that does not hand control back before it returns."""
         call = self._begin_call(self._nested(), what)
         try:
@@ -144,7 +143,7 @@ class CallAdmission(LifeCycleState):
             self._end_call(call)
 
     @asynccontextmanager
-    async def _ause(self, what: str = "async call") -> AsyncIterator[stats.CallRecord | None]:
+    async def ause(self, what: str = "async call") -> AsyncIterator[Any]:
         """The call guard for coroutines: waiting and loading run off the event loop."""
         call = await self._abegin_call(what)
         try:
@@ -156,7 +155,7 @@ class CallAdmission(LifeCycleState):
         finally:
             await self._aend_call(call)
 
-    def _guarded_iter(self, iterator: Iterator[Any]) -> Iterator[Any]:
+    def guarded_iter(self, iterator: Iterator[Any]) -> Iterator[Any]:
         """Run a stream under the guard; the model is marked only while producing a chunk."""
         call = self._begin_call(self._nested(), "stream")
         record = call.record
@@ -179,7 +178,7 @@ class CallAdmission(LifeCycleState):
                     close()
             self._end_call(call)
 
-    async def _aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         call = await self._abegin_call("async stream")
         record = call.record
         try:
@@ -202,7 +201,7 @@ class CallAdmission(LifeCycleState):
             await self._aend_call(call)
 
 
-def _mark_ended(record: stats.CallRecord | None, exc: BaseException) -> None:
+def _mark_ended(record: Any, exc: BaseException) -> None:
     """A call that raised: cancelled if its caller gave up on it (a cancelled task, a stream
     closed early), so client departures never count as errors; failed otherwise."""
     if record is not None:
@@ -215,13 +214,13 @@ def _mark_ended(record: stats.CallRecord | None, exc: BaseException) -> None:
 class _Call:
     """One admitted call: what it is and who made it, so a timed-out unload can name it."""
 
-    __slots__ = ("record", "started", "thread", "what")
+    __slots__ = ("outer", "record", "started", "thread", "what")
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self, what: str, outer: bool) -> None:
+        self.what, self.outer = what, outer
         self.thread = threading.current_thread().name
         self.started = time.monotonic()
-        self.record: stats.CallRecord | None = None
+        self.record: Any = None
 
 
 _DONE = object()

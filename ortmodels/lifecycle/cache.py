@@ -19,6 +19,9 @@ class CacheEntry:
 
     key: tuple[Any, ...]
     model: Any
+    """What the manager built: ortmodels' LangChain-free runtime, or a user's class."""
+    adapter: Any = None
+    """The LangChain object handed out for it (the runtime's face, made when first asked for)."""
     loaded_at: float | None = None
     last_used: float = field(default_factory=time.time)
     expires_at: float | None = None

@@ -20,3 +20,35 @@ class ModelListener(Protocol):
 
     def model_used(self, model: Any) -> None:
         """After each call: last-use time and keep-alive expiry."""
+
+
+class CallRecorder(Protocol):
+    """Told of every model's loads and calls, process-wide: the stats (`monitoring.stats`)
+    install one, so the life cycle records figures without importing who keeps them."""
+
+    def key_of(self, model: Any) -> Any:
+        """What the figures are kept under, read while the model is surely loaded."""
+
+    def start_call(self, model: Any) -> Any:
+        """A record for a call beginning now; the call fills it (``items``, ``saw_chunk``,
+        ``saw_result``, ``failed``, ``cancelled``) and hands it to `record_call`."""
+
+    def record_call(self, key: Any, model: Any, record: Any) -> None:
+        """A call has ended."""
+
+    def record_load(self, key: Any, model: Any, seconds: float, memory: int) -> None:
+        """A load has ended, after ``seconds``, holding ``memory`` bytes."""
+
+
+_recorder: CallRecorder | None = None
+
+
+def set_recorder(calls: CallRecorder | None) -> None:
+    """Who records every model's loads and calls (one per process; ``None``: nobody)."""
+    global _recorder
+    _recorder = calls
+
+
+def recorder() -> CallRecorder | None:
+    """The process-wide `CallRecorder`, if one is installed."""
+    return _recorder

@@ -12,9 +12,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelBusyError
-from ..monitoring import stats
+from .listener import recorder
 from .memory import trim_heap
-from .state import LifeCycleState
+from .state import LifeCycleState, VariantChoice
 
 if TYPE_CHECKING:
     from .listener import ModelListener
@@ -31,20 +31,10 @@ def loading_model() -> Any:
 class LoadState(LifeCycleState):
     """load / unload / is_loaded, the version lease and the listener; thread-safe.
 
-    Each base provides ``_lock`` (an ``RLock``), ``_idle`` (a ``Condition`` on it),
-    ``_loaded``, ``_active`` (calls running now, counted by `CallAdmission`),
-    ``_opened``/``_lease`` (what `open_variant` attached) and ``_listener`` (the
-    `ModelListener`, usually the `ModelManager` that caches the model, told of loads,
-    unloads and uses so it can apply its memory budget and keep-alive).
+    The owner's ``_load``/``_unload`` open and release what it needs; ``_listener`` (the
+    `ModelListener`, usually the `ModelManager` that caches the model) is told of loads,
+    unloads and uses so it can apply its memory budget and keep-alive.
     """
-
-    version: str | None
-
-    def _load(self) -> None:
-        """Open whatever the model needs (sessions, tokenizers); called once per load."""
-
-    def _unload(self) -> None:
-        """Release what `_load` opened."""
 
     @property
     def is_loaded(self) -> bool:
@@ -79,12 +69,44 @@ class LoadState(LifeCycleState):
         """Who is told of this model's loads, unloads and calls (the manager that caches it)."""
         self._listener = listener
 
-    def memory_bytes(self) -> int:
-        """What the loaded model holds, for the manager's memory budget (the variant's file size).
-
-        A user's subclass that opens no ortmodels export may override this; 0 means unknown.
-        """
+    def variant_bytes(self) -> int:
+        """Bytes of the opened variant's files (0: none opened, or not loaded)."""
         return self._opened.size if (self._loaded and self._opened is not None) else 0
+
+    def set_chooser(self, chooser: Any, first: VariantChoice | None = None) -> None:
+        """How each load chooses what to open (``chooser()``), and the choice the first load opens."""
+        with self._lock:
+            self._drop_choice()
+            self._chooser, self._choice = chooser, first
+
+    def choose(self) -> VariantChoice | None:
+        """The next load's choice, made now if not yet (``None``: the model makes its own)."""
+        with self._lock:
+            if self._choice is None and self._chooser is not None and not self._loaded:
+                self._choice = self._chooser()
+            return self._choice
+
+    def take_choice(self) -> VariantChoice | None:
+        """The choice this load opens (`open_variant`); its lease then goes with what is opened."""
+        with self._lock:
+            choice = self.choose()
+            self._choice = None
+            return choice
+
+    def expected_bytes(self) -> int:
+        """What the next load will hold at least (the chosen variant's files); 0 if unknown."""
+        choice = self.choose()
+        return choice.size if choice is not None else 0
+
+    def forget_choice(self) -> None:
+        """Drop a choice made before a rollback switched the ``onnx`` link: the load chooses again."""
+        with self._lock:
+            self._drop_choice()
+
+    def _drop_choice(self) -> None:
+        choice, self._choice = self._choice, None
+        if choice is not None:
+            choice.release()
 
     def attach_variant(self, opened: Any, lease: Any) -> None:
         """Called by `open_variant` during `_load`: what was opened, and the version lease."""
@@ -99,17 +121,23 @@ class LoadState(LifeCycleState):
         never while this model's lock is held, so two models loading at once cannot wait
         on each other.
         """
+        owner = self.owner
         if self._loaded:
-            return self
+            return owner
         if self._listener is not None:
-            self._listener.model_loading(self)
+            try:
+                self._listener.model_loading(owner)
+            except BaseException:
+                with self._lock:
+                    self._drop_choice()
+                raise
         with self._lock:
             if self._loaded:
-                return self
+                return owner
             started = time.perf_counter()
-            token = _loading.set(self)
+            token = _loading.set(owner)
             try:
-                self._load()
+                owner._load()
             except BaseException:
                 self._release_variant()
                 raise
@@ -117,13 +145,14 @@ class LoadState(LifeCycleState):
                 _loading.reset(token)
             self._loaded = True
             seconds = time.perf_counter() - started
-            self._last_memory = self.memory_bytes()
-            key = stats.key_of(self)
+            self._last_memory = owner.memory_bytes()
+            key = None if (calls := recorder()) is None else calls.key_of(owner)
         trim_heap()  # outside the lock and the load time: it walks every arena of the heap
-        stats.registry().record_load(key, self, seconds, self._last_memory)
+        if calls is not None:
+            calls.record_load(key, owner, seconds, self._last_memory)
         if self._listener is not None:
-            self._listener.model_loaded(self)
-        return self
+            self._listener.model_loaded(owner)
+        return owner
 
     def unload(self, timeout: float | None = None) -> None:
         """Release the model's memory once running calls have finished; a later call loads it again.
@@ -139,15 +168,16 @@ class LoadState(LifeCycleState):
             try:
                 self._wait_for_calls(deadline, timeout, "or unload with a longer timeout")
                 if not self._loaded:
+                    self._drop_choice()  # a choice never opened: its version lease goes too
                     return
-                self._unload()
+                self.owner._unload()
                 self._loaded = False
                 self._release_variant()
             finally:
                 self._draining -= 1
                 self._idle.notify_all()
         if self._listener is not None:
-            self._listener.model_unloaded(self)
+            self._listener.model_unloaded(self.owner)
 
     def _wait_for_calls(self, deadline: float | None, timeout: float | None, retry: str) -> None:
         """With the lock held and the drain counted: wait until no call runs, or raise
@@ -156,7 +186,7 @@ class LoadState(LifeCycleState):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise ModelBusyError(
-                    f"Could not unload {getattr(self, 'model_name', None) or type(self).__name__} "
+                    f"Could not unload {getattr(self.owner, 'model_name', None) or type(self.owner).__name__} "
                     f"within {timeout or 0:g} s: {self._active} call(s) still hold it "
                     f"({self._describe_holders()}). Finish or close those calls (a stream "
                     f"must be read to its end or closed), {retry}."
@@ -181,6 +211,7 @@ class LoadState(LifeCycleState):
             if self._loaded and self.loaded_version in (None, version):
                 return False
             self._draining += 1
+            self._drop_choice()  # made from the link being switched: the next load chooses again
             try:
                 self._wait_for_calls(deadline, timeout, "then roll back again, or with a longer timeout")
             except BaseException:
@@ -197,7 +228,7 @@ class LoadState(LifeCycleState):
             try:
                 if (unload_unless is not None and self._loaded
                         and self.loaded_version not in (None, unload_unless)):
-                    self._unload()
+                    self.owner._unload()
                     self._loaded = False
                     self._release_variant()
                     unloaded = True
@@ -205,7 +236,7 @@ class LoadState(LifeCycleState):
                 self._draining -= 1
                 self._idle.notify_all()
         if unloaded and self._listener is not None:
-            self._listener.model_unloaded(self)
+            self._listener.model_unloaded(self.owner)
 
     def unload_if_idle(self, still_wanted: Any = None) -> bool:
         """Unload now if no call is running or waiting and ``still_wanted()`` agrees; never blocks.
@@ -219,21 +250,22 @@ class LoadState(LifeCycleState):
                 return False
             if still_wanted is not None and not still_wanted():
                 return False
-            self._unload()
+            self.owner._unload()
             self._loaded = False
             self._release_variant()
         finally:
             self._lock.release()
         if self._listener is not None:
-            self._listener.model_unloaded(self)
+            self._listener.model_unloaded(self.owner)
         return True
 
     def _release_variant(self) -> None:
+        self._drop_choice()
         if self._lease is not None:
             self._lease.release()
         self._lease = None
         self._opened = None
 
-    def _ensure_loaded(self) -> None:
+    def ensure_loaded(self) -> None:
         if not self._loaded:
             self.load()

@@ -1,7 +1,7 @@
-"""Per-model performance figures, recorded by the models' own call guard.
+"""Per-model performance figures, recorded through the life cycle's listener (`StatsRecorder`).
 
-Every call of an ortmodels model (ours or a user's subclass) is timed by the base class
-and lands here, keyed by model name and variant, whether or not the `ModelManager`
+Every call of an ortmodels model (ours or a user's subclass) is timed by its call guard
+and lands here (once `base` or the manager has installed `RECORDER`), keyed by model name and variant, whether or not the `ModelManager`
 loaded it. Latency percentiles come from the last `WINDOW` calls of each key.
 """
 
@@ -172,3 +172,22 @@ _registry = StatsRegistry()
 def registry() -> StatsRegistry:
     """The process-wide registry every ortmodels model records into."""
     return _registry
+
+
+class StatsRecorder:
+    """The life cycle's `CallRecorder` (`ortmodels.lifecycle.listener`): every model's loads
+    and calls into the process-wide registry."""
+
+    key_of = staticmethod(key_of)
+
+    def start_call(self, model: Any) -> CallRecord:
+        return CallRecord(key=key_of(model))
+
+    def record_call(self, key: tuple[str, str | None, str] | None, model: Any, record: CallRecord) -> None:
+        _registry.record_call(key, model, record)
+
+    def record_load(self, key: tuple[str, str | None, str], model: Any, seconds: float, memory: int) -> None:
+        _registry.record_load(key, model, seconds, memory)
+
+
+RECORDER = StatsRecorder()

@@ -1,15 +1,14 @@
 """`OnnxChatModel`: a LangChain chat model that runs an exported decoder on ONNX Runtime.
 
-LangChain's side only: the model's options as fields, loading (which builds the
-`ChatService`), LangChain messages and call options mapped to the service's, and the
-service's events mapped to chunks. `_generate` is built from `_stream`, so streaming and
-invoking can never disagree. The server and Ray call the service's events directly
-(`achat_events`, `atext_events`), under the same call guard.
+LangChain's side only, over a `ChatRuntime` (which loads the model and owns its `ChatService`
+and life cycle): the model's options as fields, LangChain messages and call options mapped
+to the service's, and the service's events mapped to chunks. `_generate` is built from
+`_stream`, so streaming and invoking can never disagree. The server, Ray and ``ortmodels
+chat`` use the runtime itself, without LangChain.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
@@ -37,22 +36,13 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ..base import BaseLLMModel
 from ..config import Settings, load_settings
-from ..engine import DecoderSession, Engine, EngineGauges
-from ..engine.constraints import GrammarCompiler
-from ..engine.session import output_width
-from ..engine.tokenizer import check_vocabulary
-from ..errors import ChatTemplateError, ModelNotLoadedError
-from ..store.manifest import ChatSpec
+from ..engine import EngineGauges
+from ..lifecycle import LifeCycle
 from ..store.names import validate_model_name
+from .chat_runtime import ChatRuntime, merge_options, over_defaults
 from .events import ChatEvent, TextDelta, ToolCalls
 from .messages import to_service_messages
-from .options import (
-    OUTPUT_OPTIONS,
-    ChatOptions,
-    ModelOptions,
-    check_stop,
-    unknown_option,
-)
+from .options import OUTPUT_OPTIONS, ChatOptions, ModelOptions, check_stop
 from .service import ChatService, Prepared, find_chat_template
 from .structured import (
     format_tools,
@@ -60,14 +50,10 @@ from .structured import (
     structured_output,
     tool_call_chunks,
 )
-from .variant import open_variant, read_chat_files
 
 logger = logging.getLogger(__name__)
 
-#: What a call may set as a keyword argument (``stop`` is LangChain's own parameter).
-CALL_OPTIONS = frozenset(ChatOptions.model_fields) - {"stop"}
-
-__all__ = ["ChatService", "OnnxChatModel", "find_chat_template"]
+__all__ = ["ChatRuntime", "ChatService", "OnnxChatModel", "find_chat_template"]
 
 
 class OnnxChatModel(BaseLLMModel, ModelOptions):
@@ -97,7 +83,29 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     """Settings for threads and file checks (``None``: read the environment at load); the
     manager passes its own."""
 
-    _state: ChatService | None = PrivateAttr(default=None)
+    _runtime: ChatRuntime = PrivateAttr()
+
+    def _new_life_cycle(self) -> LifeCycle:
+        """Made on its own (a user's subclass too), this model makes its runtime, whose life cycle
+        runs this model's ``_load``; `over` then hands the face of a manager's runtime that one's."""
+        self._runtime = ChatRuntime(model_path=self.model_path_ or ".", defaults=self, front=self, owner=self)
+        return self._runtime.life_cycle
+
+    def _load(self) -> None:
+        self._runtime._load()
+
+    def _unload(self) -> None:
+        self._runtime._unload()
+
+    @classmethod
+    def over(cls, runtime: ChatRuntime) -> OnnxChatModel:
+        """The LangChain face of a runtime the manager caches: one life cycle, one service; the
+        runtime then reads its model options (and the fields it loads with) from this object."""
+        model = cls(model_name=runtime.model_name, model_path=runtime.model_path, device=runtime.device,
+                    dtype=runtime.dtype, version=runtime.version, settings=runtime.settings)
+        model._runtime, model._life = runtime, runtime.life_cycle
+        runtime.defaults = runtime.front = model
+        return model
 
     @model_validator(mode="after")
     def _resolve_folder(self) -> OnnxChatModel:
@@ -107,95 +115,55 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
             self.model_path_ = settings.local_models_dir / self.model_name
         elif self.model_name is None:
             self.model_name = Path(self.model_path_).name
+        self._runtime.follow(self)
         return self
 
     @property
     def _llm_type(self) -> str:
         return "ortmodels-onnx-chat"
 
-    # -- life cycle -------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        settings = self.settings or load_settings()
-        checkpoint = Path(self.model_path_)  # type: ignore[arg-type]
-        opened = open_variant(checkpoint, "chat", self.device, self.dtype, settings,
-                              beside=lambda folder: read_chat_files(folder, checkpoint))
-        tokenizer, (top_id, token_chars), template = opened.beside
-        decoder = DecoderSession(opened.session, opened.device)
-        spec: ChatSpec = opened.info.manifest.chat  # type: ignore[union-attr]
-        special = {f"eos_token_ids[{i}]": t for i, t in enumerate(spec.eos_token_ids)}
-        check_vocabulary(opened.folder, tokenizer, output_width(opened.session, "logits"),
-                         {**special, "bos_token_id": spec.bos_token_id}, size=top_id + 1)
-        if isinstance(template, ChatTemplateError):
-            raise template
-        engine = Engine(
-            decoder, tokenizer, max_batch=settings.model_max_batch, kv_cache_bytes=settings.model_kv_cache,
-            prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,
-            speculative=settings.speculates(opened.variant),
-        )
-        grammars = GrammarCompiler(opened.folder / "tokenizer.json",
-                                   output_width(opened.session, "logits") or top_id + 1,
-                                   spec.eos_token_ids)
-        self._state = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
-                                  token_chars)
-        logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token)", opened.info.name,
-                    opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token)
-
-    def _unload(self) -> None:
-        state, self._state = self._state, None
-        if state is not None:
-            state.close()  # unload waits for running calls, so nothing is cut off here
+    @property
+    def runtime(self) -> ChatRuntime:
+        """The LangChain-free model under this adapter (what the server and the CLI use)."""
+        return self._runtime
 
     def memory_bytes(self) -> int:
         """The variant's weights plus what the engine holds now: KV slots and the prompt cache."""
-        state = self._state
-        engine_bytes = state.engine.memory_bytes() if state is not None else 0
-        return super().memory_bytes() + engine_bytes
+        return self._runtime.memory_bytes()
 
     @property
     def loaded(self) -> ChatService:
         """The loaded model's chat service (engine, tokenizer, template, spec)."""
-        state = self._state
-        if state is None:
-            raise ModelNotLoadedError(f"{self.model_name} is not loaded; call load() first.")
-        return state
+        return self._runtime.loaded
 
     @property
     def variant(self) -> str | None:
-        return self._state.variant if self._state else None
+        return self._runtime.variant
 
     @property
     def kv_bytes_per_token(self) -> int | None:
         """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16)."""
-        return self._state.engine.kv_bytes_per_token if self._state else None
+        return self._runtime.kv_bytes_per_token
 
     def engine_gauges(self) -> EngineGauges | None:
         """The engine's figures now (``/metrics``); ``None`` while not loaded."""
-        state = self._state
-        return state.engine.gauges() if state is not None else None
+        return self._runtime.engine_gauges()
 
     # -- options and prompts ----------------------------------------------------------------
 
     def options_over_defaults(self, stop: Any = None, **kwargs: Any) -> ChatOptions:
         """A call's options: its keyword arguments (any `ChatOptions` field; ``None`` leaves the
-        model's own) over the model's fields, ``stop`` added to the model's, checked once."""
-        given: dict[str, Any] = {name: getattr(self, name) for name in ModelOptions.model_fields}
-        for name, value in kwargs.items():
-            if value is None:  # not given: the model's own
-                continue
-            if name not in CALL_OPTIONS:
-                raise unknown_option(name)
-            given[name] = value
-        tools = given.get("tools")
+        model's own; tools in any form `bind_tools` takes) over this object's fields (a
+        model_copy's own too), ``stop`` added to the model's, checked once."""
+        tools = kwargs.get("tools")
         if tools and not all(isinstance(t, dict) and "function" in t for t in tools):
-            given["tools"] = format_tools(tools)
-        given["stop"] = [*(self.stop or []), *check_stop(stop)]
-        return ChatOptions.checked(**given)
+            kwargs["tools"] = format_tools(tools)
+        return merge_options(self, stop, kwargs)
 
     def with_defaults(self, options: ChatOptions) -> ChatOptions:
-        """``options`` (a server's, a replica's) over the model's own defaults, merged as
-        `options_over_defaults` merges a LangChain call's: only the options the caller set."""
-        return self.options_over_defaults(options.stop, **options.model_dump(exclude_unset=True, exclude={"stop"}))
+        """``options`` (a server's, a replica's) over this model's own defaults: only the options
+        the caller set."""
+        return over_defaults(self, options)
 
     def render_prompt(self, messages: list[BaseMessage]) -> str:
         """The exact text the model sees, rendered by the checkpoint's own chat template."""
@@ -226,41 +194,24 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         tools and the chat template's markup included."""
         return len(self.prompt_token_ids(messages, tools, **kwargs))
 
-    def _prepared(self, prepare: Callable[[ChatService], Prepared]) -> tuple[ChatService, Prepared]:
-        """A call prepared on one consistent service, even if another thread unloads meanwhile."""
-        self._ensure_loaded()
-        service = self.loaded
-        return service, prepare(service)
-
     def _langchain_call(self, messages: list[BaseMessage], stop: Any,
                         kwargs: dict[str, Any]) -> Callable[[ChatService], Prepared]:
         return lambda service: service.prepare(to_service_messages(messages), self.options_over_defaults(stop, **kwargs))
 
-    # -- the service's events, for the server and Ray ------------------------------------------
+    # -- the service's events (the runtime's, under this model's call guard) -------------------
 
     def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        """The service's events for a conversation of message dicts, under the call guard (the
-        model loaded for the call, the call timed into the stats). Closing the iterator (or
-        cancelling its task) cancels the request."""
-        return self._aguarded_iter(self._aevents(lambda s: s.prepare(messages, self.with_defaults(options))))
+        """The service's events for a conversation of message dicts, over this model's defaults
+        (see `ChatRuntime.achat_events`)."""
+        return self._aguarded_iter(self._runtime.aevents(lambda s: s.prepare(messages, self.with_defaults(options))))
 
     def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
         """`achat_events` for a plain prompt, without the chat template (``/v1/completions``)."""
-        return self._aguarded_iter(self._aevents(lambda s: s.prepare_text(prompt, self.with_defaults(options))))
+        return self._aguarded_iter(self._runtime.aevents(lambda s: s.prepare_text(prompt, self.with_defaults(options))))
 
     def chat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> Iterator[ChatEvent]:
-        """`achat_events` for a caller without an event loop (``ortmodels chat``)."""
-        return self._guarded_iter(self._events(lambda s: s.prepare(messages, self.with_defaults(options))))
-
-    def _events(self, prepare: Callable[[ChatService], Prepared]) -> Iterator[ChatEvent]:
-        service, call = self._prepared(prepare)
-        yield from service.stream(call)
-
-    async def _aevents(self, prepare: Callable[[ChatService], Prepared]) -> AsyncIterator[ChatEvent]:
-        service, call = await asyncio.get_running_loop().run_in_executor(None, self._prepared, prepare)
-        async with aclosing(service.astream(call)) as events:
-            async for event in events:
-                yield event
+        """`achat_events` for a caller without an event loop."""
+        return self._guarded_iter(self._runtime.events(lambda s: s.prepare(messages, self.with_defaults(options))))
 
     # -- LangChain ----------------------------------------------------------------------------
 
@@ -273,8 +224,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     ) -> Iterator[ChatGenerationChunk]:
         """The service's events for this conversation as LangChain chunks; other callers' requests
         share its decode steps. Closing the stream early cancels the request at once."""
-        service, prepared = self._prepared(self._langchain_call(messages, stop, kwargs))
-        for event in service.stream(prepared):
+        for event in self._runtime.events(self._langchain_call(messages, stop, kwargs)):
             chunk = self._to_chunk(event)
             if run_manager and chunk.text:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -288,9 +238,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """As `_stream`, on the event loop: a cancelled task cancels its request."""
-        call = self._langchain_call(messages, stop, kwargs)
-        service, prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepared, call)
-        async with aclosing(service.astream(prepared)) as events:
+        async with aclosing(self._runtime.aevents(self._langchain_call(messages, stop, kwargs))) as events:
             async for event in events:
                 chunk = self._to_chunk(event)
                 if run_manager and chunk.text:
@@ -304,7 +252,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         carries ``usage_metadata`` and ``response_metadata["finish_reason"]``. Closing the
         iterator (or cancelling its task) cancels the request.
         """
-        events = self._aevents(lambda s: s.prepare_text(prompt, self.options_over_defaults(stop, **options)))
+        events = self._runtime.aevents(lambda s: s.prepare_text(prompt, self.options_over_defaults(stop, **options)))
         return self._aguarded_iter(self._text_chunks(events))
 
     async def _text_chunks(self, events: AsyncIterator[ChatEvent]) -> AsyncIterator[AIMessageChunk]:

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..engine.dry import DEFAULT_BREAKERS, MAX_BREAKER_CHARS
+from ..engine.dry import MAX_BREAKER_CHARS
 from ..engine.tokenizer import check_unicode
 from ..errors import ChatInputError
 

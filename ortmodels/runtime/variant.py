@@ -19,11 +19,11 @@ from ..errors import (
     ModelNotExportedError,
     UnknownVersionError,
 )
-from ..lifecycle import loading_model
+from ..lifecycle import VariantChoice, loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, verify_variant
-from ..store.manifest import VariantEntry
+from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
 from ..store.versions import VersionLease
 
 if TYPE_CHECKING:
@@ -51,6 +51,24 @@ class OpenVariant:
     def size(self) -> int:
         """Bytes of the variant's files, as its manifest records them."""
         return self.info.variants[self.variant].size
+
+    @property
+    def chat_spec(self) -> ChatSpec:
+        """The manifest's chat section (`open_variant` checked it is there for a chat model)."""
+        spec = self.info.manifest.chat if self.info.manifest is not None else None
+        if spec is None:
+            raise ModelFileError(self.info.onnx_path / "manifest.json", "No chat export found",
+                                 f"Run 'ortmodels export {self.info.name}'.")
+        return spec
+
+    @property
+    def embedding_spec(self) -> EmbeddingSpec:
+        """The manifest's embedding section (`open_variant` checked it is there for an embedding model)."""
+        spec = self.info.manifest.embedding if self.info.manifest is not None else None
+        if spec is None:
+            raise ModelFileError(self.info.onnx_path / "manifest.json", "No embedding export found",
+                                 f"Run 'ortmodels export {self.info.name}'.")
+        return spec
 
 
 _KV_TYPES = {"tensor(float)": "fp32", "tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}
@@ -128,12 +146,12 @@ def _open_chat_graph(folder: Path, entry: VariantEntry, requested: str, model: s
     return session, kv_dtype
 
 
-def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tuple[ModelInfo, VersionLease | None]:
+def _lease_version(store: ModelStore, name: str, kind: ModelKind,
+                   version: str | None) -> tuple[ModelInfo, VersionLease | None]:
     """The model's info and a lease on its version; the active version is read again if a
     new export replaced (and pruned) it between reading and leasing."""
-    store = ModelStore(model_dir.parent)
     for attempt in (1, 2):
-        info = store.require(model_dir.name, kind, version)
+        info = store.require(name, kind, version)
         if info.manifest is None or getattr(info.manifest, kind) is None:
             raise ModelFileError(
                 info.onnx_path / "manifest.json", "No ONNX export found", f"Run 'ortmodels export {info.name}'."
@@ -148,11 +166,29 @@ def _lease_version(model_dir: Path, kind: ModelKind, version: str | None) -> tup
     raise AssertionError("unreachable")
 
 
+def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str | None, device: str | None,
+                   dtype: str | None, settings: Settings) -> VariantChoice:
+    """What a load of ``name`` opens, chosen once: its info (the manifest read once), a lease on
+    its export version (``None``: the active one), the device and the variant for ``dtype``
+    (``None``: ``MODEL_DTYPE``). The memory estimate and the load both read this one choice."""
+    info, lease = _lease_version(store, name, kind, version)
+    try:
+        resolved = resolve_device(device or settings.model_device)
+        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
+                                 failed=info.failed_variants())
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return VariantChoice(info, variant, resolved, lease)
+
+
 def open_variant(
     model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings,
     beside: Callable[[Path], Any] | None = None,
 ) -> OpenVariant:
-    """Check the model's kind and export, pick device and precision, verify the files, open the session.
+    """Open what the loading model's life cycle chose (the loader's `choose_variant`), or, for a
+    model made without the manager, choose it here: verify the files, open the session.
 
     ``beside(folder)`` (the variant's folder, verified) runs while a chat session opens on a
     helper thread (`open_beside`); its result is the opened variant's ``beside``.
@@ -162,14 +198,16 @@ def open_variant(
     until it is unloaded, so the version is not pruned under it.
     """
     owner = loading_model()
-    model_dir = model_dir.absolute()  # files read later (grammars) must not depend on the working directory
-    version = getattr(owner, "version", None)
-    info, lease = _lease_version(model_dir, kind, version)
+    life = getattr(owner, "life_cycle", None)
+    choice = life.take_choice() if life is not None else None
+    if choice is None:
+        model_dir = model_dir.absolute()
+        choice = choose_variant(ModelStore(model_dir.parent), model_dir.name, kind, getattr(owner, "version", None),
+                                device, dtype, settings)
+    info, variant, resolved = choice.info, choice.variant, choice.device
     try:
-        resolved = resolve_device(device or settings.model_device)
-        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
-                                 failed=info.failed_variants())
-        folder = info.variant_path(variant)
+        # files read later (grammars) must not depend on the working directory
+        folder = info.variant_path(variant).absolute()
         refuse_outside_links(folder, info.onnx_path)
         if settings.model_verify_files:
             hashed = verify_variant(folder, info.variants[variant], info.name)
@@ -183,14 +221,13 @@ def open_variant(
         else:
             session = create_session(folder / _OWN_GRAPH, resolved, settings.model_threads)
     except BaseException:
-        if lease is not None:
-            lease.release()
+        choice.release()
         raise
     opened = OpenVariant(info, variant, folder, resolved, session, kv_dtype, extra)
     if owner is not None:
-        owner.attach_variant(opened, lease)
-    elif lease is not None:  # opened outside a model's load(): nothing would release it later
-        lease.release()
+        owner.attach_variant(opened, choice.lease)
+    else:  # opened outside a model's load(): nothing would release it later
+        choice.release()
     return opened
 
 

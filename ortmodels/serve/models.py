@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from ..errors import OrtModelsError
 from ..manager import ModelManager
@@ -100,16 +100,12 @@ class Catalog:
         stand-in: each has ``arerank_counted``)."""
         return cast(RerankModel, await self.get(entry))
 
-    async def get(self, entry: ModelId) -> object:
-        """The loaded model for ``entry`` (loading it off the event loop if needed)."""
-        model = await asyncio.to_thread(self._getter(entry.kind), entry.name, dtype=entry.dtype)
+    async def get(self, entry: ModelId) -> Any:
+        """The loaded model for ``entry`` (loading it off the event loop if needed): ortmodels'
+        LangChain-free runtime, or a user's registered class."""
+        model = await asyncio.to_thread(self.manager.get_runtime, entry.kind, entry.name, dtype=entry.dtype)
         self.used[entry.id] = model
         return model
-
-    def _getter(self, kind: str) -> Any:
-        """The manager's method that loads a model of ``kind``."""
-        getters = {"chat": self.manager.get_chat_model, "reranker": self.manager.get_reranker}
-        return getters.get(kind, self.manager.get_embedding_model)
 
     def check(self, names: list[str]) -> list[ModelId]:
         """The ids ``names`` stand for; an `OrtModelsError` naming the known ones if one is not here."""
@@ -126,7 +122,7 @@ class Catalog:
     def load(self, names: list[str]) -> None:
         """Load ``names`` (ids, tags allowed) now; blocking, for the server's start."""
         for found in self.check(names):
-            self.used[found.id] = self._getter(found.kind)(found.name, dtype=found.dtype)
+            self.used[found.id] = self.manager.get_runtime(found.kind, found.name, dtype=found.dtype)
             logger.info("Serving %s (%s)", found.id, found.kind)
 
     def defaults(self) -> list[str]:

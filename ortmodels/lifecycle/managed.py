@@ -1,0 +1,138 @@
+"""One life-cycle object per model (`LifeCycle`), and what a model class says to it (`Managed`).
+
+A model holds its `LifeCycle` by composition: the fields live once, in that object; the
+model class only forwards to it. Two faces of one model (ortmodels' LangChain adapter over
+its LangChain-free runtime) share one `LifeCycle`, so they load, unload and count calls as one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from .admission import CallAdmission
+from .loading import LoadState
+
+if TYPE_CHECKING:
+    from .listener import ModelListener
+
+
+class LifeCycle(LoadState, CallAdmission):
+    """A model's load state, version lease, listener and call guard; thread-safe."""
+
+
+class Managed:
+    """The life-cycle side of a model class: each method forwards to its ``_life`` (a
+    `LifeCycle` whose owner supplies ``_load``/``_unload``)."""
+
+    if TYPE_CHECKING:
+        _life: LifeCycle
+        model_name: str | None
+
+    def _load(self) -> None:
+        """Open whatever the model needs (sessions, tokenizers); called once per load."""
+
+    def _unload(self) -> None:
+        """Release what `_load` opened."""
+
+    @property
+    def life_cycle(self) -> LifeCycle:
+        """This model's life cycle (shared by ortmodels' adapter and its runtime)."""
+        return self._life
+
+    def load(self) -> Any:
+        """Load the model if it is not loaded yet; returns ``self`` so calls can chain.
+
+        The manager is told before (to make room within its memory budget) and after,
+        never while this model's lock is held, so two models loading at once cannot wait
+        on each other.
+        """
+        self._life.load()
+        return self
+
+    def unload(self, timeout: float | None = None) -> None:
+        """Release the model's memory once running calls have finished; a later call loads it again.
+
+        New calls wait while an unload waits, so a busy model cannot put it off forever. With
+        a ``timeout`` (seconds), an unload that still finds calls running then gives up and
+        raises `ModelBusyError` naming them; the model stays loaded and the waiting calls go on.
+        """
+        self._life.unload(timeout)
+
+    def unload_if_idle(self, still_wanted: Any = None) -> bool:
+        """Unload now if no call is running or waiting and ``still_wanted()`` agrees; never blocks."""
+        return self._life.unload_if_idle(still_wanted)
+
+    def hold_unless_version(self, version: str, deadline: float | None, timeout: float | None) -> bool:
+        """What a rollback takes before it switches the ``onnx`` link (see `LoadState`)."""
+        return self._life.hold_unless_version(version, deadline, timeout)
+
+    def release_hold(self, unload_unless: str | None) -> None:
+        self._life.release_hold(unload_unless)
+
+    def set_listener(self, listener: ModelListener | None) -> None:
+        """Who is told of this model's loads, unloads and calls (the manager that caches it)."""
+        self._life.set_listener(listener)
+
+    def attach_variant(self, opened: Any, lease: Any) -> None:
+        """Called by `open_variant` during `_load`: what was opened, and the version lease."""
+        self._life.attach_variant(opened, lease)
+
+    def memory_bytes(self) -> int:
+        """What the loaded model holds, for the manager's memory budget (the variant's file size).
+
+        A user's subclass that opens no ortmodels export may override this; 0 means unknown.
+        """
+        return self._life.variant_bytes()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._life.is_loaded
+
+    @property
+    def active_calls(self) -> int:
+        """Calls running on this model right now."""
+        return self._life.active_calls
+
+    @property
+    def _draining(self) -> bool:
+        return self._life.draining
+
+    @property
+    def last_memory_bytes(self) -> int:
+        """What the model held when last loaded: the room to make before loading it again."""
+        return self._life.last_memory_bytes
+
+    @property
+    def loaded_variant(self) -> str | None:
+        """The precision that was opened (``fp32``, ``int4``, ...), once loaded by ortmodels' classes."""
+        return self._life.loaded_variant
+
+    @property
+    def loaded_version(self) -> str | None:
+        """The export version that was opened, once loaded by ortmodels' classes."""
+        return self._life.loaded_version
+
+    @property
+    def loaded_device(self) -> str | None:
+        """The device the opened variant runs on, once loaded by ortmodels' classes."""
+        return self._life.loaded_device
+
+    def _ensure_loaded(self) -> None:
+        self._life.ensure_loaded()
+
+    def _use(self, what: str = "call") -> AbstractContextManager[Any]:
+        """The call guard for a call that does not hand control back before it returns."""
+        return self._life.use(what)
+
+    def _ause(self, what: str = "async call") -> AbstractAsyncContextManager[Any]:
+        """The call guard for coroutines: waiting and loading run off the event loop."""
+        return self._life.ause(what)
+
+    def _guarded_iter(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        """A stream under the guard; the model is marked only while producing a chunk."""
+        return self._life.guarded_iter(iterator)
+
+    def _aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return self._life.aguarded_iter(iterator)
