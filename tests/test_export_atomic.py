@@ -117,9 +117,12 @@ def test_manifest_records_provenance(samples_dir: Path) -> None:
     assert len(manifest.source_sha256) == 64 and manifest.opset
     assert {"optimum-onnx", "transformers", "torch", "onnxruntime"} <= set(manifest.tools)
     assert manifest.embedding is not None
-    assert manifest.embedding.model_dump() == {
+    spec = manifest.embedding.model_dump()
+    assert {k: spec[k] for k in ("pooling", "normalize", "max_seq_length", "dimension", "pad_token_id")} == {
         "pooling": "mean", "normalize": True, "max_seq_length": 256, "dimension": 384, "pad_token_id": 0,
     }
+    # all-MiniLM-L6-v2 has no instruction prompts and no Matryoshka training
+    assert not any(spec.get("prompts", {}).values()) and spec.get("matryoshka") is None
     fp32 = manifest.variants["fp32"]
     assert fp32.parity["cosine_min"] >= 0.9999 and fp32.parity["probes"] >= 16
     folder = samples_dir / EMBEDDING_SAMPLE / "onnx" / "fp32"

@@ -107,9 +107,9 @@ def test_export_family_matches_sentence_transformers(
     onnx_model = OnnxEmbeddingModel(model_path=folder, device="cpu", dtype="fp32")
     try:
         got = np.asarray(onnx_model.embed_documents(SENTENCES), dtype=np.float32)
+        assert onnx_model.variant == "fp32"
     finally:
         onnx_model.unload()
-    assert onnx_model.variant == "fp32"
 
     st_model = SentenceTransformer(str(folder), device="cpu")
     assert st_model.max_seq_length == MAX_SEQ_LENGTH

@@ -25,8 +25,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from ortmodels import ModelManager
-from ortmodels.runtime.chat import OnnxChatModel
-from ortmodels.runtime.embeddings import OnnxEmbeddingModel
+from ortmodels.runtime.chat_runtime import ChatRuntime
+from ortmodels.runtime.embedding_runtime import EmbeddingRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -77,8 +77,8 @@ def test_eight_threads_mixing_everything(samples_dir: Path, monkeypatch: pytest.
     manager.unload_all()
 
     counter = LoadCounter()
-    counter.wrap(monkeypatch, OnnxChatModel)
-    counter.wrap(monkeypatch, OnnxEmbeddingModel)
+    counter.wrap(monkeypatch, ChatRuntime)  # what the manager loads (its LangChain faces share it)
+    counter.wrap(monkeypatch, EmbeddingRuntime)
     process = psutil.Process()
     sessions: list[weakref.ref[ort.InferenceSession]] = []
     real_init = ort.InferenceSession.__init__

@@ -69,16 +69,16 @@ def test_a_busy_rollback_leaves_the_link_on_the_version_served(two_versions: tup
     assert model.loaded_version == old
 
     entered, release = threading.Event(), threading.Event()
-    embed = model._embed
+    embed = model._embed_as  # every embedding call's way into the model
 
-    def held_open(texts: list[str]) -> list[list[float]]:  # one call stays inside the model
+    def held_open(texts: list[str], *options: object) -> tuple[list[list[float]], int]:  # one call stays inside
         if texts == ["held open"]:
             entered.set()
             if not release.wait(WAIT_S):
                 raise TimeoutError("the test never released the held call")
-        return embed(texts)
+        return embed(texts, *options)
 
-    monkeypatch.setattr(model, "_embed", held_open)
+    monkeypatch.setattr(model, "_embed_as", held_open)
     pool = ThreadPoolExecutor(2)
     try:
         held = pool.submit(model.embed_query, "held open")
@@ -111,20 +111,20 @@ def test_an_instance_first_loaded_during_a_rollback_loads_the_new_version(
     manager = _use_store(monkeypatch, model_dir)
     model = manager.get_embedding_model(EMBEDDING_SAMPLE)
     entered, release, loading = threading.Event(), threading.Event(), threading.Event()
-    embed, model_loading = model._embed, manager.model_loading
+    embed, model_loading = model._embed_as, manager.model_loading
 
-    def held_open(texts: list[str]) -> list[list[float]]:
+    def held_open(texts: list[str], *options: object) -> tuple[list[list[float]], int]:
         entered.set()
         if not release.wait(WAIT_S):
             raise TimeoutError("the test never released the held call")
-        return embed(texts)
+        return embed(texts, *options)
 
     def observed_loading(loaded: object) -> None:
         if loaded is not model:
             loading.set()
         model_loading(loaded)
 
-    monkeypatch.setattr(model, "_embed", held_open)
+    monkeypatch.setattr(model, "_embed_as", held_open)
     monkeypatch.setattr(manager, "model_loading", observed_loading)
     pool = ThreadPoolExecutor(3)
     try:
