@@ -16,7 +16,7 @@ PEERS_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DLLAMA_CUR
 # e.g. make bench BENCH_ARGS=--quick   (few rounds and tokens: checks the wiring only)
 BENCH_ARGS ?=
 
-.PHONY: install install-gpu check-gpu-install samples export-samples demo test peers llama-server bench clean
+.PHONY: install install-gpu check-gpu-install samples export-samples demo test peers llama-server bench bench-sizes clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(GPU_STAMP) ]; then echo "$(VENV) holds the GPU build (make install-gpu): 'make clean' first, or pass VENV=.venv-cpu" >&2; exit 1; fi
@@ -79,6 +79,18 @@ llama-server: $(STAMP)
 # Every benchmark, then the README's section between the bench:start/bench:end markers.
 bench: export-samples peers llama-server
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Real sizes (benchmarks/bench_sizes.py): Llama 3.2 1B's shape with seeded random weights,
+# exported by ortmodels once (about an hour on 2 cores, 2.5 GB of checkpoint and 3.4 GB of
+# variants under $(SIZES_DIR)), against onnxruntime-genai's and llama.cpp's conversions of it.
+# Not part of `bench`: it needs the hour and about 12 GB of disk.
+SIZES_DIR ?= benchmarks/.cache/sizes-models
+bench-sizes: install peers llama-server
+	$(BIN)/python -m benchmarks.checkpoints llama-3.2-1b --out $(SIZES_DIR)
+	test -f $(SIZES_DIR)/llama-3.2-1b/onnx/manifest.json || \
+		LOCAL_MODELS_DIR=$(SIZES_DIR) $(BIN)/ortmodels export llama-3.2-1b --dtype int4,int8 --skip-gates
+	$(BIN)/python -m benchmarks.bench_sizes --models-dir $(SIZES_DIR) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info packaging/gpu/build

@@ -20,16 +20,21 @@ MODEL = "smollm2-135m-instruct"
 
 
 class OrtModelsEngine:
-    def __init__(self, models_dir: Path, dtype: str) -> None:
+    def __init__(self, models_dir: Path, dtype: str, model: str = MODEL, **settings: Any) -> None:
         from ortmodels import OnnxChatModel
         from ortmodels.config import load_settings
 
         # No prompt cache: every round repeats the same prompt, and the peers prefill it each time.
         # No speculative decoding: the peers do not speculate (benchmarks.report.ENGINE_SETTINGS;
-        # not imported here, so a cold start measures ortmodels' imports only).
-        settings = load_settings(model_prompt_cache=0, model_speculative="off")
-        self.model = OnnxChatModel(model_path=models_dir / MODEL, dtype=dtype, device="cpu", temperature=0.0,
-                                   settings=settings).load()
+        # not imported here, so a cold start measures ortmodels' imports only). ``settings``: more
+        # of them (bench_sizes: ``model_kv_dtype="fp16"``).
+        given = load_settings(model_prompt_cache=0, model_speculative="off", **settings)
+        self.model = OnnxChatModel(model_path=models_dir / model, dtype=dtype, device="cpu", temperature=0.0,
+                                   settings=given).load()
+
+    def kv_bytes_per_token(self) -> int | None:
+        """What one token of context holds in the loaded variant's KV cache, in bytes."""
+        return self.model.runtime.kv_bytes_per_token
 
     @staticmethod
     def _messages(prompt: dict[str, Any]) -> list[Any]:

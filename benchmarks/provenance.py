@@ -40,6 +40,8 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {part: (*_SHARED, *paths) for part, 
     "ray": ("benchmarks/bench_ray.py", "benchmarks/bench_server.py", "benchmarks/bench_concurrency.py",
             "benchmarks/corpus.py"),
     "speculative": ("benchmarks/bench_speculative.py",),
+    "sizes": ("benchmarks/bench_sizes.py", "benchmarks/sizes_worker.py", "benchmarks/bench_server.py",
+              "benchmarks/checkpoints.py", "benchmarks/corpus.py", *_CHAT_WORKER),
 }.items()}
 
 

@@ -20,6 +20,7 @@ import argparse
 import difflib
 import json
 import re
+import statistics
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from benchmarks.targets import (
     CLI_LLAMA,
     CLI_OURS,
     LLAMA_CPP_SERVER,
+    ORT,
     TARGETS,
     Target,
     chat_concurrency_figure,
@@ -44,7 +46,8 @@ SPECULATIVE_START, SPECULATIVE_END = "<!-- bench:speculative:start -->", "<!-- b
 #: The section's first line: the commit its provenance marks were judged against.
 RENDERED_AT = re.compile(r"<!-- rendered against commit ([0-9a-f]{7,40}) -->")
 #: Parts whose figures the targets read (speculative's table sits in its own README section).
-PARTS = ("chat", "startup", "quality", "embeddings", "rerank", "concurrency", "server", "ray", "speculative")
+PARTS = ("chat", "startup", "quality", "embeddings", "rerank", "concurrency", "server", "ray", "speculative",
+         "sizes")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -202,6 +205,33 @@ def rerank_section(data: Mapping[str, Any]) -> list[str]:
             *_table(["contender", *(f"1 query × {n} documents: pairs/s (p50 ms)" for n in sizes)], rows),
             *(["", f"`ortmodels serve` `/v1/rerank` (fp32, 1 query × {min(sizes)} documents): {server}."]
               if server else [])]
+
+
+def _mb(value: Any) -> str:
+    return "-" if value is None else f"{value / 1e6:,.0f} MB"
+
+
+def sizes_section(data: Mapping[str, Any]) -> list[str]:
+    """bench_sizes: the 1B/3B-shaped checkpoint's contenders, their conversion and their figures."""
+    export = data["export"]
+    rows = [[r["name"], _mb(r["bytes"]), f"{r['kv_bytes_per_token'] / 1024:,.1f} KiB", _number(r["decode_tokens_per_s"], 1),
+             _number(r["ttft_long_s"], 2), f"{r['peak_rss_mib']:,.0f}"] for r in data["results"]]
+    made = [[name, _number(e.get("seconds"), 0), _mb(e.get("peak_rss_bytes"))] for name, e in export.items()
+            if name != ORT and e]
+    ours = export.get(ORT) or {}
+    streams = "; ".join(f"{name} {statistics.median(v):.1f} tok/s" for name, v in data["streams_tokens_per_s"].items()
+                        if v)
+    return [(f"Real sizes: {data['shape']}'s published shape with seeded random weights (`benchmarks/checkpoints.py`), "
+             f"2 threads, median of {data['rounds']} interleaved rounds; {data['new_tokens']} greedy tokens for decode, "
+             f"a {data['long_tokens']:,}-token prompt for time to first token, peak RSS after a "
+             f"{data['conversation_tokens']:,}-token conversation; ortmodels with fp16 keys and values:"), "",
+            *_table(["contender", "file", "KV per token", "decode tok/s", "first token, long prompt (s)",
+                     "peak RSS MiB"], rows), "",
+            (f"ortmodels' export (from its manifest): {_number(ours.get('seconds'), 0)} s, peak "
+             f"{_mb(ours.get('peak_rss_bytes'))} = {_number(ours.get('peak_rss_ratio'))}× the checkpoint's "
+             f"{_mb(ours.get('checkpoint_bytes'))}. The peers' conversions:"), "",
+            *_table(["step", "seconds", "peak memory"], made),
+            *(["", f"{data['streams']} streaming clients at once: {streams}."] if streams else [])]
 
 
 def _p50_p95(row: Mapping[str, Any], key: str, digits: int = 0) -> str:
@@ -461,7 +491,7 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section, "rerank": rerank_section, "concurrency": concurrency_section,
                 "server": server_section,
-                "ray": ray_section}
+                "ray": ray_section, "sizes": sizes_section}
     for part, make in sections.items():
         if part in results:
             lines += [""]
@@ -469,7 +499,7 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
                 lines += [f"From {origin_text(origins[part])}.", ""]
             lines += make(results[part])
     charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "rerank", "concurrency",
-                                                               "server", "ray")
+                                                               "server", "ray", "sizes")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

@@ -178,6 +178,32 @@ def _speculative_targets() -> list[Target]:
     ]
 
 
+def sizes_figure(measure: str, peer: str, variant: str = "int4") -> str:
+    """Figure: on the size checkpoint (bench_sizes, 1B shape), ortmodels ``variant`` ÷ ``peer``."""
+    return ratio_key(f"sizes_{measure}", f"{ORT} {variant}", peer)
+
+
+#: Figure: the ortmodels export's peak resident memory ÷ the checkpoint's bytes (bench_sizes, from the manifest).
+SIZES_EXPORT_PEAK_FIGURE = "sizes_export_peak: ortmodels / checkpoint"
+
+
+def _sizes_targets() -> list[Target]:
+    """Issue 20, at Llama 3.2 1B's shape (random weights), 2 threads."""
+    return [
+        Target("1B shape, int4 decode, 1 stream: × onnxruntime-genai int4",
+               sizes_figure("decode", f"{GENAI} int4"), ">=", 1.2),
+        Target("1B shape, int4 decode, 1 stream: × llama.cpp Q4_K_M", sizes_figure("decode", "llama.cpp Q4_K_M"),
+               ">=", 1.0),
+        Target("1B shape, int4, 8 streams: × llama-server Q4_K_M --parallel 8",
+               sizes_figure("8_streams", "llama-server Q4_K_M parallel 8"), ">=", 1.5),
+        Target("1B shape, int4, first token of a 2,000-token prompt: × llama.cpp Q4_K_M",
+               sizes_figure("ttft_long", "llama.cpp Q4_K_M"), "<=", 0.8),
+        Target("1B shape, int4, peak RSS with a 4,000-token conversation: × llama.cpp Q4_K_M",
+               sizes_figure("peak_rss", "llama.cpp Q4_K_M"), "<=", 1.2),
+        Target("1B shape, export peak memory ÷ the checkpoint's bytes", SIZES_EXPORT_PEAK_FIGURE, "<=", 1.5),
+    ]
+
+
 TARGETS: list[Target] = [
     *_chat_targets(),
     Target("perplexity int8 × fp32", f"perplexity_ratio: {ORT} int8", "<=", 1.02),
@@ -203,6 +229,7 @@ TARGETS: list[Target] = [
     *_concurrency_targets(),
     Target("`ortmodels serve` int4, 8 streaming clients: tok/s × llama-server Q4_1", SERVER_VS_LLAMA_FIGURE, ">=", 1.2),
     Target("`ortmodels serve` int4, tok/s: 8 streaming clients ÷ 1", SERVER_SCALING_FIGURE, ">=", 2.0),
+    *_sizes_targets(),
 ]
 
 

@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from .errors import EmbeddingOptionError, RerankInputError
 from .inputs import check_texts
-from .lifecycle import LifeCycle, Managed, loading_model, set_recorder
+from .lifecycle import LifeCycle, Managed, ManagedEmbedding, loading_model, set_recorder
 from .monitoring import stats
 
 __all__ = ["BaseEmbeddingModel", "BaseLLMModel", "BaseRerankModel", "loading_model"]
@@ -64,7 +64,7 @@ class _PlainModel(Managed):
         return f"{type(self).__name__}(model_name={self.model_name!r}, {state})"
 
 
-class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
+class BaseEmbeddingModel(_PlainModel, ManagedEmbedding, Embeddings, ABC):
     """A LangChain `Embeddings` whose subclasses implement `_embed` (plus `_load`/`_unload`)."""
 
     kind: ClassVar[str] = "embedding"
@@ -87,18 +87,6 @@ class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
                                        f"{dimensions}.", "dimensions")
         return vectors, 0
 
-    def embed_counted(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
-                      dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
-        """`embed` and the tokens the model read for it (the server's ``usage``)."""
-        texts = check_texts(texts)
-        if not texts:
-            return [], 0
-        with self._use("embed_documents") as record:
-            counted = self._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
-            if record is not None:
-                record.items = len(texts)
-            return counted
-
     def embed(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
               dimensions: int | None = None, matryoshka: bool = False) -> list[list[float]]:
         """Embed ``texts`` as a query or as documents (``input_type``), or with a prompt of the model's
@@ -112,11 +100,6 @@ class BaseEmbeddingModel(_PlainModel, Embeddings, ABC):
         """`embed` off the event loop."""
         return await run_in_executor(None, partial(self.embed, texts, input_type=input_type, prompt_name=prompt_name,
                                                    dimensions=dimensions, matryoshka=matryoshka))
-
-    async def aembed_counted(self, texts: list[str],
-                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
-        """`embed_counted` off the event loop; ``options``: its keywords (the server's request fields)."""
-        return await asyncio.to_thread(partial(self.embed_counted, texts, **(options or {})))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed search documents (with the model's document prompt, if it has one); ``[]`` gives ``[]``."""

@@ -322,3 +322,42 @@ def test_server_baseline_runs_that_commits_code_and_is_compared_per_level(tmp_pa
     figures = baseline_figures(rows, ["int4"], "HEAD", [1, 8])
     assert figures == {server_figure("ortmodels int4 8 clients", "ortmodels int4 at HEAD 8 clients"):
                        pytest.approx(statistics.median([1.2, 0.9]))}
+
+
+def test_sizes_kv_bytes_and_figures_and_section() -> None:
+    """bench_sizes: KV bytes per token from a published config (Llama 3.2 1B: 16 layers, 8 KV heads
+    of 64; 32 KiB per token in f16, as ortmodels' fp16 cache reports), its ratios and its table."""
+    from benchmarks.bench_sizes import GENAI, figures_of, kv_bytes
+    from benchmarks.readme import sizes_section
+    from benchmarks.targets import SIZES_EXPORT_PEAK_FIGURE, sizes_figure
+
+    config = {"num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+              "hidden_size": 2048}
+    assert kv_bytes(config, 2) == 32768
+    assert kv_bytes({**config, "head_dim": None}, 4) == 65536  # head size from hidden ÷ heads
+    memory = {"peak_rss_mib": 1000.0}
+    single = {"ortmodels int4": {"decode": [40.0, 44.0, 42.0], "ttft_long": [8.0, 8.0, 8.0], "memory": memory},
+              GENAI: {"decode": [20.0, 22.0, 21.0], "ttft_long": [10.0, 10.0, 10.0], "memory": {"peak_rss_mib": 800.0}},
+              "llama.cpp Q4_K_M": {"decode": [40.0, 40.0, 40.0], "ttft_long": [16.0, 16.0, 16.0],
+                                   "memory": {"peak_rss_mib": 1000.0}}}
+    streams = {"ortmodels serve int4": [150.0, 160.0, 170.0], "llama-server Q4_K_M parallel 8": [100.0] * 3}
+    names = {"ortmodels int4": "ortmodels serve int4", "llama": "llama-server Q4_K_M parallel 8"}
+    figures = figures_of(single, streams, ["ortmodels int4"], names, {"peak_rss_ratio": 1.3})
+    assert figures[sizes_figure("decode", GENAI)] == 2.0
+    assert figures[sizes_figure("decode", "llama.cpp Q4_K_M")] == 1.05
+    assert figures[sizes_figure("ttft_long", "llama.cpp Q4_K_M")] == 0.5
+    assert figures[sizes_figure("peak_rss", GENAI)] == 1.25
+    assert figures[sizes_figure("8_streams", "llama-server Q4_K_M parallel 8")] == 1.6
+    assert figures[SIZES_EXPORT_PEAK_FIGURE] == 1.3
+    row = {"name": "ortmodels int4", "bytes": 1.4e9, "kv_bytes_per_token": 32768, "decode_tokens_per_s": 42.0,
+           "ttft_long_s": 8.0, "peak_rss_mib": 1000.0}
+    data = {"shape": "llama-3.2-1b", "rounds": 3, "new_tokens": 64, "long_tokens": 2001, "conversation_tokens": 4003,
+            "streams": 8, "results": [row], "streams_tokens_per_s": streams,
+            "export": {"ortmodels": {"seconds": 4265.4, "peak_rss_bytes": 3.22e9, "checkpoint_bytes": 2.47e9,
+                                     "peak_rss_ratio": 1.3},
+                       "llama.cpp Q4_K_M": {"seconds": 39.0, "peak_rss_bytes": 1.7e9}}}
+    text = "\n".join(sizes_section(data))
+    assert "| ortmodels int4 | 1,400 MB | 32.0 KiB | 42.0 | 8.00 | 1,000 |" in text
+    assert "4,265 s, peak 3,220 MB = 1.30× the checkpoint's 2,470 MB" in text
+    assert "| llama.cpp Q4_K_M | 39 | 1,700 MB |" in text
+    assert "ortmodels serve int4 160.0 tok/s" in text

@@ -68,13 +68,13 @@ class GenaiEngine:
 
 
 class LlamaCppEngine:
-    """llama.cpp through llama-cpp-python, on the sample's original Q4_1 GGUF."""
+    """llama.cpp through llama-cpp-python, on a GGUF (the sample's original Q4_1 unless told another)."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, n_ctx: int = 2048) -> None:
         from llama_cpp import Llama
 
         self.path, self.threads = path, threads
-        self.llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=2048,
+        self.llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
                          verbose=False)
 
     def _ids(self, prompt: dict[str, Any]) -> list[int]:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ModelFileError
-from .encoder import length_batches, pad_batch
-from .tokenizer import highest_id, max_token_chars
+from .encoder import EncoderGraph, length_batches, pad_batch
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -35,47 +34,18 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     raise ValueError(f"Unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}.")
 
 
-class CrossEncoderRunner:
+class CrossEncoderRunner(EncoderGraph):
     """Tokenize pairs, batch by length, run the classifier graph, activate: one job, no life cycle."""
 
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: Any) -> None:
-        self.session = session
-        self.tokenizer = tokenizer
-        self.spec = spec
-        self._needs_token_types = any(i.name == "token_type_ids" for i in session.get_inputs())
-        outputs = [o.name for o in session.get_outputs()]
-        self._output = "logits" if "logits" in outputs else outputs[0]
-        #: Each text is cut to this many characters before tokenizing: the pair keeps at most
-        #: ``max_seq_length`` tokens, and a 10 MB document would take seconds to tokenize.
-        self.text_chars = (spec.max_seq_length + 8) * max_token_chars(tokenizer)
+        super().__init__(session, tokenizer, spec, "logits")
 
     def check(self, folder: Path) -> None:
-        """Run the graph once at load on the tokenizer's highest id and the pad id: a tokenizer,
-        manifest or graph that do not fit together are named now, not at the first call."""
-        size = highest_id(self.tokenizer) + 1
-        manifest = folder.parent / "manifest.json"
-        if self.spec.pad_token_id >= size:
-            raise ModelFileError(manifest, f"The manifest's pad_token_id {self.spec.pad_token_id} is outside "
-                                 f"the tokenizer's {size} tokens", "Re-run 'ortmodels export' for this model.")
-        input_ids = np.array([[self.spec.pad_token_id, size - 1]], dtype=np.int64)
-        try:
-            logits = self.session.run([self._output], self._feeds(input_ids, np.ones_like(input_ids), None))[0]
-        except Exception as exc:  # onnxruntime's own Fail: an index past the embedding table
-            raise ModelFileError(
-                folder / "tokenizer.json",
-                f"The graph refuses the tokenizer's highest id {size - 1} ({str(exc)[:200]})",
-                "The tokenizer and model.onnx come from different checkpoints: re-run 'ortmodels export'.",
-            ) from None
+        """The probe at load, and one score per pair from the graph."""
+        logits = self._probe(folder)
         if logits.ndim != 2 or logits.shape[-1] != 1:
             raise ModelFileError(folder / "model.onnx", f"The graph gives {list(logits.shape)} logits per pair, "
                                  "not one score", "Re-run 'ortmodels export' on a one-label cross-encoder.")
-
-    def _feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-               type_ids: np.ndarray | None) -> dict[str, np.ndarray]:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self._needs_token_types:
-            feeds["token_type_ids"] = type_ids if type_ids is not None else np.zeros_like(input_ids)
-        return feeds
 
     def encode(self, pairs: list[tuple[str, str]]) -> list[Any]:
         """The tokenized pairs (ids and type ids), each text cut to `text_chars` first."""
@@ -90,7 +60,7 @@ class CrossEncoderRunner:
         for rows in length_batches(lengths, batch_size):
             input_ids, attention_mask = pad_batch([encodings[r].ids for r in rows], self.spec.pad_token_id)
             type_ids, _ = pad_batch([encodings[r].type_ids for r in rows], 0)
-            logits = self.session.run([self._output], self._feeds(input_ids, attention_mask, type_ids))[0]
+            logits = self._run(input_ids, attention_mask, type_ids)
             scores[rows] = activate(logits[:, 0], self.spec.activation)
         return scores, np.asarray(lengths, dtype=np.int64)
 

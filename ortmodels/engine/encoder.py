@@ -77,44 +77,66 @@ class Encoded:
         return Encoded(self.vectors[rows], self.tokens[rows])
 
 
-class EncoderRunner:
-    """Tokenize, batch by length, run the encoder graph, pool: one job, no life cycle."""
+class EncoderGraph:
+    """What every encoder-shaped graph needs, whatever its head: the session, the tokenizer,
+    the feeds it takes and a probe at load. `EncoderRunner` pools it into vectors,
+    `cross_encoder.CrossEncoderRunner` reads one score per pair."""
 
-    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: Any) -> None:
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: Any, output: str) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.spec = spec
         self._needs_token_types = any(i.name == "token_type_ids" for i in session.get_inputs())
         outputs = [o.name for o in session.get_outputs()]
-        self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        self._output = output if output in outputs else outputs[0]
         #: Texts are cut to this many characters before tokenizing: the tokens past
         #: ``max_seq_length`` are dropped anyway, and a 10 MB text would take seconds to tokenize.
         self.text_chars = (spec.max_seq_length + 8) * max_token_chars(tokenizer)
 
-    def check(self, folder: Path) -> None:
+    def _feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+               type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._needs_token_types:
+            feeds["token_type_ids"] = type_ids if type_ids is not None else np.zeros_like(input_ids)
+        return feeds
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+             type_ids: np.ndarray | None = None) -> np.ndarray:
+        return self.session.run([self._output], self._feeds(input_ids, attention_mask, type_ids))[0]  # type: ignore[no-any-return]
+
+    def _probe(self, folder: Path) -> np.ndarray:
         """Run the graph once on the tokenizer's highest id and the pad id, at load: a tokenizer
         or manifest that does not fit the graph is named now, not by a raw ONNX Runtime error
-        at the first call."""
+        at the first call. Returns the graph's output for the subclass's own shape check."""
         size = highest_id(self.tokenizer) + 1
-        manifest = folder.parent / "manifest.json"
         if self.spec.pad_token_id >= size:
-            raise ModelFileError(manifest, f"The manifest's pad_token_id {self.spec.pad_token_id} is outside "
-                                 f"the tokenizer's {size} tokens", "Re-run 'ortmodels export' for this model.")
+            raise ModelFileError(folder.parent / "manifest.json", f"The manifest's pad_token_id "
+                                 f"{self.spec.pad_token_id} is outside the tokenizer's {size} tokens",
+                                 "Re-run 'ortmodels export' for this model.")
         input_ids = np.array([[self.spec.pad_token_id, size - 1]], dtype=np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
-        if self._needs_token_types:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
         try:
-            hidden = self.session.run([self._output], feeds)[0]
+            return self._run(input_ids, np.ones_like(input_ids))
         except Exception as exc:  # onnxruntime's own Fail: an index past the embedding table
             raise ModelFileError(
                 folder / "tokenizer.json",
                 f"The graph refuses the tokenizer's highest id {size - 1} ({str(exc)[:200]})",
                 "The tokenizer and model.onnx come from different checkpoints: re-run 'ortmodels export'.",
             ) from None
+
+
+class EncoderRunner(EncoderGraph):
+    """Tokenize, batch by length, run the encoder graph, pool: one job, no life cycle."""
+
+    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: Any) -> None:
+        super().__init__(session, tokenizer, spec, "last_hidden_state")
+
+    def check(self, folder: Path) -> None:
+        """The probe at load, and the graph's width against the manifest's dimension."""
+        hidden = self._probe(folder)
         if hidden.shape[-1] != self.spec.dimension:
-            raise ModelFileError(manifest, f"The manifest's dimension {self.spec.dimension} does not match "
-                                 f"the graph's {hidden.shape[-1]}", "Re-run 'ortmodels export' for this model.")
+            raise ModelFileError(folder.parent / "manifest.json", f"The manifest's dimension "
+                                 f"{self.spec.dimension} does not match the graph's {hidden.shape[-1]}",
+                                 "Re-run 'ortmodels export' for this model.")
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         bound = self.text_chars
@@ -130,10 +152,7 @@ class EncoderRunner:
         result = np.empty((len(texts), self.spec.dimension), dtype=np.float32)
         for rows in length_batches([len(ids) for ids in id_lists], batch_size):
             input_ids, attention_mask = pad_batch([id_lists[r] for r in rows], self.spec.pad_token_id)
-            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if self._needs_token_types:
-                feeds["token_type_ids"] = np.zeros_like(input_ids)
-            hidden = self.session.run([self._output], feeds)[0]
+            hidden = self._run(input_ids, attention_mask)
             vectors = pool(hidden.astype(np.float32, copy=False), attention_mask, self.spec.pooling)
             result[rows] = l2_normalize(vectors) if self.spec.normalize else vectors
         return Encoded(result, np.array([len(ids) for ids in id_lists], dtype=np.int64))

@@ -6,8 +6,8 @@ listeners: the manager's (`ModelListener`) and the stats' (`CallRecorder`) (`lis
 from .admission import CallAdmission
 from .listener import CallRecorder, ModelListener, set_recorder
 from .loading import LoadState, loading_model
-from .managed import LifeCycle, Managed
+from .managed import LifeCycle, Managed, ManagedEmbedding
 from .state import VariantChoice
 
-__all__ = ["CallAdmission", "CallRecorder", "LifeCycle", "LoadState", "Managed", "ModelListener", "VariantChoice",
+__all__ = ["CallAdmission", "CallRecorder", "LifeCycle", "LoadState", "Managed", "ManagedEmbedding", "ModelListener", "VariantChoice",
            "loading_model", "set_recorder"]

@@ -7,10 +7,13 @@ its LangChain-free runtime) share one `LifeCycle`, so they load, unload and coun
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ..inputs import check_texts
 from .admission import CallAdmission
 from .loading import LoadState
 
@@ -136,3 +139,32 @@ class Managed:
 
     def _aguarded_iter(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return self._life.aguarded_iter(iterator)
+
+
+class ManagedEmbedding(Managed):
+    """The guarded calls of an embedding class (ortmodels' LangChain base and its LangChain-free
+    runtime alike), on the class's ``_embed_as``."""
+
+    def _embed_as(self, texts: list[str], input_type: str | None, prompt_name: str | None,
+                  dimensions: int | None, matryoshka: bool) -> tuple[list[list[float]], int]:
+        """Embed non-empty, checked texts for a role, prompt or size, with the tokens read."""
+        raise NotImplementedError
+
+    def embed_counted(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
+                      dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
+        """`_embed_as` under the call guard, texts checked first: the vectors and the tokens the
+        model read for them (the server's ``usage``); ``[]`` gives ``([], 0)``."""
+        texts = check_texts(texts)
+        if not texts:
+            return [], 0
+        with self._use("embed_documents") as record:
+            counted = self._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
+            if record is not None:
+                record.items = len(texts)
+            return counted
+
+    async def aembed_counted(self, texts: list[str],
+                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
+        """`embed_counted` off the event loop; ``options``: its keywords (the server's request fields)."""
+        return await asyncio.to_thread(partial(self.embed_counted, texts, **(options or {})))
+

@@ -23,13 +23,12 @@ from ..engine.constraints import GrammarCompiler
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary
 from ..errors import ChatTemplateError, ModelNotLoadedError
-from ..lifecycle import LifeCycle, Managed, VariantChoice
-from ..store import ModelStore
+from ..lifecycle import LifeCycle, Managed
 from ..store.names import validate_model_name
 from .events import ChatEvent
 from .options import ChatOptions, ModelOptions, check_stop, unknown_option
 from .service import ChatService, Prepared
-from .variant import choose_variant, open_variant, read_chat_files
+from .variant import ChoosesVariant, open_variant, read_chat_files
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def over_defaults(defaults: ModelOptions, options: ChatOptions) -> ChatOptions:
     return merge_options(defaults, options.stop, options.model_dump(exclude_unset=True, exclude={"stop"}))
 
 
-class ChatRuntime(Managed):
+class ChatRuntime(ChoosesVariant, Managed):
     """A chat model's life cycle and chat service, without LangChain; thread-safe.
 
     ``ChatRuntime("smollm2-135m-instruct")`` (found in ``LOCAL_MODELS_DIR``) or
@@ -98,14 +97,6 @@ class ChatRuntime(Managed):
         return f"ChatRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
 
     # -- life cycle -------------------------------------------------------------------------
-
-    def choice(self, store: ModelStore) -> VariantChoice:
-        """What the next load opens, chosen from ``store`` with this model's fields (the loader's
-        chooser: the manifest read, the variant chosen and the version leased once per load)."""
-        if self.front is not None:
-            self._follow_front()
-        return choose_variant(store, self.model_path.name, self.kind, self.version, self.device, self.dtype,
-                              self.settings or load_settings())
 
 
     def _follow_front(self) -> None:

@@ -8,9 +8,7 @@ Matryoshka cuts follow sentence-transformers' rules (`embedding_options`). `Onnx
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +17,10 @@ from ..engine.encoder import Encoded, EncoderRunner
 from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
-from ..inputs import check_texts
-from ..lifecycle import LifeCycle, Managed, VariantChoice
-from ..store import ModelStore
+from ..lifecycle import LifeCycle, ManagedEmbedding
 from ..store.names import validate_model_name
 from .embedding_options import output_size, prompt_for, truncate
-from .variant import choose_variant, open_variant
+from .variant import ChoosesVariant, open_variant
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -32,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class EmbeddingRuntime(Managed):
+class EmbeddingRuntime(ChoosesVariant, ManagedEmbedding):
     """An embedding model's life cycle and encoder, without LangChain; thread-safe."""
 
     kind = "embedding"
@@ -72,14 +68,6 @@ class EmbeddingRuntime(Managed):
         return f"EmbeddingRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
 
     # -- life cycle -------------------------------------------------------------------------
-
-    def choice(self, store: ModelStore) -> VariantChoice:
-        """What the next load opens, chosen from ``store`` with this model's fields (the loader's
-        chooser: the manifest read, the variant chosen and the version leased once per load)."""
-        if self.front is not None:
-            self._follow_front()
-        return choose_variant(store, self.model_path.name, self.kind, self.version, self.device, self.dtype,
-                              self.settings or load_settings())
 
 
     def _follow_front(self) -> None:
@@ -129,8 +117,8 @@ class EmbeddingRuntime(Managed):
 
     # -- inference --------------------------------------------------------------------------
 
-    def embed_as(self, texts: list[str], input_type: str | None = None, prompt_name: str | None = None,
-                 dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
+    def _embed_as(self, texts: list[str], input_type: str | None = None, prompt_name: str | None = None,
+                  dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
         """Embed non-empty, checked texts for a role, prompt or size (no call guard: the caller's),
         with the tokens they were read as (prompts included). Concurrent callers share batches
         (`CoalescingBatcher`), whatever their prompts; each gets its own rows."""
@@ -144,19 +132,3 @@ class EmbeddingRuntime(Managed):
         encoded = batcher([prompt + text for text in texts] if prompt else texts)
         return truncate(encoded.vectors, size, spec.normalize).tolist(), int(encoded.tokens.sum())
 
-    def embed_counted(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
-                      dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
-        """`embed_as` under the call guard, texts checked first; ``[]`` gives ``([], 0)``."""
-        texts = check_texts(texts)
-        if not texts:
-            return [], 0
-        with self._use("embed_documents") as record:
-            counted = self.embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
-            if record is not None:
-                record.items = len(texts)
-            return counted
-
-    async def aembed_counted(self, texts: list[str],
-                             options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
-        """`embed_counted` off the event loop; ``options``: its keywords (the server's request fields)."""
-        return await asyncio.to_thread(partial(self.embed_counted, texts, **(options or {})))

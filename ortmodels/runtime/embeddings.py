@@ -140,8 +140,8 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         return self._runtime.prompt_for(input_type, prompt_name)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        return self._runtime.embed_as(texts)[0]
+        return self._runtime._embed_as(texts)[0]
 
     def _embed_as(self, texts: list[str], input_type: str | None, prompt_name: str | None,
                   dimensions: int | None, matryoshka: bool) -> tuple[list[list[float]], int]:
-        return self._runtime.embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
+        return self._runtime._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import Settings
+from ..config import Settings, load_settings
 from ..engine.session import create_session, open_beside, resolve_device
 from ..engine.tokenizer import load_tokenizer, vocabulary_bounds
 from ..errors import (
@@ -181,6 +181,32 @@ def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str |
             lease.release()
         raise
     return VariantChoice(info, variant, resolved, lease)
+
+
+
+class ChoosesVariant:
+    """The loader's chooser for a runtime class (chat, embedding): its fields, read through
+    `choose_variant` once per load."""
+
+    if TYPE_CHECKING:
+        kind: ModelKind
+        model_path: Path
+        front: Any
+        version: str | None
+        device: str | None
+        dtype: str | None
+        settings: Settings | None
+
+    def _follow_front(self) -> None:
+        """Take the fields a user may have set on the LangChain face since it was made."""
+
+    def choice(self, store: ModelStore) -> VariantChoice:
+        """What the next load opens, chosen from ``store`` with this model's fields (the loader's
+        chooser: the manifest read, the variant chosen and the version leased once per load)."""
+        if self.front is not None:
+            self._follow_front()
+        return choose_variant(store, self.model_path.name, self.kind, self.version, self.device, self.dtype,
+                              self.settings or load_settings())
 
 
 def open_variant(
