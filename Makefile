@@ -16,7 +16,7 @@ PEERS_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DLLAMA_CUR
 # e.g. make bench BENCH_ARGS=--quick   (few rounds and tokens: checks the wiring only)
 BENCH_ARGS ?=
 
-.PHONY: install install-gpu check-gpu-install samples export-samples demo test peers llama-server bench bench-sizes clean
+.PHONY: install install-gpu check-gpu-install samples export-samples demo chromium test peers llama-server bench bench-sizes clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(GPU_STAMP) ]; then echo "$(VENV) holds the GPU build (make install-gpu): 'make clean' first, or pass VENV=.venv-cpu" >&2; exit 1; fi
@@ -55,7 +55,15 @@ export-samples: samples
 demo: export-samples
 	$(BIN)/ortmodels demo
 
-test: $(STAMP) export-samples
+# tests/test_page.py drives Debian's chromium (never a downloaded browser): installed when
+# missing and apt-get can run as root; best effort, never failing the make (the test skips).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y chromium >/dev/null 2>&1 || \
+		  { apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1; }; }; } || \
+		echo "no chromium: the page test will skip"
+
+test: $(STAMP) export-samples chromium
 	$(BIN)/python -m pytest -q -ra
 
 $(PEERS_STAMP): benchmarks/peers/requirements.txt

@@ -56,6 +56,7 @@ def test_the_gpu_project_is_the_cpu_project_with_onnxruntime_gpu() -> None:
     assert CPU["build-system"] == GPU["build-system"]
     packages = [project["tool"]["setuptools"]["packages"]["find"]["include"] for project in (CPU, GPU)]
     assert packages[0] == packages[1]
+    assert CPU["tool"]["setuptools"]["package-data"] == GPU["tool"]["setuptools"]["package-data"]
 
 
 def test_each_build_names_one_onnxruntime() -> None:

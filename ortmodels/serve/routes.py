@@ -34,6 +34,7 @@ from .protocol import (
 from .protocols import ChatModel, Loadable
 from .sse import respond
 from .state import ServerState
+from .webpage import page_file
 
 MAX_BODY_BYTES = 32 << 20
 
@@ -256,3 +257,16 @@ async def _whole(request: Request, state: ServerState, model_of: Coroutine[Any, 
 
 
 router.include_router(v1)
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+@router.get("/", include_in_schema=False)
+async def page() -> Response:
+    """The built-in chat page (`webpage`): it calls the routes above, with the key typed in it."""
+    return page_file("index.html")
+
+
+@router.get("/page/{name}", include_in_schema=False)
+async def page_asset(name: str) -> Response:
+    return page_file(name)
