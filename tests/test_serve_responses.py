@@ -20,15 +20,15 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 jsonschema = pytest.importorskip("jsonschema")
 
-from openai.types.responses import Response, ResponseStreamEvent  # noqa: E402
-from pydantic import TypeAdapter  # noqa: E402
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
-from ortmodels.serve.errors import ApiError  # noqa: E402
-from ortmodels.serve.response_store import ResponseStore, StoredResponse  # noqa: E402
-from ortmodels.serve.responses import input_messages  # noqa: E402
+from ortmodels.serve.errors import ApiError
+from ortmodels.serve.response_store import ResponseStore, StoredResponse
+from ortmodels.serve.responses import input_messages
 
-from .conftest import CHAT_SAMPLE  # noqa: E402
-from .test_serve import Server, _random_value, _start, _stop, fuzz  # noqa: E402
+from .conftest import CHAT_SAMPLE
+from .test_serve import Server, _random_value, _start, _stop, fuzz
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
