@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 jsonschema = pytest.importorskip("jsonschema")
 
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from ortmodels.serve.errors import ApiError
 from ortmodels.serve.response_store import ResponseStore, StoredResponse
@@ -33,6 +33,11 @@ from .test_serve import Server, _random_value, _start, _stop, fuzz
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 EVENTS = TypeAdapter(ResponseStreamEvent)
+
+
+class Place(BaseModel):
+    city: str
+    country: str
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +167,7 @@ def test_tool_round_trip_with_previous_response_id(client: openai.OpenAI) -> Non
 
 
 @pytest.mark.slow
-def test_tool_call_streamed(server: Server) -> None:
+def test_tool_call_streamed(server: Server, client: openai.OpenAI) -> None:
     events = _events(server, {"model": CHAT_SAMPLE, "input": "Weather in Rome?", "tools": [WEATHER],
                               "tool_choice": "required", "max_output_tokens": 64, "temperature": 0})
     kinds = [e.type for e in events]
@@ -172,6 +177,11 @@ def test_tool_call_streamed(server: Server) -> None:
     jsonschema.validate(json.loads(done.arguments), WEATHER["parameters"])
     assert events[-4].delta == done.arguments == events[-1].response.output[-1].arguments
     assert events[-5].item.status == "in_progress" and events[-2].item.status == "completed"
+    # the client's stream helper, which rebuilds the response from the events, reads the same call
+    with client.responses.stream(model=CHAT_SAMPLE, input="Weather in Rome?", tools=[{**WEATHER, "strict": True}],
+                                 tool_choice="required", max_output_tokens=64, temperature=0) as stream:
+        final = stream.get_final_response()
+    assert final.output[-1].parsed_arguments == json.loads(done.arguments)
 
 
 @pytest.mark.slow
@@ -183,6 +193,9 @@ def test_text_format_json_schema_validates(client: openai.OpenAI) -> None:
         text={"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}})
     jsonschema.validate(json.loads(answer.output_text), schema)
     assert answer.text.format.type == "json_schema" and answer.text.format.name == "place"
+    parsed = client.responses.parse(model=CHAT_SAMPLE, input="Where is the Eiffel tower? Answer as JSON.",
+                                    max_output_tokens=40, temperature=0, text_format=Place)
+    assert isinstance(parsed.output_parsed, Place) and parsed.output_parsed.city
     anything = client.responses.create(model=CHAT_SAMPLE, input="A JSON object, please.", max_output_tokens=24,
                                        temperature=0, text={"format": {"type": "json_object"}})
     assert anything.output_text.lstrip().startswith("{")

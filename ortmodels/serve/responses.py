@@ -207,19 +207,18 @@ class ResponseAnswer(Answer):
         self._sequence = 0
 
     def _response(self, status: str, output: _Output | None = None) -> dict[str, Any]:
-        """The response object (``in_progress`` with no output yet, or as it ended)."""
+        """The response object: ``in_progress`` with no output yet, or as it ended (``output`` given)."""
         body = self.body
-        done = output is not None and status != "in_progress"
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "completed_at": int(time.time()) if done else None, "error": None,
+            "completed_at": int(time.time()) if output is not None else None, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens, "model": self.model,
-            "output": output.items() if done and output else [], "parallel_tool_calls": bool(body.parallel_tool_calls),
+            "output": output.items() if output is not None else [], "parallel_tool_calls": bool(body.parallel_tool_calls),
             "previous_response_id": body.previous_response_id, "store": body.store is not False,
             "temperature": body.temperature, "top_p": body.top_p, "text": {"format": body.format().echo()},
             "tool_choice": body.tool_choice or "auto", "tools": body.tool_dicts(), "truncation": "disabled",
-            "usage": _usage(output.finished) if done and output else None, "user": body.user,
+            "usage": _usage(output.finished) if output is not None else None, "user": body.user,
             "metadata": body.metadata or {},
         }
 
