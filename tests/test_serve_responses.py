@@ -240,6 +240,11 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
     ({"input": []}, "input", "empty"),
     ({"previous_response_id": "resp_never"}, "previous_response_id", "resp_never"),
     ({"frequency_penalty": 0.5}, "frequency_penalty", "Unrecognized"),
+    ({"tools": [{**WEATHER, "parameters": {"type": "array"}}]}, "tools", "not an object schema"),
+    ({"tools": [WEATHER], "text": {"format": {"type": "json_object"}}}, None, "not both"),
+    ({"text": {"format": {"type": "json_schema", "name": "nothing", "schema": {"type": "string",
+                                                                               "pattern": "[^\\s\\S]"}}}},
+     None, "json_schema"),
 ])
 def test_refused_fields_are_named(server: Server, extra: dict, param: str, words: str) -> None:
     reply = _raw(server, {"model": CHAT_SAMPLE, "input": "Hi", "max_output_tokens": 4, **extra})
