@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     ``auto``: on for float variants (fp32, fp16, bf16), whose tokens it leaves unchanged; off
     for int4/int8, whose multi-token kernels can turn near ties the other way."""
 
+    model_responses_store: int = Field(default=256, ge=0, le=1 << 20, alias="MODEL_RESPONSES_STORE")
+    """Responses ``ortmodels serve`` keeps for ``previous_response_id`` and ``GET /v1/responses/{id}``:
+    the most recently used, by count (each holds its conversation's text); 0 keeps none."""
+
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
     """Check a variant's files against the manifest's sha256 before its first load."""
 

@@ -99,6 +99,7 @@ print(json.dumps({"answer": chat.choices[0].message.content, "usage": chat.usage
 _EMBED = """
 vectors = client.embeddings.create(model=EMBEDDING, input=["a cat", "a dog"])
 assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384, vectors
+assert client.responses.create(model=CHAT, input="Hi", max_output_tokens=4).output_text
 """
 
 #: A user's LangChain chat class, registered by name: the bridge serves it (LangChain is its own import).

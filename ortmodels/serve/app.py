@@ -20,6 +20,7 @@ from ..manager import ModelManager
 from . import errors
 from .admission import AdmissionQueue
 from .models import Catalog
+from .response_store import ResponseStore
 from .routes import router
 from .state import ServerState
 
@@ -60,7 +61,8 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
         models = [m.strip() for m in models.split(",") if m.strip()]
     preload = list(models) if models else catalog.defaults()
     catalog.check(preload)
-    state = ServerState(catalog, AdmissionQueue(max_queue), check_api_key(api_key), preload)
+    state = ServerState(catalog, AdmissionQueue(max_queue), check_api_key(api_key), preload,
+                        responses=ResponseStore(manager.settings.model_responses_store))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

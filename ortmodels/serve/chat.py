@@ -57,16 +57,23 @@ def _text(message: ChatMessage, index: int) -> str:
     return "".join(parts)
 
 
+def parse_arguments(arguments: str | None, where: str, param: str) -> dict[str, Any]:
+    """A tool call's arguments sent back by a client (a JSON object in a string) as a dict; else a
+    400 naming ``where``."""
+    try:
+        args = json.loads(arguments or "{}")
+    except (ValueError, RecursionError):
+        args = None
+    if not isinstance(args, dict):
+        raise bad_request(f"{where} must be a JSON object in a string.", param)
+    return args
+
+
 def _calls(message: ChatMessage, index: int) -> list[dict[str, Any]]:
     calls = []
     for number, call in enumerate(message.tool_calls or []):
-        try:
-            args = json.loads(call.function.arguments or "{}")
-        except (ValueError, RecursionError):
-            args = None
-        if not isinstance(args, dict):
-            raise bad_request(f"messages[{index}].tool_calls[{number}].function.arguments must be a JSON object "
-                              "in a string.", f"messages[{index}].tool_calls")
+        args = parse_arguments(call.function.arguments, f"messages[{index}].tool_calls[{number}].function.arguments",
+                               f"messages[{index}].tool_calls")
         calls.append({"name": call.function.name, "arguments": args, "id": call.id or f"call_{index}_{number}"})
     return calls
 

@@ -91,8 +91,10 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 
 
 def unsupported_field(request: BaseModel) -> str | None:
-    """The first field whose value asks for something ortmodels does not do."""
-    for name, neutral in UNSUPPORTED.items():
+    """The first field whose value asks for something ortmodels does not do (a body's own table,
+    ``UNSUPPORTED_FIELDS``, where its class declares one)."""
+    table: dict[str, tuple[Any, ...]] = getattr(type(request), "UNSUPPORTED_FIELDS", UNSUPPORTED)
+    for name, neutral in table.items():
         if name in type(request).model_fields and getattr(request, name) not in neutral:
             return name
     return None

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from ..runtime.events import ChatEvent
-from . import chat, completions, embeddings, rerank
+from . import chat, completions, embeddings, rerank, responses
 from .admission import RETRY_AFTER_S, Slot
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
@@ -31,6 +31,7 @@ from .protocol import (
     ModelList,
     unsupported_field,
 )
+from .protocol_responses import ResponsesRequest
 from .protocols import ChatModel, Loadable
 from .sse import respond
 from .state import ServerState
@@ -201,7 +202,7 @@ async def text_completions(request: Request) -> Response:
 
 async def _answer(request: Request, state: ServerState, entry: ModelId,
                   open_stream: Callable[[ChatModel], AsyncIterator[ChatEvent]],
-                  answer: chat.ChatAnswer | completions.TextAnswer, body: Any) -> Response:
+                  answer: chat.ChatAnswer | completions.TextAnswer | responses.ResponseAnswer, body: Any) -> Response:
     """Admit the request, open the model's stream, and answer it streamed (SSE) or whole;
     the admission slot is released however it ends."""
     _ready(state)
@@ -254,6 +255,31 @@ async def _whole(request: Request, state: ServerState, model_of: Coroutine[Any, 
         slot.release()
         raise
     return await _guarded(request, slot, work(model))
+
+
+@v1.post("/responses")
+async def create_response(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, ResponsesRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    turn = responses.prepare(body, state.responses)
+
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.achat_events(turn.messages, turn.options)
+
+    answer = responses.ResponseAnswer(body.model or entry.id, body, turn, state.responses)
+    return await _answer(request, state, entry, open_stream, answer, body)
+
+
+@v1.get("/responses/{response_id}")
+async def get_response(request: Request, response_id: str) -> dict[str, Any]:
+    return _state(request).responses.get(response_id).body
+
+
+@v1.delete("/responses/{response_id}")
+async def delete_response(request: Request, response_id: str) -> dict[str, Any]:
+    _state(request).responses.delete(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
 
 
 router.include_router(v1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .admission import AdmissionQueue
 from .models import Catalog
+from .response_store import ResponseStore
 from .shutdown import Shutdown
 
 
@@ -25,3 +26,5 @@ class ServerState:
     tasks: set[asyncio.Task] = field(default_factory=set)
     shutdown: Shutdown = field(default_factory=Shutdown)
     """Cut by `run` when the graceful shutdown's time is up: running answers end with an error."""
+    responses: ResponseStore = field(default_factory=ResponseStore)
+    """``/v1/responses``' kept responses (``previous_response_id``, ``GET /v1/responses/{id}``)."""
