@@ -33,7 +33,8 @@ REFUSED = [
      "logprobs cannot be given with tools"),
     ({**CHAT, "response_format": {"type": "regex", "regex": "[^\\s\\S]"}}, 400, "response_format.type", "regex"),
     ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {
-        "name": "nothing", "schema": {"type": "string", "pattern": "[^\\s\\S]"}}}}, 400, None, "json_schema"),
+        "name": "nothing", "schema": {"type": "string", "pattern": "[^\\s\\S]"}}}},
+     400, "response_format", "json_schema"),
 ]
 
 

@@ -158,6 +158,25 @@ def test_errors_from_a_replica_keep_openai_bodies(cluster: Cluster) -> None:
     assert "not deployed" in undeployed.value.body["message"]
 
 
+def test_grammars_and_token_routes_reach_the_replicas(cluster: Cluster) -> None:
+    """The routes are the server's own (`routes.py`); the token calls are forwarded to a replica."""
+    client = cluster.client()
+    answer = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=8,
+                                            extra_body={"structured_outputs": {"choice": ["Paris", "Lyon"]}})
+    assert answer.choices[0].message.content in ("Paris", "Lyon")
+    bad = httpx.post(f"{cluster.url}/v1/chat/completions", timeout=60, json={
+        "model": CHAT_SAMPLE, "messages": QUESTION, "grammar": 'root ::= ( "x"'})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "grammar", bad.text
+    text = "Ray <|im_end|> Serve"
+    tokens = httpx.post(f"{cluster.url}/tokenize", json={"content": text}, timeout=60).json()["tokens"]
+    assert 2 not in tokens  # <|im_end|> as text
+    assert httpx.post(f"{cluster.url}/detokenize", json={"tokens": tokens}, timeout=60).json() == {"content": text}
+    count = httpx.post(f"{cluster.url}/tokenize", json={"messages": QUESTION}, timeout=60).json()["count"]
+    assert count == answer.usage.prompt_tokens
+    out_of_range = httpx.post(f"{cluster.url}/detokenize", json={"tokens": [10**7]}, timeout=60)
+    assert out_of_range.status_code == 400 and out_of_range.json()["error"]["param"] == "tokens"
+
+
 def _ongoing(replica: str) -> int:
     """Requests the replica actor is serving now, as Serve's router counts them."""
     return ray.get(ray.get_actor(replica, namespace="serve").get_num_ongoing_requests.remote(), timeout=30)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -133,12 +134,12 @@ class GrammarCompiler:
         try:
             text = grammar.to_llguidance()
         except (ValueError, TypeError) as exc:
-            raise GrammarError(f"The {grammar.kind} grammar is not valid: {exc}") from None
+            raise GrammarError(f"The {grammar.kind} grammar is not valid: {_one_line(str(exc))}") from None
         matcher = llg.LLMatcher(self._llg_tokenizer(), text, log_level=0)
         if matcher.is_error():
             raise GrammarError(
                 f"The {grammar.kind} grammar cannot be used for constrained decoding: "
-                f"{matcher.get_error()}. Remove or simplify that part of the {grammar.kind}."
+                f"{_one_line(matcher.get_error())}. Remove or simplify that part of the {grammar.kind}."
             )
         matcher.compute_bitmask()  # the first mask: a grammar no text can match fails here, not at the first token
         if matcher.is_error():
@@ -223,3 +224,30 @@ def _failed(matcher: Any, grammar: Grammar) -> GrammarError:
         f"generated so far ({_first_line(matcher.get_error())}). Fix the {grammar.kind} so that every "
         "text it starts can be completed."
     )
+
+
+def _one_line(text: str) -> str:
+    """llguidance's compile error on one line: its lines joined, the source excerpt and the
+    caret under it left out (an HTTP client shows one line)."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    kept = [line for line in lines if line and not _EXCERPT.match(line)]
+    return " ".join(kept) or "unknown error"
+
+
+#: A line of llguidance's error that quotes the grammar (``1 | start: /(yes/``) or points into it (``^``).
+_EXCERPT = re.compile(r"^(\d+ \|.*|\^+)$")
+
+
+def lark_from_gbnf(text: str) -> str:
+    """A llama.cpp GBNF grammar (``root ::= "yes" | "no"``) as the Lark grammar llguidance
+    compiles (its own converter: one grammar engine); a Lark grammar is returned as it is."""
+    _llguidance()  # a broken install: the error that names the package
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    try:
+        return str(any_to_lark(text))
+    except Exception as exc:  # noqa: BLE001 - the converter raises its own and plain errors alike
+        raise GrammarError(
+            f"The GBNF grammar is not valid: {_one_line(str(exc))}. Fix it (llama.cpp's grammars/README.md "
+            "has the syntax), or give it as Lark."
+        ) from None

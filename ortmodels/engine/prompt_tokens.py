@@ -138,9 +138,10 @@ class PromptTokenizer:
             )
         return plain
 
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of ``text`` as text: a special token's text is plain text, no BOS is added."""
-        return self._plain_tokenizer().encode(text, add_special_tokens=False).ids
+    def encode_text(self, text: str, add_special: bool = False) -> list[int]:
+        """Token ids of ``text`` as text: a special token's text is plain text; no BOS is added
+        unless ``add_special`` asks for what the tokenizer's post-processor adds (the model's BOS)."""
+        return self._plain_tokenizer().encode(text, add_special_tokens=add_special).ids
 
     def encode_raw(self, prompt: str) -> list[int]:
         """Token ids of a whole prompt the caller wrote (``/v1/completions``): special tokens

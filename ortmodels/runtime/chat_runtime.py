@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, EngineGauges
@@ -25,12 +25,16 @@ from ..engine.tokenizer import check_vocabulary
 from ..errors import ChatTemplateError, ModelNotLoadedError
 from ..lifecycle import LifeCycle, Managed
 from ..store.names import validate_model_name
+from . import tokens
 from .events import ChatEvent
 from .options import ChatOptions, ModelOptions, check_stop, unknown_option
 from .service import ChatService, Prepared
+from .tokens import Tokens
 from .variant import ChoosesVariant, open_variant, read_chat_files
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 #: What a call may set as a keyword argument (``stop`` is added to the model's, not replaced).
@@ -205,3 +209,21 @@ class ChatRuntime(ChoosesVariant, Managed):
         async with aclosing(service.astream(call)) as events:
             async for event in events:
                 yield event
+
+    # -- tokens (llama-server's /tokenize, /detokenize, /apply-template) -----------------------
+
+    def _on_service(self, work: Callable[[ChatService], _T]) -> _T:
+        self._ensure_loaded()
+        return work(self.loaded)
+
+    async def atokenize(self, text: str, add_special: bool = False, with_pieces: bool = False) -> Tokens:
+        """``text``'s token ids as text (no control token made from it), off the event loop."""
+        return await asyncio.to_thread(self._on_service, lambda s: tokens.tokenize(s, text, add_special, with_pieces))
+
+    async def achat_tokens(self, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens:
+        """The ids and text of the prompt a chat call with ``messages`` runs (its token count)."""
+        return await asyncio.to_thread(self._on_service, lambda s: tokens.chat_tokens(s, messages, with_pieces))
+
+    async def adetokenize(self, ids: list[int]) -> str:
+        """The text of ``ids``; an id outside the vocabulary is a `ChatInputError` naming the range."""
+        return await asyncio.to_thread(self._on_service, lambda s: tokens.detokenize(s, ids))

@@ -182,7 +182,8 @@ class ChatOptions(ModelOptions, LogprobOptions):
     """Let one answer call several tools."""
 
     response_format: dict[str, Any] | None = None
-    """``{"type": "json_object"}``, ``json_schema``, ``regex`` or ``lark``: a grammar the answer follows."""
+    """``{"type": "json_object"}``, ``json_schema``, ``regex``, ``lark`` or ``gbnf`` (llama.cpp's grammars,
+    read as Lark): a grammar the answer follows."""
 
     @model_validator(mode="after")
     def _logprobs_without_tools(self) -> ChatOptions:

@@ -19,6 +19,7 @@ from ..engine.constraints import (
     GrammarCompiler,
     GrammarProcessor,
     close_objects,
+    lark_from_gbnf,
 )
 from ..engine.toolcalls import ToolCall, ToolFormat
 from ..errors import ChatInputError, StructuredOutputError
@@ -80,7 +81,8 @@ def check_tool(index: int, tool: Any) -> str:
 
 def grammar_of(response_format: Any) -> Grammar | None:
     """The grammar a ``response_format`` asks for: OpenAI's ``json_object`` / ``json_schema``,
-    and ``regex`` / ``lark`` for a pattern or a grammar of your own."""
+    and ``regex`` / ``lark`` / ``gbnf`` (llama.cpp's, read as Lark) for a pattern or a grammar of
+    your own."""
     if response_format is None:
         return None
     if not isinstance(response_format, dict) or "type" not in response_format:
@@ -100,12 +102,13 @@ def grammar_of(response_format: Any) -> Grammar | None:
             raise ChatInputError("response_format json_schema needs {'json_schema': {'schema': {...}}}.")
         strict = spec.get("strict") is not False  # closed objects unless strict=False is asked for
         return Grammar("json_schema", close_objects(schema) if strict else schema)
-    if kind in ("regex", "lark"):
+    if kind in ("regex", "lark", "gbnf"):
         source = response_format.get(kind)
         if not isinstance(source, str):
             raise ChatInputError(f"response_format {kind} needs {{'type': '{kind}', '{kind}': '...'}}.")
-        return Grammar(kind, source)
-    raise ChatInputError(f"Unknown response_format type {kind!r}: use text, json_object, json_schema, regex or lark.")
+        return Grammar("lark", lark_from_gbnf(source)) if kind == "gbnf" else Grammar(kind, source)
+    raise ChatInputError(
+        f"Unknown response_format type {kind!r}: use text, json_object, json_schema, regex, lark or gbnf.")
 
 
 @dataclass

@@ -230,7 +230,8 @@ class ChatService:
 
     def prepare_text(self, prompt: str, options: ChatOptions) -> Prepared:
         """``prompt`` continued as it is, without the chat template (OpenAI's ``/v1/completions``):
-        the caller's whole prompt, its special tokens parsed, a BOS where the model wants one."""
+        the caller's whole prompt, its special tokens parsed, a BOS where the model wants one;
+        a ``response_format`` grammar holds the continuation as it holds a chat answer."""
         started = time.perf_counter()
         if not isinstance(prompt, str) or not prompt:
             raise ChatInputError("The prompt must be a non-empty string.")
@@ -238,18 +239,21 @@ class ChatService:
             check_unicode(prompt, "The prompt")
         except ValueError as exc:
             raise ChatInputError(str(exc)) from None
-        if given := [name for name, value in options.output().items() if value and value != "none"]:
+        if given := [name for name, value in options.output().items()
+                     if value and value != "none" and name != "response_format"]:
             raise ChatInputError(
                 f"{', '.join(given)} cannot shape a plain prompt's continuation (no chat template, no tools or "
-                "grammar, no log-probabilities here): send the prompt as chat messages instead.")
+                "log-probabilities here; a response_format grammar is): send the prompt as chat messages instead.")
+        plan = OutputPlan.from_options({"response_format": options.response_format}, self.tool_format,
+                                       self.grammars, self.tokenizer)
         params = self.sampling(options)
         if self._cut(len(prompt), options.truncate_prompt, "The prompt"):
             prompt = prompt[-self.prompt_chars:]
         ids, max_tokens = self._fit(self.prompt_tokens.encode_raw(prompt), options.max_tokens,
                                     options.truncate_prompt)
         request = Request(ids, params, max_tokens=max_tokens, stop=tuple(options.stop or ()),
-                          eos_token_ids=self.spec.eos_token_ids)
-        return Prepared(request, OutputPlan(), started)
+                          eos_token_ids=self.spec.eos_token_ids, processor=plan.processor)
+        return Prepared(request, plan, started)
 
     def stream(self, prepared: Prepared) -> Iterator[ChatEvent]:
         """The call's events; other calls share its decode steps. Closing the iterator early

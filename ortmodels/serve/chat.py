@@ -19,6 +19,7 @@ from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls, argument
 from ..runtime.options import ChatOptions
 from .errors import bad_request
 from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
+from .grammar import constraint
 from .protocol import (
     ChatChoice,
     ChatCompletion,
@@ -114,16 +115,8 @@ def chat_options(request: ChatCompletionRequest) -> ChatOptions:
         options["tool_choice"] = choice.model_dump() if hasattr(choice, "model_dump") else choice
         if request.parallel_tool_calls is not None:
             options["parallel_tool_calls"] = request.parallel_tool_calls
-    if request.response_format is not None and request.response_format.type != "text":
-        fmt = request.response_format
-        if fmt.type == "json_schema":
-            if fmt.json_schema is None:
-                raise bad_request("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
-                                  "response_format.json_schema")
-            options["response_format"] = {"type": "json_schema",
-                                          "json_schema": fmt.json_schema.model_dump(by_alias=True, exclude_none=True)}
-        else:
-            options["response_format"] = {"type": "json_object"}
+    if (given := constraint(request)) is not None:  # response_format, structured_outputs, grammar, json_schema
+        options["response_format"] = given[1]
     return service_options(request, request.max_completion_tokens or request.max_tokens, **options)
 
 

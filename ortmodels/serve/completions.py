@@ -16,6 +16,7 @@ from ..runtime.events import ChatEvent, Finished, TextDelta
 from ..runtime.options import ChatOptions
 from .errors import bad_request
 from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
+from .grammar import constraint
 from .protocol import Completion, CompletionChoice, CompletionRequest
 from .sse import DONE, event
 
@@ -43,7 +44,9 @@ def text_options(request: CompletionRequest) -> ChatOptions:
         raise bad_request("logprobs are given by /v1/chat/completions only; leave logprobs out here.",
                           "logprobs", "unsupported_parameter")
     given = "max_tokens" in request.model_fields_set
-    return service_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS)
+    held = constraint(request)  # structured_outputs, grammar or json_schema, as on chat
+    output = {"response_format": held[1]} if held is not None else {}
+    return service_options(request, request.max_tokens if given else DEFAULT_MAX_TOKENS, **output)
 
 
 def _text(event: ChatEvent) -> str:

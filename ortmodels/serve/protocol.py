@@ -148,12 +148,43 @@ class ResponseFormat(_Strict):
     json_schema: JsonSchemaSpec | None = None
 
 
+class StructuredOutputs(_Strict):
+    """vLLM's ``structured_outputs``: one of these holds the answer (each a ``response_format`` of
+    the chat service: ``regex``, ``lark``, ``json_schema``, ``json_object``)."""
+
+    regex: str | None = None
+    """A regular expression the whole answer matches (``"(yes|no)"``)."""
+    choice: Annotated[list[str] | None, Field(min_length=1)] = None
+    """The answer is exactly one of these strings."""
+    grammar: str | None = None
+    """A Lark grammar (llguidance's dialect; llama.cpp's GBNF is read too) the answer follows."""
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    """A JSON schema (an object, or the same as a JSON string) the answer validates against."""
+    json_object: bool | None = None
+    """True: any JSON object."""
+
+
+class GrammarFields(BaseModel):
+    """The grammars both generation endpoints take in the body, besides ``response_format``:
+    vLLM's ``structured_outputs`` and llama.cpp's ``grammar`` and ``json_schema``; at most one
+    per request (`ortmodels.serve.grammar` maps each onto the chat service's ``response_format``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    structured_outputs: StructuredOutputs | None = None
+    """vLLM's: ``{"regex": ...}``, ``{"choice": [...]}``, ``{"grammar": <Lark>}`` or ``{"json": <schema>}``."""
+    grammar: str | None = None
+    """llama.cpp's: a GBNF grammar (``root ::= "yes" | "no"``) the answer follows."""
+    json_schema: dict[str, Any] | None = None
+    """llama.cpp's: a JSON schema the answer validates against."""
+
+
 class NamedToolChoice(_Open):
     type: Literal["function"] = "function"
     function: dict[str, str]
 
 
-class _ChatFields(_Sampling):
+class _ChatFields(GrammarFields, _Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens = None
     tools: list[Tool] | None = None
@@ -193,7 +224,7 @@ class ChatCompletionRequest(LogprobOptions, _ChatFields):
 
 # -- completions -------------------------------------------------------------------------------
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(GrammarFields, _Sampling):
     """``max_tokens`` left out is OpenAI's 16 here (`serve.completions`)."""
 
     prompt: str | list[str] | list[int] | list[list[int]]

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..engine import EngineGauges
 from ..runtime.events import ChatEvent
 from ..runtime.options import ChatOptions
+from ..runtime.tokens import Tokens
 
 
 @runtime_checkable
@@ -44,6 +45,18 @@ class RerankModel(Protocol):
 
     async def arerank_counted(self, query: str, documents: list[str],
                               top_n: int | None = None) -> tuple[list[tuple[int, float]], int]: ...
+
+
+@runtime_checkable
+class TokenizingModel(Protocol):
+    """``/tokenize``, ``/detokenize``, ``/apply-template``: a chat model's tokens (ortmodels' own
+    chat runtime, and Ray's stand-in for it; a user's LangChain class has none)."""
+
+    async def atokenize(self, text: str, add_special: bool = False, with_pieces: bool = False) -> Tokens: ...
+
+    async def achat_tokens(self, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens: ...
+
+    async def adetokenize(self, ids: list[int]) -> str: ...
 
 
 @runtime_checkable

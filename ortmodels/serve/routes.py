@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from ..runtime.events import ChatEvent
-from . import chat, completions, embeddings, rerank, responses
+from . import chat, completions, embeddings, grammar, rerank, responses, tokenize
 from .admission import RETRY_AFTER_S, Slot
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
@@ -60,6 +60,25 @@ def _check_key(request: Request) -> None:
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(_check_key)])
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """The body's schema, its fields' descriptions included, for ``/openapi.json`` (bodies are
+    parsed by `_parse`, not by FastAPI, so it does not see them)."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any, depth: int = 0) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/") and depth < 8:
+                return inline(definitions[ref.removeprefix("#/$defs/")], depth + 1)
+            return {key: inline(value, depth) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item, depth) for item in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 async def _read_body(request: Request) -> bytes:
@@ -172,7 +191,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return ModelList(data=cards).model_dump()
 
 
-@v1.post("/chat/completions")
+@v1.post("/chat/completions", openapi_extra=documented(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
     body = await _parse(request, ChatCompletionRequest)
@@ -181,12 +200,12 @@ async def chat_completions(request: Request) -> Response:
     options = chat.chat_options(body)
 
     def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
-        return model.achat_events(messages, options)
+        return grammar.named(model.achat_events(messages, options), body)
 
     return await _answer(request, state, entry, open_stream, chat.ChatAnswer(body.model or entry.id), body)
 
 
-@v1.post("/completions")
+@v1.post("/completions", openapi_extra=documented(CompletionRequest))
 async def text_completions(request: Request) -> Response:
     state = _state(request)
     body = await _parse(request, CompletionRequest)
@@ -195,7 +214,7 @@ async def text_completions(request: Request) -> Response:
     options = completions.text_options(body)
 
     def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
-        return model.atext_events(prompt, options)
+        return grammar.named(model.atext_events(prompt, options), body)
 
     return await _answer(request, state, entry, open_stream, completions.TextAnswer(body.model or entry.id), body)
 
@@ -280,6 +299,43 @@ async def get_response(request: Request, response_id: str) -> dict[str, Any]:
 async def delete_response(request: Request, response_id: str) -> dict[str, Any]:
     _state(request).responses.delete(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
+
+
+# -- tokens (llama-server's routes; vLLM's /tokenize with messages) -------------------------
+
+@router.post("/tokenize", dependencies=[Depends(_check_key)], openapi_extra=documented(tokenize.TokenizeRequest))
+async def tokenize_text(request: Request) -> Response:
+    """Text (``content``) or a chat (``messages``) → ``{"tokens", "count", "max_model_len"}``."""
+    state = _state(request)
+    body = await _parse(request, tokenize.TokenizeRequest)
+    tokenize.check(body)
+    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
+    tokenize.messages_of(body)
+    return await _whole(request, state, state.catalog.get(entry),
+                        lambda model: tokenize.tokenize(model, entry.id, body))
+
+
+@router.post("/detokenize", dependencies=[Depends(_check_key)],
+             openapi_extra=documented(tokenize.DetokenizeRequest))
+async def detokenize_ids(request: Request) -> Response:
+    """``{"tokens": [ids]}`` → ``{"content"}``; an id outside the vocabulary is a 400 naming the range."""
+    state = _state(request)
+    body = await _parse(request, tokenize.DetokenizeRequest)
+    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
+    return await _whole(request, state, state.catalog.get(entry),
+                        lambda model: tokenize.detokenize(model, entry.id, body))
+
+
+@router.post("/apply-template", dependencies=[Depends(_check_key)],
+             openapi_extra=documented(tokenize.ApplyTemplateRequest))
+async def apply_template(request: Request) -> Response:
+    """``{"messages"}`` → ``{"prompt"}``: the chat as the model reads it, with its token count."""
+    state = _state(request)
+    body = await _parse(request, tokenize.ApplyTemplateRequest)
+    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
+    tokenize.messages_of(body)
+    return await _whole(request, state, state.catalog.get(entry),
+                        lambda model: tokenize.apply_template(model, entry.id, body))
 
 
 router.include_router(v1)

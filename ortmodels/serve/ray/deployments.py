@@ -25,13 +25,14 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from ...config import load_settings
-from ...errors import ConfigurationError, ModelFileError
+from ...errors import ChatInputError, ConfigurationError, ModelFileError
 from ...manager import ModelManager
 from ...runtime.events import ChatEvent
 from ...runtime.options import ChatOptions
+from ...runtime.tokens import Tokens
 from ..app import DEFAULT_MAX_QUEUE, create_app
 from ..models import Catalog, ModelId
-from ..protocols import EmbeddingModel, RerankModel, as_chat_model
+from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model
 from .remote import RayCatalog
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,22 @@ class ModelServer:
     async def arerank_counted(self, model_id: str, query: str, documents: list[str],
                               top_n: int | None) -> tuple[list[tuple[int, float]], int]:
         return await cast(RerankModel, self._model(model_id)).arerank_counted(query, documents, top_n)
+
+    def _tokenizing(self, model_id: str) -> TokenizingModel:
+        model = self._model(model_id)
+        if not isinstance(model, TokenizingModel):
+            raise ChatInputError(f"The model {model_id!r} is a chat class of your own without ortmodels' tokenizer; "
+                                 "tokenize with an exported ortmodels chat model.")
+        return model
+
+    async def atokenize(self, model_id: str, text: str, add_special: bool, with_pieces: bool) -> Tokens:
+        return await self._tokenizing(model_id).atokenize(text, add_special, with_pieces)
+
+    async def achat_tokens(self, model_id: str, messages: list[dict[str, Any]], with_pieces: bool) -> Tokens:
+        return await self._tokenizing(model_id).achat_tokens(messages, with_pieces)
+
+    async def adetokenize(self, model_id: str, ids: list[int]) -> str:
+        return await self._tokenizing(model_id).adetokenize(ids)
 
     def check_health(self) -> None:
         """Serve calls this every few seconds: the model's files must still be on this node's disk

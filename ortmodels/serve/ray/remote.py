@@ -28,6 +28,7 @@ from ...errors import ReplicaUnavailableError
 from ...manager import ModelManager
 from ...runtime.events import ChatEvent
 from ...runtime.options import ChatOptions
+from ...runtime.tokens import Tokens
 from ..errors import ApiError
 from ..models import Catalog, ModelId
 
@@ -91,6 +92,15 @@ class RemoteModel:
     async def arerank_counted(self, query: str, documents: list[str],
                               top_n: int | None) -> tuple[list[tuple[int, float]], int]:
         return await self._call("arerank_counted", query, documents, top_n)  # type: ignore[no-any-return]
+
+    async def atokenize(self, text: str, add_special: bool = False, with_pieces: bool = False) -> Tokens:
+        return await self._call("atokenize", text, add_special, with_pieces)  # type: ignore[no-any-return]
+
+    async def achat_tokens(self, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens:
+        return await self._call("achat_tokens", messages, with_pieces)  # type: ignore[no-any-return]
+
+    async def adetokenize(self, ids: list[int]) -> str:
+        return await self._call("adetokenize", ids)  # type: ignore[no-any-return]
 
 
 class RayCatalog(Catalog):

@@ -1,0 +1,130 @@
+"""A chat model's tokens as a client sees them: text to ids and back, and the ids of a chat
+prompt exactly as the service builds it (llama-server's ``/tokenize``, ``/detokenize`` and
+``/apply-template``; vLLM's ``/tokenize`` with ``messages``), so a client can fit its text to
+the window before it asks.
+
+Text is data here as in a prompt: tokenizing it never makes a control token from a special
+token's text (`PromptTokenizer.encode_text`); ``add_special`` adds only what the tokenizer's
+own post-processor adds (the model's BOS, where it has one). No LangChain.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..engine.tokenizer import check_unicode, highest_id
+from ..errors import ChatInputError
+from .conversation import template_messages
+from .options import ChatOptions
+
+if TYPE_CHECKING:  # the type only: a Ray ingress unpickling `Tokens` opens no engine
+    from .service import ChatService
+
+#: A token's text, or its bytes where they are part of a UTF-8 character (as llama-server gives it).
+Piece = str | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids, with their pieces when asked for, the model's context length and (for a chat)
+    the rendered prompt they are the tokens of."""
+
+    ids: tuple[int, ...]
+    context_length: int
+    pieces: tuple[Piece, ...] | None = None
+    prompt: str | None = None
+
+
+def tokenize(service: ChatService, text: str, add_special: bool = False, with_pieces: bool = False) -> Tokens:
+    """``text``'s ids as text (a special token's text stays text); ``add_special``: with the
+    tokens the tokenizer adds around an input (the model's BOS, if it has one)."""
+    _check_text(service, text)
+    ids = service.prompt_tokens.encode_text(text, add_special=add_special)
+    return _tokens(service, ids, with_pieces)
+
+
+def chat_tokens(service: ChatService, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens:
+    """The prompt a chat call with ``messages`` runs: its ids as the service builds them (the
+    count ``usage.prompt_tokens`` reports, before any cut to the context) and its text."""
+    ids = service.prompt_ids(messages, ChatOptions())
+    prompt = service.template.render(template_messages(messages, service.tool_format),
+                                     add_generation_prompt=True, max_chars=2 * service.prompt_chars)
+    return _tokens(service, ids, with_pieces, prompt)
+
+
+def detokenize(service: ChatService, ids: list[int]) -> str:
+    """The text of ``ids`` (special tokens written out); an id outside the vocabulary is refused."""
+    top = _highest_id(service)
+    for index, token in enumerate(ids):
+        if not 0 <= token <= top:
+            raise ChatInputError(f"tokens[{index}] is {token}: this model's token ids are 0 to {top}.")
+    return str(service.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+
+def _highest_id(service: ChatService) -> int:
+    """The tokenizer's largest id, read once per loaded service (a read of the vocabulary: 30 ms)."""
+    top = _TOP_IDS.get(service)
+    if top is None:
+        top = _TOP_IDS[service] = highest_id(service.tokenizer)
+    return top
+
+
+_TOP_IDS: weakref.WeakKeyDictionary[ChatService, int] = weakref.WeakKeyDictionary()
+
+
+def _check_text(service: ChatService, text: str) -> None:
+    try:
+        check_unicode(text, "The content")
+    except ValueError as exc:
+        raise ChatInputError(str(exc)) from None
+    if len(text) > service.prompt_chars:  # the service's one character bound: past it, no prompt fits
+        raise ChatInputError(
+            f"The content has {len(text):,} characters; the context of {service.spec.context_length} tokens "
+            f"holds at most {service.prompt_chars:,} with this tokenizer, so no more is tokenized. Send it in parts.")
+
+
+def _tokens(service: ChatService, ids: list[int], with_pieces: bool, prompt: str | None = None) -> Tokens:
+    pieces = tuple(_piece(service.tokenizer, token) for token in ids) if with_pieces else None
+    return Tokens(tuple(ids), service.spec.context_length, pieces, prompt)
+
+
+def _piece(tokenizer: Any, token: int) -> Piece:
+    """One token's text; its bytes where it holds part of a UTF-8 character (byte-level BPE)."""
+    text = str(tokenizer.decode([token], skip_special_tokens=False))
+    if "\ufffd" not in text:
+        return text
+    raw = _byte_level(tokenizer.id_to_token(token) or "")
+    if raw is None:
+        return text
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return tuple(raw)
+    return text
+
+
+def _byte_level(token: str) -> bytes | None:
+    """A byte-level BPE token's bytes (GPT-2's mapping of bytes to printable characters), or
+    ``None`` for a token of another kind of vocabulary."""
+    table = _UNICODE_TO_BYTE
+    if not token or any(ch not in table for ch in token):
+        return None
+    return bytes(table[ch] for ch in token)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table: printable bytes stand for themselves, the others for characters from U+0100."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}

@@ -1,0 +1,111 @@
+"""``/tokenize``, ``/detokenize`` and ``/apply-template``: a chat model's tokens in llama-server's
+shapes, and vLLM's chat count (``/tokenize`` with ``messages``: ``count``, ``max_model_len``,
+``tokens``), so a client can fit retrieved text to the window before it asks.
+
+The model's chat runtime does the work (`ortmodels.runtime.tokens`): text is tokenized as text
+(a special token's text in it never becomes a control token; ``add_special`` adds only the
+model's own BOS, where its tokenizer adds one), and a chat's ids are those the chat service
+builds for the same messages (``usage.prompt_tokens`` of an answer to them). No LangChain.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ChatInputError
+from ..runtime.tokens import Tokens
+from .chat import to_messages
+from .errors import bad_request
+from .protocol import ChatMessage
+from .protocols import TokenizingModel
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    model: str | None = None
+    """A chat model's id (default: the server's default chat model)."""
+
+
+class TokenizeRequest(_Body):
+    """llama-server's ``{"content"}`` or vLLM's ``{"messages"}``: one of the two."""
+
+    content: str | None = None
+    """Text to tokenize, as text: a special token's text in it stays text."""
+    messages: Annotated[list[ChatMessage] | None, Field(min_length=1)] = None
+    """A chat (OpenAI's messages): the ids of the prompt the model would read for it, and their count."""
+    add_special: bool = False
+    """With ``content``: add what the tokenizer adds around an input (the model's BOS, if it has one)."""
+    with_pieces: bool = False
+    """Each token as ``{"id", "piece"}``: its text, or its bytes where it holds part of a UTF-8 character."""
+
+
+class DetokenizeRequest(_Body):
+    tokens: list[int]
+    """Token ids of this model (0 to its largest id)."""
+
+
+class ApplyTemplateRequest(_Body):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    """A chat (OpenAI's messages), rendered by the model's chat template with the assistant's turn opened."""
+
+
+def messages_of(request: TokenizeRequest | ApplyTemplateRequest) -> list[dict[str, Any]] | None:
+    """The chat service's message dicts of the body, checked before the model is asked."""
+    return to_messages(request.messages) if request.messages is not None else None
+
+
+def check(request: TokenizeRequest) -> None:
+    """Exactly one of ``content`` and ``messages``."""
+    if (request.content is None) == (request.messages is None):
+        given = "both content and messages" if request.content is not None else "neither content nor messages"
+        raise bad_request(f"The body has {given}: give content (text) or messages (a chat), one of them.",
+                          "content")
+    if request.messages is not None and request.add_special:
+        raise bad_request("add_special applies to content: a chat's prompt has the tokens its template writes.",
+                          "add_special")
+
+
+def tokenizing(model: object, model_id: str) -> TokenizingModel:
+    if not isinstance(model, TokenizingModel):
+        raise bad_request(f"The model {model_id!r} is a chat class of your own without ortmodels' tokenizer; "
+                          "tokenize with an exported ortmodels chat model.", "model")
+    return model
+
+
+def _tokens(found: Tokens, with_pieces: bool) -> list[Any]:
+    if not with_pieces or found.pieces is None:
+        return list(found.ids)
+    return [{"id": token, "piece": piece if isinstance(piece, str) else list(piece)}
+            for token, piece in zip(found.ids, found.pieces, strict=True)]
+
+
+async def tokenize(model: object, model_id: str, request: TokenizeRequest) -> dict[str, Any]:
+    """``{"tokens", "count", "max_model_len"}`` (llama-server reads ``tokens``; vLLM all three)."""
+    tokens = tokenizing(model, model_id)
+    messages = messages_of(request)
+    if messages is not None:
+        found = await tokens.achat_tokens(messages, request.with_pieces)
+    else:
+        assert request.content is not None  # `check`
+        found = await tokens.atokenize(request.content, request.add_special, request.with_pieces)
+    return {"tokens": _tokens(found, request.with_pieces), "count": len(found.ids),
+            "max_model_len": found.context_length}
+
+
+async def detokenize(model: object, model_id: str, request: DetokenizeRequest) -> dict[str, Any]:
+    """``{"content"}``: the text of the ids."""
+    try:
+        return {"content": await tokenizing(model, model_id).adetokenize(list(request.tokens))}
+    except ChatInputError as exc:  # an id outside the vocabulary: the message names the range
+        raise bad_request(str(exc), "tokens", "invalid_value") from None
+
+
+async def apply_template(model: object, model_id: str, request: ApplyTemplateRequest) -> dict[str, Any]:
+    """``{"prompt"}``: the chat as the model reads it (and ``count``, its tokens)."""
+    messages = messages_of(request)
+    assert messages is not None
+    found = await tokenizing(model, model_id).achat_tokens(messages)
+    return {"prompt": found.prompt, "count": len(found.ids), "max_model_len": found.context_length}
