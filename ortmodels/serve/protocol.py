@@ -91,8 +91,9 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 
 
 def unsupported_field(request: BaseModel) -> str | None:
-    """The first field whose value asks for something ortmodels does not do."""
-    for name, neutral in UNSUPPORTED.items():
+    """The first field whose value asks for something ortmodels does not do (a body of another API,
+    Anthropic's, lists its own fields in its class's ``UNSUPPORTED``)."""
+    for name, neutral in getattr(type(request), "UNSUPPORTED", UNSUPPORTED).items():
         if name in type(request).model_fields and getattr(request, name) not in neutral:
             return name
     return None

@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from ..runtime.events import ChatEvent
-from . import chat, completions, embeddings, rerank
+from . import chat, completions, embeddings, messages, rerank
 from .admission import RETRY_AFTER_S, Slot
+from .anthropic import CountTokensRequest, MessagesRequest
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
 from .models import ModelId
@@ -31,8 +32,8 @@ from .protocol import (
     ModelList,
     unsupported_field,
 )
-from .protocols import ChatModel, Loadable
-from .sse import respond
+from .protocols import ChatModel, Loadable, token_counter
+from .sse import error_events, respond
 from .state import ServerState
 
 MAX_BODY_BYTES = 32 << 20
@@ -54,6 +55,17 @@ def _check_key(request: Request) -> None:
         raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key the "
                        "server was started with (--api-key).", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
+
+
+def _check_anthropic_key(request: Request) -> None:
+    """Anthropic's clients send the key as ``x-api-key``; ``Authorization: Bearer`` is taken too."""
+    key, given = _state(request).api_key, request.headers.get("x-api-key")
+    if key is None or given is None:
+        return _check_key(request)
+    if not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "Incorrect API key: send 'x-api-key: <key>' with the key the server was started with "
+                       "(--api-key).", code="invalid_api_key")
+    return None
 
 
 router = APIRouter()
@@ -137,8 +149,9 @@ async def _guarded(request: Request, slot: Slot, work: Coroutine[Any, Any, dict[
         slot.release()
 
 
-async def _prime(request: Request, slot: Slot, events: AsyncIterator[str]) -> Response:
-    return await respond(events, slot, _state(request).shutdown)
+async def _prime(request: Request, slot: Slot, events: AsyncIterator[str],
+                 errors: Callable[[BaseException], list[str]] = error_events) -> Response:
+    return await respond(events, slot, _state(request).shutdown, errors)
 
 
 # -- health and metrics -----------------------------------------------------------------------
@@ -200,7 +213,8 @@ async def text_completions(request: Request) -> Response:
 
 async def _answer(request: Request, state: ServerState, entry: ModelId,
                   open_stream: Callable[[ChatModel], AsyncIterator[ChatEvent]],
-                  answer: chat.ChatAnswer | completions.TextAnswer, body: Any) -> Response:
+                  answer: chat.ChatAnswer | completions.TextAnswer | messages.MessageAnswer,
+                  body: Any) -> Response:
     """Admit the request, open the model's stream, and answer it streamed (SSE) or whole;
     the admission slot is released however it ends."""
     _ready(state)
@@ -211,8 +225,9 @@ async def _answer(request: Request, state: ServerState, entry: ModelId,
         slot.release()
         raise
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _prime(request, slot, answer.stream(chunks, include_usage))
+        stream_options = getattr(body, "stream_options", None)  # OpenAI's; Anthropic's stream always ends with usage
+        include_usage = bool(stream_options and stream_options.include_usage)
+        return await _prime(request, slot, answer.stream(chunks, include_usage), answer.error_events)
     return await _guarded(request, slot, answer.complete(chunks))
 
 
@@ -255,4 +270,36 @@ async def _whole(request: Request, state: ServerState, model_of: Coroutine[Any, 
     return await _guarded(request, slot, work(model))
 
 
+# -- Anthropic's Messages API: its own error shape (`messages.AnthropicRoute`) and key header ---------
+
+anthropic = APIRouter(prefix="/v1", route_class=messages.AnthropicRoute,
+                      dependencies=[Depends(_check_anthropic_key)])
+
+
+@anthropic.post("/messages")
+async def create_message(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, MessagesRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    conversation = messages.to_messages(body)
+    options = messages.message_options(body)
+
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.achat_events(conversation, options)
+
+    return await _answer(request, state, entry, open_stream, messages.MessageAnswer(body.model or entry.id), body)
+
+
+@anthropic.post("/messages/count_tokens")
+async def count_message_tokens(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, CountTokensRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    conversation = messages.to_messages(body)
+    options = messages.count_options(body)
+    return await _whole(request, state, state.catalog.chat(entry), lambda model: messages.count_tokens(
+        token_counter(model, entry.id), conversation, options))
+
+
 router.include_router(v1)
+router.include_router(anthropic)
