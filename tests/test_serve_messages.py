@@ -6,6 +6,7 @@ proves the client's ``x-api-key`` header is taken. Answers are greedy and short 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
 from .conftest import CHAT_SAMPLE
-from .test_serve import KEY, Server, _start, _stop
+from .test_serve import KEY, Server, _fuzz_bodies, _random_value, _start, _stop
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +203,54 @@ def test_errors_of_every_kind_are_anthropic_shaped(server: Server, client: anthr
     openai_error = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": []}, timeout=60,
                               headers={"Authorization": f"Bearer {KEY}"})
     assert openai_error.status_code == 400 and set(openai_error.json()["error"]) == {"message", "type", "param", "code"}
+
+
+_HISTORY = [{"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                               "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Rain"}]}]
+_FUZZED = ["model", "max_tokens", "messages", "system", "tools", "tool_choice", "stop_sequences", "temperature",
+           "top_p", "top_k", "stream", "thinking", "metadata", "output_config", "cache_control", "junk"]
+
+
+def _block_mutations(rng: random.Random, count: int) -> Iterator[tuple[str, bytes]]:
+    """The history with one block's field (or the block itself) replaced by a random value."""
+    for _ in range(count):
+        history = json.loads(json.dumps(_HISTORY))
+        message = rng.choice(history)
+        block = rng.choice(message["content"])
+        key = rng.choice([*block, "type", "content", "is_error"])
+        if rng.random() < 0.2:
+            message["content"][message["content"].index(block)] = _random_value(rng)
+        else:
+            block[key] = _random_value(rng)
+        yield "/messages", json.dumps({"model": CHAT_SAMPLE, "max_tokens": 3, "messages": history,
+                                       "tools": [WEATHER]}).encode()
+
+
+def _short(content: bytes) -> bytes:
+    """Any accidental real generation kept short."""
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return content
+    if isinstance(body, dict) and isinstance(body.get("max_tokens"), int) and 3 < body["max_tokens"] < 10**6:
+        body["max_tokens"] = 3
+    return json.dumps(body).encode()
+
+
+def test_fuzzed_bodies_never_5xx_and_every_4xx_is_anthropic_shaped(server: Server) -> None:
+    base = {"model": CHAT_SAMPLE, "max_tokens": 3, "messages": _HISTORY, "system": "Be brief.", "tools": [WEATHER]}
+    bases = {"/messages": base, "/messages/count_tokens": {k: v for k, v in base.items() if k != "max_tokens"}}
+    rng = random.Random(23)
+    bodies = [*_fuzz_bodies(rng, 160, bases, dict.fromkeys(bases, _FUZZED)), *_block_mutations(rng, 60)]
+    statuses: dict[int, int] = {}
+    with httpx.Client(timeout=120, headers={"Content-Type": "application/json", "x-api-key": KEY}) as http:
+        for path, content in bodies:
+            reply = http.post(f"{server.url}/v1{path}", content=_short(content))
+            statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+            assert reply.status_code < 500, (path, content[:300], reply.text[:500])
+            if reply.status_code >= 400:
+                body = reply.json()
+                assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, reply.text
+    assert statuses.get(400, 0) > 100 and statuses.get(200, 0) > 0, statuses

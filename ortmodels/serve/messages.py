@@ -48,7 +48,7 @@ def _blocks(content: str | list[dict[str, Any]], where: str) -> list[dict[str, A
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     for number, block in enumerate(content):
-        if not isinstance(block.get("type"), str):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise bad_request(f"{where}[{number}] has no type: give {{'type': 'text', 'text': ...}}.",
                               f"{where}[{number}].type")
     return content
