@@ -14,6 +14,10 @@ import pytest
 anthropic = pytest.importorskip("anthropic")
 httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("fastapi")
+
+from ortmodels.serve.errors import ApiError
+from ortmodels.serve.messages import MessageAnswer
 
 from .conftest import CHAT_SAMPLE
 from .test_serve import KEY, Server, _fuzz_bodies, _random_value, _start, _stop
@@ -191,6 +195,8 @@ def test_errors_of_every_kind_are_anthropic_shaped(server: Server, client: anthr
     assert "max_tokens" in _anthropic_error(_raw(server, "/messages/count_tokens", ask), 400,
                                             "invalid_request_error")
     assert "x-api-key" in _anthropic_error(_raw(server, "/messages", ask, key="wrong"), 401, "authentication_error")
+    unkeyed = httpx.post(f"{server.url}/v1/messages", json=ask, timeout=60)
+    assert "x-api-key" in _anthropic_error(unkeyed, 401, "authentication_error")
     with pytest.raises(anthropic.NotFoundError) as caught:
         client.messages.create(model="no-such-model", max_tokens=8, messages=QUESTION)
     assert caught.value.body["error"]["type"] == "not_found_error" and "no-such-model" in caught.value.message
@@ -254,3 +260,11 @@ def test_fuzzed_bodies_never_5xx_and_every_4xx_is_anthropic_shaped(server: Serve
                 body = reply.json()
                 assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, reply.text
     assert statuses.get(400, 0) > 100 and statuses.get(200, 0) > 0, statuses
+
+
+def test_a_stream_that_fails_midway_ends_with_anthropic_error_event() -> None:
+    """What `sse.respond` sends after a started stream fails (the shutdown timeout, an engine that
+    closed): Anthropic's ``event: error``, not OpenAI's ``data: {"error": ...}`` and ``[DONE]``."""
+    events = MessageAnswer(CHAT_SAMPLE).error_events(ApiError(503, "The server is shutting down.", type="server_error"))
+    assert events == ['event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                      '"message":"The server is shutting down."}}\n\n']

@@ -60,11 +60,11 @@ def _check_key(request: Request) -> None:
 def _check_anthropic_key(request: Request) -> None:
     """Anthropic's clients send the key as ``x-api-key``; ``Authorization: Bearer`` is taken too."""
     key, given = _state(request).api_key, request.headers.get("x-api-key")
-    if key is None or given is None:
+    if key is None or (given is None and "authorization" in request.headers):
         return _check_key(request)
-    if not secrets.compare_digest(given.strip().encode(), key.encode()):
-        raise ApiError(401, "Incorrect API key: send 'x-api-key: <key>' with the key the server was started with "
-                       "(--api-key).", code="invalid_api_key")
+    if given is None or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "Incorrect or missing API key: send 'x-api-key: <key>' (or 'Authorization: Bearer "
+                       "<key>') with the key the server was started with (--api-key).", code="invalid_api_key")
     return None
 
 
