@@ -266,5 +266,5 @@ def test_a_stream_that_fails_midway_ends_with_anthropic_error_event() -> None:
     """What `sse.respond` sends after a started stream fails (the shutdown timeout, an engine that
     closed): Anthropic's ``event: error``, not OpenAI's ``data: {"error": ...}`` and ``[DONE]``."""
     events = MessageAnswer(CHAT_SAMPLE).error_events(ApiError(503, "The server is shutting down.", type="server_error"))
-    assert events == ['event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
-                      '"message":"The server is shutting down."}}\n\n']
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "The server is shutting down."}}
+    assert events == [f"event: error\ndata: {json.dumps(error, separators=(',', ':'))}\n\n"]
