@@ -72,6 +72,14 @@ def test_create_whole_with_system(client: anthropic.Anthropic) -> None:
     assert repeated.input_tokens > _prompt_tokens(message)
 
 
+def test_sampling_options_reach_the_engine(client: anthropic.Anthropic) -> None:
+    """At temperature 1, ``top_k: 1`` or a tiny ``top_p`` leaves one candidate per token: the greedy answer."""
+    greedy = _text(_create(client))
+    for sampling in ({"temperature": 1.0, "top_k": 1}, {"temperature": 1.0, "top_p": 0.01}):
+        sampled = client.messages.create(model=CHAT_SAMPLE, max_tokens=24, messages=QUESTION, extra_body=sampling)
+        assert _text(sampled) == greedy, sampling
+
+
 def test_stream_events_in_order(client: anthropic.Anthropic) -> None:
     whole = _create(client)
     events = list(client.messages.create(model=CHAT_SAMPLE, max_tokens=24, messages=QUESTION, stream=True,
@@ -129,6 +137,14 @@ def test_tool_round_trip(client: anthropic.Anthropic) -> None:
     answer = _create(client, max_tokens=32, messages=history, tools=[WEATHER], tool_choice={"type": "none"})
     assert [block.type for block in answer.content] == ["text"] and _text(answer).strip()
     assert answer.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_output_config_format_holds_the_answer_to_its_schema(client: anthropic.Anthropic) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}
+    message = _create(client, max_tokens=48, output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(_text(message)), schema)
 
 
 def test_count_tokens_is_the_prompt_of_a_call(client: anthropic.Anthropic) -> None:
