@@ -59,7 +59,7 @@ def test_long_output_decodes_short_windows() -> None:
 def test_stop_strings_across_tokens(text: str, stop: str) -> None:
     ids = tokenizer().encode(text, add_special_tokens=False).ids
     pieces, assembler, _ = _stream(ids, (stop, "never in the text"))
-    assert assembler.stopped
+    assert assembler.stopped and assembler.stopped_by == stop
     assert "".join(pieces) == text[: text.index(stop)]
     assert all(stop not in p for p in pieces)
 

@@ -145,6 +145,22 @@ def test_openai_client_chat_stream_and_embeddings(cluster: Cluster) -> None:
     assert vectors.usage.prompt_tokens > 4
 
 
+def test_anthropic_messages_and_token_count_through_a_replica(cluster: Cluster) -> None:
+    """``/v1/messages`` over Ray, and ``count_tokens`` answered by a replica (`RemoteModel.acount_tokens`)."""
+    body = {"model": CHAT_SAMPLE, "messages": QUESTION}
+    counted = httpx.post(f"{cluster.url}/v1/messages/count_tokens", json=body, timeout=120)
+    assert counted.status_code == 200, counted.text
+    reply = httpx.post(f"{cluster.url}/v1/messages", json={**body, "max_tokens": 8, "temperature": 0}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    message = reply.json()
+    assert message["type"] == "message" and "Paris" in message["content"][0]["text"]
+    usage = message["usage"]
+    assert counted.json() == {"input_tokens": usage["input_tokens"] + usage["cache_read_input_tokens"]}
+    missing = httpx.post(f"{cluster.url}/v1/messages", json={**body, "model": "no-such-model", "max_tokens": 8},
+                         timeout=60)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
 def test_errors_from_a_replica_keep_openai_bodies(cluster: Cluster) -> None:
     client = cluster.client()
     with pytest.raises(openai.NotFoundError) as missing:

@@ -29,6 +29,8 @@ class TextAssembler:
     stop: tuple[str, ...] = ()
     ids: list[int] = field(default_factory=list)
     stopped: bool = False
+    stopped_by: str | None = None
+    """The stop string that ended generation (the first in ``stop`` of those found earliest)."""
     _parts: list[str] = field(default_factory=list, repr=False)
     _tail: str = field(default="", repr=False)  # the last released characters a stop string may reach back into
     _pending: str = field(default="", repr=False)  # decoded, whole characters, not released yet
@@ -73,8 +75,9 @@ class TextAssembler:
     def _settle(self, final: bool) -> str:
         """Release what is safe from ``_pending``; look back into ``_tail`` for stop strings."""
         window = self._tail + self._pending
-        cut = self._stop_index(window, len(self._tail))
-        if cut is not None:
+        hit = self._stop_hit(window, len(self._tail))
+        if hit is not None:
+            cut, self.stopped_by = hit
             self.stopped = True
             return self._release(max(0, cut - len(self._tail)))
         held = 0 if final else self._held_back(window)
@@ -88,9 +91,10 @@ class TextAssembler:
             self._tail = (self._tail + piece)[-reach:] if reach else ""
         return piece
 
-    def _stop_index(self, window: str, released: int) -> int | None:
-        hits = [i for s in self.stop if (i := window.find(s, max(0, released - len(s)))) >= 0]
-        return min(hits) if hits else None
+    def _stop_hit(self, window: str, released: int) -> tuple[int, str] | None:
+        """Where the earliest stop string in ``window`` starts, and which one it is."""
+        hits = [(i, s) for s in self.stop if (i := window.find(s, max(0, released - len(s)))) >= 0]
+        return min(hits, key=lambda hit: hit[0]) if hits else None
 
     def _held_back(self, text: str) -> int:
         """Length of the longest tail of ``text`` that begins some stop string."""

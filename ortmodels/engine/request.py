@@ -61,6 +61,8 @@ class Finished:
     cached_tokens: int  # prompt tokens taken from the prompt cache instead of computed
     time_to_first_token_s: float | None
     error: BaseException | None = None
+    stop_sequence: str | None = None
+    """The caller's stop string that ended the text (reason ``stop``), if one did."""
 
 
 Event = TextDelta | Finished
@@ -219,7 +221,9 @@ class Request:
                 self._deliver(TextDelta(tail))
         self.finish_reason, self.error = reason, error
         ttft = None if self.first_token_at is None or self.added_at is None else self.first_token_at - self.added_at
-        self._deliver(Finished(reason, len(self.prompt_ids), self.completion_tokens, self.cached_tokens, ttft, error))
+        stopped_by = self._assembler.stopped_by if self._assembler is not None and reason == "stop" else None
+        self._deliver(Finished(reason, len(self.prompt_ids), self.completion_tokens, self.cached_tokens, ttft, error,
+                               stopped_by))
 
     def _deliver(self, event: Event) -> None:
         if self._loop is None or self._async_events is None:

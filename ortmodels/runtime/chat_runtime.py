@@ -194,6 +194,14 @@ class ChatRuntime(ChoosesVariant, Managed):
         """`achat_events` for a plain prompt, without the chat template (``/v1/completions``)."""
         return self._aguarded_iter(self.aevents(lambda s: s.prepare_text(prompt, self.with_defaults(options))))
 
+    async def acount_tokens(self, messages: list[dict[str, Any]], options: ChatOptions) -> int:
+        """How many prompt tokens a call with these messages and options would read (its tools'
+        prompt included; before any ``truncate_prompt`` cut), without running it."""
+        def count() -> int:
+            return len(self.prepared(lambda s: s.prompt_ids(messages, self.with_defaults(options)))[1])
+
+        return await asyncio.get_running_loop().run_in_executor(None, count)
+
     def chat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> Iterator[ChatEvent]:
         """`achat_events` for a caller without an event loop (``ortmodels chat``)."""
         return self._guarded_iter(self.events(lambda s: s.prepare(messages, self.with_defaults(options))))

@@ -71,6 +71,9 @@ class Finished:
     time_to_first_token_s: float | None
     variant: str | None = None
     device: str | None = None
+    stop_sequence: str | None = None
+    """The caller's stop string that ended the answer (reason ``stop``), when one did rather than the
+    model's end token (Anthropic's ``stop_sequence``)."""
 
 
 ChatEvent = TextDelta | ToolCalls | Finished

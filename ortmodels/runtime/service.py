@@ -299,7 +299,7 @@ class _Reader:
                 events.append(ToolCalls(content, tuple(calls)))
         first = self.first if self.first is not None else event.time_to_first_token_s
         usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
-        events.append(Finished(reason, usage, first, self.service.variant, self.service.device))
+        events.append(Finished(reason, usage, first, self.service.variant, self.service.device, event.stop_sequence))
         return events
 
     def _logprob(self, logprob: Any) -> TokenLogprob:

@@ -11,6 +11,7 @@ from ..runtime.events import ChatEvent, Finished
 from ..runtime.options import ChatOptions, SamplingOptions, StopOptions
 from .errors import ApiError
 from .protocol import Usage
+from .sse import error_events
 
 
 class Answer:
@@ -23,12 +24,17 @@ class Answer:
         self.created = int(time.time())
         self.model = model_id
 
+    def error_events(self, exc: BaseException) -> list[str]:
+        """How this answer's stream ends on an error after it started (OpenAI's: an error event, [DONE])."""
+        return error_events(exc)
+
 
 def service_options(request: Any, max_tokens: int | None, **output: Any) -> ChatOptions:
     """The chat service's options for a body: its `SamplingOptions` and `StopOptions` fields
     (both endpoints' bodies carry them as they are), ``max_tokens`` as the endpoint spells it,
     and ``output`` (tools, a response format, log-probabilities) mapped by the endpoint."""
-    given = {name: getattr(request, name) for name in (*SamplingOptions.model_fields, *StopOptions.model_fields)}
+    given = {name: getattr(request, name, None)
+             for name in (*SamplingOptions.model_fields, *StopOptions.model_fields)}
     given.update(max_tokens=max_tokens, **output)
     return ChatOptions.checked(**{name: value for name, value in given.items() if value is not None})
 

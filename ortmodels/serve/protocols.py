@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..engine import EngineGauges
+from ..errors import ChatInputError
 from ..runtime.events import ChatEvent
 from ..runtime.options import ChatOptions
 from ..runtime.tokens import Tokens
@@ -26,6 +27,14 @@ class ChatModel(Protocol):
     def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]: ...
 
     def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]: ...
+
+
+@runtime_checkable
+class CountsTokens(Protocol):
+    """A chat model that can count a call's prompt tokens without running it
+    (``/v1/messages/count_tokens``): ortmodels' own, here or on a Ray replica."""
+
+    async def acount_tokens(self, messages: list[dict[str, Any]], options: ChatOptions) -> int: ...
 
 
 class EmbeddingModel(Protocol):
@@ -72,6 +81,14 @@ class ReportsGauges(Protocol):
     """A model that runs an engine reports its figures (``/metrics``); ``None`` while not loaded."""
 
     def engine_gauges(self) -> EngineGauges | None: ...
+
+
+def token_counter(model: object, model_id: str) -> CountsTokens:
+    """``model`` as a `CountsTokens`, or the 400 that says it cannot count (a user's LangChain class)."""
+    if isinstance(model, CountsTokens):
+        return model
+    raise ChatInputError(f"{model_id} cannot count prompt tokens: its class {type(model).__name__} has no "
+                         "acount_tokens (ortmodels' own chat models have).")
 
 
 def as_chat_model(model: object) -> ChatModel:

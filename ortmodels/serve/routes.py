@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from ..runtime.events import ChatEvent
-from . import chat, completions, embeddings, grammar, rerank, responses, tokenize
+from . import chat, completions, embeddings, grammar, messages, rerank, responses, tokenize
 from .admission import RETRY_AFTER_S, Slot
+from .anthropic import CountTokensRequest, MessagesRequest
 from .errors import ApiError, bad_request, from_validation
 from .metrics import metrics_text
 from .models import ModelId
@@ -32,8 +33,8 @@ from .protocol import (
     unsupported_field,
 )
 from .protocol_responses import ResponsesRequest
-from .protocols import ChatModel, Loadable
-from .sse import respond
+from .protocols import ChatModel, Loadable, token_counter
+from .sse import error_events, respond
 from .state import ServerState
 from .webpage import page_file
 
@@ -56,6 +57,17 @@ def _check_key(request: Request) -> None:
         raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key the "
                        "server was started with (--api-key).", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
+
+
+def _check_anthropic_key(request: Request) -> None:
+    """Anthropic's clients send the key as ``x-api-key``; ``Authorization: Bearer`` is taken too."""
+    key, given = _state(request).api_key, request.headers.get("x-api-key")
+    if key is None or (given is None and "authorization" in request.headers):
+        return _check_key(request)
+    if given is None or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "Incorrect or missing API key: send 'x-api-key: <key>' (or 'Authorization: Bearer "
+                       "<key>') with the key the server was started with (--api-key).", code="invalid_api_key")
+    return None
 
 
 router = APIRouter()
@@ -158,8 +170,9 @@ async def _guarded(request: Request, slot: Slot, work: Coroutine[Any, Any, dict[
         slot.release()
 
 
-async def _prime(request: Request, slot: Slot, events: AsyncIterator[str]) -> Response:
-    return await respond(events, slot, _state(request).shutdown)
+async def _prime(request: Request, slot: Slot, events: AsyncIterator[str],
+                 errors: Callable[[BaseException], list[str]] = error_events) -> Response:
+    return await respond(events, slot, _state(request).shutdown, errors)
 
 
 # -- health and metrics -----------------------------------------------------------------------
@@ -221,7 +234,8 @@ async def text_completions(request: Request) -> Response:
 
 async def _answer(request: Request, state: ServerState, entry: ModelId,
                   open_stream: Callable[[ChatModel], AsyncIterator[ChatEvent]],
-                  answer: chat.ChatAnswer | completions.TextAnswer | responses.ResponseAnswer, body: Any) -> Response:
+                  answer: chat.ChatAnswer | completions.TextAnswer | responses.ResponseAnswer | messages.MessageAnswer,
+                  body: Any) -> Response:
     """Admit the request, open the model's stream, and answer it streamed (SSE) or whole;
     the admission slot is released however it ends."""
     _ready(state)
@@ -232,8 +246,9 @@ async def _answer(request: Request, state: ServerState, entry: ModelId,
         slot.release()
         raise
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _prime(request, slot, answer.stream(chunks, include_usage))
+        stream_options = getattr(body, "stream_options", None)  # OpenAI's; Anthropic's stream always ends with usage
+        include_usage = bool(stream_options and stream_options.include_usage)
+        return await _prime(request, slot, answer.stream(chunks, include_usage), answer.error_events)
     return await _guarded(request, slot, answer.complete(chunks))
 
 
@@ -339,6 +354,40 @@ async def apply_template(request: Request) -> Response:
 
 
 router.include_router(v1)
+
+
+# -- Anthropic's Messages API: its own error shape (`messages.AnthropicRoute`) and key header ---------
+
+anthropic = APIRouter(prefix="/v1", route_class=messages.AnthropicRoute,
+                      dependencies=[Depends(_check_anthropic_key)])
+
+
+@anthropic.post("/messages")
+async def create_message(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, MessagesRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    conversation = messages.to_messages(body)
+    options = messages.message_options(body)
+
+    def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
+        return model.achat_events(conversation, options)
+
+    return await _answer(request, state, entry, open_stream, messages.MessageAnswer(body.model or entry.id), body)
+
+
+@anthropic.post("/messages/count_tokens")
+async def count_message_tokens(request: Request) -> Response:
+    state = _state(request)
+    body = await _parse(request, CountTokensRequest)
+    entry = state.catalog.resolve(body.model, "chat")
+    conversation = messages.to_messages(body)
+    options = messages.count_options(body)
+    return await _whole(request, state, state.catalog.chat(entry), lambda model: messages.count_tokens(
+        token_counter(model, entry.id), conversation, options))
+
+
+router.include_router(anthropic)
 
 
 # -- the page ---------------------------------------------------------------------------------

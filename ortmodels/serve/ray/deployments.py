@@ -32,7 +32,7 @@ from ...runtime.options import ChatOptions
 from ...runtime.tokens import Tokens
 from ..app import DEFAULT_MAX_QUEUE, create_app
 from ..models import Catalog, ModelId
-from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model
+from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model, token_counter
 from .remote import RayCatalog
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,9 @@ class ModelServer:
         async with aclosing(as_chat_model(self._model(model_id)).atext_events(prompt, options)) as events:
             async for item in events:
                 yield item
+
+    async def acount_tokens(self, model_id: str, messages: list[dict[str, Any]], options: ChatOptions) -> int:
+        return await token_counter(self._model(model_id), model_id).acount_tokens(messages, options)
 
     async def aembed_counted(self, model_id: str, texts: list[str],
                              options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:

@@ -85,6 +85,9 @@ class RemoteModel:
                 raise
             raise unwrapped from None
 
+    async def acount_tokens(self, messages: list[dict[str, Any]], options: ChatOptions) -> int:
+        return await self._call("acount_tokens", messages, options)  # type: ignore[no-any-return]
+
     async def aembed_counted(self, texts: list[str],
                              options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
         return await self._call("aembed_counted", texts, options)  # type: ignore[no-any-return]
