@@ -278,9 +278,12 @@ class ChatService:
             return None  # thinking off, no block opened: nothing to cut (tags it writes are still read)
         source = getattr(getattr(grammar, "grammar", None), "source", None)
         whole = isinstance(source, str) and TAGS[self.reasoning_format][0] in source
+        # an answer a grammar must give (not a lazy tool call the model may never start): no end before it
+        held = grammar is not None and getattr(grammar, "trigger_token", None) is None
         return ReasoningGate(tokens, inside=inside, budget=budget, force_open=force_open,
                              may_open=options.thinking() is not False, answer=grammar, whole=whole,
-                             end_ids=tuple(self.spec.eos_token_ids), ban_open=options.reasoning_budget == 0)
+                             end_ids=tuple(self.spec.eos_token_ids) if held else (),
+                             ban_open=options.reasoning_budget == 0)
 
     def prepare_text(self, prompt: str, options: ChatOptions) -> Prepared:
         """``prompt`` continued as it is, without the chat template (OpenAI's ``/v1/completions``):
