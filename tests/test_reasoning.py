@@ -215,6 +215,24 @@ def test_structured_output_validates_after_the_reasoning(chat: object) -> None:
 
 
 @pytest.mark.slow
+def test_a_forced_tool_call_comes_after_the_reasoning(chat: object) -> None:
+    """Qwen3's template offers the tools (Hermes ``<tool_call>``); the call's grammar is armed at
+    the closing tag."""
+    from ortmodels.runtime.events import Finished, ToolCalls
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 6}}, "required": ["city"]}}}]
+    events, request = _events(chat, enable_thinking=True, reasoning_budget=3, tools=tools,
+                              tool_choice="get_weather", max_tokens=128)
+    reasoning, _ = _texts(events)
+    calls = [e for e in events if isinstance(e, ToolCalls)]
+    assert reasoning and request.generated[0] == chat.loaded.think_tokens.open_id  # type: ignore[attr-defined]
+    assert len(calls) == 1 and [c.name for c in calls[0].calls] == ["get_weather"]
+    assert "<think>" not in calls[0].content and "</think>" not in calls[0].content
+    assert isinstance(events[-1], Finished) and events[-1].reason == "tool_calls"
+
+
+@pytest.mark.slow
 def test_a_grammar_that_writes_the_block_itself_is_split_even_with_thinking_off(chat: object) -> None:
     """"Nothing is parsed as reasoning unless the model writes the tags": here a Lark grammar
     makes it write them, after the template's empty block."""

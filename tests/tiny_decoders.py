@@ -109,6 +109,8 @@ def build_tokenizer():
 #: A reasoning model's tags: single added tokens after the vocabulary, not special (as Qwen3's are),
 #: so they are text in the output as they are in Qwen3's.
 THINK_TOKENS = ("<think>", "</think>")
+#: The context of the reasoning model: Qwen3's template offers tools in a long system prompt.
+THINKING_POSITIONS = 768
 #: Qwen3-0.6B's own chat template (tests/templates/README.md says where it comes from).
 QWEN3_TEMPLATE = Path(__file__).parent / "templates" / "Qwen-Qwen3-0.6B.jinja"
 
@@ -240,6 +242,8 @@ def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False, windo
         config = _with_window(config, family)
     tokenizer = build_tokenizer() if thinking_template is None else build_thinking_tokenizer(thinking_template)
     config.vocab_size = len(tokenizer)
+    if thinking_template is not None:  # room for Qwen3's tools prompt (419 tokens with one tool) and a call
+        config.max_position_embeddings = THINKING_POSITIONS
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
