@@ -167,6 +167,19 @@ def test_enable_thinking_switches_the_templates_empty_block(chat: object) -> Non
 
 
 @pytest.mark.slow
+def test_an_older_manifest_without_the_field_reads_the_template(chat: object) -> None:
+    from ortmodels.runtime.service import ChatService
+    from ortmodels.store.manifest import ChatSpec
+
+    loaded = chat.loaded  # type: ignore[attr-defined]
+    older = ChatSpec.model_validate({k: v for k, v in loaded.spec.model_dump().items() if k != "reasoning_format"})
+    assert older.reasoning_format is None
+    service = ChatService(loaded.engine, loaded.tokenizer, loaded.template, older, loaded.variant, loaded.device,
+                          loaded.grammars)
+    assert service.reasoning_format == "think-tags" and service.think_tokens == loaded.think_tokens
+
+
+@pytest.mark.slow
 def test_thinking_off_reports_no_reasoning(chat: object) -> None:
     """vllm#19839 and ollama#13154: with thinking off the whole answer is content; the
     template's own empty block is prompt, never reasoning."""
@@ -306,8 +319,15 @@ def test_the_server_sends_reasoning_content_whole_and_streamed(store: Path,
         for chunk in client.chat.completions.create(**off, stream=True):
             assert all("reasoning_content" not in (c.delta.model_extra or {}) for c in chunk.choices)
 
-        bad = httpx.post(f"{server.v1}/chat/completions", timeout=60, json={
-            "model": NAME, "messages": MESSAGES, "chat_template_kwargs": {"thinking_mode": "on"}})
-        assert bad.status_code == 400 and "enable_thinking" in bad.json()["error"]["message"], bad.text
+        for fields, named in [({"chat_template_kwargs": {"thinking_mode": "on"}}, "enable_thinking"),
+                              ({"chat_template_kwargs": {"enable_thinking": "maybe"}}, "enable_thinking"),
+                              ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
+                              ({"enable_thinking": True, "chat_template_kwargs": {"enable_thinking": False}},
+                               "disagree"),
+                              ({"reasoning_budget": -2}, "reasoning_budget"),
+                              ({"reasoning_budget": "4"}, "reasoning_budget")]:
+            bad = httpx.post(f"{server.v1}/chat/completions", timeout=60,
+                             json={"model": NAME, "messages": MESSAGES, "max_tokens": 4, **fields})
+            assert bad.status_code == 400 and named in bad.text, (fields, bad.text)
     finally:
         _stop(server)
