@@ -106,6 +106,26 @@ def build_tokenizer():
     return tokenizer
 
 
+#: A reasoning model's tags: single added tokens after the vocabulary, not special (as Qwen3's are),
+#: so they are text in the output as they are in Qwen3's.
+THINK_TOKENS = ("<think>", "</think>")
+#: The context of the reasoning model: Qwen3's template offers tools in a long system prompt.
+THINKING_POSITIONS = 768
+#: Qwen3-0.6B's own chat template (tests/templates/README.md says where it comes from).
+QWEN3_TEMPLATE = Path(__file__).parent / "templates" / "Qwen-Qwen3-0.6B.jinja"
+
+
+def build_thinking_tokenizer(template: str):
+    """The shared tokenizer with ``<think>`` and ``</think>`` added as single tokens, and ``template``."""
+    from tokenizers import AddedToken
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in THINK_TOKENS])
+    tokenizer.chat_template = template
+    assert len(tokenizer) == VOCAB_SIZE + len(THINK_TOKENS)
+    return tokenizer
+
+
 def _config(family: str):
     from transformers import (
         Gemma2Config,
@@ -201,11 +221,14 @@ def _with_window(config, family: str):
     return config
 
 
-def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False, window: bool = False) -> Path:
+def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False, window: bool = False,
+                       thinking_template: str | None = None) -> Path:
     """Write a tiny random causal LM checkpoint of ``family`` into ``folder``; returns it.
 
     ``long_rope`` (Phi-3 only): long-rope scaling, which sends the export through optimum.
     ``window``: a sliding window of SLIDING_WINDOW tokens for families where it is optional.
+    ``thinking_template``: a reasoning model's chat template (`QWEN3_TEMPLATE`'s text), with
+    ``<think>`` and ``</think>`` added to the vocabulary as single tokens.
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -217,7 +240,10 @@ def build_tiny_decoder(folder: Path, family: str, long_rope: bool = False, windo
     config = _long_rope_phi3() if long_rope else _config(family)
     if window:
         config = _with_window(config, family)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer() if thinking_template is None else build_thinking_tokenizer(thinking_template)
+    config.vocab_size = len(tokenizer)
+    if thinking_template is not None:  # room for Qwen3's tools prompt (419 tokens with one tool) and a call
+        config.max_position_embeddings = THINKING_POSITIONS
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

@@ -23,7 +23,7 @@ from langchain_core.messages import (
 
 from ..engine.toolcalls import ToolCall
 from ..errors import ChatInputError, StructuredOutputError
-from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage
+from .events import ChatEvent, Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCalls, Usage
 from .options import ChatOptions
 
 _METHODS = {"achat_events": "astream", "atext_events": "astream_text"}
@@ -80,6 +80,9 @@ async def langchain_events(model: Any, method: str, given: Any, options: ChatOpt
         async for chunk in chunks:
             content = chunk.content if isinstance(chunk.content, str) else ""
             metadata = chunk.response_metadata or {}
+            thought = (chunk.additional_kwargs or {}).get("reasoning_content")
+            if isinstance(thought, str) and thought:  # ChatOllama(reasoning=True) and ortmodels' own
+                yield ReasoningDelta(thought)
             streamed = getattr(chunk, "tool_call_chunks", None) or []
             for position, piece in enumerate(streamed):
                 _gather(pieces, piece, position)

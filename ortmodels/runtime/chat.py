@@ -40,7 +40,7 @@ from ..engine import EngineGauges
 from ..lifecycle import LifeCycle
 from ..store.names import validate_model_name
 from .chat_runtime import ChatRuntime, merge_options, over_defaults
-from .events import ChatEvent, TextDelta, ToolCalls
+from .events import ChatEvent, ReasoningDelta, TextDelta, ToolCalls
 from .messages import to_service_messages
 from .options import OUTPUT_OPTIONS, ChatOptions, ModelOptions, check_stop
 from .service import ChatService, Prepared, find_chat_template
@@ -75,6 +75,10 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     Options: the fields of `ortmodels.runtime.options.ModelOptions`, each a default that a
     call's own keyword argument replaces (``stop`` strings are added to the model's).
+
+    Reasoning: a reasoning model's ``<think>`` block arrives apart from the answer, in
+    ``additional_kwargs["reasoning_content"]`` (as ``ChatOllama(reasoning=True)`` gives it);
+    ``enable_thinking`` and ``reasoning_budget`` switch and bound it.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -267,6 +271,9 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         if isinstance(event, TextDelta):
             metadata = {"logprobs": {"content": [lp.openai() for lp in event.logprobs]}} if event.logprobs else {}
             return ChatGenerationChunk(message=AIMessageChunk(content=event.text, response_metadata=metadata))
+        if isinstance(event, ReasoningDelta):  # as ChatOllama(reasoning=True) carries it
+            return ChatGenerationChunk(message=AIMessageChunk(content="",
+                                                              additional_kwargs={"reasoning_content": event.text}))
         if isinstance(event, ToolCalls):
             return ChatGenerationChunk(message=AIMessageChunk(content=event.content,
                                                               tool_call_chunks=tool_call_chunks(event.calls)))

@@ -1,8 +1,9 @@
 """What the chat service streams: typed events every front end maps to its own shapes.
 
 Frozen dataclasses of plain values, so they cross a thread, a process (Ray) or a test as
-they are. A stream is zero or more `TextDelta`, at most one `ToolCalls` (with tools offered,
-the answer is read whole at its end), then one `Finished`.
+they are. A stream is zero or more `TextDelta` (a reasoning model's `ReasoningDelta` among
+them, before its answer), at most one `ToolCalls` (with tools offered, the answer is read
+whole at its end), then one `Finished`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """New reasoning text: what a reasoning model wrote inside its ``<think>`` block, apart from
+    the answer (OpenAI-compatible servers' ``reasoning_content``). Its tokens' log-probabilities
+    are not reported."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCalls:
     """The answer read as a whole when tools were offered: its free text and its calls."""
 
@@ -76,7 +86,7 @@ class Finished:
     model's end token (Anthropic's ``stop_sequence``)."""
 
 
-ChatEvent = TextDelta | ToolCalls | Finished
+ChatEvent = TextDelta | ReasoningDelta | ToolCalls | Finished
 
 
 def arguments_json(call: ToolCall) -> str:

@@ -162,7 +162,37 @@ class StopOptions(BaseModel):
         return None if value is None else [s for s in check_stop(value) if s]
 
 
-class ModelOptions(StopOptions, SamplingOptions):
+class ReasoningOptions(BaseModel):
+    """Reasoning models' ``<think>`` (a model whose template has none ignores them)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enable_thinking: bool | None = None
+    """The chat template's ``enable_thinking`` (Qwen3's switch; the server also takes it in
+    ``chat_template_kwargs``): False asks the model not to reason, True to reason; default: the
+    template's own (Qwen3 reasons). With it False, a block the prompt still opens is closed at once."""
+
+    reasoning_budget: int | None = Field(default=None, ge=-1, le=MAX_TOKENS_BOUND)
+    """Most reasoning tokens before the closing ``</think>`` is forced and the answer follows, as
+    llama-server's ``--reasoning-budget``: -1 (the default) no limit, 0 no reasoning at all.
+    ``max_tokens`` counts reasoning and answer together."""
+
+    def thinking(self) -> bool | None:
+        """The ``enable_thinking`` the template gets: a budget of 0 turns thinking off."""
+        return False if self.reasoning_budget == 0 else self.enable_thinking
+
+    def budget(self) -> int | None:
+        """The reasoning tokens allowed (``None``: no limit); thinking turned off is a budget of 0."""
+        if self.thinking() is False:
+            return 0
+        return None if self.reasoning_budget in (None, -1) else self.reasoning_budget
+
+
+#: The options that are chat template variables (the server also takes them in ``chat_template_kwargs``).
+TEMPLATE_OPTIONS = ("enable_thinking",)
+
+
+class ModelOptions(StopOptions, SamplingOptions, ReasoningOptions):
     """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
 
     truncate_prompt: bool = False

@@ -5,8 +5,10 @@ tool format. It owns what is not LangChain's or OpenAI's: plain message dicts re
 the checkpoint's template, the prompt fitted to the context (or refused), options resolved
 against ``generation_config.json``, tools and response formats turned into grammars, the
 engine `Request` built once; then the engine's events read back as typed events
-(`events.TextDelta`, `events.ToolCalls`, `events.Finished`). The LangChain adapter, the
-server's routes and Ray's replicas only map their own shapes to these and back.
+(`events.TextDelta`, `events.ReasoningDelta`, `events.ToolCalls`, `events.Finished`). The
+LangChain adapter, the server's routes and Ray's replicas only map their own shapes to these
+and back. A reasoning model's ``<think>`` block is split from its answer as it streams, and a
+grammar starts after it (`ortmodels.engine.reasoning`).
 
 Messages are dicts: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``;
 an assistant turn may add ``"tool_calls": [{"name", "arguments": dict, "id"}]``, a tool
@@ -27,12 +29,21 @@ from ..engine.chat_template import ChatTemplate
 from ..engine.constraints import GrammarCompiler
 from ..engine.dry import DEFAULT_BREAKERS, BreakerCache, DryParams
 from ..engine.prompt_tokens import PromptTokenizer
+from ..engine.reasoning import (
+    TAGS,
+    ReasoningGate,
+    ReasoningSplitter,
+    detect_reasoning,
+    opens_reasoning,
+    think_tokens,
+)
+from ..engine.sampling import LogitsProcessor
 from ..engine.tokenizer import check_unicode, max_token_chars
 from ..engine.toolcalls import FORMATS, detect_format
 from ..errors import ChatInputError, ModelFileError
 from ..store.manifest import ChatSpec
 from .conversation import template_messages
-from .events import ChatEvent, Finished, TextDelta, TokenLogprob, ToolCalls, Usage
+from .events import ChatEvent, Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCalls, Usage
 from .options import ChatOptions
 from .output_plan import OutputPlan
 
@@ -78,6 +89,10 @@ class Prepared:
     request: Request
     plan: OutputPlan
     started: float = field(default_factory=time.perf_counter)
+    reasoning: str | None = None
+    """The reasoning format its output is split by (``None``: all of it is answer)."""
+    inside: bool = False
+    """The prompt opened the reasoning block: the output starts as reasoning."""
 
 
 class ChatService:
@@ -98,6 +113,10 @@ class ChatService:
         """More characters than this cannot fit in the context, whatever they say."""
         self.dry_breakers = BreakerCache(tokenizer)
         """DRY's sequence breakers as token sequences, per list (the vocabulary scanned once per list)."""
+        self.reasoning_format = spec.reasoning_format or detect_reasoning(source)
+        """``think-tags`` or ``none``: recorded at export, detected from the template in older exports."""
+        self.think_tokens = think_tokens(tokenizer, self.reasoning_format)
+        """The tags' ids when each is one token: what a budget and a grammar after the reasoning need."""
 
     @property
     def template(self) -> ChatTemplate:
@@ -119,8 +138,9 @@ class ChatService:
     def prompt_ids(self, messages: list[dict[str, Any]], options: ChatOptions) -> list[int]:
         """The prompt ids a call with these messages and options runs, before the context check."""
         plan = self._plan(options)
-        return self._chat_ids(plan.messages(template_messages(messages, self.tool_format)), plan.template_vars,
-                              options.truncate_prompt)
+        return self.prompt_tokens.encode_chat(self._chat_prompt(
+            plan.messages(template_messages(messages, self.tool_format)), self._template_vars(plan, options),
+            options.truncate_prompt))
 
     def _plan(self, options: ChatOptions) -> OutputPlan:
         plan = OutputPlan.from_options(options.output(), self.tool_format, self.grammars, self.tokenizer)
@@ -140,9 +160,15 @@ class ChatService:
             )
         return True
 
-    def _chat_ids(self, converted: list[dict[str, Any]], template_vars: dict[str, Any], truncate: bool) -> list[int]:
-        """The rendered conversation's ids: the caller's text is escaped before rendering, so the
-        template's markup is the only source of special tokens (`PromptTokenizer`)."""
+    @staticmethod
+    def _template_vars(plan: OutputPlan, options: ChatOptions) -> dict[str, Any]:
+        """The template's variables: the tool format's, and ``enable_thinking`` where it is set."""
+        thinking = options.thinking()
+        return plan.template_vars if thinking is None else {**plan.template_vars, "enable_thinking": thinking}
+
+    def _chat_prompt(self, converted: list[dict[str, Any]], template_vars: dict[str, Any], truncate: bool) -> str:
+        """The rendered conversation, for `PromptTokenizer.encode_chat`: the caller's text is escaped
+        before rendering, so the template's markup is the only source of special tokens."""
         bound = self.prompt_chars
         if self._cut(sum(len(m["content"]) for m in converted), truncate, "The conversation"):
             converted = keep_tail(converted, bound)
@@ -151,7 +177,7 @@ class ChatService:
                                       **escape(template_vars or {}))
         if self._cut(len(prompt), truncate, "The rendered prompt"):
             prompt = prompt[-bound:]
-        return self.prompt_tokens.encode_chat(prompt)
+        return prompt
 
     def _fit(self, ids: list[int], max_tokens: int | None, truncate: bool) -> tuple[list[int], int]:
         """Prompt ids and tokens to generate within the context: the overflow is refused, naming
@@ -222,11 +248,42 @@ class ChatService:
         params = self.sampling(options)
         plan = self._plan(options)
         converted = plan.messages(template_messages(messages, self.tool_format))
-        ids = self._chat_ids(converted, plan.template_vars, options.truncate_prompt)
-        ids, max_tokens = self._fit(ids, options.max_tokens, options.truncate_prompt)
+        prompt = self._chat_prompt(converted, self._template_vars(plan, options), options.truncate_prompt)
+        ids, max_tokens = self._fit(self.prompt_tokens.encode_chat(prompt), options.max_tokens,
+                                    options.truncate_prompt)
+        reasoning = self.reasoning_format if self.reasoning_format in TAGS else None
+        inside = reasoning is not None and opens_reasoning(prompt, reasoning)
         request = Request(ids, params, max_tokens=max_tokens, stop=plan.stop, eos_token_ids=self.spec.eos_token_ids,
-                          processor=plan.processor, logprobs=options.logprob_alternatives())
-        return Prepared(request, plan, started)
+                          processor=self._processor(plan, options, inside), logprobs=options.logprob_alternatives())
+        return Prepared(request, plan, started, reasoning, inside)
+
+    def _processor(self, plan: OutputPlan, options: ChatOptions, inside: bool) -> LogitsProcessor | None:
+        """The request's logits processor: the plan's grammar, behind a `ReasoningGate` where the
+        model reasons first (the grammar after the reasoning, a budget, thinking forced on or off)."""
+        grammar = plan.processor
+        budget = options.budget()
+        if self.reasoning_format not in TAGS:
+            return grammar  # no reasoning to make room for; a budget has nothing to cut
+        tokens = self.think_tokens
+        if tokens is None:
+            if options.reasoning_budget not in (None, -1, 0):
+                raise ChatInputError(
+                    f"reasoning_budget needs {' and '.join(TAGS[self.reasoning_format])} to be single tokens of "
+                    "this model's vocabulary, and they are not: leave it out, or give 0 (no reasoning).")
+            return grammar  # the grammar from the first token, as without reasoning
+        force_open = options.thinking() is True and not inside
+        if grammar is None and budget is None and not force_open:
+            return None  # the model reasons as it likes; the text is split as it streams
+        if grammar is None and budget == 0 and not inside and options.reasoning_budget != 0:
+            return None  # thinking off, no block opened: nothing to cut (tags it writes are still read)
+        source = getattr(getattr(grammar, "grammar", None), "source", None)
+        whole = isinstance(source, str) and TAGS[self.reasoning_format][0] in source
+        # an answer a grammar must give (not a lazy tool call the model may never start): no end before it
+        held = grammar is not None and getattr(grammar, "trigger_token", None) is None
+        return ReasoningGate(tokens, inside=inside, budget=budget, force_open=force_open,
+                             may_open=options.thinking() is not False, answer=grammar, whole=whole,
+                             end_ids=tuple(self.spec.eos_token_ids) if held else (),
+                             ban_open=options.reasoning_budget == 0)
 
     def prepare_text(self, prompt: str, options: ChatOptions) -> Prepared:
         """``prompt`` continued as it is, without the chat template (OpenAI's ``/v1/completions``):
@@ -280,18 +337,23 @@ class _Reader:
         self.service, self.plan, self.started = service, prepared.plan, prepared.started
         self.first: float | None = None
         self.held: list[str] = []
+        self.splitter = (ReasoningSplitter(prepared.reasoning, inside=prepared.inside)
+                         if prepared.reasoning is not None else None)
 
     def read(self, event: Any) -> list[ChatEvent]:
         if not isinstance(event, EngineFinished):
             if self.first is None and event.token_ids:
                 self.first = time.perf_counter() - self.started
-            if self.plan.tool_format is not None:
-                self.held.append(event.text)
-                return []
-            if not event.text and not event.logprobs:
-                return []
-            return [TextDelta(event.text, tuple(self._logprob(lp) for lp in event.logprobs))]
+            if self.splitter is None:
+                return self._answer(event.text, event.logprobs)
+            reasoning, answer = self.splitter.feed(event.text)
+            # a reasoning token's log-probability is not reported: OpenAI's logprobs are the content's
+            logprobs = event.logprobs if answer or not (reasoning or self.splitter.in_reasoning) else ()
+            return [*self._reasoning(reasoning), *self._answer(answer, logprobs)]
         events: list[ChatEvent] = []
+        if self.splitter is not None:
+            reasoning, answer = self.splitter.flush()
+            events += [*self._reasoning(reasoning), *self._answer(answer, ())]
         reason = event.reason
         if self.plan.tool_format is not None:
             content, calls, reason = self.plan.finish("".join(self.held), reason)
@@ -301,6 +363,19 @@ class _Reader:
         usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
         events.append(Finished(reason, usage, first, self.service.variant, self.service.device, event.stop_sequence))
         return events
+
+    @staticmethod
+    def _reasoning(text: str) -> list[ChatEvent]:
+        return [ReasoningDelta(text)] if text else []
+
+    def _answer(self, text: str, logprobs: Any) -> list[ChatEvent]:
+        """Answer text as a `TextDelta`, or held whole when tools were offered."""
+        if self.plan.tool_format is not None:
+            self.held.append(text)
+            return []
+        if not text and not logprobs:
+            return []
+        return [TextDelta(text, tuple(self._logprob(lp) for lp in logprobs))]
 
     def _logprob(self, logprob: Any) -> TokenLogprob:
         def text(token_id: int) -> str:

@@ -15,8 +15,15 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls, arguments_json
-from ..runtime.options import ChatOptions
+from ..runtime.events import (
+    ChatEvent,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCalls,
+    arguments_json,
+)
+from ..runtime.options import TEMPLATE_OPTIONS, ChatOptions, ReasoningOptions
 from .errors import bad_request
 from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
 from .grammar import constraint
@@ -117,7 +124,22 @@ def chat_options(request: ChatCompletionRequest) -> ChatOptions:
             options["parallel_tool_calls"] = request.parallel_tool_calls
     if (given := constraint(request)) is not None:  # response_format, structured_outputs, grammar, json_schema
         options["response_format"] = given[1]
+    options.update(_reasoning_options(request))
     return service_options(request, request.max_completion_tokens or request.max_tokens, **options)
+
+
+def _reasoning_options(request: ChatCompletionRequest) -> dict[str, Any]:
+    """The body's `ReasoningOptions`, at its top level or (the template's variables among them)
+    in ``chat_template_kwargs``, as vLLM and llama-server take ``enable_thinking``."""
+    given = {name: value for name in ReasoningOptions.model_fields if (value := getattr(request, name)) is not None}
+    for key, value in (request.chat_template_kwargs or {}).items():
+        if key not in TEMPLATE_OPTIONS:
+            raise bad_request(f"chat_template_kwargs has {key!r}; this server takes {', '.join(TEMPLATE_OPTIONS)} "
+                              "there.", "chat_template_kwargs")
+        if given.get(key, value) != value:
+            raise bad_request(f"{key} and chat_template_kwargs.{key} disagree; give one.", "chat_template_kwargs")
+        given[key] = value
+    return given
 
 
 def _tool_calls(event: ToolCalls, start: int) -> list[ResponseToolCall]:
@@ -137,6 +159,10 @@ def _content(event: ChatEvent) -> str:
     return event.text if isinstance(event, TextDelta) else event.content if isinstance(event, ToolCalls) else ""
 
 
+def _reasoning(event: ChatEvent) -> str:
+    return event.text if isinstance(event, ReasoningDelta) else ""
+
+
 class ChatAnswer(Answer):
     """One chat answer, whole or streamed, read from the model's events."""
 
@@ -145,12 +171,14 @@ class ChatAnswer(Answer):
     async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:
         """The whole answer, gathered from the stream."""
         text: list[str] = []
+        reasoning: list[str] = []
         calls: list[ResponseToolCall] = []
         logprobs: list[dict[str, Any]] | None = None
         reason, usage = None, None
         async with aclosing(events):  # a cancelled answer cancels the model's stream now
             async for item in events:
                 text.append(_content(item))
+                reasoning.append(_reasoning(item))
                 if (entries := _logprobs(item)) is not None:
                     logprobs = [*(logprobs or []), *entries["content"]]
                 if isinstance(item, ToolCalls):
@@ -160,7 +188,8 @@ class ChatAnswer(Answer):
         for call in calls:
             call.index = None
         content = "".join(text)
-        message = ResponseMessage(content=content if content or not calls else None, tool_calls=calls or None)
+        message = ResponseMessage(content=content if content or not calls else None, tool_calls=calls or None,
+                                  reasoning_content="".join(reasoning) or None)
         answer = ChatCompletion(id=self.id, created=self.created, model=self.model,
                                 choices=[ChatChoice(message=message, finish_reason=reason)],
                                 usage=usage or NO_USAGE)
@@ -185,6 +214,8 @@ class ChatAnswer(Answer):
                 if not started:  # after the first event: a refused request never opens the stream
                     yield self._chunk(Delta(role="assistant", content=""))
                     started = True
+                if thought := _reasoning(item):
+                    yield self._chunk(Delta(reasoning_content=thought))
                 entries = _logprobs(item)
                 if (content := _content(item)) or entries:
                     yield self._chunk(Delta(content=content), logprobs=entries)

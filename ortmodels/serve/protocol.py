@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ..runtime.options import (
     LogprobOptions,
     MaxTokens,
+    ReasoningOptions,
     SamplingOptions,
     StopOptions,
     check_logprobs_with_tools,
@@ -122,6 +123,9 @@ class ChatMessage(_Strict):
     refusal: str | None = None
     function_call: Any = None
     audio: Any = None
+    reasoning_content: str | None = None
+    """An earlier answer's reasoning, as this server sent it: taken and not shown to the model
+    (as Qwen3's template drops earlier turns' reasoning)."""
 
 
 class FunctionSpec(_Open):
@@ -198,9 +202,11 @@ class _ChatFields(GrammarFields, _Sampling):
     function_call: str | dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Variables for the chat template, as vLLM and llama-server take them: ``enable_thinking``."""
 
 
-class ChatCompletionRequest(LogprobOptions, _ChatFields):
+class ChatCompletionRequest(LogprobOptions, ReasoningOptions, _ChatFields):
     """The chat body: `LogprobOptions`' fields come last, so ``logprobs`` is checked knowing the tools."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -275,6 +281,7 @@ class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ResponseToolCall] | None = None
+    reasoning_content: str | None = None
 
 
 class ChatChoice(BaseModel):
@@ -298,6 +305,7 @@ class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(BaseModel):

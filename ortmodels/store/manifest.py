@@ -187,6 +187,9 @@ class ChatSpec(BaseModel):
     tool_format: str | None = None
     """How the chat template calls tools (``generic``, ``hermes``, ``llama3``), detected at export;
     ``None`` in older exports: detected from the template at load."""
+    reasoning_format: str | None = None
+    """How the model's reasoning is told from its answer (``think-tags``: ``<think>…</think>``;
+    ``none``), detected from the chat template at export; ``None`` in older exports: detected at load."""
 
 
 class Manifest(BaseModel):

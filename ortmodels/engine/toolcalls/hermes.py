@@ -36,7 +36,9 @@ class HermesFormat(ToolFormat):
 
         schema = json.dumps({**call_schema(tools, choice), "x-guidance": JSON_OPTIONS})
         block = f"{tag(OPEN)} WS? call WS? {tag(CLOSE)} WS?"
-        rules = f"call: %json {schema}\nWS: /[ \\t\\n]+/\n"
+        # whitespace bounded, as JSON_OPTIONS bounds it inside the call: unbounded, a small model can
+        # fill the answer with tabs after the call until max_tokens instead of closing it
+        rules = f"call: %json {schema}\nWS: /[ \\t\\n]{{1,8}}/\n"
         if choice == "auto":  # after the trigger: the rest of the first call, then more calls or the end
             more = f" ({block})*" if parallel else ""
             return CallPlan(Grammar("lark", f"start: WS? call WS? {tag(CLOSE)} WS?{more}\n{rules}"), trigger=OPEN)

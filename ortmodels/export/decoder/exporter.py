@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine.chat_template import ChatTemplate
+from ...engine.reasoning import detect_reasoning
 from ...engine.toolcalls import detect_format
 from ...errors import ChatTemplateError, ExportError, ModelFileError, ParityError
 from ...kinds import KINDS
@@ -126,15 +127,18 @@ def chat_spec(base: Path, tokenizer: Any) -> ChatSpec:
     if not eos:
         raise ExportError(f"{base} names no end-of-sequence token (generation_config.json or config.json).")
     try:
-        tool_format: str | None = detect_format(ChatTemplate.from_folder(base).source)
+        template = ChatTemplate.from_folder(base).source
+        tool_format: str | None = detect_format(template)
+        reasoning_format: str | None = detect_reasoning(template)
     except (ModelFileError, ChatTemplateError):  # no template: chat fails at load, with its own message
-        tool_format = None
+        tool_format = reasoning_format = None
     return ChatSpec(
         context_length=context,
         eos_token_ids=sorted(set(eos)),
         bos_token_id=generation.get("bos_token_id", config.get("bos_token_id")),
         generation={k: generation[k] for k in _GENERATION_KEYS if k in generation},
         tool_format=tool_format,
+        reasoning_format=reasoning_format,
     )
 
 

@@ -1,0 +1,333 @@
+"""Reasoning models: ``<think>…</think>`` apart from the answer, ``enable_thinking``, a reasoning
+budget, and grammars that start after the reasoning.
+
+The splitter and the gate are checked on their own first (every cut of a tag across deltas).
+Then a tiny random Qwen3 with Qwen3-0.6B's real chat template and ``<think>``/``</think>`` as
+single tokens is exported once for the module. Random weights never choose to reason, so
+every reasoning here is forced through the grammar path, never left to luck: thinking asked
+for (``enable_thinking=True``) forces the opening tag, the budget forces the closing one, and
+a JSON schema holds the answer after it; a Lark grammar writes a whole block itself. Greedy
+decoding makes each answer the same on every run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ortmodels.engine.reasoning import (
+    ReasoningGate,
+    ReasoningSplitter,
+    ThinkTokens,
+    detect_reasoning,
+    opens_reasoning,
+)
+from ortmodels.engine.sampling import BannedTokens
+from tests.tiny_decoders import CHAT_TEMPLATE, QWEN3_TEMPLATE
+
+# -- the splitter and the gate, on their own ------------------------------------------------------
+
+
+def _split(text: str, cuts: list[int], inside: bool = False) -> tuple[str, str]:
+    splitter = ReasoningSplitter("think-tags", inside=inside)
+    reasoning, answer = "", ""
+    for start, end in zip([0, *cuts], [*cuts, len(text)]):
+        r, a = splitter.feed(text[start:end])
+        reasoning, answer = reasoning + r, answer + a
+    r, a = splitter.flush()
+    return reasoning + r, answer + a
+
+
+@pytest.mark.parametrize(("text", "inside", "expected"), [
+    ("<think>\nLet me see.\n</think>\n\nParis.", False, ("Let me see.", "Paris.")),
+    ("\nThe prompt opened it.\n</think>\n\nParis.", True, ("The prompt opened it.", "Paris.")),
+    ("Paris. A <think> later is answer text.", False, ("", "Paris. A <think> later is answer text.")),
+    ("<think>\ncut by max_tokens ", False, ("cut by max_tokens", "")),
+    ("cut by max_tokens inside", True, ("cut by max_tokens inside", "")),
+    ("  <thin", False, ("", "  <thin")),
+])
+def test_the_splitter_reads_tags_cut_anywhere_across_deltas(text: str, inside: bool,
+                                                           expected: tuple[str, str]) -> None:
+    for cut in range(len(text) + 1):  # every cut in two, and one character at a time
+        assert _split(text, [cut], inside) == expected, cut
+    assert _split(text, list(range(1, len(text))), inside) == expected
+
+
+def test_the_format_is_read_from_the_template() -> None:
+    qwen3 = QWEN3_TEMPLATE.read_text()
+    assert detect_reasoning(qwen3) == "think-tags"
+    assert detect_reasoning(CHAT_TEMPLATE) == "none"
+    assert opens_reasoning("<|Assistant|><think>\n", "think-tags")
+    assert not opens_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n", "think-tags")
+    assert not opens_reasoning("<|im_start|>assistant\n", "none")
+
+
+TAGS = ThinkTokens(open_id=7, close_id=8)
+
+
+def _choose(gate: ReasoningGate, favourite: int, size: int = 16) -> int:
+    """The token a greedy model whose favourite is ``favourite`` writes under ``gate``."""
+    logits = np.zeros(size, dtype=np.float32)
+    logits[favourite] = 5.0
+    gate.mask(logits)
+    token = int(np.argmax(logits))
+    gate.accept(token)
+    return token
+
+
+def test_the_gate_forces_the_tags_at_the_budget_then_hands_over_to_the_grammar() -> None:
+    answer = BannedTokens((3,))  # the "grammar": token 3 is never allowed in the answer
+    gate = ReasoningGate(TAGS, inside=False, budget=2, force_open=True, answer=answer, end_ids=(0,))
+    chosen = [_choose(gate, favourite) for favourite in (3, 0, 3, 3, 3, 3)]
+    # forced open; 0 (the end) banned while reasoning; two free tokens; forced close; the answer, 3 banned
+    assert chosen[0] == TAGS.open_id and chosen[1] != 0 and chosen[2] == 3
+    assert chosen[3] == TAGS.close_id and chosen[4] != 3 and gate.state == "answer"
+
+
+def test_the_gate_lets_the_model_choose_to_answer_at_once() -> None:
+    gate = ReasoningGate(TAGS, inside=False, budget=None, answer=BannedTokens((3,)))
+    assert _choose(gate, TAGS.open_id) == TAGS.open_id and gate.state == "reasoning"
+    gate = ReasoningGate(TAGS, inside=False, budget=None, answer=BannedTokens((3,)))
+    assert _choose(gate, 3) != 3 and gate.state == "answer"  # the grammar held the first answer token
+    gate = ReasoningGate(TAGS, inside=False, budget=0, may_open=False, ban_open=True)
+    assert _choose(gate, TAGS.open_id) != TAGS.open_id  # a budget of 0: no reasoning at all
+
+
+# -- a tiny Qwen3 with its real template -----------------------------------------------------------
+
+NAME = "tiny-qwen3-think"
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+          "required": ["city"], "additionalProperties": False}
+JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reasoning model, exported once (fp32) for the module."""
+    from ortmodels.export import export_model
+    from ortmodels.store import ModelStore
+    from tests.tiny_decoders import build_tiny_decoder
+
+    root = tmp_path_factory.mktemp("think") / "models"
+    build_tiny_decoder(root / NAME, "qwen3", thinking_template=QWEN3_TEMPLATE.read_text())
+    manifest = export_model(ModelStore(root), NAME, ["fp32"]).manifest
+    assert manifest.chat is not None and manifest.chat.reasoning_format == "think-tags"
+    return root
+
+
+@pytest.fixture(scope="module")
+def chat(store: Path) -> Iterator[object]:
+    from ortmodels.runtime.chat import OnnxChatModel
+
+    model = OnnxChatModel(model_path=store / NAME, dtype="fp32", max_tokens=24)
+    model.load()
+    yield model
+    model.unload()
+
+
+def _events(chat: object, **options: object) -> tuple[list[object], object]:
+    """The service's events for MESSAGES, and the engine request they came from."""
+    from ortmodels.runtime.options import ChatOptions
+
+    service = chat.loaded  # type: ignore[attr-defined]
+    prepared = service.prepare(MESSAGES, chat.with_defaults(ChatOptions.checked(**options)))  # type: ignore[attr-defined]
+    return list(service.stream(prepared)), prepared.request
+
+
+def _texts(events: list[object]) -> tuple[str, str]:
+    from ortmodels.runtime.events import ReasoningDelta, TextDelta
+
+    return ("".join(e.text for e in events if isinstance(e, ReasoningDelta)),
+            "".join(e.text for e in events if isinstance(e, TextDelta)))
+
+
+@pytest.mark.slow
+def test_enable_thinking_switches_the_templates_empty_block(chat: object) -> None:
+    from ortmodels.runtime.options import ChatOptions
+
+    service = chat.loaded  # type: ignore[attr-defined]
+    think = service.think_tokens
+    assert think is not None and service.reasoning_format == "think-tags"
+
+    def tail(**options: object) -> str:
+        ids = service.prompt_ids(MESSAGES, ChatOptions.checked(**options))
+        return service.tokenizer.decode(ids, skip_special_tokens=False)
+
+    assert tail(enable_thinking=False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert tail(reasoning_budget=0).endswith("<think>\n\n</think>\n\n")  # no budget, no thinking
+    for on in ({"enable_thinking": True}, {}):  # Qwen3's default: thinking on, the model opens the block
+        assert tail(**on).endswith("<|im_start|>assistant\n")
+    off = service.prompt_ids(MESSAGES, ChatOptions.checked(enable_thinking=False))
+    assert off.count(think.open_id) == 1 and off.count(think.close_id) == 1  # each tag one token
+
+
+@pytest.mark.slow
+def test_an_older_manifest_without_the_field_reads_the_template(chat: object) -> None:
+    from ortmodels.runtime.service import ChatService
+    from ortmodels.store.manifest import ChatSpec
+
+    loaded = chat.loaded  # type: ignore[attr-defined]
+    older = ChatSpec.model_validate({k: v for k, v in loaded.spec.model_dump().items() if k != "reasoning_format"})
+    assert older.reasoning_format is None
+    service = ChatService(loaded.engine, loaded.tokenizer, loaded.template, older, loaded.variant, loaded.device,
+                          loaded.grammars)
+    assert service.reasoning_format == "think-tags" and service.think_tokens == loaded.think_tokens
+
+
+@pytest.mark.slow
+def test_thinking_off_reports_no_reasoning(chat: object) -> None:
+    """vllm#19839 and ollama#13154: with thinking off the whole answer is content; the
+    template's own empty block is prompt, never reasoning."""
+    from ortmodels.runtime.events import ReasoningDelta
+
+    events, request = _events(chat, enable_thinking=False, max_tokens=12)
+    reasoning, answer = _texts(events)
+    assert not any(isinstance(e, ReasoningDelta) for e in events) and reasoning == ""
+    assert answer.strip() and request.generated[0] != chat.loaded.think_tokens.open_id  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_the_budget_cuts_the_reasoning_and_the_answer_follows(chat: object) -> None:
+    think = chat.loaded.think_tokens  # type: ignore[attr-defined]
+    events, request = _events(chat, enable_thinking=True, reasoning_budget=3, max_tokens=24)
+    generated = request.generated
+    assert generated[0] == think.open_id  # thinking on: the block opened
+    close = generated.index(think.close_id)
+    assert close <= 1 + 3  # at most 3 reasoning tokens, then the closing tag
+    reasoning, answer = _texts(events)
+    assert reasoning and "<think>" not in reasoning + answer and "</think>" not in reasoning + answer
+    assert len(generated) > close + 1  # the answer came after the cut
+
+
+@pytest.mark.slow
+def test_max_tokens_counts_reasoning_and_answer(chat: object) -> None:
+    from ortmodels.runtime.events import Finished
+
+    events, request = _events(chat, enable_thinking=True, max_tokens=4)
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.reason == "length"
+    assert finished.usage.completion_tokens == len(request.generated) == 4
+    reasoning, answer = _texts(events)
+    assert reasoning and answer == ""  # all four went to the reasoning: none left for an answer
+
+
+@pytest.mark.slow
+def test_structured_output_validates_after_the_reasoning(chat: object) -> None:
+    import jsonschema
+
+    events, request = _events(chat, enable_thinking=True, reasoning_budget=4, response_format=JSON_FORMAT,
+                              max_tokens=64)
+    reasoning, answer = _texts(events)
+    assert reasoning and request.generated[0] == chat.loaded.think_tokens.open_id  # type: ignore[attr-defined]
+    jsonschema.validate(json.loads(answer), SCHEMA)
+
+
+@pytest.mark.slow
+def test_a_forced_tool_call_comes_after_the_reasoning(chat: object) -> None:
+    """Qwen3's template offers the tools (Hermes ``<tool_call>``); the call's grammar is armed at
+    the closing tag."""
+    from ortmodels.runtime.events import Finished, ToolCalls
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 6}}, "required": ["city"]}}}]
+    events, request = _events(chat, enable_thinking=True, reasoning_budget=3, tools=tools,
+                              tool_choice="get_weather", max_tokens=128)
+    reasoning, _ = _texts(events)
+    calls = [e for e in events if isinstance(e, ToolCalls)]
+    assert reasoning and request.generated[0] == chat.loaded.think_tokens.open_id  # type: ignore[attr-defined]
+    assert len(calls) == 1 and [c.name for c in calls[0].calls] == ["get_weather"]
+    assert "<think>" not in calls[0].content and "</think>" not in calls[0].content
+    assert isinstance(events[-1], Finished) and events[-1].reason == "tool_calls"
+
+
+@pytest.mark.slow
+def test_a_grammar_that_writes_the_block_itself_is_split_even_with_thinking_off(chat: object) -> None:
+    """"Nothing is parsed as reasoning unless the model writes the tags": here a Lark grammar
+    makes it write them, after the template's empty block."""
+    lark = {"type": "lark", "lark": 'start: <think> "\\nweighing it\\n" </think> "\\n\\nParis"'}
+    events, _ = _events(chat, enable_thinking=False, response_format=lark)
+    assert _texts(events) == ("weighing it", "Paris")
+
+
+@pytest.mark.slow
+def test_langchain_carries_the_reasoning_in_additional_kwargs(chat: object) -> None:
+    from langchain_core.messages import AIMessage
+    from pydantic import BaseModel, Field
+
+    thinking = chat.bind(enable_thinking=True, reasoning_budget=3)  # type: ignore[attr-defined]
+    whole = thinking.invoke("What is the capital of France?")
+    assert isinstance(whole, AIMessage) and whole.additional_kwargs["reasoning_content"]
+    assert "<think>" not in whole.content and "</think>" not in whole.content
+    chunks = list(thinking.stream("What is the capital of France?"))
+    streamed = chunks[0]
+    for chunk in chunks[1:]:
+        streamed += chunk
+    assert streamed.additional_kwargs["reasoning_content"] == whole.additional_kwargs["reasoning_content"]
+    assert streamed.content == whole.content
+    first_content = next(i for i, c in enumerate(chunks) if c.content)
+    assert all(not c.additional_kwargs for c in chunks[first_content:])  # the reasoning came first
+
+    off = chat.invoke("What is the capital of France?", enable_thinking=False)  # type: ignore[attr-defined]
+    assert "reasoning_content" not in off.additional_kwargs and off.content
+
+    class City(BaseModel):
+        city: str = Field(max_length=12)
+
+    # thinking on as the model's own default (its fields), the schema held after the reasoning
+    thinker = chat.model_copy(update={"enable_thinking": True, "reasoning_budget": 3, "max_tokens": 48})  # type: ignore[attr-defined]
+    raw = thinker.with_structured_output(City, include_raw=True).invoke("What is the capital of France?")
+    assert raw["parsing_error"] is None and isinstance(raw["parsed"], City)
+    assert raw["raw"].additional_kwargs["reasoning_content"]
+
+
+@pytest.mark.slow
+def test_the_server_sends_reasoning_content_whole_and_streamed(store: Path,
+                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    import httpx
+    import jsonschema
+    import openai
+
+    from tests.test_serve import _start, _stop
+
+    server = _start(tmp_path_factory.mktemp("serve-think"), "--models", NAME, models_dir=store)
+    try:
+        client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+        thinking = {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_budget": 4}
+        asked = dict(model=NAME, messages=MESSAGES, max_tokens=64, temperature=0,
+                     response_format=JSON_FORMAT, extra_body=thinking)
+        whole = client.chat.completions.create(**asked).choices[0].message
+        reasoning = (whole.model_extra or {}).get("reasoning_content")
+        assert reasoning and "</think>" not in reasoning and "<think>" not in (whole.content or "")
+        jsonschema.validate(json.loads(whole.content), SCHEMA)
+
+        deltas = [c.choices[0].delta for c in client.chat.completions.create(**asked, stream=True) if c.choices]
+        thought = [(d.model_extra or {}).get("reasoning_content") or "" for d in deltas]
+        content = [d.content or "" for d in deltas]
+        assert "".join(thought) == reasoning and "".join(content) == whole.content
+        last_thought = max(i for i, t in enumerate(thought) if t)
+        assert all(not c for c in content[:last_thought + 1])  # the reasoning arrived before the answer
+
+        off = dict(model=NAME, messages=MESSAGES, max_tokens=12, extra_body={
+            "chat_template_kwargs": {"enable_thinking": False}})
+        answer = client.chat.completions.create(**off).choices[0].message
+        assert "reasoning_content" not in (answer.model_extra or {}) and answer.content
+        for chunk in client.chat.completions.create(**off, stream=True):
+            assert all("reasoning_content" not in (c.delta.model_extra or {}) for c in chunk.choices)
+
+        for fields, named in [({"chat_template_kwargs": {"thinking_mode": "on"}}, "enable_thinking"),
+                              ({"chat_template_kwargs": {"enable_thinking": "maybe"}}, "enable_thinking"),
+                              ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
+                              ({"enable_thinking": True, "chat_template_kwargs": {"enable_thinking": False}},
+                               "disagree"),
+                              ({"reasoning_budget": -2}, "reasoning_budget"),
+                              ({"reasoning_budget": "4"}, "reasoning_budget")]:
+            bad = httpx.post(f"{server.v1}/chat/completions", timeout=60,
+                             json={"model": NAME, "messages": MESSAGES, "max_tokens": 4, **fields})
+            assert bad.status_code == 400 and named in bad.text, (fields, bad.text)
+    finally:
+        _stop(server)
