@@ -7,7 +7,8 @@ file size, never quality. Each contender gets it its own way, as a user would:
 - **ortmodels** int4 and int8, from ``ortmodels export SHAPE --dtype int4,int8 --skip-gates``
   (run beforehand: at 1B it takes about an hour on 2 cores, so this benchmark reads the
   export's own record of its time and peak memory from the manifest), run with fp16 keys and
-  values (``MODEL_KV_DTYPE=fp16``);
+  values (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache (``MODEL_KV_CACHE``: the 4,000-token
+  conversation must fit it);
 - **onnxruntime-genai** int4 from its model builder on the same checkpoint;
 - **llama.cpp** Q4_0, Q4_K_M and Q8_0 from its own ``convert_hf_to_gguf.py`` (bf16) and
   ``llama-quantize``, both from the llama.cpp that llama-cpp-python 0.3.36 vendors (the
@@ -351,6 +352,7 @@ def main() -> None:
         "shape": args.shape, "rounds": args.rounds, "new_tokens": args.new_tokens,
         "long_tokens": len(prompts["long"]["ids"]), "conversation_tokens": len(prompts["conversation"]["ids"]),
         "streams": args.streams, "quick": args.quick, "engine_settings": engine_settings,
+        "ortmodels_kv_cache_bytes": KV_CACHE_BYTES,
         "kv_element_bytes": element, "export": {ORT: export, **conversions}, "results": rows,
         "streams_tokens_per_s": streams, "figures": figures, "machine": machine(), "versions": versions(),
     }
