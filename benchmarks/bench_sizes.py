@@ -66,6 +66,7 @@ from benchmarks.report import (
     versions,
     write_json,
 )
+from benchmarks.sizes_worker import KV_CACHE_BYTES
 from benchmarks.targets import GENAI as GENAI_NAME
 from benchmarks.targets import ORT, SIZES_EXPORT_PEAK_FIGURE, ratio_key
 
