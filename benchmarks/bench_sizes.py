@@ -7,7 +7,8 @@ file size, never quality. Each contender gets it its own way, as a user would:
 - **ortmodels** int4 and int8, from ``ortmodels export SHAPE --dtype int4,int8 --skip-gates``
   (run beforehand: at 1B it takes about an hour on 2 cores, so this benchmark reads the
   export's own record of its time and peak memory from the manifest), run with fp16 keys and
-  values (``MODEL_KV_DTYPE=fp16``);
+  values (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache (``MODEL_KV_CACHE``: the 4,000-token
+  conversation must fit it);
 - **onnxruntime-genai** int4 from its model builder on the same checkpoint;
 - **llama.cpp** Q4_0, Q4_K_M and Q8_0 from its own ``convert_hf_to_gguf.py`` (bf16) and
   ``llama-quantize``, both from the llama.cpp that llama-cpp-python 0.3.36 vendors (the
@@ -65,6 +66,7 @@ from benchmarks.report import (
     versions,
     write_json,
 )
+from benchmarks.sizes_worker import KV_CACHE_BYTES
 from benchmarks.targets import GENAI as GENAI_NAME
 from benchmarks.targets import ORT, SIZES_EXPORT_PEAK_FIGURE, ratio_key
 
@@ -109,14 +111,15 @@ def measured(command: list[str], log: Path) -> dict[str, float]:
     return {"seconds": round(time.perf_counter() - began, 1), "peak_rss_bytes": peak}
 
 
-def cached(folder: Path, name: str, make: Any) -> dict[str, Any]:
-    """``make()``'s record (time, peak memory, file), kept beside what it made in ``folder``."""
+def cached(folder: Path, name: str, output: str, make: Any) -> dict[str, Any]:
+    """``make()``'s record (time, peak memory, bytes) of ``folder / output``, kept beside it."""
     record_file = folder / f"{name}.record.json"
-    if record_file.is_file():
-        return json.loads(record_file.read_text())
-    record = make()
-    record_file.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    if record_file.is_file() and (folder / output).exists():
+        record = json.loads(record_file.read_text())
+    else:
+        record = make()
+        record_file.write_text(json.dumps(record, indent=2) + "\n")
+    return {**record, "path": str(folder / output), "bytes": size_of(folder / output)}
 
 
 def size_of(path: Path) -> int:
@@ -133,25 +136,25 @@ def convert_peers(model_dir: Path, folder: Path, python: Path) -> dict[str, dict
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             cost = measured([str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o",
                              str(out), "-p", "int4", "-e", "cpu", "-c", tmp], folder / "genai-int4.log")
-        return {**cost, "path": str(out), "bytes": size_of(out)}
+        return cost
 
-    records[GENAI] = cached(folder, "genai-int4", genai)
+    records[GENAI] = cached(folder, "genai-int4", "genai-int4", genai)
     bf16 = folder / "model-bf16.gguf"
 
     def convert() -> dict[str, Any]:
         cost = measured([str(python), "-c", CONVERT, str(LLAMA_CPP_SRC), str(model_dir), "--outfile", str(bf16),
                          "--outtype", "bf16"], folder / "convert.log")
-        return {**cost, "path": str(bf16), "bytes": size_of(bf16)}
+        return cost
 
-    records["convert_hf_to_gguf bf16"] = cached(folder, "convert", convert)
+    records["convert_hf_to_gguf bf16"] = cached(folder, "convert", bf16.name, convert)
     for kind in GGUF_TYPES:
         target = folder / f"model-{kind}.gguf"
 
         def quantize(kind: str = kind, target: Path = target) -> dict[str, Any]:
             cost = measured([str(LLAMA_QUANTIZE_BIN), str(bf16), str(target), kind, "2"], folder / f"{kind}.log")
-            return {**cost, "path": str(target), "bytes": size_of(target)}
+            return cost
 
-        records[f"llama.cpp {kind}"] = cached(folder, kind, quantize)
+        records[f"llama.cpp {kind}"] = cached(folder, kind, target.name, quantize)
     return records
 
 
@@ -351,6 +354,7 @@ def main() -> None:
         "shape": args.shape, "rounds": args.rounds, "new_tokens": args.new_tokens,
         "long_tokens": len(prompts["long"]["ids"]), "conversation_tokens": len(prompts["conversation"]["ids"]),
         "streams": args.streams, "quick": args.quick, "engine_settings": engine_settings,
+        "ortmodels_kv_cache_bytes": KV_CACHE_BYTES,
         "kv_element_bytes": element, "export": {ORT: export, **conversions}, "results": rows,
         "streams_tokens_per_s": streams, "figures": figures, "machine": machine(), "versions": versions(),
     }

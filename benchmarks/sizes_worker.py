@@ -7,7 +7,8 @@ and report memory (peak RSS over the worker's life: the largest thing it held is
 longest conversation the parent asked for). Standard library only at the top, as
 `benchmarks.chat_worker`.
 
-KIND is ``ortmodels`` (PATH: the model folder; ``--dtype`` the variant, fp16 keys and values),
+KIND is ``ortmodels`` (PATH: the model folder; ``--dtype`` the variant, fp16 keys and values in a
+200 MB KV cache),
 ``genai`` (PATH: the builder's output folder) or ``llama.cpp`` (PATH: the GGUF file).
 """
 
@@ -29,13 +30,17 @@ from benchmarks.protocol import emit
 
 WARMUP_TOKENS = 8
 LLAMA_THREADS = 2
+#: ortmodels' KV-cache budget here (``MODEL_KV_CACHE``): issue 20 asks that a 4,000-token
+#: conversation on the 1B shape run in 200 MB, so the conversation below is held in that.
+KV_CACHE_BYTES = 200_000_000
 
 
 def load(kind: str, path: Path, dtype: str | None, n_ctx: int) -> Any:
     if kind == "ortmodels":
         from benchmarks.chat_ortmodels import OrtModelsEngine
 
-        return OrtModelsEngine(path.parent, dtype or "int4", model=path.name, model_kv_dtype="fp16")
+        return OrtModelsEngine(path.parent, dtype or "int4", model=path.name, model_kv_dtype="fp16",
+                               model_kv_cache=KV_CACHE_BYTES)
     if kind == "genai":
         from benchmarks.peers.chat_peers import GenaiEngine
 
