@@ -146,7 +146,7 @@ def test_openai_client_chat_stream_and_embeddings(cluster: Cluster) -> None:
 
 
 def test_anthropic_messages_and_token_count_through_a_replica(cluster: Cluster) -> None:
-    """``/v1/messages`` over Ray, and ``count_tokens`` answered by a replica (`RemoteModel.acount_tokens`)."""
+    """``/v1/messages`` over Ray, and ``count_tokens`` answered by a replica (`RemoteModel.achat_tokens`)."""
     body = {"model": CHAT_SAMPLE, "messages": QUESTION}
     counted = httpx.post(f"{cluster.url}/v1/messages/count_tokens", json=body, timeout=120)
     assert counted.status_code == 200, counted.text

@@ -194,14 +194,6 @@ class ChatRuntime(ChoosesVariant, Managed):
         """`achat_events` for a plain prompt, without the chat template (``/v1/completions``)."""
         return self._aguarded_iter(self.aevents(lambda s: s.prepare_text(prompt, self.with_defaults(options))))
 
-    async def acount_tokens(self, messages: list[dict[str, Any]], options: ChatOptions) -> int:
-        """How many prompt tokens a call with these messages and options would read (its tools'
-        prompt included; before any ``truncate_prompt`` cut), without running it."""
-        def count() -> int:
-            return len(self.prepared(lambda s: s.prompt_ids(messages, self.with_defaults(options)))[1])
-
-        return await asyncio.get_running_loop().run_in_executor(None, count)
-
     def chat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> Iterator[ChatEvent]:
         """`achat_events` for a caller without an event loop (``ortmodels chat``)."""
         return self._guarded_iter(self.events(lambda s: s.prepare(messages, self.with_defaults(options))))
@@ -228,9 +220,12 @@ class ChatRuntime(ChoosesVariant, Managed):
         """``text``'s token ids as text (no control token made from it), off the event loop."""
         return await asyncio.to_thread(self._on_service, lambda s: tokens.tokenize(s, text, add_special, with_pieces))
 
-    async def achat_tokens(self, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens:
-        """The ids and text of the prompt a chat call with ``messages`` runs (its token count)."""
-        return await asyncio.to_thread(self._on_service, lambda s: tokens.chat_tokens(s, messages, with_pieces))
+    async def achat_tokens(self, messages: list[dict[str, Any]], options: ChatOptions | None = None,
+                           with_pieces: bool = False) -> Tokens:
+        """The ids and text of the prompt a chat call with ``messages`` and ``options`` (its tools'
+        prompt included; before any ``truncate_prompt`` cut) runs, without running it: its token count."""
+        given = self.with_defaults(options or ChatOptions())
+        return await asyncio.to_thread(self._on_service, lambda s: tokens.chat_tokens(s, messages, given, with_pieces))
 
     async def adetokenize(self, ids: list[int]) -> str:
         """The text of ``ids``; an id outside the vocabulary is a `ChatInputError` naming the range."""

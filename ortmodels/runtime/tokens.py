@@ -45,10 +45,11 @@ def tokenize(service: ChatService, text: str, add_special: bool = False, with_pi
     return _tokens(service, ids, with_pieces)
 
 
-def chat_tokens(service: ChatService, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens:
+def chat_tokens(service: ChatService, messages: list[dict[str, Any]], options: ChatOptions | None = None,
+                with_pieces: bool = False) -> Tokens:
     """The prompt a chat call with ``messages`` runs: its ids as the service builds them (the
     count ``usage.prompt_tokens`` reports, before any cut to the context) and its text."""
-    ids = service.prompt_ids(messages, ChatOptions())
+    ids = service.prompt_ids(messages, options or ChatOptions())
     prompt = service.template.render(template_messages(messages, service.tool_format),
                                      add_generation_prompt=True, max_chars=2 * service.prompt_chars)
     return _tokens(service, ids, with_pieces, prompt)

@@ -36,7 +36,7 @@ from .anthropic import (
 )
 from .errors import bad_request, from_exception
 from .generation import Answer, finish_reason, service_options
-from .protocols import CountsTokens
+from .protocols import TokenizingModel
 from .sse import event
 
 #: The service's finish reasons → Anthropic's stop reasons (``stop`` by a stop string: ``stop_sequence``).
@@ -188,9 +188,10 @@ def count_options(body: CountTokensRequest) -> ChatOptions:
     return ChatOptions.checked(**_output(body))
 
 
-async def count_tokens(model: CountsTokens, conversation: list[dict[str, Any]], options: ChatOptions) -> dict[str, int]:
+async def count_tokens(model: TokenizingModel, conversation: list[dict[str, Any]],
+                       options: ChatOptions) -> dict[str, int]:
     """Anthropic's ``{"input_tokens": n}``: the prompt a call with this body reads, its tools' prompt included."""
-    return {"input_tokens": await model.acount_tokens(conversation, options)}
+    return {"input_tokens": len((await model.achat_tokens(conversation, options)).ids)}
 
 
 def _usage(finished: Finished | None) -> dict[str, int]:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..engine import EngineGauges
-from ..errors import ChatInputError
 from ..runtime.events import ChatEvent
 from ..runtime.options import ChatOptions
 from ..runtime.tokens import Tokens
@@ -27,14 +26,6 @@ class ChatModel(Protocol):
     def achat_events(self, messages: list[dict[str, Any]], options: ChatOptions) -> AsyncIterator[ChatEvent]: ...
 
     def atext_events(self, prompt: str, options: ChatOptions) -> AsyncIterator[ChatEvent]: ...
-
-
-@runtime_checkable
-class CountsTokens(Protocol):
-    """A chat model that can count a call's prompt tokens without running it
-    (``/v1/messages/count_tokens``): ortmodels' own, here or on a Ray replica."""
-
-    async def acount_tokens(self, messages: list[dict[str, Any]], options: ChatOptions) -> int: ...
 
 
 class EmbeddingModel(Protocol):
@@ -63,7 +54,8 @@ class TokenizingModel(Protocol):
 
     async def atokenize(self, text: str, add_special: bool = False, with_pieces: bool = False) -> Tokens: ...
 
-    async def achat_tokens(self, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens: ...
+    async def achat_tokens(self, messages: list[dict[str, Any]], options: ChatOptions | None = None,
+                           with_pieces: bool = False) -> Tokens: ...
 
     async def adetokenize(self, ids: list[int]) -> str: ...
 
@@ -81,14 +73,6 @@ class ReportsGauges(Protocol):
     """A model that runs an engine reports its figures (``/metrics``); ``None`` while not loaded."""
 
     def engine_gauges(self) -> EngineGauges | None: ...
-
-
-def token_counter(model: object, model_id: str) -> CountsTokens:
-    """``model`` as a `CountsTokens`, or the 400 that says it cannot count (a user's LangChain class)."""
-    if isinstance(model, CountsTokens):
-        return model
-    raise ChatInputError(f"{model_id} cannot count prompt tokens: its class {type(model).__name__} has no "
-                         "acount_tokens (ortmodels' own chat models have).")
 
 
 def as_chat_model(model: object) -> ChatModel:

@@ -33,7 +33,7 @@ from .protocol import (
     unsupported_field,
 )
 from .protocol_responses import ResponsesRequest
-from .protocols import ChatModel, Loadable, token_counter
+from .protocols import ChatModel, Loadable
 from .sse import error_events, respond
 from .state import ServerState
 from .webpage import page_file
@@ -384,7 +384,7 @@ async def count_message_tokens(request: Request) -> Response:
     conversation = messages.to_messages(body)
     options = messages.count_options(body)
     return await _whole(request, state, state.catalog.chat(entry), lambda model: messages.count_tokens(
-        token_counter(model, entry.id), conversation, options))
+        tokenize.tokenizing(model, entry.id), conversation, options))
 
 
 router.include_router(anthropic)

@@ -87,7 +87,7 @@ async def tokenize(model: object, model_id: str, request: TokenizeRequest) -> di
     tokens = tokenizing(model, model_id)
     messages = messages_of(request)
     if messages is not None:
-        found = await tokens.achat_tokens(messages, request.with_pieces)
+        found = await tokens.achat_tokens(messages, with_pieces=request.with_pieces)
     else:
         assert request.content is not None  # `check`
         found = await tokens.atokenize(request.content, request.add_special, request.with_pieces)

@@ -32,7 +32,7 @@ from ...runtime.options import ChatOptions
 from ...runtime.tokens import Tokens
 from ..app import DEFAULT_MAX_QUEUE, create_app
 from ..models import Catalog, ModelId
-from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model, token_counter
+from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model
 from .remote import RayCatalog
 
 logger = logging.getLogger(__name__)
@@ -132,9 +132,6 @@ class ModelServer:
             async for item in events:
                 yield item
 
-    async def acount_tokens(self, model_id: str, messages: list[dict[str, Any]], options: ChatOptions) -> int:
-        return await token_counter(self._model(model_id), model_id).acount_tokens(messages, options)
-
     async def aembed_counted(self, model_id: str, texts: list[str],
                              options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
         return await cast(EmbeddingModel, self._model(model_id)).aembed_counted(texts, options)
@@ -153,8 +150,9 @@ class ModelServer:
     async def atokenize(self, model_id: str, text: str, add_special: bool, with_pieces: bool) -> Tokens:
         return await self._tokenizing(model_id).atokenize(text, add_special, with_pieces)
 
-    async def achat_tokens(self, model_id: str, messages: list[dict[str, Any]], with_pieces: bool) -> Tokens:
-        return await self._tokenizing(model_id).achat_tokens(messages, with_pieces)
+    async def achat_tokens(self, model_id: str, messages: list[dict[str, Any]], options: ChatOptions | None,
+                           with_pieces: bool) -> Tokens:
+        return await self._tokenizing(model_id).achat_tokens(messages, options, with_pieces)
 
     async def adetokenize(self, model_id: str, ids: list[int]) -> str:
         return await self._tokenizing(model_id).adetokenize(ids)

@@ -85,9 +85,6 @@ class RemoteModel:
                 raise
             raise unwrapped from None
 
-    async def acount_tokens(self, messages: list[dict[str, Any]], options: ChatOptions) -> int:
-        return await self._call("acount_tokens", messages, options)  # type: ignore[no-any-return]
-
     async def aembed_counted(self, texts: list[str],
                              options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
         return await self._call("aembed_counted", texts, options)  # type: ignore[no-any-return]
@@ -99,8 +96,9 @@ class RemoteModel:
     async def atokenize(self, text: str, add_special: bool = False, with_pieces: bool = False) -> Tokens:
         return await self._call("atokenize", text, add_special, with_pieces)  # type: ignore[no-any-return]
 
-    async def achat_tokens(self, messages: list[dict[str, Any]], with_pieces: bool = False) -> Tokens:
-        return await self._call("achat_tokens", messages, with_pieces)  # type: ignore[no-any-return]
+    async def achat_tokens(self, messages: list[dict[str, Any]], options: ChatOptions | None = None,
+                           with_pieces: bool = False) -> Tokens:
+        return await self._call("achat_tokens", messages, options, with_pieces)  # type: ignore[no-any-return]
 
     async def adetokenize(self, ids: list[int]) -> str:
         return await self._call("adetokenize", ids)  # type: ignore[no-any-return]
