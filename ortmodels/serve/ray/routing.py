@@ -19,7 +19,12 @@ import logging
 import random
 from typing import Any
 
-from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    RequestRouter,
+    RunningReplica,
+)
 
 from .prefix import PrefixIndex, choose, prompt_text
 
