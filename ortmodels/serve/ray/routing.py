@@ -46,10 +46,17 @@ class PrefixRouter(RequestRouter):
         self._index = PrefixIndex()
         logger.info("Prefix-aware routing for %s (imbalance %d)", self._deployment_id, imbalance)
 
-    def _queues(self, replicas: list[RunningReplica]) -> dict[ReplicaID, int]:
-        """Queue lengths as the router last heard them (updated on each send and each answer)."""
+    async def _queues(self, replicas: list[RunningReplica]) -> dict[ReplicaID, int]:
+        """Queue lengths as the router last heard them (updated on each send and each answer);
+        a replica not heard from lately (a long stream sends no news) is asked, as Serve's
+        own routers ask it; one that does not answer in time counts as idle."""
         cache = self.replica_queue_len_cache
-        return {r.replica_id: cache.get(r.replica_id) or 0 for r in replicas}
+        queues = {r.replica_id: cache.get(r.replica_id) for r in replicas}
+        stale = [r for r in replicas if queues[r.replica_id] is None]
+        if stale:
+            for replica, length in await self._probe_queue_lens(stale, 0):
+                queues[replica.replica_id] = length
+        return {key: length or 0 for key, length in queues.items()}
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
@@ -62,7 +69,10 @@ class PrefixRouter(RequestRouter):
         if not text:
             return [two]
         by_id = {r.replica_id: r for r in candidate_replicas}
-        chosen = choose(self._index.matches(text, by_id), self._queues(candidate_replicas), self._imbalance)
+        matches = self._index.matches(text, by_id)
+        if not any(matches.values()):  # shares nothing with what any replica was sent
+            return [two]
+        chosen = choose(matches, await self._queues(candidate_replicas), self._imbalance)
         if chosen is None:
             return [two]
         # The preferred replica first; if it refuses (its queue is full), the least busy of all.
