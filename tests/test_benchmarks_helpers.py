@@ -322,3 +322,22 @@ def test_server_baseline_runs_that_commits_code_and_is_compared_per_level(tmp_pa
     figures = baseline_figures(rows, ["int4"], "HEAD", [1, 8])
     assert figures == {server_figure("ortmodels int4 8 clients", "ortmodels int4 at HEAD 8 clients"):
                        pytest.approx(statistics.median([1.2, 0.9]))}
+
+
+def test_render_ray_prefix_section() -> None:
+    from benchmarks.targets import LOAD_FOUND_FIGURE, PREFIX_FOUND_FIGURE, PREFIX_TTFT_FIGURE
+
+    data = {"date": "2026-12-03T17:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
+                                                            "python": "3.11.7"},
+            "model": "smollm2-135m-instruct:int4", "conversations": 16, "turns": 5, "new_tokens": 32, "rounds": 3,
+            "system_prompt_chars": 3400, "quick": False,
+            "figures": {PREFIX_TTFT_FIGURE: 0.312, PREFIX_FOUND_FIGURE: 1.0, LOAD_FOUND_FIGURE: 0.354},
+            "summary": {"serve --ray 2 replicas, Serve's routing": {"whole": 17, "conversations": 48,
+                                                                   "last_ttft_p50_s": 2.41, "last_ttft_p95_s": 5.2},
+                        "serve --ray 2 replicas, prefix routing": {"whole": 48, "conversations": 48,
+                                                                  "last_ttft_p50_s": 0.75, "last_ttft_p95_s": 1.9}}}
+    text = render({"ray_prefix": data})
+    assert "| serve --ray 2 replicas, prefix routing | 48 / 48 | 0.75 / 1.90 |" in text
+    assert "prefix ÷ Serve's routing (median of per-round ratios): 0.31×." in text
+    assert "last turns finding the previous prompt cached | 1.000 | ≥ 1 | pass |" in text
+    assert "last-turn TTFT, prefix ÷ Serve's routing | 0.312 | ≤ 0.5 | pass |" in text
