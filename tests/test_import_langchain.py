@@ -184,12 +184,13 @@ def rerank_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 RERANKER = "tiny-ce-bert"
 
-#: What a Ray replica runs (`ModelServer`, Ray imported, each model loaded by the replica's own
-#: manager on its store) for a chat, an embedding and a reranker; then, in the same process, a
+#: What a Ray replica runs (`ModelServer`, Ray imported, the model loaded by the replica's manager
+#: on its store; here one process plays three replicas) for a chat, an embedding and a reranker; then a
 #: server serving the reranker over HTTP; then the LangChain modules this process has imported.
 _REPLICAS = """
-import asyncio, json, socket, sys, threading, time
+import asyncio, json, os, socket, sys, threading, time
 import httpx, uvicorn
+from ortmodels.manager import ModelManager
 from ortmodels.runtime.options import ChatOptions
 from ortmodels.serve.ray.deployments import ModelServer
 
@@ -198,6 +199,8 @@ async def main():
     events = [e async for e in chat.achat_events(CHAT, [{"role": "user", "content": "Hi"}], ChatOptions(max_tokens=3))]
     embedding = ModelServer(EMBEDDING, {"LOCAL_MODELS_DIR": SAMPLES})
     vectors, tokens = await embedding.aembed_counted(EMBEDDING, ["a cat", "a dog"])
+    os.environ["LOCAL_MODELS_DIR"] = RERANKS  # its own store: the process's one manager takes it
+    ModelManager().configure()
     reranker = ModelServer(RERANKER, {"LOCAL_MODELS_DIR": RERANKS})
     ranked, read = await reranker.arerank_counted(RERANKER, "a cat", ["a dog", "a cat"], None)
     return len(events), len(vectors), len(ranked)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -124,8 +125,9 @@ class ModelServer:
         """Serve calls this when it stops the replica: the model unloads, which writes its prompt
         cache to ``MODEL_PROMPT_CACHE_DIR`` (if set) for the replica that comes next."""
         catalog = getattr(self, "catalog", None)
-        if catalog is None:  # __init__ failed
-            return
+        if catalog is None or getattr(self, "_stopped", False) or sys.is_finalizing():
+            return  # __init__ failed; done already (Serve calls it, then the collector); the teardown
+        self._stopped = True
         try:
             catalog.manager.unload_all(10.0)
         except Exception as exc:  # noqa: BLE001 - the replica is ending anyway
