@@ -68,3 +68,17 @@ def test_a_gone_replica_is_forgotten_and_the_index_is_bounded() -> None:
     assert index.matches(text, ["A"])["A"] == 6 * BLOCK_CHARS
     index.remove("A")
     assert len(index) == 0 and index.matches(text, ["A"]) == {"A": 0}
+
+
+def test_a_new_conversation_sharing_only_the_system_prompt_goes_by_load() -> None:
+    """The first turn of a conversation matches the system prompt where another conversation went
+    on: that is not its own, so it does not pull it to that replica; its second turn is its own."""
+    index = PrefixIndex()
+    index.insert(_chat("I am Ada. Which is longest?"), "A")
+    bruno = _chat("I am Bruno. Which is deepest?")
+    matches = index.matches(bruno, ["A", "B"])
+    assert matches["A"] > 0 and index.shared_only(bruno, matches["A"])
+    index.insert(bruno, "B")
+    bruno_next = _chat("I am Bruno. Which is deepest?", "Lake Baikal.", "And in Europe?")
+    best = index.matches(bruno_next, ["A", "B"])
+    assert best["B"] > best["A"] and not index.shared_only(bruno_next, best["B"])

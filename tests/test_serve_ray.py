@@ -165,9 +165,9 @@ def test_a_conversations_turns_reach_the_replica_that_holds_it(cluster: Cluster)
 
 def test_a_conversation_whose_replica_is_busy_goes_to_the_other(cluster: Cluster) -> None:
     """Three endless streams continue one conversation, so all three go to the replica holding it
-    (its queue stays within the imbalance of 2 until the third); the conversation's next turn
-    finds that replica 3 requests busier than the other and is routed by load, to the other,
-    which holds none of it."""
+    (its queue stays within the imbalance of 2 until the third); the conversation's next turn,
+    which extends their prompt, finds that replica 3 requests busier than the other and is routed
+    by load, to the other, which holds none of it."""
     _idle()
     client = cluster.client()
     messages = _opening("Eleonora")
@@ -184,7 +184,8 @@ def test_a_conversation_whose_replica_is_busy_goes_to_the_other(cluster: Cluster
             streams.append(stream)
         ongoing = sorted(_ongoing(name) for name in _replica_actors())
         assert ongoing == [0, IMBALANCE + 1], ongoing  # all on the replica that holds the conversation
-        messages[-1] = {"role": "user", "content": "What is the capital of Portugal?"}
+        messages += [{"role": "assistant", "content": "[1, 2, 3]"},  # the conversation goes on from there
+                     {"role": "user", "content": "What is the capital of Portugal?"}]
         usage = _turn(client, messages)
         assert usage.prompt_tokens_details.cached_tokens < first.prompt_tokens - 2, usage
     finally:

@@ -5,9 +5,11 @@ turn prefills only its new tokens if it reaches the replica that answered the la
 router (`ortmodels.serve.ray.routing`) remembers, per replica, the prompts it sent there as
 chains of block hashes (a block is `BLOCK_CHARS` characters; a block's hash covers every
 block before it, as vLLM's and SGLang's caches key theirs), and `choose` picks the replica
-with the longest match. Replicas that match alike (a shared system prompt held by both) are
-told apart by load, so are replicas a busy preferred one falls back to. Ray-free, so the
-policy is tested without a cluster.
+with the longest match. A match that is only what the prompt shares with other prompts (a
+system prompt another conversation went on from) does not count: such a prompt, the first
+turn of a conversation, goes by load, so conversations spread over the replicas from their
+first turn; replicas that match alike are told apart by load, and so are the replicas a
+busy preferred one falls back to. Ray-free, so the policy is tested without a cluster.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class PrefixIndex:
     def __init__(self, block: int = BLOCK_CHARS, max_blocks: int = MAX_BLOCKS) -> None:
         self.block, self.max_blocks = block, max_blocks
         self._holders: OrderedDict[int, set[Hashable]] = OrderedDict()
+        self._next: dict[int, set[int]] = {}  # block → the blocks prompts continued it with
 
     def __len__(self) -> int:
         return len(self._holders)
@@ -77,15 +80,31 @@ class PrefixIndex:
     def insert(self, text: str, replica: Hashable) -> None:
         """``replica`` now holds ``text``'s blocks (its prompt cache will, once it answers). The
         first blocks are touched last, so the least recently used ends of chains go first."""
-        for key in reversed(block_hashes(text, self.block)):
+        hashes = block_hashes(text, self.block)
+        for depth in range(len(hashes) - 1, -1, -1):
+            key = hashes[depth]
             holders = self._holders.get(key)
             if holders is None:
                 holders = self._holders[key] = set()
             else:
                 self._holders.move_to_end(key)
             holders.add(replica)
+            if depth + 1 < len(hashes):
+                self._next.setdefault(key, set()).add(hashes[depth + 1])
         while len(self._holders) > self.max_blocks:
-            self._holders.popitem(last=False)
+            key, _ = self._holders.popitem(last=False)
+            self._next.pop(key, None)
+
+    def shared_only(self, text: str, chars: int) -> bool:
+        """Whether ``text``'s first ``chars`` characters (a match) are only what it shares with
+        other prompts, which went on differently (a system prompt before another conversation),
+        rather than a prompt of its own it extends (its conversation's last turn)."""
+        hashes = block_hashes(text, self.block)
+        depth = chars // self.block
+        if depth == 0 or depth > len(hashes):
+            return False
+        ours = hashes[depth] if depth < len(hashes) else None
+        return bool(self._next.get(hashes[depth - 1], set()) - {ours})
 
     def remove(self, replica: Hashable) -> None:
         """Forget a replica that is gone (its cache went with it)."""
@@ -94,6 +113,7 @@ class PrefixIndex:
             holders.discard(replica)
             if not holders:
                 del self._holders[key]
+                self._next.pop(key, None)
 
 
 def choose(matches: Mapping[R, int], queues: Mapping[R, int], imbalance: int) -> R | None:

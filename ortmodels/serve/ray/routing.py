@@ -5,7 +5,8 @@ next turn reaches a replica whose prompt cache may not hold its earlier turns, a
 all again. This router, running in each handle's process (the ingress), sends a chat or text
 prompt to the replica that was sent the longest start of it (`prefix.PrefixIndex`), unless that
 replica's queue is more than ``imbalance`` requests longer than the shortest one's; otherwise,
-and for prompts that share nothing, it routes as power of two choices does. Each ingress
+and for prompts that share nothing of their own with what a replica was sent (a conversation's
+first turn, whose system prompt other conversations share), it routes as power of two choices does. Each ingress
 replica keeps its own index: with more than one, a conversation reaches its replica when it
 passes the same ingress replica (``--ingress-replicas 1``, the default, always does).
 
@@ -70,10 +71,14 @@ class PrefixRouter(RequestRouter):
             return [two]
         by_id = {r.replica_id: r for r in candidate_replicas}
         matches = self._index.matches(text, by_id)
-        if not any(matches.values()):  # shares nothing with what any replica was sent
+        best = max(matches.values())
+        if not best or self._index.shared_only(text, best):  # nothing of its own on any replica
             return [two]
-        chosen = choose(matches, await self._queues(candidate_replicas), self._imbalance)
+        queues = await self._queues(candidate_replicas)
+        chosen = choose(matches, queues, self._imbalance)
         if chosen is None:
+            logger.debug("By load, the replica holding the prompt is busy: matched characters %s, queues %s",
+                         {k.unique_id: v for k, v in matches.items()}, {k.unique_id: v for k, v in queues.items()})
             return [two]
         # The preferred replica first; if it refuses (its queue is full), the least busy of all.
         return [[by_id[chosen]], list(candidate_replicas)]
