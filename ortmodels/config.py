@@ -99,9 +99,11 @@ class Settings(BaseSettings):
     sends a conversation's turns to the replica whose prompt cache holds its start, by load when
     none does or that replica is busy; ``load``: Ray Serve's power of two choices only."""
 
-    ray_routing_imbalance: int = Field(default=8, ge=0, alias="RAY_ROUTING_IMBALANCE")
-    """With prefix routing: how many more queued requests the replica holding a prompt's start may
-    have than the least busy replica before the prompt goes by load instead."""
+    ray_routing_imbalance: int = Field(default=16, ge=0, alias="RAY_ROUTING_IMBALANCE")
+    """With prefix routing: how many more requests the replica holding a prompt's start may have
+    than the least busy replica before the prompt goes by load instead (its history prefilled
+    again there). 16: twice ``MODEL_MAX_BATCH``'s default (Ray's own prefix router, in
+    ``ray.serve.llm``, never falls back by default)."""
 
     @field_validator("model_device", mode="before")
     @classmethod
