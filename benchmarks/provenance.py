@@ -40,6 +40,8 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {part: (*_SHARED, *paths) for part, 
     "ray": ("benchmarks/bench_ray.py", "benchmarks/bench_server.py", "benchmarks/bench_concurrency.py",
             "benchmarks/corpus.py"),
     "speculative": ("benchmarks/bench_speculative.py",),
+    "ray_prefix": ("benchmarks/bench_ray_prefix.py", "benchmarks/bench_server.py", "benchmarks/bench_concurrency.py",
+                   "benchmarks/corpus.py"),
 }.items()}
 
 

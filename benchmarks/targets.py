@@ -209,10 +209,6 @@ TARGETS: list[Target] = [
     *_concurrency_targets(),
     Target("`ortmodels serve` int4, 8 streaming clients: tok/s × llama-server Q4_1", SERVER_VS_LLAMA_FIGURE, ">=", 1.2),
     Target("`ortmodels serve` int4, tok/s: 8 streaming clients ÷ 1", SERVER_SCALING_FIGURE, ">=", 2.0),
-    Target("`serve --ray`, 2 replicas, 16 conversations: last turns finding the previous prompt cached",
-           PREFIX_FOUND_FIGURE, ">=", 1.0),
-    Target("`serve --ray`, 2 replicas, 16 conversations: last-turn TTFT, prefix ÷ Serve's routing",
-           PREFIX_TTFT_FIGURE, "<=", 0.5),
 ]
 
 
