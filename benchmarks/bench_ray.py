@@ -34,13 +34,7 @@ from benchmarks.bench_server import (
     stop_server,
 )
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import (
-    machine,
-    save_chart,
-    use_engine_settings,
-    versions,
-    write_json,
-)
+from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
 
 DIRECT = "ortmodels serve"
 RAY_1X2 = "serve --ray 1 replica × 2 threads"

@@ -59,13 +59,7 @@ from typing import Any
 from benchmarks.bench_concurrency import median_ratio, percentile, rotated
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.peers.env import extract_gguf, peers_python
-from benchmarks.report import (
-    machine,
-    save_chart,
-    use_engine_settings,
-    versions,
-    write_json,
-)
+from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
 from benchmarks.targets import LLAMA_CPP_SERVER, LLAMA_SERVER, ORT, server_figure
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,10 +38,7 @@ from benchmarks.peers.env import extract_gguf, gguf_path, peers_python
 from benchmarks.prompts import build_prompts
 from benchmarks.protocol import ROOT
 from benchmarks.report import machine, versions, write_json
-from benchmarks.targets import CLI_ANSWER_VS_LLAMA_FIGURE as CLI_FIGURE
 from benchmarks.targets import (
-    CLI_LLAMA,
-    CLI_OURS,
     COLD_START_VS_PEERS_FIGURE,
     GENAI,
     LLAMA_CPP,
@@ -49,6 +46,8 @@ from benchmarks.targets import (
     faster_peer_ratio,
     ratio_key,
 )
+from benchmarks.targets import CLI_ANSWER_VS_LLAMA_FIGURE as CLI_FIGURE
+from benchmarks.targets import CLI_LLAMA, CLI_OURS
 
 MODEL = "smollm2-135m-instruct"
 OURS = f"{ORT} int4"

@@ -120,7 +120,7 @@ def main() -> None:
     atexit.register(dump)
     events.append({"step": "runner start", "start": BEGAN, "end": BEGAN, "thread": "main"})
     start = time.time()
-    from ortmodels import cli
+    import ortmodels.cli as cli
 
     events.append({"step": "import ortmodels.cli", "start": start, "end": time.time(), "thread": "main"})
     start = time.time()

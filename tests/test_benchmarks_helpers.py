@@ -325,7 +325,11 @@ def test_server_baseline_runs_that_commits_code_and_is_compared_per_level(tmp_pa
 
 
 def test_render_ray_prefix_section() -> None:
-    from benchmarks.targets import LOAD_FOUND_FIGURE, PREFIX_FOUND_FIGURE, PREFIX_TTFT_FIGURE
+    from benchmarks.targets import (
+        LOAD_FOUND_FIGURE,
+        PREFIX_FOUND_FIGURE,
+        PREFIX_TTFT_FIGURE,
+    )
 
     data = {"date": "2026-12-03T17:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
                                                             "python": "3.11.7"},
