@@ -40,13 +40,7 @@ from typing import Any
 from benchmarks.contenders import CHART_LABELS, OPTIMUM, PYTORCH, SPECS, start_worker
 from benchmarks.prompts import build_prompts
 from benchmarks.protocol import Worker
-from benchmarks.report import (
-    bar_chart,
-    machine,
-    use_engine_settings,
-    versions,
-    write_json,
-)
+from benchmarks.report import bar_chart, machine, use_engine_settings, versions, write_json
 from benchmarks.targets import (
     GENAI,
     LLAMA_CPP,

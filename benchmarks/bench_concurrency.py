@@ -49,13 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import stdlib_sentences
-from benchmarks.report import (
-    machine,
-    save_chart,
-    use_engine_settings,
-    versions,
-    write_json,
-)
+from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
 from benchmarks.targets import (
     EMBED_QUERY_FIGURE,
     chat_concurrency_figure,
