@@ -54,15 +54,20 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """``ortmodels serve --ray --replicas 2`` on a free port; the test process joins its cluster.
-    Prefix routing with a small imbalance (2), so a test saturates a replica with 3 streams."""
-    with serve_on_ray(tmp_path_factory.mktemp("ray"), SAMPLES_DIR, "--replicas", "2",
-                      "--models", f"{CHAT_SAMPLE},{EMBEDDING_SAMPLE}",
-                      env={"RAY_ROUTING_IMBALANCE": str(IMBALANCE)}, timeout=START_TIMEOUT_S) as running:
+    Prefix routing with a small imbalance (2), so a test saturates a replica with 3 streams. With
+    ``MODEL_PROMPT_CACHE_DIR`` set, the chat replicas Serve stops at the end (SIGTERM) write their
+    prompt cache there (a restarted server reading it back: `test_prompt_cache.py`)."""
+    tmp = tmp_path_factory.mktemp("ray")
+    saved = tmp / "prompt-cache"
+    with serve_on_ray(tmp, SAMPLES_DIR, "--replicas", "2", "--models", f"{CHAT_SAMPLE},{EMBEDDING_SAMPLE}",
+                      env={"RAY_ROUTING_IMBALANCE": str(IMBALANCE), "MODEL_PROMPT_CACHE_DIR": str(saved)},
+                      timeout=START_TIMEOUT_S) as running:
         ray.init(address=running.address, log_to_driver=False)
         try:
             yield Cluster(running)
         finally:
             ray.shutdown()
+    assert [p.name.startswith(f"{CHAT_SAMPLE}.") for p in saved.glob("*.promptcache.npz")] == [True]
 
 
 def _replicas(deployment: str) -> dict[str, int]:
