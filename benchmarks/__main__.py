@@ -5,7 +5,7 @@ pools are still around when the next one is timed. ``--quick`` shrinks every par
 rounds, few tokens, fewer sentences) to check the wiring in minutes; its figures are
 not worth publishing.
 
-    python -m benchmarks [--quick] [--skip chat quality startup embeddings rerank concurrency server constraints dry ray ray_multiplex speculative]
+    python -m benchmarks [--quick] [--skip chat quality startup embeddings rerank concurrency server constraints dry ray ray_multiplex ray_prefix speculative]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ FULL = {
     "dry": ["--max-tokens", "100"],
     "ray": ["--rounds", "5", "--new-tokens", "64"],
     "ray_multiplex": ["--rounds", "5", "--new-tokens", "64"],
+    "ray_prefix": ["--rounds", "3", "--new-tokens", "32"],
     "speculative": ["--rounds", "3", "--tokens", "160"],
 }
 QUICK = {
@@ -43,6 +44,7 @@ QUICK = {
     "dry": ["--precisions", "int4", "--sets", "ortmodels", "--max-tokens", "64"],
     "ray": ["--rounds", "1", "--new-tokens", "16"],
     "ray_multiplex": ["--rounds", "1", "--new-tokens", "16"],
+    "ray_prefix": ["--quick"],
     "speculative": ["--rounds", "1", "--tokens", "48"],
 }
 

@@ -42,6 +42,8 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {part: (*_SHARED, *paths) for part, 
     "speculative": ("benchmarks/bench_speculative.py",),
     "sizes": ("benchmarks/bench_sizes.py", "benchmarks/sizes_worker.py", "benchmarks/bench_server.py",
               "benchmarks/checkpoints.py", "benchmarks/corpus.py", *_CHAT_WORKER),
+    "ray_prefix": ("benchmarks/bench_ray_prefix.py", "benchmarks/bench_server.py", "benchmarks/bench_concurrency.py",
+                   "benchmarks/corpus.py"),
 }.items()}
 
 

@@ -34,6 +34,7 @@ from benchmarks.targets import (
     CLI_OURS,
     LLAMA_CPP_SERVER,
     ORT,
+    PREFIX_TTFT_FIGURE,
     TARGETS,
     Target,
     chat_concurrency_figure,
@@ -47,7 +48,7 @@ SPECULATIVE_START, SPECULATIVE_END = "<!-- bench:speculative:start -->", "<!-- b
 RENDERED_AT = re.compile(r"<!-- rendered against commit ([0-9a-f]{7,40}) -->")
 #: Parts whose figures the targets read (speculative's table sits in its own README section).
 PARTS = ("chat", "startup", "quality", "embeddings", "rerank", "concurrency", "server", "ray", "speculative",
-         "sizes")
+         "ray_prefix", "sizes")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -360,13 +361,29 @@ def ray_section(data: Mapping[str, Any]) -> list[str]:
             "Median of per-round ratios: " + "; ".join(ratios) + ".", *_speculation(data)]
 
 
+def ray_prefix_section(data: Mapping[str, Any]) -> list[str]:
+    """Prefix routing against Serve's own on 2 Ray replicas: last turns finding their cache, and their TTFT."""
+    rows = [[name, f"{v['whole']} / {v['conversations']}",
+             f"{_number(v['last_ttft_p50_s'], 2)} / {_number(v['last_ttft_p95_s'], 2)}"]
+            for name, v in data["summary"].items()]
+    ratio = data.get("figures", {}).get(PREFIX_TTFT_FIGURE)
+    return [(f"Prefix-aware routing on Ray (`benchmarks/bench_ray_prefix.py`): `ortmodels serve --ray --replicas 2`, "
+             f"{data['model']}, {data['conversations']} conversations at once of {data['turns']} turns each under one "
+             f"~{data['system_prompt_chars']}-character system prompt, at most {data['new_tokens']} greedy tokens a "
+             f"turn, both servers up and timed in turn, {data['rounds']} round(s):"), "",
+            *_table(["server", "last turns finding the previous prompt cached", "last turn's first token p50 / p95 (s)"],
+                    rows), "",
+            f"Last-turn time to first token, prefix ÷ Serve's routing (median of per-round ratios): {_number(ratio, 2)}×."]
+
+
 def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
     """Whether any part ran with fewer rounds, tokens or sentences than the full settings."""
     chat, emb, conc = results.get("chat", {}), results.get("embeddings", {}), results.get("concurrency", {})
     if conc.get("rounds", 3) < 3 or conc.get("new_tokens", 64) < 64 or conc.get("sentences", 512) < 512:
         return True
     return (chat.get("new_tokens", 128) < 128 or chat.get("rounds", 3) < 3 or emb.get("sentences", 2000) < 2000
-            or emb.get("rounds", 3) < 3 or results.get("quality", {}).get("tokens", 1024) < 1024)
+            or emb.get("rounds", 3) < 3 or results.get("quality", {}).get("tokens", 1024) < 1024
+            or bool(results.get("ray_prefix", {}).get("quick")))
 
 
 def _quick_warning(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -491,7 +508,7 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section, "rerank": rerank_section, "concurrency": concurrency_section,
                 "server": server_section,
-                "ray": ray_section, "sizes": sizes_section}
+                "ray": ray_section, "ray_prefix": ray_prefix_section, "sizes": sizes_section}
     for part, make in sections.items():
         if part in results:
             lines += [""]
@@ -499,7 +516,7 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
                 lines += [f"From {origin_text(origins[part])}.", ""]
             lines += make(results[part])
     charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "rerank", "concurrency",
-                                                               "server", "ray", "sizes")
+                                                               "server", "ray", "ray_prefix", "sizes")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

@@ -86,6 +86,12 @@ def faster_peer_ratio(ours: list[float], *peers: list[float]) -> float | None:
 SERVER_VS_LLAMA_FIGURE = server_figure(f"{ORT} int4 8 clients", f"{LLAMA_SERVER} 8 clients")
 #: Figure: ortmodels serve int4, aggregate tokens/s with 8 streaming clients ÷ with 1.
 SERVER_SCALING_FIGURE = server_figure(f"{ORT} int4 8 clients", f"{ORT} int4 1 client")
+#: Figures of bench_ray_prefix (2 Ray replicas, conversations at once under one system prompt): the
+#: last turns' time to first token p50, prefix routing ÷ Serve's; the share of last turns that found
+#: the previous turn's whole prompt cached on the replica they reached, per routing.
+PREFIX_TTFT_FIGURE = "ray 2 replicas, conversations at once: last-turn TTFT p50, prefix ÷ Serve's routing"
+PREFIX_FOUND_FIGURE = "ray 2 replicas, conversations at once: last turns finding the previous prompt cached, prefix"
+LOAD_FOUND_FIGURE = "ray 2 replicas, conversations at once: last turns finding the previous prompt cached, Serve's"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from .errors import EmbeddingOptionError, RerankInputError
-from .inputs import check_texts
+from .inputs import check_texts, ranked, rerank_pairs
 from .lifecycle import LifeCycle, Managed, ManagedEmbedding, loading_model, set_recorder
 from .monitoring import stats
 
@@ -158,22 +158,6 @@ class BaseRerankModel(_PlainModel, BaseCrossEncoder, ABC):
     async def arerank(self, query: str, documents: list[str], top_n: int | None = None) -> list[tuple[int, float]]:
         """`rerank` off the event loop."""
         return await asyncio.to_thread(self.rerank, query, documents, top_n)
-
-
-def rerank_pairs(query: object, documents: object, top_n: object) -> list[tuple[str, str]]:
-    """The (query, document) pairs of a rerank call, after checking its arguments."""
-    if not isinstance(query, str):
-        raise TypeError(f"rerank expects the query as a str, got {type(query).__name__}.")
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise ValueError(f"top_n must be a whole number of at least 1 (or None for all), not {top_n!r:.40}.")
-    check_texts([query], "rerank", RerankInputError, "the query: ")
-    return [(query, d) for d in check_texts(documents, "rerank", RerankInputError)]
-
-
-def ranked(scores: list[float], top_n: int | None) -> list[tuple[int, float]]:
-    """``(index, score)`` best first (a stable sort: equal scores keep their order), the first ``top_n``."""
-    order = sorted(enumerate(scores), key=lambda item: -item[1])
-    return order[:top_n] if top_n is not None else order
 
 
 def _check_pairs(pairs: object) -> list[tuple[str, str]]:

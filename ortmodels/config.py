@@ -93,6 +93,22 @@ class Settings(BaseSettings):
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
     """Check a variant's files against the manifest's sha256 before its first load."""
 
+    model_prompt_cache_dir: Path | None = Field(default=None, alias="MODEL_PROMPT_CACHE_DIR")
+    """Folder where a chat model's prompt cache is written when it unloads (server shutdown,
+    a Ray replica stopping) and read back when it loads, so a restarted server resumes warm;
+    one file per model, export version, variant and KV precision. Unset: kept in memory only."""
+
+    model_ray_routing: Literal["prefix", "load"] = Field(default="prefix", alias="MODEL_RAY_ROUTING")
+    """How ``ortmodels serve --ray`` routes chat requests between a model's replicas: ``prefix``
+    sends a conversation's turns to the replica whose prompt cache holds its start, by load when
+    none does or that replica is busy; ``load``: Ray Serve's power of two choices only."""
+
+    model_ray_routing_imbalance: int = Field(default=16, ge=0, alias="MODEL_RAY_ROUTING_IMBALANCE")
+    """With prefix routing: how many more requests the replica holding a prompt's start may have
+    than the least busy replica before the prompt goes by load instead (its history prefilled
+    again there). 16: twice ``MODEL_MAX_BATCH``'s default (Ray's own prefix router, in
+    ``ray.serve.llm``, never falls back by default)."""
+
     @field_validator("model_device", mode="before")
     @classmethod
     def _device_alias(cls, value: object) -> object:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import EmbeddingInputError
+from .errors import EmbeddingInputError, RerankInputError
 
 
 def check_texts(texts: object, what: str = "embed_documents", error: type[ValueError] = EmbeddingInputError,
@@ -32,3 +32,19 @@ def check_texts(texts: object, what: str = "embed_documents", error: type[ValueE
                 f"{exc.start} is a lone surrogate. Decode the input with errors='replace' first."
             ) from None
     return items
+
+
+def rerank_pairs(query: object, documents: object, top_n: object) -> list[tuple[str, str]]:
+    """The (query, document) pairs of a rerank call, after checking its arguments."""
+    if not isinstance(query, str):
+        raise TypeError(f"rerank expects the query as a str, got {type(query).__name__}.")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be a whole number of at least 1 (or None for all), not {top_n!r:.40}.")
+    check_texts([query], "rerank", RerankInputError, "the query: ")
+    return [(query, d) for d in check_texts(documents, "rerank", RerankInputError)]
+
+
+def ranked(scores: list[float], top_n: int | None) -> list[tuple[int, float]]:
+    """``(index, score)`` best first (a stable sort: equal scores keep their order), the first ``top_n``."""
+    order = sorted(enumerate(scores), key=lambda item: -item[1])
+    return order[:top_n] if top_n is not None else order

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 RUNTIMES = {
     "chat": "ortmodels.runtime.chat_runtime:ChatRuntime",
     "embedding": "ortmodels.runtime.embedding_runtime:EmbeddingRuntime",
+    "reranker": "ortmodels.runtime.rerank_runtime:RerankRuntime",
 }
 
 

@@ -361,3 +361,24 @@ def test_sizes_kv_bytes_and_figures_and_section() -> None:
     assert "4,265 s, peak 3,220 MB = 1.30× the checkpoint's 2,470 MB" in text
     assert "| llama.cpp Q4_K_M | 39 | 1,700 MB |" in text
     assert "ortmodels serve int4 160.0 tok/s" in text
+
+
+def test_render_ray_prefix_section() -> None:
+    from benchmarks.targets import (
+        LOAD_FOUND_FIGURE,
+        PREFIX_FOUND_FIGURE,
+        PREFIX_TTFT_FIGURE,
+    )
+
+    data = {"date": "2026-12-03T17:00:00+00:00", "machine": {"cpu": "CPU X", "cores": 2, "system": "Linux",
+                                                            "python": "3.11.7"},
+            "model": "smollm2-135m-instruct:int4", "conversations": 16, "turns": 5, "new_tokens": 32, "rounds": 3,
+            "system_prompt_chars": 3400, "quick": False,
+            "figures": {PREFIX_TTFT_FIGURE: 0.312, PREFIX_FOUND_FIGURE: 1.0, LOAD_FOUND_FIGURE: 0.354},
+            "summary": {"serve --ray 2 replicas, Serve's routing": {"whole": 17, "conversations": 48,
+                                                                   "last_ttft_p50_s": 2.41, "last_ttft_p95_s": 5.2},
+                        "serve --ray 2 replicas, prefix routing": {"whole": 48, "conversations": 48,
+                                                                  "last_ttft_p50_s": 0.75, "last_ttft_p95_s": 1.9}}}
+    text = render({"ray_prefix": data})
+    assert "| serve --ray 2 replicas, prefix routing | 48 / 48 | 0.75 / 1.90 |" in text
+    assert "prefix ÷ Serve's routing (median of per-round ratios): 0.31×." in text

@@ -1,7 +1,7 @@
 """``ortmodels serve``, ``ortmodels chat`` and Ray's replicas take no LangChain, models loaded or not.
 
 The server's modules and the chat service's never import it; the manager caches ortmodels'
-LangChain-free runtimes (`ChatRuntime`, `EmbeddingRuntime`) and builds their LangChain faces
+LangChain-free runtimes (`ChatRuntime`, `EmbeddingRuntime`, `RerankRuntime`) and builds their LangChain faces
 only when ``get_chat_model``/``get_embedding_model`` are asked. So a real server process that
 has loaded both samples and answered a chat and an embeddings request over HTTP, and a
 process that ran ``ortmodels chat``, still have no LangChain module. The one exception: a
@@ -26,7 +26,8 @@ LANGCHAIN = ("langchain", "langchain_core")
 
 #: Modules the server's chat path runs through, none of which may import LangChain.
 LANGCHAIN_FREE = ["runtime/service.py", "runtime/options.py", "runtime/events.py", "runtime/output_plan.py",
-                  "runtime/embedding_options.py"]
+                  "runtime/embedding_options.py", "runtime/rerank_runtime.py", "runtime/embedding_runtime.py",
+                  "runtime/chat_runtime.py", "inputs.py"]
 
 _PROBE = """
 import json, sys
@@ -166,3 +167,79 @@ def test_ortmodels_chat_answers_without_importing_langchain() -> None:
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) >= 2 and lines[0].strip(), out.stdout  # the answer, then the modules
     assert json.loads(lines[-1]) == []
+
+
+@pytest.fixture(scope="module")
+def rerank_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with one tiny random cross-encoder, exported in fp32 (`tests.tiny_cross_encoders`)."""
+    pytest.importorskip("sentence_transformers")
+    from ortmodels.export import export_model
+    from ortmodels.store import ModelStore
+    from tests.tiny_cross_encoders import build_tiny_cross_encoder
+
+    root = tmp_path_factory.mktemp("rerank") / "models"
+    build_tiny_cross_encoder(root / RERANKER, "bert")
+    export_model(ModelStore(root), RERANKER, ["fp32"])
+    return root
+
+
+RERANKER = "tiny-ce-bert"
+
+#: What a Ray replica runs (`ModelServer`, Ray imported, the model loaded by the replica's manager
+#: on its store; here one process plays three replicas) for a chat, an embedding and a reranker; then a
+#: server serving the reranker over HTTP; then the LangChain modules this process has imported.
+_REPLICAS = """
+import asyncio, json, os, socket, sys, threading, time
+import httpx, uvicorn
+from ortmodels.manager import ModelManager
+from ortmodels.runtime.options import ChatOptions
+from ortmodels.serve.ray.deployments import ModelServer
+
+async def main():
+    chat = ModelServer(CHAT, {"LOCAL_MODELS_DIR": SAMPLES})
+    events = [e async for e in chat.achat_events(CHAT, [{"role": "user", "content": "Hi"}], ChatOptions(max_tokens=3))]
+    embedding = ModelServer(EMBEDDING, {"LOCAL_MODELS_DIR": SAMPLES})
+    vectors, tokens = await embedding.aembed_counted(EMBEDDING, ["a cat", "a dog"])
+    os.environ["LOCAL_MODELS_DIR"] = RERANKS  # its own store: the process's one manager takes it
+    ModelManager().configure()
+    reranker = ModelServer(RERANKER, {"LOCAL_MODELS_DIR": RERANKS})
+    ranked, read = await reranker.arerank_counted(RERANKER, "a cat", ["a dog", "a cat"], None)
+    return len(events), len(vectors), len(ranked)
+
+counts = asyncio.run(main())
+from ortmodels.serve import create_app
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+server = uvicorn.Server(uvicorn.Config(create_app(models=[RERANKER]), port=port, log_level="warning"))
+thread = threading.Thread(target=server.run, daemon=True)
+thread.start()
+deadline = time.monotonic() + 120
+while True:
+    try:
+        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("the server did not get ready within 120 s")
+    time.sleep(0.05)
+answer = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"model": RERANKER, "query": "a cat",
+                    "documents": ["a dog", "a cat"]}, timeout=60).json()
+server.should_exit = True
+thread.join(60)
+print(json.dumps({"counts": counts, "results": len(answer["results"]),
+                  "langchain": sorted({m.split('.')[0] for m in sys.modules} & {"langchain", "langchain_core"})}))
+"""
+
+
+@pytest.mark.slow
+def test_ray_replicas_and_a_server_serving_a_reranker_never_import_langchain(rerank_store: Path) -> None:
+    pytest.importorskip("ray")
+    script = (_REPLICAS.replace("RERANKS", repr(str(rerank_store))).replace("RERANKER", repr(RERANKER))
+              .replace("SAMPLES", repr(str(SAMPLES_DIR))).replace("EMBEDDING", repr(EMBEDDING_SAMPLE))
+              .replace("CHAT", repr(CHAT_SAMPLE)))
+    seen = _run(script, rerank_store)
+    events, vectors, ranked = seen["counts"]
+    assert events >= 2 and vectors == 2 and ranked == 2 and seen["results"] == 2
+    assert seen["langchain"] == []

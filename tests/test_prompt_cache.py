@@ -1,11 +1,17 @@
-"""The prompt cache: longest usable prefix, truncation, LRU by bytes; and a real 5-turn chat."""
+"""The prompt cache: longest usable prefix, truncation, LRU by bytes; a real 5-turn chat; saved to
+disk and read back, by the engine and by a restarted server."""
 
 from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ortmodels.engine import Engine, PromptCache, Request
+from ortmodels.engine.prompt_cache import CacheIdentity
 from ortmodels.errors import ConfigurationError
 from tests.engine_samples import EOS, chat_prompt, decoder, tokenizer
 
@@ -115,3 +121,79 @@ def test_a_cached_sequence_longer_than_the_shared_prefix_is_cut() -> None:
     while fresh.step():
         pass
     assert second.generated == reference.generated
+
+
+# -- saved to disk and read back ---------------------------------------------------------------
+
+IDENTITY = CacheIdentity("sample", "20260101T000000Z-abc", "int4", "float32", layers=2, kv_heads=2, head=4)
+
+
+def _filled() -> PromptCache:
+    cache = PromptCache(1 << 20)
+    cache.store([1, 2, 3, 4, 5], _past(5))
+    cache.store([9, 8, 7], _past(3, start=50))
+    return cache
+
+
+def test_a_saved_cache_reads_back_the_same_entries(tmp_path: Path) -> None:
+    path = _filled().save(tmp_path, IDENTITY)
+    assert path == tmp_path / IDENTITY.file_name() and path.is_file()
+    assert not list(tmp_path.glob("*.part"))  # written atomically
+    back = PromptCache(1 << 20)
+    assert back.restore(tmp_path, IDENTITY) == 2
+    n, past = back.lookup([1, 2, 3, 4, 5, 6, 7])
+    assert n == 5 and past is not None
+    np.testing.assert_array_equal(past[0][0, 0, :, 0], np.arange(5, dtype=np.float32))
+    assert back.lookup([9, 8, 7, 6, 5])[0] == 3
+    assert PromptCache(1 << 20).restore(tmp_path / "elsewhere", IDENTITY) == 0  # no file: nothing, quietly
+    assert PromptCache(0).save(tmp_path / "empty", IDENTITY) is None  # an empty cache writes nothing
+
+
+@pytest.mark.parametrize("other", [
+    dataclasses.replace(IDENTITY, version="20260202T000000Z-def"),  # another export
+    dataclasses.replace(IDENTITY, kv_dtype="float16"),
+])
+def test_another_exports_or_precisions_file_is_never_read(tmp_path: Path, other: CacheIdentity,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / other.file_name()).write_bytes(_filled().save(tmp_path, IDENTITY).read_bytes())  # renamed
+    with caplog.at_level(logging.WARNING):
+        assert PromptCache(1 << 20).restore(tmp_path, other) == 0
+    assert "Ignoring the saved prompt cache" in caplog.text and "differ" in caplog.text
+
+
+def test_a_damaged_or_misshapen_file_is_ignored_with_a_log_line(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / IDENTITY.file_name()
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    wider = dataclasses.replace(IDENTITY, version="v2", head=8)
+    _filled().save(tmp_path, dataclasses.replace(wider, head=4))  # arrays of head 4 ...
+    (tmp_path / dataclasses.replace(wider, head=4).file_name()).rename(tmp_path / wider.file_name())
+    with caplog.at_level(logging.WARNING):
+        assert PromptCache(1 << 20).restore(tmp_path, IDENTITY) == 0
+        assert PromptCache(1 << 20).restore(tmp_path, wider) == 0  # ... read as head 8: refused
+    assert caplog.text.count("Ignoring the saved prompt cache") == 2
+
+
+@pytest.mark.slow
+def test_a_restarted_server_answers_from_the_saved_cache(tmp_path: Path) -> None:
+    """``MODEL_PROMPT_CACHE_DIR``: a server answers a long prompt, stops (the cache is written at
+    shutdown), starts again, and the same prompt's usage reports its tokens cached."""
+    openai = pytest.importorskip("openai")
+    from .conftest import CHAT_SAMPLE
+    from .test_serve import _start, _stop
+
+    saved = tmp_path / "prompt-cache"
+    messages = [{"role": "system", "content": SYSTEM * 8}, {"role": "user", "content": TURNS[1]}]
+    usages = []
+    for _ in range(2):
+        server = _start(tmp_path, "--models", CHAT_SAMPLE, settings={"MODEL_PROMPT_CACHE_DIR": str(saved)})
+        try:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+            usages.append(client.chat.completions.create(model=CHAT_SAMPLE, messages=messages, max_tokens=2,
+                                                         temperature=0).usage)
+        finally:
+            assert _stop(server) == 0, server.logs()
+    first, restarted = usages
+    assert first.prompt_tokens > 100 and first.prompt_tokens_details.cached_tokens == 0
+    assert restarted.prompt_tokens_details.cached_tokens == first.prompt_tokens - 2  # all but MIN_PREFILL
+    assert [p.name.endswith(".promptcache.npz") for p in saved.iterdir()] == [True]

@@ -321,32 +321,10 @@ def test_v1_rerank_on_ray_serve(store: Path, server: object, tmp_path: Path) -> 
     answers as the plain server does; a bad request is the same 400."""
     pytest.importorskip("ray")
     httpx = pytest.importorskip("httpx")
-    import signal
-    import time
+    from .ray_serve import serve_on_ray
 
-    from .test_serve import _free_port
-
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_", "RAY_"))}
-    env.update(LOCAL_MODELS_DIR=str(store), RAY_AUTH_MODE="disabled",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    log = tmp_path / "serve-ray.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ortmodels", "-v", "serve", "--ray", "--replicas", "1",
-                                    "--port", str(port), "--models", "tiny-ce-bert"],
-                                   cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-4000:]
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200 and "Serving on" in log.read_text():
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with serve_on_ray(tmp_path, store, "--replicas", "1", "--models", "tiny-ce-bert", timeout=300) as running:
+        url = running.url
         body = {"model": "tiny-ce-bert", "query": QUERY, "documents": DOCUMENTS, "top_n": 4, "return_documents": True}
         on_ray = httpx.post(f"{url}/v1/rerank", json=body, timeout=120)
         plain = httpx.post(f"{server.url}/v1/rerank", json=body, timeout=120)  # type: ignore[attr-defined]
@@ -357,14 +335,6 @@ def test_v1_rerank_on_ray_serve(store: Path, server: object, tmp_path: Path) -> 
         assert on_ray.json()["usage"] == plain.json()["usage"]
         bad = httpx.post(f"{url}/rerank", json={"model": "tiny-ce-bert", "query": "q", "documents": [7]}, timeout=60)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "documents[0]"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
 
 
 @pytest.mark.slow

@@ -61,11 +61,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(tmp: Path, *args: str, models_dir: Path = SAMPLES_DIR) -> Server:
-    """``ortmodels serve`` in a subprocess; returns once /health says 200."""
+def _start(tmp: Path, *args: str, models_dir: Path = SAMPLES_DIR, settings: dict[str, str] | None = None) -> Server:
+    """``ortmodels serve`` in a subprocess (``settings``: its environment variables besides the
+    store); returns once /health says 200."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_"))}
     env["LOCAL_MODELS_DIR"] = str(models_dir)
+    env.update(settings or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log = tmp / f"server-{port}.log"
     with log.open("wb") as out:

@@ -11,13 +11,7 @@ is tested without Ray, on the replica class itself.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +27,8 @@ from ortmodels.errors import ConfigurationError, ModelFileError
 from ortmodels.serve.ray import plan
 from ortmodels.serve.ray.deployments import ModelServer
 
-from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
-from .test_serve import _free_port
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, SAMPLES_DIR
+from .ray_serve import RayServer, serve_on_ray
 from .waiting import join_all, wait_until
 
 #: A Ray cluster takes minutes to start and to replace a replica on 2 busy cores.
@@ -43,11 +37,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 START_TIMEOUT_S = 180.0
 CHAT_DEPLOYMENT = f"model-{CHAT_SAMPLE}"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+IMBALANCE = 2
 
 
 class Cluster:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path, address: str) -> None:
-        self.process, self.url, self.log, self.address = process, url, log, address
+    def __init__(self, running: RayServer) -> None:
+        self.process, self.url, self.log, self.address = running.process, running.url, running.log, running.address
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -56,54 +51,23 @@ class Cluster:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """``ortmodels serve --ray --replicas 2`` on a free port; the test process joins its cluster."""
+    """``ortmodels serve --ray --replicas 2`` on a free port; the test process joins its cluster.
+    Prefix routing with a small imbalance (2), so a test saturates a replica with 3 streams. With
+    ``MODEL_PROMPT_CACHE_DIR`` set, the chat replicas Serve stops at the end (SIGTERM) write their
+    prompt cache there (a restarted server reading it back: `test_prompt_cache.py`)."""
     tmp = tmp_path_factory.mktemp("ray")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_", "RAY_"))}
-    env["LOCAL_MODELS_DIR"] = str(SAMPLES_DIR)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    # a loopback cluster for this test only; this process's Ray has read its auth mode already
-    env["RAY_AUTH_MODE"] = "disabled"
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ortmodels", "-v", "serve", "--ray", "--replicas", "2", "--port", str(port),
-             "--models", f"{CHAT_SAMPLE},{EMBEDDING_SAMPLE}"],
-            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ortmodels serve --ray exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"ortmodels serve --ray did not answer /health in time:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200 and "Serving on" in log.read_text():
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        found = re.search(r"Ray cluster at (\S+)", log.read_text(errors="replace"))
-        assert found, log.read_text()[-4000:]
-        ray.init(address=found.group(1), log_to_driver=False)
-        yield Cluster(process, url, log, found.group(1))
-    finally:
-        ray.shutdown()
-        _stop(process)
-        assert process.returncode == 0, log.read_text(errors="replace")[-4000:]
+    saved = tmp / "prompt-cache"
+    with serve_on_ray(tmp, SAMPLES_DIR, "--replicas", "2", "--models", f"{CHAT_SAMPLE},{EMBEDDING_SAMPLE}",
+                      env={"MODEL_RAY_ROUTING_IMBALANCE": str(IMBALANCE), "MODEL_PROMPT_CACHE_DIR": str(saved)},
+                      timeout=START_TIMEOUT_S) as running:
+        ray.init(address=running.address, log_to_driver=False)
+        try:
+            yield Cluster(running)
+        finally:
+            ray.shutdown()
+    assert [p.name.startswith(f"{CHAT_SAMPLE}.") for p in saved.glob("*.promptcache.npz")] == [True]
 
 
 def _replicas(deployment: str) -> dict[str, int]:
@@ -196,6 +160,78 @@ def test_grammars_and_token_routes_reach_the_replicas(cluster: Cluster) -> None:
 def _ongoing(replica: str) -> int:
     """Requests the replica actor is serving now, as Serve's router counts them."""
     return ray.get(ray.get_actor(replica, namespace="serve").get_num_ongoing_requests.remote(), timeout=30)
+
+
+#: A system prompt of about 200 tokens, shared by the conversations of the routing tests.
+SYSTEM = ("You are a patient guide to European geography. Answer in one short sentence, name the country "
+          "first, and never invent a city. ") * 6
+
+
+def _opening(name: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"I am {name}, and I am planning a trip through Europe this summer. "
+                                        f"{name} would like to know: what is the capital of France?"}]
+
+
+def _turn(client: openai.OpenAI, messages: list[dict[str, str]], question: str | None = None) -> Any:
+    """One turn (greedy, 6 tokens); its answer and, if given, the next question appended."""
+    answer = client.chat.completions.create(model=CHAT_SAMPLE, messages=messages, max_tokens=6, temperature=0)
+    messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+    if question:
+        messages.append({"role": "user", "content": question})
+    return answer.usage
+
+
+def _idle() -> None:
+    wait_until(lambda: sum(_ongoing(name) for name in _replica_actors()) == 0, 120,
+               "both chat replicas idle", interval=0.5)
+
+
+def test_a_conversations_turns_reach_the_replica_that_holds_it(cluster: Cluster) -> None:
+    """Four conversations, three turns each, one request at a time (so both replicas are idle and
+    load alone would choose at random): every later turn finds the whole previous prompt in the
+    cache of the replica it reaches. By chance alone, 8 of 8 would happen once in 256 runs."""
+    _idle()
+    client = cluster.client()
+    conversations = {name: _opening(name) for name in ("Ada", "Bruno", "Chiara", "Dmitri")}
+    last = {name: _turn(client, messages, "And of Spain?") for name, messages in conversations.items()}
+    for question in ("And of Italy?", None):
+        for name, messages in conversations.items():
+            usage = _turn(client, messages, question)
+            cached = usage.prompt_tokens_details.cached_tokens
+            assert cached >= last[name].prompt_tokens - 2, (name, cached, last[name].prompt_tokens)
+            last[name] = usage
+
+
+def test_a_conversation_whose_replica_is_busy_goes_to_the_other(cluster: Cluster) -> None:
+    """Three endless streams continue one conversation, so all three go to the replica holding it
+    (its queue stays within the imbalance of 2 until the third); the conversation's next turn,
+    which extends their prompt, finds that replica 3 requests busier than the other and is routed
+    by load, to the other, which holds none of it."""
+    _idle()
+    client = cluster.client()
+    messages = _opening("Eleonora")
+    first = _turn(client, messages, "Please list some numbers.")
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 600}
+    streams = []
+    try:
+        for _ in range(IMBALANCE + 1):  # one at a time, each streaming before the next is routed
+            stream = client.chat.completions.create(
+                model=CHAT_SAMPLE, messages=messages, max_tokens=600, temperature=0, stream=True,
+                response_format={"type": "json_schema", "json_schema": {"name": "numbers", "schema": schema}})
+            chunks = iter(stream)
+            next(chunks)
+            streams.append(stream)
+        ongoing = sorted(_ongoing(name) for name in _replica_actors())
+        assert ongoing == [0, IMBALANCE + 1], ongoing  # all on the replica that holds the conversation
+        messages += [{"role": "assistant", "content": "[1, 2, 3]"},  # the conversation goes on from there
+                     {"role": "user", "content": "What is the capital of Portugal?"}]
+        usage = _turn(client, messages)
+        assert usage.prompt_tokens_details.cached_tokens < first.prompt_tokens - 2, usage
+    finally:
+        for stream in streams:
+            stream.close()
+    _idle()
 
 
 def _endless_stream(client: openai.OpenAI) -> Any:

@@ -16,14 +16,25 @@ reusing those changed int4 greedy tokens in a 5-turn chat. So a turn re-prefills
 previous answer, and the cached prefix gives the very tokens no cache gives.
 
 Entries are bounded in bytes and dropped least recently used first; 0 bytes turns it off.
-Only the engine's scheduler thread uses it, so it has no lock.
+Only the engine's scheduler thread uses it, so it has no lock (`save` and `restore` run
+while the engine is idle: before its first request, after its close).
+
+`save` writes the entries to one ``.npz`` file (llama-server's slot save/restore, for the
+whole cache), `restore` reads them back: the file records who made it (`CacheIdentity`: the
+model, its export version, variant and KV precision, and the cache's shape), and a file of
+another identity, a damaged one or one whose arrays do not fit is ignored with a log line, so
+a stale cache is never used.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +44,30 @@ logger = logging.getLogger(__name__)
 
 #: Prompt tokens always prefilled, cache or not: a multi-row prefill reproduces a full one exactly.
 MIN_PREFILL = 2
+
+
+#: The file layout `save` writes; a file of another layout is ignored.
+FILE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    """What a saved cache is valid for: a file is read back only into the very same."""
+
+    model: str
+    version: str | None
+    """The model's export version (``None``: an export from before versioning)."""
+    variant: str
+    kv_dtype: str
+    """The cache's numpy dtype name (``float16``, ``float32``)."""
+    layers: int
+    """Cache inputs (a key and a value per layer)."""
+    kv_heads: int
+    head: int
+
+    def file_name(self) -> str:
+        """``<model>.<version>.<variant>.<kv dtype>.promptcache.npz``: one file per identity."""
+        return f"{self.model}.{self.version or 'unversioned'}.{self.variant}.{self.kv_dtype}.promptcache.npz"
 
 
 @dataclass
@@ -120,3 +155,72 @@ class PromptCache:
     def clear(self) -> None:
         self._entries.clear()
         self._nbytes = 0
+
+    # -- on disk --------------------------------------------------------------------------------
+
+    def save(self, folder: Path, identity: CacheIdentity) -> Path | None:
+        """Write the entries (least recently used first) to ``folder`` / `CacheIdentity.file_name`,
+        atomically; nothing written for an empty cache. Returns the file, or ``None``."""
+        if not self._entries:
+            return None
+        path = _cache_file(folder, identity)
+        arrays: dict[str, np.ndarray] = {"identity": np.array(json.dumps({"format": FILE_FORMAT, **asdict(identity)}))}
+        for n, entry in enumerate(self._entries.values()):
+            arrays[f"ids_{n}"] = entry.ids
+            for layer, past in enumerate(entry.past):
+                arrays[f"past_{n}_{layer}"] = past
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + f".{os.getpid()}.part")
+        try:
+            with partial.open("wb") as out:
+                np.savez(out, **arrays)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        logger.info("Saved %d prompt cache entries (%d bytes) to %s", len(self._entries), self._nbytes, path)
+        return path
+
+    def restore(self, folder: Path, identity: CacheIdentity) -> int:
+        """Read back what `save` wrote for ``identity`` (within ``max_bytes``); the entries read.
+        A missing file reads nothing; another identity's, a damaged or a misshapen one is
+        ignored with a warning, never used."""
+        path = _cache_file(folder, identity)
+        if not self.max_bytes or not path.is_file():
+            return 0
+        try:
+            entries = _read(path, identity)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            logger.warning("Ignoring the saved prompt cache %s: %s", path, exc)
+            return 0
+        for entry in entries:
+            self.store(entry.ids.tolist(), entry.past)
+        logger.info("Restored %d prompt cache entries (%d bytes) from %s", len(self._entries), self._nbytes, path)
+        return len(self._entries)
+
+
+def _cache_file(folder: Path, identity: CacheIdentity) -> Path:
+    """The cache file of ``identity`` in ``folder``; its name never leaves the folder."""
+    name = identity.file_name()
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigurationError(f"A prompt cache file name must stay inside {folder}, not {name!r}.")
+    return Path(folder) / name
+
+
+def _read(path: Path, identity: CacheIdentity) -> list[_Entry]:
+    """The entries of a saved cache, each checked against ``identity``; ValueError when one is off."""
+    with np.load(path, allow_pickle=False) as saved:
+        recorded = json.loads(str(saved["identity"]))
+        expected = {"format": FILE_FORMAT, **asdict(identity)}
+        if recorded != expected:
+            differ = sorted(k for k in expected.keys() | recorded.keys() if recorded.get(k) != expected.get(k))
+            raise ValueError(f"it was saved for another model, export or KV precision ({', '.join(differ)} differ)")
+        entries = []
+        for n in range(len([k for k in saved.files if k.startswith("ids_")])):
+            ids = saved[f"ids_{n}"]
+            past = [saved[f"past_{n}_{layer}"] for layer in range(identity.layers)]
+            want = (1, identity.kv_heads, len(ids), identity.head)
+            if ids.dtype != np.int64 or ids.ndim != 1 or any(
+                    a.shape != want or a.dtype != np.dtype(identity.kv_dtype) for a in past):
+                raise ValueError(f"entry {n} does not have the cache's shape {want} and dtype {identity.kv_dtype}")
+            entries.append(_Entry(ids, past))
+        return entries

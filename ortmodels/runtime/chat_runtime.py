@@ -17,9 +17,12 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, EngineGauges
 from ..engine.constraints import GrammarCompiler
+from ..engine.prompt_cache import CacheIdentity
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary
 from ..errors import ChatTemplateError, ModelNotLoadedError
@@ -88,6 +91,8 @@ class ChatRuntime(ChoosesVariant, Managed):
         self.front = front
         """The LangChain face (`OnnxChatModel`) whose fields this runtime loads with, if any."""
         self._service: ChatService | None = None
+        self._saved_cache: tuple[Path, CacheIdentity] | None = None
+        """Where the prompt cache is saved, and for what (``MODEL_PROMPT_CACHE_DIR`` set)."""
         self._life = LifeCycle(owner or self)
         """Its own, or (``owner``: a LangChain face made on its own, a user's subclass perhaps) the
         face's, whose ``_load`` runs this runtime's."""
@@ -131,6 +136,12 @@ class ChatRuntime(ChoosesVariant, Managed):
                                    spec.eos_token_ids)
         self._service = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
                                     token_chars)
+        if settings.model_prompt_cache_dir is not None and decoder.past_names:
+            kv_heads, head, kv_dtype = decoder.kv_dims
+            self._saved_cache = (settings.model_prompt_cache_dir, CacheIdentity(
+                opened.info.name, opened.info.version, opened.variant, np.dtype(kv_dtype).name,
+                len(decoder.past_names), kv_heads, head))
+            engine.prompt_cache.restore(*self._saved_cache)
         logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token)", opened.info.name,
                     opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token)
 
@@ -138,6 +149,20 @@ class ChatRuntime(ChoosesVariant, Managed):
         service, self._service = self._service, None
         if service is not None:
             service.close()  # unload waits for running calls, so nothing is cut off here
+            self.save_prompt_cache(service)
+
+    def save_prompt_cache(self, service: ChatService | None = None) -> Path | None:
+        """Write the prompt cache to ``MODEL_PROMPT_CACHE_DIR`` (done at unload, and so at a
+        server's shutdown); ``None`` when the setting is off or the cache empty. A failed write
+        is logged, not raised: the model unloads all the same."""
+        service = service or self._service
+        if service is None or self._saved_cache is None:
+            return None
+        try:
+            return service.engine.prompt_cache.save(*self._saved_cache)
+        except OSError as exc:
+            logger.warning("Could not save the prompt cache to %s: %s", self._saved_cache[0], exc)
+            return None
 
     def memory_bytes(self) -> int:
         """The variant's weights plus what the engine holds now: KV slots and the prompt cache."""

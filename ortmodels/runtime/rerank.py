@@ -1,36 +1,33 @@
 """Rerankers: `OnnxCrossEncoder` scores (query, document) pairs; `OnnxReranker` is LangChain's compressor.
 
-`OnnxCrossEncoder` runs an exported cross-encoder through the engine's `CrossEncoderRunner`
-(pairs tokenized together, length-sorted batches, the manifest's activation) and the
-encoders' `CoalescingBatcher` (concurrent callers share batches). `OnnxReranker` is a
+`OnnxCrossEncoder` is the LangChain face of a `RerankRuntime` (``rerank_runtime.py``), which
+runs an exported cross-encoder through the engine's `CrossEncoderRunner` (pairs tokenized
+together, length-sorted batches, the manifest's activation) and the encoders'
+`CoalescingBatcher` (concurrent callers share batches); the server and Ray's replicas use
+the runtime alone, without LangChain. `OnnxReranker` is a
 LangChain `BaseDocumentCompressor`, as LangChain's ``CrossEncoderReranker`` is: it keeps
 the ``top_n`` documents, best first, each with its score in ``metadata["relevance_score"]``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from ..base import BaseRerankModel, ranked, rerank_pairs
-from ..config import Settings, load_settings
+from ..base import BaseRerankModel
+from ..config import Settings
 from ..engine.cross_encoder import CrossEncoderRunner
-from ..engine.encoder_batching import CoalescingBatcher
-from ..engine.tokenizer import load_tokenizer
-from ..errors import ModelNotLoadedError
-from ..store.names import validate_model_name
-from .variant import open_variant
+from ..lifecycle import LifeCycle
+from .rerank_runtime import RerankRuntime
 
 if TYPE_CHECKING:
     from langchain_core.callbacks import Callbacks
 
-logger = logging.getLogger(__name__)
 
 
 class OnnxCrossEncoder(BaseRerankModel):
@@ -49,8 +46,6 @@ class OnnxCrossEncoder(BaseRerankModel):
         LangChain compressor: ``OnnxReranker(model=model, top_n=3).compress_documents(docs, query)``.
     """
 
-    batch_size: int = 32
-
     def __init__(
         self,
         model_name: str | None = None,
@@ -60,76 +55,73 @@ class OnnxCrossEncoder(BaseRerankModel):
         dtype: str | None = None,
         batch_size: int | None = None,
         settings: Settings | None = None,
+        runtime: RerankRuntime | None = None,
     ) -> None:
-        if model_path is None:  # found by name in LOCAL_MODELS_DIR
-            settings = settings or load_settings()
-            model_name = validate_model_name(model_name or settings.default_rerank_model)
-            model_path = settings.local_models_dir / model_name
-        elif model_name is None:
-            model_name = Path(model_path).name
-        super().__init__(model_name, model_path=model_path, device=device, dtype=dtype)
-        if batch_size is not None:
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-            self.batch_size = batch_size
-        self._settings = settings
-        self._runner: CrossEncoderRunner | None = None
-        self._batcher: CoalescingBatcher | None = None
-        self.variant: str | None = None
-        """The precision loaded (``fp32``, ``int8``), once loaded."""
-        self.resolved_device: str | None = None
+        if runtime is None:
+            runtime = RerankRuntime(model_name, model_path=model_path, device=device, dtype=dtype,
+                                    batch_size=batch_size or 32, settings=settings, owner=self)
+        elif batch_size is not None:
+            runtime.batch_size = batch_size
+        self._runtime = runtime
+        super().__init__(runtime.model_name, model_path=runtime.model_path, device=runtime.device,
+                         dtype=runtime.dtype)
+        self.version = runtime.version
+        runtime.front = self
+
+    @classmethod
+    def over(cls, runtime: RerankRuntime) -> OnnxCrossEncoder:
+        """The LangChain face of a runtime the manager caches: one life cycle, one runner."""
+        return cls(runtime=runtime)
+
+    def _new_life_cycle(self) -> LifeCycle:
+        """The runtime's: made on its own (a user's subclass too), its ``_load`` runs the runtime's."""
+        return self._runtime.life_cycle
 
     def _load(self) -> None:
-        settings = self._settings or load_settings()
-        opened = open_variant(Path(self._model_path), "reranker", self.device, self.dtype, settings)  # type: ignore[arg-type]
-        spec = opened.info.manifest.reranker  # type: ignore[union-attr]  # checked by open_variant
-        runner = CrossEncoderRunner(opened.session, load_tokenizer(opened.folder / "tokenizer.json",
-                                                                   spec.max_seq_length), spec)
-        runner.check(opened.folder)
-        self._runner = runner
-
-        def run(pairs: list[Any]) -> np.ndarray:
-            # One row per pair, (score, tokens): the batcher hands each caller its own rows.
-            scores, tokens = runner.score_counted(pairs, self.batch_size)
-            return np.stack([scores.astype(np.float64), tokens.astype(np.float64)], axis=1)
-
-        self._batcher = CoalescingBatcher(cast(Any, run))
-        self.variant, self.resolved_device = opened.variant, opened.device
-        logger.info("Loaded reranker %s (%s on %s)", opened.info.name, opened.variant, opened.device)
+        self._runtime._load()
 
     def _unload(self) -> None:
-        self._runner = None
-        self._batcher = None
+        self._runtime._unload()
+
+    @property
+    def runtime(self) -> RerankRuntime:
+        """The LangChain-free model under this adapter (what the server uses)."""
+        return self._runtime
+
+    @property
+    def batch_size(self) -> int:
+        """Pairs per batch."""
+        return self._runtime.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"batch_size must be at least 1, got {value}.")
+        self._runtime.batch_size = value
+
+    @property
+    def variant(self) -> str | None:
+        """The precision loaded (``fp32``, ``int8``), once loaded."""
+        return self.loaded_variant
+
+    @property
+    def resolved_device(self) -> str | None:
+        """The device the session runs on, once loaded."""
+        return self.loaded_device
 
     @property
     def runner(self) -> CrossEncoderRunner:
         """The loaded session, tokenizer and activation; raises if the model is not loaded."""
-        runner = self._runner
-        if runner is None:
-            raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
-        return runner
-
-    def _score_rows(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        batcher = self._batcher
-        if batcher is None:
-            raise ModelNotLoadedError(f"{self!r} is not loaded; call load() first.")
-        return batcher(cast(Any, pairs))
+        return self._runtime.runner
 
     def _score(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Concurrent callers share length-sorted batches (`CoalescingBatcher`); each gets its own rows."""
-        return [float(np.float32(s)) for s in self._score_rows(pairs)[:, 0]]
+        return [float(np.float32(s)) for s in self._runtime.score_rows(pairs)[:, 0]]
 
     def rerank_counted(self, query: str, documents: list[str],
                        top_n: int | None = None) -> tuple[list[tuple[int, float]], int]:
         """`rerank`, and the tokens the model read (every pair's, as the server's ``usage`` counts them)."""
-        pairs = rerank_pairs(query, documents, top_n)
-        if not pairs:
-            return [], 0
-        with self._use("rerank") as record:
-            rows = self._score_rows(pairs)
-            if record is not None:
-                record.items = len(pairs)
-        return ranked([float(np.float32(s)) for s in rows[:, 0]], top_n), int(rows[:, 1].sum())
+        return self._runtime.rerank_counted(query, documents, top_n)
 
 
 class OnnxReranker(BaseDocumentCompressor):

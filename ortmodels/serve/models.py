@@ -96,7 +96,7 @@ class Catalog:
         return cast(EmbeddingModel, await self.get(entry))
 
     async def reranker(self, entry: ModelId) -> RerankModel:
-        """The reranker for ``entry`` (`OnnxCrossEncoder`, a user's `BaseRerankModel`, Ray's
+        """The reranker for ``entry`` (`RerankRuntime`, a user's `BaseRerankModel`, Ray's
         stand-in: each has ``arerank_counted``)."""
         return cast(RerankModel, await self.get(entry))
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, cast
 import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from ...config import load_settings
@@ -34,6 +36,7 @@ from ..app import DEFAULT_MAX_QUEUE, create_app
 from ..models import Catalog, ModelId
 from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model
 from .remote import RayCatalog
+from .routing import ROUTER_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,9 @@ def _environment(threads: int) -> dict[str, str]:
     passed = {k: v for k, v in os.environ.items() if k.startswith(_PASSED_ON)}
     passed["LOCAL_MODELS_DIR"] = str(load_settings().local_models_dir.resolve())
     passed["MODEL_THREADS"] = str(threads)
+    cache_dir = load_settings().model_prompt_cache_dir
+    if cache_dir is not None:  # a replica's working directory is not this process's
+        passed["MODEL_PROMPT_CACHE_DIR"] = str(cache_dir.resolve())
     return passed
 
 
@@ -115,6 +121,18 @@ class ModelServer:
 
     def ready(self) -> str:
         return self.entry.id
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: the model unloads, which writes its prompt
+        cache to ``MODEL_PROMPT_CACHE_DIR`` (if set) for the replica that comes next."""
+        catalog = getattr(self, "catalog", None)
+        if catalog is None or getattr(self, "_stopped", False) or sys.is_finalizing():
+            return  # __init__ failed; done already (Serve calls it, then the collector); the teardown
+        self._stopped = True
+        try:
+            catalog.manager.unload_all(10.0)
+        except Exception as exc:  # noqa: BLE001 - the replica is ending anyway
+            logger.warning("Unload at replica shutdown: %s", exc)
 
     def _model(self, model_id: str) -> object:
         if model_id != self.entry.id:
@@ -194,6 +212,15 @@ class Ingress:
                           catalog=catalog)
 
 
+def _routing(entry: ModelId) -> dict[str, Any]:
+    """A chat deployment's request router: by prompt prefix unless ``MODEL_RAY_ROUTING=load``."""
+    settings = load_settings()
+    if entry.kind != "chat" or settings.model_ray_routing != "prefix":
+        return {}
+    return {"request_router_config": RequestRouterConfig(
+        request_router_class=ROUTER_PATH, request_router_kwargs={"imbalance": settings.model_ray_routing_imbalance})}
+
+
 def _cluster_cpus() -> float:
     if ray.is_initialized():
         return float(ray.cluster_resources().get("CPU", 1.0))
@@ -230,7 +257,7 @@ def build_app(models: Sequence[str] | str | None = None, replicas: int | None = 
     for entry in entries:
         deployment = serve.deployment(ModelServer).options(
             name=_deployment_name(entry.id), max_ongoing_requests=max_queue,
-            health_check_period_s=health_check_period_s, **chosen.options())
+            health_check_period_s=health_check_period_s, **chosen.options(), **_routing(entry))
         handles[entry.id] = deployment.bind(entry.id, env)
     logger.info("Ray Serve app: %s; %s", ", ".join(handles), chosen)
     ingress = serve.deployment(Ingress).options(

@@ -1,0 +1,110 @@
+"""`PrefixRouter`: Ray Serve's request router for chat deployments, by prompt prefix, then load.
+
+Serve's default router (power of two choices) looks at queue lengths only, so a conversation's
+next turn reaches a replica whose prompt cache may not hold its earlier turns, and prefills them
+all again. This router, running in each handle's process (the ingress), sends a chat or text
+prompt to the replica that was sent the longest start of it (`prefix.PrefixIndex`), unless that
+replica has more than ``imbalance`` requests more than the least busy one; otherwise,
+and for prompts that share nothing of their own with what a replica was sent (a conversation's
+first turn, whose system prompt other conversations share), it routes as power of two choices
+does. Requests are counted by the router itself, as it sends them and as they complete, not
+read from Serve's cached queue lengths, which a replica's reply (its count when it accepted a
+request) can set back during a burst of first turns. Each ingress
+replica keeps its own index: with more than one, a conversation reaches its replica when it
+passes the same ingress replica (``--ingress-replicas 1``, the default, always does), and each
+counts only the requests it sent.
+
+Serve passes ``request_router_kwargs`` (`build_app` sets ``imbalance`` from ``MODEL_RAY_ROUTING_IMBALANCE``)
+to `initialize_state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Any
+
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    RequestRouter,
+    RunningReplica,
+)
+
+from .prefix import PrefixIndex, choose, prompt_text
+
+logger = logging.getLogger(__name__)
+
+#: Where Serve finds the class (``request_router_class``), imported in the ingress's process.
+ROUTER_PATH = "ortmodels.serve.ray.routing:PrefixRouter"
+#: A preferred replica may have this many more requests than the least busy one (``MODEL_RAY_ROUTING_IMBALANCE``).
+DEFAULT_IMBALANCE = 16
+
+
+class PrefixRouter(RequestRouter):
+    """A chat's turns to the replica holding its prefix; load-based (power of two) otherwise."""
+
+    def initialize_state(self, imbalance: int = DEFAULT_IMBALANCE, **_: Any) -> None:
+        if isinstance(imbalance, bool) or not isinstance(imbalance, int) or imbalance < 0:
+            raise ValueError(f"imbalance must be a whole number >= 0, not {imbalance!r}.")
+        self._imbalance = imbalance
+        self._index = PrefixIndex()
+        self._ongoing: Counter[ReplicaID] = Counter()
+        """Requests this router sent to each replica that have not completed."""
+        logger.info("Prefix-aware routing for %s (imbalance %d)", self._deployment_id, imbalance)
+
+    def _by_load(self, candidates: list[RunningReplica]) -> list[list[RunningReplica]]:
+        """Power of two choices on this router's own count of each replica's requests (exact for
+        what it sent; Serve's cached queue lengths lag behind a burst), then any replica."""
+        two = random.sample(candidates, min(2, len(candidates)))
+        return [[min(two, key=lambda r: self._ongoing[r.replica_id])], list(candidates)]
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        if pending_request is None:
+            return self._by_load(candidate_replicas)
+        text = prompt_text(pending_request.metadata.call_method, pending_request.args)
+        if not text:
+            return self._by_load(candidate_replicas)
+        by_id = {r.replica_id: r for r in candidate_replicas}
+        matches = self._index.matches(text, by_id)
+        best = max(matches.values())
+        if not best or self._index.shared_only(text, best):  # nothing of its own on any replica
+            return self._by_load(candidate_replicas)
+        queues = {key: self._ongoing[key] for key in by_id}
+        chosen = choose(matches, queues, self._imbalance)
+        if chosen is None:
+            logger.debug("By load, the replica holding the prompt is busy: matched characters %s, requests %s",
+                         {k.unique_id: v for k, v in matches.items()}, {k.unique_id: v for k, v in queues.items()})
+            return self._by_load(candidate_replicas)
+        # The preferred replica first; if it refuses (its queue is full), the least busy of all.
+        return [[by_id[chosen]], list(candidate_replicas)]
+
+    def on_send_request(self, replica_id: ReplicaID) -> None:
+        super().on_send_request(replica_id)
+        self._ongoing[replica_id] += 1
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        super().on_request_completed(replica_id, internal_request_id)
+        if self._ongoing[replica_id] > 0:
+            self._ongoing[replica_id] -= 1
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        text = prompt_text(pending_request.metadata.call_method, pending_request.args)
+        if text:
+            self._index.insert(text, replica_id)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._index.remove(replica_id)
+        self._ongoing.pop(replica_id, None)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        gone = set(self._replica_id_set) - {r.replica_id for r in replicas}
+        super().update_replicas(replicas)
+        for replica_id in gone:
+            self._index.remove(replica_id)
+            self._ongoing.pop(replica_id, None)
