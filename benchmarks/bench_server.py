@@ -31,7 +31,10 @@ beside today's, for each variant: REF's ``ortmodels/`` is written out with ``git
 into a temporary folder (no worktree registered, nothing checked out here) and its server runs
 there, that folder its working directory and first on ``PYTHONPATH``, on the same models;
 it is measured interleaved with the others, and the figures add today's ÷ REF's tokens/s
-per client level. ``--quick`` is a wiring check, not a measurement: one round, 1 and 8
+per client level, and today's server CPU per streamed token ÷ REF's (``server_cpu_ms_per_token``
+of each row: the server process's user + system seconds over the level, every thread): the
+work each does per token, which a neighbour's load on shared cores moves less than tokens/s
+(busy cores still inflate it: onnxruntime's threads spin while they wait). ``--quick`` is a wiring check, not a measurement: one round, 1 and 8
 clients, 8 tokens, no llama.cpp servers.
 
 ``--peers-python`` defaults to the peers venv's (``$ORTMODELS_PEERS_VENV`` or
@@ -235,6 +238,13 @@ def _process_cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_per_token(before: float, after: float, tokens: int) -> float | None:
+    """Milliseconds of CPU (user + system, every thread) a server spent per token it streamed
+    between two `_process_cpu_s` readings: the work it did, which a neighbour's load on the
+    shared cores moves less than its tokens/s."""
+    return round(1000 * (after - before) / tokens, 3) if tokens else None
+
+
 def foreign_cpu_share(before: tuple[float, float], after: tuple[float, float], wall: float) -> float:
     """Share of the machine's CPU time (0..1) that processes other than this benchmark and its
     servers used between two (machine busy s, ours s) readings ``wall`` seconds apart."""
@@ -258,6 +268,8 @@ def summarize(rows: list[dict[str, Any]], names: list[str], clients: list[int]) 
             out[name][str(n)] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
                                  "tokens_per_round": [r["tokens"] for r in mine],
                                  "foreign_cpu_share_per_round": [r.get("foreign_cpu_share") for r in mine],
+                                 "server_cpu_ms_per_token_per_round": [r.get("server_cpu_ms_per_token")
+                                                                       for r in mine],
                                  "ttft_p50_s": percentile(ttft, 50), "ttft_p95_s": percentile(ttft, 95)}
     return out
 
@@ -309,6 +321,22 @@ def baseline_figures(rows: list[dict[str, Any]], variants: list[str], ref: str,
             if ratio is not None:
                 figures[server_figure(f"{ours} {_clients(n)}", f"{theirs} {_clients(n)}")] = ratio
     return figures
+
+
+def baseline_cpu(rows: list[dict[str, Any]], variants: list[str], ref: str, clients: list[int]) -> dict[str, float]:
+    """Today's server CPU per streamed token ÷ the baseline commit's, per variant and client level
+    (medians of per-round ratios; below 1: today's does less work per token)."""
+    out: dict[str, float] = {}
+    for variant in variants:
+        ours, theirs = f"{ORT} {variant}", baseline_name(variant, ref)
+        for n in clients:
+            pick = [[r.get("server_cpu_ms_per_token") for r in sorted(rows, key=lambda r: r["round"])
+                     if r["contender"] == name and r["clients"] == n] for name in (ours, theirs)]
+            if all(v is not None for v in pick[0] + pick[1]):
+                ratio = median_ratio(pick[0], pick[1])
+                if ratio is not None:
+                    out[f"{ours} {_clients(n)} / {theirs} {_clients(n)}"] = ratio
+    return out
 
 
 def chart(levels: dict[str, dict[str, Any]], clients: list[int], title: str) -> Path:
@@ -410,13 +438,17 @@ def main() -> None:
                 for c in rotated(contenders, rnd):
                     time.sleep(0.5)  # the previous server's threads go idle
                     pids = [os.getpid(), *(p.pid for p, _ in servers.values())]
+                    own = [servers[c.name][0].pid]
                     before = (_cpu_busy_s(), _process_cpu_s(pids))
+                    own_before = _process_cpu_s(own)
                     row = asyncio.run(one_level(servers[c.name][1], c.model, asked, args.new_tokens))
+                    row["server_cpu_ms_per_token"] = cpu_per_token(own_before, _process_cpu_s(own), row["tokens"])
                     row["foreign_cpu_share"] = round(foreign_cpu_share(
                         before, (_cpu_busy_s(), _process_cpu_s(pids)), row["wall_s"]), 3)
                     rows.append({"round": rnd, "clients": clients, "contender": c.name, **row})
                     print(f"round {rnd} {clients:>2} clients {c.name:32} {row['tokens_per_s']:7.1f} tok/s "
                           f"({row['tokens']} tokens), TTFT p50 {percentile(row['ttft_s'], 50):.3f} s, "
+                          f"server CPU {row['server_cpu_ms_per_token']:.2f} ms/token, "
                           f"other processes {row['foreign_cpu_share']:.0%} of the CPUs", flush=True)
             load[f"after_round_{rnd}"] = _load()
     finally:
@@ -425,13 +457,17 @@ def main() -> None:
     load["end"] = _load()
     levels = summarize(rows, names, args.clients)
     figures, best = figures_of(rows, levels, args.variants, [c.name for c in contenders if c.name.startswith(LLAMA_SERVER)])
+    cpu_vs_baseline: dict[str, float] = {}
     if args.baseline:
         figures.update(baseline_figures(rows, args.variants, args.baseline, args.clients))
+        cpu_vs_baseline = baseline_cpu(rows, args.variants, args.baseline, args.clients)
     for name, by_level in levels.items():
         print(f"{name:32} " + "  ".join(f"{n}: {v['tokens_per_s']:6.1f} tok/s TTFT {v['ttft_p50_s']:.2f}/"
                                           f"{v['ttft_p95_s']:.2f} s" for n, v in by_level.items()))
     for key, value in figures.items():
         print(f"{key}: {value:.3f}")
+    for key, value in cpu_vs_baseline.items():
+        print(f"server CPU per token: {key}: {value:.3f}")
     payload = {
         "machine": machine(), "versions": {**versions(), "llama-server": llama_version},
         "model": MODEL, "new_tokens": args.new_tokens, "rounds": args.rounds, "clients": args.clients,
@@ -447,7 +483,7 @@ def main() -> None:
             "order": "all servers up; per round and client level, contenders one after another, rotated by round",
         },
         "took_s": round(time.perf_counter() - began, 1), "load_average": load, "engine_settings": engine_settings,
-        "figures": figures, "levels": levels,
+        "figures": figures, "levels": levels, "server_cpu_per_token_vs_baseline": cpu_vs_baseline,
         "rounds_table": [{k: v for k, v in r.items() if k != "ttft_s"} | {
             "ttft_p50_s": percentile(r["ttft_s"], 50), "ttft_p95_s": percentile(r["ttft_s"], 95)} for r in rows],
     }

@@ -382,3 +382,18 @@ def test_render_ray_prefix_section() -> None:
     text = render({"ray_prefix": data})
     assert "| serve --ray 2 replicas, prefix routing | 48 / 48 | 0.75 / 1.90 |" in text
     assert "prefix ÷ Serve's routing (median of per-round ratios): 0.31×." in text
+
+
+def test_server_cpu_per_token_against_the_baseline() -> None:
+    """Each row's server CPU per streamed token, and today's ÷ the baseline's per level (medians of
+    per-round ratios); a level where a row lacks the figure gives none."""
+    from benchmarks.bench_server import baseline_cpu, cpu_per_token
+
+    assert cpu_per_token(10.0, 12.56, 512) == pytest.approx(5.0)
+    assert cpu_per_token(1.0, 1.0, 0) is None
+    rows = [{"round": rnd, "clients": n, "contender": name, "server_cpu_ms_per_token": cpu}
+            for rnd, (ours, theirs) in enumerate(((4.0, 5.0), (6.0, 5.0), (4.5, 5.0)))
+            for n in (1, 8)
+            for name, cpu in (("ortmodels int8", ours), ("ortmodels int8 at HEAD", theirs if n == 8 else None))]
+    assert baseline_cpu(rows, ["int8"], "HEAD", [1, 8]) == {
+        "ortmodels int8 8 clients / ortmodels int8 at HEAD 8 clients": pytest.approx(0.9)}
