@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 from ..base import BaseEmbeddingModel
 from ..config import Settings
 from ..engine.encoder import EncoderRunner
-from ..lifecycle import LifeCycle
 from .embedding_runtime import EmbeddingRuntime
+from .encoder_face import EncoderFace
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-class OnnxEmbeddingModel(BaseEmbeddingModel):
+class OnnxEmbeddingModel(EncoderFace, BaseEmbeddingModel):
     """Text embeddings computed by ONNX Runtime from a model exported by ``ortmodels export``.
 
     Setup:
@@ -75,41 +75,10 @@ class OnnxEmbeddingModel(BaseEmbeddingModel):
         """The LangChain face of a runtime the manager caches: one life cycle, one encoder."""
         return cls(runtime=runtime)
 
-    def _new_life_cycle(self) -> LifeCycle:
-        """The runtime's: made on its own (a user's subclass too), its ``_load`` runs the runtime's."""
-        return self._runtime.life_cycle
-
-    def _load(self) -> None:
-        self._runtime._load()
-
-    def _unload(self) -> None:
-        self._runtime._unload()
-
     @property
     def runtime(self) -> EmbeddingRuntime:
         """The LangChain-free model under this adapter (what the server uses)."""
         return self._runtime
-
-    @property
-    def batch_size(self) -> int:
-        """Texts per encoder batch."""
-        return self._runtime.batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"batch_size must be at least 1, got {value}.")
-        self._runtime.batch_size = value
-
-    @property
-    def variant(self) -> str | None:
-        """The precision loaded (``fp32``, ``int8``, ...), once loaded."""
-        return self.loaded_variant
-
-    @property
-    def resolved_device(self) -> str | None:
-        """The device the session runs on, once loaded."""
-        return self.loaded_device
 
     @property
     def runner(self) -> EncoderRunner:

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field
 from ..base import BaseRerankModel
 from ..config import Settings
 from ..engine.cross_encoder import CrossEncoderRunner
-from ..lifecycle import LifeCycle
+from .encoder_face import EncoderFace
 from .rerank_runtime import RerankRuntime
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 
-class OnnxCrossEncoder(BaseRerankModel):
+class OnnxCrossEncoder(EncoderFace, BaseRerankModel):
     """Relevance scores from a cross-encoder exported by ``ortmodels export``, on ONNX Runtime.
 
     Setup:
@@ -73,41 +73,10 @@ class OnnxCrossEncoder(BaseRerankModel):
         """The LangChain face of a runtime the manager caches: one life cycle, one runner."""
         return cls(runtime=runtime)
 
-    def _new_life_cycle(self) -> LifeCycle:
-        """The runtime's: made on its own (a user's subclass too), its ``_load`` runs the runtime's."""
-        return self._runtime.life_cycle
-
-    def _load(self) -> None:
-        self._runtime._load()
-
-    def _unload(self) -> None:
-        self._runtime._unload()
-
     @property
     def runtime(self) -> RerankRuntime:
         """The LangChain-free model under this adapter (what the server uses)."""
         return self._runtime
-
-    @property
-    def batch_size(self) -> int:
-        """Pairs per batch."""
-        return self._runtime.batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"batch_size must be at least 1, got {value}.")
-        self._runtime.batch_size = value
-
-    @property
-    def variant(self) -> str | None:
-        """The precision loaded (``fp32``, ``int8``), once loaded."""
-        return self.loaded_variant
-
-    @property
-    def resolved_device(self) -> str | None:
-        """The device the session runs on, once loaded."""
-        return self.loaded_device
 
     @property
     def runner(self) -> CrossEncoderRunner:

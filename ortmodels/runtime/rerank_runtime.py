@@ -21,15 +21,14 @@ from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
 from ..inputs import ranked, rerank_pairs
-from ..lifecycle import LifeCycle, Managed, VariantChoice
-from ..store import ModelStore
+from ..lifecycle import LifeCycle, Managed
 from ..store.names import validate_model_name
-from .variant import choose_variant, open_variant
+from .variant import ChoosesVariant, open_variant
 
 logger = logging.getLogger(__name__)
 
 
-class RerankRuntime(Managed):
+class RerankRuntime(ChoosesVariant, Managed):
     """A cross-encoder's life cycle, runner and batcher, without LangChain; thread-safe."""
 
     kind = "reranker"
@@ -59,13 +58,6 @@ class RerankRuntime(Managed):
         return f"RerankRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
 
     # -- life cycle -------------------------------------------------------------------------
-
-    def choice(self, store: ModelStore) -> VariantChoice:
-        """What the next load opens (the loader's chooser), chosen with this model's fields."""
-        if self.front is not None:
-            self._follow_front()
-        return choose_variant(store, self.model_path.name, self.kind, self.version, self.device, self.dtype,
-                              self.settings or load_settings())
 
     def _follow_front(self) -> None:
         """Fields a user may have set on the LangChain face since it was made."""
