@@ -48,9 +48,11 @@ def chat(
     temperature: float = typer.Option(None, "--temperature", "-t", help="0 is greedy."),
 ) -> None:
     """Stream the model's answer to PROMPT, or talk with it (history kept; /exit or Ctrl-D ends)."""
+    from ..engine.session import discard_early
     from ..manager import ModelManager
 
     model = ModelManager().get_runtime("chat", name)  # ortmodels' own: no LangChain; a user's class: its own
+    discard_early()  # a session `_open_early` started that this model did not take (a user's class)
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
