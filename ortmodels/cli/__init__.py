@@ -22,11 +22,15 @@ if TYPE_CHECKING:
     err_console: Console
 
 
-def _build() -> dict[str, Any]:
-    """The typer app and the consoles, made on first use (`__getattr__`): ``ortmodels chat``
-    starts opening its model's session before it imports typer and rich (`_open_early`)."""
+def _build(name: str) -> Any:
+    """The typer app, or a console, made on first use (`__getattr__`): ``ortmodels chat``
+    starts opening its model's session before it imports typer (`_open_early`), and a
+    one-shot answer is written without rich."""
+    if name != "app":
+        from rich.console import Console
+
+        return Console(stderr=name == "err_console")
     import typer
-    from rich.console import Console
 
     made = typer.Typer(
         name="ortmodels",
@@ -43,14 +47,15 @@ def _build() -> dict[str, Any]:
             format="%(levelname)s %(name)s: %(message)s",
         )
 
-    return {"app": made, "console": Console(), "err_console": Console(stderr=True)}
+    return made
 
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "console", "err_console"):
-        if name not in globals():
-            globals().update(_build())
-        return globals()[name]
+        made = globals().get(name)
+        if made is None:
+            made = globals()[name] = _build(name)
+        return made
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import typer
 
-from . import app, console
+from . import app
 
 
 def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> Iterator[str]:
@@ -30,12 +31,17 @@ def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -
 
 
 def _stream_reply(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> str:
+    """The answer written to stdout as it comes, as the model wrote it (no markup, no emoji
+    codes: rich is loaded only for a conversation's prompt)."""
     parts = []
+    out = sys.stdout
     for text in _texts(model, history, options):
         if text:
             parts.append(text)
-            console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
-    console.print()
+            out.write(text)
+            out.flush()
+    out.write("\n")
+    out.flush()
     return "".join(parts)
 
 
@@ -58,6 +64,8 @@ def chat(
     if prompt is not None:
         _stream_reply(model, [*history, {"role": "user", "content": prompt}], options)
         return
+    from . import console
+
     console.print(f"[dim]{model.model_name}: /exit or Ctrl-D to end, /reset to forget the conversation[/]")
     while True:
         try:
