@@ -39,6 +39,8 @@ STEPS: dict[str, list[tuple[str, str]]] = {
     "ortmodels.engine.engine": [("Engine.__init__", "engine")],
     "ortmodels.runtime.service": [("ChatService.__init__", "chat service"), ("ChatService.prepare", "prepare")],
     "ortmodels.runtime.chat": [("OnnxChatModel._load", "model load")],
+    "ortmodels.lifecycle.memory": [("trim_heap", "heap trimmed after the load")],
+    "ortmodels.registry": [("ModelRegistry._read_entry_points", "plug-ins' entry points read")],
 }
 
 events: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from . import app
+from . import app, model_loaded
 
 
 def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> Iterator[str]:
@@ -59,6 +59,7 @@ def chat(
 
     model = ModelManager().get_runtime("chat", name)  # ortmodels' own: no LangChain; a user's class: its own
     discard_early()  # a session `_open_early` started that this model did not take (a user's class)
+    model_loaded()
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
