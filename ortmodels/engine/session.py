@@ -7,6 +7,7 @@ onnxruntime silently falls back to the CPU when CUDA cannot start.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
@@ -194,6 +195,8 @@ class _EarlyOpen:
 
 _early_lock = threading.Lock()
 _early: dict[tuple[str, str, int, bool, bool], _EarlyOpen] = {}
+_exit_hook: list[Callable[[], None]] = []
+"""`discard_early` once it is registered to run at exit."""
 
 
 def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = True, arena: bool = True,
@@ -209,6 +212,9 @@ def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = 
     key = (str(model_file), device, threads, prepack, arena)
     with _early_lock:
         if key not in _early:
+            if not _exit_hook:  # a daemon thread still inside onnxruntime at teardown aborts the process
+                atexit.register(discard_early)
+                _exit_hook.append(discard_early)
             _early[key] = _EarlyOpen(key, done)
             return
     if done is not None:
