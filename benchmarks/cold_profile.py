@@ -97,8 +97,15 @@ class _Stdout:
         self.inner = inner
 
     def write(self, text: str) -> int:
-        if text.strip() and not any(e["step"] == "first output" for e in events):
-            events.append({"step": "first output", "start": time.time(), "end": time.time(), "thread": "main"})
+        if text.strip():
+            now = time.time()
+            if not any(e["step"] == "first output" for e in events):
+                events.append({"step": "first output", "start": now, "end": now, "thread": "main"})
+            last = next((e for e in events if e["step"] == "last output"), None)
+            if last is None:
+                events.append({"step": "last output", "start": now, "end": now, "thread": "main"})
+            else:
+                last["start"] = last["end"] = now
         return self.inner.write(text)
 
     def __getattr__(self, name: str) -> Any:
