@@ -30,7 +30,8 @@ STEPS: dict[str, list[tuple[str, str]]] = {
                                 ("ModelStore.names", "store: folder scan")],
     "ortmodels.store.integrity": [("verify_variant", "integrity check (sha256, cached by stamp)"),
                                   ("refuse_outside_links", "link check")],
-    "ortmodels.engine.session": [("resolve_device", "device"), ("create_session", "session create")],
+    "ortmodels.engine.session": [("resolve_device", "device"), ("create_session", "session create (or the early one taken)"),
+                                ("_create_session", "session open (ONNX Runtime)")],
     "ortmodels.engine.tokenizer": [("load_tokenizer", "tokenizer open"), ("vocabulary_bounds", "vocabulary read"),
                                    ("check_vocabulary", "vocabulary check")],
     "ortmodels.engine.chat_template": [("ChatTemplate.from_folder", "template read + compile")],
@@ -38,6 +39,8 @@ STEPS: dict[str, list[tuple[str, str]]] = {
     "ortmodels.engine.engine": [("Engine.__init__", "engine")],
     "ortmodels.runtime.service": [("ChatService.__init__", "chat service"), ("ChatService.prepare", "prepare")],
     "ortmodels.runtime.chat": [("OnnxChatModel._load", "model load")],
+    "ortmodels.lifecycle.memory": [("trim_heap", "heap trimmed after the load")],
+    "ortmodels.registry": [("ModelRegistry._read_entry_points", "plug-ins' entry points read")],
 }
 
 events: list[dict[str, Any]] = []
@@ -94,8 +97,15 @@ class _Stdout:
         self.inner = inner
 
     def write(self, text: str) -> int:
-        if text.strip() and not any(e["step"] == "first output" for e in events):
-            events.append({"step": "first output", "start": time.time(), "end": time.time(), "thread": "main"})
+        if text.strip():
+            now = time.time()
+            if not any(e["step"] == "first output" for e in events):
+                events.append({"step": "first output", "start": now, "end": now, "thread": "main"})
+            last = next((e for e in events if e["step"] == "last output"), None)
+            if last is None:
+                events.append({"step": "last output", "start": now, "end": now, "thread": "main"})
+            else:
+                last["start"] = last["end"] = now
         return self.inner.write(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -9,29 +9,54 @@ import os
 import sys
 import threading
 from importlib import import_module
-
-import typer
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OrtModelsError
 
-app = typer.Typer(
-    name="ortmodels",
-    help="Export Hugging Face checkpoints to ONNX and run them locally.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    import typer
+    from rich.console import Console
+
+    app: typer.Typer
+    console: Console
+    err_console: Console
 
 
-@app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens.")) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+def _build(name: str) -> Any:
+    """The typer app, or a console, made on first use (`__getattr__`): ``ortmodels chat``
+    starts opening its model's session before it imports typer (`_open_early`), and a
+    one-shot answer is written without rich."""
+    if name != "app":
+        from rich.console import Console
+
+        return Console(stderr=name == "err_console")
+    import typer
+
+    made = typer.Typer(
+        name="ortmodels",
+        help="Export Hugging Face checkpoints to ONNX and run them locally.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
     )
+
+    @made.callback()
+    def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens.")) -> None:
+        logging.basicConfig(
+            level=logging.INFO if verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "console", "err_console"):
+        made = globals().get(name)
+        if made is None:
+            made = globals()[name] = _build(name)
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Each command's module: a run imports only the module of the command it runs (the export
@@ -42,12 +67,25 @@ COMMANDS = {
     "versions": "lifecycle", "rollback": "lifecycle", "prune": "lifecycle", "ps": "lifecycle", "stats": "lifecycle",
 }
 #: Commands whose process ends without the interpreter's own teardown (see `_exit`), and whose
-#: collector runs less often while they import and load: at the default threshold (700) a
-#: chat's start made 290 collections of young objects that were nearly all still alive
-#: (0.2 s of CPU on the shared 2-core machine; 0.05 s at 50,000).
+#: collector is off while they import and load (until `model_loaded`): at the default
+#: threshold (700) a chat's start made 290 collections of young objects that were nearly all
+#: still alive (0.2 s of CPU on the shared 2-core machine); at 50,000 still one, over the
+#: 50,000 objects made while the tokenizer and vocabulary were read (40-60 ms).
 QUICK_EXIT = {"chat", "embed"}
-#: Allocations between two young-generation collections in those commands.
+#: Allocations between two young-generation collections in those commands, once collecting.
 GC_THRESHOLD = 50_000
+_collector_held = False
+
+
+def model_loaded() -> None:
+    """A quick command's model is loaded: what the start made is kept out of every later
+    collection (`gc.freeze`: it lives until the process ends) and collecting resumes for what
+    the answers make. Nothing when `main` did not stop the collector (a test's in-process run)."""
+    global _collector_held
+    if _collector_held:
+        _collector_held = False
+        gc.freeze()
+        gc.enable()
 
 
 def _register(command: str | None = None) -> None:
@@ -79,15 +117,41 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def _open_early(argv: list[str]) -> None:
+    """``chat NAME ...``: start opening NAME's session before anything else is imported, so
+    that typer, rich, the runtime and the tokenizer load while ONNX Runtime builds it
+    (`ortmodels.engine.session.open_early`). A guess from the words alone: any problem,
+    or a model the command line turns out not to name, is left to the command itself."""
+    words = argv[argv.index("chat") + 1:]
+    if not words or words[0].startswith("-"):
+        return
+    try:
+        from ..config import load_settings
+        from ..runtime.variant import open_chat_early
+        from ..store import ModelStore
+        from ..store.names import split_tag
+
+        settings = load_settings()
+        name, dtype = split_tag(words[0], None)
+        open_chat_early(ModelStore(settings.local_models_dir), name, dtype or settings.model_dtype, settings)
+    except Exception as exc:  # the command reports it, with its own message
+        logging.getLogger(__name__).debug("No early session for %s: %s", words[0], exc)
+
+
 def main() -> None:
     command = _command(sys.argv[1:])
     if command in QUICK_EXIT:
+        global _collector_held
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        gc.disable()
+        _collector_held = True
+    if command == "chat":
+        _open_early(sys.argv[1:])
     _register(command)
     try:
-        app()
+        __getattr__("app")()
     except OrtModelsError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        __getattr__("err_console").print(f"[bold red]error:[/] {exc}", highlight=False)
         code: object = 1
     except SystemExit as exc:  # click ends every run with one
         code = exc.code

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import typer
 
-from . import app, console
+from . import app, model_loaded
 
 
 def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> Iterator[str]:
@@ -30,12 +31,17 @@ def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -
 
 
 def _stream_reply(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> str:
+    """The answer written to stdout as it comes, as the model wrote it (no markup, no emoji
+    codes: rich is loaded only for a conversation's prompt)."""
     parts = []
+    out = sys.stdout
     for text in _texts(model, history, options):
         if text:
             parts.append(text)
-            console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
-    console.print()
+            out.write(text)
+            out.flush()
+    out.write("\n")
+    out.flush()
     return "".join(parts)
 
 
@@ -48,14 +54,19 @@ def chat(
     temperature: float = typer.Option(None, "--temperature", "-t", help="0 is greedy."),
 ) -> None:
     """Stream the model's answer to PROMPT, or talk with it (history kept; /exit or Ctrl-D ends)."""
+    from ..engine.session import discard_early
     from ..manager import ModelManager
 
     model = ModelManager().get_runtime("chat", name)  # ortmodels' own: no LangChain; a user's class: its own
+    discard_early()  # a session `_open_early` started that this model did not take (a user's class)
+    model_loaded()
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         _stream_reply(model, [*history, {"role": "user", "content": prompt}], options)
         return
+    from . import console
+
     console.print(f"[dim]{model.model_name}: /exit or Ctrl-D to end, /reset to forget the conversation[/]")
     while True:
         try:

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from . import app, console
+from . import app, console, model_loaded
 
 
 @app.command()
@@ -25,6 +25,7 @@ def embed(
     from ..manager import ModelManager
 
     model = ModelManager().get_embedding_model(name)
+    model_loaded()
     vectors = model.embed(texts, input_type="query" if query else "document", prompt_name=prompt_name,
                           dimensions=dimensions, matryoshka=matryoshka)
     if full:

@@ -7,6 +7,7 @@ onnxruntime silently falls back to the CPU when CUDA cannot start.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
@@ -88,7 +89,15 @@ def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) 
 
 def create_session(model_file: Path, device: str, threads: int = 0, prepack: bool = True,
                    arena: bool = True) -> ort.InferenceSession:
-    """Open ``model_file`` on ``device`` (already resolved), naming the file if it is bad."""
+    """Open ``model_file`` on ``device`` (already resolved), naming the file if it is bad; the
+    session `open_early` started with the same arguments, if there is one."""
+    early = _take_early((str(model_file), device, threads, prepack, arena))
+    if early is not None:
+        return early.result()
+    return _create_session(model_file, device, threads, prepack, arena)
+
+
+def _create_session(model_file: Path, device: str, threads: int, prepack: bool, arena: bool) -> ort.InferenceSession:
     if not model_file.is_file():
         raise ModelFileError(
             model_file, "Missing ONNX model file", "Re-run 'ortmodels export' for this model."
@@ -154,3 +163,76 @@ def open_beside(open_session: Callable[[], S], work: Callable[[], T]) -> tuple[S
     if failure is not None:
         raise failure
     return sessions[0], done
+
+
+class _EarlyOpen:
+    """One session being opened on a helper thread, for whoever asks for it first."""
+
+    def __init__(self, key: tuple[str, str, int, bool, bool], done: Callable[[], None] | None) -> None:
+        self.key = key
+        self._session: ort.InferenceSession | None = None
+        self._error: BaseException | None = None
+        self._done = done
+        self._thread = threading.Thread(target=self._run, name="ortmodels-session-early", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._session = _create_session(Path(self.key[0]), *self.key[1:])
+        except BaseException as exc:  # raised in the thread that takes the session
+            self._error = exc
+        finally:
+            if self._done is not None:
+                self._done()
+
+    def result(self) -> ort.InferenceSession:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._session is not None
+        return self._session
+
+
+_early_lock = threading.Lock()
+_early: dict[tuple[str, str, int, bool, bool], _EarlyOpen] = {}
+_exit_hook: list[Callable[[], None]] = []
+"""`discard_early` once it is registered to run at exit."""
+
+
+def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = True, arena: bool = True,
+               done: Callable[[], None] | None = None) -> None:
+    """Start opening ``model_file`` now, on a helper thread; the next `create_session` with the same
+    arguments takes that session (or its error) instead of opening the file again.
+
+    For a process that knows which graph it will open before it has imported what runs it
+    (``ortmodels chat``): ONNX Runtime builds the session without the GIL, so the imports and
+    reading of everything else happen meanwhile. ``done()`` runs on the helper once the file
+    is read (a version lease released). A session nobody takes is dropped by `discard_early`.
+    """
+    key = (str(model_file), device, threads, prepack, arena)
+    with _early_lock:
+        if key not in _early:
+            if not _exit_hook:  # a daemon thread still inside onnxruntime at teardown aborts the process
+                atexit.register(discard_early)
+                _exit_hook.append(discard_early)
+            _early[key] = _EarlyOpen(key, done)
+            return
+    if done is not None:
+        done()
+
+
+def _take_early(key: tuple[str, str, int, bool, bool]) -> _EarlyOpen | None:
+    with _early_lock:
+        return _early.pop(key, None)
+
+
+def discard_early() -> None:
+    """Drop the sessions `open_early` started that no load took (their memory goes with them)."""
+    with _early_lock:
+        untaken = list(_early.values())
+        _early.clear()
+    for early in untaken:
+        try:
+            early.result()
+        except BaseException:  # nobody asked for it: its error is nobody's
+            logger.debug("An early session nobody took failed to open", exc_info=True)

@@ -66,46 +66,64 @@ MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
 class SamplingOptions(BaseModel):
     """How tokens are chosen and how many: per call, or as a model's defaults."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
-    max_tokens: MaxTokens = None
-    """Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512, within the context)."""
+    max_tokens: MaxTokens = Field(
+        default=None, description=(
+            "Most tokens to generate (default: the checkpoint's ``max_new_tokens``, else 512, within the "
+            'context).'
+        ))
 
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
-    """0 is greedy; default from ``generation_config.json`` (greedy unless it samples). At most 2, as OpenAI
-    bounds it: above that an answer is noise."""
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, allow_inf_nan=False, description=(
+            '0 is greedy; default from ``generation_config.json`` (greedy unless it samples). At most 2, as '
+            'OpenAI bounds it: above that an answer is noise.'
+        ))
 
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches this."""
+    top_p: float | None = Field(
+        default=None, gt=0.0, le=1.0, allow_inf_nan=False, description=(
+            'Nucleus sampling: keep the smallest set of tokens whose probability reaches this.'
+        ))
 
-    top_k: int | None = Field(default=None, ge=0)
-    """Sample among the k likeliest tokens only (0: no limit)."""
+    top_k: int | None = Field(default=None, ge=0, description='Sample among the k likeliest tokens only (0: no limit).')
 
-    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
-    """Above 1 discourages repeating tokens already in the prompt or answer."""
+    repetition_penalty: float | None = Field(
+        default=None, gt=0.0, allow_inf_nan=False, description=(
+            'Above 1 discourages repeating tokens already in the prompt or answer.'
+        ))
 
-    seed: int | None = Field(default=None, ge=0, lt=1 << 64)
-    """Seed for sampling, for repeatable answers."""
+    seed: int | None = Field(default=None, ge=0, lt=1 << 64, description='Seed for sampling, for repeatable answers.')
 
-    dry_multiplier: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
-    """DRY ("don't repeat yourself", llama.cpp's sampler): a token that would extend a repeat of earlier
-    text loses ``dry_multiplier * dry_base ** (length - dry_allowed_length)`` from its logit. 0 (the
-    default) is off, also for structured output (benchmarks/bench_dry.py: it ends most of the sample's
-    loops but changes answers that were valid); 0.8 is llama.cpp's usual setting."""
+    dry_multiplier: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False, description=(
+            'DRY ("don\'t repeat yourself", llama.cpp\'s sampler): a token that would extend a repeat of '
+            'earlier text loses ``dry_multiplier * dry_base ** (length - dry_allowed_length)`` from its '
+            'logit. 0 (the default) is off, also for structured output (benchmarks/bench_dry.py: it ends most '
+            "of the sample's loops but changes answers that were valid); 0.8 is llama.cpp's usual setting."
+        ))
 
-    dry_base: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
-    """How fast DRY's penalty grows with the repeat's length (default 1.75)."""
+    dry_base: float | None = Field(
+        default=None, ge=1.0, allow_inf_nan=False, description=(
+            "How fast DRY's penalty grows with the repeat's length (default 1.75)."
+        ))
 
-    dry_allowed_length: int | None = Field(default=None, ge=0, le=MAX_TOKENS_BOUND)
-    """A repeat may grow to this many tokens before DRY penalizes the token that would extend it (default 2)."""
+    dry_allowed_length: int | None = Field(
+        default=None, ge=0, le=MAX_TOKENS_BOUND, description=(
+            'A repeat may grow to this many tokens before DRY penalizes the token that would extend it '
+            '(default 2).'
+        ))
 
-    dry_penalty_last_n: int | None = Field(default=None, ge=-1, le=MAX_TOKENS_BOUND)
-    """How many of the last tokens (prompt included) DRY searches for repeats: -1 (the default) the
-    whole context, 0 off."""
+    dry_penalty_last_n: int | None = Field(
+        default=None, ge=-1, le=MAX_TOKENS_BOUND, description=(
+            'How many of the last tokens (prompt included) DRY searches for repeats: -1 (the default) the '
+            'whole context, 0 off.'
+        ))
 
-    dry_sequence_breakers: list[str] | None = Field(default=None, min_length=1, max_length=MAX_BREAKERS)
-    """Strings that end a repeat for DRY, matched against token text as llama.cpp matches them (default
-    ``["\\n", ":", "\\"", "*"]``): at least one, each 1 to 40 characters."""
+    dry_sequence_breakers: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_BREAKERS, description=(
+            'Strings that end a repeat for DRY, matched against token text as llama.cpp matches them (default '
+            '``["\\n", ":", "\\"", "*"]``): at least one, each 1 to 40 characters.'
+        ))
 
     @field_validator("dry_sequence_breakers")
     @classmethod
@@ -138,23 +156,26 @@ def check_logprobs_with_tools(asked: bool, tools: object, tool_choice: object) -
 class LogprobOptions(BaseModel):
     """Log-probabilities of the answer's tokens (not with tools: a tool answer is read whole)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
-    logprobs: bool | None = None
-    """Give each generated token's log-probability."""
+    logprobs: bool | None = Field(default=None, description="Give each generated token's log-probability.")
 
-    top_logprobs: int | None = Field(default=None, ge=0, le=20, strict=True)
-    """With each token, this many likeliest alternatives and theirs (implies ``logprobs``)."""
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, strict=True, description=(
+            'With each token, this many likeliest alternatives and theirs (implies ``logprobs``).'
+        ))
 
 
 class StopOptions(BaseModel):
     """Where the answer ends early (the server's protocol takes this field as it is)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
-    stop: list[str] | None = None
-    """Strings that end the answer; they are not included in it (one string is one stop string; at most
-    16; an empty one, which would end every answer at once, is dropped)."""
+    stop: list[str] | None = Field(
+        default=None, description=(
+            'Strings that end the answer; they are not included in it (one string is one stop string; at most '
+            '16; an empty one, which would end every answer at once, is dropped).'
+        ))
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -165,17 +186,21 @@ class StopOptions(BaseModel):
 class ReasoningOptions(BaseModel):
     """Reasoning models' ``<think>`` (a model whose template has none ignores them)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
-    enable_thinking: bool | None = None
-    """The chat template's ``enable_thinking`` (Qwen3's switch; the server also takes it in
-    ``chat_template_kwargs``): False asks the model not to reason, True to reason; default: the
-    template's own (Qwen3 reasons). With it False, a block the prompt still opens is closed at once."""
+    enable_thinking: bool | None = Field(
+        default=None, description=(
+            "The chat template's ``enable_thinking`` (Qwen3's switch; the server also takes it in "
+            "``chat_template_kwargs``): False asks the model not to reason, True to reason; default: the "
+            "template's own (Qwen3 reasons). With it False, a block the prompt still opens is closed at once."
+        ))
 
-    reasoning_budget: int | None = Field(default=None, ge=-1, le=MAX_TOKENS_BOUND)
-    """Most reasoning tokens before the closing ``</think>`` is forced and the answer follows, as
-    llama-server's ``--reasoning-budget``: -1 (the default) no limit, 0 no reasoning at all.
-    ``max_tokens`` counts reasoning and answer together."""
+    reasoning_budget: int | None = Field(
+        default=None, ge=-1, le=MAX_TOKENS_BOUND, description=(
+            "Most reasoning tokens before the closing ``</think>`` is forced and the answer follows, as "
+            "llama-server's ``--reasoning-budget``: -1 (the default) no limit, 0 no reasoning at all. "
+            "``max_tokens`` counts reasoning and answer together."
+        ))
 
     def thinking(self) -> bool | None:
         """The ``enable_thinking`` the template gets: a budget of 0 turns thinking off."""
@@ -195,25 +220,33 @@ TEMPLATE_OPTIONS = ("enable_thinking",)
 class ModelOptions(StopOptions, SamplingOptions, ReasoningOptions):
     """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
 
-    truncate_prompt: bool = False
-    """Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing."""
+    truncate_prompt: bool = Field(
+        default=False, description=(
+            'Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing.'
+        ))
 
 
 class ChatOptions(ModelOptions, LogprobOptions):
     """One call's options, as the chat service takes them."""
 
-    tools: list[dict[str, Any]] | None = None
-    """OpenAI function dicts the model may call (see `output_plan.OutputPlan`)."""
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description=(
+            'OpenAI function dicts the model may call (see `output_plan.OutputPlan`).'
+        ))
 
-    tool_choice: Any = None
-    """``auto``, ``required``/``any``, ``none`` or a tool's name (any spelling OpenAI or LangChain uses)."""
+    tool_choice: Any = Field(
+        default=None, description=(
+            "``auto``, ``required``/``any``, ``none`` or a tool's name (any spelling OpenAI or LangChain "
+            'uses).'
+        ))
 
-    parallel_tool_calls: bool | None = None
-    """Let one answer call several tools."""
+    parallel_tool_calls: bool | None = Field(default=None, description='Let one answer call several tools.')
 
-    response_format: dict[str, Any] | None = None
-    """``{"type": "json_object"}``, ``json_schema``, ``regex``, ``lark`` or ``gbnf`` (llama.cpp's grammars,
-    read as Lark): a grammar the answer follows."""
+    response_format: dict[str, Any] | None = Field(
+        default=None, description=(
+            '``{"type": "json_object"}``, ``json_schema``, ``regex``, ``lark`` or ``gbnf`` (llama.cpp\'s '
+            'grammars, read as Lark): a grammar the answer follows.'
+        ))
 
     @model_validator(mode="after")
     def _logprobs_without_tools(self) -> ChatOptions:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, load_settings
-from ..engine.session import create_session, open_beside, resolve_device
+from ..engine.session import create_session, open_beside, open_early, resolve_device
 from ..engine.tokenizer import load_tokenizer, vocabulary_bounds
 from ..errors import (
     ChatTemplateError,
@@ -71,6 +71,9 @@ class OpenVariant:
         return spec
 
 
+#: A chat graph's session has no memory arena: a decoder's prefill allocates per prompt length, and an
+#: arena would keep its largest for good.
+_CHAT_ARENA = False
 _KV_TYPES = {"tensor(float)": "fp32", "tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}
 _OWN_GRAPH = "model.onnx"
 
@@ -121,13 +124,12 @@ def _open_chat_graph(folder: Path, entry: VariantEntry, requested: str, model: s
     """Open the variant's graph for the asked-for KV precision; an fp16 cache the device cannot run is refused."""
     graph = kv_graph(entry, requested, model)
     try:
-        # A decoder's prefill allocates per prompt length; an arena would keep its largest for good.
-        session = create_session(folder / graph, device, threads, arena=False)
+        session = create_session(folder / graph, device, threads, arena=_CHAT_ARENA)
     except (ModelFileError, DeviceUnavailableError) as exc:
         if graph == _OWN_GRAPH:
             raise
         # The variant's own graph opens here: the device cannot run GroupQueryAttention on an fp16 cache.
-        session = create_session(folder / _OWN_GRAPH, device, threads, arena=False)
+        session = create_session(folder / _OWN_GRAPH, device, threads, arena=_CHAT_ARENA)
         if requested != "auto":
             raise DeviceUnavailableError(
                 f"MODEL_KV_DTYPE={requested}: ONNX Runtime cannot run {model!r}'s {requested} KV cache graph on "
@@ -183,7 +185,6 @@ def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str |
     return VariantChoice(info, variant, resolved, lease)
 
 
-
 class ChoosesVariant:
     """The loader's chooser for a runtime class (chat, embedding): its fields, read through
     `choose_variant` once per load."""
@@ -209,6 +210,34 @@ class ChoosesVariant:
                               self.settings or load_settings())
 
 
+def _checked_folder(choice: VariantChoice, settings: Settings) -> Path:
+    """The chosen variant's folder, absolute (files read later, grammars, must not depend on
+    the working directory), once its links stay inside the export and its files match the
+    manifest (``MODEL_VERIFY_FILES``)."""
+    info, variant = choice.info, choice.variant
+    folder = info.variant_path(variant).absolute()
+    refuse_outside_links(folder, info.onnx_path)
+    if settings.model_verify_files:
+        hashed = verify_variant(folder, info.variants[variant], info.name)
+        logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
+    return folder
+
+
+def open_chat_early(store: ModelStore, name: str, dtype: str | None, settings: Settings) -> None:
+    """Start opening the graph a load of chat model ``name`` (active version) would open, on a
+    helper thread (`open_early`), after the same choice and file checks; the load takes that
+    session. A process that knows its model before importing the rest calls it first
+    (``ortmodels chat``); any problem is left for the load to report."""
+    choice = choose_variant(store, name, "chat", None, None, dtype, settings)
+    try:
+        folder = _checked_folder(choice, settings)
+        graph = kv_graph(choice.info.variants[choice.variant], settings.model_kv_dtype, name)
+    except BaseException:
+        choice.release()
+        raise
+    open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA, done=choice.release)
+
+
 def open_variant(
     model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings,
     beside: Callable[[Path], Any] | None = None,
@@ -232,12 +261,7 @@ def open_variant(
                                 device, dtype, settings)
     info, variant, resolved = choice.info, choice.variant, choice.device
     try:
-        # files read later (grammars) must not depend on the working directory
-        folder = info.variant_path(variant).absolute()
-        refuse_outside_links(folder, info.onnx_path)
-        if settings.model_verify_files:
-            hashed = verify_variant(folder, info.variants[variant], info.name)
-            logger.debug("Verified %s %s (%d files hashed)", info.name, variant, hashed)
+        folder = _checked_folder(choice, settings)
         kv_dtype, extra = None, None
         if kind == "chat":
             (session, kv_dtype), extra = open_beside(
