@@ -446,9 +446,10 @@ def main() -> None:
                     row["foreign_cpu_share"] = round(foreign_cpu_share(
                         before, (_cpu_busy_s(), _process_cpu_s(pids)), row["wall_s"]), 3)
                     rows.append({"round": rnd, "clients": clients, "contender": c.name, **row})
+                    cpu = row["server_cpu_ms_per_token"]
                     print(f"round {rnd} {clients:>2} clients {c.name:32} {row['tokens_per_s']:7.1f} tok/s "
                           f"({row['tokens']} tokens), TTFT p50 {percentile(row['ttft_s'], 50):.3f} s, "
-                          f"server CPU {row['server_cpu_ms_per_token']:.2f} ms/token, "
+                          f"server CPU {'-' if cpu is None else f'{cpu:.2f}'} ms/token, "
                           f"other processes {row['foreign_cpu_share']:.0%} of the CPUs", flush=True)
             load[f"after_round_{rnd}"] = _load()
     finally:

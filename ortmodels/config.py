@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     again there). 16: twice ``MODEL_MAX_BATCH``'s default (Ray's own prefix router, in
     ``ray.serve.llm``, never falls back by default)."""
 
+    @field_validator("model_prompt_cache_dir", mode="before")
+    @classmethod
+    def _no_dir_when_empty(cls, value: object) -> object:
+        """``MODEL_PROMPT_CACHE_DIR=`` (empty) means unset, not the working directory."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("model_device", mode="before")
     @classmethod
     def _device_alias(cls, value: object) -> object:

@@ -82,3 +82,16 @@ def test_a_new_conversation_sharing_only_the_system_prompt_goes_by_load() -> Non
     bruno_next = _chat("I am Bruno. Which is deepest?", "Lake Baikal.", "And in Europe?")
     best = index.matches(bruno_next, ["A", "B"])
     assert best["B"] > best["A"] and not index.shared_only(bruno_next, best["B"])
+
+
+def test_a_shared_system_prompt_keeps_a_bounded_record_of_what_followed_it() -> None:
+    """Every conversation continues the shared system prompt differently; the index keeps two
+    continuations of a block at most (enough to tell "shared" from "its own"), so an ingress
+    serving many conversations does not grow without bound, and the verdict stays the same."""
+    index = PrefixIndex()
+    for n in range(200):
+        index.insert(_chat(f"Question number {n} about a river?"), "A" if n % 2 else "B")
+    assert max(len(v) for v in index._next.values()) <= 2
+    fresh = _chat("A question nobody asked before?")
+    matched = max(index.matches(fresh, ["A", "B"]).values())
+    assert matched > 0 and index.shared_only(fresh, matched)  # the system prompt only: by load

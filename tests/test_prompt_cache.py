@@ -4,6 +4,7 @@ disk and read back, by the engine and by a restarted server."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -168,10 +169,21 @@ def test_a_damaged_or_misshapen_file_is_ignored_with_a_log_line(tmp_path: Path,
     wider = dataclasses.replace(IDENTITY, version="v2", head=8)
     _filled().save(tmp_path, dataclasses.replace(wider, head=4))  # arrays of head 4 ...
     (tmp_path / dataclasses.replace(wider, head=4).file_name()).rename(tmp_path / wider.file_name())
+    listed = dataclasses.replace(IDENTITY, version="v3")  # an identity that is JSON, but not a record
+    np.savez(tmp_path / listed.file_name(), identity=np.array(json.dumps(["a", "list"])))
     with caplog.at_level(logging.WARNING):
         assert PromptCache(1 << 20).restore(tmp_path, IDENTITY) == 0
         assert PromptCache(1 << 20).restore(tmp_path, wider) == 0  # ... read as head 8: refused
-    assert caplog.text.count("Ignoring the saved prompt cache") == 2
+        assert PromptCache(1 << 20).restore(tmp_path, listed) == 0
+    assert caplog.text.count("Ignoring the saved prompt cache") == 3
+
+
+def test_an_empty_prompt_cache_dir_setting_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MODEL_PROMPT_CACHE_DIR=`` is unset, never the working directory."""
+    from ortmodels.config import load_settings
+
+    monkeypatch.setenv("MODEL_PROMPT_CACHE_DIR", "")
+    assert load_settings().model_prompt_cache_dir is None
 
 
 @pytest.mark.slow

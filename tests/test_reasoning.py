@@ -329,5 +329,39 @@ def test_the_server_sends_reasoning_content_whole_and_streamed(store: Path,
             bad = httpx.post(f"{server.v1}/chat/completions", timeout=60,
                              json={"model": NAME, "messages": MESSAGES, "max_tokens": 4, **fields})
             assert bad.status_code == 400 and named in bad.text, (fields, bad.text)
+
+        # Anthropic's Messages API: ``thinking`` switches it, the reasoning comes back as thinking blocks
+        anthropic = pytest.importorskip("anthropic")
+        claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+        think = dict(model=NAME, max_tokens=24, messages=MESSAGES, thinking={"type": "enabled", "budget_tokens": 4})
+        message = claude.messages.create(**think)
+        kinds = [block.type for block in message.content]
+        assert kinds[0] == "thinking" and message.content[0].thinking and "text" in kinds, kinds
+        with claude.messages.stream(**think) as stream:
+            events = list(stream)
+            final = stream.get_final_message()
+        thought = "".join(e.delta.thinking for e in events
+                          if e.type == "content_block_delta" and e.delta.type == "thinking_delta")
+        assert thought == final.content[0].thinking == message.content[0].thinking
+        plain = claude.messages.create(model=NAME, max_tokens=8, messages=MESSAGES, thinking={"type": "disabled"})
+        assert all(block.type != "thinking" for block in plain.content) and plain.content
+        with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+            claude.messages.create(model=NAME, max_tokens=8, messages=MESSAGES, thinking={"type": "enabled"})
     finally:
         _stop(server)
+
+
+@pytest.mark.slow
+def test_ortmodels_chat_writes_the_reasoning_apart_and_takes_think_switches(store: Path) -> None:
+    """``ortmodels chat``: the answer alone on stdout, the reasoning on stderr; ``--think``
+    forces the block open, ``--no-think`` leaves none."""
+    from tests.test_cli import ortmodels
+
+    thinking = ortmodels("chat", NAME, "What is the capital of France?", "--max-tokens", "12", "--temperature", "0",
+                         "--think", models_dir=store)
+    assert thinking.returncode == 0, thinking.stderr
+    assert thinking.stderr.strip() and "<think>" not in thinking.stdout and "</think>" not in thinking.stderr
+    plain = ortmodels("chat", NAME, "What is the capital of France?", "--max-tokens", "12", "--temperature", "0",
+                      "--no-think", models_dir=store)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() and not plain.stderr.strip()

@@ -11,35 +11,50 @@ import typer
 from . import app, model_loaded
 
 
-def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> Iterator[str]:
-    """The answer's text as it comes: from the model's chat service, or (a user's LangChain
-    class) from its ``stream``."""
+def _texts(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> Iterator[tuple[bool, str]]:
+    """The answer's text as it comes, each piece marked True where it is a reasoning model's
+    reasoning: from the model's chat service, or (a user's LangChain class) from its ``stream``."""
     if hasattr(model, "chat_events"):
-        from ..runtime.events import TextDelta, ToolCalls
+        from ..runtime.events import ReasoningDelta, TextDelta, ToolCalls
         from ..runtime.options import ChatOptions
 
         for event in model.chat_events(history, ChatOptions.checked(**options)):
-            if isinstance(event, TextDelta):
-                yield event.text
+            if isinstance(event, ReasoningDelta):
+                yield True, event.text
+            elif isinstance(event, TextDelta):
+                yield False, event.text
             elif isinstance(event, ToolCalls):
-                yield event.content
+                yield False, event.content
         return
     from ..runtime.bridge import to_langchain
 
     for chunk in model.stream(to_langchain(history), **options):
-        yield chunk.text
+        yield False, chunk.text
 
 
 def _stream_reply(model: Any, history: list[dict[str, Any]], options: dict[str, Any]) -> str:
     """The answer written to stdout as it comes, as the model wrote it (no markup, no emoji
-    codes: rich is loaded only for a conversation's prompt)."""
+    codes: rich is loaded only for a conversation's prompt); a reasoning model's reasoning to
+    stderr (dimmed on a terminal), so stdout holds the answer alone."""
     parts = []
-    out = sys.stdout
-    for text in _texts(model, history, options):
-        if text:
-            parts.append(text)
-            out.write(text)
-            out.flush()
+    out, err = sys.stdout, sys.stderr
+    dim, plain = ("\x1b[2m", "\x1b[0m") if err.isatty() else ("", "")
+    reasoned = False
+    for reasoning, text in _texts(model, history, options):
+        if not text:
+            continue
+        if reasoning:
+            err.write(dim + text + plain)
+            err.flush()
+            reasoned = True
+            continue
+        if reasoned:  # the reasoning ended: a line between it and the answer
+            err.write("\n")
+            err.flush()
+            reasoned = False
+        parts.append(text)
+        out.write(text)
+        out.flush()
     out.write("\n")
     out.flush()
     return "".join(parts)
@@ -52,6 +67,8 @@ def chat(
     system: str = typer.Option(None, "--system", "-s", help="A system message."),
     max_tokens: int = typer.Option(None, "--max-tokens", help="Most tokens per answer."),
     temperature: float = typer.Option(None, "--temperature", "-t", help="0 is greedy."),
+    think: bool = typer.Option(None, "--think/--no-think",
+                               help="A reasoning model's thinking on or off (default: its template's)."),
 ) -> None:
     """Stream the model's answer to PROMPT, or talk with it (history kept; /exit or Ctrl-D ends)."""
     from ..engine.session import discard_early
@@ -60,7 +77,8 @@ def chat(
     model = ModelManager().get_runtime("chat", name)  # ortmodels' own: no LangChain; a user's class: its own
     discard_early()  # a session `_open_early` started that this model did not take (a user's class)
     model_loaded()
-    options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
+    options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature,
+                                 "enable_thinking": think}.items() if v is not None}
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         _stream_reply(model, [*history, {"role": "user", "content": prompt}], options)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,7 +188,7 @@ class PromptCache:
             return 0
         try:
             entries = _read(path, identity)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file of any kind is ignored, never a failed load
             logger.warning("Ignoring the saved prompt cache %s: %s", path, exc)
             return 0
         for entry in entries:
@@ -211,6 +210,8 @@ def _read(path: Path, identity: CacheIdentity) -> list[_Entry]:
     with np.load(path, allow_pickle=False) as saved:
         recorded = json.loads(str(saved["identity"]))
         expected = {"format": FILE_FORMAT, **asdict(identity)}
+        if not isinstance(recorded, dict):
+            raise ValueError("its identity is not a record of model, export and KV precision")
         if recorded != expected:
             differ = sorted(k for k in expected.keys() | recorded.keys() if recorded.get(k) != expected.get(k))
             raise ValueError(f"it was saved for another model, export or KV precision ({', '.join(differ)} differ)")

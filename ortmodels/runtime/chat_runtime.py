@@ -25,7 +25,7 @@ from ..engine.constraints import GrammarCompiler
 from ..engine.prompt_cache import CacheIdentity
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary
-from ..errors import ChatTemplateError, ModelNotLoadedError
+from ..errors import ChatTemplateError, ModelNotLoadedError, OrtModelsError
 from ..lifecycle import LifeCycle, Managed
 from ..store.names import validate_model_name
 from . import tokens
@@ -134,14 +134,14 @@ class ChatRuntime(ChoosesVariant, Managed):
         grammars = GrammarCompiler(opened.folder / "tokenizer.json",
                                    output_width(opened.session, "logits") or top_id + 1,
                                    spec.eos_token_ids)
-        self._service = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
-                                    token_chars)
         if settings.model_prompt_cache_dir is not None and decoder.past_names:
             kv_heads, head, kv_dtype = decoder.kv_dims
             self._saved_cache = (settings.model_prompt_cache_dir, CacheIdentity(
                 opened.info.name, opened.info.version, opened.variant, np.dtype(kv_dtype).name,
                 len(decoder.past_names), kv_heads, head))
-            engine.prompt_cache.restore(*self._saved_cache)
+            engine.prompt_cache.restore(*self._saved_cache)  # before the service is kept: never raises
+        self._service = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
+                                    token_chars)
         logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token)", opened.info.name,
                     opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token)
 
@@ -160,7 +160,7 @@ class ChatRuntime(ChoosesVariant, Managed):
             return None
         try:
             return service.engine.prompt_cache.save(*self._saved_cache)
-        except OSError as exc:
+        except (OSError, OrtModelsError) as exc:
             logger.warning("Could not save the prompt cache to %s: %s", self._saved_cache[0], exc)
             return None
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..engine.tokenizer import check_unicode, highest_id
 from ..errors import ChatInputError
-from .conversation import template_messages
 from .options import ChatOptions
 
 if TYPE_CHECKING:  # the type only: a Ray ingress unpickling `Tokens` opens no engine
@@ -47,11 +46,11 @@ def tokenize(service: ChatService, text: str, add_special: bool = False, with_pi
 
 def chat_tokens(service: ChatService, messages: list[dict[str, Any]], options: ChatOptions | None = None,
                 with_pieces: bool = False) -> Tokens:
-    """The prompt a chat call with ``messages`` runs: its ids as the service builds them (the
-    count ``usage.prompt_tokens`` reports, before any cut to the context) and its text."""
+    """The prompt a chat call with ``messages`` and ``options`` runs: its ids as the service builds
+    them (the count ``usage.prompt_tokens`` reports, before any cut to the context; tools' prompt
+    and template switches included) and the text those ids spell (special tokens written out)."""
     ids = service.prompt_ids(messages, options or ChatOptions())
-    prompt = service.template.render(template_messages(messages, service.tool_format),
-                                     add_generation_prompt=True, max_chars=2 * service.prompt_chars)
+    prompt = str(service.tokenizer.decode(ids, skip_special_tokens=False))
     return _tokens(service, ids, with_pieces, prompt)
 
 

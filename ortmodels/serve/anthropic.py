@@ -2,8 +2,7 @@
 
 Requests refuse unknown fields, as Anthropic does. Fields Anthropic knows but ortmodels cannot
 honour are declared and listed in the model's ``UNSUPPORTED_FIELDS`` with the values that change nothing
-(``thinking: {"type": "disabled"}`` is served, ``{"type": "enabled"}`` is a 400 naming it); the
-route's body parser reads that table as it reads the OpenAI one (`protocol.unsupported_field`).
+(``mcp_servers``, ``container``, ...); the route's body parser reads that table as it reads the OpenAI one (`protocol.unsupported_field`).
 The sampling options are `ortmodels.runtime.options`' own fields (the body inherits them);
 this module adds Anthropic's spellings (``stop_sequences``, a required ``max_tokens``) and shapes
 (system blocks, content blocks, tools with ``input_schema``, ``tool_choice`` objects). Content
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..errors import ChatInputError
 from ..runtime.options import MaxTokens, SamplingOptions, check_stop
 from .errors import ApiError
+from .protocol import neutral
 
 
 class _Open(BaseModel):
@@ -76,8 +76,26 @@ class OutputConfig(_Open):
     effort: str | None = None
 
 
-def _neutral(*values: Any) -> tuple[Any, ...]:
-    return (None, *values)
+class Thinking(_Open):
+    """``thinking``: a reasoning model's ``<think>`` switched on (``enabled`` with a
+    ``budget_tokens`` cap, or ``adaptive``: no cap) or off (``disabled``); its reasoning comes
+    back as ``thinking`` blocks. A model that does not reason writes none either way."""
+
+    type: Literal["enabled", "adaptive", "disabled"]
+    budget_tokens: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _budget(self) -> Thinking:
+        if self.type == "enabled" and self.budget_tokens is None:
+            raise ChatInputError("thinking {'type': 'enabled'} needs budget_tokens: the most tokens to reason for.")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The chat service's reasoning options."""
+        if self.type == "disabled":
+            return {"enable_thinking": False}
+        return {"enable_thinking": True, **({"reasoning_budget": self.budget_tokens}
+                                            if self.budget_tokens is not None else {})}
 
 
 class CountTokensRequest(BaseModel):
@@ -87,12 +105,11 @@ class CountTokensRequest(BaseModel):
 
     #: Field → the values that ask for nothing ortmodels lacks; anything else is a 400 naming it.
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "thinking": _neutral({"type": "disabled"}),
-        "mcp_servers": _neutral([]),
-        "container": _neutral(),
-        "context_management": _neutral(),
-        "diagnostics": _neutral(),
-        "speed": _neutral("standard"),
+        "mcp_servers": neutral([]),
+        "container": neutral(),
+        "context_management": neutral(),
+        "diagnostics": neutral(),
+        "speed": neutral("standard"),
     }
 
     model: str | None = None
@@ -103,8 +120,8 @@ class CountTokensRequest(BaseModel):
     output_config: OutputConfig | None = None
     cache_control: dict[str, Any] | None = None
     """Accepted and left to the server: its prompt cache keeps every prefix it can, unasked."""
+    thinking: Thinking | None = None
     # Anthropic's, not supported: see UNSUPPORTED_FIELDS
-    thinking: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
     container: str | dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls
+from ..runtime.events import ChatEvent, Finished, ReasoningDelta, TextDelta, ToolCalls
 from ..runtime.options import ChatOptions
 from .anthropic import (
     CountTokensRequest,
@@ -172,6 +172,8 @@ def _output(body: CountTokensRequest) -> dict[str, Any]:
             options["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(choice.type, choice.name)
             if choice.disable_parallel_tool_use is not None:
                 options["parallel_tool_calls"] = not choice.disable_parallel_tool_use
+    if body.thinking is not None:
+        options.update(body.thinking.options())
     if body.output_config is not None and body.output_config.format is not None:
         options["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "output", "schema": body.output_config.format.schema_}}
@@ -238,40 +240,51 @@ class MessageAnswer(Answer):
     async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:
         """The whole message, gathered from the stream."""
         text: list[str] = []
+        thought: list[str] = []
         calls: list[dict[str, Any]] = []
         finished: Finished | None = None
         async with aclosing(events):  # a cancelled answer cancels the model's stream now
             async for item in events:
-                if isinstance(item, TextDelta):
+                if isinstance(item, ReasoningDelta):
+                    thought.append(item.text)
+                elif isinstance(item, TextDelta):
                     text.append(item.text)
                 elif isinstance(item, ToolCalls):
                     text.append(item.content)
                     calls.extend(_tool_use(call) for call in item.calls)
                 elif isinstance(item, Finished):
                     finished = item
-        answer = "".join(text)
-        content = [{"type": "text", "text": answer}] if answer else []
+        answer, thinking = "".join(text), "".join(thought)
+        content = [{"type": "thinking", "thinking": thinking, "signature": ""}] if thinking else []
+        content += [{"type": "text", "text": answer}] if answer else []
         return self._message(content + calls, finished, stop=True)
 
     async def stream(self, events: AsyncIterator[ChatEvent], include_usage: bool = True) -> AsyncIterator[str]:
         """Anthropic's events: ``message_start``, each block's start, deltas and stop, ``message_delta``
         (stop reason and the whole usage), ``message_stop``."""
-        started, index, text_open = False, 0, False
+        started, index = False, 0
+        open_kind: str | None = None  # "text" or "thinking": the block the deltas go to now
         finished: Finished | None = None
 
+        def add(kind: str, piece: str) -> list[str]:
+            nonlocal open_kind
+            opened = [] if open_kind == kind else [*close_text(), _named({
+                "type": "content_block_start", "index": index, "content_block": (
+                    {"type": "text", "text": ""} if kind == "text"
+                    else {"type": "thinking", "thinking": "", "signature": ""})})]
+            open_kind = kind
+            delta = {"type": "text_delta", "text": piece} if kind == "text" else {"type": "thinking_delta",
+                                                                                   "thinking": piece}
+            return [*opened, _named({"type": "content_block_delta", "index": index, "delta": delta})]
+
         def text(piece: str) -> list[str]:
-            nonlocal text_open
-            opened = [] if text_open else [_named({"type": "content_block_start", "index": index,
-                                                   "content_block": {"type": "text", "text": ""}})]
-            text_open = True
-            return [*opened, _named({"type": "content_block_delta", "index": index,
-                                     "delta": {"type": "text_delta", "text": piece}})]
+            return add("text", piece)
 
         def close_text() -> list[str]:
-            nonlocal text_open, index
-            if not text_open:
+            nonlocal open_kind, index
+            if open_kind is None:
                 return []
-            text_open, index = False, index + 1
+            open_kind, index = None, index + 1
             return [_named({"type": "content_block_stop", "index": index - 1})]
 
         async with aclosing(events):  # a cancelled answer cancels the model's stream now
@@ -280,7 +293,9 @@ class MessageAnswer(Answer):
                     yield _named({"type": "message_start", "message": self._message([], None, stop=False)})
                     started = True
                 pieces: list[str] = []
-                if isinstance(item, TextDelta) and item.text:
+                if isinstance(item, ReasoningDelta) and item.text:
+                    pieces = add("thinking", item.text)
+                elif isinstance(item, TextDelta) and item.text:
                     pieces = text(item.text)
                 elif isinstance(item, ToolCalls):
                     pieces = text(item.content) if item.content else []

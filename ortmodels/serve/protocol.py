@@ -68,26 +68,27 @@ class _Sampling(StopOptions, SamplingOptions):
     store: bool | None = None
 
 
-def _neutral(*values: Any) -> tuple[Any, ...]:
+def neutral(*values: Any) -> tuple[Any, ...]:
+    """The values of a field that ask for nothing: ``None`` (left out) and ``values``."""
     return (None, *values)
 
 
 #: Field → the values that ask for nothing ortmodels lacks; anything else is a 400 naming it.
 UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "n": _neutral(1),
-    "frequency_penalty": _neutral(0, 0.0),
-    "presence_penalty": _neutral(0, 0.0),
-    "logit_bias": _neutral({}),
-    "best_of": _neutral(1),
-    "echo": _neutral(False),
-    "suffix": _neutral(""),
-    "modalities": _neutral(["text"]),
-    "audio": _neutral(),
-    "prediction": _neutral(),
-    "functions": _neutral([]),
-    "function_call": _neutral("none", "auto"),
-    "web_search_options": _neutral(),
-    "reasoning_effort": _neutral(),
+    "n": neutral(1),
+    "frequency_penalty": neutral(0, 0.0),
+    "presence_penalty": neutral(0, 0.0),
+    "logit_bias": neutral({}),
+    "best_of": neutral(1),
+    "echo": neutral(False),
+    "suffix": neutral(""),
+    "modalities": neutral(["text"]),
+    "audio": neutral(),
+    "prediction": neutral(),
+    "functions": neutral([]),
+    "function_call": neutral("none", "auto"),
+    "web_search_options": neutral(),
+    "reasoning_effort": neutral(),
 }
 
 

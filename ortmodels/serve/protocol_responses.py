@@ -28,7 +28,7 @@ from pydantic import (
 from ..errors import ChatInputError
 from ..runtime.options import MaxTokens, SamplingOptions, StopOptions
 from ..runtime.output_plan import check_tools
-from .protocol import FunctionSpec, StreamOptions
+from .protocol import FunctionSpec, StreamOptions, neutral
 
 #: The tool types of OpenAI's Responses API that run on OpenAI's side (refused by name).
 BUILT_IN_TOOLS = ("web_search", "web_search_preview", "file_search", "computer_use_preview", "computer",
@@ -112,10 +112,6 @@ class TextConfig(BaseModel):
         return value
 
 
-def _neutral(*values: Any) -> tuple[Any, ...]:
-    return (None, *values)
-
-
 class ResponsesRequest(StopOptions, SamplingOptions):
     """The body of ``POST /v1/responses``."""
 
@@ -123,17 +119,17 @@ class ResponsesRequest(StopOptions, SamplingOptions):
 
     #: Field → the values that ask for nothing ortmodels lacks; anything else is a 400 naming it.
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "background": _neutral(False),
-        "include": _neutral([]),
-        "reasoning": _neutral({}),
-        "prompt": _neutral(),
-        "conversation": _neutral(),
-        "top_logprobs": _neutral(0),
-        "max_tool_calls": _neutral(),
-        "truncation": _neutral("disabled"),
-        "service_tier": _neutral("auto", "default"),
-        "context_management": _neutral([]),
-        "prompt_cache_retention": _neutral("in_memory"),
+        "background": neutral(False),
+        "include": neutral([]),
+        "reasoning": neutral({}),
+        "prompt": neutral(),
+        "conversation": neutral(),
+        "top_logprobs": neutral(0),
+        "max_tool_calls": neutral(),
+        "truncation": neutral("disabled"),
+        "service_tier": neutral("auto", "default"),
+        "context_management": neutral([]),
+        "prompt_cache_retention": neutral("in_memory"),
     }
 
     model: str | None = None

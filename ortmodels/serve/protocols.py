@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..engine import EngineGauges
+from ..errors import ChatInputError
 from ..runtime.events import ChatEvent
 from ..runtime.options import ChatOptions
 from ..runtime.tokens import Tokens
@@ -73,6 +74,14 @@ class ReportsGauges(Protocol):
     """A model that runs an engine reports its figures (``/metrics``); ``None`` while not loaded."""
 
     def engine_gauges(self) -> EngineGauges | None: ...
+
+
+def as_tokenizing(model: object, model_id: str) -> TokenizingModel:
+    """``model`` as a `TokenizingModel`, or the error a route answers with a 400 (a user's own chat class)."""
+    if not isinstance(model, TokenizingModel):
+        raise ChatInputError(f"The model {model_id!r} is a chat class of your own without ortmodels' tokenizer; "
+                             "tokenize with an exported ortmodels chat model.")
+    return model
 
 
 def as_chat_model(model: object) -> ChatModel:

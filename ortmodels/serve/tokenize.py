@@ -19,7 +19,7 @@ from ..runtime.tokens import Tokens
 from .chat import to_messages
 from .errors import bad_request
 from .protocol import ChatMessage
-from .protocols import TokenizingModel
+from .protocols import TokenizingModel, as_tokenizing
 
 
 class _Body(BaseModel):
@@ -69,10 +69,11 @@ def check(request: TokenizeRequest) -> None:
 
 
 def tokenizing(model: object, model_id: str) -> TokenizingModel:
-    if not isinstance(model, TokenizingModel):
-        raise bad_request(f"The model {model_id!r} is a chat class of your own without ortmodels' tokenizer; "
-                          "tokenize with an exported ortmodels chat model.", "model")
-    return model
+    """`protocols.as_tokenizing`, its refusal a 400 naming ``model``."""
+    try:
+        return as_tokenizing(model, model_id)
+    except ChatInputError as exc:
+        raise bad_request(str(exc), "model") from None
 
 
 def _tokens(found: Tokens, with_pieces: bool) -> list[Any]:

@@ -156,6 +156,23 @@ async function send() {
     for await (const chunk of events(response.body)) {
       if (chunk.error) throw new Error(chunk.error.message);
       const choice = chunk.choices?.[0];
+      const reasoning = choice?.delta?.reasoning_content;
+      if (reasoning) { // a reasoning model's thinking: shown apart, folded, never sent back
+        let details = box.querySelector("details.thinking");
+        if (!details) {
+          details = document.createElement("details");
+          details.className = "thinking";
+          const summary = document.createElement("summary");
+          summary.textContent = "reasoning";
+          const thought = document.createElement("div");
+          thought.className = "thought";
+          details.append(summary, thought);
+          box.insertBefore(details, text);
+        }
+        const thought = details.querySelector(".thought");
+        thought.textContent += reasoning;
+        box.dataset.updates = String(Number(box.dataset.updates) + 1);
+      }
       if (choice?.delta?.content) {
         answer += choice.delta.content;
         text.textContent = answer;

@@ -27,14 +27,14 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from ...config import load_settings
-from ...errors import ChatInputError, ConfigurationError, ModelFileError
+from ...errors import ConfigurationError, ModelFileError
 from ...manager import ModelManager
 from ...runtime.events import ChatEvent
 from ...runtime.options import ChatOptions
 from ...runtime.tokens import Tokens
 from ..app import DEFAULT_MAX_QUEUE, create_app
 from ..models import Catalog, ModelId
-from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model
+from ..protocols import EmbeddingModel, RerankModel, TokenizingModel, as_chat_model, as_tokenizing
 from .remote import RayCatalog
 from .routing import ROUTER_PATH
 
@@ -159,11 +159,7 @@ class ModelServer:
         return await cast(RerankModel, self._model(model_id)).arerank_counted(query, documents, top_n)
 
     def _tokenizing(self, model_id: str) -> TokenizingModel:
-        model = self._model(model_id)
-        if not isinstance(model, TokenizingModel):
-            raise ChatInputError(f"The model {model_id!r} is a chat class of your own without ortmodels' tokenizer; "
-                                 "tokenize with an exported ortmodels chat model.")
-        return model
+        return as_tokenizing(self._model(model_id), model_id)
 
     async def atokenize(self, model_id: str, text: str, add_special: bool, with_pieces: bool) -> Tokens:
         return await self._tokenizing(model_id).atokenize(text, add_special, with_pieces)

@@ -56,7 +56,7 @@ class PrefixIndex:
     def __init__(self, block: int = BLOCK_CHARS, max_blocks: int = MAX_BLOCKS) -> None:
         self.block, self.max_blocks = block, max_blocks
         self._holders: OrderedDict[int, set[Hashable]] = OrderedDict()
-        self._next: dict[int, set[int]] = {}  # block → the blocks prompts continued it with
+        self._next: dict[int, set[int]] = {}  # block → up to two blocks prompts continued it with
 
     def __len__(self) -> int:
         return len(self._holders)
@@ -90,7 +90,9 @@ class PrefixIndex:
                 self._holders.move_to_end(key)
             holders.add(replica)
             if depth + 1 < len(hashes):
-                self._next.setdefault(key, set()).add(hashes[depth + 1])
+                continued = self._next.setdefault(key, set())
+                if len(continued) < 2:  # two are enough to know another prompt went on differently
+                    continued.add(hashes[depth + 1])
         while len(self._holders) > self.max_blocks:
             key, _ = self._holders.popitem(last=False)
             self._next.pop(key, None)
