@@ -27,7 +27,6 @@ from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary
 from ..errors import ChatTemplateError, ModelNotLoadedError, OrtModelsError
 from ..lifecycle import LifeCycle, Managed
-from ..store.names import validate_model_name
 from . import tokens
 from .events import ChatEvent
 from .options import ChatOptions, ModelOptions, check_stop, unknown_option
@@ -72,20 +71,13 @@ class ChatRuntime(ChoosesVariant, Managed):
     """
 
     kind = "chat"
+    default_setting = "default_chat_model"
 
     def __init__(self, model_name: str | None = None, *, model_path: str | Path | None = None,
                  device: str | None = None, dtype: str | None = None, version: str | None = None,
                  settings: Settings | None = None, defaults: ModelOptions | None = None,
                  front: Any = None, owner: Any = None) -> None:
-        if model_path is None:  # found by name in LOCAL_MODELS_DIR
-            given = settings or load_settings()
-            model_name = validate_model_name(model_name or given.default_chat_model)
-            model_path = given.local_models_dir / model_name
-        elif model_name is None:
-            model_name = Path(model_path).name
-        self.model_name: str | None = model_name
-        self.model_path = Path(model_path)
-        self.device, self.dtype, self.version, self.settings = device, dtype, version, settings
+        self._place(model_name, model_path, device, dtype, version, settings)
         self.defaults: ModelOptions = defaults if defaults is not None else ModelOptions()
         """The model-level options a call's own replace (`OnnxChatModel` is its runtime's)."""
         self.front = front
@@ -102,11 +94,7 @@ class ChatRuntime(ChoosesVariant, Managed):
         self.model_name, self.model_path = front.model_name, Path(front.model_path)
         self.device, self.dtype, self.version, self.settings = front.device, front.dtype, front.version, front.settings
 
-    def __repr__(self) -> str:
-        return f"ChatRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
-
     # -- life cycle -------------------------------------------------------------------------
-
 
     def _follow_front(self) -> None:
         self.follow(self.front)

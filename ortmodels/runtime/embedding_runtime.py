@@ -18,7 +18,6 @@ from ..engine.encoder_batching import CoalescingBatcher
 from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
 from ..lifecycle import LifeCycle, ManagedEmbedding
-from ..store.names import validate_model_name
 from .embedding_options import output_size, prompt_for, truncate
 from .variant import ChoosesVariant, open_variant
 
@@ -32,17 +31,13 @@ class EmbeddingRuntime(ChoosesVariant, ManagedEmbedding):
     """An embedding model's life cycle and encoder, without LangChain; thread-safe."""
 
     kind = "embedding"
+    default_setting = "default_embedding_model"
 
     def __init__(self, model_name: str | None = None, *, model_path: str | Path | None = None,
                  device: str | None = None, dtype: str | None = None, version: str | None = None,
                  batch_size: int = 32, settings: Settings | None = None, owner: Any = None,
                  dimensions: int | None = None, matryoshka: bool = False) -> None:
-        if model_path is None:  # found by name in LOCAL_MODELS_DIR
-            given = settings or load_settings()
-            model_name = validate_model_name(model_name or given.default_embedding_model)
-            model_path = given.local_models_dir / model_name
-        elif model_name is None:
-            model_name = Path(model_path).name
+        self._place(model_name, model_path, device, dtype, version, settings)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
@@ -52,9 +47,6 @@ class EmbeddingRuntime(ChoosesVariant, ManagedEmbedding):
         """The length every vector is cut to (``None``: the model's own); checked at load."""
         self.matryoshka = matryoshka
         """True: cut to ``dimensions`` even though the model's card declares no Matryoshka training."""
-        self.model_name: str | None = model_name
-        self.model_path = Path(model_path)
-        self.device, self.dtype, self.version, self.settings = device, dtype, version, settings
         self.batch_size = batch_size
         self.front: Any = None
         """The LangChain face (`OnnxEmbeddingModel`) whose fields this runtime loads with, if any."""
@@ -64,15 +56,7 @@ class EmbeddingRuntime(ChoosesVariant, ManagedEmbedding):
         """Its own, or (``owner``: a LangChain face made on its own, a user's subclass perhaps) the
         face's, whose ``_load`` runs this runtime's."""
 
-    def __repr__(self) -> str:
-        return f"EmbeddingRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
-
     # -- life cycle -------------------------------------------------------------------------
-
-
-    def _follow_front(self) -> None:
-        """Fields a user may have set on the LangChain face since it was made."""
-        self.device, self.dtype, self.version = self.front.device, self.front.dtype, self.front.version
 
     def _load(self) -> None:
         if self.front is not None:

@@ -22,7 +22,6 @@ from ..engine.tokenizer import load_tokenizer
 from ..errors import ModelNotLoadedError
 from ..inputs import ranked, rerank_pairs
 from ..lifecycle import LifeCycle, Managed
-from ..store.names import validate_model_name
 from .variant import ChoosesVariant, open_variant
 
 logger = logging.getLogger(__name__)
@@ -32,21 +31,14 @@ class RerankRuntime(ChoosesVariant, Managed):
     """A cross-encoder's life cycle, runner and batcher, without LangChain; thread-safe."""
 
     kind = "reranker"
+    default_setting = "default_rerank_model"
 
     def __init__(self, model_name: str | None = None, *, model_path: str | Path | None = None,
                  device: str | None = None, dtype: str | None = None, version: str | None = None,
                  batch_size: int = 32, settings: Settings | None = None, owner: Any = None) -> None:
-        if model_path is None:  # found by name in LOCAL_MODELS_DIR
-            given = settings or load_settings()
-            model_name = validate_model_name(model_name or given.default_rerank_model)
-            model_path = given.local_models_dir / model_name
-        elif model_name is None:
-            model_name = Path(model_path).name
+        self._place(model_name, model_path, device, dtype, version, settings)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        self.model_name: str | None = model_name
-        self.model_path = Path(model_path)
-        self.device, self.dtype, self.version, self.settings = device, dtype, version, settings
         self.batch_size = batch_size
         self.front: Any = None
         """The LangChain face (`OnnxCrossEncoder`) whose fields this runtime loads with, if any."""
@@ -54,14 +46,7 @@ class RerankRuntime(ChoosesVariant, Managed):
         self._batcher: CoalescingBatcher[np.ndarray] | None = None
         self._life = LifeCycle(owner or self)
 
-    def __repr__(self) -> str:
-        return f"RerankRuntime(model_name={self.model_name!r}, {'loaded' if self.is_loaded else 'not loaded'})"
-
     # -- life cycle -------------------------------------------------------------------------
-
-    def _follow_front(self) -> None:
-        """Fields a user may have set on the LangChain face since it was made."""
-        self.device, self.dtype, self.version = self.front.device, self.front.dtype, self.front.version
 
     def _load(self) -> None:
         if self.front is not None:

@@ -24,6 +24,7 @@ from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, verify_variant
 from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
+from ..store.names import validate_model_name
 from ..store.versions import VersionLease
 
 if TYPE_CHECKING:
@@ -186,8 +187,29 @@ def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str |
 
 
 class ChoosesVariant:
-    """The loader's chooser for a runtime class (chat, embedding): its fields, read through
-    `choose_variant` once per load."""
+    """The loader's chooser for a runtime class (chat, embedding, reranker): where its model is,
+    the fields a load reads, read through `choose_variant` once per load."""
+
+    #: The setting naming this kind's default model (``DEFAULT_CHAT_MODEL``, ...).
+    default_setting: str = ""
+
+    def _place(self, model_name: str | None, model_path: str | Path | None, device: str | None,
+               dtype: str | None, version: str | None, settings: Settings | None) -> None:
+        """Set the fields: ``model_path``, or ``model_name`` found in ``LOCAL_MODELS_DIR`` (the
+        kind's default model when neither is given)."""
+        if model_path is None:
+            given = settings or load_settings()
+            model_name = validate_model_name(model_name or getattr(given, self.default_setting))
+            model_path = given.local_models_dir / model_name
+        elif model_name is None:
+            model_name = Path(model_path).name
+        self.model_name: str | None = model_name
+        self.model_path = Path(model_path)
+        self.device, self.dtype, self.version, self.settings = device, dtype, version, settings
+
+    def __repr__(self) -> str:
+        state = "loaded" if getattr(self, "is_loaded", False) else "not loaded"
+        return f"{type(self).__name__}(model_name={self.model_name!r}, {state})"
 
     if TYPE_CHECKING:
         kind: ModelKind
@@ -200,6 +222,7 @@ class ChoosesVariant:
 
     def _follow_front(self) -> None:
         """Take the fields a user may have set on the LangChain face since it was made."""
+        self.device, self.dtype, self.version = self.front.device, self.front.dtype, self.front.version
 
     def choice(self, store: ModelStore) -> VariantChoice:
         """What the next load opens, chosen from ``store`` with this model's fields (the loader's
