@@ -463,12 +463,14 @@ def test_fuzz_never_5xx(server: Server) -> None:
     assert statuses.get(400, 0) > 100, statuses
 
 
-def fuzz(server: Server, bodies: Iterator[tuple[str, bytes]]) -> dict[int, int]:
-    """Post every body; none may get a 5xx, every 4xx has OpenAI's error body; the statuses seen."""
+def fuzz(server: Server, bodies: Iterator[tuple[str, bytes]], base: str | None = None) -> dict[int, int]:
+    """Post every body (its path under ``base``, by default the server's ``/v1``); none may get a
+    5xx, every 4xx has OpenAI's error body; the statuses seen."""
     statuses: dict[int, int] = {}
     with httpx.Client(timeout=60) as http:
         for path, content in bodies:
-            reply = http.post(f"{server.v1}{path}", content=content, headers={"Content-Type": "application/json"})
+            reply = http.post(f"{base or server.v1}{path}", content=content,
+                              headers={"Content-Type": "application/json"})
             statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
             assert reply.status_code < 500, (path, content[:300], reply.text[:500])
             if reply.status_code >= 400:
