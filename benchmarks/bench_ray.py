@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_concurrency import median_ratio, percentile, rotated
+from benchmarks.bench_concurrency import median_ratio, percentile
 from benchmarks.bench_server import (
     MODEL,
     Contender,
+    in_turn,
     one_level,
-    start_server,
-    stop_server,
+    servers_up,
 )
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.report import machine, save_chart, use_engine_settings, versions, write_json
@@ -83,25 +83,16 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    servers: dict[str, tuple[Any, str, float]] = {}
-    try:
-        for contender in contenders(model_id):
-            started = time.perf_counter()
-            process, url = start_server(contender, logs / f"{contender.name.replace(' ', '_')}.log")
-            servers[contender.name] = (process, url, round(time.perf_counter() - started, 1))
-            asyncio.run(one_level(url, contender.model, warm, 8))
-            print(f"{contender.name}: up in {servers[contender.name][2]} s ({url})", flush=True)
-        for rnd in range(args.rounds):
-            for contender in rotated(contenders(model_id), rnd):
-                time.sleep(1.0)  # the previous server's threads go idle
-                _, url, up_s = servers[contender.name]
-                row = asyncio.run(one_level(url, contender.model, asked[rnd], args.new_tokens))
-                rows.append({"round": rnd, "contender": contender.name, "up_s": up_s, **row})
-                print(f"round {rnd} {contender.name:36} {row['tokens_per_s']:7.1f} tok/s ({row['tokens']} tokens), "
-                      f"TTFT p50 {percentile(row['ttft_s'], 50):.3f} s", flush=True)
-    finally:
-        for process, _, _ in servers.values():
-            stop_server(process)
+    def warm_up(url: str, contender: Contender) -> None:
+        asyncio.run(one_level(url, contender.model, warm, 8))
+
+    with servers_up(contenders(model_id), logs, warm_up) as servers:
+        for rnd, contender in in_turn(contenders(model_id), args.rounds):
+            url, up_s = servers[contender.name]
+            row = asyncio.run(one_level(url, contender.model, asked[rnd], args.new_tokens))
+            rows.append({"round": rnd, "contender": contender.name, "up_s": up_s, **row})
+            print(f"round {rnd} {contender.name:36} {row['tokens_per_s']:7.1f} tok/s ({row['tokens']} tokens), "
+                  f"TTFT p50 {percentile(row['ttft_s'], 50):.3f} s", flush=True)
 
     def per_round(name: str, key: str) -> list[float]:
         found = [r for r in rows if r["contender"] == name]

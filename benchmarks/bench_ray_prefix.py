@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_concurrency import median_ratio, percentile, rotated
-from benchmarks.bench_server import MODEL, Contender, start_server, stop_server
+from benchmarks.bench_concurrency import median_ratio, percentile
+from benchmarks.bench_server import MODEL, Contender, in_turn, servers_up
 from benchmarks.corpus import stdlib_sentences
 from benchmarks.report import (
     machine,
@@ -162,35 +162,26 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-ray-prefix-"))
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    servers: dict[str, tuple[Any, str, float]] = {}
-    try:
-        for contender in contenders(model_id):
-            started = time.perf_counter()
-            process, url = start_server(contender, logs / f"{contender.name.split(',')[1].strip().replace(' ', '_')}.log")
-            servers[contender.name] = (process, url, round(time.perf_counter() - started, 1))
-            warm = [[f"Warm-up {i}: hello"] for i in range(4)]
-            asyncio.run(one_round(url, contender.model, "You are brief.", warm, 4))
-            print(f"{contender.name}: up in {servers[contender.name][2]} s ({url})", flush=True)
-        for rnd in range(args.rounds):
-            for contender in rotated(contenders(model_id), rnd):
-                time.sleep(1.0)  # the previous server's threads go idle
-                _, url, _ = servers[contender.name]
-                began_round = time.perf_counter()
-                turns = asyncio.run(one_round(url, contender.model, system, questions(rnd, contender.name),
-                                              args.new_tokens))
-                whole = sum(found_whole(t) for t in turns)
-                last = [t[-1]["ttft_s"] for t in turns]
-                rows.append({"round": rnd, "contender": contender.name, "whole": whole, "conversations": len(turns),
-                             "last_ttft_s": last, "last_ttft_p50_s": percentile(last, 50),
-                             "first_prompt_tokens": statistics.median(t[0]["prompt_tokens"] for t in turns),
-                             "took_s": round(time.perf_counter() - began_round, 1),
-                             "turns": [[{k: round(v, 4) if isinstance(v, float) else v for k, v in turn.items()}
-                                        for turn in t] for t in turns]})
-                print(f"round {rnd} {contender.name:42} {whole}/{len(turns)} last turns found the previous prompt "
-                      f"cached; last-turn TTFT p50 {percentile(last, 50):.3f} s ({rows[-1]['took_s']} s)", flush=True)
-    finally:
-        for process, _, _ in servers.values():
-            stop_server(process)
+    def warm_up(url: str, contender: Contender) -> None:
+        asyncio.run(one_round(url, contender.model, "You are brief.", [[f"Warm-up {i}: hello"] for i in range(4)], 4))
+
+    with servers_up(contenders(model_id), logs, warm_up,
+                    log_name=lambda c: c.name.split(",")[1].strip().replace(" ", "_")) as servers:
+        for rnd, contender in in_turn(contenders(model_id), args.rounds):
+            url, _ = servers[contender.name]
+            began_round = time.perf_counter()
+            turns = asyncio.run(one_round(url, contender.model, system, questions(rnd, contender.name),
+                                          args.new_tokens))
+            whole = sum(found_whole(t) for t in turns)
+            last = [t[-1]["ttft_s"] for t in turns]
+            rows.append({"round": rnd, "contender": contender.name, "whole": whole, "conversations": len(turns),
+                         "last_ttft_s": last, "last_ttft_p50_s": percentile(last, 50),
+                         "first_prompt_tokens": statistics.median(t[0]["prompt_tokens"] for t in turns),
+                         "took_s": round(time.perf_counter() - began_round, 1),
+                         "turns": [[{k: round(v, 4) if isinstance(v, float) else v for k, v in turn.items()}
+                                    for turn in t] for t in turns]})
+            print(f"round {rnd} {contender.name:42} {whole}/{len(turns)} last turns found the previous prompt "
+                  f"cached; last-turn TTFT p50 {percentile(last, 50):.3f} s ({rows[-1]['took_s']} s)", flush=True)
 
     def of(name: str, key: str) -> list[Any]:
         return [r[key] for r in rows if r["contender"] == name]

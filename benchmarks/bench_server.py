@@ -55,6 +55,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,38 @@ def stop_server(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=30)
+
+
+@contextmanager
+def servers_up(contenders: list[Contender], logs: Path, warm: Callable[[str, Contender], object],
+               log_name: Callable[[Contender], str] = lambda c: c.name.replace(" ", "_"),
+               ) -> Iterator[dict[str, tuple[str, float]]]:
+    """Every contender's server started one after another (seconds to healthy timed), warmed by
+    ``warm(url, contender)``, all up for the whole block and stopped after it; yields
+    ``{name: (url, up_s)}``."""
+    processes: list[subprocess.Popen] = []
+    up: dict[str, tuple[str, float]] = {}
+    try:
+        for contender in contenders:
+            started = time.perf_counter()
+            process, url = start_server(contender, logs / f"{log_name(contender)}.log")
+            processes.append(process)
+            up[contender.name] = (url, round(time.perf_counter() - started, 1))
+            warm(url, contender)
+            print(f"{contender.name}: up in {up[contender.name][1]} s ({url})", flush=True)
+        yield up
+    finally:
+        for process in processes:
+            stop_server(process)
+
+
+def in_turn(contenders: list[Contender], rounds: int) -> Iterator[tuple[int, Contender]]:
+    """``(round, contender)``: each round every contender in turn, the order rotated by round, a
+    second's pause before each so the previous server's threads go idle."""
+    for rnd in range(rounds):
+        for contender in rotated(contenders, rnd):
+            time.sleep(1.0)
+            yield rnd, contender
 
 
 async def one_request(client: Any, model_id: str, question: str, new_tokens: int) -> tuple[float | None, int, int | None]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.contenders import SPECS
 from benchmarks.measure import peak_rss_mib, rss_mib
-from benchmarks.protocol import emit
+from benchmarks.protocol import answer_runs, emit
 
 #: Tokens generated once after loading, untimed: first-call allocations are not what users wait for.
 WARMUP_TOKENS = 16
@@ -50,12 +50,7 @@ def serve(name: str, models_dir: Path, prompts: dict[str, dict[str, Any]]) -> No
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     emit("ready", load_s=load_s, prompt_tokens={k: engine.prompt_tokens(p) for k, p in prompts.items()},
          torch_threads=threads)
-    while True:
-        command = sys.stdin.readline().split()
-        if not command or command[0] == "quit":
-            break
-        if command[0] == "run":
-            emit("result", **engine.run(prompts[command[1]], int(command[2])))
+    answer_runs(engine, prompts)
     emit("memory", baseline_rss_mib=baseline, peak_rss_mib=peak_rss_mib(), rss_at_end_mib=rss_mib(),
          torch_imported="torch" in sys.modules)
 

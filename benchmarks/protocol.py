@@ -26,6 +26,17 @@ def emit(event: str, **payload: Any) -> None:
     print(TAG + json.dumps({"event": event, **payload}), flush=True)
 
 
+def answer_runs(engine: Any, prompts: dict[str, Any]) -> None:
+    """A serving worker's loop: ``run <prompt> <new_tokens>`` answered with a ``result`` event
+    (``engine.run``'s), until ``quit`` or the end of stdin."""
+    while True:
+        command = sys.stdin.readline().split()
+        if not command or command[0] == "quit":
+            break
+        if command[0] == "run":
+            emit("result", **engine.run(prompts[command[1]], int(command[2])))
+
+
 class Worker:
     """The parent's handle on one worker process, started with the contender's own interpreter."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import peak_rss_mib, rss_mib
-from benchmarks.protocol import emit
+from benchmarks.protocol import answer_runs, emit
 
 WARMUP_TOKENS = 8
 LLAMA_THREADS = 2
@@ -70,12 +70,7 @@ def main() -> None:
         kv = engine.kv_bytes_per_token() if hasattr(engine, "kv_bytes_per_token") else None
         emit("ready", load_s=load_s, started_s=began - STARTED, kv_bytes_per_token=kv,
              prompt_tokens={k: engine.prompt_tokens(p) for k, p in prompts.items()})
-        while True:
-            command = sys.stdin.readline().split()
-            if not command or command[0] == "quit":
-                break
-            if command[0] == "run":
-                emit("result", **engine.run(prompts[command[1]], int(command[2])))
+        answer_runs(engine, prompts)
         emit("memory", baseline_rss_mib=baseline, peak_rss_mib=peak_rss_mib(), rss_at_end_mib=rss_mib())
     except Exception as exc:  # the parent names the contender and stops
         traceback.print_exc()

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from .conftest import ROOT
-from .test_serve import _free_port
+from .servers import _free_port
 
 #: A Ray cluster takes minutes to start on 2 busy cores.
 START_TIMEOUT_S = 180.0

@@ -28,6 +28,7 @@ sync_api = pytest.importorskip("playwright.sync_api",
                                reason="Playwright is not installed: pip install playwright (in the dev extra)")
 
 from .conftest import CHAT_SAMPLE, ROOT
+from .servers import module_server
 from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -50,13 +51,7 @@ class Watched:
     chat_bodies: list[dict[str, Any]] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from .test_serve import _start, _stop
-
-    running = _start(tmp_path_factory.mktemp("serve-page"), "--models", CHAT_SAMPLE)
-    yield running
-    _stop(running)
+server = module_server("serve-page", "--models", CHAT_SAMPLE)
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import random
 import re
 import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,91 +26,16 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 jsonschema = pytest.importorskip("jsonschema")
 
-from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE, ROOT, SAMPLES_DIR
+from .conftest import CHAT_SAMPLE, EMBEDDING_SAMPLE
+from .servers import Server, _start, _stop, module_server
 from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-123"
-START_TIMEOUT_S = 120.0
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    url: str
-    log: Path
-    health_seen: list[tuple[int, dict]]
-
-    @property
-    def v1(self) -> str:
-        return f"{self.url}/v1"
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(tmp: Path, *args: str, models_dir: Path = SAMPLES_DIR, settings: dict[str, str] | None = None) -> Server:
-    """``ortmodels serve`` in a subprocess (``settings``: its environment variables besides the
-    store); returns once /health says 200."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEFAULT_", "MODEL_"))}
-    env["LOCAL_MODELS_DIR"] = str(models_dir)
-    env.update(settings or {})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log = tmp / f"server-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ortmodels", "-v", "serve", "--port", str(port), *args],
-                                   cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(process, f"http://127.0.0.1:{port}", log, [])
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"The server exited with {process.returncode}:\n{server.logs()}")
-        try:
-            reply = httpx.get(f"{server.url}/health", timeout=5)
-        except httpx.TransportError:
-            time.sleep(0.1)
-            continue
-        server.health_seen.append((reply.status_code, reply.json()))
-        if reply.status_code == 200:
-            return server
-        time.sleep(0.1)
-    _stop(server)
-    pytest.fail(f"The server did not become healthy in {START_TIMEOUT_S} s:\n{server.logs()}")
-
-
-def _stop(server: Server) -> int | None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=30)
-    return server.process.returncode
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = _start(tmp_path_factory.mktemp("serve"))
-    yield running
-    _stop(running)
-
-
-@pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A key, a queue of one, and the chat model only."""
-    running = _start(tmp_path_factory.mktemp("serve-small"), "--api-key", KEY, "--max-queue", "1",
-                     "--models", CHAT_SAMPLE)
-    yield running
-    _stop(running)
+server = module_server("serve")
+#: A key, a queue of one, and the chat model only.
+small_server = module_server("serve-small", "--api-key", KEY, "--max-queue", "1", "--models", CHAT_SAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -543,12 +463,14 @@ def test_fuzz_never_5xx(server: Server) -> None:
     assert statuses.get(400, 0) > 100, statuses
 
 
-def fuzz(server: Server, bodies: Iterator[tuple[str, bytes]]) -> dict[int, int]:
-    """Post every body; none may get a 5xx, every 4xx has OpenAI's error body; the statuses seen."""
+def fuzz(server: Server, bodies: Iterator[tuple[str, bytes]], base: str | None = None) -> dict[int, int]:
+    """Post every body (its path under ``base``, by default the server's ``/v1``); none may get a
+    5xx, every 4xx has OpenAI's error body; the statuses seen."""
     statuses: dict[int, int] = {}
     with httpx.Client(timeout=60) as http:
         for path, content in bodies:
-            reply = http.post(f"{server.v1}{path}", content=content, headers={"Content-Type": "application/json"})
+            reply = http.post(f"{base or server.v1}{path}", content=content,
+                              headers={"Content-Type": "application/json"})
             statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
             assert reply.status_code < 500, (path, content[:300], reply.text[:500])
             if reply.status_code >= 400:

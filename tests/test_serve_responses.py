@@ -28,7 +28,8 @@ from ortmodels.serve.response_store import ResponseStore, StoredResponse
 from ortmodels.serve.responses import input_messages
 
 from .conftest import CHAT_SAMPLE
-from .test_serve import Server, _random_value, _start, _stop, fuzz
+from .servers import module_server
+from .test_serve import Server, _random_value, fuzz
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -40,11 +41,7 @@ class Place(BaseModel):
     country: str
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = _start(tmp_path_factory.mktemp("serve-responses"), "--models", CHAT_SAMPLE)
-    yield running
-    _stop(running)
+server = module_server("serve-responses", "--models", CHAT_SAMPLE)
 
 
 @pytest.fixture(scope="module")

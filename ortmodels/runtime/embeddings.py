@@ -58,17 +58,8 @@ class OnnxEmbeddingModel(EncoderFace, BaseEmbeddingModel):
         matryoshka: bool = False,
         runtime: EmbeddingRuntime | None = None,
     ) -> None:
-        if runtime is None:
-            runtime = EmbeddingRuntime(model_name, model_path=model_path, device=device, dtype=dtype,
-                                       batch_size=batch_size or 32, settings=settings, owner=self,
-                                       dimensions=dimensions, matryoshka=matryoshka)
-        elif batch_size is not None:
-            runtime.batch_size = batch_size
-        self._runtime = runtime
-        super().__init__(runtime.model_name, model_path=runtime.model_path, device=runtime.device,
-                         dtype=runtime.dtype)
-        self.version = runtime.version
-        runtime.front = self
+        super().__init__(EmbeddingRuntime, runtime, batch_size, model_name, model_path=model_path, device=device,
+                         dtype=dtype, settings=settings, dimensions=dimensions, matryoshka=matryoshka)
 
     @classmethod
     def over(cls, runtime: EmbeddingRuntime) -> OnnxEmbeddingModel:

@@ -1,6 +1,7 @@
 """What the LangChain faces of the encoder runtimes share (`OnnxEmbeddingModel` over an
-`EmbeddingRuntime`, `OnnxCrossEncoder` over a `RerankRuntime`): one life cycle with the runtime,
-whose ``_load`` runs the runtime's, its batch size, and what it loaded."""
+`EmbeddingRuntime`, `OnnxCrossEncoder` over a `RerankRuntime`): how a face is built over its
+runtime, one life cycle with it (whose ``_load`` runs the runtime's), its batch size, and what
+it loaded."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ class EncoderFace:
     _runtime: Any
     loaded_variant: str | None
     loaded_device: str | None
+    version: str | None
+
+    def __init__(self, runtime_class: type, runtime: Any, batch_size: int | None, model_name: str | None,
+                 **opening: Any) -> None:
+        """Over ``runtime`` (a cached one; ``batch_size``, if given, becomes its batch size), or over
+        a ``runtime_class`` opened from ``model_name`` and ``opening`` with this face as the owner of
+        its life cycle; the base's fields are what the runtime resolved."""
+        if runtime is None:
+            runtime = runtime_class(model_name, batch_size=batch_size or 32, owner=self, **opening)
+        elif batch_size is not None:
+            runtime.batch_size = batch_size
+        self._runtime = runtime
+        super().__init__(runtime.model_name, model_path=runtime.model_path,  # type: ignore[call-arg]
+                         device=runtime.device, dtype=runtime.dtype)
+        self.version = runtime.version
+        runtime.front = self
 
     def _new_life_cycle(self) -> LifeCycle:
         """The runtime's: made on its own (a user's subclass too), its ``_load`` runs the runtime's."""

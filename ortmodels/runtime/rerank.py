@@ -57,16 +57,8 @@ class OnnxCrossEncoder(EncoderFace, BaseRerankModel):
         settings: Settings | None = None,
         runtime: RerankRuntime | None = None,
     ) -> None:
-        if runtime is None:
-            runtime = RerankRuntime(model_name, model_path=model_path, device=device, dtype=dtype,
-                                    batch_size=batch_size or 32, settings=settings, owner=self)
-        elif batch_size is not None:
-            runtime.batch_size = batch_size
-        self._runtime = runtime
-        super().__init__(runtime.model_name, model_path=runtime.model_path, device=runtime.device,
-                         dtype=runtime.dtype)
-        self.version = runtime.version
-        runtime.front = self
+        super().__init__(RerankRuntime, runtime, batch_size, model_name, model_path=model_path, device=device,
+                         dtype=dtype, settings=settings)
 
     @classmethod
     def over(cls, runtime: RerankRuntime) -> OnnxCrossEncoder:

@@ -41,6 +41,7 @@ from .webpage import page_file
 MAX_BODY_BYTES = 32 << 20
 
 Body = TypeVar("Body", bound=BaseModel)
+TokenBody = TypeVar("TokenBody", tokenize.TokenizeRequest, tokenize.DetokenizeRequest, tokenize.ApplyTemplateRequest)
 
 
 def _state(request: Request) -> ServerState:
@@ -318,39 +319,40 @@ async def delete_response(request: Request, response_id: str) -> dict[str, Any]:
 
 # -- tokens (llama-server's routes; vLLM's /tokenize with messages) -------------------------
 
+async def _on_chat_model(request: Request, body_type: type[TokenBody],
+                         answer: Callable[[object, str, TokenBody], Coroutine[Any, Any, dict[str, Any]]],
+                         check: Callable[[TokenBody], object] = lambda body: None,
+                         check_messages: Callable[[TokenBody], object] = lambda body: None) -> Response:
+    """The token routes' one shape: the body parsed and ``check``ed, the chat model it names (or
+    the server's default) resolved, its messages checked, then ``answer`` of that model, whole."""
+    state = _state(request)
+    body = await _parse(request, body_type)
+    check(body)
+    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
+    check_messages(body)
+    return await _whole(request, state, state.catalog.get(entry), lambda model: answer(model, entry.id, body))
+
+
 @router.post("/tokenize", dependencies=[Depends(_check_key)], openapi_extra=documented(tokenize.TokenizeRequest))
 async def tokenize_text(request: Request) -> Response:
     """Text (``content``) or a chat (``messages``) → ``{"tokens", "count", "max_model_len"}``."""
-    state = _state(request)
-    body = await _parse(request, tokenize.TokenizeRequest)
-    tokenize.check(body)
-    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
-    tokenize.messages_of(body)
-    return await _whole(request, state, state.catalog.get(entry),
-                        lambda model: tokenize.tokenize(model, entry.id, body))
+    return await _on_chat_model(request, tokenize.TokenizeRequest, tokenize.tokenize,
+                                tokenize.check, tokenize.messages_of)
 
 
 @router.post("/detokenize", dependencies=[Depends(_check_key)],
              openapi_extra=documented(tokenize.DetokenizeRequest))
 async def detokenize_ids(request: Request) -> Response:
     """``{"tokens": [ids]}`` → ``{"content"}``; an id outside the vocabulary is a 400 naming the range."""
-    state = _state(request)
-    body = await _parse(request, tokenize.DetokenizeRequest)
-    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
-    return await _whole(request, state, state.catalog.get(entry),
-                        lambda model: tokenize.detokenize(model, entry.id, body))
+    return await _on_chat_model(request, tokenize.DetokenizeRequest, tokenize.detokenize)
 
 
 @router.post("/apply-template", dependencies=[Depends(_check_key)],
              openapi_extra=documented(tokenize.ApplyTemplateRequest))
 async def apply_template(request: Request) -> Response:
     """``{"messages"}`` → ``{"prompt"}``: the chat as the model reads it, with its token count."""
-    state = _state(request)
-    body = await _parse(request, tokenize.ApplyTemplateRequest)
-    entry = state.catalog.resolve(body.model or state.catalog.manager.settings.default_chat_model, "chat")
-    tokenize.messages_of(body)
-    return await _whole(request, state, state.catalog.get(entry),
-                        lambda model: tokenize.apply_template(model, entry.id, body))
+    return await _on_chat_model(request, tokenize.ApplyTemplateRequest, tokenize.apply_template,
+                                check_messages=tokenize.messages_of)
 
 
 router.include_router(v1)
