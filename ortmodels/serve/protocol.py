@@ -270,6 +270,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int
     prompt_tokens_details: dict[str, int] | None = None
+    completion_tokens_details: dict[str, int] | None = None
 
 
 class ResponseToolCall(BaseModel):

@@ -150,7 +150,7 @@ def _usage(finished: Finished | None) -> dict[str, Any] | None:
             "total_tokens": usage.total_tokens,
             # the prompt cache counts the tokens it gave, not those it keeps: no writes are reported
             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0}}
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
 
 
 @dataclass
