@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortmodels.engine import Engine, PromptCache, Request
-from ortmodels.engine import prompt_cache
+from ortmodels.engine import Engine, PromptCache, Request, prompt_cache
 from ortmodels.engine.prompt_cache import STALE_PART_S, CacheIdentity
 from ortmodels.errors import ConfigurationError
 from tests.engine_samples import EOS, chat_prompt, decoder, tokenizer

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from ..errors import ChatInputError
 from ..runtime.events import (
     ChatEvent,
     Finished,
@@ -23,8 +24,12 @@ from ..runtime.events import (
     ToolCalls,
     arguments_json,
 )
-from ..errors import ChatInputError
-from ..runtime.options import TEMPLATE_OPTIONS, ChatOptions, ReasoningOptions, effort_options
+from ..runtime.options import (
+    TEMPLATE_OPTIONS,
+    ChatOptions,
+    ReasoningOptions,
+    effort_options,
+)
 from .errors import bad_request
 from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
 from .grammar import constraint

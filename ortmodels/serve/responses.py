@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.toolcalls import ToolCall
-from ..runtime.events import ChatEvent, Finished, ReasoningDelta, TextDelta, ToolCalls, arguments_json
+from ..runtime.events import (
+    ChatEvent,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCalls,
+    arguments_json,
+)
 from ..runtime.options import ChatOptions, ReasoningOptions
 from .chat import parse_arguments, with_effort
 from .errors import bad_request, from_exception
