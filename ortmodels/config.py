@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     """Responses ``ortmodels serve`` keeps for ``previous_response_id`` and ``GET /v1/responses/{id}``:
     the most recently used, by count (each holds its conversation's text); 0 keeps none."""
 
+    model_responses_store_bytes: int = Field(default=64 << 20, ge=0, alias="MODEL_RESPONSES_STORE_BYTES")
+    """Bytes the kept responses may hold together (``64MB``), counted as their JSON (each holds
+    its whole conversation); the least recently used go first; one larger than this is not kept."""
+
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")
     """Check a variant's files against the manifest's sha256 before its first load."""
 
@@ -170,7 +174,7 @@ class Settings(BaseSettings):
         except ConfigurationError:
             return key  # pydantic names the allowed values
 
-    @field_validator("model_memory_budget", "model_prompt_cache", mode="before")
+    @field_validator("model_memory_budget", "model_prompt_cache", "model_responses_store_bytes", mode="before")
     @classmethod
     def _bytes(cls, value: object) -> object:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "0")):

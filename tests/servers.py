@@ -86,13 +86,13 @@ def _stop(server: Server) -> int | None:
     return server.process.returncode
 
 
-def module_server(folder: str, *args: str) -> Callable[..., Iterator[Server]]:
+def module_server(folder: str, *args: str, settings: dict[str, str] | None = None) -> Callable[..., Iterator[Server]]:
     """A module-scoped fixture (the test module's name for it is the name it is assigned to): one
     ``ortmodels serve`` with ``args``, in a fresh temporary ``folder``, stopped after the module."""
 
     @pytest.fixture(scope="module")
     def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-        running = _start(tmp_path_factory.mktemp(folder), *args)
+        running = _start(tmp_path_factory.mktemp(folder), *args, settings=settings)
         yield running
         _stop(running)
 

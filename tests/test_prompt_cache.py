@@ -6,13 +6,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ortmodels.engine import Engine, PromptCache, Request
-from ortmodels.engine.prompt_cache import CacheIdentity
+from ortmodels.engine import Engine, PromptCache, Request, prompt_cache
+from ortmodels.engine.prompt_cache import STALE_PART_S, CacheIdentity
 from ortmodels.errors import ConfigurationError
 from tests.engine_samples import EOS, chat_prompt, decoder, tokenizer
 
@@ -178,6 +182,45 @@ def test_a_damaged_or_misshapen_file_is_ignored_with_a_log_line(tmp_path: Path,
     assert caplog.text.count("Ignoring the saved prompt cache") == 3
 
 
+def _gone_pid() -> int:
+    """The id of a process that has exited (a save killed with it would have left its ``.part``)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=60)
+    return process.pid
+
+
+def _killed_saves(folder: Path) -> dict[str, Path]:
+    """``.part`` files as saves name them: this host's by a process that is gone (now and in the
+    older name without a host), one still running here, and another host's, recent and old."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = dataclasses.replace(IDENTITY, model="other").file_name()  # any identity's, not only the one saved
+    host, dead = prompt_cache._HOST, _gone_pid()
+    parts = {"dead": folder / f"{name}.{host}.{dead}.part", "dead_older_name": folder / f"{name}.{dead}.part",
+             "running": folder / f"{name}.{host}.{os.getpid()}.part",
+             "elsewhere": folder / f"{name}.build-7.local.{dead}.part",
+             "elsewhere_old": folder / f"{IDENTITY.file_name()}.build-7.local.{dead}.part"}
+    for part in parts.values():
+        part.write_bytes(b"PK\x03\x04 half a zip")
+    old = time.time() - STALE_PART_S - 60
+    os.utime(parts["elsewhere_old"], (old, old))
+    return parts
+
+
+@pytest.mark.parametrize("when", ["save", "restore"])
+def test_a_killed_saves_part_files_are_removed_and_a_running_ones_kept(tmp_path: Path, when: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    parts = _killed_saves(tmp_path)
+    with caplog.at_level(logging.INFO):
+        if when == "save":
+            assert _filled().save(tmp_path, IDENTITY) == tmp_path / IDENTITY.file_name()
+        else:
+            assert PromptCache(1 << 20).restore(tmp_path, IDENTITY) == 0  # no cache file yet: nothing read
+    left = {key for key, part in parts.items() if part.exists()}
+    assert left == {"running", "elsewhere"}, left  # a live save here, a recent one of another host
+    assert "Removed 3 unfinished prompt cache file(s)" in caplog.text
+    assert not [p for p in tmp_path.glob(f"*.{prompt_cache._HOST}.*.part") if str(os.getpid()) not in p.name]
+
+
 def test_an_empty_prompt_cache_dir_setting_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     """``MODEL_PROMPT_CACHE_DIR=`` is unset, never the working directory."""
     from ortmodels.config import load_settings
@@ -195,6 +238,7 @@ def test_a_restarted_server_answers_from_the_saved_cache(tmp_path: Path) -> None
     from .test_serve import _start, _stop
 
     saved = tmp_path / "prompt-cache"
+    killed = _killed_saves(saved)["dead"]  # a save killed with its server: removed when the model loads
     messages = [{"role": "system", "content": SYSTEM * 8}, {"role": "user", "content": TURNS[1]}]
     usages = []
     for _ in range(2):
@@ -203,9 +247,12 @@ def test_a_restarted_server_answers_from_the_saved_cache(tmp_path: Path) -> None
             client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
             usages.append(client.chat.completions.create(model=CHAT_SAMPLE, messages=messages, max_tokens=2,
                                                          temperature=0).usage)
+            assert not killed.exists(), server.logs()
         finally:
             assert _stop(server) == 0, server.logs()
     first, restarted = usages
     assert first.prompt_tokens > 100 and first.prompt_tokens_details.cached_tokens == 0
     assert restarted.prompt_tokens_details.cached_tokens == first.prompt_tokens - 2  # all but MIN_PREFILL
-    assert [p.name.endswith(".promptcache.npz") for p in saved.iterdir()] == [True]
+    # the cache file, and the .part files of saves that may still be running (the test's own; another host's)
+    assert sorted(p.suffix for p in saved.iterdir()) == [".npz", ".part", ".part"]
+    assert [p.name.endswith(".promptcache.npz") for p in saved.iterdir() if p.suffix == ".npz"] == [True]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,11 @@ from ortmodels.engine.reasoning import (
 )
 from ortmodels.engine.sampling import BannedTokens
 from tests.tiny_decoders import CHAT_TEMPLATE, QWEN3_TEMPLATE
+
+if TYPE_CHECKING:  # the server tests import their clients when they run
+    import openai
+
+    from tests.test_serve import Server
 
 # -- the splitter and the gate, on their own ------------------------------------------------------
 
@@ -188,6 +194,7 @@ def test_thinking_off_reports_no_reasoning(chat: object) -> None:
     events, request = _events(chat, enable_thinking=False, max_tokens=12)
     reasoning, answer = _texts(events)
     assert not any(isinstance(e, ReasoningDelta) for e in events) and reasoning == ""
+    assert events[-1].usage.reasoning_tokens == 0
     assert answer.strip() and request.generated[0] != chat.loaded.think_tokens.open_id  # type: ignore[attr-defined]
 
 
@@ -202,6 +209,7 @@ def test_the_budget_cuts_the_reasoning_and_the_answer_follows(chat: object) -> N
     reasoning, answer = _texts(events)
     assert reasoning and "<think>" not in reasoning + answer and "</think>" not in reasoning + answer
     assert len(generated) > close + 1  # the answer came after the cut
+    assert events[-1].usage.reasoning_tokens == close + 1  # the block, its two tags included
 
 
 @pytest.mark.slow
@@ -211,7 +219,7 @@ def test_max_tokens_counts_reasoning_and_answer(chat: object) -> None:
     events, request = _events(chat, enable_thinking=True, max_tokens=4)
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.reason == "length"
-    assert finished.usage.completion_tokens == len(request.generated) == 4
+    assert finished.usage.completion_tokens == len(request.generated) == 4 == finished.usage.reasoning_tokens
     reasoning, answer = _texts(events)
     assert reasoning and answer == ""  # all four went to the reasoning: none left for an answer
 
@@ -285,70 +293,180 @@ def test_langchain_carries_the_reasoning_in_additional_kwargs(chat: object) -> N
     assert raw["raw"].additional_kwargs["reasoning_content"]
 
 
-@pytest.mark.slow
-def test_the_server_sends_reasoning_content_whole_and_streamed(store: Path,
-                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
-    import httpx
-    import jsonschema
-    import openai
-
+@pytest.fixture(scope="module")
+def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One ``ortmodels serve`` of the tiny reasoning model for the module's server tests."""
     from tests.test_serve import _start, _stop
 
-    server = _start(tmp_path_factory.mktemp("serve-think"), "--models", NAME, models_dir=store)
-    try:
-        client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
-        thinking = {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_budget": 4}
-        asked = dict(model=NAME, messages=MESSAGES, max_tokens=64, temperature=0,
-                     response_format=JSON_FORMAT, extra_body=thinking)
-        whole = client.chat.completions.create(**asked).choices[0].message
-        reasoning = (whole.model_extra or {}).get("reasoning_content")
-        assert reasoning and "</think>" not in reasoning and "<think>" not in (whole.content or "")
-        jsonschema.validate(json.loads(whole.content), SCHEMA)
+    running = _start(tmp_path_factory.mktemp("serve-think"), "--models", NAME, models_dir=store)
+    yield running
+    _stop(running)
 
-        deltas = [c.choices[0].delta for c in client.chat.completions.create(**asked, stream=True) if c.choices]
-        thought = [(d.model_extra or {}).get("reasoning_content") or "" for d in deltas]
-        content = [d.content or "" for d in deltas]
-        assert "".join(thought) == reasoning and "".join(content) == whole.content
-        last_thought = max(i for i, t in enumerate(thought) if t)
-        assert all(not c for c in content[:last_thought + 1])  # the reasoning arrived before the answer
 
-        off = dict(model=NAME, messages=MESSAGES, max_tokens=12, extra_body={
-            "chat_template_kwargs": {"enable_thinking": False}})
-        answer = client.chat.completions.create(**off).choices[0].message
-        assert "reasoning_content" not in (answer.model_extra or {}) and answer.content
-        for chunk in client.chat.completions.create(**off, stream=True):
-            assert all("reasoning_content" not in (c.delta.model_extra or {}) for c in chunk.choices)
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
 
-        for fields, named in [({"chat_template_kwargs": {"thinking_mode": "on"}}, "enable_thinking"),
-                              ({"chat_template_kwargs": {"enable_thinking": "maybe"}}, "enable_thinking"),
-                              ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
-                              ({"enable_thinking": True, "chat_template_kwargs": {"enable_thinking": False}},
-                               "disagree"),
-                              ({"reasoning_budget": -2}, "reasoning_budget"),
-                              ({"reasoning_budget": "4"}, "reasoning_budget")]:
-            bad = httpx.post(f"{server.v1}/chat/completions", timeout=60,
-                             json={"model": NAME, "messages": MESSAGES, "max_tokens": 4, **fields})
-            assert bad.status_code == 400 and named in bad.text, (fields, bad.text)
 
-        # Anthropic's Messages API: ``thinking`` switches it, the reasoning comes back as thinking blocks
-        anthropic = pytest.importorskip("anthropic")
-        claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
-        think = dict(model=NAME, max_tokens=24, messages=MESSAGES, thinking={"type": "enabled", "budget_tokens": 4})
-        message = claude.messages.create(**think)
-        kinds = [block.type for block in message.content]
-        assert kinds[0] == "thinking" and message.content[0].thinking and "text" in kinds, kinds
-        with claude.messages.stream(**think) as stream:
-            events = list(stream)
-            final = stream.get_final_message()
-        thought = "".join(e.delta.thinking for e in events
-                          if e.type == "content_block_delta" and e.delta.type == "thinking_delta")
-        assert thought == final.content[0].thinking == message.content[0].thinking
-        plain = claude.messages.create(model=NAME, max_tokens=8, messages=MESSAGES, thinking={"type": "disabled"})
-        assert all(block.type != "thinking" for block in plain.content) and plain.content
-        with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
-            claude.messages.create(model=NAME, max_tokens=8, messages=MESSAGES, thinking={"type": "enabled"})
-    finally:
-        _stop(server)
+@pytest.mark.slow
+def test_the_server_sends_reasoning_content_whole_and_streamed(server: Server, client: openai.OpenAI) -> None:
+    import httpx
+    import jsonschema
+
+    thinking = {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_budget": 4}
+    asked = dict(model=NAME, messages=MESSAGES, max_tokens=64, temperature=0,
+                 response_format=JSON_FORMAT, extra_body=thinking)
+    whole = client.chat.completions.create(**asked).choices[0].message
+    reasoning = (whole.model_extra or {}).get("reasoning_content")
+    assert reasoning and "</think>" not in reasoning and "<think>" not in (whole.content or "")
+    jsonschema.validate(json.loads(whole.content), SCHEMA)
+
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(**asked, stream=True) if c.choices]
+    thought = [(d.model_extra or {}).get("reasoning_content") or "" for d in deltas]
+    content = [d.content or "" for d in deltas]
+    assert "".join(thought) == reasoning and "".join(content) == whole.content
+    last_thought = max(i for i, t in enumerate(thought) if t)
+    assert all(not c for c in content[:last_thought + 1])  # the reasoning arrived before the answer
+
+    off = dict(model=NAME, messages=MESSAGES, max_tokens=12, extra_body={
+        "chat_template_kwargs": {"enable_thinking": False}})
+    answer = client.chat.completions.create(**off).choices[0].message
+    assert "reasoning_content" not in (answer.model_extra or {}) and answer.content
+    for chunk in client.chat.completions.create(**off, stream=True):
+        assert all("reasoning_content" not in (c.delta.model_extra or {}) for c in chunk.choices)
+
+    for fields, named in [({"chat_template_kwargs": {"thinking_mode": "on"}}, "enable_thinking"),
+                          ({"chat_template_kwargs": {"enable_thinking": "maybe"}}, "enable_thinking"),
+                          ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
+                          ({"enable_thinking": True, "chat_template_kwargs": {"enable_thinking": False}},
+                           "disagree"),
+                          ({"reasoning_budget": -2}, "reasoning_budget"),
+                          ({"reasoning_budget": "4"}, "reasoning_budget")]:
+        bad = httpx.post(f"{server.v1}/chat/completions", timeout=60,
+                         json={"model": NAME, "messages": MESSAGES, "max_tokens": 4, **fields})
+        assert bad.status_code == 400 and named in bad.text, (fields, bad.text)
+
+    # Anthropic's Messages API: ``thinking`` switches it, the reasoning comes back as thinking blocks
+    anthropic = pytest.importorskip("anthropic")
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+    think = dict(model=NAME, max_tokens=24, messages=MESSAGES, thinking={"type": "enabled", "budget_tokens": 4})
+    message = claude.messages.create(**think)
+    kinds = [block.type for block in message.content]
+    assert kinds[0] == "thinking" and message.content[0].thinking and "text" in kinds, kinds
+    with claude.messages.stream(**think) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    thought = "".join(e.delta.thinking for e in events
+                      if e.type == "content_block_delta" and e.delta.type == "thinking_delta")
+    assert thought == final.content[0].thinking == message.content[0].thinking
+    plain = claude.messages.create(model=NAME, max_tokens=8, messages=MESSAGES, thinking={"type": "disabled"})
+    assert all(block.type != "thinking" for block in plain.content) and plain.content
+    with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+        claude.messages.create(model=NAME, max_tokens=8, messages=MESSAGES, thinking={"type": "enabled"})
+
+
+def _reasoning_of(message: Any) -> str | None:
+    return (message.model_extra or {}).get("reasoning_content")
+
+
+@pytest.mark.slow
+def test_reasoning_effort_switches_and_budgets_the_thinking(server: Server, client: openai.OpenAI) -> None:
+    """Chat's ``reasoning_effort``: ``none`` / ``minimal`` switch thinking off, ``low`` on (the
+    opening tag forced: random weights never choose it) within its budget; ``xhigh`` is named."""
+    import httpx
+    import openai
+
+    def ask(effort: str, **extra: object) -> Any:
+        return client.chat.completions.create(
+            model=NAME, messages=MESSAGES, max_tokens=16, temperature=0, reasoning_effort=effort,
+            extra_body=extra or None).choices[0].message
+
+    for off in ("none", "minimal"):
+        answer = ask(off)
+        assert _reasoning_of(answer) is None and answer.content, off
+    low = ask("low")
+    assert _reasoning_of(low) and not low.content  # low's budget (512) outlasts max_tokens: all reasoning
+    budgeted = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=16, temperature=0,
+                                              reasoning_effort="low", extra_body={"reasoning_budget": 3})
+    assert _reasoning_of(budgeted.choices[0].message) and budgeted.choices[0].message.content  # the budget refines
+    details = budgeted.usage.completion_tokens_details
+    assert details is not None and 2 < details.reasoning_tokens <= 5 < budgeted.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError) as beyond:
+        ask("xhigh")
+    assert beyond.value.body["param"] == "reasoning_effort" and "'high' already" in beyond.value.body["message"]
+    for fields in ({"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}},
+                   {"reasoning_effort": "high", "reasoning_budget": 0}):
+        bad = httpx.post(f"{server.v1}/chat/completions", timeout=60,
+                         json={"model": NAME, "messages": MESSAGES, "max_tokens": 4, **fields})
+        assert bad.status_code == 400 and "give one of them" in bad.text, (fields, bad.text)
+        assert bad.json()["error"]["param"] == "reasoning_effort"
+
+
+@pytest.mark.slow
+def test_the_token_count_follows_the_template_switches(server: Server, client: openai.OpenAI) -> None:
+    """``/tokenize`` with ``messages`` reads ``chat_template_kwargs`` and ``reasoning_effort`` as
+    chat does: Qwen3's empty block for thinking off is counted, as the completion's prompt_tokens."""
+    import httpx
+
+    counts = {}
+    for name, fields in {"off": {"chat_template_kwargs": {"enable_thinking": False}},
+                         "none": {"reasoning_effort": "none"}, "on": {"chat_template_kwargs": {"enable_thinking": True}},
+                         "default": {}}.items():
+        counted = httpx.post(f"{server.url}/tokenize", json={"model": NAME, "messages": MESSAGES, **fields},
+                             timeout=60)
+        assert counted.status_code == 200, counted.text
+        counts[name] = counted.json()["count"]
+        chat = {k: v for k, v in fields.items() if k == "reasoning_effort"}
+        answer = client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=1, **chat,
+                                                extra_body={k: v for k, v in fields.items() if k != "reasoning_effort"})
+        assert counts[name] == answer.usage.prompt_tokens, name
+    assert counts["off"] == counts["none"] > counts["on"] == counts["default"]  # "<think>\n\n</think>\n\n"
+
+
+@pytest.mark.slow
+def test_responses_give_the_reasoning_as_its_own_item_whole_and_streamed(server: Server, client: openai.OpenAI) -> None:
+    """``/v1/responses``: a ``reasoning`` item (its text as ``reasoning_text`` content) before the
+    message, and ``response.reasoning_text.delta`` events before the answer's; ``reasoning.effort``
+    switches it; every event read by the client's own models."""
+    import jsonschema
+
+    from tests.test_serve_responses import _events
+
+    body = {"model": NAME, "input": MESSAGES[0]["content"], "max_output_tokens": 64, "temperature": 0,
+            "reasoning": {"effort": "low"}, "text": {"format": {"type": "json_schema", "name": "answer",
+                                                                "schema": SCHEMA}}}
+    asked = {**body, "extra_body": {"reasoning_budget": 4}}  # the client's spelling of an ortmodels field
+    whole = client.responses.create(**asked)
+    reasoning, message = whole.output
+    assert reasoning.type == "reasoning" and reasoning.status == "completed" and reasoning.summary == []
+    thought = reasoning.content[0].text
+    assert reasoning.content[0].type == "reasoning_text" and thought and "<think>" not in thought + whole.output_text
+    assert message.type == "message" and whole.reasoning.effort == "low"
+    assert 2 < whole.usage.output_tokens_details.reasoning_tokens < whole.usage.output_tokens  # the tags, <= 4 between
+    jsonschema.validate(json.loads(whole.output_text), SCHEMA)
+
+    events = _events(server, {**body, "reasoning_budget": 4})  # each payload read by the client's own model
+    kinds = [e.type for e in events]
+    deltas = [e for e in events if e.type == "response.reasoning_text.delta"]
+    texts = [e for e in events if e.type == "response.output_text.delta"]
+    assert "".join(d.delta for d in deltas) == thought and "".join(t.delta for t in texts) == whole.output_text
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    assert {d.output_index for d in deltas} == {0} and {t.output_index for t in texts} == {1}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert final.status == "completed" and [i.type for i in final.output] == ["reasoning", "message"]
+    with client.responses.stream(**asked) as stream:
+        accumulated = stream.get_final_response()  # the client's own accumulator takes every event
+    assert accumulated.output_text == whole.output_text and accumulated.output[0].content[0].text == thought
+
+    plain = client.responses.create(model=NAME, input=MESSAGES[0]["content"], max_output_tokens=12,
+                                    reasoning={"effort": "none"})
+    assert [item.type for item in plain.output] == ["message"] and plain.output_text
+    # the reasoning is not carried into the next turn's prompt (as Qwen3's template drops it)
+    later = client.responses.create(model=NAME, input="And Spain?", previous_response_id=whole.id,
+                                    max_output_tokens=1, reasoning={"effort": "none"})
+    assert later.status in ("completed", "incomplete")
 
 
 @pytest.mark.slow

@@ -132,6 +132,35 @@ def test_a_stream_cut_at_the_shutdown_timeout_ends_with_an_error_event_then_done
     assert "Shutdown timeout" in logged, logged[-4000:]
 
 
+def test_a_responses_stream_cut_at_the_shutdown_timeout_ends_as_the_responses_api_ends_one(
+        chat_server: Server) -> None:
+    """``/v1/responses``: ``error`` then ``response.failed`` (the answer so far, incomplete), read by
+    the official client as its own event types; no chat-shaped ``data: {"error": ...}``."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=chat_server.v1, api_key="unused", max_retries=0, timeout=WAIT_S)
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 4000}  # cannot end before the cut
+    events = []
+    with client.responses.create(model=CHAT_SAMPLE, input="Numbers.", max_output_tokens=4000, stream=True,
+                                 text={"format": {"type": "json_schema", "name": "numbers", "schema": schema}}) as stream:
+        for event in stream:
+            events.append(event)
+            if event.type == "response.output_text.delta" and len(events) == 5:  # the text is streaming
+                chat_server.process.send_signal(signal.SIGTERM)
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"] and kinds[-2:] == ["error", "response.failed"], kinds[-4:]
+    error, failed = events[-2:]
+    assert error.code == "server_shutting_down" and "shutdown" in error.message, error
+    assert failed.response.status == "failed" and failed.response.error.code == "server_error"
+    [message] = failed.response.output
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert message.status == "incomplete" and message.content[0].text == text and text.startswith("[")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert chat_server.process.wait(timeout=WAIT_S) == 0
+    logged = chat_server.log.read_text(errors="replace")
+    assert "Traceback" not in logged and "CancelledError" not in logged, logged[-4000:]
+
+
 def test_a_whole_answer_cut_at_the_shutdown_timeout_is_a_503(chat_server: Server) -> None:
     body = {**_endless(4000), "stream": False}
     replies: list[httpx.Response] = []

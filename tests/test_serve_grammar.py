@@ -159,6 +159,26 @@ def test_chat_count_is_the_prompt_the_engine_runs(server: Server, client: openai
     assert counted["tokens"].count(IM_START) == 5  # four turns and the assistant's: the template's, none from text
 
 
+def test_chat_count_takes_the_chats_tools_and_template_switches(server: Server, client: openai.OpenAI) -> None:
+    """``/tokenize`` with ``messages`` reads tools, ``tool_choice``, ``chat_template_kwargs`` and
+    ``reasoning_effort`` as a chat completion does: the count is that completion's ``prompt_tokens``."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                               "parameters": {"type": "object", "required": ["city"],
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    plain = _post(server, "/tokenize", {"messages": QUESTION}).json()["count"]
+    for fields in ({"tools": tools}, {"tools": tools, "tool_choice": {"type": "function",
+                                                                     "function": {"name": "get_weather"}}},
+                   {"tools": tools, "chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "none"},
+                   {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"}):
+        counted = _post(server, "/tokenize", {"messages": QUESTION, **fields})
+        assert counted.status_code == 200, (fields, counted.text)
+        answer = client.chat.completions.create(model=CHAT_SAMPLE, messages=QUESTION, max_tokens=1, **{
+            k: v for k, v in fields.items() if k in ("tools", "tool_choice", "reasoning_effort")},
+            extra_body={k: v for k, v in fields.items() if k == "chat_template_kwargs"})
+        assert counted.json()["count"] == answer.usage.prompt_tokens, fields
+        assert (counted.json()["count"] > plain + 20) == ("tools" in fields), fields  # the tools' prompt counted
+
+
 @pytest.mark.parametrize(("path", "body", "status", "param", "words"), [
     ("/detokenize", {"tokens": [1, 10**6]}, 400, "tokens", "0 to 49151"),
     ("/detokenize", {"tokens": [-1]}, 400, "tokens", "0 to 49151"),
@@ -167,6 +187,11 @@ def test_chat_count_is_the_prompt_the_engine_runs(server: Server, client: openai
     ("/tokenize", {"content": "a", "messages": [{"role": "user", "content": "b"}]}, 400, "content", "both"),
     ("/tokenize", {"messages": [{"role": "user", "content": "b"}], "add_special": True}, 400, "add_special", "chat"),
     ("/tokenize", {"content": "a", "model": "no-such-model"}, 404, "model", CHAT_SAMPLE),
+    ("/tokenize", {"content": "a", "tools": []}, 400, "tools", "applies to messages"),
+    ("/tokenize", {"messages": QUESTION, "chat_template_kwargs": {"thinking": 1}}, 400, "chat_template_kwargs",
+     "enable_thinking"),
+    ("/tokenize", {"messages": QUESTION, "reasoning_effort": "max"}, 400, "reasoning_effort", "'high' already"),
+    ("/tokenize", {"messages": QUESTION, "tool_choice": "required"}, 400, "tool_choice", "needs tools"),
     ("/apply-template", {"messages": []}, 400, "messages", "at least 1"),
     ("/apply-template", {"messages": [{"role": "robot", "content": "b"}]}, 400, "messages.0.role", "robot"),
     ("/tokenize", {"content": "\ud800"}, 400, None, "lone surrogate"),

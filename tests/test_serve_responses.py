@@ -41,7 +41,12 @@ class Place(BaseModel):
     country: str
 
 
-server = module_server("serve-responses", "--models", CHAT_SAMPLE)
+#: The kept responses' bytes in the module's server: a few dozen short answers, and small enough that
+#: three long inputs push the oldest out (count alone, 256, never would).
+STORE_BYTES = 24 << 10
+
+server = module_server("serve-responses", "--models", CHAT_SAMPLE,
+                       settings={"MODEL_RESPONSES_STORE_BYTES": f"{STORE_BYTES // 1024}KiB"})
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +214,11 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
     assert second.usage.input_tokens >= first.usage.input_tokens + first.usage.output_tokens + alone.usage.input_tokens - 30
     assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2  # found in the prompt cache
     unkept = client.responses.create(model=CHAT_SAMPLE, input="Hi", store=False, max_output_tokens=4)
-    with pytest.raises(openai.NotFoundError) as missing:
+    with pytest.raises(openai.BadRequestError) as missing:  # OpenAI's 400, not a 404: the body names the field
         client.responses.create(model=CHAT_SAMPLE, input="Again", previous_response_id=unkept.id, max_output_tokens=4)
     assert missing.value.body["param"] == "previous_response_id" and "store: false" in missing.value.body["message"]
+    assert missing.value.body["code"] == "previous_response_not_found" and missing.value.body["type"] == \
+        "invalid_request_error" and missing.value.body["message"].startswith(f"Previous response with id '{unkept.id}'")
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unkept.id)
 
@@ -220,7 +227,10 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
 @pytest.mark.parametrize(("extra", "param", "words"), [
     ({"background": True}, "background", "not supported"),
     ({"include": ["reasoning.encrypted_content"]}, "include", "not supported"),
-    ({"reasoning": {"effort": "high"}}, "reasoning", "not supported"),
+    ({"reasoning": {"effort": "xhigh"}}, "reasoning.effort", "'high' already reasons"),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", "none, minimal, low, medium, high"),
+    ({"reasoning": {"summary": "detailed"}}, "reasoning", "no summary"),
+    ({"reasoning": {"context": "all_turns"}}, "reasoning", "all_turns"),
     ({"truncation": "auto"}, "truncation", "not supported"),
     ({"top_logprobs": 3}, "top_logprobs", "not supported"),
     ({"tools": [{"type": "web_search"}]}, "tools", "'web_search'"),
@@ -231,7 +241,8 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
     ({"text": {"format": {"type": "json_schema", "json_schema": {}}}}, "text.format.json_schema", "Unrecognized"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content",
      "text only"),
-    ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type", "'reasoning'"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "'item_reference'"),
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input", "only reasoning items"),
     ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]}, "input[0].arguments",
      "JSON object"),
     ({"input": []}, "input", "empty"),
@@ -245,7 +256,7 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
 ])
 def test_refused_fields_are_named(server: Server, extra: dict, param: str, words: str) -> None:
     reply = _raw(server, {"model": CHAT_SAMPLE, "input": "Hi", "max_output_tokens": 4, **extra})
-    assert reply.status_code in (400, 404), reply.text
+    assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["param"] == param and words in error["message"], error
 
@@ -297,7 +308,47 @@ def test_fuzzed_bodies_are_4xx_never_5xx(server: Server) -> None:
     assert statuses.get(400, 0) > 80, statuses
 
 
-# -- in-process: the store and the input items --------------------------------------------------
+@pytest.mark.slow
+def test_the_store_is_bounded_by_bytes_oldest_first(client: openai.OpenAI) -> None:
+    """``MODEL_RESPONSES_STORE_BYTES``: long conversations push the oldest kept responses out
+    although their count is far below ``MODEL_RESPONSES_STORE``."""
+    oldest = client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=2, temperature=0)
+    long_input = "The quick brown fox jumps over the lazy dog. " * 200  # 9 kB of text, ~2k tokens
+    kept = [client.responses.create(model=CHAT_SAMPLE, input=long_input, max_output_tokens=1, temperature=0)
+            for _ in range(3)]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(oldest.id)
+    with pytest.raises(openai.BadRequestError) as dropped:
+        client.responses.create(model=CHAT_SAMPLE, input="Again", previous_response_id=oldest.id,
+                                max_output_tokens=2)
+    assert "MODEL_RESPONSES_STORE_BYTES" in dropped.value.body["message"]
+    assert client.responses.retrieve(kept[-1].id).id == kept[-1].id  # the newest stays
+
+
+@pytest.mark.slow
+def test_reasoning_effort_is_taken_and_a_level_beyond_high_named(client: openai.OpenAI, server: Server) -> None:
+    """The sample does not reason: a level changes nothing in its answer, and is echoed."""
+    plain = client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=6, temperature=0)
+    for effort in ("none", "minimal", "low", "medium", "high"):
+        answer = client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=6, temperature=0,
+                                         reasoning={"effort": effort, "summary": "auto"})
+        assert answer.output_text == plain.output_text and answer.reasoning.effort == effort
+        assert [item.type for item in answer.output] == ["message"]
+    for effort in ("xhigh", "max"):
+        with pytest.raises(openai.BadRequestError) as beyond:
+            client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=2, reasoning={"effort": effort})
+        assert beyond.value.body["param"] == "reasoning.effort" and effort in beyond.value.body["message"]
+    disagree = _raw(server, {"model": CHAT_SAMPLE, "input": "Hi", "max_output_tokens": 2,
+                             "reasoning": {"effort": "none"}, "enable_thinking": True})
+    assert disagree.status_code == 400 and disagree.json()["error"]["param"] == "reasoning.effort", disagree.text
+    # a reasoning item sent back with the history is taken and not shown to the model
+    echoed = client.responses.create(model=CHAT_SAMPLE, max_output_tokens=6, temperature=0, input=[
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "hm"}]},
+        {"role": "user", "content": "Hi"}])
+    assert echoed.output_text == plain.output_text and echoed.usage.input_tokens == plain.usage.input_tokens
+
+
+# -- in-process: the store, the input items, a failed stream's end ---------------------------------
 
 def _kept(number: int) -> StoredResponse:
     return StoredResponse({"id": f"resp_{number}"}, [{"role": "user", "content": str(number)}])
@@ -311,15 +362,59 @@ def test_the_store_drops_the_least_recently_used_first() -> None:
     store.put(_kept(3))
     assert len(store) == 2 and store.get("resp_1") and store.get("resp_3")
     with pytest.raises(ApiError) as gone:
-        store.get("resp_2", "previous_response_id")
-    assert gone.value.status == 404 and gone.value.param == "previous_response_id"
-    assert "MODEL_RESPONSES_STORE" in gone.value.message
+        store.previous("resp_2")
+    assert gone.value.status == 400 and gone.value.param == "previous_response_id"
+    assert gone.value.code == "previous_response_not_found" and "MODEL_RESPONSES_STORE" in gone.value.message
+    with pytest.raises(ApiError) as read:
+        store.get("resp_2")  # read or deleted by its path: a 404
+    assert read.value.status == 404 and read.value.param is None
     store.delete("resp_1")
     with pytest.raises(ApiError):
         store.delete("resp_1")
     empty = ResponseStore(0)
     empty.put(_kept(1))
     assert len(empty) == 0
+
+
+def test_the_store_counts_bytes_and_drops_the_oldest_until_they_fit() -> None:
+    sized = StoredResponse({"id": "resp_x"}, [{"role": "user", "content": "é" * 1000}])
+    assert 2000 < sized.nbytes < 2100  # the UTF-8 JSON of the response and its conversation
+    store = ResponseStore(100, max_bytes=3 * sized.nbytes)
+    for number in range(4):
+        store.put(StoredResponse({"id": f"resp_{number}"}, sized.messages))
+    assert len(store) == 3 and store.nbytes <= store.max_bytes
+    with pytest.raises(ApiError):
+        store.get("resp_0")
+    store.put(StoredResponse({"id": "resp_huge"}, [{"role": "user", "content": "x" * 10_000}]))
+    assert len(store) == 3
+    with pytest.raises(ApiError):
+        store.get("resp_huge")  # larger than the whole bound: not kept, nothing dropped for it
+    store.delete("resp_1")
+    assert store.nbytes == 2 * sized.nbytes  # ids of one length: every entry the same size
+
+
+def test_a_failed_streams_end_is_the_responses_apis_error_and_failed_events() -> None:
+    """What `sse.respond` sends when a started stream fails (the shutdown timeout, an engine that
+    closed): ``error`` and ``response.failed``, read by the client's own models; not chat's shape."""
+    from ortmodels.serve.protocol_responses import ResponsesRequest
+    from ortmodels.serve.responses import ResponseAnswer, prepare
+
+    body = ResponsesRequest.model_validate({"model": CHAT_SAMPLE, "input": "Hi"})
+    store = ResponseStore()
+    answer = ResponseAnswer(CHAT_SAMPLE, body, prepare(body, store), store)
+    lines = answer.error_events(ApiError(503, "The server is shutting down.", type="server_error",
+                                         code="server_shutting_down"))
+    events = []
+    for line in lines:
+        name, data = line.split("\n")[:2]
+        payload = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {payload['type']}" and "error" not in payload  # the client raises on a top-level error
+        events.append(EVENTS.validate_python(payload))
+    error, failed = events
+    assert error.type == "error" and error.code == "server_shutting_down" and "shutting down" in error.message
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    assert failed.response.error.code == "server_error" and failed.response.error.message == error.message
+    assert failed.sequence_number == error.sequence_number + 1 and len(store) == 0
 
 
 def test_input_items_become_the_services_messages() -> None:

@@ -23,7 +23,9 @@ while the engine is idle: before its first request, after its close).
 whole cache), `restore` reads them back: the file records who made it (`CacheIdentity`: the
 model, its export version, variant and KV precision, and the cache's shape), and a file of
 another identity, a damaged one or one whose arrays do not fit is ignored with a log line, so
-a stale cache is never used.
+a stale cache is never used. A save writes ``<file>.<host>.<pid>.part`` and renames it; the
+``.part`` files a killed save left behind are removed by the next save or restore in that
+folder (`clean_partials`), while a save still running elsewhere keeps its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +52,16 @@ MIN_PREFILL = 2
 
 #: The file layout `save` writes; a file of another layout is ignored.
 FILE_FORMAT = 1
+
+#: The end of every saved cache's file name (`CacheIdentity.file_name`).
+SUFFIX = ".promptcache.npz"
+
+#: A ``.part`` file nobody wrote to for this long is a killed save's, whichever host wrote it.
+STALE_PART_S = 3600.0
+
+#: This host's name as a ``.part`` file carries it (a save on another host sharing the folder
+#: cannot be asked whether its process still runs).
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ class CacheIdentity:
 
     def file_name(self) -> str:
         """``<model>.<version>.<variant>.<kv dtype>.promptcache.npz``: one file per identity."""
-        return f"{self.model}.{self.version or 'unversioned'}.{self.variant}.{self.kv_dtype}.promptcache.npz"
+        return f"{self.model}.{self.version or 'unversioned'}.{self.variant}.{self.kv_dtype}{SUFFIX}"
 
 
 @dataclass
@@ -169,7 +184,8 @@ class PromptCache:
             for layer, past in enumerate(entry.past):
                 arrays[f"past_{n}_{layer}"] = past
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + f".{os.getpid()}.part")
+        clean_partials(path.parent)
+        partial = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.part")
         try:
             with partial.open("wb") as out:
                 np.savez(out, **arrays)
@@ -184,6 +200,8 @@ class PromptCache:
         A missing file reads nothing; another identity's, a damaged or a misshapen one is
         ignored with a warning, never used."""
         path = _cache_file(folder, identity)
+        if Path(folder).is_dir():
+            clean_partials(Path(folder))
         if not self.max_bytes or not path.is_file():
             return 0
         try:
@@ -195,6 +213,55 @@ class PromptCache:
             self.store(entry.ids.tolist(), entry.past)
         logger.info("Restored %d prompt cache entries (%d bytes) from %s", len(self._entries), self._nbytes, path)
         return len(self._entries)
+
+
+def clean_partials(folder: Path) -> list[Path]:
+    """Remove the ``.part`` files killed saves left in ``folder``: one this host wrote whose
+    process is gone, or any nobody wrote to for `STALE_PART_S` (another host's, whose process
+    cannot be asked). A save still running keeps its file. Returns the files removed; a file
+    that cannot be read or removed is left, with a debug line."""
+    removed = []
+    now = time.time()
+    try:
+        partials = sorted(folder.glob(f"*{SUFFIX}.*.part"))
+    except OSError:
+        return []
+    for partial in partials:
+        try:
+            if _killed(partial, now):
+                partial.unlink()
+                removed.append(partial)
+        except OSError as exc:
+            logger.debug("Could not check or remove %s: %s", partial, exc)
+    if removed:
+        logger.info("Removed %d unfinished prompt cache file(s) that killed saves left in %s: %s", len(removed),
+                    folder, ", ".join(p.name for p in removed))
+    return removed
+
+
+def _killed(partial: Path, now: float) -> bool:
+    """Whether ``partial`` (``<file>.<host>.<pid>.part``, or ``<file>.<pid>.part`` from before
+    hosts were named) is a save that will never finish."""
+    if now - partial.stat().st_mtime > STALE_PART_S:
+        return True
+    writer = partial.name[partial.name.rindex(SUFFIX) + len(SUFFIX) + 1:-len(".part")]
+    host, _, pid = writer.rpartition(".")
+    if host not in ("", _HOST) or not pid.isdigit():
+        return False  # another host's, and recent: it may still be writing
+    return not _running(int(pid))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (Windows, where signal 0 is not a probe: assumed so)."""
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: it runs
+        return True
+    return True
 
 
 def _cache_file(folder: Path, identity: CacheIdentity) -> Path:

@@ -65,6 +65,8 @@ class Usage:
     completion_tokens: int
     cached_tokens: int
     """Prompt tokens taken from the prompt cache instead of computed."""
+    reasoning_tokens: int = 0
+    """Of ``completion_tokens``, those written while a reasoning block was open (its tags included)."""
 
     @property
     def total_tokens(self) -> int:

@@ -216,6 +216,30 @@ class ReasoningOptions(BaseModel):
 #: The options that are chat template variables (the server also takes them in ``chat_template_kwargs``).
 TEMPLATE_OPTIONS = ("enable_thinking",)
 
+#: OpenAI's ``reasoning_effort`` levels as `ReasoningOptions`: ``none`` and ``minimal`` switch thinking
+#: off (as vLLM, Ollama and LiteLLM read them for Qwen3-style templates); ``low`` and ``medium`` think
+#: within a reasoning budget (mlx-serve's 512 and 2048 tokens); ``high`` thinks without one.
+REASONING_EFFORTS: dict[str, dict[str, Any]] = {
+    "none": {"enable_thinking": False, "reasoning_budget": 0},
+    "minimal": {"enable_thinking": False, "reasoning_budget": 0},
+    "low": {"enable_thinking": True, "reasoning_budget": 512},
+    "medium": {"enable_thinking": True, "reasoning_budget": 2048},
+    "high": {"enable_thinking": True, "reasoning_budget": -1},
+}
+
+
+def effort_options(effort: object, where: str = "reasoning_effort") -> dict[str, Any]:
+    """The `ReasoningOptions` of a ``reasoning_effort`` level (`REASONING_EFFORTS`); a level this
+    server cannot give (OpenAI's ``xhigh``, ``max``: more than ``high``'s unbounded reasoning) or
+    an unknown one is a `ChatInputError` naming ``where``."""
+    if isinstance(effort, str) and effort in REASONING_EFFORTS:
+        return dict(REASONING_EFFORTS[effort])
+    levels = ", ".join(REASONING_EFFORTS)
+    if effort in ("xhigh", "max"):
+        raise ChatInputError(f"{where}={effort!r} asks for more than this server gives: 'high' already reasons "
+                             f"without a budget. Give one of {levels}, or a reasoning_budget.")
+    raise ChatInputError(f"{where}={effort!r:.40} is not a reasoning effort; give one of {levels}.")
+
 
 class ModelOptions(StopOptions, SamplingOptions, ReasoningOptions):
     """The options a chat model holds as its defaults (the LangChain adapter's fields)."""

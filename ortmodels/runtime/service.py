@@ -339,6 +339,7 @@ class _Reader:
         self.held: list[str] = []
         self.splitter = (ReasoningSplitter(prepared.reasoning, inside=prepared.inside)
                          if prepared.reasoning is not None else None)
+        self.reasoning_tokens = 0
 
     def read(self, event: Any) -> list[ChatEvent]:
         if not isinstance(event, EngineFinished):
@@ -346,7 +347,10 @@ class _Reader:
                 self.first = time.perf_counter() - self.started
             if self.splitter is None:
                 return self._answer(event.text, event.logprobs)
+            before = self.splitter.in_reasoning
             reasoning, answer = self.splitter.feed(event.text)
+            if before or reasoning or self.splitter.in_reasoning:  # an open tag, reasoning, or its closing tag
+                self.reasoning_tokens += len(event.token_ids)
             # a reasoning token's log-probability is not reported: OpenAI's logprobs are the content's
             logprobs = event.logprobs if answer or not (reasoning or self.splitter.in_reasoning) else ()
             return [*self._reasoning(reasoning), *self._answer(answer, logprobs)]
@@ -360,7 +364,8 @@ class _Reader:
             if content or calls:
                 events.append(ToolCalls(content, tuple(calls)))
         first = self.first if self.first is not None else event.time_to_first_token_s
-        usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+        usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+                      min(self.reasoning_tokens, event.completion_tokens))
         events.append(Finished(reason, usage, first, self.service.variant, self.service.device, event.stop_sequence))
         return events
 

@@ -62,7 +62,8 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
     preload = list(models) if models else catalog.defaults()
     catalog.check(preload)
     state = ServerState(catalog, AdmissionQueue(max_queue), check_api_key(api_key), preload,
-                        responses=ResponseStore(manager.settings.model_responses_store))
+                        responses=ResponseStore(manager.settings.model_responses_store,
+                                                manager.settings.model_responses_store_bytes))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

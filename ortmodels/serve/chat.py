@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from ..errors import ChatInputError
 from ..runtime.events import (
     ChatEvent,
     Finished,
@@ -23,7 +24,12 @@ from ..runtime.events import (
     ToolCalls,
     arguments_json,
 )
-from ..runtime.options import TEMPLATE_OPTIONS, ChatOptions, ReasoningOptions
+from ..runtime.options import (
+    TEMPLATE_OPTIONS,
+    ChatOptions,
+    ReasoningOptions,
+    effort_options,
+)
 from .errors import bad_request
 from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
 from .grammar import constraint
@@ -130,7 +136,8 @@ def chat_options(request: ChatCompletionRequest) -> ChatOptions:
 
 def _reasoning_options(request: ChatCompletionRequest) -> dict[str, Any]:
     """The body's `ReasoningOptions`, at its top level or (the template's variables among them)
-    in ``chat_template_kwargs``, as vLLM and llama-server take ``enable_thinking``."""
+    in ``chat_template_kwargs``, as vLLM and llama-server take ``enable_thinking``, and OpenAI's
+    ``reasoning_effort`` (`with_effort`)."""
     given = {name: value for name in ReasoningOptions.model_fields if (value := getattr(request, name)) is not None}
     for key, value in (request.chat_template_kwargs or {}).items():
         if key not in TEMPLATE_OPTIONS:
@@ -139,7 +146,26 @@ def _reasoning_options(request: ChatCompletionRequest) -> dict[str, Any]:
         if given.get(key, value) != value:
             raise bad_request(f"{key} and chat_template_kwargs.{key} disagree; give one.", "chat_template_kwargs")
         given[key] = value
-    return given
+    return with_effort(given, request.reasoning_effort, "reasoning_effort")
+
+
+def with_effort(given: dict[str, Any], effort: str | None, where: str) -> dict[str, Any]:
+    """``given`` `ReasoningOptions` with a ``reasoning_effort`` level's (`effort_options`) under
+    them: a budget given beside a level refines it; thinking switched the other way is a 400."""
+    if effort is None:
+        return given
+    try:
+        level = effort_options(effort, where)
+    except ChatInputError as exc:
+        raise bad_request(str(exc), where) from None
+    said = ReasoningOptions.model_validate(given).thinking()
+    if said is not None and said != level["enable_thinking"]:
+        names = [name for name in given if name in ReasoningOptions.model_fields]
+        on, off = ("on", "off") if level["enable_thinking"] else ("off", "on")
+        verb = "turns" if len(names) == 1 else "turn"
+        raise bad_request(f"{where}={effort!r} turns thinking {on} but {' and '.join(names)} {verb} it {off}: give "
+                          "one of them.", where)
+    return {**level, **given}
 
 
 def _tool_calls(event: ToolCalls, start: int) -> list[ResponseToolCall]:

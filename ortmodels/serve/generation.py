@@ -42,7 +42,8 @@ def service_options(request: Any, max_tokens: int | None, **output: Any) -> Chat
 def usage_of(finished: Finished) -> Usage:
     usage = finished.usage
     return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                 total_tokens=usage.total_tokens, prompt_tokens_details={"cached_tokens": usage.cached_tokens})
+                 total_tokens=usage.total_tokens, prompt_tokens_details={"cached_tokens": usage.cached_tokens},
+                 completion_tokens_details={"reasoning_tokens": usage.reasoning_tokens})
 
 
 #: The usage of an answer that never finished (a stream closed before its `Finished`).

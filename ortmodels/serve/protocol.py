@@ -88,7 +88,6 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "functions": neutral([]),
     "function_call": neutral("none", "auto"),
     "web_search_options": neutral(),
-    "reasoning_effort": neutral(),
 }
 
 
@@ -203,6 +202,8 @@ class _ChatFields(GrammarFields, _Sampling):
     function_call: str | dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    """OpenAI's level (``none``, ``minimal``, ``low``, ``medium``, ``high``), read as the
+    `ReasoningOptions` of `ortmodels.runtime.options.REASONING_EFFORTS`."""
     chat_template_kwargs: dict[str, Any] | None = None
     """Variables for the chat template, as vLLM and llama-server take them: ``enable_thinking``."""
 
@@ -269,6 +270,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int
     prompt_tokens_details: dict[str, int] | None = None
+    completion_tokens_details: dict[str, int] | None = None
 
 
 class ResponseToolCall(BaseModel):

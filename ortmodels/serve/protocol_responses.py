@@ -2,10 +2,11 @@
 
 As `protocol`'s bodies: unknown top-level fields are refused, numbers are strict, the
 generation options are `ortmodels.runtime.options`' own (``temperature``, ``top_p`` and,
-through ``extra_body``, ``top_k``, ``seed``, DRY, ``stop``); this module adds only the Responses
+through ``extra_body``, ``top_k``, ``seed``, DRY, ``stop``, ``enable_thinking``,
+``reasoning_budget``); this module adds only the Responses
 API's spellings (``max_output_tokens``) and shapes (flat function tools, ``text.format``).
-Fields the API knows but ortmodels cannot honour (background runs, built-in tools,
-reasoning settings, ...) are refused by name (`ResponsesRequest.UNSUPPORTED_FIELDS`), never
+``reasoning.effort`` is read as chat's ``reasoning_effort``. Fields the API knows but ortmodels
+cannot honour (background runs, built-in tools, reasoning summaries, ...) are refused by name (`ResponsesRequest.UNSUPPORTED_FIELDS`), never
 silently ignored. Input items are read by `ortmodels.serve.responses`, which names the item a
 mistake is in.
 """
@@ -26,7 +27,7 @@ from pydantic import (
 )
 
 from ..errors import ChatInputError
-from ..runtime.options import MaxTokens, SamplingOptions, StopOptions
+from ..runtime.options import MaxTokens, ReasoningOptions, SamplingOptions, StopOptions
 from ..runtime.output_plan import check_tools
 from .protocol import FunctionSpec, StreamOptions, neutral
 
@@ -97,6 +98,37 @@ class TextFormat(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
+class ReasoningConfig(BaseModel):
+    """``reasoning``: ``effort`` (chat's ``reasoning_effort`` levels); a reasoning model's text comes
+    back whole as a ``reasoning`` item's ``reasoning_text``, so no summary is made (``auto`` or none)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    effort: str | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+    context: Literal["auto", "current_turn", "all_turns"] | None = None
+    mode: str | None = None
+
+    @model_validator(mode="after")
+    def _what_is_served(self) -> ReasoningConfig:
+        for name in ("summary", "generate_summary"):
+            if getattr(self, name) not in (None, "auto"):
+                raise ChatInputError(f"reasoning.{name}={getattr(self, name)!r} is not served: this server's models "
+                                     "write their reasoning out whole (a reasoning item's reasoning_text), no summary "
+                                     "is made; leave it out or give 'auto'")
+        if self.context == "all_turns":
+            raise ChatInputError("reasoning.context='all_turns' is not served: earlier turns' reasoning is left out of "
+                                 "the prompt, as the models' templates leave it; give 'auto' or 'current_turn'")
+        if self.mode not in (None, "standard"):
+            raise ChatInputError(f"reasoning.mode={self.mode!r:.40} is not served; leave it out or give 'standard'")
+        return self
+
+    def echo(self) -> dict[str, Any]:
+        """The settings as the response object carries them."""
+        return {"effort": self.effort, "summary": self.summary or self.generate_summary}
+
+
 class TextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -112,7 +144,7 @@ class TextConfig(BaseModel):
         return value
 
 
-class ResponsesRequest(StopOptions, SamplingOptions):
+class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions):
     """The body of ``POST /v1/responses``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -121,7 +153,6 @@ class ResponsesRequest(StopOptions, SamplingOptions):
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple[Any, ...]]] = {
         "background": neutral(False),
         "include": neutral([]),
-        "reasoning": neutral({}),
         "prompt": neutral(),
         "conversation": neutral(),
         "top_logprobs": neutral(0),
@@ -142,6 +173,8 @@ class ResponsesRequest(StopOptions, SamplingOptions):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    """``effort``: a reasoning model's thinking switched and budgeted as chat's ``reasoning_effort``."""
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     store: bool | None = True
@@ -154,7 +187,6 @@ class ResponsesRequest(StopOptions, SamplingOptions):
     # the Responses API's, not supported: see UNSUPPORTED_FIELDS
     background: bool | None = None
     include: list[str] | None = None
-    reasoning: dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
     conversation: str | dict[str, Any] | None = None
     top_logprobs: int | None = None

@@ -5,9 +5,12 @@ The route only maps, as ``/v1/chat/completions`` does (`serve.chat`): input item
 service's message dicts (``instructions`` a system message first, ``function_call`` items an
 assistant turn's calls, ``function_call_output`` items tool results), ``tools`` /
 ``tool_choice`` / ``text.format`` / ``max_output_tokens`` its `ChatOptions`; its events become
-output items (one ``message``, then one ``function_call`` per call), whole or as the API's
-events, each with its ``sequence_number``. A response made with ``store`` (the default) is kept
-in the server's `ResponseStore` with its conversation, so ``previous_response_id`` continues it.
+output items (a reasoning model's ``reasoning`` first, its text as ``reasoning_text`` content,
+then one ``message``, then one ``function_call`` per call), whole or as the API's events, each
+with its ``sequence_number``; a stream that fails after it started ends with ``error`` and
+``response.failed``, as OpenAI ends one. ``reasoning.effort`` is read as chat's
+``reasoning_effort``. A response made with ``store`` (the default) is kept in the server's
+`ResponseStore` with its conversation, so ``previous_response_id`` continues it.
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.toolcalls import ToolCall
-from ..runtime.events import ChatEvent, Finished, TextDelta, ToolCalls, arguments_json
-from ..runtime.options import ChatOptions
-from .chat import parse_arguments
-from .errors import bad_request
+from ..runtime.events import (
+    ChatEvent,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCalls,
+    arguments_json,
+)
+from ..runtime.options import ChatOptions, ReasoningOptions
+from .chat import parse_arguments, with_effort
+from .errors import bad_request, from_exception
 from .generation import Answer, finish_reason, service_options
 from .protocol_responses import ResponsesRequest
 from .response_store import ResponseStore, StoredResponse
@@ -62,7 +72,9 @@ def _string(item: dict[str, Any], key: str, where: str) -> str:
 def input_messages(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The input as the chat service's message dicts: a string is one user message; items are
     messages (``developer`` is a system message), ``function_call`` (joined to the assistant turn
-    just before it) and ``function_call_output`` (a tool result)."""
+    just before it) and ``function_call_output`` (a tool result); ``reasoning`` items a client
+    sends back are taken and not shown to the model (as Qwen3's template drops earlier turns'
+    reasoning, and chat's ``reasoning_content``)."""
     if isinstance(given, str):
         return [{"role": "user", "content": given}]
     if not given:
@@ -91,9 +103,12 @@ def input_messages(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where),
                              "content": _parts_text(item.get("output"), ("input_text",), f"{where}.output")})
-        else:
-            raise bad_request(f"{where} is an item of type {kind!r:.40}; this server reads message, function_call "
-                              "and function_call_output items.", f"{where}.type")
+        elif kind != "reasoning":
+            raise bad_request(f"{where} is an item of type {kind!r:.40}; this server reads message, function_call, "
+                              "function_call_output and reasoning items.", f"{where}.type")
+    if not messages:
+        raise bad_request("input has only reasoning items: give at least one message, such as "
+                          "{'role': 'user', 'content': 'Hi'}.", "input")
     return messages
 
 
@@ -107,6 +122,8 @@ def response_options(body: ResponsesRequest) -> ChatOptions:
             output["parallel_tool_calls"] = body.parallel_tool_calls
     if (response_format := body.format().response_format()) is not None:
         output["response_format"] = response_format
+    given = {name: value for name in ReasoningOptions.model_fields if (value := getattr(body, name)) is not None}
+    output.update(with_effort(given, body.reasoning.effort if body.reasoning else None, "reasoning.effort"))
     return service_options(body, body.max_output_tokens or body.max_tokens, **output)
 
 
@@ -122,11 +139,11 @@ class Turn:
 
 
 def prepare(body: ResponsesRequest, store: ResponseStore) -> Turn:
-    """The turn a body asks for: ``previous_response_id``'s conversation (a 404 if it is not
-    kept) with this input after it, and this request's instructions first."""
+    """The turn a body asks for: ``previous_response_id``'s conversation (a 400 naming it, as
+    OpenAI's, if it is not kept) with this input after it, and this request's instructions first."""
     history = []
     if body.previous_response_id is not None:
-        history = list(store.get(body.previous_response_id, "previous_response_id").messages)
+        history = list(store.previous(body.previous_response_id).messages)
     history += input_messages(body.input)
     instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
     return Turn(instructions + history, history, response_options(body))
@@ -140,23 +157,27 @@ def _usage(finished: Finished | None) -> dict[str, Any] | None:
             "total_tokens": usage.total_tokens,
             # the prompt cache counts the tokens it gave, not those it keeps: no writes are reported
             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0}}
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
 
 
 @dataclass
 class _Output:
-    """The answer as it arrives: its text, its calls, why it ended and what it cost."""
+    """The answer as it arrives: its reasoning, its text, its calls, why it ended and what it cost."""
 
     message_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
+    reasoning_id: str = field(default_factory=lambda: f"rs_{uuid.uuid4().hex}")
+    reasoning: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     calls: list[ToolCall] = field(default_factory=list)
     call_ids: list[str] = field(default_factory=list)
     reason: str | None = None
     finished: Finished | None = None
 
-    def read(self, item: ChatEvent) -> str:
-        """Take one event; the answer text it adds."""
+    def read(self, item: ChatEvent) -> tuple[str, str]:
+        """Take one event; the reasoning and the answer text it adds."""
+        thought = item.text if isinstance(item, ReasoningDelta) else ""
         text = item.text if isinstance(item, TextDelta) else item.content if isinstance(item, ToolCalls) else ""
+        self.reasoning.append(thought)
         self.text.append(text)
         if isinstance(item, ToolCalls):
             self.calls.extend(item.calls)
@@ -164,19 +185,37 @@ class _Output:
         self.reason = finish_reason(item) or self.reason
         if isinstance(item, Finished):
             self.finished = item
-        return text
+        return thought, text
 
     @property
     def cut(self) -> bool:
         return self.reason == "length"
 
     @property
+    def has_reasoning(self) -> bool:
+        return bool("".join(self.reasoning))
+
+    @property
     def has_message(self) -> bool:
         """A message item: the answer's text, or an empty one when there is no call either."""
         return bool("".join(self.text)) or not self.calls
 
+    @property
+    def message_index(self) -> int:
+        """The message's place in the output: after the reasoning (which always comes first)."""
+        return int(self.has_reasoning)
+
     def part(self) -> dict[str, Any]:
         return {"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": []}
+
+    def reasoning_part(self) -> dict[str, Any]:
+        return {"type": "reasoning_text", "text": "".join(self.reasoning)}
+
+    def reasoning_item(self, status: str | None = None) -> dict[str, Any]:
+        """The model's reasoning, whole as its ``reasoning_text`` content (no summary is made)."""
+        status = status or ("incomplete" if self.cut and not "".join(self.text) and not self.calls else "completed")
+        content = [self.reasoning_part()] if status != "in_progress" else []
+        return {"id": self.reasoning_id, "type": "reasoning", "summary": [], "content": content, "status": status}
 
     def message(self, status: str | None = None) -> dict[str, Any]:
         status = status or ("incomplete" if self.cut else "completed")
@@ -188,11 +227,15 @@ class _Output:
         return {"id": self.call_ids[number], "type": "function_call", "call_id": call.id, "name": call.name,
                 "arguments": arguments_json(call) if status == "completed" else "", "status": status}
 
-    def items(self) -> list[dict[str, Any]]:
-        return [*([self.message()] if self.has_message else []), *(self.call(n) for n in range(len(self.calls)))]
+    def items(self, status: str | None = None) -> list[dict[str, Any]]:
+        """The output items, each with its own status (or ``status``: a failed answer's are incomplete)."""
+        return [*([self.reasoning_item(status)] if self.has_reasoning else []),
+                *([self.message(status)] if self.has_message else []),
+                *(self.call(n, status or "completed") for n in range(len(self.calls)))]
 
     def assistant(self) -> dict[str, Any]:
-        """The answer as the service's assistant message, for the conversation kept with it."""
+        """The answer as the service's assistant message, for the conversation kept with it (its
+        reasoning left out, as the template leaves out earlier turns')."""
         return {"role": "assistant", "content": "".join(self.text),
                 "tool_calls": [{"name": c.name, "arguments": c.arguments, "id": c.id} for c in self.calls]}
 
@@ -205,21 +248,26 @@ class ResponseAnswer(Answer):
         self.id = f"resp_{uuid.uuid4().hex}"
         self.body, self.turn, self.store = body, turn, store
         self._sequence = 0
+        self._output: _Output | None = None
+        """The streamed answer so far (what a failed stream's ``response.failed`` carries)."""
 
     def _response(self, status: str, output: _Output | None = None) -> dict[str, Any]:
         """The response object: ``in_progress`` with no output yet, or as it ended (``output`` given)."""
         body = self.body
+        ended = output is not None and status != "failed"
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "completed_at": int(time.time()) if output is not None else None, "error": None,
+            "completed_at": int(time.time()) if ended else None, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens, "model": self.model,
-            "output": output.items() if output is not None else [], "parallel_tool_calls": bool(body.parallel_tool_calls),
+            "output": output.items("incomplete" if status == "failed" else None) if output is not None else [],
+            "parallel_tool_calls": bool(body.parallel_tool_calls),
             "previous_response_id": body.previous_response_id, "store": body.store is not False,
             "temperature": body.temperature, "top_p": body.top_p, "text": {"format": body.format().echo()},
             "tool_choice": body.tool_choice or "auto", "tools": body.tool_dicts(), "truncation": "disabled",
-            "usage": _usage(output.finished) if output is not None else None, "user": body.user,
+            "usage": _usage(output.finished) if ended and output is not None else None, "user": body.user,
             "metadata": body.metadata or {},
+            **({"reasoning": body.reasoning.echo()} if body.reasoning is not None else {}),
         }
 
     def _final(self, output: _Output) -> dict[str, Any]:
@@ -242,17 +290,29 @@ class ResponseAnswer(Answer):
         self._sequence += 1
         return f"event: {kind}\n{event(payload)}"
 
+    def _reasoning_events(self, output: _Output, opening: bool) -> list[str]:
+        """The events that open the reasoning item (always the first, ``output_index`` 0) or close it."""
+        where = {"item_id": output.reasoning_id, "output_index": 0, "content_index": 0}
+        if opening:
+            return [self._event("response.output_item.added", output_index=0,
+                                item=output.reasoning_item("in_progress")),
+                    self._event("response.content_part.added", **where, part={**output.reasoning_part(), "text": ""})]
+        return [self._event("response.reasoning_text.done", **where, text="".join(output.reasoning)),
+                self._event("response.content_part.done", **where, part=output.reasoning_part()),
+                self._event("response.output_item.done", output_index=0, item=output.reasoning_item())]
+
     def _message_events(self, output: _Output, opening: bool) -> list[str]:
         """The events that open the message item (``opening``) or close it."""
-        where = {"item_id": output.message_id, "output_index": 0}
+        index = output.message_index
+        where = {"item_id": output.message_id, "output_index": index}
         if opening:
-            return [self._event("response.output_item.added", output_index=0, item=output.message("in_progress")),
+            return [self._event("response.output_item.added", output_index=index, item=output.message("in_progress")),
                     self._event("response.content_part.added", **where, content_index=0,
                                 part={**output.part(), "text": ""})]
         return [self._event("response.output_text.done", **where, content_index=0, text="".join(output.text),
                             logprobs=[]),
                 self._event("response.content_part.done", **where, content_index=0, part=output.part()),
-                self._event("response.output_item.done", output_index=0, item=output.message())]
+                self._event("response.output_item.done", output_index=index, item=output.message())]
 
     def _call_events(self, output: _Output, number: int, index: int) -> list[str]:
         """One function call's events (its arguments arrive whole: the answer is read at its end)."""
@@ -265,30 +325,62 @@ class ResponseAnswer(Answer):
                 self._event("response.output_item.done", output_index=index, item=item)]
 
     async def stream(self, events: AsyncIterator[ChatEvent], include_usage: bool = False) -> AsyncIterator[str]:
-        """The Responses API's events: created, in_progress, the message's text deltas, each call,
-        then completed (or incomplete, cut by ``max_output_tokens``) with the whole response."""
-        output = _Output()
-        started = opened = False
+        """The Responses API's events: created, in_progress, the reasoning's deltas (a reasoning
+        model's), the message's text deltas, each call, then completed (or incomplete, cut by
+        ``max_output_tokens``) with the whole response."""
+        output = self._output = _Output()
+        started = False
+        opened: list[str] = []  # the items opened so far: "reasoning", then "message"
         async with aclosing(events):  # a cancelled answer cancels the model's stream now
             async for item in events:
                 if not started:  # after the first event: a refused request never opens the stream
                     yield self._event("response.created", response=self._response("in_progress"))
                     yield self._event("response.in_progress", response=self._response("in_progress"))
                     started = True
-                if text := output.read(item):
+                thought, text = output.read(item)
+                lines: list[str] = []
+                if thought:
                     if not opened:
-                        for line in self._message_events(output, opening=True):
-                            yield line
-                        opened = True
-                    yield self._event("response.output_text.delta", item_id=output.message_id, output_index=0,
-                                      content_index=0, delta=text, logprobs=[])
+                        lines += self._reasoning_events(output, opening=True)
+                        opened.append("reasoning")
+                    lines.append(self._event("response.reasoning_text.delta", item_id=output.reasoning_id,
+                                             output_index=0, content_index=0, delta=thought))
+                if text:
+                    if "message" not in opened:
+                        lines += [*self._close_reasoning(output, opened), *self._message_events(output, opening=True)]
+                        opened.append("message")
+                    lines.append(self._event("response.output_text.delta", item_id=output.message_id,
+                                             output_index=output.message_index, content_index=0, delta=text,
+                                             logprobs=[]))
+                for line in lines:
+                    yield line
+        for line in self._close_reasoning(output, opened):
+            yield line
         if output.has_message:
-            for line in [*([] if opened else self._message_events(output, opening=True)),
+            for line in [*([] if "message" in opened else self._message_events(output, opening=True)),
                          *self._message_events(output, opening=False)]:
                 yield line
-        first_call = 1 if output.has_message else 0
+        first_call = output.message_index + int(output.has_message)
         for number in range(len(output.calls)):
             for line in self._call_events(output, number, first_call + number):
                 yield line
         response = self._final(output)
         yield self._event(f"response.{response['status']}", response=response)
+
+    def _close_reasoning(self, output: _Output, opened: list[str]) -> list[str]:
+        """The reasoning item's closing events, once, when it is open and nothing came after it."""
+        if opened != ["reasoning"]:
+            return []
+        opened.append("reasoning closed")
+        return self._reasoning_events(output, opening=False)
+
+    def error_events(self, exc: BaseException) -> list[str]:
+        """OpenAI's end of a stream that failed after it started: an ``error`` event (the error's
+        code, message and param), then ``response.failed``, whose response carries the error and
+        the output so far (its items incomplete). A failed response is not kept."""
+        error = from_exception(exc)
+        response = self._response("failed", self._output or _Output())
+        # the response's error code is one of OpenAI's fixed list; the event before it has ours
+        response["error"] = {"code": "server_error", "message": error.message}
+        return [self._event("error", code=error.code or error.type, message=error.message, param=error.param),
+                self._event("response.failed", response=response)]

@@ -3,7 +3,7 @@
 A stream's first item is awaited before the response starts, so a request refused by
 the model (a bad option, a prompt past the context) is an HTTP error, not a 200 whose body
 says so. An error after that is sent as one ``data: {"error": ...}`` event (an API with its own
-stream shape, Anthropic's, gives its own `respond` ``errors``), and so is the
+stream shape, Anthropic's or the Responses API's, gives its own `respond` ``errors``), and so is the
 end of a stream still running at the shutdown timeout (`Shutdown`). The admission slot is
 released when the stream ends, is closed by a client that went away, or is never
 started at all (the generator is collected).
