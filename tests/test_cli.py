@@ -161,6 +161,7 @@ def test_chat_ends_quickly_with_its_exit_handlers_run(samples_dir: Path, tmp_pat
     assert process.returncode == 0, stderr
     assert "Paris" in stdout and stdout.endswith("\n")
     assert "| ortmodels.cli.chat_run" in stderr and not re.search(r"\|\s+typer\b", stderr)  # a plain line: no typer
+    assert not re.search(r"\|\s+numpy\.random\b", stderr)  # a greedy answer makes no random generator
     assert not (samples_dir / ".runtime" / f"{process.pid}.json").exists()
     failed = subprocess.run([sys.executable, "-m", "ortmodels", "chat", "no-such-model", "hi"],
                             capture_output=True, text=True, env=env, timeout=120)
