@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,36 @@ def test_a_command_imports_only_its_own_module() -> None:
     assert not imported & {"ortmodels.cli.export", "ortmodels.export", "ortmodels.cli.serve"}
 
 
+#: Command lines `chat_run.quick_arguments` reads itself, and what typer must read (help, a root
+#: option, unknown, malformed, repeated or missing values, ``--``, a third positional word).
+QUICK_LINES = [["chat"], ["chat", "m"], ["chat", "m", "hello there"], ["chat", "m", "q", "--max-tokens", "16"],
+               ["chat", "--max-tokens=16", "m"], ["chat", "--max-tokens", "24", "--system", "Be brief."],
+               ["chat", "m", "q", "-s", "x", "-t", "0.5", "--think"], ["chat", "-", "--no-think", "--temperature", ".5"]]
+TYPER_LINES = [["-v", "chat", "m"], ["chat", "--help"], ["chat", "m", "q", "--max-tokens", "abc"],
+               ["chat", "m", "q", "x"], ["chat", "--unknown"], ["chat", "m", "--max-tokens"], ["chat", "--think=1"],
+               ["chat", "--", "-q"], ["chat", "-t", "-1"], ["chat", "--max-tokens", "1", "--max-tokens", "2"],
+               ["chat", "-t", "1e-3"]]
+
+
+def test_a_plain_chat_line_is_read_without_typer_as_typer_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ortmodels chat`` reads a plain command line without typer (its import and first parse
+    cost 30-50 ms of every answer), into exactly the values typer gives its command; anything
+    else is left to typer, which reports or helps."""
+    from typer.testing import CliRunner
+
+    from ortmodels.cli import _register, app, chat_run
+
+    _register("chat")
+    passed: list[dict[str, object]] = []
+    monkeypatch.setattr(chat_run, "run_chat", lambda **values: passed.append(values))
+    for argv in QUICK_LINES:
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert chat_run.quick_arguments(argv) == passed.pop(), argv
+    for argv in TYPER_LINES:
+        assert chat_run.quick_arguments(argv) is None, argv
+
+
 @pytest.mark.slow
 def test_chat_ends_quickly_with_its_exit_handlers_run(samples_dir: Path, tmp_path: Path) -> None:
     """The chat command skips the interpreter's teardown but still runs its exit handlers: the
@@ -123,12 +154,14 @@ def test_chat_ends_quickly_with_its_exit_handlers_run(samples_dir: Path, tmp_pat
     import os
 
     env = {**os.environ, "LOCAL_MODELS_DIR": str(samples_dir), "COLUMNS": "200"}
-    process = subprocess.Popen([sys.executable, "-m", "ortmodels", "chat", "smollm2-135m-instruct",
+    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ortmodels", "chat", "smollm2-135m-instruct",
                                 "What is the capital of France?", "--max-tokens", "24"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert "Paris" in stdout and stdout.endswith("\n")
+    assert "| ortmodels.cli.chat_run" in stderr and not re.search(r"\|\s+typer\b", stderr)  # a plain line: no typer
+    assert not re.search(r"\|\s+numpy\.random\b", stderr)  # a greedy answer makes no random generator
     assert not (samples_dir / ".runtime" / f"{process.pid}.json").exists()
     failed = subprocess.run([sys.executable, "-m", "ortmodels", "chat", "no-such-model", "hi"],
                             capture_output=True, text=True, env=env, timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ortmodels.engine.detokenizer import TextAssembler
 from ortmodels.engine.sampling import (
@@ -63,6 +64,23 @@ def test_stop_at_the_very_start() -> None:
 def test_greedy_is_argmax() -> None:
     logits = np.array([0.1, 3.0, 2.0], dtype=np.float32)
     assert choose_token(logits, SamplingParams(), np.array([], dtype=np.int64), np.random.default_rng(0)) == 1
+
+
+def test_greedy_needs_no_random_generator() -> None:
+    """A greedy request never makes one (`Request.rng` is made at the first sampled token, so
+    a greedy answer never imports numpy.random); sampling without one is refused by name."""
+    from ortmodels.engine.request import Request
+
+    logits = np.array([0.1, 3.0, 2.0], dtype=np.float32)
+    none = np.array([], dtype=np.int64)
+    assert choose_token(logits, SamplingParams(), none, None) == 1
+    with pytest.raises(ValueError, match="random generator"):
+        choose_token(logits, SamplingParams(temperature=1.0), none, None)
+    sampled = Request([1, 2], SamplingParams(temperature=1.0, seed=7), max_tokens=4)
+    assert "rng" not in vars(sampled)
+    seeded = np.random.default_rng(7)  # what the request made at init before: the same draws
+    assert [choose_token(logits, sampled.params, none, sampled.rng) for _ in range(8)] == \
+        [choose_token(logits, sampled.params, none, seeded) for _ in range(8)]
 
 
 def test_sampling_is_repeatable_with_a_seed() -> None:

@@ -74,3 +74,38 @@ def test_verification_can_be_switched_off(copied_embedding_model: Path, monkeypa
         handle.write("extra\n")
     manager = _manager_on(copied_embedding_model, monkeypatch, MODEL_VERIFY_FILES="false")
     assert len(manager.get_embedding_model(EMBEDDING_SAMPLE).embed_query("still loads")) == 384
+
+
+def test_vocabulary_bounds_are_remembered_until_the_tokenizer_changes(copied_embedding_model: Path,
+                                                                      tmp_path: Path) -> None:
+    """A load reads a tokenizer's vocabulary bounds back from beside the export instead of
+    reading its whole vocabulary again; a changed file, a damaged record or a folder outside an
+    export version computes them afresh."""
+    from ortmodels.engine.tokenizer import load_tokenizer, vocabulary_bounds
+    from ortmodels.store.integrity import remembered_figures
+
+    path = ModelStore(copied_embedding_model.parent).info(EMBEDDING_SAMPLE).variant_path("fp32") / "tokenizer.json"
+    exact = vocabulary_bounds(load_tokenizer(path))
+    computed: list[tuple[int, int]] = []
+
+    def compute() -> tuple[int, int]:
+        computed.append(exact)
+        return exact
+
+    def bounds(at: Path = path) -> tuple[int, ...]:
+        return remembered_figures(at, "vocabulary_bounds", 2, compute)
+
+    assert bounds() == exact and len(computed) == 1
+    assert bounds() == exact and len(computed) == 1  # read back, as a new process would
+    record = next((copied_embedding_model / ".exports" / ".verified").glob("*.figures.json"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert bounds() == exact and len(computed) == 2  # the file changed: computed again
+    record.write_text("[1, 2", encoding="utf-8")
+    assert bounds() == exact and len(computed) == 3  # a damaged record: computed again
+    assert bounds() == exact and len(computed) == 3
+    outside = tmp_path / "loose"
+    outside.mkdir()
+    loose = outside / "tokenizer.json"
+    loose.write_bytes(path.read_bytes())
+    assert bounds(loose) == exact and bounds(loose) == exact and len(computed) == 5  # nowhere to keep them
+    assert list(outside.iterdir()) == [loose]

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +43,15 @@ def _build(name: str) -> Any:
 
     @made.callback()
     def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens.")) -> None:
-        logging.basicConfig(
-            level=logging.INFO if verbose else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        _log(verbose)
 
     return made
+
+
+def _log(verbose: bool) -> None:
+    """Every command's logging: what the root option ``--verbose`` asks for."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def __getattr__(name: str) -> Any:
@@ -138,6 +142,26 @@ def _open_early(argv: list[str]) -> None:
         logging.getLogger(__name__).debug("No early session for %s: %s", words[0], exc)
 
 
+def _quick_chat(argv: list[str]) -> Callable[[], None] | None:
+    """``chat`` on a plain command line, run without typer (its import and first parse took
+    30-50 ms of a one-shot answer); ``None``: typer reads the command line (`chat_run`)."""
+    from .chat_run import quick_arguments, run_chat
+
+    values = quick_arguments(argv)
+    if values is None:
+        return None
+
+    def run() -> None:
+        _log(False)
+        try:
+            run_chat(**values)
+        except (EOFError, KeyboardInterrupt):  # as click ends a command it runs
+            sys.stderr.write("\nAborted!\n")
+            raise SystemExit(1) from None
+
+    return run
+
+
 def main() -> None:
     command = _command(sys.argv[1:])
     if command in QUICK_EXIT:
@@ -145,11 +169,17 @@ def main() -> None:
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         gc.disable()
         _collector_held = True
+    quick = None
     if command == "chat":
         _open_early(sys.argv[1:])
-    _register(command)
+        quick = _quick_chat(sys.argv[1:])
+    if quick is None:
+        _register(command)
     try:
-        __getattr__("app")()
+        if quick is not None:
+            quick()
+        else:
+            __getattr__("app")()
     except OrtModelsError as exc:
         __getattr__("err_console").print(f"[bold red]error:[/] {exc}", highlight=False)
         code: object = 1

@@ -53,10 +53,10 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 
 
 def choose_token(
-    logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator,
+    logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator | None,
     penalize: Callable[[np.ndarray], None] | None = None,
 ) -> int:
-    """The next token id from one row of logits.
+    """The next token id from one row of logits (``rng``: ``None`` only for greedy ``params``).
 
     ``penalize`` edits a copy of the row after the repetition penalty (the request's DRY
     penalty, in llama.cpp's order), so the caller's row keeps the model's logits.
@@ -91,6 +91,8 @@ def choose_token(
         mask = np.zeros_like(probs)
         mask[keep] = probs[keep]
         probs = mask / mask.sum()
+    if rng is None:
+        raise ValueError("Sampling at a temperature above 0 needs a random generator (rng).")
     return int(rng.choice(probs.size, p=probs))
 
 

@@ -22,7 +22,7 @@ from ..errors import (
 from ..lifecycle import VariantChoice, loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
-from ..store.integrity import refuse_outside_links, verify_variant
+from ..store.integrity import refuse_outside_links, remembered_figures, verify_variant
 from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
 from ..store.names import validate_model_name
 from ..store.versions import VersionLease
@@ -308,11 +308,14 @@ def read_chat_files(folder: Path, checkpoint: Path
                     ) -> tuple[Tokenizer, tuple[int, int], ChatTemplate | ModelFileError | ChatTemplateError]:
     """A chat variant's tokenizer, its `vocabulary_bounds` and chat template (`find_chat_template`),
     read while the session opens (`open_variant`'s ``beside``). A template that does not compile
-    is returned, for the caller to raise after its vocabulary check, as when read in turn."""
+    is returned, for the caller to raise after its vocabulary check, as when read in turn. The
+    bounds are read back where an earlier load of the same file kept them (`remembered_figures`)."""
     from .service import find_chat_template
 
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
-    bounds = vocabulary_bounds(tokenizer)
+    path = folder / "tokenizer.json"
+    tokenizer = load_tokenizer(path)
+    top, chars = remembered_figures(path, "vocabulary_bounds", 2, lambda: vocabulary_bounds(tokenizer))
+    bounds = top, chars
     try:
         return tokenizer, bounds, find_chat_template(folder, checkpoint)
     except ChatTemplateError as exc:
