@@ -170,7 +170,7 @@ def text_logits(model: Any, ids: list[int], rows: int) -> Iterator[np.ndarray]:
     """
     import torch
 
-    config = model.config
+    config = model.config.get_text_config()  # a multimodal wrapper's (Gemma 3) text settings
     inner, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if inner is None or head is None or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _HEAD_SCALES):
         for start in range(0, len(ids), rows):
