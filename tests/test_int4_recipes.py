@@ -382,23 +382,28 @@ def test_an_int4_search_tries_the_smaller_candidates_first(tiny_int4: Path) -> N
 
 
 @pytest.mark.slow
-def test_a_search_with_the_gates_skipped_keeps_the_smallest_candidate_not_judged(tiny_int4: Path) -> None:
-    """Nothing can be judged, so nothing is searched: the all-4-bit candidate with its 4-bit table, said so."""
+def test_a_search_with_the_gates_skipped_keeps_the_smallest_candidate_not_judged(tmp_path: Path) -> None:
+    """Nothing can be judged, so nothing is searched: the all-4-bit candidate, and on a tied model
+    (Qwen2 here, Llama 3.2 1B) its embedding table at 4 bits too, said so by the manifest and `info`."""
     import json
 
     from ortmodels.export import export_model
     from ortmodels.export.decoder.int4_recipes import UNJUDGED_WHY, smallest_candidate
     from ortmodels.store import ModelStore
+    from tests.tiny_decoders import build_tiny_decoder
 
-    outcome = export_model(ModelStore(tiny_int4), "tiny", ["fp32", "int4"], skip_gates=True, int4="rtn", force=True)
+    root = tmp_path / "models"
+    build_tiny_decoder(root / "tiny", "qwen2")
+    outcome = export_model(ModelStore(root), "tiny", ["fp32", "int4"], skip_gates=True, int4="rtn")
     entry = outcome.manifest.variants["int4"]
     recipe = entry.quantization or {}
-    smallest = smallest_candidate(json.loads((tiny_int4 / "tiny" / "config.json").read_text()))
-    assert recipe["candidate"] == smallest.name and recipe["embedding_bits"] == 4 and not recipe["eight_bit"]
+    smallest = smallest_candidate(json.loads((root / "tiny" / "config.json").read_text()))
+    assert recipe["candidate"] == smallest.name == "rtn, all 4-bit, 4-bit embedding"
+    assert not recipe["eight_bit"] and recipe["lm_head_bits"] is None and recipe["embedding_bits"] == 4
     assert recipe["selection"] == {"search": "rtn", "judged": False, "why": UNJUDGED_WHY.format(mode="rtn")}
     assert "failed_recipes" not in recipe and entry.quality is not None and not entry.quality.judged
-    assert entry.files  # published, and its 4-bit GatherBlockQuantized table ran through the checks
-    assert "rtn search, not judged" in _info_output(tiny_int4)
+    assert entry.files  # published, its 4-bit GatherBlockQuantized table run through the checks
+    assert "rtn search, not judged" in _info_output(root)
 
 
 def test_a_calibrated_rounding_is_built_only_where_round_to_nearest_came_close() -> None:
