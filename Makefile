@@ -96,7 +96,7 @@ SIZES_DIR ?= benchmarks/.cache/sizes-models
 bench-sizes: install peers llama-server
 	$(BIN)/python -m benchmarks.checkpoints llama-3.2-1b --out $(SIZES_DIR)
 	test -f $(SIZES_DIR)/llama-3.2-1b/onnx/manifest.json || \
-		LOCAL_MODELS_DIR=$(SIZES_DIR) $(BIN)/ortmodels export llama-3.2-1b --dtype int4,int8 --skip-gates
+		LOCAL_MODELS_DIR=$(SIZES_DIR) $(BIN)/ortmodels export llama-3.2-1b --dtype int4,int8 --skip-gates --int4-search
 	$(BIN)/python -m benchmarks.bench_sizes --models-dir $(SIZES_DIR) $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.readme
 

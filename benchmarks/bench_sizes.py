@@ -4,9 +4,10 @@ The checkpoint is `benchmarks.checkpoints`' seeded random-weight one in a publis
 exact shape (``--shape``, default ``llama-3.2-1b``); random weights serve speed, memory and
 file size, never quality. Each contender gets it its own way, as a user would:
 
-- **ortmodels** int4 and int8, from ``ortmodels export SHAPE --dtype int4,int8 --skip-gates``
-  (run beforehand: at 1B it takes about an hour on 2 cores, so this benchmark reads the
-  export's own record of its time and peak memory from the manifest), run with fp16 keys and
+- **ortmodels** int4 and int8, from ``ortmodels export SHAPE --dtype int4,int8 --skip-gates
+  --int4-search`` (int4 is then the smallest candidate, all 4-bit, as nothing can be judged;
+  run beforehand, this benchmark reads the export's own record of its time and peak memory
+  from the manifest), run with fp16 keys and
   values (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache (``MODEL_KV_CACHE``: the 4,000-token
   conversation must fit it);
 - **onnxruntime-genai** int4 from its model builder on the same checkpoint;
@@ -292,7 +293,7 @@ def main() -> None:
     if not (model_dir / "onnx" / "manifest.json").is_file():
         sys.exit(f"No ortmodels export in {model_dir}: run 'python -m benchmarks.checkpoints {args.shape} --out "
                  f"{args.models_dir}' then 'LOCAL_MODELS_DIR={args.models_dir} ortmodels export {args.shape} "
-                 "--dtype int4,int8 --skip-gates'.")
+                 "--dtype int4,int8 --skip-gates --int4-search'.")
     python = peers_python()
     if not python.is_file() or not LLAMA_SERVER_BIN.is_file() or not LLAMA_QUANTIZE_BIN.is_file():
         sys.exit("The peers are missing: run 'make peers llama-server'.")

@@ -62,6 +62,33 @@ def _onnx_greedy(model_file: Path, prompt_ids: list[int], count: int) -> list[in
     return tokens
 
 
+@pytest.mark.parametrize("family", ["llama", "phi3", "gemma2", "gemma3_text"])
+def test_the_references_batched_greedy_and_one_pass_text_are_each_rows_own(tmp_path: Path, family: str) -> None:
+    """The export's PyTorch reference decodes its probes as one left-padded batch and reads the
+    text's logits from one pass: the same tokens as each prompt alone (Gemma 2's soft cap, the
+    Gemma fixtures' 8-token sliding window shorter than the prompts), the same logits."""
+    import json
+
+    import torch
+
+    from ortmodels.export.decoder.parity import batched_greedy, reference_model, text_logits
+
+    checkpoint = build_tiny_decoder(tmp_path / family, family)
+    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(8, vocab, size=n).tolist() for n in (5, 17, 11)]
+    alone = [_torch_greedy(checkpoint, row, 12) for row in rows]
+    model = reference_model(checkpoint)
+    stop = alone[1][4]  # the second row ends at its fifth token
+    with torch.inference_mode():
+        batched = batched_greedy(model, rows, [12, 12, 7], [set(), {stop}, set()])
+        text = rng.integers(8, vocab, size=40).tolist()
+        whole = model(input_ids=torch.tensor([text])).logits[0].numpy()
+        pieces = np.concatenate(list(text_logits(model, text, 16)))
+    assert batched == [alone[0], alone[1][: alone[1].index(stop) + 1], alone[2][:7]]
+    np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_decoder_family_matches_pytorch(tmp_path: Path, family: str) -> None:

@@ -234,14 +234,14 @@ def test_the_last_recipe_stands_whatever_its_verdict(monkeypatch: pytest.MonkeyP
     assert not entry.files and entry.quality.failures == ["z"]
 
 
-def test_the_search_is_opt_in_and_skipped_gates_build_the_last_resort_alone(tmp_path: Path) -> None:
+def test_the_search_is_opt_in_and_skipped_gates_build_one_candidate(tmp_path: Path) -> None:
     """By default int4 is the last resort alone; ``rtn`` tries the round-to-nearest candidates,
     ``gptq`` every one; random-weight benchmark checkpoints (--skip-gates) pass no gate, so a
-    search would only cost time."""
+    search there builds the smallest candidate alone, and no search the last resort."""
     import json
 
     from ortmodels.export.decoder.exporter import _graph_builders
-    from ortmodels.export.decoder.int4_recipes import int4_search
+    from ortmodels.export.decoder.int4_recipes import int4_search, smallest_candidate
     from ortmodels.export.quality import gates_skipped
     from tests.tiny_decoders import build_tiny_decoder
 
@@ -256,8 +256,10 @@ def test_the_search_is_opt_in_and_skipped_gates_build_the_last_resort_alone(tmp_
         assert built() == [c.name for c in every if c.precision.rounding == "rtn"] and len(built()) > 1
     with int4_search("gptq"):
         assert built() == [c.name for c in every]
-        with gates_skipped():
-            assert built() == [every[-1].name]
+        with gates_skipped():  # nothing can be judged: the fewest bytes per token alone
+            assert built() == [smallest_candidate(json.loads((checkpoint / "config.json").read_text())).name]
+    with gates_skipped():
+        assert built() == [every[-1].name]  # no search asked: the last resort
     with pytest.raises(ValueError, match="Unknown int4 search 'awq'; known: off, rtn, gptq"):
         with int4_search("awq"):
             pass
@@ -270,7 +272,26 @@ def test_selection_says_which_search_was_made_and_why() -> None:
     assert "--int4-search" in DEFAULT_WHY
     assert selection("rtn", 1, 4)["why"].startswith("the fewest bytes per token of 4 candidates (rtn search)")
     assert "every smaller candidate of the gptq search failed" in selection("gptq", 6, 7)["why"]
-    assert selection("rtn", 0, 1, gates_skipped=True)["search"] == "off"
+    assert selection("off", 0, 1, gates_skipped=True)["search"] == "off"
+    unjudged = selection("rtn", 0, 1, gates_skipped=True)
+    assert unjudged["search"] == "rtn" and unjudged["judged"] is False
+    assert unjudged["why"].startswith("not judged: the gates were skipped") and "fewest bytes per token" in unjudged["why"]
+
+
+def test_the_smallest_candidate_is_all_4_bit_with_a_4_bit_table() -> None:
+    """Below every searched candidate in bytes per token and on disk (the 1B shape: tied, vocabulary 128256)."""
+    from ortmodels.export.decoder.int4_recipes import smallest_candidate
+
+    config = {"hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+              "intermediate_size": 8192, "num_hidden_layers": 16, "vocab_size": 128256, "tie_word_embeddings": True}
+    smallest = smallest_candidate(config)
+    p = smallest.precision
+    assert (p.bits, p.head_bits, p.eight_bit, p.embedding_bits, p.rounding) == (4, 4, (), 4, "rtn")
+    assert smallest.name == "rtn, all 4-bit, 4-bit embedding"
+    assert all((smallest.per_token, smallest.bytes) <= (c.per_token, c.bytes) for c in int4_candidates(config))
+    assert smallest.bytes < int4_candidates(config)[0].bytes  # the table: 4 bits, not 8
+    untied = smallest_candidate({**config, "tie_word_embeddings": False})
+    assert untied.precision.embedding_bits == 8 and untied.name == "rtn, all 4-bit"
 
 
 @pytest.mark.slow
@@ -358,6 +379,31 @@ def test_an_int4_search_tries_the_smaller_candidates_first(tiny_int4: Path) -> N
         assert row["failures"] and row["size"] > 0 and row["figures"]["own_kv"]["perplexity_ratio"] > 0, row
     assert export_model(ModelStore(tiny_int4), "tiny", ["fp32", "int4"], int4="rtn").skipped
     assert "rtn search" in _info_output(tiny_int4)
+
+
+@pytest.mark.slow
+def test_a_search_with_the_gates_skipped_keeps_the_smallest_candidate_not_judged(tmp_path: Path) -> None:
+    """Nothing can be judged, so nothing is searched: the all-4-bit candidate, and on a tied model
+    (Qwen2 here, Llama 3.2 1B) its embedding table at 4 bits too, said so by the manifest and `info`."""
+    import json
+
+    from ortmodels.export import export_model
+    from ortmodels.export.decoder.int4_recipes import UNJUDGED_WHY, smallest_candidate
+    from ortmodels.store import ModelStore
+    from tests.tiny_decoders import build_tiny_decoder
+
+    root = tmp_path / "models"
+    build_tiny_decoder(root / "tiny", "qwen2")
+    outcome = export_model(ModelStore(root), "tiny", ["fp32", "int4"], skip_gates=True, int4="rtn")
+    entry = outcome.manifest.variants["int4"]
+    recipe = entry.quantization or {}
+    smallest = smallest_candidate(json.loads((root / "tiny" / "config.json").read_text()))
+    assert recipe["candidate"] == smallest.name == "rtn, all 4-bit, 4-bit embedding"
+    assert not recipe["eight_bit"] and recipe["lm_head_bits"] is None and recipe["embedding_bits"] == 4
+    assert recipe["selection"] == {"search": "rtn", "judged": False, "why": UNJUDGED_WHY.format(mode="rtn")}
+    assert "failed_recipes" not in recipe and entry.quality is not None and not entry.quality.judged
+    assert entry.files  # published, its 4-bit GatherBlockQuantized table run through the checks
+    assert "rtn search, not judged" in _info_output(root)
 
 
 def test_a_calibrated_rounding_is_built_only_where_round_to_nearest_came_close() -> None:

@@ -49,7 +49,8 @@ def export(
         False, "--int4-search",
         help="Try smaller int4 recipes (all 4-bit, 8-bit lm_head, ...; rounded to nearest) from the fewest bytes "
              "per token up and keep the first that passes the gates; each costs a build and its checks "
-             "(the sample: ~20 s each). Default: the 8-bit q/k/v, down projection and lm_head mix alone."),
+             "(the sample: ~20 s each). Default: the 8-bit q/k/v, down projection and lm_head mix alone. "
+             "With --skip-gates, nothing can be judged: the smallest candidate alone (all 4-bit), not judged."),
     int4_gptq: bool = typer.Option(
         False, "--int4-gptq",
         help="With --int4-search, also GPTQ-calibrated candidates: runs the fp32 graph over a shipped text "

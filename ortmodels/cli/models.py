@@ -118,8 +118,11 @@ def _print_recipes(manifest: Manifest) -> None:
         if not recipe:
             continue
         seconds = f", {recipe['seconds']} s" if recipe.get("seconds") is not None else ""
-        search = (recipe.get("selection") or {}).get("search")
+        selected = recipe.get("selection") or {}
+        search = selected.get("search")
         how = {None: "", "off": " (default recipe; --int4-search tries smaller ones)"}.get(search, f" ({search} search)")
+        if selected.get("judged") is False and search != "off":
+            how = f" ({search} search, not judged: gates skipped, fewest bytes per token kept)"
         rows.append((dtype, recipe_text(recipe), format_bytes(variant.size) + seconds,
                      ("kept" if variant.files else "kept (failed its gates)") + how))
         for failed in recipe.get("failed_recipes", []):

@@ -162,14 +162,33 @@ def int4_candidates(config: dict[str, Any]) -> list[Candidate]:
     return [c for *_, c in sorted(found, key=lambda row: row[:3])] + [last]
 
 
+def smallest_candidate(config: dict[str, Any]) -> Candidate:
+    """The fewest bytes per token and on disk: every matrix and ``lm_head`` at 4 bits, rounded to
+    nearest, and a tied model's embedding table (its own ``GatherBlockQuantized`` tensor, apart
+    from ``lm_head``'s) at 4 bits too. What a search keeps when nothing can be judged."""
+    tied = bool(config.get("tie_word_embeddings", True))
+    precision = replace(LAST_RESORT, lm_head_bits=None, eight_bit=(), rounding="rtn", embedding_bits=4 if tied else 8)
+    total, per_token = estimated_bytes(config, precision)
+    return Candidate("rtn, all 4-bit" + (", 4-bit embedding" if tied else ""), precision, total, per_token)
+
+
 def searched_candidates(config: dict[str, Any], mode: str, gates_skipped: bool = False) -> list[Candidate]:
     """The candidates an export builds under search ``mode``: the last resort alone when the search
-    is off or the gates are skipped (random-weight checkpoints pass no candidate: the search would
-    only cost time); without ``gptq``, the round-to-nearest ones."""
+    is off; without ``gptq``, the round-to-nearest ones. With the gates skipped (random weights:
+    no candidate can pass, so none can be judged) a search builds `smallest_candidate` alone,
+    for what the smallest int4 costs; without a search, the last resort."""
     candidates = int4_candidates(config)
-    if mode == "off" or gates_skipped:
+    if mode == "off":
         return candidates[-1:]
+    if gates_skipped:
+        return [smallest_candidate(config)]
     return [c for c in candidates if mode == "gptq" or c.precision.rounding != "gptq"]
+
+
+#: Why a search with the gates skipped keeps `smallest_candidate` (the manifest's int4 entry).
+UNJUDGED_WHY = ("not judged: the gates were skipped (--skip-gates), so no candidate could be judged; the {mode} "
+                "search kept the one with the fewest bytes per token (all 4-bit, and a 4-bit embedding table "
+                "where tied), for its size and speed")
 
 
 def selection(mode: str, kept: int, built: int, gates_skipped: bool = False) -> dict[str, Any]:
@@ -177,16 +196,19 @@ def selection(mode: str, kept: int, built: int, gates_skipped: bool = False) -> 
 
     ``kept``: the index of the candidate kept among the ``built`` ones tried.
     """
+    if gates_skipped and mode == "off":
+        return {"search": "off", "judged": False,
+                "why": "the last resort alone: the gates were skipped, so no candidate could be judged"}
     if gates_skipped:
-        why = "the last resort alone: the gates were skipped, so no candidate could be judged"
-    elif mode == "off":
+        return {"search": mode, "judged": False, "why": UNJUDGED_WHY.format(mode=mode)}
+    if mode == "off":
         why = DEFAULT_WHY
     elif kept < built - 1:
         why = (f"the fewest bytes per token of {built} candidates ({mode} search) that passed the gates "
                "with every KV cache")
     else:
         why = f"every smaller candidate of the {mode} search failed the gates (failed_recipes): the last resort"
-    return {"search": "off" if gates_skipped else mode, "why": why}
+    return {"search": mode, "why": why}
 
 
 def _weights_read(recipe: dict[str, Any]) -> tuple[Any, ...]:
