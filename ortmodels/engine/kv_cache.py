@@ -141,12 +141,6 @@ class SlotCache(_Rows):
         self._values: list[ort.OrtValue] | None = None
 
     @property
-    def allocated(self) -> tuple[int, int]:
-        """(rows, positions) the full-history buffers hold now."""
-        full = self._full_buffer()
-        return (full.shape[0], full.shape[2]) if full is not None else (0, 0)
-
-    @property
     def allocated_bytes(self) -> int:
         """Bytes the buffers take now (they stay allocated until the batch empties)."""
         return sum(buffer.nbytes for buffer in self._buffers)
@@ -256,10 +250,6 @@ class SlotCache(_Rows):
 
     def _sliding(self) -> list[bool]:
         return self.decoder.sliding if self.decoder.windowed else [False] * len(self.decoder.past_names)
-
-    def _full_buffer(self) -> np.ndarray | None:
-        return next((b for b, sliding in zip(self._buffers, self._sliding()) if not sliding),
-                    self._buffers[0] if self._buffers else None)
 
     def _ensure(self, rows: int, positions: int, new: int) -> None:
         """Room for ``rows`` rows: ``positions`` in the full-history buffers, ``new`` more
