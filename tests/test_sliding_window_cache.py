@@ -5,8 +5,8 @@ bases) with a window of 8, checked against PyTorch several windows past it: gree
 engine's every KV layout, rows of different lengths joining and leaving one batch, prompts
 prefilled in chunks, speculative verification passes, the prompt cache (an entry whose sliding
 caches no longer hold what a shorter prompt needs is not taken), and the bytes the engine
-counts. The decoders cut their sliding caches after 3 extra positions here (256 by default),
-so every path cuts many times.
+counts. The decoders cut their sliding caches after 4 extra positions here (256 by default),
+so every path cuts many times; a cut leaves the logits equal bit for bit, in fp32 and int4.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import pytest
 
 from ortmodels.engine.prompt_cache import CacheIdentity, PromptCache
 
-#: Positions a sliding cache may hold past the window before it is cut, in these tests.
-SLACK = 3
+#: Positions a sliding cache may hold past the window before it is cut, in these tests (and the
+#: quantum its start is aligned to).
+SLACK = 4
 #: Tokens these tests generate: with the prompts, six to nine windows of 8.
 NEW = 48
 
@@ -234,3 +235,47 @@ def test_the_kv_bound_counts_the_window_not_the_history(gemma) -> None:  # type:
     assert request.generated == expected[2]
     with pytest.raises(RequestTooLargeError, match=f"needs {probe.kv_bytes(limit + 300)} bytes"):
         Engine(decoder, max_batch=1, kv_cache_bytes=need).add_request(Request(PROMPT, max_tokens=NEW + 300))
+
+
+@pytest.mark.slow
+def test_cuts_change_no_logit_bit_in_fp32_or_int4(gemma, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A cut cache starts at a multiple of the cut quantum, so attention sums the same values in
+    the same groups as over the whole history: the logits are equal bit for bit, and an int4
+    row batched with others (cut whenever any row fills its buffer) gives its solo tokens."""
+    from ortmodels.engine.decoder import DecoderState
+    from ortmodels.engine.engine import Engine
+    from ortmodels.engine.request import Request
+    from tests.test_decoder_graph import _built
+
+    family, checkpoint, fp32, expected = gemma
+    int4 = _built(checkpoint, tmp_path / "int4", "int4")
+    ids = PROMPT + expected[2]
+    for graph in (fp32, int4):
+        logits = {}
+        for slack in (16, 1024):  # cut every 16 positions, never
+            decoder = _decoder(graph)
+            decoder.trim_slack = slack
+            state = DecoderState()
+            rows = [decoder.forward(state, PROMPT)] + [decoder.forward(state, [t]) for t in expected[2]]
+            logits[slack] = np.stack(rows)
+            assert slack != 16 or state.window_length < len(ids) // 3
+        assert np.array_equal(logits[16], logits[1024]), (graph.parent.name, np.abs(logits[16] - logits[1024]).max())
+
+    decoder = _decoder(int4)
+    solo = []
+    for prompt in PROMPTS[family]:
+        uncut = _decoder(int4)
+        uncut.trim_slack = 1024  # this row is never cut
+        alone = Engine(uncut, max_batch=1)
+        request = Request(prompt, max_tokens=NEW)
+        alone.add_request(request)
+        while alone.step():
+            pass
+        solo.append(request.generated)
+    batch = Engine(decoder, max_batch=4, prefill_chunk=4)
+    requests = [Request(p, max_tokens=NEW) for p in PROMPTS[family]]
+    for request in requests:
+        batch.add_request(request)
+    while batch.step():
+        pass
+    assert [r.generated for r in requests] == solo

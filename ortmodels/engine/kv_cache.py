@@ -25,12 +25,14 @@ Joins and leaves cost one row copy with slots, a copy of the whole cache padded.
 Sliding-window layers (Gemma 2/3, Mistral; `DecoderSession.sliding`) hold only their window:
 their caches have buffers of their own, each row's last ``window_length`` tokens at the
 start, bound under the graph's ``sliding_attention_mask``; when a row would pass ``keep +
-trim_slack`` there, every row longer than ``keep`` (the window less one: what the next query
-may see) moves its last ``keep`` positions to the front (`_Rows._cut`). Past the window a
+trim_slack`` there, every row drops the front of its sliding caches, keeping at least
+``keep`` positions (the window less one: what the next query may see), so that they start
+at a multiple of ``trim_slack`` (`_Rows._cut`, `DecoderSession.cut_to`). Past the window a
 token costs only the global layers' bytes; `bytes_for` and `allocated_bytes`, which the
 engine's ``kv_cache_bytes`` bound and gauges count, say so. Rotary positions stay absolute
-(the graph computes them from ``attention_mask``), so a cut changes no logit (tests/
-test_sliding_window_cache.py: PyTorch's tokens, many windows long, with a cut every 3 tokens).
+(the graph computes them from ``attention_mask``), and the aligned start keeps the logits
+bit for bit those of an uncut cache (see `engine/decoder.py`), so when a row is cut (which
+depends on the other rows) changes nothing, in int4 too (tests/test_sliding_window_cache.py).
 """
 
 from __future__ import annotations
@@ -115,17 +117,18 @@ class _Rows:
         return self.decoder.window_width(past) if self.decoder.windowed else length
 
     def _cut(self, arrays: list[np.ndarray], needed: int) -> None:
-        """Cut the sliding caches back to ``keep`` positions (in place, rows 0..n) when some row's
-        window plus ``needed`` new positions would pass `window_capacity`."""
-        keep = self.decoder.keep
+        """Drop the front of the sliding caches (in place, rows 0..n) when some row's window plus
+        ``needed`` new positions would pass `window_capacity`: each row then starts at the last
+        multiple of ``trim_slack`` that leaves it ``keep`` positions (`DecoderSession.cut_to`)."""
         if not self.decoder.windowed or max(self._windows, default=0) + needed <= self.window_capacity:
             return
-        for row, held in enumerate(self._windows):
-            if held > keep:
+        for row, (length, held) in enumerate(zip(self._lengths, self._windows)):
+            drop = self.decoder.cut_to(length, held)
+            if drop:
                 for array, sliding in zip(arrays, self.decoder.sliding):
                     if sliding:  # overlapping ranges: numpy copies through a buffer
-                        array[row, :, :keep] = array[row, :, held - keep : held]
-                self._windows[row] = keep
+                        array[row, :, : held - drop] = array[row, :, drop:held]
+                self._windows[row] = held - drop
 
 
 class SlotCache(_Rows):
