@@ -293,9 +293,9 @@ def test_prompts_are_never_prefilled_one_token_at_a_time() -> None:
     sizes: list[int] = []
     real_prefill = engine.decoder.prefill
 
-    def recording(ids: list[int], past: object = None) -> object:
+    def recording(ids: list[int], past: object = None, length: object = None) -> object:
         sizes.append(len(ids))
-        return real_prefill(ids, past)
+        return real_prefill(ids, past, length)
 
     engine.decoder = type("Recorder", (), {"__getattr__": lambda self, n: getattr(real_prefill.__self__, n),
                                             "prefill": staticmethod(recording)})()

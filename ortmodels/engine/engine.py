@@ -154,7 +154,8 @@ class Engine:
         self.context_length = None if context_length is None else _whole("context_length", context_length, 2)
         if kv_layout not in _LAYOUTS:
             raise ConfigurationError(f"Engine kv_layout must be one of {', '.join(_LAYOUTS)}, not {kv_layout!r}.")
-        self.prompt_cache = PromptCache(prompt_cache_bytes)
+        self.prompt_cache = PromptCache(prompt_cache_bytes, decoder.sliding if decoder.windowed else (),
+                                        decoder.keep)
         self.speculative = bool(speculative)
         self.draft_tokens = _whole("draft_tokens", draft_tokens, 1)
         self._lookups: dict[Request, PromptLookup] = {}
@@ -188,7 +189,7 @@ class Engine:
         if request.added_at is not None:
             raise ConfigurationError(f"{request!r} was already given to an engine; make a new Request.")
         limit = self._limit(request)
-        need = self._rounded(limit) * self._token_bytes
+        need = self._cache.bytes_for(1, limit)
         if need > self.kv_cache_bytes:
             raise RequestTooLargeError(
                 f"{request!r} needs {need} bytes of KV cache (prompt + max_tokens = {limit} tokens), more "
@@ -224,8 +225,14 @@ class Engine:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Cache bytes one token takes, in the graph's own KV precision (what every byte bound counts)."""
+        """Cache bytes one token takes in every layer, in the graph's own KV precision (with
+        sliding-window layers, what a token takes within the first window; `kv_bytes` counts past it)."""
         return self._token_bytes
+
+    def kv_bytes(self, positions: int) -> int:
+        """Bytes the cache of one request holding ``positions`` tokens may take: sliding-window
+        layers count their window (plus the room kept between cuts), the others every token."""
+        return self._cache.bytes_for(1, positions)
 
     def memory_bytes(self) -> int:
         """Bytes held now: the KV rows allocated for running requests plus the prompt cache."""
@@ -234,8 +241,7 @@ class Engine:
 
     def gauges(self) -> EngineGauges:
         """The engine's figures now (read without stopping it: each is one consistent read)."""
-        rows, positions = self._cache.allocated
-        return EngineGauges(len(self.active), self.waiting, rows * positions * self._token_bytes,
+        return EngineGauges(len(self.active), self.waiting, self._cache.allocated_bytes,
                             self.kv_cache_bytes, self.prompt_cache.nbytes)
 
     def all_logits(self, token_ids: list[int]) -> np.ndarray:
@@ -289,7 +295,7 @@ class Engine:
                 return
             chunk = request.prompt_ids[job.done : job.done + size]
             try:
-                logits, job.past = self.decoder.prefill(chunk, job.past)
+                logits, job.past = self.decoder.prefill(chunk, job.past, job.done)
             except Exception as exc:  # noqa: BLE001 - a session failure on this prompt fails this request only
                 logger.warning("Prefill failed for %r: %s", request, exc)
                 self._prefilling = None
@@ -318,10 +324,9 @@ class Engine:
         active = self._cache.keys
         if len(active) >= self._cache.capacity:
             return False
-        have_rows, have_positions = self._cache.allocated  # what is allocated stays until the batch empties
-        rows = max(len(active) + 1, have_rows)
-        positions = max(self._rounded(max(self._limits.get(r, 0) for r in [*active, request])), have_positions)
-        return rows * positions * self._token_bytes <= self.kv_cache_bytes
+        rows = len(active) + 1
+        positions = max(self._limits.get(r, 0) for r in [*active, request])
+        return self._cache.grown_bytes(rows, positions) <= self.kv_cache_bytes  # what is allocated stays
 
     def _decode(self) -> None:
         batch = self.active

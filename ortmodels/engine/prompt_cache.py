@@ -15,6 +15,13 @@ to 2e-5 in fp32 and 0.7 in int4, whose one-row MatMulNBits takes another kernel)
 reusing those changed int4 greedy tokens in a 5-turn chat. So a turn re-prefills the
 previous answer, and the cached prefix gives the very tokens no cache gives.
 
+Sliding-window layers (`DecoderSession.sliding`) hold only the last tokens of an entry (at
+least ``keep``, the window less one), so an entry serves a shorter prefix of itself only
+while its sliding caches still hold that prefix's last ``keep`` tokens (`_Entry.serves`); a
+prompt that would need older ones does not take it (it is prefilled from scratch, or from
+another entry that serves it), and a shorter entry is not dropped for a longer one that
+cannot serve it.
+
 Entries are bounded in bytes and dropped least recently used first; 0 bytes turns it off.
 Only the engine's scheduler thread uses it, so it has no lock (`save` and `restore` run
 while the engine is idle: before its first request, after its close).
@@ -37,6 +44,7 @@ import re
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,11 +95,25 @@ class CacheIdentity:
 @dataclass
 class _Entry:
     ids: np.ndarray  # int64, the tokens whose keys/values ``past`` holds
-    past: list[np.ndarray]  # [1, kv, len(ids), head] per cache input
+    past: list[np.ndarray]  # [1, kv, len(ids), head] per cache input; a sliding one holds the last tokens only
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.past) + self.ids.nbytes
+
+    def serves(self, n: int, keep: int) -> bool:
+        """Whether the first ``n`` tokens' cache can be cut from this entry: every array holds
+        their last ``keep`` tokens (a full-history one holds them all)."""
+        length = len(self.ids)
+        return all(length - a.shape[2] <= max(0, n - keep) for a in self.past)
+
+    def cut(self, n: int, sliding: Sequence[bool]) -> list[np.ndarray]:
+        """The cache of the first ``n`` tokens (`serves` said it can): full-history arrays cut
+        to ``n`` positions, sliding ones to what they hold of those (at least the last ``keep``)."""
+        length = len(self.ids)
+        return [np.ascontiguousarray(a[:, :, : a.shape[2] - (length - n)]) if slides
+                else np.ascontiguousarray(a[:, :, :n])
+                for a, slides in zip(self.past, list(sliding) or [False] * len(self.past))]
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -104,12 +126,15 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 class PromptCache:
     """Prefilled prompts' caches by their token ids, LRU within ``max_bytes``."""
 
-    def __init__(self, max_bytes: int = 0) -> None:
+    def __init__(self, max_bytes: int = 0, sliding: Sequence[bool] = (), keep: int = 0) -> None:
+        """``sliding``: which cache inputs hold only a window (none by default); ``keep``: the
+        tokens before a new query those must hold (`DecoderSession.keep`)."""
         if not isinstance(max_bytes, int) or max_bytes < 0:
             raise ConfigurationError(
                 f"prompt cache size must be a whole number of bytes >= 0 (0 = off), not {max_bytes!r}."
             )
         self.max_bytes = max_bytes
+        self.sliding, self.keep = tuple(sliding), keep if any(sliding) else 0
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._nbytes = 0  # kept as entries come and go: other threads read it (memory figures)
         self._next = 0
@@ -132,7 +157,7 @@ class PromptCache:
         best_key, best = None, 0
         for key, entry in self._entries.items():
             shared = min(common_prefix(entry.ids, prompt), len(prompt) - MIN_PREFILL)
-            if shared > best:
+            if shared > best and entry.serves(shared, self.keep):
                 best_key, best = key, shared
         if best_key is None:
             self.misses += 1
@@ -140,7 +165,7 @@ class PromptCache:
         self.hits += 1
         self._entries.move_to_end(best_key)
         entry = self._entries[best_key]
-        return best, [np.ascontiguousarray(a[:, :, :best]) for a in entry.past]
+        return best, entry.cut(best, self.sliding)
 
     def store(self, ids: list[int], past: list[np.ndarray]) -> None:
         """Keep ``past``, the prefill-made cache of ``ids`` (arrays nobody writes to afterwards)."""
@@ -153,10 +178,10 @@ class PromptCache:
             return
         for key, old in list(self._entries.items()):
             shared = common_prefix(old.ids, entry.ids)
-            if shared == len(entry.ids):  # already covered by a longer entry
+            if shared == len(entry.ids) and old.serves(shared, self.keep):  # already covered by a longer entry
                 self._entries.move_to_end(key)
                 return
-            if shared == len(old.ids):  # the new entry covers the old one
+            if shared == len(old.ids) and entry.serves(shared, self.keep):  # the new entry covers the old one
                 del self._entries[key]
                 self._nbytes -= old.nbytes
         self._entries[self._next] = entry
@@ -205,7 +230,7 @@ class PromptCache:
         if not self.max_bytes or not path.is_file():
             return 0
         try:
-            entries = _read(path, identity)
+            entries = _read(path, identity, self.sliding, self.keep)
         except Exception as exc:  # noqa: BLE001 - a damaged file of any kind is ignored, never a failed load
             logger.warning("Ignoring the saved prompt cache %s: %s", path, exc)
             return 0
@@ -272,8 +297,9 @@ def _cache_file(folder: Path, identity: CacheIdentity) -> Path:
     return Path(folder) / name
 
 
-def _read(path: Path, identity: CacheIdentity) -> list[_Entry]:
-    """The entries of a saved cache, each checked against ``identity``; ValueError when one is off."""
+def _read(path: Path, identity: CacheIdentity, sliding: Sequence[bool] = (), keep: int = 0) -> list[_Entry]:
+    """The entries of a saved cache, each checked against ``identity`` (a sliding cache input may
+    hold fewer positions, at least the last ``keep``); ValueError when one is off."""
     with np.load(path, allow_pickle=False) as saved:
         recorded = json.loads(str(saved["identity"]))
         expected = {"format": FILE_FORMAT, **asdict(identity)}
@@ -287,8 +313,12 @@ def _read(path: Path, identity: CacheIdentity) -> list[_Entry]:
             ids = saved[f"ids_{n}"]
             past = [saved[f"past_{n}_{layer}"] for layer in range(identity.layers)]
             want = (1, identity.kv_heads, len(ids), identity.head)
+            slides = list(sliding) or [False] * len(past)
             if ids.dtype != np.int64 or ids.ndim != 1 or any(
-                    a.shape != want or a.dtype != np.dtype(identity.kv_dtype) for a in past):
+                    a.dtype != np.dtype(identity.kv_dtype) or a.ndim != 4
+                    or (a.shape[:2], a.shape[3]) != (want[:2], want[3])
+                    or not (min(len(ids), keep) <= a.shape[2] <= len(ids) if s else a.shape[2] == len(ids))
+                    for a, s in zip(past, slides)):
                 raise ValueError(f"entry {n} does not have the cache's shape {want} and dtype {identity.kv_dtype}")
             entries.append(_Entry(ids, past))
         return entries

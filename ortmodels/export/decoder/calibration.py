@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .graph import SLIDING_MASK
+
 logger = logging.getLogger(__name__)
 
 CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
@@ -86,6 +88,7 @@ def collect_hessians(model_file: Path, chunks: list[list[int]], folder: Path) ->
     tensors = sorted(set(names.values()))
     width = _widths(model, names)
     past = {i.name: i for i in model.graph.input if i.name.startswith("past_key_values.")}
+    sliding = any(i.name == SLIDING_MASK for i in model.graph.input)
     for tensor in tensors:
         model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
     probe = model_file.with_name(f"{model_file.stem}.calibration.onnx")  # beside its external data
@@ -95,7 +98,7 @@ def collect_hessians(model_file: Path, chunks: list[list[int]], folder: Path) ->
     try:
         session = ort.InferenceSession(str(probe), sess_options=session_options(prepack=False, arena=False),
                                        providers=["CPUExecutionProvider"])
-        feeds = [_feeds(ids, past) for ids in chunks]
+        feeds = [_feeds(ids, past, sliding) for ids in chunks]
         for group in _groups(tensors, width):
             sums = {t: np.zeros((width[t], width[t]), dtype=np.float32) for t in group}
             for feed in feeds:
@@ -144,13 +147,16 @@ def _groups(tensors: list[str], width: dict[str, int]) -> list[list[str]]:
     return groups
 
 
-def _feeds(ids: list[int], past: dict[str, Any]) -> dict[str, np.ndarray]:
-    """One fresh sequence: ids, a full mask, empty caches, one row of logits."""
+def _feeds(ids: list[int], past: dict[str, Any], sliding: bool = False) -> dict[str, np.ndarray]:
+    """One fresh sequence: ids, a full mask (the sliding layers' too, where the graph has them),
+    empty caches, one row of logits."""
     feeds: dict[str, np.ndarray] = {
         "input_ids": np.array([ids], dtype=np.int64),
         "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
         "logits_to_keep": np.array([1], dtype=np.int64),
     }
+    if sliding:
+        feeds[SLIDING_MASK] = feeds["attention_mask"]
     for name, value in past.items():
         shape = value.type.tensor_type.shape.dim
         feeds[name] = np.zeros((1, shape[1].dim_value, 0, shape[3].dim_value), dtype=np.float32)

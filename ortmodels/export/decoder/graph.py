@@ -18,10 +18,22 @@ Interface (what `engine/decoder.py` binds): inputs ``input_ids``, ``attention_ma
 (int64 [1]: how many last positions get logits, 0 = all, as in transformers; the runtime
 passes 1 so a long prompt's prefill computes one row of logits); outputs ``logits`` and
 ``present.N.key/value``. (An initializer default would hide the input from IO binding.)
+
+Sliding-window layers hold only their window: a graph with any adds the input
+``sliding_attention_mask`` (int64 [batch, sliding total]), the mask of what the sliding
+layers' caches hold (their own, shorter past: the runtime drops the tokens that fell out of
+the window), from which their GroupQueryAttention reads ``seqlens_k`` and the total length;
+their rotary positions stay absolute through GroupQueryAttention's ``position_ids`` input,
+computed from ``attention_mask`` (row b's new tokens sit at its valid length minus the new
+ones). Keys are cached after the rotation, so a dropped prefix changes no score; the window
+mask works on the distances within the cache, which dropping a prefix keeps. The model's
+metadata ``ortmodels.layer_windows`` (JSON, one entry per layer: its window or null) says
+which ``past_key_values`` are sliding.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +56,8 @@ from .nbits import quantize_matrix
 if TYPE_CHECKING:
     from .calibration import Hessians
 
-__all__ = ["EMBEDDING_BLOCK", "GraphPrecision", "build_decoder_graph", "supports"]
+__all__ = ["EMBEDDING_BLOCK", "LAYER_WINDOWS_KEY", "SLIDING_MASK", "GraphPrecision", "build_decoder_graph",
+           "supports"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +65,10 @@ _OPSET = 17
 _INLINE_BYTES = 1024  # smaller initializers stay in the graph file
 _DATA_ALIGNMENT = 4096  # a page: onnxruntime maps aligned external data instead of copying it
 _MS = "com.microsoft"
+#: The sliding layers' own attention mask (see the module docstring); the engine binds it by this name.
+SLIDING_MASK = "sliding_attention_mask"
+#: Model metadata: each layer's window (or null), JSON.
+LAYER_WINDOWS_KEY = "ortmodels.layer_windows"
 EMBEDDING_BLOCK = 32  # a tied, quantized variant's GatherBlockQuantized table (see _Builder.embedding)
 
 
@@ -302,11 +319,17 @@ class _Builder:
 
         # seqlens_k = valid tokens - 1 per row; total_sequence_length = the mask's width.
         one = g.ints("const.one_i64", [1])
+        one_scalar = g.tensor("const.one_scalar", np.array(1, dtype=np.int64))
         valid = g.node("ReduceSum", ["attention_mask", one], keepdims=0)[0]
-        self.seqlens = g.node("Cast", [g.node("Sub", [valid, one])[0]], to=TensorProto.INT32)[0]
-        width = g.node("Gather", [g.node("Shape", ["attention_mask"])[0],
-                                  g.tensor("const.one_scalar", np.array(1, dtype=np.int64))], axis=0)[0]
-        self.total_len = g.node("Cast", [width], to=TensorProto.INT32)[0]
+        self.seqlens, self.total_len = self.lengths("attention_mask", valid)
+        if any(self.windows):
+            inputs.append(helper.make_tensor_value_info(SLIDING_MASK, TensorProto.INT64, [batch, "sliding_total"]))
+            self.sliding_lengths = self.lengths(SLIDING_MASK)
+            # Absolute positions of the new tokens: row b's valid length - sequence_length + [0, sequence_length).
+            steps = g.node("Gather", [g.node("Shape", ["input_ids"])[0], one_scalar], axis=0)[0]
+            first = g.node("Sub", [g.node("Unsqueeze", [valid, one])[0], steps])[0]
+            zero = g.tensor("const.zero_scalar", np.array(0, dtype=np.int64))
+            self.position_ids = g.node("Add", [first, g.node("Range", [zero, steps, one_scalar])[0]])[0]
         positions = int(cfg.get("max_position_embeddings", 4096))
         cos, sin = _rotary_caches(self.hf_config, positions)
         self.rotary = {"global": (self.floats("cos_cache", cos), self.floats("sin_cache", sin))}
@@ -330,7 +353,20 @@ class _Builder:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(_MS, 1)],
                                   producer_name="ortmodels")
         model.ir_version = 9
+        if any(self.windows):
+            helper.set_model_props(model, {LAYER_WINDOWS_KEY: json.dumps(self.windows)})
         return model
+
+    def lengths(self, mask: str, valid: str | None = None) -> tuple[str, str]:
+        """(seqlens_k, total_sequence_length) of GroupQueryAttention from a [batch, total] mask."""
+        from onnx import TensorProto
+
+        g, one = self.g, "const.one_i64"
+        if valid is None:
+            valid = g.node("ReduceSum", [mask, one], keepdims=0)[0]
+        seqlens = g.node("Cast", [g.node("Sub", [valid, one])[0]], to=TensorProto.INT32)[0]
+        width = g.node("Gather", [g.node("Shape", [mask])[0], "const.one_scalar"], axis=0)[0]
+        return seqlens, g.node("Cast", [width], to=TensorProto.INT32)[0]
 
     def layer(self, i: int, residual: str, skip: str | None) -> tuple[str, str]:
         """One decoder layer on the residual stream; returns (residual, the skip still to be added)."""
@@ -379,14 +415,16 @@ class _Builder:
         cos, sin = self.rotary["local" if window and "local" in self.rotary else "global"]
         scalar = float(self.config["query_pre_attn_scalar"]) if fam.query_scalar else float(self.head_dim)
         attrs: dict[str, Any] = {}
+        lengths = [self.seqlens, self.total_len]
+        positions: list[str] = []
         if window:
             attrs["local_window_size"] = window
+            lengths, positions = list(self.sliding_lengths), [self.position_ids]
         if self.config.get("attn_logit_softcapping"):
             attrs["softcap"] = float(self.config["attn_logit_softcapping"])
         return g.node(
             "GroupQueryAttention",
-            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", self.seqlens, self.total_len,
-             cos, sin],
+            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", *lengths, cos, sin, *positions],
             [f"/layers.{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
             name=f"layers.{i}.attn", domain=_MS, num_heads=self.heads, kv_num_heads=self.kv_heads,
             scale=scalar**-0.5, do_rotary=1, rotary_interleaved=0, **attrs,
@@ -470,8 +508,6 @@ def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecisio
     Weights are written to the data file tensor by tensor as the graph is built (mapped at
     load: a faster cold start), so memory holds one tensor at a time, never the model.
     """
-    import json
-
     import onnx
     from transformers import AutoConfig
 
