@@ -71,7 +71,11 @@ def test_the_references_batched_greedy_and_one_pass_text_are_each_rows_own(tmp_p
 
     import torch
 
-    from ortmodels.export.decoder.parity import batched_greedy, reference_model, text_logits
+    from ortmodels.export.decoder.parity import (
+        batched_greedy,
+        reference_model,
+        text_logits,
+    )
 
     checkpoint = build_tiny_decoder(tmp_path / family, family)
     vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
