@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ...engine.decoder import SLIDING_MASK  # the graph's input name; importing graph.py here would make a circle
+from ...engine.decoder import (
+    SLIDING_MASK,  # the graph's input name; importing graph.py here would make a circle
+)
 
 logger = logging.getLogger(__name__)
 
