@@ -147,8 +147,10 @@ def test_the_page_lists_the_models_and_streams_a_conversation(watched: Watched, 
         ("system", "You are a geography teacher. Answer in one short sentence."),
         ("user", "What is the capital of France?"), ("assistant", text), ("user", "And of Italy?")]
 
-    page.wait_for_function(  # the figures are read from /metrics after each answer and every 3 s
-        "Number(document.querySelector('[data-figure=requests]').textContent) >= 2"
+    # the figures are read from /metrics after each answer and every 3 s; a function, not a bare
+    # expression: Playwright evaluates a bare expression with eval, which the page's CSP forbids
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-figure=requests]').textContent) >= 2"
         " && Number(document.querySelector('[data-figure=tokens]').textContent) > 0", timeout=30_000)
     assert page.text_content("[data-figure=memory]").endswith("MiB")
     assert float(page.text_content("[data-figure=memory]").split()[0]) > 0
