@@ -238,6 +238,30 @@ def test_the_kv_bound_counts_the_window_not_the_history(gemma) -> None:  # type:
 
 
 @pytest.mark.slow
+def test_the_figures_per_token_and_per_sequence_are_the_manifest_s_and_bound_every_layout(gemma) -> None:  # type: ignore[no-untyped-def]
+    """What the export records for the graph (`graph_kv`) is what the engine counts: bytes per
+    token in the global layers only, and a bound per sequence for the sliding ones, which every
+    layout's reservation (the serial one's too) stays within past many windows."""
+    from ortmodels.engine.decoder import TRIM_SLACK
+    from ortmodels.engine.engine import Engine
+    from ortmodels.engine.kv_cache import PaddedCache, SerialCache, SlotCache, bytes_per_token, layer_bytes
+    from ortmodels.export.decoder.kv_precision import graph_kv
+
+    _, _, graph, _ = gemma
+    engine = Engine(_decoder(graph), max_batch=1)
+    engine.decoder.trim_slack = TRIM_SLACK  # as exported and loaded
+    full, window = layer_bytes(engine.decoder)
+    assert 0 < full < bytes_per_token(engine.decoder)
+    assert graph_kv(graph) == ("fp32", engine.kv_bytes_per_token, engine.kv_window_bytes) == (
+        "fp32", full, window * (engine.decoder.keep + TRIM_SLACK + 1))
+    for length in (1, 100, 10_000):
+        for cache in (SerialCache(engine.decoder), PaddedCache(engine.decoder, 1)):
+            assert cache.bytes_for(1, length) == length * full + min(length * window, engine.kv_window_bytes)
+        assert SlotCache(engine.decoder, 1).bytes_for(1, length) <= (
+            SlotCache.rounded(length) * full + engine.kv_window_bytes)
+
+
+@pytest.mark.slow
 def test_cuts_change_no_logit_bit_in_fp32_or_int4(gemma, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A cut cache starts at a multiple of the cut quantum, so attention sums the same values in
     the same groups as over the whole history: the logits are equal bit for bit, and an int4
