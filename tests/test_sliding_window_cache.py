@@ -67,6 +67,17 @@ def test_saved_entries_with_sliding_caches_are_read_back(tmp_path: Path) -> None
     assert PromptCache(1 << 20).restore(tmp_path, identity) == 0
 
 
+def test_a_saved_entry_whose_sliding_caches_disagree_is_ignored(tmp_path: Path) -> None:
+    """Sliding caches are cut together: an entry whose sliding arrays hold different numbers of
+    positions (a damaged or foreign file) would fail its request's prefill, so the file is not used."""
+    identity = CacheIdentity("tiny", "v1", "fp32", "float32", layers=3, kv_heads=2, head=4)
+    cache = PromptCache(1 << 20, sliding=[False, True, True], keep=7)
+    full, window = _past(30, held=9)
+    cache.store(list(range(30)), [full, window, window[:, :, 1:].copy()])
+    cache.save(tmp_path, identity)
+    assert PromptCache(1 << 20, sliding=[False, True, True], keep=7).restore(tmp_path, identity) == 0
+
+
 # -- the tiny Gemmas against PyTorch ----------------------------------------------------------------
 
 PROMPT = [1, 40, 70, 100, 7, 200, 13, 300, 250, 9, 42, 17, 99, 180, 6, 77]
