@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     the most recently used, by count (each holds its conversation's text); 0 keeps none."""
 
     model_responses_store_bytes: int = Field(default=64 << 20, ge=0, alias="MODEL_RESPONSES_STORE_BYTES")
-    """Bytes the kept responses may hold together (``64MB``), counted as their JSON (each holds
+    """Bytes the kept responses may hold together (64 MiB), counted as their JSON (each holds
     its whole conversation); the least recently used go first; one larger than this is not kept."""
 
     model_verify_files: bool = Field(default=True, alias="MODEL_VERIFY_FILES")

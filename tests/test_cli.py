@@ -125,7 +125,7 @@ QUICK_LINES = [["chat"], ["chat", "m"], ["chat", "m", "hello there"], ["chat", "
 TYPER_LINES = [["-v", "chat", "m"], ["chat", "--help"], ["chat", "m", "q", "--max-tokens", "abc"],
                ["chat", "m", "q", "x"], ["chat", "--unknown"], ["chat", "m", "--max-tokens"], ["chat", "--think=1"],
                ["chat", "--", "-q"], ["chat", "-t", "-1"], ["chat", "--max-tokens", "1", "--max-tokens", "2"],
-               ["chat", "-t", "1e-3"]]
+               ["chat", "-t", "1e-3"], ["chat", "m", "q", "-s=x"], ["chat", "m", "q", "-t=0.5"]]
 
 
 def test_a_plain_chat_line_is_read_without_typer_as_typer_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,46 @@ def test_setting_accepts_the_offered_precisions_and_names_itself_when_refusing()
             load_settings(MODEL_KV_DTYPE=bad)
 
 
+def _cache_graph(path: Path, windows: list[int | None], elem_type: int) -> Path:
+    """A graph with our decoder's cache inputs (2 KV heads of 4) for ``windows`` (one per layer;
+    a number: a sliding layer, with the graph's sliding mask) and nothing else: what `graph_kv` reads."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ortmodels.engine.decoder import LAYER_WINDOWS, SLIDING_MASK
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    if any(windows):
+        inputs.append(helper.make_tensor_value_info(SLIDING_MASK, TensorProto.INT64, ["batch", "window"]))
+    inputs += [helper.make_tensor_value_info(f"past_key_values.{layer}.{kind}", elem_type, ["batch", 2, "past", 4])
+               for layer in range(len(windows)) for kind in ("key", "value")]
+    output = helper.make_tensor_value_info("logits", TensorProto.INT64, None)
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["input_ids"], ["logits"])], "cache",
+                                                inputs, [output]))
+    helper.set_model_props(model, {LAYER_WINDOWS: json.dumps(windows)})
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_the_recorded_kv_bytes_count_a_sliding_layer_s_window_not_every_token(tmp_path: Path) -> None:
+    """A layer that holds only its window costs no bytes per token past it: the manifest's figure
+    per token counts the full-history layers, and its ``window_bytes`` what the sliding ones hold
+    per sequence at most, as the engine holds them (`held_positions`: the window less one, the
+    slack between cuts, the new token)."""
+    from onnx import TensorProto
+
+    from ortmodels.engine.decoder import TRIM_SLACK
+    from ortmodels.export.decoder.kv_precision import graph_kv
+
+    layer = 2 * 2 * 4 * 4  # key and value, 2 heads of 4, fp32
+    plain = _cache_graph(tmp_path / "plain.onnx", [None, None, None], TensorProto.FLOAT)
+    assert graph_kv(plain) == ("fp32", 3 * layer, 0)
+    gemma = _cache_graph(tmp_path / "gemma.onnx", [8, None, 16, None], TensorProto.FLOAT)  # two windows: the widest
+    assert graph_kv(gemma) == ("fp32", 2 * layer, 2 * layer * (15 + TRIM_SLACK + 1))
+    mistral = _cache_graph(tmp_path / "mistral.onnx", [4096, 4096], TensorProto.FLOAT16)  # every layer slides
+    assert graph_kv(mistral) == ("fp16", 0, 2 * layer // 2 * (4095 + TRIM_SLACK + 1))
+
+
 # -- the sample, as exported (old exports: fp32 only; new ones: fp16 where it passed) ---------------
 
 
@@ -115,9 +155,10 @@ def test_fp16_kv_graph_is_recorded_shares_the_weights_and_matches_pytorch(tiny_s
     import onnx
     from transformers import AutoTokenizer
 
-    from ortmodels.engine.decoder import DecoderSession
+    from ortmodels.engine.decoder import DecoderSession, held_positions
     from ortmodels.engine.session import create_session
     from ortmodels.store import ModelStore
+    from tests.tiny_decoders import SLIDING_WINDOW
 
     name = f"tiny-{family}"
     info = ModelStore(tiny_store).info(name)
@@ -125,7 +166,11 @@ def test_fp16_kv_graph_is_recorded_shares_the_weights_and_matches_pytorch(tiny_s
     assert entry.kv is not None and set(entry.kv) == {"fp32", "fp16"}, entry.kv
     fp32, fp16 = entry.kv["fp32"], entry.kv["fp16"]
     assert (fp32.file, fp16.file) == ("model.onnx", "model.kv16.onnx")
-    assert fp32.bytes_per_token == FP32_BYTES and fp16.bytes_per_token == FP32_BYTES // 2
+    # Gemma 2's first layer slides (a window of 8): its bytes are held once per sequence, not per token.
+    full, windowed = (FP32_BYTES // 2, FP32_BYTES // 2 * held_positions(SLIDING_WINDOW - 1)) if family == "gemma2" \
+        else (FP32_BYTES, 0)
+    assert (fp32.bytes_per_token, fp32.window_bytes) == (full, windowed)
+    assert (fp16.bytes_per_token, fp16.window_bytes) == (full // 2, windowed // 2)
     assert fp32.parity == entry.parity and fp16.quality is not None and fp16.quality.passed, fp16.quality
     assert fp16.parity["finite"] and fp16.parity["max_logit_diff"] < 2e-2, fp16.parity
     assert "model.kv16.onnx" in entry.files

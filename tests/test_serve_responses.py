@@ -440,3 +440,14 @@ def test_input_items_become_the_services_messages() -> None:
     ]
     assert input_messages("Hi") == [{"role": "user", "content": "Hi"}]
 
+
+
+def test_a_text_part_without_its_text_is_named_as_such() -> None:
+    """A part of a type the server reads, but without its text, is not called an unreadable type."""
+    for part, says in [({"type": "input_text"}, "(input_text) has no string 'text'"),
+                       ({"type": "refusal", "refusal": 3}, "(refusal) has no string 'refusal'"),
+                       ({"type": "input_image"}, "of type 'input_image'; this server's models read text only")]:
+        role = "user" if part["type"] != "refusal" else "assistant"
+        with pytest.raises(ApiError) as refused:
+            input_messages([{"role": role, "content": [part]}])
+        assert says in refused.value.message and refused.value.param == "input[0].content", refused.value.message

@@ -67,6 +67,17 @@ def test_saved_entries_with_sliding_caches_are_read_back(tmp_path: Path) -> None
     assert PromptCache(1 << 20).restore(tmp_path, identity) == 0
 
 
+def test_a_saved_entry_whose_sliding_caches_disagree_is_ignored(tmp_path: Path) -> None:
+    """Sliding caches are cut together: an entry whose sliding arrays hold different numbers of
+    positions (a damaged or foreign file) would fail its request's prefill, so the file is not used."""
+    identity = CacheIdentity("tiny", "v1", "fp32", "float32", layers=3, kv_heads=2, head=4)
+    cache = PromptCache(1 << 20, sliding=[False, True, True], keep=7)
+    full, window = _past(30, held=9)
+    cache.store(list(range(30)), [full, window, window[:, :, 1:].copy()])
+    cache.save(tmp_path, identity)
+    assert PromptCache(1 << 20, sliding=[False, True, True], keep=7).restore(tmp_path, identity) == 0
+
+
 # -- the tiny Gemmas against PyTorch ----------------------------------------------------------------
 
 PROMPT = [1, 40, 70, 100, 7, 200, 13, 300, 250, 9, 42, 17, 99, 180, 6, 77]
@@ -235,6 +246,30 @@ def test_the_kv_bound_counts_the_window_not_the_history(gemma) -> None:  # type:
     assert request.generated == expected[2]
     with pytest.raises(RequestTooLargeError, match=f"needs {probe.kv_bytes(limit + 300)} bytes"):
         Engine(decoder, max_batch=1, kv_cache_bytes=need).add_request(Request(PROMPT, max_tokens=NEW + 300))
+
+
+@pytest.mark.slow
+def test_the_figures_per_token_and_per_sequence_are_the_manifest_s_and_bound_every_layout(gemma) -> None:  # type: ignore[no-untyped-def]
+    """What the export records for the graph (`graph_kv`) is what the engine counts: bytes per
+    token in the global layers only, and a bound per sequence for the sliding ones, which every
+    layout's reservation (the serial one's too) stays within past many windows."""
+    from ortmodels.engine.decoder import TRIM_SLACK
+    from ortmodels.engine.engine import Engine
+    from ortmodels.engine.kv_cache import PaddedCache, SerialCache, SlotCache, bytes_per_token, layer_bytes
+    from ortmodels.export.decoder.kv_precision import graph_kv
+
+    _, _, graph, _ = gemma
+    engine = Engine(_decoder(graph), max_batch=1)
+    engine.decoder.trim_slack = TRIM_SLACK  # as exported and loaded
+    full, window = layer_bytes(engine.decoder)
+    assert 0 < full < bytes_per_token(engine.decoder)
+    assert graph_kv(graph) == ("fp32", engine.kv_bytes_per_token, engine.kv_window_bytes) == (
+        "fp32", full, window * (engine.decoder.keep + TRIM_SLACK + 1))
+    for length in (1, 100, 10_000):
+        for cache in (SerialCache(engine.decoder), PaddedCache(engine.decoder, 1)):
+            assert cache.bytes_for(1, length) == length * full + min(length * window, engine.kv_window_bytes)
+        assert SlotCache(engine.decoder, 1).bytes_for(1, length) <= (
+            SlotCache.rounded(length) * full + engine.kv_window_bytes)
 
 
 @pytest.mark.slow

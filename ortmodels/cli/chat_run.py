@@ -64,7 +64,8 @@ def quick_arguments(argv: list[str]) -> dict[str, Any] | None:
                 return None
             parameter, value = positional.pop(0), word
         else:
-            flag, equals, inline = word.partition("=")
+            # ``--flag=value`` only: click reads ``-s=x`` as the value ``=x`` (left to typer, as ``-sx``)
+            flag, equals, inline = word.partition("=") if word.startswith("--") else (word, "", "")
             if flag not in options:
                 return None
             parameter, value = options[flag]

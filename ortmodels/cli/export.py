@@ -106,6 +106,12 @@ _FIGURES = (
 )
 
 
+def kv_bytes_text(per_token: int, window: int) -> str:
+    """A KV precision's cost: bytes per token, and what sliding-window layers hold per sequence."""
+    text = f"{format_bytes(per_token)}/token"
+    return text if not window else f"{text} + {format_bytes(window)}/sequence in sliding layers"
+
+
 def verdict_table(name: str, manifest: Manifest, dtypes: list[str]) -> Table:
     """One row per variant built and KV cache precision: its figures, and whether it passed the quality gates."""
     table = Table(title=f"{name}: variants and quality gates")
@@ -115,12 +121,13 @@ def verdict_table(name: str, manifest: Manifest, dtypes: list[str]) -> Table:
         entry = manifest.variants[dtype]
         # The variant's own graph first (its size is the variant's), then the fp16-KV graph.
         kv = sorted((entry.kv or {}).items(), key=lambda item: item[1].file != "model.onnx")
-        rows = [(k, e.parity, e.quality, e.bytes_per_token) for k, e in kv] or [("-", entry.parity, entry.quality, 0)]
-        for n, (kv_dtype, parity, quality, per_token) in enumerate(rows):
+        rows = [(k, e.parity, e.quality, e.bytes_per_token, e.window_bytes) for k, e in kv] or [
+            ("-", entry.parity, entry.quality, 0, 0)]
+        for n, (kv_dtype, parity, quality, per_token, window) in enumerate(rows):
             figures = [fmt.format(parity[k]) if isinstance(parity.get(k), (int, float)) else "-"
                        for k, _, fmt in _FIGURES]
             verdict = verdict_text(quality)
-            kv_label = kv_dtype if not per_token else f"{kv_dtype} ({format_bytes(per_token)}/token)"
+            kv_label = kv_dtype if not (per_token or window) else f"{kv_dtype} ({kv_bytes_text(per_token, window)})"
             size = format_bytes(entry.size) if entry.size and n == 0 else "-"
             table.add_row(dtype if n == 0 else "", kv_label, size, *figures, verdict)
     return table

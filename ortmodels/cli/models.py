@@ -13,7 +13,7 @@ from ..store import ModelStore
 from ..store.manifest import Manifest
 from ..units import format_bytes
 from . import app, console
-from .export import verdict_text
+from .export import kv_bytes_text, verdict_text
 from .tables import print_rows
 
 
@@ -147,7 +147,8 @@ def _print_kv(manifest: Manifest) -> None:
             verdict = verdict_text(entry.quality)
             figures = ", ".join(f"{k}={entry.parity[k]:.6g}" for k in _KV_FIGURES
                                 if isinstance(entry.parity.get(k), float | int))
-            rows.append((dtype, kv_dtype, entry.file, format_bytes(entry.bytes_per_token), verdict, figures))
+            rows.append((dtype, kv_dtype, entry.file, kv_bytes_text(entry.bytes_per_token, entry.window_bytes),
+                         verdict, figures))
     if rows:
         print_rows(("variant", "KV cache", "graph", "per token", "verdict", "figures"), rows, whole=("variant",),
                    title="KV cache precision (MODEL_KV_DTYPE=auto takes fp16 where it passed)")

@@ -41,7 +41,7 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 _PAST = "past_key_values."
 _PRESENT = "present."
 SLIDING_MASK = "sliding_attention_mask"  # export/decoder/graph.py's name (engine/ imports no export code)
-_LAYER_WINDOWS = "ortmodels.layer_windows"
+LAYER_WINDOWS = "ortmodels.layer_windows"  # the graph's metadata key (export/decoder/graph.py's)
 #: Positions a sliding cache may hold past ``keep`` before it is cut, and the quantum its start
 #: is aligned to: one cut (a copy of at most ``keep + TRIM_SLACK`` positions) per this many tokens.
 TRIM_SLACK = 256
@@ -82,10 +82,8 @@ class DecoderSession:
         self.keep = 0
         self.trim_slack = TRIM_SLACK  # tests lower it to cut often
         if SLIDING_MASK in inputs:
-            windows = json.loads(session.get_modelmeta().custom_metadata_map.get(_LAYER_WINDOWS, "[]"))
-            self.sliding = [bool(windows[_layer_order(n)[0]]) for n in self.past_names]
-            # Tokens before a new query that any sliding layer may still see (each masks its own window).
-            self.keep = max(1, max(int(w) for w in windows if w) - 1)
+            self.sliding, self.keep = sliding_layout(
+                self.past_names, session.get_modelmeta().custom_metadata_map.get(LAYER_WINDOWS))
 
     @property
     def windowed(self) -> bool:
@@ -251,6 +249,22 @@ class DecoderSession:
                 state.window_length -= drop
         logits = outputs[0].numpy()
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+
+def sliding_layout(past_names: list[str], layer_windows: str | None) -> tuple[list[bool], int]:
+    """(which of ``past_names`` hold only their window, ``keep``) for a graph with a
+    ``sliding_attention_mask``, from its ``ortmodels.layer_windows`` metadata (JSON: each layer's
+    window or null). ``keep``: the tokens before a new query that any sliding layer may still
+    see (each masks its own window)."""
+    windows = json.loads(layer_windows or "[]")
+    sliding = [bool(windows[_layer_order(n)[0]]) for n in past_names]
+    return sliding, max(1, max(int(w) for w in windows if w) - 1) if any(sliding) else 0
+
+
+def held_positions(keep: int, trim_slack: int = TRIM_SLACK) -> int:
+    """The most positions a sliding cache holds between two cuts: ``keep``, the slack it may pass
+    ``keep`` by, and the token being added (what a budget counts for its layers, per sequence)."""
+    return keep + trim_slack + 1
 
 
 def _layer_order(name: str) -> tuple[int, str]:

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, EngineClosedError, RequestTooLargeError
 from .decoder import DecoderSession
-from .kv_cache import KVCache, PaddedCache, SerialCache, SlotCache, bytes_per_token
+from .kv_cache import KVCache, PaddedCache, SerialCache, SlotCache, layer_bytes, window_bytes
 from .prompt_cache import PromptCache
 from .request import Event, Finished, FinishReason, Request
 from .speculative import MAX_DRAFT, PromptLookup
@@ -167,7 +167,7 @@ class Engine:
             logger.info("Requests on this decoder run one at a time: %s.", "the batched KV layouts are "
                         "CPU-only for now" if decoder.batches else "its graph cannot batch rows of different "
                         "lengths (position_ids, no logits_to_keep)")
-        self._token_bytes = bytes_per_token(decoder) if decoder.past_names else 0
+        self._token_bytes = layer_bytes(decoder)[0]
         self._waiting: deque[Request] = deque()
         self._prefilling: _Prefill | None = None
         self._limits: dict[Request, int] = {}
@@ -225,9 +225,16 @@ class Engine:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Cache bytes one token takes in every layer, in the graph's own KV precision (with
-        sliding-window layers, what a token takes within the first window; `kv_bytes` counts past it)."""
+        """Cache bytes one token takes in the full-history layers (every layer of most models), in
+        the graph's own KV precision: what each token of a long sequence costs. Sliding-window
+        layers hold at most `kv_window_bytes` per sequence besides; `kv_bytes` counts both."""
         return self._token_bytes
+
+    @property
+    def kv_window_bytes(self) -> int:
+        """Bytes one sequence's sliding-window layers hold at most, however long it is (0 without
+        such layers): the manifest's ``window_bytes``."""
+        return window_bytes(self.decoder)
 
     def kv_bytes(self, positions: int) -> int:
         """Bytes the cache of one request holding ``positions`` tokens may take: sliding-window
@@ -431,10 +438,6 @@ class Engine:
                 )
             limit = min(limit, self.context_length)
         return limit
-
-    @staticmethod
-    def _rounded(positions: int) -> int:
-        return SlotCache.rounded(positions)
 
     # -- the background thread --------------------------------------------------------------
 

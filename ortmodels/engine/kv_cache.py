@@ -42,7 +42,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from .decoder import DecoderSession, DecoderState
+from .decoder import DecoderSession, DecoderState, held_positions
 
 _BLOCK = 256  # positions added when a slot buffer grows: rare regrowth, little waste
 
@@ -85,7 +85,7 @@ class _Rows:
         self._windows: list[int] = []
         self._full_bytes, self._window_bytes = layer_bytes(decoder)
         #: The most positions a sliding buffer needs between cuts (a row's new token included).
-        self.window_capacity = decoder.keep + decoder.trim_slack + 1
+        self.window_capacity = held_positions(decoder.keep, decoder.trim_slack)
 
     @property
     def keys(self) -> list[object]:
@@ -364,8 +364,8 @@ class SerialCache:
 
     def bytes_for(self, rows: int, positions: int) -> int:
         full, window = layer_bytes(self.decoder)
-        slack = self.decoder.keep + self.decoder.trim_slack
-        return rows * (positions * full + min(positions, slack) * window)
+        held = held_positions(self.decoder.keep, self.decoder.trim_slack)  # a step's present, before its cut
+        return rows * (positions * full + min(positions, held) * window)
 
     def grown_bytes(self, rows: int, positions: int) -> int:
         return self.bytes_for(rows, positions)
@@ -389,7 +389,8 @@ class SerialCache:
 
 
 def bytes_per_token(decoder: DecoderSession) -> int:
-    """Cache bytes one token takes across every layer's key and value (within the first window)."""
+    """Cache bytes one token takes across every layer's key and value (within the first window;
+    `layer_bytes` splits it, `window_bytes` bounds the sliding layers' part)."""
     kv_heads, head, dtype = decoder.kv_dims
     return kv_heads * head * np.dtype(dtype).itemsize * len(decoder.past_names)
 
@@ -402,3 +403,9 @@ def layer_bytes(decoder: DecoderSession) -> tuple[int, int]:
     each = bytes_per_token(decoder) // len(decoder.past_names)
     sliding = sum(decoder.sliding) if decoder.windowed else 0
     return each * (len(decoder.past_names) - sliding), each * sliding
+
+
+def window_bytes(decoder: DecoderSession) -> int:
+    """Bytes one sequence's sliding-layer caches hold at most, however long it is (0 without
+    sliding layers): `held_positions` of the sliding layers' bytes per token."""
+    return layer_bytes(decoder)[1] * held_positions(decoder.keep, decoder.trim_slack) if decoder.windowed else 0

@@ -320,5 +320,7 @@ def _read(path: Path, identity: CacheIdentity, sliding: Sequence[bool] = (), kee
                     or not (min(len(ids), keep) <= a.shape[2] <= len(ids) if s else a.shape[2] == len(ids))
                     for a, s in zip(past, slides)):
                 raise ValueError(f"entry {n} does not have the cache's shape {want} and dtype {identity.kv_dtype}")
+            if len({a.shape[2] for a, s in zip(past, slides) if s}) > 1:  # they are cut together
+                raise ValueError(f"entry {n}'s sliding caches hold different numbers of positions")
             entries.append(_Entry(ids, past))
         return entries

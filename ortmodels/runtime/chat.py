@@ -146,7 +146,8 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     @property
     def kv_bytes_per_token(self) -> int | None:
-        """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16)."""
+        """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16);
+        sliding-window layers, which hold their window only, are not counted (`Engine.kv_bytes_per_token`)."""
         return self._runtime.kv_bytes_per_token
 
     def engine_gauges(self) -> EngineGauges | None:

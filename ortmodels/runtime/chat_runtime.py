@@ -130,8 +130,10 @@ class ChatRuntime(ChoosesVariant, Managed):
             engine.prompt_cache.restore(*self._saved_cache)  # before the service is kept: never raises
         self._service = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
                                     token_chars)
-        logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token)", opened.info.name,
-                    opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token)
+        logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token%s)", opened.info.name,
+                    opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token,
+                    f" + {engine.kv_window_bytes} per sequence in sliding-window layers" if engine.kv_window_bytes
+                    else "")
 
     def _unload(self) -> None:
         service, self._service = self._service, None
@@ -171,7 +173,8 @@ class ChatRuntime(ChoosesVariant, Managed):
 
     @property
     def kv_bytes_per_token(self) -> int | None:
-        """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16)."""
+        """KV cache bytes one token takes in the loaded graph (``MODEL_KV_DTYPE`` halves it with fp16);
+        sliding-window layers, which hold their window only, are not counted (`Engine.kv_bytes_per_token`)."""
         return self._service.engine.kv_bytes_per_token if self._service else None
 
     def engine_gauges(self) -> EngineGauges | None:

@@ -54,9 +54,12 @@ def _parts_text(content: Any, kinds: tuple[str, ...], where: str) -> str:
     for number, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         key = "refusal" if kind == "refusal" else "text"
-        if kind not in kinds or not isinstance(part.get(key), str):
+        if kind not in kinds:
             raise bad_request(f"{where}[{number}] is of type {kind!r:.40}; this server's models read text only "
                               f"({{'type': '{kinds[0]}', 'text': ...}}).", where)
+        if not isinstance(part.get(key), str):
+            raise bad_request(f"{where}[{number}] ({kind}) has no string {key!r}; give "
+                              f"{{'type': '{kind}', '{key}': ...}}.", where)
         texts.append(part[key])
     return "".join(texts)
 

@@ -79,6 +79,13 @@ class KVEntry(BaseModel):
 
     file: str
     bytes_per_token: int = Field(ge=0)
+    """Cache bytes one token takes in the graph's full-history layers: every layer of most models;
+    a model with sliding-window layers (Gemma 2/3, Mistral) counts its global layers only here
+    (exports before ortmodels recorded ``window_bytes`` counted every layer)."""
+    window_bytes: int = Field(default=0, ge=0)
+    """Bytes the sliding-window layers' caches of one sequence hold at most, however long it is
+    (the window, plus the positions the engine lets them pass it by between cuts); 0 without
+    such layers. A sequence of n tokens takes at most ``n * bytes_per_token + window_bytes``."""
     parity: dict[str, Any] = Field(default_factory=dict)
     quality: QualityVerdict | None = None
 

@@ -352,16 +352,18 @@ def _kv_entries(dtype: str, folder: Path, parity: dict[str, Any], verdict: Quali
     keeps its figures in the manifest but not its file, so it is never loaded.
     """
     plain = folder / "model.onnx"
-    own, own_bytes = graph_kv(plain)
+    own, own_bytes, own_window = graph_kv(plain)
     entries: dict[str, KVEntry] = {}
     if own is not None:
-        entries[own] = KVEntry(file=plain.name, bytes_per_token=own_bytes, parity=parity, quality=verdict)
+        entries[own] = KVEntry(file=plain.name, bytes_per_token=own_bytes, window_bytes=own_window, parity=parity,
+                               quality=verdict)
     kv16 = folder / KV16_FILE
     if own == "fp32" and write_fp16_kv_graph(plain, kv16):
         parity16 = onnx_parity(kv16, reference, float_weights=dtype in ("fp32", "fp16", "bf16"))
         verdict16 = judge_decoder(dtype, parity16)
-        entries["fp16"] = KVEntry(file=kv16.name, bytes_per_token=graph_kv(kv16)[1], parity=parity16,
-                                  quality=verdict16)
+        _, per_token16, window16 = graph_kv(kv16)
+        entries["fp16"] = KVEntry(file=kv16.name, bytes_per_token=per_token16, window_bytes=window16,
+                                  parity=parity16, quality=verdict16)
         logger.info("%s %s with an fp16 KV cache: %s; %s", name, dtype, parity16,
                     "passed" if verdict16.passed else verdict16.failures)
         if not verdict16.publishable:

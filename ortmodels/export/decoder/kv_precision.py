@@ -50,21 +50,34 @@ def _is_attention(node: Any) -> bool:
     return bool(node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft")
 
 
-def graph_kv(model_file: Path) -> tuple[str | None, int]:
-    """(the cache's precision, bytes one token takes in it) of a decoder graph; (None, 0) without a cache.
+def graph_kv(model_file: Path) -> tuple[str | None, int, int]:
+    """(the cache's precision, bytes one token takes in its full-history layers, bytes its
+    sliding-window layers hold per sequence at most) of a decoder graph; (None, 0, 0) without a cache.
 
-    Read from the ``past_key_values.*`` inputs, as the engine does (`engine.decoder.kv_dims`).
+    Read from the ``past_key_values.*`` inputs and the ``ortmodels.layer_windows`` metadata, as
+    the engine reads them (`engine.decoder.kv_dims`, `sliding_layout`): a sliding layer holds its
+    window only (`held_positions`), so past it a token costs the full-history layers' bytes alone
+    (`Engine.kv_bytes_per_token`, `Engine.kv_window_bytes`).
     """
     import onnx
 
-    graph = onnx.load(str(model_file), load_external_data=False).graph
+    from ...engine.decoder import LAYER_WINDOWS, SLIDING_MASK, held_positions, sliding_layout
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
     pasts = [i for i in graph.input if i.name.startswith(_PAST)]
     if not pasts:
-        return None, 0
+        return None, 0, 0
     tensor = pasts[0].type.tensor_type
     heads, head_dim = (d.dim_value for d in (tensor.shape.dim[1], tensor.shape.dim[3]))
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
-    return _kv_dtype_of(tensor.elem_type), heads * head_dim * itemsize * len(pasts)
+    each = heads * head_dim * onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    sliding, keep = [False] * len(pasts), 0
+    if any(i.name == SLIDING_MASK for i in graph.input):
+        metadata = {p.key: p.value for p in model.metadata_props}
+        sliding, keep = sliding_layout([i.name for i in pasts], metadata.get(LAYER_WINDOWS))
+    slides = sum(sliding)
+    return (_kv_dtype_of(tensor.elem_type), each * (len(pasts) - slides),
+            each * slides * held_positions(keep) if slides else 0)
 
 
 def write_fp16_kv_graph(model_file: Path, target: Path) -> bool:
