@@ -74,7 +74,8 @@ COMMANDS = {
 #: collector is off while they import and load (until `model_loaded`): at the default
 #: threshold (700) a chat's start made 290 collections of young objects that were nearly all
 #: still alive (0.2 s of CPU on the shared 2-core machine); at 50,000 still one, over the
-#: 50,000 objects made while the tokenizer and vocabulary were read (40-60 ms).
+#: 50,000 objects made while the tokenizer and vocabulary were read (40-60 ms). Their sessions'
+#: idle threads do not spin (`stop_spinning`).
 QUICK_EXIT = {"chat", "embed"}
 #: Allocations between two young-generation collections in those commands, once collecting.
 GC_THRESHOLD = 50_000
@@ -170,6 +171,10 @@ def main() -> None:
         gc.disable()
         _collector_held = True
     quick = None
+    if command in QUICK_EXIT:
+        from ..engine.session import stop_spinning
+
+        stop_spinning()
     if command == "chat":
         _open_early(sys.argv[1:])
         quick = _quick_chat(sys.argv[1:])

@@ -65,6 +65,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
+#: Whether the sessions this process opens keep their idle intra-op threads spinning between runs
+#: (ONNX Runtime's default); `stop_spinning` turns it off.
+_spinning = True
+
+
+def stop_spinning() -> None:
+    """Sessions opened from now on in this process let their intra-op threads sleep between runs.
+
+    For a one-shot command (``ortmodels chat NAME QUESTION``): a spinning thread keeps a core
+    busy between decode steps and while the main thread samples, tokenizes and imports, which
+    on a shared 2-core machine took CPU from the start itself. A server keeps the default.
+    """
+    global _spinning
+    _spinning = False
+
+
 def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) -> ort.SessionOptions:
     """Options every ortmodels session shares: all graph optimisations, quiet logging.
 
@@ -84,6 +100,8 @@ def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) 
         options.add_session_config_entry("session.disable_prepacking", "1")
     if not arena:
         options.enable_cpu_mem_arena = False
+    if not _spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
