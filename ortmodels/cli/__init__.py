@@ -126,19 +126,29 @@ def _open_early(argv: list[str]) -> None:
     """``chat NAME ...``: start opening NAME's session before anything else is imported, so
     that typer, rich, the runtime and the tokenizer load while ONNX Runtime builds it
     (`ortmodels.engine.session.open_early`). A guess from the words alone: any problem,
-    or a model the command line turns out not to name, is left to the command itself."""
+    or a model the command line turns out not to name, is left to the command itself. The
+    session of the last start opens before the settings and the store are even imported
+    when nothing it was chosen from has changed (`early_hint`)."""
     words = argv[argv.index("chat") + 1:]
     if not words or words[0].startswith("-"):
         return
+    from .early_hint import remember, start
+
+    try:  # the session of the last start, if nothing it was chosen from has changed
+        start(words[0])
+    except Exception as exc:  # the choice below opens its own
+        logging.getLogger(__name__).debug("No remembered session for %s: %s", words[0], exc)
     try:
-        from ..config import load_settings
+        from ..config import Settings, load_settings
         from ..runtime.variant import open_chat_early
         from ..store import ModelStore
         from ..store.names import split_tag
 
         settings = load_settings()
         name, dtype = split_tag(words[0], None)
-        open_chat_early(ModelStore(settings.local_models_dir), name, dtype or settings.model_dtype, settings)
+        key = open_chat_early(ModelStore(settings.local_models_dir), name, dtype or settings.model_dtype, settings)
+        remember(words[0], settings.local_models_dir, key,
+                 [n for field, info in Settings.model_fields.items() for n in (field, info.alias) if n])
     except Exception as exc:  # the command reports it, with its own message
         logging.getLogger(__name__).debug("No early session for %s: %s", words[0], exc)
 

@@ -246,11 +246,13 @@ def _checked_folder(choice: VariantChoice, settings: Settings) -> Path:
     return folder
 
 
-def open_chat_early(store: ModelStore, name: str, dtype: str | None, settings: Settings) -> None:
+def open_chat_early(store: ModelStore, name: str, dtype: str | None,
+                    settings: Settings) -> tuple[str, str, int, bool, bool]:
     """Start opening the graph a load of chat model ``name`` (active version) would open, on a
     helper thread (`open_early`), after the same choice and file checks; the load takes that
     session. A process that knows its model before importing the rest calls it first
-    (``ortmodels chat``); any problem is left for the load to report."""
+    (``ortmodels chat``); any problem is left for the load to report. Returns the session's key
+    (`open_early`'s)."""
     choice = choose_variant(store, name, "chat", None, None, dtype, settings)
     try:
         folder = _checked_folder(choice, settings)
@@ -258,7 +260,7 @@ def open_chat_early(store: ModelStore, name: str, dtype: str | None, settings: S
     except BaseException:
         choice.release()
         raise
-    open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA, done=choice.release)
+    return open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA, done=choice.release)
 
 
 def open_variant(
