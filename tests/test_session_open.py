@@ -152,8 +152,11 @@ def test_a_chat_start_reopens_the_last_ones_session_until_what_chose_it_changes(
 
     monkeypatch.setenv("model_threads", "1")  # read as MODEL_THREADS
     assert not reopened()
-    monkeypatch.delenv("model_threads")
+    _open_early(["chat", word, "hi"])  # remembered under this setting too
+    sessions.discard_early()
     assert reopened()
+    monkeypatch.delenv("model_threads")
+    assert reopened()  # the first one is still kept
     variant = next((models / CHAT_SAMPLE / ".exports").glob("*/int4"))
     (variant / "extra.txt").write_text("x")
     assert not reopened()

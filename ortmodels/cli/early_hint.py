@@ -4,7 +4,7 @@ pydantic, the settings and the store are imported, when nothing it depended on h
 `cli._open_early` chooses the graph through the settings and the store (pydantic, the manifest,
 the file checks: 0.1 s of imports and reading before ONNX Runtime starts building the session),
 then `remember` keeps what it opened (the graph, device, threads) beside the export
-(``NAME/.exports/.early-chat.json``, by the command's model word) with a fingerprint of what the
+(``NAME/.exports/.early-chat.json``, by the command's model word, the last `KEPT`) with a fingerprint of what the
 choice read: the values of every setting's environment variable, the ``.env`` file's stamp, the
 models folder, the ``onnx`` link's target, the providers onnxruntime offers, and the stamp
 (size, mtime, ctime, inode, as `store.integrity` keeps them) of the version's manifest and of
@@ -23,9 +23,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-#: The file, under a model's ``.exports`` folder, that holds the hints (one per model word).
+#: The file, under a model's ``.exports`` folder, that holds the hints (by model word).
 HINT_FILE = ".early-chat.json"
-_FORMAT = 1
+#: Hints kept per model word, the latest first (starts under other settings do not undo each other's).
+KEPT = 4
+_FORMAT = 2
 _DOTENV = ".env"
 _MODELS_DIR = "local_models_dir"
 _DEFAULT_MODELS_DIR = "models"
@@ -103,20 +105,23 @@ def start(word: str) -> bool:
     folder = None if models_dir is None else _model_folder(models_dir, word)
     if models_dir is None or folder is None:
         return False
-    hint = _read(os.path.join(folder, ".exports", HINT_FILE)).get("hints", {}).get(word)
-    if not isinstance(hint, dict) or not isinstance(hint.get("names"), list):
-        return False
-    key = hint.get("key")
-    if not (isinstance(key, list) and len(key) == 5 and isinstance(key[0], str) and isinstance(key[1], str)
-            and type(key[2]) is int and all(type(v) is bool for v in key[3:])):
+    hints = _read(os.path.join(folder, ".exports", HINT_FILE)).get("hints", {})
+    kept = hints.get(word) if isinstance(hints, dict) else None
+    if not isinstance(kept, list):
         return False
     from ..engine.session import available_providers, open_early
 
-    found = _fingerprint(models_dir, folder, key[0], hint["names"], environment, available_providers())
-    if found is None or found != hint.get("fingerprint"):
-        return False
-    open_early(Path(key[0]), key[1], key[2], key[3], key[4], retry=True)
-    return True
+    providers = available_providers()
+    for hint in kept:
+        key = hint.get("key") if isinstance(hint, dict) else None
+        if not (isinstance(key, list) and len(key) == 5 and isinstance(key[0], str) and isinstance(key[1], str)
+                and type(key[2]) is int and all(type(v) is bool for v in key[3:])
+                and isinstance(hint.get("names"), list)):
+            continue
+        if _fingerprint(models_dir, folder, key[0], hint["names"], environment, providers) == hint.get("fingerprint"):
+            open_early(Path(key[0]), key[1], key[2], key[3], key[4], retry=True)
+            return True
+    return False
 
 
 def remember(word: str, models_dir: Path, key: tuple[str, str, int, bool, bool], names: list[str]) -> None:
@@ -135,11 +140,12 @@ def remember(word: str, models_dir: Path, key: tuple[str, str, int, bool, bool],
         return
     path = os.path.join(folder, ".exports", HINT_FILE)
     hints = _read(path)
-    entry = {"names": names, "key": list(key), "fingerprint": fingerprint}
+    entry = json.loads(json.dumps({"names": names, "key": list(key), "fingerprint": fingerprint}))
     kept = hints.get("hints") if isinstance(hints.get("hints"), dict) else {}
-    if kept.get(word) == json.loads(json.dumps(entry)):
+    before = kept.get(word) if isinstance(kept.get(word), list) else []
+    if before[:1] == [entry]:
         return
-    kept = {**kept, word: entry}
+    kept = {**kept, word: [entry, *[e for e in before if e != entry]][:KEPT]}
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
