@@ -109,3 +109,58 @@ def test_vocabulary_bounds_are_remembered_until_the_tokenizer_changes(copied_emb
     loose.write_bytes(path.read_bytes())
     assert bounds(loose) == exact and bounds(loose) == exact and len(computed) == 5  # nowhere to keep them
     assert list(outside.iterdir()) == [loose]
+
+
+def test_a_files_faster_form_is_kept_until_it_or_the_file_changes(copied_embedding_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """`remembered_form`: made once and read back by later loads; made again when the file or
+    the kept form changed; a file with no other form is remembered as such; nothing is made
+    where it could not be kept (a folder outside an export version)."""
+    from ortmodels.store.integrity import remembered_form
+
+    path = ModelStore(copied_embedding_model.parent).info(EMBEDDING_SAMPLE).variant_path("fp32") / "tokenizer.json"
+    made: list[str] = []
+
+    def make() -> str:
+        made.append("form")
+        return f"form {len(made)}"
+
+    assert remembered_form(path, "x.json", make) == "form 1"
+    assert remembered_form(path, "x.json", make) == "form 1" and len(made) == 1  # read back
+    kept = next((copied_embedding_model / ".exports" / ".verified").glob("*.fp32.x.json"))
+    kept.write_text("tampered", encoding="utf-8")
+    assert remembered_form(path, "x.json", make) == "form 2"  # the form changed: made again
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert remembered_form(path, "x.json", make) == "form 3"  # the file changed: made again
+    assert remembered_form(path, "none.json", lambda: None) is None
+    assert remembered_form(path, "none.json", make) is None and len(made) == 3  # remembered as having none
+    outside = tmp_path / "loose"
+    outside.mkdir()
+    (outside / "tokenizer.json").write_bytes(path.read_bytes())
+    assert remembered_form(outside / "tokenizer.json", "x.json", make) is None and len(made) == 3
+
+
+def test_merges_as_strings_are_the_same_tokenizer(samples_dir: Path, tmp_path: Path) -> None:
+    """A BPE tokenizer's merges as ``"a b"`` strings parse faster and tokenize the same; a
+    WordPiece tokenizer, or a merge part holding a space, has no such form."""
+    import json
+
+    from ortmodels.engine.tokenizer import load_tokenizer, merges_as_text
+
+    from .conftest import CHAT_SAMPLE
+
+    path = samples_dir / CHAT_SAMPLE / "onnx" / "int4" / "tokenizer.json"
+    text = merges_as_text(path)
+    assert text is not None and '"Ġ t"' in text
+    plain, fast = load_tokenizer(path), load_tokenizer(path, text=text)
+    assert fast.to_str() == plain.to_str()
+    for sample in ("Why is the sky blue?", "<|im_start|>user\n  tabs\tand é中文 😀<|im_end|>\n", "x" * 300):
+        assert fast.encode(sample).ids == plain.encode(sample).ids
+    assert load_tokenizer(path, text="not json").to_str() == plain.to_str()  # a damaged form: the file
+    wordpiece = ModelStore(samples_dir).info(EMBEDDING_SAMPLE).variant_path("fp32") / "tokenizer.json"
+    assert merges_as_text(wordpiece) is None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["model"]["merges"][0] = ["a b", "c"]
+    spaced = tmp_path / "tokenizer.json"
+    spaced.write_text(json.dumps(data), encoding="utf-8")
+    assert merges_as_text(spaced) is None

@@ -89,3 +89,88 @@ def test_an_early_session_nobody_takes_is_dropped_and_its_error_is_the_loads(tmp
     sessions.open_early(tmp_path / "model.onnx", "cpu", 1, done=lambda: released.append(True))
     sessions.discard_early()
     assert not sessions._early and released == [True]
+
+
+def test_an_early_session_opened_on_a_guess_is_opened_again_by_the_load_if_it_failed(tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch
+                                                                                      ) -> None:
+    """A session `cli.early_hint` started before the file checks and without a lease may have
+    failed for a reason the load's own opening would not meet: the load opens the file again,
+    and its own error is the one reported."""
+    from ortmodels.engine import session as sessions
+
+    attempts: list[str] = []
+    real_open = sessions._create_session
+
+    def counted(model_file: Path, *rest):  # type: ignore[no-untyped-def]
+        attempts.append(threading.current_thread().name)
+        return real_open(model_file, *rest)
+
+    monkeypatch.setattr(sessions, "_create_session", counted)
+    (tmp_path / "model.onnx").write_bytes(b"not a graph")
+    sessions.open_early(tmp_path / "model.onnx", "cpu", 1, retry=True)
+    with pytest.raises(ModelFileError, match="ONNX Runtime could not load the model"):
+        create_session(tmp_path / "model.onnx", "cpu", 1)
+    assert attempts == ["ortmodels-session-early", threading.current_thread().name]
+
+
+def test_a_chat_start_reopens_the_last_ones_session_until_what_chose_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ortmodels chat NAME`` remembers the graph its choice opened (`cli.early_hint`); the next
+    start opens it before importing the settings and the store, unless a setting, the ``.env``
+    file or a file of the variant changed since. The choice then takes that very session."""
+    import shutil
+
+    from ortmodels.cli import _open_early, early_hint
+    from ortmodels.engine import session as sessions
+
+    from .conftest import CHAT_SAMPLE, SAMPLES_DIR
+
+    models, hint = tmp_path / "models", early_hint.HINT_FILE
+    shutil.copytree(SAMPLES_DIR / CHAT_SAMPLE, models / CHAT_SAMPLE, symlinks=True,
+                    ignore=shutil.ignore_patterns("model.safetensors", "fp32", "fp16", "int8", hint))
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(models))
+    opened: list[str] = []
+    monkeypatch.setattr(sessions, "_create_session", lambda model_file, *rest: opened.append(model_file.name) or object())
+    word = f"{CHAT_SAMPLE}:int4"
+
+    def reopened() -> bool:
+        started = early_hint.start(word)
+        assert all(early.retry for early in sessions._early.values())
+        sessions.discard_early()
+        return started
+
+    assert not reopened()  # nothing remembered yet
+    _open_early(["chat", word, "hi"])
+    sessions.discard_early()
+    assert opened == ["model.kv16.onnx"] and (models / CHAT_SAMPLE / ".exports" / hint).is_file()
+    assert reopened() and opened == ["model.kv16.onnx"] * 2
+    early_hint.start(word)
+    _open_early(["chat", word, "hi"])  # the choice takes the session already opening
+    assert len(sessions._early) == 1 and opened == ["model.kv16.onnx"] * 3
+    sessions.discard_early()
+
+    monkeypatch.setenv("model_threads", "1")  # read as MODEL_THREADS
+    assert not reopened()
+    _open_early(["chat", word, "hi"])  # remembered under this setting too
+    sessions.discard_early()
+    assert reopened()
+    monkeypatch.delenv("model_threads")
+    assert reopened()  # the first one is still kept
+    variant = next((models / CHAT_SAMPLE / ".exports").glob("*/int4"))
+    (variant / "extra.txt").write_text("x")
+    assert not reopened()
+    (variant / "extra.txt").unlink()
+    assert reopened()
+    config = (variant / "config.json").read_bytes()
+    (variant / "config.json").unlink()
+    (variant / "config.json").write_bytes(config)  # the same bytes, another file
+    assert not reopened()
+    monkeypatch.delenv("LOCAL_MODELS_DIR")
+    monkeypatch.chdir(tmp_path)  # the default folder, models/, from here
+    assert not reopened()  # the file's stamp changed: not since remembered
+    _open_early(["chat", word, "hi"])
+    sessions.discard_early()
+    assert reopened()
+    (tmp_path / ".env").write_text("MODEL_THREADS=1\n")  # the models folder could be named there
+    assert not reopened()

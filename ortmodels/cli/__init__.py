@@ -74,7 +74,8 @@ COMMANDS = {
 #: collector is off while they import and load (until `model_loaded`): at the default
 #: threshold (700) a chat's start made 290 collections of young objects that were nearly all
 #: still alive (0.2 s of CPU on the shared 2-core machine); at 50,000 still one, over the
-#: 50,000 objects made while the tokenizer and vocabulary were read (40-60 ms).
+#: 50,000 objects made while the tokenizer and vocabulary were read (40-60 ms). Their sessions'
+#: idle threads do not spin (`stop_spinning`).
 QUICK_EXIT = {"chat", "embed"}
 #: Allocations between two young-generation collections in those commands, once collecting.
 GC_THRESHOLD = 50_000
@@ -125,19 +126,29 @@ def _open_early(argv: list[str]) -> None:
     """``chat NAME ...``: start opening NAME's session before anything else is imported, so
     that typer, rich, the runtime and the tokenizer load while ONNX Runtime builds it
     (`ortmodels.engine.session.open_early`). A guess from the words alone: any problem,
-    or a model the command line turns out not to name, is left to the command itself."""
+    or a model the command line turns out not to name, is left to the command itself. The
+    session of the last start opens before the settings and the store are even imported
+    when nothing it was chosen from has changed (`early_hint`)."""
     words = argv[argv.index("chat") + 1:]
     if not words or words[0].startswith("-"):
         return
+    from .early_hint import remember, start
+
+    try:  # the session of the last start, if nothing it was chosen from has changed
+        start(words[0])
+    except Exception as exc:  # the choice below opens its own
+        logging.getLogger(__name__).debug("No remembered session for %s: %s", words[0], exc)
     try:
-        from ..config import load_settings
+        from ..config import Settings, load_settings
         from ..runtime.variant import open_chat_early
         from ..store import ModelStore
         from ..store.names import split_tag
 
         settings = load_settings()
         name, dtype = split_tag(words[0], None)
-        open_chat_early(ModelStore(settings.local_models_dir), name, dtype or settings.model_dtype, settings)
+        key = open_chat_early(ModelStore(settings.local_models_dir), name, dtype or settings.model_dtype, settings)
+        remember(words[0], settings.local_models_dir, key,
+                 [n for field, info in Settings.model_fields.items() for n in (field, info.alias) if n])
     except Exception as exc:  # the command reports it, with its own message
         logging.getLogger(__name__).debug("No early session for %s: %s", words[0], exc)
 
@@ -162,14 +173,29 @@ def _quick_chat(argv: list[str]) -> Callable[[], None] | None:
     return run
 
 
+#: What a quick command sets in its environment, where the user has not, before numpy loads:
+#: OpenBLAS starts one thread per core as numpy is imported, and those spin while they wait
+#: (0.09 s of CPU for ``import numpy`` on the shared 2-core machine, 0.047 s with one thread).
+#: ortmodels computes nothing through BLAS (sampling and pooling are element-wise), so no
+#: figure changes.
+QUICK_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
+
+
 def main() -> None:
     command = _command(sys.argv[1:])
     if command in QUICK_EXIT:
+        if "numpy" not in sys.modules:  # else too late to matter (a test's in-process run)
+            for name, value in QUICK_ENVIRONMENT.items():
+                os.environ.setdefault(name, value)
         global _collector_held
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         gc.disable()
         _collector_held = True
     quick = None
+    if command in QUICK_EXIT:
+        from ..engine.session import stop_spinning
+
+        stop_spinning()
     if command == "chat":
         _open_early(sys.argv[1:])
         quick = _quick_chat(sys.argv[1:])

@@ -37,9 +37,14 @@ _INSTALL_HINT = {
 }
 
 
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers, as it lists them."""
+    return list(ort.get_available_providers())
+
+
 def available_devices() -> list[str]:
     """Devices this onnxruntime build can run on, best first."""
-    offered = set(ort.get_available_providers())
+    offered = set(available_providers())
     return [d for d in ("cuda", "coreml", "cpu") if _PROVIDERS[d] in offered]
 
 
@@ -65,6 +70,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
+#: Whether the sessions this process opens keep their idle intra-op threads spinning between runs
+#: (ONNX Runtime's default); `stop_spinning` turns it off.
+_spinning = True
+
+
+def stop_spinning() -> None:
+    """Sessions opened from now on in this process let their intra-op threads sleep between runs.
+
+    For a one-shot command (``ortmodels chat NAME QUESTION``): a spinning thread keeps a core
+    busy between decode steps and while the main thread samples, tokenizes and imports, which
+    on a shared 2-core machine took CPU from the start itself. A server keeps the default.
+    """
+    global _spinning
+    _spinning = False
+
+
 def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) -> ort.SessionOptions:
     """Options every ortmodels session shares: all graph optimisations, quiet logging.
 
@@ -84,6 +105,8 @@ def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) 
         options.add_session_config_entry("session.disable_prepacking", "1")
     if not arena:
         options.enable_cpu_mem_arena = False
+    if not _spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -93,7 +116,12 @@ def create_session(model_file: Path, device: str, threads: int = 0, prepack: boo
     session `open_early` started with the same arguments, if there is one."""
     early = _take_early((str(model_file), device, threads, prepack, arena))
     if early is not None:
-        return early.result()
+        try:
+            return early.result()
+        except BaseException:
+            if not early.retry:
+                raise
+            # opened on a guess, without the load's lease and checks: the load's own opening decides
     return _create_session(model_file, device, threads, prepack, arena)
 
 
@@ -168,8 +196,11 @@ def open_beside(open_session: Callable[[], S], work: Callable[[], T]) -> tuple[S
 class _EarlyOpen:
     """One session being opened on a helper thread, for whoever asks for it first."""
 
-    def __init__(self, key: tuple[str, str, int, bool, bool], done: Callable[[], None] | None) -> None:
+    def __init__(self, key: tuple[str, str, int, bool, bool], done: Callable[[], None] | None,
+                 retry: bool = False) -> None:
         self.key = key
+        self.retry = retry
+        """Whether a load that takes it opens the file again if it failed (`open_early`'s ``retry``)."""
         self._session: ort.InferenceSession | None = None
         self._error: BaseException | None = None
         self._done = done
@@ -200,7 +231,7 @@ _exit_hook: list[Callable[[], None]] = []
 
 
 def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = True, arena: bool = True,
-               done: Callable[[], None] | None = None) -> None:
+               done: Callable[[], None] | None = None, retry: bool = False) -> tuple[str, str, int, bool, bool]:
     """Start opening ``model_file`` now, on a helper thread; the next `create_session` with the same
     arguments takes that session (or its error) instead of opening the file again.
 
@@ -208,6 +239,9 @@ def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = 
     (``ortmodels chat``): ONNX Runtime builds the session without the GIL, so the imports and
     reading of everything else happen meanwhile. ``done()`` runs on the helper once the file
     is read (a version lease released). A session nobody takes is dropped by `discard_early`.
+    ``retry``: opened on a guess, before the file checks and without a lease (`cli.early_hint`),
+    so a load that takes it opens the file again itself if it failed. Returns the key a
+    `create_session` takes it by.
     """
     key = (str(model_file), device, threads, prepack, arena)
     with _early_lock:
@@ -215,10 +249,11 @@ def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = 
             if not _exit_hook:  # a daemon thread still inside onnxruntime at teardown aborts the process
                 atexit.register(discard_early)
                 _exit_hook.append(discard_early)
-            _early[key] = _EarlyOpen(key, done)
-            return
+            _early[key] = _EarlyOpen(key, done, retry)
+            return key
     if done is not None:
         done()
+    return key
 
 
 def _take_early(key: tuple[str, str, int, bool, bool]) -> _EarlyOpen | None:

@@ -11,14 +11,24 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 
-def load_tokenizer(path: Path, max_length: int | None = None) -> Tokenizer:
-    """Open ``tokenizer.json`` unpadded (callers pad per batch), truncated to ``max_length`` if given."""
+def load_tokenizer(path: Path, max_length: int | None = None, text: str | None = None) -> Tokenizer:
+    """Open ``tokenizer.json`` unpadded (callers pad per batch), truncated to ``max_length`` if given.
+
+    ``text``: the same tokenizer in another form (`merges_as_text`), parsed instead of the file
+    (the file is read if it does not parse)."""
     from tokenizers import Tokenizer
 
     if not path.is_file():
         raise ModelFileError(path, "Missing tokenizer file", "Re-run 'ortmodels export' for this model.")
+    tokenizer = None
+    if text is not None:
+        try:
+            tokenizer = Tokenizer.from_str(text)
+        except Exception:  # a damaged form: the file itself decides
+            tokenizer = None
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        if tokenizer is None:
+            tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
         raise ModelFileError(path, f"Corrupt tokenizer file ({exc})") from exc
     tokenizer.no_padding()
@@ -27,6 +37,35 @@ def load_tokenizer(path: Path, max_length: int | None = None) -> Tokenizer:
     else:
         tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
+
+
+def merges_as_text(path: Path) -> str | None:
+    """``tokenizer.json`` with a BPE model's merges written as ``"a b"`` strings instead of
+    ``["a", "b"]`` pairs, which tokenizers parses about a third faster (40 against 58 ms for the
+    sample's 48,900 merges); ``None`` where that form would not be the same tokenizer: not BPE,
+    a merge part holding a space (the string form splits on it), or the two forms not
+    serializing identically once parsed (`Tokenizer.to_str`)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    try:
+        source = path.read_text(encoding="utf-8")
+        data = json.loads(source)
+    except (OSError, ValueError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    merges = model.get("merges") if isinstance(model, dict) and model.get("type") == "BPE" else None
+    if not merges or not all(isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) and p and " " not in p
+                                                                         for p in m) for m in merges):
+        return None
+    model["merges"] = [f"{a} {b}" for a, b in merges]
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        same = Tokenizer.from_str(text).to_str() == Tokenizer.from_str(source).to_str()
+    except Exception:  # tokenizers raises a bare Exception on what it cannot read
+        return None
+    return text if same else None
 
 
 #: WordPiece maps a word of up to this many characters to tokens (longer ones to one unknown token).

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, load_settings
 from ..engine.session import create_session, open_beside, open_early, resolve_device
-from ..engine.tokenizer import load_tokenizer, vocabulary_bounds
+from ..engine.tokenizer import load_tokenizer, merges_as_text, vocabulary_bounds
 from ..errors import (
     ChatTemplateError,
     DeviceUnavailableError,
@@ -22,7 +22,7 @@ from ..errors import (
 from ..lifecycle import VariantChoice, loading_model
 from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
-from ..store.integrity import refuse_outside_links, remembered_figures, verify_variant
+from ..store.integrity import refuse_outside_links, remembered_figures, remembered_form, verify_variant
 from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
 from ..store.names import validate_model_name
 from ..store.versions import VersionLease
@@ -246,11 +246,13 @@ def _checked_folder(choice: VariantChoice, settings: Settings) -> Path:
     return folder
 
 
-def open_chat_early(store: ModelStore, name: str, dtype: str | None, settings: Settings) -> None:
+def open_chat_early(store: ModelStore, name: str, dtype: str | None,
+                    settings: Settings) -> tuple[str, str, int, bool, bool]:
     """Start opening the graph a load of chat model ``name`` (active version) would open, on a
     helper thread (`open_early`), after the same choice and file checks; the load takes that
     session. A process that knows its model before importing the rest calls it first
-    (``ortmodels chat``); any problem is left for the load to report."""
+    (``ortmodels chat``); any problem is left for the load to report. Returns the session's key
+    (`open_early`'s)."""
     choice = choose_variant(store, name, "chat", None, None, dtype, settings)
     try:
         folder = _checked_folder(choice, settings)
@@ -258,7 +260,7 @@ def open_chat_early(store: ModelStore, name: str, dtype: str | None, settings: S
     except BaseException:
         choice.release()
         raise
-    open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA, done=choice.release)
+    return open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA, done=choice.release)
 
 
 def open_variant(
@@ -309,11 +311,16 @@ def read_chat_files(folder: Path, checkpoint: Path
     """A chat variant's tokenizer, its `vocabulary_bounds` and chat template (`find_chat_template`),
     read while the session opens (`open_variant`'s ``beside``). A template that does not compile
     is returned, for the caller to raise after its vocabulary check, as when read in turn. The
-    bounds are read back where an earlier load of the same file kept them (`remembered_figures`)."""
+    bounds are read back where an earlier load of the same file kept them (`remembered_figures`), and
+    the tokenizer is parsed from the faster form of its file an earlier load kept (`remembered_form`,
+    `merges_as_text`)."""
     from .service import find_chat_template
 
+    import tokenizers
+
     path = folder / "tokenizer.json"
-    tokenizer = load_tokenizer(path)
+    faster = remembered_form(path, f"tokenizer-{tokenizers.__version__}.json", lambda: merges_as_text(path))
+    tokenizer = load_tokenizer(path, text=faster)
     top, chars = remembered_figures(path, "vocabulary_bounds", 2, lambda: vocabulary_bounds(tokenizer))
     bounds = top, chars
     try:

@@ -5,7 +5,8 @@ size, modification and change times and inode, in memory and in ``.exports/.veri
 beside the export (when the store is writable): a later load, in this process or a new
 one, re-hashes only files that changed since. Figures a load derives from one of those
 files (a tokenizer's vocabulary bounds) are kept the same way, by the file's stamp, in
-``.exports/.verified/<version>.figures.json`` (`remembered_figures`).
+``.exports/.verified/<version>.figures.json`` (`remembered_figures`), and a form of a file
+the load parses faster (a tokenizer's, `remembered_form`) beside it.
 """
 
 from __future__ import annotations
@@ -180,6 +181,51 @@ def remembered_figures(path: Path, what: str, count: int, compute: Callable[[], 
     record[key] = [*stamp, *figures]
     _write_record(record_path, record)
     return figures
+
+
+def remembered_form(path: Path, what: str, make: Callable[[], str | None]) -> str | None:
+    """Another form of the file ``path`` of a variant folder (``make()``'s text; ``None``: it has
+    none), read back where a process already made it for this very file (its stamp, as in
+    `verify_variant`); ``None`` without calling ``make`` where it could not be kept (a folder
+    outside an export version, a read-only store): making it costs more than it saves once.
+
+    For a file a load parses on every start, when the library parses another form of it
+    faster (a tokenizer's merges). The form is ``.exports/.verified/<version>.<variant>.<what>``,
+    taken only while both its own stamp and the original's are the ones recorded with it in
+    the figures record (`remembered_figures`), so a changed or replaced form is made again.
+    """
+    record_path = _record_file(path.parent)
+    if record_path is None:
+        return None
+    figures_path = record_path.with_name(record_path.stem + FIGURES_SUFFIX)
+    form_path = record_path.with_name(f"{record_path.stem}.{path.parent.name}.{what}")
+    key = f"form:{what}:{path.parent.name}/{path.name}"
+    try:
+        stamp = list(_stamp(path.stat()))
+    except OSError:
+        return None  # the caller's own read of the file reports it
+    record = _read_record(figures_path)
+    known = record.get(key)
+    if isinstance(known, list) and known[:len(stamp)] == stamp:
+        if known[len(stamp):] == []:  # made before: this file has no other form
+            return None
+        try:
+            if known[len(stamp):] == list(_stamp(form_path.stat())):
+                return form_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            pass
+    text = make()
+    try:
+        if text is None:
+            form_path.unlink(missing_ok=True)
+            record[key] = stamp
+        else:
+            atomic_write_text(form_path, text)
+            record[key] = [*stamp, *_stamp(form_path.stat())]
+        atomic_write_text(figures_path, json.dumps(record))
+    except OSError as exc:  # a read-only store: the original is parsed every time
+        logger.debug("Could not keep %s of %s: %s", what, path, exc)
+    return text
 
 
 def forget(folder: Path) -> None:
