@@ -174,3 +174,31 @@ def test_a_chat_start_reopens_the_last_ones_session_until_what_chose_it_changes(
     assert reopened()
     (tmp_path / ".env").write_text("MODEL_THREADS=1\n")  # the models folder could be named there
     assert not reopened()
+
+
+def test_a_hint_naming_a_graph_outside_the_models_folder_is_never_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint file is data in the store: a graph path it names outside the model's folder is
+    skipped even when its fingerprint matches."""
+    import json
+
+    from ortmodels.cli import early_hint
+    from ortmodels.engine import session as sessions
+
+    models = tmp_path / "models"
+    (models / "m" / ".exports" / "v" / "int4").mkdir(parents=True)
+    (models / "m" / "onnx").symlink_to(".exports/v")
+    outside = tmp_path / "elsewhere" / "int4"
+    outside.mkdir(parents=True)
+    (outside / "model.onnx").write_bytes(b"x")
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(models))
+    opened: list[str] = []
+    monkeypatch.setattr(sessions, "_create_session", lambda model_file, *rest: opened.append(str(model_file)) or object())
+    key = [str(outside / "model.onnx"), "CPUExecutionProvider", 2, False, False]
+    fingerprint = early_hint._fingerprint(str(models), str(models / "m"), key[0], [], early_hint._environment(),
+                                          sessions.available_providers())
+    (models / "m" / ".exports" / early_hint.HINT_FILE).write_text(json.dumps(
+        {"format": early_hint._FORMAT, "hints": {"m": [{"names": [], "key": key, "fingerprint": fingerprint}]}}))
+    assert fingerprint is not None and not early_hint.start("m")
+    sessions.discard_early()
+    assert opened == []

@@ -64,6 +64,12 @@ def _model_folder(models_dir: str, word: str) -> str | None:
     return os.path.join(models_dir, name)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path``, links resolved, is a file under ``folder`` (its export versions are)."""
+    root = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), root]) == root and os.path.realpath(path) != root
+
+
 def _fingerprint(models_dir: str, model_folder: str, graph: str, names: list[str],
                  environment: dict[str, str], providers: list[str]) -> dict[str, Any] | None:
     """What the choice of ``graph`` read, as compared between two starts; ``None`` when the
@@ -117,6 +123,8 @@ def start(word: str) -> bool:
         if not (isinstance(key, list) and len(key) == 5 and isinstance(key[0], str) and isinstance(key[1], str)
                 and type(key[2]) is int and all(type(v) is bool for v in key[3:])
                 and isinstance(hint.get("names"), list)):
+            continue
+        if not _inside(key[0], folder):  # the hint file is data: nothing outside the model's folder is opened
             continue
         if _fingerprint(models_dir, folder, key[0], hint["names"], environment, providers) == hint.get("fingerprint"):
             open_early(Path(key[0]), key[1], key[2], key[3], key[4], retry=True)
