@@ -5,10 +5,10 @@ exact shape (``--shape``, default ``llama-3.2-1b``); random weights serve speed,
 file size, never quality. Each contender gets it its own way, as a user would:
 
 - **ortmodels** int4 and int8, from ``ortmodels export SHAPE --dtype int4,int8 --skip-gates
-  --int4-search`` (int4 is then the smallest candidate, all 4-bit, as nothing can be judged;
-  run beforehand, this benchmark reads the export's own record of its time and peak memory
-  from the manifest), run with fp16 keys and
-  values (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache (``MODEL_KV_CACHE``: the 4,000-token
+  --int4-search`` (int4 is then the smallest candidate, all 4-bit in blocks of 128 from 1B
+  up, as nothing can be judged; run beforehand, this benchmark reads the export's own record
+  of its time and peak memory from the manifest), run with fp16 keys and values
+  (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache (``MODEL_KV_CACHE``: the 4,000-token
   conversation must fit it);
 - **onnxruntime-genai** int4 from its model builder on the same checkpoint;
 - **llama.cpp** Q4_0, Q4_K_M and Q8_0 from its own ``convert_hf_to_gguf.py`` (bf16) and
