@@ -107,11 +107,13 @@ class Settings(BaseSettings):
     sends a conversation's turns to the replica whose prompt cache holds its start, by load when
     none does or that replica is busy; ``load``: Ray Serve's power of two choices only."""
 
-    model_ray_routing_imbalance: int = Field(default=16, ge=0, alias="MODEL_RAY_ROUTING_IMBALANCE")
+    model_ray_routing_imbalance: int = Field(default=2, ge=0, alias="MODEL_RAY_ROUTING_IMBALANCE")
     """With prefix routing: how many more requests the replica holding a prompt's start may have
     than the least busy replica before the prompt goes by load instead (its history prefilled
-    again there). 16: twice ``MODEL_MAX_BATCH``'s default (Ray's own prefix router, in
-    ``ray.serve.llm``, never falls back by default)."""
+    again there). 2: with 16 (Ray's own prefix router, in ``ray.serve.llm``, never falls back by
+    default), 16 conversations at once on 2 replicas piled onto one, whose prompt cache evicted
+    (`benchmarks/bench_ray_prefix.py`, 2026-12-04: 24 of 48 5th turns cached, first token 7.1x
+    Serve's routing; with 2, 29 of 32 and 1.38x)."""
 
     @field_validator("model_prompt_cache_dir", mode="before")
     @classmethod

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 #: Where Serve finds the class (``request_router_class``), imported in the ingress's process.
 ROUTER_PATH = "ortmodels.serve.ray.routing:PrefixRouter"
 #: A preferred replica may have this many more requests than the least busy one (``MODEL_RAY_ROUTING_IMBALANCE``).
-DEFAULT_IMBALANCE = 16
+DEFAULT_IMBALANCE = 2
 
 
 class PrefixRouter(RequestRouter):
