@@ -191,11 +191,10 @@ def main() -> None:
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         gc.disable()
         _collector_held = True
-    quick = None
-    if command in QUICK_EXIT:
         from ..engine.session import stop_spinning
 
         stop_spinning()
+    quick = None
     if command == "chat":
         _open_early(sys.argv[1:])
         quick = _quick_chat(sys.argv[1:])

@@ -151,6 +151,11 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
     return hashed
 
 
+def _figures_beside(record_path: Path) -> Path:
+    """The record of figures derived from a folder's files, beside its integrity record."""
+    return record_path.with_name(record_path.stem + FIGURES_SUFFIX)
+
+
 def remembered_figures(path: Path, what: str, count: int, compute: Callable[[], tuple[int, ...]]
                        ) -> tuple[int, ...]:
     """``compute()``'s ``count`` whole numbers about the file ``path`` of a variant folder, read
@@ -164,7 +169,7 @@ def remembered_figures(path: Path, what: str, count: int, compute: Callable[[], 
     """
     record_path = _record_file(path.parent)
     if record_path is not None:
-        record_path = record_path.with_name(record_path.stem + FIGURES_SUFFIX)
+        record_path = _figures_beside(record_path)
     key = f"{what}:{path.parent.name}/{path.name}"
     try:
         stamp = list(_stamp(path.stat()))
@@ -197,7 +202,7 @@ def remembered_form(path: Path, what: str, make: Callable[[], str | None]) -> st
     record_path = _record_file(path.parent)
     if record_path is None:
         return None
-    figures_path = record_path.with_name(record_path.stem + FIGURES_SUFFIX)
+    figures_path = _figures_beside(record_path)
     form_path = record_path.with_name(f"{record_path.stem}.{path.parent.name}.{what}")
     key = f"form:{what}:{path.parent.name}/{path.name}"
     try:
