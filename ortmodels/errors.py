@@ -162,7 +162,15 @@ class RequestTooLargeError(OrtModelsError, ValueError):
 
 
 class GrammarError(OrtModelsError, ValueError):
-    """A schema, regex or grammar that constrained decoding cannot use; raised before generating."""
+    """A schema, regex or grammar that constrained decoding cannot use; raised before generating.
+    ``param``: the option that held it where the raiser knows (``tools``: the server's 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # keeps ``param`` across processes (Ray)
+        return type(self), (str(self), self.param)
 
 
 class StructuredOutputError(OrtModelsError, ValueError):

@@ -224,6 +224,46 @@ def test_max_tokens_counts_reasoning_and_answer(chat: object) -> None:
     assert reasoning and answer == ""  # all four went to the reasoning: none left for an answer
 
 
+class _Script:
+    """A logits processor that makes the model write exactly ``ids`` (the engine's own path otherwise)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids, self.done = ids, 0
+
+    def mask(self, logits: np.ndarray) -> None:
+        wanted = logits[self.ids[self.done]]
+        logits[:] = -np.inf
+        logits[self.ids[self.done]] = wanted
+
+    def accept(self, token_id: int) -> None:
+        self.done += 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [None, "</think>\n\nX"])
+def test_reasoning_tokens_are_counted_by_the_token_when_the_tags_come_in_pieces(chat: object, stop: str | None) -> None:
+    """Both tags written as plain tokens (``<``, ``t``, ``h``...), not the single ones; with a stop
+    string the closing tag and the blanks after it begin, their text is released tokens late.
+    ``reasoning_tokens`` is still the output's tokens through the closing tag's last piece."""
+    from ortmodels.runtime.options import ChatOptions
+
+    service = chat.loaded  # type: ignore[attr-defined]
+    pieces = ["<", "think", ">", "\n", "Paris", " is", " it", "</", "think", ">", "\n\n", "Paris", "."]
+    encoded = [service.tokenizer.encode(piece, add_special_tokens=False).ids for piece in pieces]
+    script = [token for ids in encoded for token in ids]
+    through_close = sum(len(ids) for ids in encoded[:10])
+    think = service.think_tokens
+    assert think.open_id not in script and think.close_id not in script and len(encoded[1]) > 1
+    options = ChatOptions.checked(max_tokens=len(script), stop=[stop] if stop else None)
+    prepared = service.prepare(MESSAGES, chat.with_defaults(options))  # type: ignore[attr-defined]
+    assert not prepared.inside
+    prepared.request.processor = _Script(script)
+    events = list(service.stream(prepared))
+    assert prepared.request.generated == script
+    assert _texts(events) == ("Paris is it", "Paris.")
+    assert events[-1].usage.reasoning_tokens == through_close
+
+
 @pytest.mark.slow
 def test_structured_output_validates_after_the_reasoning(chat: object) -> None:
     import jsonschema

@@ -187,7 +187,7 @@ def test_chat_count_takes_the_chats_tools_and_template_switches(server: Server, 
     ("/tokenize", {"content": "a", "messages": [{"role": "user", "content": "b"}]}, 400, "content", "both"),
     ("/tokenize", {"messages": [{"role": "user", "content": "b"}], "add_special": True}, 400, "add_special", "chat"),
     ("/tokenize", {"content": "a", "model": "no-such-model"}, 404, "model", CHAT_SAMPLE),
-    ("/tokenize", {"content": "a", "tools": []}, 400, "tools", "applies to messages"),
+    ("/tokenize", {"content": "a", "tools": []}, 400, "tools", "Send the chat as messages, or leave tools out"),
     ("/tokenize", {"messages": QUESTION, "chat_template_kwargs": {"thinking": 1}}, 400, "chat_template_kwargs",
      "enable_thinking"),
     ("/tokenize", {"messages": QUESTION, "reasoning_effort": "max"}, 400, "reasoning_effort", "'high' already"),
@@ -200,6 +200,33 @@ def test_bad_token_bodies_are_4xx(server: Server, path: str, body: dict, status:
                                   words: str) -> None:
     error = _error(_post(server, path, body), status)
     assert error["param"] == param and words in error["message"], error
+
+
+def _tool(name: str, parameters: object) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+GOOD_TOOL = _tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}})
+
+
+@pytest.mark.parametrize(("tools", "param", "words"), [
+    ([GOOD_TOOL, _tool("lookup", {"type": "object", "properties": {"a": {"type": "bogus"}}})], "tools",
+     "The parameters of tool 'lookup' cannot be used for constrained decoding: Invalid type: bogus"),
+    ([_tool("find", {"type": "object", "properties": {"q": {"type": "string", "pattern": "["}}})], "tools",
+     "Remove or simplify that part of the parameters of tool 'find'"),
+    ([_tool("f", {"type": "array"})], "tools", "Wrap the value in one"),
+    ([GOOD_TOOL, GOOD_TOOL], "tools", "give each tool its own name"),
+    ([_tool("bad name!", {})], "tools.0.function.name", "should match pattern"),
+])
+def test_a_bad_tool_is_refused_in_the_same_words_by_chat_and_tokenize(server: Server, tools: list, param: str,
+                                                                      words: str) -> None:
+    """One wording for a tool the server cannot use, whichever route reads it: the problem (which
+    tool, what of it) and the fix, with ``param`` the body's field."""
+    chat = _error(_post(server, "/v1/chat/completions", {"model": CHAT_SAMPLE, "messages": QUESTION,
+                                                         "max_tokens": 2, "tools": tools}), 400)
+    counted = _error(_post(server, "/tokenize", {"messages": QUESTION, "tools": tools}), 400)
+    assert chat == counted
+    assert chat["param"] == param and words in chat["message"], chat
 
 
 def test_token_routes_in_the_openapi_document(server: Server) -> None:

@@ -326,6 +326,24 @@ def test_the_store_is_bounded_by_bytes_oldest_first(client: openai.OpenAI) -> No
 
 
 @pytest.mark.slow
+def test_a_response_too_large_to_keep_says_store_false(client: openai.OpenAI, server: Server) -> None:
+    """A response larger than the whole ``MODEL_RESPONSES_STORE_BYTES`` is not kept, and its object
+    says so, whole and as a stream's last event; one that is kept says ``store: true``."""
+    large = "-" * (STORE_BYTES + 2048)  # ~26 kB in ~400 tokens
+    body = {"model": CHAT_SAMPLE, "input": large, "max_output_tokens": 1, "temperature": 0}
+    whole = client.responses.create(**body)
+    assert whole.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(whole.id)
+    streamed = _events(server, body)[-1]
+    assert streamed.type == "response.incomplete" and streamed.response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(streamed.response.id)
+    kept = client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=1, temperature=0)
+    assert kept.store is True and client.responses.retrieve(kept.id).store is True
+
+
+@pytest.mark.slow
 def test_reasoning_effort_is_taken_and_a_level_beyond_high_named(client: openai.OpenAI, server: Server) -> None:
     """The sample does not reason: a level changes nothing in its answer, and is echoed."""
     plain = client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=6, temperature=0)
@@ -415,6 +433,20 @@ def test_a_failed_streams_end_is_the_responses_apis_error_and_failed_events() ->
     assert failed.type == "response.failed" and failed.response.status == "failed"
     assert failed.response.error.code == "server_error" and failed.response.error.message == error.message
     assert failed.sequence_number == error.sequence_number + 1 and len(store) == 0
+
+
+def test_a_store_that_keeps_nothing_makes_responses_that_say_store_false() -> None:
+    """``MODEL_RESPONSES_STORE=0`` (or ``_BYTES=0``): nothing is kept, and every response object,
+    the stream's first included, says ``store: false``; ``put`` tells whether it kept one."""
+    from ortmodels.serve.protocol_responses import ResponsesRequest
+    from ortmodels.serve.responses import ResponseAnswer, prepare
+
+    body = ResponsesRequest.model_validate({"model": CHAT_SAMPLE, "input": "Hi"})
+    for store in (ResponseStore(0), ResponseStore(8, max_bytes=0)):
+        answer = ResponseAnswer(CHAT_SAMPLE, body, prepare(body, store), store)
+        assert answer._response("in_progress")["store"] is False
+        assert store.put(_kept(1)) is False and len(store) == 0
+    assert ResponseStore(8).put(_kept(1)) is True
 
 
 def test_input_items_become_the_services_messages() -> None:

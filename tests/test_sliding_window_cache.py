@@ -314,3 +314,27 @@ def test_cuts_change_no_logit_bit_in_fp32_or_int4(gemma, tmp_path: Path) -> None
     while batch.step():
         pass
     assert [r.generated for r in requests] == solo
+
+
+@pytest.mark.slow
+def test_verification_passes_keep_the_sliding_buffers_within_the_reservation(gemma) -> None:  # type: ignore[no-untyped-def]
+    """A verification pass feeds a draft at once after the window; drafts are shortened where they
+    would push the sliding buffers past `window_capacity`, so a speculating request stays within
+    the bytes its reservation counts (the window, not window + draft), with the same tokens."""
+    from ortmodels.engine.engine import Engine
+    from ortmodels.engine.request import Request
+
+    _, _, graph, expected = gemma
+    decoder = _decoder(graph)
+    need = Engine(decoder, max_batch=1).kv_bytes(len(PROMPT) + NEW)
+    engine = Engine(decoder, max_batch=1, speculative=True, kv_cache_bytes=need)
+    request = Request(PROMPT, max_tokens=NEW)
+    engine.add_request(request)
+    widest = 0
+    while engine.step():
+        assert engine.gauges().kv_cache_bytes <= need
+        buffers = engine._cache._buffers  # type: ignore[attr-defined]
+        widest = max([widest, *(b.shape[2] for b, s in zip(buffers, decoder.sliding) if s)])
+    assert engine.verify_steps > 0
+    assert 0 < widest <= engine._cache.window_capacity == decoder.keep + SLACK + 1  # type: ignore[attr-defined]
+    assert request.generated == expected[2]

@@ -46,6 +46,12 @@ class Grammar:
 
     kind: GrammarKind
     source: Any = None
+    label: str = ""
+    """What an error calls it (``parameters of tool 'f'``); by default its kind's grammar."""
+
+    def names(self) -> tuple[str, str]:
+        """(what an error says cannot be used, what it tells the caller to fix)."""
+        return (self.label, self.label) if self.label else (f"{self.kind} grammar", self.kind)
 
     def to_llguidance(self) -> str:
         llg = _llguidance()
@@ -131,22 +137,23 @@ class GrammarCompiler:
     def matcher(self, grammar: Grammar) -> Any:
         """A fresh matcher for ``grammar``, or a `GrammarError` naming what the compiler refused."""
         llg = _llguidance()
+        what, fix = grammar.names()
         try:
             text = grammar.to_llguidance()
         except (ValueError, TypeError) as exc:
-            raise GrammarError(f"The {grammar.kind} grammar is not valid: {_one_line(str(exc))}") from None
+            raise GrammarError(f"The {what} is not valid: {_one_line(str(exc))}") from None
         matcher = llg.LLMatcher(self._llg_tokenizer(), text, log_level=0)
         if matcher.is_error():
             raise GrammarError(
-                f"The {grammar.kind} grammar cannot be used for constrained decoding: "
-                f"{_one_line(matcher.get_error())}. Remove or simplify that part of the {grammar.kind}."
+                f"The {what} cannot be used for constrained decoding: "
+                f"{_one_line(matcher.get_error())}. Remove or simplify that part of the {fix}."
             )
         matcher.compute_bitmask()  # the first mask: a grammar no text can match fails here, not at the first token
         if matcher.is_error():
-            logger.debug("The %s grammar admits no output: %s", grammar.kind, matcher.get_error())
+            logger.debug("The %s admits no output: %s", what, matcher.get_error())
             raise GrammarError(
-                f"The {grammar.kind} grammar admits no output: no text can match it. "
-                f"Fix the {grammar.kind} so that some text matches it."
+                f"The {what} admits no output: no text can match it. "
+                f"Fix the {fix} so that some text matches it."
             )
         return matcher
 

@@ -371,7 +371,8 @@ class Engine:
             lookup = self._lookups[request] = PromptLookup(request.prompt_ids, max_draft=self.draft_tokens)
         lookup.sync(request.generated)
         done = len(request.prompt_ids) + len(request.generated)
-        room = min(request.max_tokens - len(request.generated), self._limits[request] - done)
+        room = min(request.max_tokens - len(request.generated), self._limits[request] - done,
+                   self._cache.verify_room(request))  # type: ignore[attr-defined]  # sliding buffers: the window
         draft = lookup.propose(room - 1)  # the model's own token after the draft needs a place too
         if not draft:
             return False

@@ -37,6 +37,7 @@ depends on the other rows) changes nothing, in int4 too (tests/test_sliding_wind
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -135,7 +136,7 @@ class SlotCache(_Rows):
     """Preallocated per-row buffers shared by past and present (see the module docstring).
 
     A windowed graph's sliding caches get buffers of their own width (at most
-    `window_capacity` positions, unless a verification pass needs more), cut in place.
+    `window_capacity` positions, verification passes included: `verify_room`), cut in place.
     """
 
     def __init__(self, decoder: DecoderSession, capacity: int) -> None:
@@ -211,13 +212,27 @@ class SlotCache(_Rows):
         self._windows = [n + 1 for n in self._windows]
         return logits
 
+    def verify_room(self, key: object) -> int:
+        """The most tokens `extend` may feed ``key``'s row (at least 1): with sliding layers, as
+        many as fit after the cut `extend` makes without passing `window_capacity`, the width a
+        reservation counts (`bytes_for`), so a draft never widens them past it. Near a cut's
+        boundary that is fewer than a full draft; ``sys.maxsize`` without sliding layers."""
+        self._keys.index(key)  # a row of this cache
+        if not self.decoder.windowed:
+            return sys.maxsize
+        held = max(held - self.decoder.cut_to(length, held) for length, held in zip(self._lengths, self._windows))
+        return self.window_capacity - 1 - held  # the pass's tokens and the next step's one after them
+
     def extend(self, key: object, token_ids: list[int]) -> np.ndarray:
         """Feed several tokens to ``key``'s row alone (batch 1); logits [n, vocab] for each.
 
         Speculative decoding's verification pass: the row's length grows by n, and `rewind`
-        takes back the positions of rejected draft tokens.
+        takes back the positions of rejected draft tokens. n is at most `verify_room`.
         """
         row, count = self._keys.index(key), len(token_ids)
+        if count > self.verify_room(key):
+            raise RuntimeError(f"A verification pass of {count} tokens would widen the sliding caches past "
+                               f"the {self.window_capacity} positions reserved; feed at most verify_room().")
         length = self._lengths[row]
         self._cut(self._buffers, count + 1)
         self._ensure(len(self._keys), length + count + 1, count + 1)
@@ -258,8 +273,8 @@ class SlotCache(_Rows):
         """Room for ``rows`` rows: ``positions`` in the full-history buffers, ``new`` more
         positions after each row's window in the sliding ones (the caller cuts first, `_cut`);
         grows the buffers, copying what they hold, where they are short."""
-        window = max(self._windows, default=0) + new
-        wanted = [min(self.rounded(window), max(window, self.window_capacity)) if sliding
+        window = max(self._windows, default=0) + new  # <= window_capacity (`_cut`, `verify_room`)
+        wanted = [min(self.rounded(window), self.window_capacity) if sliding
                   else self.rounded(positions) for sliding in self._sliding()]
         have_rows = self._buffers[0].shape[0] if self._buffers else 0
         if self._buffers and rows <= have_rows and all(

@@ -81,12 +81,19 @@ class ReasoningSplitter:
     def __init__(self, reasoning_format: str, *, inside: bool = False) -> None:
         self.open_tag, self.close_tag = TAGS[reasoning_format]
         self.state: _State = "reasoning" if inside else "start"
+        self.opened = inside
+        """The block was open at some point (the prompt's or the output's opening tag)."""
         self._held = ""
         self._lead = True  # the reasoning's leading whitespace is still to drop
 
     @property
     def in_reasoning(self) -> bool:
         return self.state == "reasoning"
+
+    @property
+    def closed(self) -> bool:
+        """The block was opened and its closing tag has been read."""
+        return self.opened and self.state != "reasoning"
 
     def feed(self, text: str) -> tuple[str, str]:
         """New text → (new reasoning, new answer); part of it may be held until a tag is whole."""
@@ -104,7 +111,7 @@ class ReasoningSplitter:
             if self.state == "start":
                 stripped = held.lstrip()
                 if stripped.startswith(self.open_tag):
-                    self._held, self.state = stripped[len(self.open_tag):], "reasoning"
+                    self._held, self.state, self.opened = stripped[len(self.open_tag):], "reasoning", True
                     continue
                 if not final and self.open_tag.startswith(stripped):
                     break  # blank so far, or the tag's first characters: wait for more

@@ -66,7 +66,8 @@ class Usage:
     cached_tokens: int
     """Prompt tokens taken from the prompt cache instead of computed."""
     reasoning_tokens: int = 0
-    """Of ``completion_tokens``, those written while a reasoning block was open (its tags included)."""
+    """Of ``completion_tokens``, those written while a reasoning block was open (its tags included),
+    by the token: the output's tokens through the closing tag's last one (all of them unclosed)."""
 
     @property
     def total_tokens(self) -> int:

@@ -22,7 +22,7 @@ from ..engine.constraints import (
     lark_from_gbnf,
 )
 from ..engine.toolcalls import ToolCall, ToolFormat
-from ..errors import ChatInputError, StructuredOutputError
+from ..errors import ChatInputError, GrammarError, StructuredOutputError
 
 
 def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:
@@ -77,6 +77,24 @@ def check_tool(index: int, tool: Any) -> str:
                 "schema>}, 'required': ['value']}."
             )
     return name
+
+
+def _tools_processor(compiler: GrammarCompiler, grammar: Grammar, trigger: int | None,
+                     tools: list[dict[str, Any]]) -> GrammarProcessor:
+    """The calls' grammar processor. A grammar the compiler refuses is an error about ``tools``
+    that names the tool whose parameters it cannot use (each checked alone, on this path only):
+    the format's combined grammar is not what the caller wrote."""
+    try:
+        return compiler.processor(grammar, trigger)
+    except GrammarError as exc:
+        for tool in tools:
+            function = tool["function"]
+            try:
+                compiler.check(Grammar("json_schema", function["parameters"],
+                                       f"parameters of tool {function['name']!r}"))
+            except GrammarError as named:
+                raise GrammarError(str(named), param="tools") from None
+        raise GrammarError(str(exc), param="tools") from None
 
 
 def grammar_of(response_format: Any) -> Grammar | None:
@@ -142,7 +160,7 @@ class OutputPlan:
             trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None
             if plan.trigger and trigger is None:  # no single trigger token: constrain from the start
                 plan = fmt.plan(tools, "required", parallel, special)
-            processor = compiler.processor(plan.grammar, trigger) if plan.grammar else None
+            processor = _tools_processor(compiler, plan.grammar, trigger, tools) if plan.grammar else None
             return cls(tools, choice, parallel, fmt, processor, structured=True)
         processor = compiler.processor(grammar) if grammar is not None else None
         return cls(tools, choice, parallel, None, processor, structured=grammar is not None)

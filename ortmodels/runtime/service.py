@@ -339,7 +339,8 @@ class _Reader:
         self.held: list[str] = []
         self.splitter = (ReasoningSplitter(prepared.reasoning, inside=prepared.inside)
                          if prepared.reasoning is not None else None)
-        self.reasoning_tokens = 0
+        self.ids: list[int] = []  # the output's tokens so far (a reasoning model's only)
+        self.closed_at: int | None = None  # the tokens up to the reasoning's closing tag, its last one included
 
     def read(self, event: Any) -> list[ChatEvent]:
         if not isinstance(event, EngineFinished):
@@ -347,16 +348,16 @@ class _Reader:
                 self.first = time.perf_counter() - self.started
             if self.splitter is None:
                 return self._answer(event.text, event.logprobs)
-            before = self.splitter.in_reasoning
+            self.ids.extend(event.token_ids)
             reasoning, answer = self.splitter.feed(event.text)
-            if before or reasoning or self.splitter.in_reasoning:  # an open tag, reasoning, or its closing tag
-                self.reasoning_tokens += len(event.token_ids)
+            self._note_close()
             # a reasoning token's log-probability is not reported: OpenAI's logprobs are the content's
             logprobs = event.logprobs if answer or not (reasoning or self.splitter.in_reasoning) else ()
             return [*self._reasoning(reasoning), *self._answer(answer, logprobs)]
         events: list[ChatEvent] = []
         if self.splitter is not None:
             reasoning, answer = self.splitter.flush()
+            self._note_close()
             events += [*self._reasoning(reasoning), *self._answer(answer, ())]
         reason = event.reason
         if self.plan.tool_format is not None:
@@ -365,9 +366,33 @@ class _Reader:
                 events.append(ToolCalls(content, tuple(calls)))
         first = self.first if self.first is not None else event.time_to_first_token_s
         usage = Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
-                      min(self.reasoning_tokens, event.completion_tokens))
+                      min(self._reasoning_tokens(), event.completion_tokens))
         events.append(Finished(reason, usage, first, self.service.variant, self.service.device, event.stop_sequence))
         return events
+
+    def _note_close(self) -> None:
+        """Once the splitter has read the closing tag: how many tokens it took to write it, by
+        the token, not by the event whose text showed it (a tag cut across tokens, or text held
+        back by a stop string, shows up one or more tokens late). The fewest whose text holds
+        the tag, found by halving: a few decodes, once per answer."""
+        assert self.splitter is not None
+        if self.closed_at is not None or not self.splitter.closed:
+            return
+        tag, low, high = self.splitter.close_tag, 0, len(self.ids)
+        while low < high:
+            middle = (low + high) // 2
+            if tag in self.service.tokenizer.decode(self.ids[:middle], skip_special_tokens=True):  # as the engine's text
+                high = middle
+            else:
+                low = middle + 1
+        self.closed_at = high
+
+    def _reasoning_tokens(self) -> int:
+        """The output's tokens from its start through the reasoning's closing tag (the tags and
+        the blanks around them included); all of them when the block never closed; 0 without one."""
+        if self.splitter is None or not self.splitter.opened:
+            return 0
+        return len(self.ids) if self.closed_at is None else self.closed_at
 
     @staticmethod
     def _reasoning(text: str) -> list[ChatEvent]:

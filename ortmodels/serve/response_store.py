@@ -59,18 +59,26 @@ class ResponseStore:
     def nbytes(self) -> int:
         return self._nbytes
 
-    def put(self, stored: StoredResponse) -> None:
-        if self.capacity <= 0 or self.max_bytes <= 0:
-            return
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is kept (``MODEL_RESPONSES_STORE`` or ``_BYTES`` 0 keeps nothing)."""
+        return self.capacity > 0 and self.max_bytes > 0
+
+    def put(self, stored: StoredResponse) -> bool:
+        """Keep ``stored`` (dropping the least recently used to make room); False when it is not
+        kept, so the response can say so: the store is off, or it alone is over the byte bound."""
+        if not self.enabled:
+            return False
         if stored.nbytes > self.max_bytes:
             logger.info("Not keeping response %s: its %d bytes are more than MODEL_RESPONSES_STORE_BYTES (%d)",
                         stored.body["id"], stored.nbytes, self.max_bytes)
-            return
+            return False
         self._drop(stored.body["id"])
         self._items[stored.body["id"]] = stored
         self._nbytes += stored.nbytes
         while len(self._items) > self.capacity or self._nbytes > self.max_bytes:
             self._drop(next(iter(self._items)))
+        return True
 
     def _drop(self, response_id: str) -> None:
         old = self._items.pop(response_id, None)

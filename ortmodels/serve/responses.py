@@ -10,7 +10,9 @@ then one ``message``, then one ``function_call`` per call), whole or as the API'
 with its ``sequence_number``; a stream that fails after it started ends with ``error`` and
 ``response.failed``, as OpenAI ends one. ``reasoning.effort`` is read as chat's
 ``reasoning_effort``. A response made with ``store`` (the default) is kept in the server's
-`ResponseStore` with its conversation, so ``previous_response_id`` continues it.
+`ResponseStore` with its conversation, so ``previous_response_id`` continues it; one the store
+does not keep (turned off, or larger than its whole byte bound) says ``store: false`` (a stream's
+``created`` event, sent before the answer's size is known, says what was asked).
 """
 
 from __future__ import annotations
@@ -251,6 +253,8 @@ class ResponseAnswer(Answer):
         self.id = f"resp_{uuid.uuid4().hex}"
         self.body, self.turn, self.store = body, turn, store
         self._sequence = 0
+        self._stores = body.store is not False and store.enabled
+        """What the response object says of ``store``: false once the store did not keep it."""
         self._output: _Output | None = None
         """The streamed answer so far (what a failed stream's ``response.failed`` carries)."""
 
@@ -265,7 +269,7 @@ class ResponseAnswer(Answer):
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens, "model": self.model,
             "output": output.items("incomplete" if status == "failed" else None) if output is not None else [],
             "parallel_tool_calls": bool(body.parallel_tool_calls),
-            "previous_response_id": body.previous_response_id, "store": body.store is not False,
+            "previous_response_id": body.previous_response_id, "store": self._stores,
             "temperature": body.temperature, "top_p": body.top_p, "text": {"format": body.format().echo()},
             "tool_choice": body.tool_choice or "auto", "tools": body.tool_dicts(), "truncation": "disabled",
             "usage": _usage(output.finished) if ended and output is not None else None, "user": body.user,
@@ -274,10 +278,11 @@ class ResponseAnswer(Answer):
         }
 
     def _final(self, output: _Output) -> dict[str, Any]:
-        """The finished response, kept (unless ``store: false``) with its conversation."""
+        """The finished response, kept (unless ``store: false``) with its conversation; one the
+        store did not keep says ``store: false``."""
         response = self._response("incomplete" if output.cut else "completed", output)
-        if self.body.store is not False:
-            self.store.put(StoredResponse(response, [*self.turn.history, output.assistant()]))
+        if self._stores and not self.store.put(StoredResponse(response, [*self.turn.history, output.assistant()])):
+            self._stores = response["store"] = False
         return response
 
     async def complete(self, events: AsyncIterator[ChatEvent]) -> dict[str, Any]:

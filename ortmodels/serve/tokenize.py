@@ -87,8 +87,8 @@ def check(request: TokenizeRequest) -> None:
                           "add_special")
     if request.content is not None and (name := next(
             (n for n in PROMPT_FIELDS if getattr(request, n) is not None), None)):
-        raise bad_request(f"{name} applies to messages: content is tokenized as text, without the chat template.",
-                          name)
+        raise bad_request(f"{name} applies to messages: content is tokenized as text, without the chat template. "
+                          f"Send the chat as messages, or leave {name} out.", name)
     prompt_options(request)  # a bad tool or switch: refused before the model is asked
 
 
