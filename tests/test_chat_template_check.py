@@ -29,7 +29,7 @@ def templateless(samples_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(
         ".exports", "model.safetensors", "chat_template.jinja"))
     shutil.copytree(source / ".exports" / version, target / ".exports" / version,
-                    ignore=shutil.ignore_patterns("fp32", "fp16", "int8", "chat_template.jinja"))
+                    ignore=shutil.ignore_patterns("fp32", "fp16", "int8", "chat_template.jinja", ".prepacked"))
     import json
 
     for config in target.rglob("tokenizer_config.json"):

@@ -128,7 +128,7 @@ def test_a_chat_start_reopens_the_last_ones_session_until_what_chose_it_changes(
 
     models, hint = tmp_path / "models", early_hint.HINT_FILE
     shutil.copytree(SAMPLES_DIR / CHAT_SAMPLE, models / CHAT_SAMPLE, symlinks=True,
-                    ignore=shutil.ignore_patterns("model.safetensors", "fp32", "fp16", "int8", hint))
+                    ignore=shutil.ignore_patterns("model.safetensors", "fp32", "fp16", "int8", hint, ".prepacked"))
     monkeypatch.setenv("LOCAL_MODELS_DIR", str(models))
     opened: list[str] = []
     monkeypatch.setattr(sessions, "_create_session", lambda model_file, *rest: opened.append(model_file.name) or object())

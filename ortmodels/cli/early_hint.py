@@ -21,7 +21,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine.session import EarlyKey
 
 #: The file, under a model's ``.exports`` folder, that holds the hints (by model word).
 HINT_FILE = ".early-chat.json"
@@ -80,7 +83,8 @@ def _fingerprint(models_dir: str, model_folder: str, graph: str, names: list[str
         return None
     variant = os.path.dirname(graph)
     try:
-        files = sorted(entry.name for entry in os.scandir(variant))
+        # hidden entries are caches kept beside the export (its warm copy, `engine.warm_copy`), not its files
+        files = sorted(entry.name for entry in os.scandir(variant) if not entry.name.startswith("."))
     except OSError:
         return None
     return {
@@ -120,19 +124,19 @@ def start(word: str) -> bool:
     providers = available_providers()
     for hint in kept:
         key = hint.get("key") if isinstance(hint, dict) else None
-        if not (isinstance(key, list) and len(key) == 5 and isinstance(key[0], str) and isinstance(key[1], str)
+        if not (isinstance(key, list) and len(key) == 6 and isinstance(key[0], str) and isinstance(key[1], str)
                 and type(key[2]) is int and all(type(v) is bool for v in key[3:])
                 and isinstance(hint.get("names"), list)):
             continue
         if not _inside(key[0], folder):  # the hint file is data: nothing outside the model's folder is opened
             continue
         if _fingerprint(models_dir, folder, key[0], hint["names"], environment, providers) == hint.get("fingerprint"):
-            open_early(Path(key[0]), key[1], key[2], key[3], key[4], retry=True)
+            open_early(Path(key[0]), key[1], key[2], key[3], key[4], key[5], retry=True)
             return True
     return False
 
 
-def remember(word: str, models_dir: Path, key: tuple[str, str, int, bool, bool], names: list[str]) -> None:
+def remember(word: str, models_dir: Path, key: EarlyKey, names: list[str]) -> None:
     """Keep ``key`` (what `engine.session.open_early` was given) as what ``ortmodels chat WORD``
     opens, with the fingerprint of what chose it; ``names``: the settings' environment variables.
     Nothing is written when the same is kept already, or where the folder is not writable."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from ..errors import DeviceUnavailableError, ModelFileError
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S")
+#: What `open_early` was given (`create_session`'s arguments): the key a load takes its session by.
+EarlyKey = tuple[str, str, int, bool, bool, bool]
 T = TypeVar("T")
 
 _PROVIDERS = {
@@ -111,10 +114,12 @@ def session_options(threads: int = 0, prepack: bool = True, arena: bool = True) 
 
 
 def create_session(model_file: Path, device: str, threads: int = 0, prepack: bool = True,
-                   arena: bool = True) -> ort.InferenceSession:
+                   arena: bool = True, warm: bool = False) -> ort.InferenceSession:
     """Open ``model_file`` on ``device`` (already resolved), naming the file if it is bad; the
-    session `open_early` started with the same arguments, if there is one."""
-    early = _take_early((str(model_file), device, threads, prepack, arena))
+    session `open_early` started with the same arguments, if there is one. ``warm``: on the
+    CPU with packed weights, open the graph's warm copy (`warm_copy`), writing it first if
+    there is none for this machine."""
+    early = _take_early((str(model_file), device, threads, prepack, arena, warm))
     if early is not None:
         try:
             return early.result()
@@ -122,21 +127,60 @@ def create_session(model_file: Path, device: str, threads: int = 0, prepack: boo
             if not early.retry:
                 raise
             # opened on a guess, without the load's lease and checks: the load's own opening decides
-    return _create_session(model_file, device, threads, prepack, arena)
+    return _create_session(model_file, device, threads, prepack, arena, warm)
 
 
-def _create_session(model_file: Path, device: str, threads: int, prepack: bool, arena: bool) -> ort.InferenceSession:
+def _create_session(model_file: Path, device: str, threads: int, prepack: bool, arena: bool,
+                    warm: bool = False) -> ort.InferenceSession:
     if not model_file.is_file():
         raise ModelFileError(
             model_file, "Missing ONNX model file", "Re-run 'ortmodels export' for this model."
         )
+    if warm and device == "cpu" and prepack:
+        session = _open_warm(model_file, threads, arena)
+        if session is not None:
+            return session
+    return _open_file(model_file, session_options(threads, prepack, arena), device)
+
+
+def _open_warm(model_file: Path, threads: int, arena: bool) -> ort.InferenceSession | None:
+    """The session of ``model_file``'s warm copy, written now if there is none; ``None`` where
+    no copy can be read or written (the caller opens the graph as exported)."""
+    from .warm_copy import warm_copy
+
+    try:
+        copy = warm_copy(model_file)
+    except OSError as exc:
+        logger.debug("No warm copy of %s: %s", model_file, exc)
+        return None
+    options = session_options(threads, True, arena)
+    if copy.ready():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised when written
+        try:
+            return _open_file(copy.graph, options, "cpu")
+        except ModelFileError as exc:  # a damaged copy: written again below
+            logger.warning("The warm copy %s did not open (%s); writing it again.", copy.folder, exc)
+            copy.discard()
+            options = session_options(threads, True, arena)
+    temporary = copy.saving(options)
+    if temporary is None:
+        return None
+    try:
+        session = _open_file(model_file, options, "cpu")
+    except ModelFileError as exc:  # the copy could not be written (a full disk), or the graph is bad:
+        shutil.rmtree(temporary, ignore_errors=True)  # opened as exported, which reports the latter
+        logger.debug("Could not write a warm copy of %s: %s", model_file, exc)
+        return None
+    copy.keep(temporary)
+    return session
+
+
+def _open_file(model_file: Path, options: ort.SessionOptions, device: str) -> ort.InferenceSession:
     providers = [_PROVIDERS[device]]
     if device != "cpu":
         providers.append(_PROVIDERS["cpu"])
     try:
-        session = ort.InferenceSession(
-            str(model_file), sess_options=session_options(threads, prepack, arena), providers=providers
-        )
+        session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped Fail / InvalidProtobuf
         raise ModelFileError(
             model_file,
@@ -196,7 +240,7 @@ def open_beside(open_session: Callable[[], S], work: Callable[[], T]) -> tuple[S
 class _EarlyOpen:
     """One session being opened on a helper thread, for whoever asks for it first."""
 
-    def __init__(self, key: tuple[str, str, int, bool, bool], done: Callable[[], None] | None,
+    def __init__(self, key: EarlyKey, done: Callable[[], None] | None,
                  retry: bool = False) -> None:
         self.key = key
         self.retry = retry
@@ -225,13 +269,13 @@ class _EarlyOpen:
 
 
 _early_lock = threading.Lock()
-_early: dict[tuple[str, str, int, bool, bool], _EarlyOpen] = {}
+_early: dict[EarlyKey, _EarlyOpen] = {}
 _exit_hook: list[Callable[[], None]] = []
 """`discard_early` once it is registered to run at exit."""
 
 
 def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = True, arena: bool = True,
-               done: Callable[[], None] | None = None, retry: bool = False) -> tuple[str, str, int, bool, bool]:
+               warm: bool = False, done: Callable[[], None] | None = None, retry: bool = False) -> EarlyKey:
     """Start opening ``model_file`` now, on a helper thread; the next `create_session` with the same
     arguments takes that session (or its error) instead of opening the file again.
 
@@ -243,7 +287,7 @@ def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = 
     so a load that takes it opens the file again itself if it failed. Returns the key a
     `create_session` takes it by.
     """
-    key = (str(model_file), device, threads, prepack, arena)
+    key = (str(model_file), device, threads, prepack, arena, warm)
     with _early_lock:
         if key not in _early:
             if not _exit_hook:  # a daemon thread still inside onnxruntime at teardown aborts the process
@@ -256,7 +300,7 @@ def open_early(model_file: Path, device: str, threads: int = 0, prepack: bool = 
     return key
 
 
-def _take_early(key: tuple[str, str, int, bool, bool]) -> _EarlyOpen | None:
+def _take_early(key: EarlyKey) -> _EarlyOpen | None:
     with _early_lock:
         return _early.pop(key, None)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, load_settings
-from ..engine.session import create_session, open_beside, open_early, resolve_device
+from ..engine.session import EarlyKey, create_session, open_beside, open_early, resolve_device
 from ..engine.tokenizer import load_tokenizer, merges_as_text, vocabulary_bounds
 from ..errors import (
     ChatTemplateError,
@@ -120,17 +120,28 @@ def kv_graph(entry: VariantEntry, requested: str, model: str) -> str:
     )
 
 
+#: Variants whose sessions open from a warm copy (`engine.warm_copy`): the quantized ones, whose
+#: weights onnxruntime packs at every opening (most of its time); an fp32 or fp16 graph's copy
+#: would add its gigabytes again on disk for a smaller part of its opening.
+_WARM_DTYPES = ("int4", "int8")
+
+
+def warm_copies(entry: VariantEntry, settings: Settings) -> bool:
+    """Whether ``entry``'s chat sessions open from a warm copy of its packed weights."""
+    return settings.model_prepacked_cache and entry.dtype in _WARM_DTYPES
+
+
 def _open_chat_graph(folder: Path, entry: VariantEntry, requested: str, model: str, device: str,
-                     threads: int) -> tuple[ort.InferenceSession, str | None]:
+                     threads: int, warm: bool) -> tuple[ort.InferenceSession, str | None]:
     """Open the variant's graph for the asked-for KV precision; an fp16 cache the device cannot run is refused."""
     graph = kv_graph(entry, requested, model)
     try:
-        session = create_session(folder / graph, device, threads, arena=_CHAT_ARENA)
+        session = create_session(folder / graph, device, threads, arena=_CHAT_ARENA, warm=warm)
     except (ModelFileError, DeviceUnavailableError) as exc:
         if graph == _OWN_GRAPH:
             raise
         # The variant's own graph opens here: the device cannot run GroupQueryAttention on an fp16 cache.
-        session = create_session(folder / _OWN_GRAPH, device, threads, arena=_CHAT_ARENA)
+        session = create_session(folder / _OWN_GRAPH, device, threads, arena=_CHAT_ARENA, warm=warm)
         if requested != "auto":
             raise DeviceUnavailableError(
                 f"MODEL_KV_DTYPE={requested}: ONNX Runtime cannot run {model!r}'s {requested} KV cache graph on "
@@ -247,7 +258,7 @@ def _checked_folder(choice: VariantChoice, settings: Settings) -> Path:
 
 
 def open_chat_early(store: ModelStore, name: str, dtype: str | None,
-                    settings: Settings) -> tuple[str, str, int, bool, bool]:
+                    settings: Settings) -> EarlyKey:
     """Start opening the graph a load of chat model ``name`` (active version) would open, on a
     helper thread (`open_early`), after the same choice and file checks; the load takes that
     session. A process that knows its model before importing the rest calls it first
@@ -260,7 +271,8 @@ def open_chat_early(store: ModelStore, name: str, dtype: str | None,
     except BaseException:
         choice.release()
         raise
-    return open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA, done=choice.release)
+    return open_early(folder / graph, choice.device, settings.model_threads, arena=_CHAT_ARENA,
+                      warm=warm_copies(choice.info.variants[choice.variant], settings), done=choice.release)
 
 
 def open_variant(
@@ -291,7 +303,7 @@ def open_variant(
         if kind == "chat":
             (session, kv_dtype), extra = open_beside(
                 lambda: _open_chat_graph(folder, info.variants[variant], settings.model_kv_dtype, info.name,
-                                         resolved, settings.model_threads),
+                                         resolved, settings.model_threads, warm_copies(info.variants[variant], settings)),
                 lambda: None if beside is None else beside(folder))
         else:
             session = create_session(folder / _OWN_GRAPH, resolved, settings.model_threads)
