@@ -32,7 +32,7 @@ def graph(tmp_path: Path) -> Path:
     source = variant_folder("int4")
     folder = tmp_path / "int4"
     folder.mkdir()
-    for name in ("model.kv16.onnx", "model.onnx.data"):
+    for name in ("model.kv16.onnx", "model.onnx", "model.onnx.data"):
         os.link(source / name, folder / name)
     return folder / "model.kv16.onnx"
 
@@ -86,8 +86,11 @@ def test_a_changed_graph_gets_a_new_copy_and_the_old_one_goes(graph: Path) -> No
     os.utime(graph, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
     new = warm_copy.warm_copy(graph)
     assert new.key != old.key and not new.ready()
+    other = warm_copy.warm_copy(graph.with_name("model.onnx"))  # the variant's fp32-KV graph
+    create_session(graph.with_name("model.onnx"), "cpu", 1, warm=True)
     create_session(graph, "cpu", 1, warm=True)
     assert new.ready() and not old.folder.exists()
+    assert other.ready()  # another graph's copy stays
 
 
 def test_a_folder_it_cannot_write_opens_the_graph_as_exported(graph: Path, monkeypatch: pytest.MonkeyPatch) -> None:

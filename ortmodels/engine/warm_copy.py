@@ -95,8 +95,8 @@ class WarmCopy:
         return temporary
 
     def keep(self, temporary: Path) -> None:
-        """Publish the copy written into ``temporary``; remove copies of other keys (another
-        onnxruntime, processor or graph)."""
+        """Publish the copy written into ``temporary``; remove the same graph's copies of other
+        keys (another onnxruntime, processor or file stamp)."""
         try:
             (temporary / _READY).write_text(self.key, encoding="utf-8")
             temporary.chmod(0o755)  # made private by mkdtemp; readable as the variant's own files are
@@ -105,8 +105,9 @@ class WarmCopy:
             logger.debug("Warm copy %s not kept: %s", self.folder, exc)
             shutil.rmtree(temporary, ignore_errors=True)
             return
-        for other in self.root.iterdir():
-            if other.name != self.key and not other.name.startswith(".writing-"):
+        graph = self.key.rpartition("-")[0]
+        for other in self.root.iterdir():  # the same graph's copies only: a variant's other graph keeps its own
+            if other.name != self.key and other.name.rpartition("-")[0] == graph:
                 shutil.rmtree(other, ignore_errors=True)
         logger.info("Kept a warm copy of %s's packed weights in %s", self.root.parent.name, self.folder)
 
