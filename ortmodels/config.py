@@ -17,6 +17,12 @@ Device = Literal["auto", "cpu", "cuda", "coreml"]
 _DEVICE_ALIASES = {"mps": "coreml", "gpu": "cuda"}
 
 
+#: With prefix routing on Ray, how many more requests the replica holding a prompt's start may
+#: have than the least busy one (`serve.ray.routing`); 16 piled conversations onto one replica,
+#: whose prompt cache then evicted (bench_ray_prefix, 2026-12-04).
+DEFAULT_RAY_ROUTING_IMBALANCE = 2
+
+
 class Settings(BaseSettings):
     """ortmodels' settings; each field reads the environment variable of its alias."""
 
@@ -112,7 +118,7 @@ class Settings(BaseSettings):
     sends a conversation's turns to the replica whose prompt cache holds its start, by load when
     none does or that replica is busy; ``load``: Ray Serve's power of two choices only."""
 
-    model_ray_routing_imbalance: int = Field(default=2, ge=0, alias="MODEL_RAY_ROUTING_IMBALANCE")
+    model_ray_routing_imbalance: int = Field(default=DEFAULT_RAY_ROUTING_IMBALANCE, ge=0, alias="MODEL_RAY_ROUTING_IMBALANCE")
     """With prefix routing: how many more requests the replica holding a prompt's start may have
     than the least busy replica before the prompt goes by load instead (its history prefilled
     again there). 2: with 16 (Ray's own prefix router, in ``ray.serve.llm``, never falls back by

@@ -32,20 +32,19 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from ...config import DEFAULT_RAY_ROUTING_IMBALANCE
 from .prefix import PrefixIndex, choose, prompt_text
 
 logger = logging.getLogger(__name__)
 
 #: Where Serve finds the class (``request_router_class``), imported in the ingress's process.
 ROUTER_PATH = "ortmodels.serve.ray.routing:PrefixRouter"
-#: A preferred replica may have this many more requests than the least busy one (``MODEL_RAY_ROUTING_IMBALANCE``).
-DEFAULT_IMBALANCE = 2
 
 
 class PrefixRouter(RequestRouter):
     """A chat's turns to the replica holding its prefix; load-based (power of two) otherwise."""
 
-    def initialize_state(self, imbalance: int = DEFAULT_IMBALANCE, **_: Any) -> None:
+    def initialize_state(self, imbalance: int = DEFAULT_RAY_ROUTING_IMBALANCE, **_: Any) -> None:
         if isinstance(imbalance, bool) or not isinstance(imbalance, int) or imbalance < 0:
             raise ValueError(f"imbalance must be a whole number >= 0, not {imbalance!r}.")
         self._imbalance = imbalance
