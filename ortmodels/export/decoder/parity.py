@@ -10,6 +10,7 @@ questions (`probes.CHAT_PROBES`). `quality.judge_decoder` turns them into a verd
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +95,31 @@ class DecoderReference:
     question_ids: list[list[int]]
     answers: list[list[int]]  # PyTorch's greedy answers to CHAT_PROBES, up to an end token
 
+    def save(self, folder: Path) -> None:
+        """Write the figures as JSON and npz (no pickle); ``reference.json``, written last, marks them complete."""
+        np.savez(folder / "reference.npz", prompt_logits=self.prompt_logits, text_argmax=self.text_argmax)
+        figures = {"prompts": self.prompts, "greedy": self.greedy, "text_ids": self.text_ids,
+                   "perplexity": self.perplexity, "eos_token_ids": self.eos_token_ids,
+                   "question_ids": self.question_ids, "answers": self.answers}
+        partial = folder / "reference.json.partial"
+        partial.write_text(json.dumps(figures))
+        partial.rename(folder / "reference.json")
+
+    @classmethod
+    def load(cls, folder: Path, tokenizer: Any) -> DecoderReference:
+        """The figures `save` wrote (floats round-trip exactly through JSON and npz), with ``tokenizer``."""
+        figures = json.loads((folder / "reference.json").read_text())
+        with np.load(folder / "reference.npz", allow_pickle=False) as arrays:
+            prompt_logits, text_argmax = arrays["prompt_logits"], arrays["text_argmax"]
+        return cls(figures["prompts"], figures["greedy"], prompt_logits, figures["text_ids"], text_argmax,
+                   float(figures["perplexity"]), tokenizer, figures["eos_token_ids"], figures["question_ids"],
+                   figures["answers"])
+
     @classmethod
     def compute(cls, checkpoint: Path, base: Path, tokenizer: Any, context_length: int,
                 eos_token_ids: Sequence[int] = ()) -> DecoderReference:
+        """PyTorch's figures, computed in this process (imports torch): an export runs it in a child
+        (`reference_process.compute_reference`) and reads what `save` wrote."""
         import torch
 
         model = reference_model(checkpoint)
