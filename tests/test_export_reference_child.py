@@ -104,3 +104,33 @@ def test_a_child_past_its_time_is_stopped_and_said_so(tmp_path: Path) -> None:
         compute_reference(folder, folder, _tokenizer(folder), 256, [EOS_ID], scratch=tmp_path / "scratch",
                           timeout=0.01)
     assert not [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _mapped_rss(folder: Path) -> int:
+    """kB of this process's resident pages mapped from ``folder``'s safetensors files."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:
+            inside = len(fields) >= 6 and fields[5].startswith(f"{folder.resolve()}/") and fields[5].endswith(".safetensors")
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps")
+def test_an_fp32_reference_drops_its_mapped_pages_after_each_module(tmp_path: Path) -> None:
+    """The mapped fp32 weights: the same logits as transformers' own model, few of their pages resident after."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from ortmodels.export.decoder.reference import reference_model
+
+    one, two = (build_tiny_decoder(tmp_path / name, "llama") for name in ("ours", "theirs"))
+    ours = reference_model(one)
+    theirs = AutoModelForCausalLM.from_pretrained(two, dtype=torch.float32).eval()  # its pages stay
+    ids = torch.tensor([list(range(1, 120))])
+    with torch.inference_mode():
+        assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
+    kept, held = _mapped_rss(one), _mapped_rss(two)
+    assert held > 0 and kept < 0.5 * held, (kept, held)

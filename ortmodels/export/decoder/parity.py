@@ -14,19 +14,18 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...engine.chat_template import ChatTemplate
-from ...engine.decoder import DecoderSession
-from ...engine.engine import Engine
-from ...engine.request import Request
-from ...engine.session import create_session
 from ...errors import ModelFileError
 from ...lifecycle.memory import return_freed_memory
 from ..probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 from .reference import reference_model
+
+if TYPE_CHECKING:  # onnxruntime's side, imported where used: the reference's child process never needs it
+    from ...engine.decoder import DecoderSession
 
 NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
@@ -212,6 +211,9 @@ def text_logits(model: Any, ids: list[int], rows: int) -> Iterator[np.ndarray]:
 def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKENS,
                   eos_token_ids: Sequence[int] = ()) -> list[int]:
     """``count`` greedy tokens after ``ids``, through the engine every chat runs on."""
+    from ...engine.engine import Engine
+    from ...engine.request import Request
+
     engine = Engine(decoder, max_batch=1)
     request = Request(ids, max_tokens=count, eos_token_ids=eos_token_ids)
     engine.add_request(request)
@@ -238,6 +240,9 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
     says no, the greedy runs are skipped and the figures so far returned (``"screened": True``):
     a candidate recipe whose perplexity already fails costs a third of the checks.
     """
+    from ...engine.decoder import DecoderSession
+    from ...engine.session import create_session
+
     # Quantized graphs get the runtime's own session, so the figures are what users get:
     # int8/int4 compute with int8 activations only on prepacked weights (logits 1.15 apart
     # on the sample without). Float graphs skip the packed copy of their weights, for the

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ExportError
-from ..checkpoint.source import checkpoint_bytes
 from .parity import DecoderReference
 
 logger = logging.getLogger(__name__)
@@ -54,6 +53,8 @@ def compute_reference(checkpoint: Path, base: Path, tokenizer: Any, context_leng
     there, for our graph's builds. ``timeout``: default `timeout_s` of the checkpoint's size.
     """
     if timeout is None:
+        from ..checkpoint.source import checkpoint_bytes  # the store's models: not the child's business
+
         timeout = timeout_s(checkpoint_bytes(checkpoint))
     run_reference(checkpoint, base, context_length, eos_token_ids, scratch, timeout, graph_facts)
     return DecoderReference.load(scratch, tokenizer)
