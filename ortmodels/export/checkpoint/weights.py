@@ -120,14 +120,6 @@ class CheckpointWeights:
             file._read_into(name, piece)
             yield first, piece, entry["dtype"]
 
-    def location(self, name: str) -> tuple[Path, int, int]:
-        """Where the tensor's bytes lie: (file, offset from the file's start, length), for mapping them."""
-        file = self._files.get(name)
-        if file is None:
-            raise ExportError(f"The checkpoint has no tensor {name!r}.")
-        start, end = file.entries[name]["data_offsets"]
-        return file.path, file.data_start + start, end - start
-
     def dtype(self, name: str) -> str:
         """The tensor's safetensors dtype name as stored ("BF16", "F32", ...)."""
         file = self._files.get(name)

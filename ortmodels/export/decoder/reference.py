@@ -6,11 +6,9 @@ every number the model computes is what an fp32 copy of the checkpoint computes 
 bf16/fp16 is exact), but the export never holds the weights in fp32. Holding them in fp32
 was the export's peak: 2x a bf16 checkpoint (4.9 GB for Llama 3.2 1B's 2.5 GB file).
 
-Those matrices are views of the safetensors file, mapped copy-on-write and never written; an
-fp32 checkpoint is mapped by ``from_pretrained`` and used in place. Each module hands its
+An fp32 checkpoint is mapped by ``from_pretrained`` and used in place; each module hands its
 weights' mapped pages back after its forward (`release_mapped_pages_after_use`), so the
-reference holds about one module's worth of them, not the file (the sample: 0.78 GB instead
-of 1.23 GB).
+reference holds about one layer of them, not the file (the sample: 0.78 GB instead of 1.23 GB).
 
 Only modules whose own forward is plain PyTorch's are narrowed (``nn.Linear``,
 ``nn.Embedding``, a tied head sharing the embedding's matrix); a family's own embedding
@@ -38,10 +36,10 @@ def reference_model(checkpoint: Path) -> Any:
     Eager attention where the config soft-caps attention logits (Gemma 2): transformers' SDPA
     path silently drops the cap, so it computes another model than the checkpoint's.
 
-    The model is built unwritten (no resident pages); its bf16/fp16 matrices become views of
-    the mapped file and the other tensors are filled from plain reads (`checkpoint.weights`),
-    8 MB at a time, not by ``from_pretrained``: that maps the checkpoint and widens it to fp32
-    while the mapped pages stay resident (7.93 GB = 3.2x a 1B-shape bf16 checkpoint).
+    The model is built unwritten (no resident pages) and filled tensor by tensor from plain
+    reads (`checkpoint.weights`), 8 MB at a time, not by ``from_pretrained``: that maps the
+    checkpoint and widens it to fp32 while the mapped pages stay resident (7.93 GB = 3.2x a
+    1B-shape bf16 checkpoint).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -65,15 +63,10 @@ def reference_model(checkpoint: Path) -> Any:
             return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **extra).eval()
         narrowable = _narrowable(model)
         stored = {"BF16": torch.bfloat16, "F16": torch.float16}
-        maps: dict[Path, Any] = {}
         for name in weights.names():
             target = targets[name]
             dtype = weights.dtype(name)
             if dtype in _NARROW and id(target) in narrowable:  # kept as stored; the fp32 pages never written
-                mapped = _mapped(weights, name, maps, stored[dtype], target.shape)
-                if mapped is not None:  # the file's own pages, dropped after each use
-                    target.data = mapped
-                    continue
                 target.data = torch.empty(target.shape, dtype=stored[dtype])
                 flat = target.data.view(torch.int16).view(-1)
                 for first, piece, _ in weights.pieces(name):  # the raw bits, 8 MB at a time
@@ -87,25 +80,7 @@ def reference_model(checkpoint: Path) -> Any:
     if missing:
         raise ExportError(f"{checkpoint}: the checkpoint has no tensors for {sorted(missing)[:5]}.")
     _widen_when_used(model)
-    model._ortmodels_mapped_files = list(maps.values())  # the mappings live as long as the model
-    release_mapped_pages_after_use(model, checkpoint)
     return model.eval()
-
-
-def _mapped(weights: Any, name: str, maps: dict[Path, Any], dtype: Any, shape: Any) -> Any:
-    """The stored tensor as a view of its file, mapped copy-on-write (never written); None if misaligned."""
-    import mmap
-
-    import torch
-
-    path, offset, length = weights.location(name)
-    size = torch.empty((), dtype=dtype).element_size()
-    if offset % size or length != size * int(torch.Size(shape).numel()):
-        return None
-    if path not in maps:
-        with path.open("rb") as file:
-            maps[path] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
-    return torch.frombuffer(maps[path], dtype=dtype, count=length // size, offset=offset).view(shape)
 
 
 _MADV_DONTNEED = 4
