@@ -48,9 +48,9 @@ REFERENCE_FIXED_BYTES = 480_000_000
 #: fp32 logits array (the probes' and the text's logits, 128 rows at a time, their float64
 #: NLL 32 rows at a time, and the heap the forwards leave). The sample (fp32, 0.54 GB; head
 #: 0.11 GB; 0.10 GB of logits): the child peaked at 0.73-0.82 GB over runs, the export at
-#: 0.90-0.94 GB (1.68x int4 alone, 1.74x every precision). The 1B shape in bf16 (2.47 GB,
-#: 0.26 GB of logits) held 3.20 GB in its reference when that ran in the export's process
-#: (commit 0160e69); not measured in a child yet.
+#: 0.90-0.94 GB (1.68-1.75x, int4 alone or every precision). The 1B shape in bf16 (2.47 GB,
+#: 0.26 GB of logits; int8 and int4, --skip-gates --int4-search): the child 3.18 GB, the
+#: export 3.30 GB (1.33x) at the reference; int8's check 2.77 GB, int4's 1.43 GB.
 REFERENCE_WEIGHT_MULTIPLE = 1.0
 REFERENCE_LOGITS_MULTIPLE = 2.5
 #: A variant's check session at its peak, bytes per parameter with its activations: the
