@@ -238,9 +238,10 @@ def test_a_quantized_export_of_a_bf16_checkpoint_writes_no_fp32_graph(tmp_path: 
     built: list[Any] = []
     real = decoder.build_decoder_graph
 
-    def recording(checkpoint: Path, target: Path, precision: Any, hessians: Any = None) -> dict[str, Any]:
+    def recording(checkpoint: Path, target: Path, precision: Any, hessians: Any = None, facts: Any = None
+                  ) -> dict[str, Any]:
         built.append(precision)
-        return real(checkpoint, target, precision, hessians)
+        return real(checkpoint, target, precision, hessians, facts)
 
     monkeypatch.setattr(decoder, "build_decoder_graph", recording)
     manifest = export_model(ModelStore(tmp_path / "models"), "tiny", ["int4"], skip_gates=True).manifest

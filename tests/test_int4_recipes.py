@@ -241,15 +241,18 @@ def test_the_search_is_opt_in_and_skipped_gates_build_one_candidate(tmp_path: Pa
     import json
 
     from ortmodels.export.decoder.exporter import _graph_builders
+    from ortmodels.export.decoder.graph import TransformersFacts
     from ortmodels.export.decoder.int4_recipes import int4_search, smallest_candidate
     from ortmodels.export.quality import gates_skipped
     from tests.tiny_decoders import build_tiny_decoder
 
     checkpoint = build_tiny_decoder(tmp_path / "ckpt", "llama")
     every = int4_candidates(json.loads((checkpoint / "config.json").read_text()))
+    facts = TransformersFacts.of(checkpoint)
 
     def built() -> list[str]:
-        return [b.candidate.name for b in _graph_builders(checkpoint, tmp_path)["int4"]]  # type: ignore[attr-defined]
+        builders = _graph_builders(checkpoint, tmp_path, facts)["int4"]
+        return [b.candidate.name for b in builders]  # type: ignore[attr-defined]
 
     assert built() == [every[-1].name] and every[-1].precision == LAST_RESORT
     with int4_search("rtn"):
@@ -324,13 +327,14 @@ def test_gptq_calibrates_on_an_fp32_graph_of_its_own_when_fp32_is_not_exported(t
     import shutil
 
     from ortmodels.export.decoder.exporter import _LazyHessians
+    from ortmodels.export.decoder.graph import TransformersFacts
     from tests.tiny_decoders import build_tiny_decoder
 
     checkpoint = build_tiny_decoder(tmp_path / "ckpt", "llama")
     base = tmp_path / "_base"
     base.mkdir()
     shutil.copy2(checkpoint / "tokenizer.json", base / "tokenizer.json")
-    lazy = _LazyHessians(checkpoint, base, base / "calibration")
+    lazy = _LazyHessians(checkpoint, base, base / "calibration", TransformersFacts.of(checkpoint))
     hessians = lazy.get()
     assert lazy.get() is hessians and hessians.tokens > 500
     assert hessians.get("layers.0.mlp.down_proj") is not None and hessians.get("lm_head") is not None

@@ -114,19 +114,20 @@ def test_an_export_without_the_flag_judges_again(skipped_store: tuple[Path, subp
 def test_fp32_that_does_not_match_pytorch_is_refused_even_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ortmodels.errors import ParityError
     from ortmodels.export import export_model
+    from ortmodels.export.decoder import exporter
     from ortmodels.export.decoder.parity import DecoderReference
     from ortmodels.store import ModelStore
     from tests.tiny_decoders import VOCAB_SIZE, build_tiny_decoder
 
     folder = build_tiny_decoder(tmp_path / "models" / "tiny", "llama")
-    real = DecoderReference.compute.__func__
+    real = exporter.compute_reference
 
-    def shifted(cls, *args, **kwargs) -> DecoderReference:  # PyTorch "says" other tokens
-        reference = real(cls, *args, **kwargs)
+    def shifted(*args, **kwargs) -> DecoderReference:  # PyTorch "says" other tokens
+        reference = real(*args, **kwargs)
         reference.greedy = [[(t + 1) % VOCAB_SIZE for t in tokens] for tokens in reference.greedy]
         return reference
 
-    monkeypatch.setattr(DecoderReference, "compute", classmethod(shifted))
+    monkeypatch.setattr(exporter, "compute_reference", shifted)
     with pytest.raises(ParityError, match="does not reproduce PyTorch's greedy tokens"):
         export_model(ModelStore(tmp_path / "models"), "tiny", ["fp32", "int8"], skip_gates=True)
     assert not (folder / "onnx").exists()

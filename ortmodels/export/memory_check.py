@@ -4,14 +4,18 @@ The estimate of the export's peak resident memory is fitted to measured exports 
 records every export's peak into its manifest; the figures below are those records), or,
 when this very checkpoint was exported before in at least the precisions asked for, that
 export's own recorded peak. A chat export holds one large thing at a time, so its peak is
-the interpreter's fixed cost plus the largest of its phases:
+the export process's fixed cost plus the largest of its phases:
 
-- the PyTorch reference: the checkpoint's weights as stored (bf16/fp16 matrices are kept
-  so and widened a few rows at a time as used; an fp32 checkpoint is mapped), and the
-  logits of the probes and of the perplexity text, 128 positions at a time;
-- each variant's onnxruntime session, one at a time: an fp32 graph's weights are mapped
-  (4 bytes a parameter), an fp16 graph's are widened to fp32 by onnxruntime's CPU provider
-  at load, a quantized graph's are mapped and packed (about twice its file).
+- the PyTorch reference, in a child process (`decoder/reference_process.py`) whose RSS the
+  meter adds to the export's: an interpreter with torch and transformers imported, the
+  checkpoint's weights as stored (bf16/fp16 matrices are kept so and widened a few rows at
+  a time as used; an fp32 checkpoint is mapped and each module drops its pages after its
+  forward, so about its largest matrix, the embedding or head, is resident at once), and
+  the logits of the probes and of the perplexity text, 128 positions at a time;
+- each variant's onnxruntime session, one at a time, in the export's own process (which
+  never imports torch): an fp32 graph's weights are mapped (4 bytes a parameter), an fp16
+  graph's are widened to fp32 by onnxruntime's CPU provider at load, a quantized graph's
+  are mapped and packed (about twice its file).
 """
 
 from __future__ import annotations
@@ -23,31 +27,37 @@ from typing import Any
 
 import psutil
 
-from ..errors import ExportMemoryError
+from ..errors import ExportError, ExportMemoryError
 from ..kinds import KINDS
 from ..store import ModelInfo, read_json
 from ..units import format_bytes
 from .checkpoint.source import checkpoint_bytes
-from .checkpoint.weights import parameter_count
+from .checkpoint.weights import open_weights, parameter_count
 from .decoder.parity import PERPLEXITY_TOKENS
 
 logger = logging.getLogger(__name__)
 
-#: Python with torch, transformers and onnxruntime imported (~420 MB), and what an export
-#: holds beside its largest phase (tokenizer, the reference's figures, heap not yet returned).
-FIXED_BYTES = 700_000_000
-#: The reference's peak per byte of the checkpoint's weights as stored, and per byte of one
-#: ``[512, vocabulary]`` fp32 logits array (the probes' and the text's logits, 128 rows at a
-#: time, their float64 NLL 32 rows at a time). The 1B shape in bf16 (2.47 GB, 0.26 GB of
-#: logits) held 3.20 GB in its reference; its int8 check 3.22 GB, the export's peak (1.30x).
+#: The export's own process: Python with onnxruntime, numpy and the tokenizer (~130 MB
+#: measured on the sample through the reference's run), and heap not yet returned.
+FIXED_BYTES = 150_000_000
+#: The reference child's interpreter with torch and transformers imported (468 MB measured).
+REFERENCE_FIXED_BYTES = 480_000_000
+#: The reference child's peak beside its interpreter, per byte of the weights it holds (a
+#: bf16/fp16 checkpoint's as stored; an fp32 checkpoint's largest matrix, ``vocabulary x
+#: hidden``, its other mapped pages dropped as used) and per byte of one ``[512, vocabulary]``
+#: fp32 logits array (the probes' and the text's logits, 128 rows at a time, their float64
+#: NLL 32 rows at a time, and the heap the forwards leave). The sample (fp32, 0.54 GB; head
+#: 0.11 GB; 0.10 GB of logits): the child peaked at 0.73-0.82 GB over runs, the export at
+#: 0.90-0.94 GB (1.68-1.75x, int4 alone or every precision). The 1B shape in bf16 (2.47 GB,
+#: 0.26 GB of logits; int8 and int4, --skip-gates --int4-search): the child 3.18 GB, the
+#: export 3.30 GB (1.33x) at the reference; int8's check 2.77 GB, int4's 1.43 GB.
 REFERENCE_WEIGHT_MULTIPLE = 1.0
-REFERENCE_LOGITS_MULTIPLE = 1.0
-#: A variant's check session at its peak, bytes per parameter with its activations: measured
-#: opening and running each of the sample's variants alone (135M parameters: fp32 0.65 GB,
-#: its weights mapped; fp16 0.63 GB, widened to fp32 by onnxruntime's CPU provider; int8
-#: 0.35 GB and int4 0.26 GB, mapped and packed). With FIXED_BYTES they give the sample's
-#: recorded export peak (1.33 GB, every precision).
-SESSION_BYTES_PER_PARAMETER = {"fp32": 4.8, "fp16": 4.8, "int8": 2.6, "int4": 1.9}
+REFERENCE_LOGITS_MULTIPLE = 2.5
+#: A variant's check session at its peak, bytes per parameter with its activations: the
+#: sample's phases less the export process's own ~150 MB, exporting every precision (135M
+#: parameters: fp32 0.69 GB, its weights mapped; fp16 0.76 GB, widened to fp32 by
+#: onnxruntime's CPU provider; int8 0.42 GB and int4 0.34 GB, mapped and packed).
+SESSION_BYTES_PER_PARAMETER = {"fp32": 5.2, "fp16": 5.7, "int8": 3.1, "int4": 2.5}
 #: Embedding exports (optimum's export, then onnxruntime's quantizer): one record,
 #: all-MiniLM-L6-v2 in fp32 and int8 (0.96 GB for 0.09 GB of weights).
 EMBEDDING_WEIGHT_MULTIPLE = 5.0
@@ -75,12 +85,15 @@ def estimate(info: ModelInfo, dtypes: list[str] | None = None) -> MemoryEstimate
         return MemoryEstimate(int(peak), (
             f"{format_bytes(FIXED_BYTES)} + {EMBEDDING_WEIGHT_MULTIPLE}x its weights in fp32 "
             f"({format_bytes(fp32)}), as measured on the embedding sample"))
-    logits = 4 * PERPLEXITY_TOKENS * _vocab_size(read_json(info.path / "config.json"))
-    reference = REFERENCE_WEIGHT_MULTIPLE * weights + REFERENCE_LOGITS_MULTIPLE * logits
+    config = read_json(info.path / "config.json")
+    logits = 4 * PERPLEXITY_TOKENS * _vocab_size(config)
+    held, how = _reference_weights(info.path, config, weights)
+    reference = REFERENCE_FIXED_BYTES + REFERENCE_WEIGHT_MULTIPLE * held + REFERENCE_LOGITS_MULTIPLE * logits
     sessions = {d: SESSION_BYTES_PER_PARAMETER[d] * parameters for d in dtypes if d in SESSION_BYTES_PER_PARAMETER}
     largest = max(sessions, key=lambda d: sessions[d], default=None)
     if largest is None or reference >= sessions[largest]:
-        phase = (f"the PyTorch reference: {REFERENCE_WEIGHT_MULTIPLE}x its weights as stored ({format_bytes(weights)}) "
+        phase = (f"the PyTorch reference in its child process: {format_bytes(REFERENCE_FIXED_BYTES)} of torch and "
+                 f"transformers + {REFERENCE_WEIGHT_MULTIPLE}x {how} ({format_bytes(held)}) "
                  f"+ {REFERENCE_LOGITS_MULTIPLE}x one {PERPLEXITY_TOKENS}-token pass of fp32 logits "
                  f"({format_bytes(logits)})")
         peak = FIXED_BYTES + reference
@@ -104,6 +117,20 @@ def _recorded_peak(info: ModelInfo, weights: int, dtypes: list[str]) -> MemoryEs
     return MemoryEstimate(cost["peak_rss_bytes"], (
         f"the peak its previous export recorded ({cost.get('peak_rss_ratio')}x the checkpoint's "
         f"{format_bytes(weights)}, version {info.version})"))
+
+
+def _reference_weights(checkpoint: Path, config: dict[str, Any], weights: int) -> tuple[int, str]:
+    """The bytes of weights the reference holds at once, and what they are (`decoder/reference.py`)."""
+    try:
+        with open_weights(checkpoint) as opened:
+            mapped = opened.float_dtypes() <= {"F32"}
+    except (ExportError, OSError, ValueError, KeyError):  # .bin weights: loaded, not mapped
+        mapped = False
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    hidden = int(config.get("hidden_size") or text.get("hidden_size") or 0)
+    if mapped and hidden:
+        return min(weights, 4 * _vocab_size(config) * hidden), "its largest matrix, mapped"
+    return weights, "its weights as stored"
 
 
 def _vocab_size(config: dict[str, Any]) -> int:

@@ -6,7 +6,8 @@ written directly), built from the safetensors weights for each precision;
 `families.supports` says why any other checkpoint is refused (long-rope scaling, a
 vision-language Gemma 3, ...). Those go through optimum (``text-generation-with-past``), with
 fp16, int8 and int4 derived from its fp32 graph.
-Every variant is compared with the PyTorch model and judged by the quality gates
+Every variant is compared with the PyTorch model (run in a child process,
+`reference_process`, so this one never imports torch for our graph) and judged by the quality gates
 (`quality.py`) before it is published; a precision with a second recipe (fp16) gets it
 only when the first fails. A variant whose cache is fp32 also gets an fp16-KV graph
 (`kv_precision.py`), judged by the same gates; the manifest's ``kv`` entry records both.
@@ -49,7 +50,7 @@ from .calibration import (
     calibration_chunks,
     collect_hessians,
 )
-from .graph import GraphPrecision, build_decoder_graph, supports
+from .graph import GraphPrecision, TransformersFacts, build_decoder_graph, supports
 from .int4_recipes import (
     LAST_RESORT,
     Candidate,
@@ -60,6 +61,7 @@ from .int4_recipes import (
 )
 from .kv_precision import KV16_FILE, graph_kv, write_fp16_kv_graph
 from .parity import DecoderReference, onnx_parity
+from .reference_process import compute_reference
 from .quantize import OVERFLOW_PRONE_OPS, convert_fp16, quantize_weight_only
 
 logger = logging.getLogger(__name__)
@@ -180,8 +182,8 @@ class _LazyHessians:
     pages while it runs: the cost the README states).
     """
 
-    def __init__(self, checkpoint: Path, base: Path, folder: Path) -> None:
-        self.checkpoint, self.base, self.folder = checkpoint, base, folder
+    def __init__(self, checkpoint: Path, base: Path, folder: Path, facts: TransformersFacts) -> None:
+        self.checkpoint, self.base, self.folder, self.facts = checkpoint, base, folder, facts
         self.hessians: Hessians | None = None
         self.seconds = 0.0
 
@@ -196,7 +198,7 @@ class _LazyHessians:
                 own = self.folder / "fp32"
                 own.mkdir(parents=True, exist_ok=True)
                 graph = own / "model.onnx"
-                build_decoder_graph(self.checkpoint, graph, GRAPH_PRECISIONS["fp32"])
+                build_decoder_graph(self.checkpoint, graph, GRAPH_PRECISIONS["fp32"], facts=self.facts)
             try:
                 self.hessians = collect_hessians(graph, calibration_chunks(tokenizer), self.folder)
             finally:
@@ -221,7 +223,8 @@ class _Int4Attempt:
 
     def __call__(self, _src: Path, dst: Path) -> dict[str, Any]:
         p = self.candidate.precision
-        build_decoder_graph(self.checkpoint, dst, p, self.hessians.get() if p.rounding == "gptq" else None)
+        build_decoder_graph(self.checkpoint, dst, p, self.hessians.get() if p.rounding == "gptq" else None,
+                            facts=self.hessians.facts)
         recipe = self.recipe()
         if p.rounding == "gptq" and self.hessians.hessians is not None:
             recipe["calibration"] = {"text": CALIBRATION_TEXT.name, "tokens": self.hessians.hessians.tokens,
@@ -229,45 +232,53 @@ class _Int4Attempt:
         return recipe
 
 
-def _graph_builders(checkpoint: Path, work: Path) -> dict[str, list[Builder]]:
-    """Builders per precision, each writing its graph straight from the checkpoint.
+def _graph_builders(checkpoint: Path, work: Path, facts: TransformersFacts) -> dict[str, list[Builder]]:
+    """Builders per precision, each writing its graph straight from the checkpoint (and ``facts``).
 
     int4 builds the last resort alone unless this export searches (`int4_recipes.int4_search`):
     then it tries `int4_recipes.searched_candidates` in order.
     """
     builders: dict[str, list[Builder]] = {
-        dtype: [lambda _src, dst, p=GRAPH_PRECISIONS[name]: build_decoder_graph(checkpoint, dst, p) for name in names]
+        dtype: [lambda _src, dst, p=GRAPH_PRECISIONS[name]: build_decoder_graph(checkpoint, dst, p, facts=facts)
+                for name in names]
         for dtype, names in _GRAPH_ATTEMPTS.items()
     }
     candidates = searched_candidates(read_json(checkpoint / "config.json"), int4_search_mode(), gates_are_skipped())
-    hessians = _LazyHessians(checkpoint, work / "_base", work / "_base" / "calibration")  # removed with the base
+    hessians = _LazyHessians(checkpoint, work / "_base", work / "_base" / "calibration", facts)  # removed with the base
     builders["int4"] = [_Int4Attempt(checkpoint, c, hessians) for c in candidates]
     return builders
 
 
-def _prepare_base(info: ModelInfo, base: Path, progress: Progress, dtypes: list[str]
-                  ) -> tuple[str, dict[str, list[Builder]]]:
-    """Write the support files, and the fp32 graph where needed, into ``base``; returns how, and the builders.
+def _prepare_base(info: ModelInfo, base: Path, progress: Progress) -> str:
+    """Write the support files (our graph) or optimum's fp32 graph and its files into ``base``; returns which.
 
-    Our graph's other precisions are built from the checkpoint itself, so the fp32 graph is
-    written only when fp32 is asked for (at 1B it is 4.9 GB of disk and ~30 s of writing).
+    Our graph's fp32 file is written later, and only when fp32 is asked for (`_build_base_graph`).
     """
-    config = read_json(info.path / "config.json")
-    reason = supports(config)
+    reason = supports(read_json(info.path / "config.json"))
     if reason is None:
         base.mkdir()
         for name in _SUPPORT_FILES:
             if (info.path / name).is_file():
                 shutil.copy2(info.path / name, base / name)
-        if "fp32" in dtypes:
-            progress.step("Building the decoder graph (GroupQueryAttention, fused norms)")
-            build_decoder_graph(info.path, base / "model.onnx", GRAPH_PRECISIONS["fp32"])
-            return_freed_memory()
-        return "decoder_graph", _graph_builders(info.path, base.parent)
+        return "decoder_graph"
     logger.info("%s: %s; exporting with optimum.", info.name, reason)
     progress.step("Exporting the decoder with its KV cache (optimum)")
     export_with_optimum(info.path, base, TASK)
-    return "optimum", _BUILDERS
+    return "optimum"
+
+
+def _build_base_graph(info: ModelInfo, base: Path, progress: Progress, dtypes: list[str], facts: TransformersFacts
+                      ) -> dict[str, list[Builder]]:
+    """Our fp32 graph into ``base`` where fp32 is asked for; returns the builders of the other precisions.
+
+    They are built from the checkpoint itself, so the fp32 graph is written only when fp32
+    is asked for (at 1B it is 4.9 GB of disk and ~30 s of writing).
+    """
+    if "fp32" in dtypes:
+        progress.step("Building the decoder graph (GroupQueryAttention, fused norms)")
+        build_decoder_graph(info.path, base / "model.onnx", GRAPH_PRECISIONS["fp32"], facts=facts)
+        return_freed_memory()
+    return _graph_builders(info.path, base.parent, facts)
 
 
 def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], base_recipe: dict[str, Any],
@@ -380,21 +391,28 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
     check_dtypes("Chat models", dtypes, DECODER_DTYPES)
     with export_attempt(info) as work:
         base = work / "_base"
-        graph, builders = _prepare_base(info, base, progress, dtypes)
+        graph = _prepare_base(info, base, progress)
         require_fast_tokenizer(info.path, base)
         if not (base / "chat_template.jinja").is_file() and (info.path / "chat_template.jinja").is_file():
             shutil.copy2(info.path / "chat_template.jinja", base / "chat_template.jinja")
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
         spec = chat_spec(base, tokenizer)
 
+        # In a child process (`reference_process`), which also reads what our graph needs from
+        # transformers: this process never imports torch (optimum's path already has).
         progress.step("Running the PyTorch reference (greedy tokens, perplexity)")
-        reference = DecoderReference.compute(info.path, base, tokenizer, spec.context_length, spec.eos_token_ids)
-        return_freed_memory()  # PyTorch's copy of the weights, before the variants are built
+        reference = compute_reference(info.path, base, tokenizer, spec.context_length, spec.eos_token_ids,
+                                      scratch=work / "_reference", graph_facts=graph == "decoder_graph")
+        facts = TransformersFacts.load(work / "_reference") if graph == "decoder_graph" else None
+        shutil.rmtree(work / "_reference")
 
         fusion: dict[str, int] = {}
-        if graph == "optimum":
+        builders: dict[str, list[Builder]] = _BUILDERS
+        if facts is None:
             progress.step("Fusing operators (onnxruntime transformer optimizer)")
             fusion = _fuse_if_faithful(base, work / "_fused", reference)
+        else:
+            builders = _build_base_graph(info, base, progress, dtypes, facts)
 
         variants: dict[str, VariantEntry] = {}
         for dtype in dtypes:

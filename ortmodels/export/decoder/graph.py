@@ -137,6 +137,49 @@ def _local_rope_config(config: Any) -> Any:
     return local
 
 
+@dataclass
+class TransformersFacts:
+    """What the graph takes from transformers' reading of a config: its defaults and rotary parameters.
+
+    Each layer's sliding window, whether the head is tied (a family's default where the
+    config is silent), and the rotary cos/sin caches. Worked out once, by the export's
+    reference child (`reference_process`), and handed to every build, so the export's own
+    process never imports transformers or torch; `save`/`load` carry them as JSON and npz.
+    """
+
+    windows: list[int | None]
+    tie_word_embeddings: bool
+    rotary: dict[str, tuple[np.ndarray, np.ndarray]]  # "global", and "local" for Gemma 3's sliding layers
+
+    @classmethod
+    def of(cls, checkpoint: Path) -> TransformersFacts:
+        """Read with transformers (imports it and torch)."""
+        from transformers import AutoConfig
+
+        config = json.loads((checkpoint / "config.json").read_text())
+        hf_config = AutoConfig.from_pretrained(checkpoint)
+        family = FAMILIES[config["model_type"]]
+        windows = layer_windows(hf_config, family)
+        positions = int(config.get("max_position_embeddings", 4096))
+        rotary = {"global": _rotary_caches(hf_config, positions)}
+        if family.local_rope and any(windows):
+            rotary["local"] = _rotary_caches(_local_rope_config(hf_config), positions)
+        return cls(windows, bool(getattr(hf_config, "tie_word_embeddings", True)), rotary)
+
+    def save(self, folder: Path) -> None:
+        np.savez(folder / "graph_facts.npz", **{f"{k}.{part}": v for k, pair in self.rotary.items()
+                                                 for part, v in zip(("cos", "sin"), pair)})
+        (folder / "graph_facts.json").write_text(json.dumps(
+            {"windows": self.windows, "tie_word_embeddings": self.tie_word_embeddings, "rotary": sorted(self.rotary)}))
+
+    @classmethod
+    def load(cls, folder: Path) -> TransformersFacts:
+        facts = json.loads((folder / "graph_facts.json").read_text())
+        with np.load(folder / "graph_facts.npz", allow_pickle=False) as arrays:
+            rotary = {k: (arrays[f"{k}.cos"], arrays[f"{k}.sin"]) for k in facts["rotary"]}
+        return cls(facts["windows"], bool(facts["tie_word_embeddings"]), rotary)
+
+
 class _Graph:
     """Nodes, initializers and unique names for one ONNX graph.
 
@@ -193,13 +236,13 @@ class _Graph:
 
 
 class _Builder:
-    def __init__(self, config: dict[str, Any], hf_config: Any, weights: CheckpointWeights,
+    def __init__(self, config: dict[str, Any], facts: TransformersFacts, weights: CheckpointWeights,
                  precision: GraphPrecision, data_file: Path | None = None, hessians: Hessians | None = None) -> None:
         from onnx import TensorProto
 
         if precision.rounding == "gptq" and hessians is None:
             raise ExportError("The gptq rounding needs the calibration Hessians of the fp32 graph.")
-        self.config, self.hf_config, self.weights, self.precision = config, hf_config, weights, precision
+        self.config, self.facts, self.weights, self.precision = config, facts, weights, precision
         self.hessians = hessians
         self.family: Family = FAMILIES[config["model_type"]]
         self.np_float = np.float16 if precision.dtype == "fp16" else np.float32
@@ -213,7 +256,7 @@ class _Builder:
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config.get("rms_norm_eps", 1e-6))
         self.activation = ACTIVATIONS[activation_name(config)]
-        self.windows = layer_windows(hf_config, self.family)
+        self.windows = facts.windows
 
     def floats(self, name: str, array: np.ndarray, stream: bool = False) -> str:
         """An initializer in the activations' float type, or the residual stream's."""
@@ -256,7 +299,7 @@ class _Builder:
     @property
     def tied(self) -> bool:
         """Whether ``lm_head`` is the embedding matrix (stated, or no head of its own stored)."""
-        return bool(getattr(self.hf_config, "tie_word_embeddings", True)) or "lm_head.weight" not in self.weights
+        return self.facts.tie_word_embeddings or "lm_head.weight" not in self.weights
 
     @property
     def head_bits(self) -> int | None:
@@ -330,11 +373,10 @@ class _Builder:
             first = g.node("Sub", [g.node("Unsqueeze", [valid, one])[0], steps])[0]
             zero = g.tensor("const.zero_scalar", np.array(0, dtype=np.int64))
             self.position_ids = g.node("Add", [first, g.node("Range", [zero, steps, one_scalar])[0]])[0]
-        positions = int(cfg.get("max_position_embeddings", 4096))
-        cos, sin = _rotary_caches(self.hf_config, positions)
+        cos, sin = self.facts.rotary["global"]
         self.rotary = {"global": (self.floats("cos_cache", cos), self.floats("sin_cache", sin))}
-        if self.family.local_rope and any(self.windows):
-            cos, sin = _rotary_caches(_local_rope_config(self.hf_config), positions)
+        if "local" in self.facts.rotary:  # Gemma 3's sliding layers
+            cos, sin = self.facts.rotary["local"]
             self.rotary["local"] = (self.floats("cos_cache_local", cos), self.floats("sin_cache_local", sin))
 
         # Not held through the layers (1 GB in fp32 at 1B): a quantized tied head reads it again.
@@ -500,24 +542,24 @@ class _Builder:
 
 
 def build_decoder_graph(checkpoint: Path, target: Path, precision: GraphPrecision,
-                        hessians: Hessians | None = None) -> dict[str, Any]:
+                        hessians: Hessians | None = None, facts: TransformersFacts | None = None) -> dict[str, Any]:
     """Write ``target`` (model.onnx, weights in ``model.onnx.data``) for ``checkpoint``; returns the recipe.
 
     ``hessians``: the calibration of the fp32 graph's linear inputs, which a ``gptq`` precision needs.
+    ``facts``: transformers' reading of the config; without them they are read here (imports torch).
 
     Weights are written to the data file tensor by tensor as the graph is built (mapped at
     load: a faster cold start), so memory holds one tensor at a time, never the model.
     """
     import onnx
-    from transformers import AutoConfig
 
     config = json.loads((checkpoint / "config.json").read_text())
     reason = supports(config)
     if reason:
         raise ExportError(f"The decoder graph builder does not handle {checkpoint.name}: {reason}.")
-    hf_config = AutoConfig.from_pretrained(checkpoint)
+    facts = facts or TransformersFacts.of(checkpoint)
     with open_weights(checkpoint) as weights:
-        builder = _Builder(config, hf_config, weights, precision, target.with_name(f"{target.name}.data"), hessians)
+        builder = _Builder(config, facts, weights, precision, target.with_name(f"{target.name}.data"), hessians)
         try:
             model = builder.build()
         finally:

@@ -10,22 +10,22 @@ questions (`probes.CHAT_PROBES`). `quality.judge_decoder` turns them into a verd
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...engine.chat_template import ChatTemplate
-from ...engine.decoder import DecoderSession
-from ...engine.engine import Engine
-from ...engine.request import Request
-from ...engine.session import create_session
 from ...errors import ModelFileError
 from ...lifecycle.memory import return_freed_memory
 from ..probes import CHAT_PROBES, PROBE_PROMPTS, perplexity_text
 from .reference import reference_model
+
+if TYPE_CHECKING:  # onnxruntime's side, imported where used: the reference's child process never needs it
+    from ...engine.decoder import DecoderSession
 
 NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
@@ -94,9 +94,31 @@ class DecoderReference:
     question_ids: list[list[int]]
     answers: list[list[int]]  # PyTorch's greedy answers to CHAT_PROBES, up to an end token
 
+    def save(self, folder: Path) -> None:
+        """Write the figures as JSON and npz (no pickle); ``reference.json``, written last, marks them complete."""
+        np.savez(folder / "reference.npz", prompt_logits=self.prompt_logits, text_argmax=self.text_argmax)
+        figures = {"prompts": self.prompts, "greedy": self.greedy, "text_ids": self.text_ids,
+                   "perplexity": self.perplexity, "eos_token_ids": self.eos_token_ids,
+                   "question_ids": self.question_ids, "answers": self.answers}
+        partial = folder / "reference.json.partial"
+        partial.write_text(json.dumps(figures))
+        partial.rename(folder / "reference.json")
+
+    @classmethod
+    def load(cls, folder: Path, tokenizer: Any) -> DecoderReference:
+        """The figures `save` wrote (floats round-trip exactly through JSON and npz), with ``tokenizer``."""
+        figures = json.loads((folder / "reference.json").read_text())
+        with np.load(folder / "reference.npz", allow_pickle=False) as arrays:
+            prompt_logits, text_argmax = arrays["prompt_logits"], arrays["text_argmax"]
+        return cls(figures["prompts"], figures["greedy"], prompt_logits, figures["text_ids"], text_argmax,
+                   float(figures["perplexity"]), tokenizer, figures["eos_token_ids"], figures["question_ids"],
+                   figures["answers"])
+
     @classmethod
     def compute(cls, checkpoint: Path, base: Path, tokenizer: Any, context_length: int,
                 eos_token_ids: Sequence[int] = ()) -> DecoderReference:
+        """PyTorch's figures, computed in this process (imports torch): an export runs it in a child
+        (`reference_process.compute_reference`) and reads what `save` wrote."""
         import torch
 
         model = reference_model(checkpoint)
@@ -189,6 +211,9 @@ def text_logits(model: Any, ids: list[int], rows: int) -> Iterator[np.ndarray]:
 def greedy_tokens(decoder: DecoderSession, ids: list[int], count: int = NEW_TOKENS,
                   eos_token_ids: Sequence[int] = ()) -> list[int]:
     """``count`` greedy tokens after ``ids``, through the engine every chat runs on."""
+    from ...engine.engine import Engine
+    from ...engine.request import Request
+
     engine = Engine(decoder, max_batch=1)
     request = Request(ids, max_tokens=count, eos_token_ids=eos_token_ids)
     engine.add_request(request)
@@ -215,6 +240,9 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
     says no, the greedy runs are skipped and the figures so far returned (``"screened": True``):
     a candidate recipe whose perplexity already fails costs a third of the checks.
     """
+    from ...engine.decoder import DecoderSession
+    from ...engine.session import create_session
+
     # Quantized graphs get the runtime's own session, so the figures are what users get:
     # int8/int4 compute with int8 activations only on prepacked weights (logits 1.15 apart
     # on the sample without). Float graphs skip the packed copy of their weights, for the
