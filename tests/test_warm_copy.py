@@ -114,9 +114,9 @@ def test_a_graph_onnx_runtime_cannot_open_is_reported_as_without_a_copy(tmp_path
     assert not any((tmp_path / warm_copy.FOLDER).iterdir())  # no half-written copy left
 
 
-@pytest.mark.parametrize(("dtype", "setting", "kept"), [("int4", None, True), ("int4", "false", False),
-                                                       ("fp32", None, False)])
-def test_the_manager_keeps_copies_of_quantized_variants_unless_turned_off(
+@pytest.mark.parametrize(("dtype", "setting", "kept"), [("int4", "true", True), ("int4", None, False),
+                                                       ("fp32", "true", False)])
+def test_the_manager_keeps_copies_of_quantized_variants_when_asked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, setting: str | None, kept: bool) -> None:
     models = tmp_path / "models"
     others = [d for d in ("fp32", "fp16", "int8", "int4") if d != dtype]
