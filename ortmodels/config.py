@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     sends a conversation's turns to the replica whose prompt cache holds its start, by load when
     none does or that replica is busy; ``load``: Ray Serve's power of two choices only."""
 
-    model_ray_routing_imbalance: int = Field(default=DEFAULT_RAY_ROUTING_IMBALANCE, ge=0, alias="MODEL_RAY_ROUTING_IMBALANCE")
+    model_ray_routing_imbalance: int = Field(default=DEFAULT_RAY_ROUTING_IMBALANCE, ge=0,
+                                             alias="MODEL_RAY_ROUTING_IMBALANCE")
     """With prefix routing: how many more requests the replica holding a prompt's start may have
     than the least busy replica before the prompt goes by load instead (its history prefilled
     again there). 2: with 16 (Ray's own prefix router, in ``ray.serve.llm``, never falls back by

@@ -11,8 +11,9 @@ both and of the graph's files' sizes and times (``<variant>/.prepacked/<key>/``)
 another key is removed when a new one is written. A copy holds the original weights and the
 packed ones: about twice the variant's size on disk, and a session opened from it peaked
 higher while loading (1B int4: 2.0 GB against 1.7 GB), so copies are kept only where
-``MODEL_PREPACKED_CACHE=true`` asks for them. A copy is written whole under a temporary name and renamed, so a reader never sees half
-of one; one that fails to open is removed and the graph opened as exported.
+``MODEL_PREPACKED_CACHE=true`` asks for them. A copy is written whole under a temporary
+name and renamed, so a reader never sees half of one; one that fails to open is removed and
+written again.
 """
 
 from __future__ import annotations

@@ -120,9 +120,10 @@ def kv_graph(entry: VariantEntry, requested: str, model: str) -> str:
     )
 
 
-#: Variants whose sessions open from a warm copy (`engine.warm_copy`): the quantized ones, whose
-#: weights onnxruntime packs at every opening (most of its time); an fp32 or fp16 graph's copy
-#: would add its gigabytes again on disk for a smaller part of its opening.
+#: Variants whose sessions open from a warm copy (`engine.warm_copy`) where MODEL_PREPACKED_CACHE
+#: asks for them: the quantized ones, whose weights onnxruntime packs at every opening (most of
+#: its time); an fp32 or fp16 graph's copy would add its gigabytes again on disk for a smaller
+#: part of its opening.
 _WARM_DTYPES = ("int4", "int8")
 
 
@@ -303,7 +304,8 @@ def open_variant(
         if kind == "chat":
             (session, kv_dtype), extra = open_beside(
                 lambda: _open_chat_graph(folder, info.variants[variant], settings.model_kv_dtype, info.name,
-                                         resolved, settings.model_threads, warm_copies(info.variants[variant], settings)),
+                                         resolved, settings.model_threads,
+                                         warm_copies(info.variants[variant], settings)),
                 lambda: None if beside is None else beside(folder))
         else:
             session = create_session(folder / _OWN_GRAPH, resolved, settings.model_threads)
