@@ -153,15 +153,15 @@ def _open_warm(model_file: Path, threads: int, arena: bool) -> ort.InferenceSess
     except OSError as exc:
         logger.debug("No warm copy of %s: %s", model_file, exc)
         return None
-    options = session_options(threads, True, arena)
     if copy.ready():
+        options = session_options(threads, True, arena)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised when written
         try:
             return _open_file(copy.graph, options, "cpu")
         except ModelFileError as exc:  # a damaged copy: written again below
             logger.warning("The warm copy %s did not open (%s); writing it again.", copy.folder, exc)
             copy.discard()
-            options = session_options(threads, True, arena)
+    options = session_options(threads, True, arena)
     temporary = copy.saving(options)
     if temporary is None:
         return None
