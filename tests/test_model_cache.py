@@ -199,7 +199,7 @@ def test_unload_all_frees_the_real_models_memory(samples_dir: Path) -> None:
     manager.get_chat_model().invoke("Hi", max_tokens=8)
     loaded = process.memory_info().rss
     manager.unload_all()
-    after = process.memory_info().rss
+    after = _settled_rss(process)  # measured as ``before`` was: the engine thread ended, the heap trimmed
     assert loaded - before > 100 * MB
     assert after - before < 0.15 * (loaded - before), (
         f"RSS {before / MB:.0f} → {loaded / MB:.0f} → {after / MB:.0f} MB"
