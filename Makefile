@@ -16,7 +16,7 @@ PEERS_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DLLAMA_CUR
 # e.g. make bench BENCH_ARGS=--quick   (few rounds and tokens: checks the wiring only)
 BENCH_ARGS ?=
 
-.PHONY: install install-gpu check-gpu-install samples export-samples demo chromium test peers llama-server bench bench-sizes clean
+.PHONY: install install-gpu check-gpu-install check-cuda samples export-samples demo chromium test peers llama-server bench bench-sizes clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(GPU_STAMP) ]; then echo "$(VENV) holds the GPU build (make install-gpu): 'make clean' first, or pass VENV=.venv-cpu" >&2; exit 1; fi
@@ -44,6 +44,11 @@ install-gpu: $(GPU_STAMP)
 # (the GPU one offering CUDA). Not part of `test`: onnxruntime-gpu is a few hundred MB.
 check-gpu-install:
 	scripts/check_gpu_install.sh $(PYTHON)
+
+# On a machine with a GPU and the GPU build (make install-gpu): every exported variant in
+# LOCAL_MODELS_DIR on the CPU and on CUDA, compared; the report in cuda-check.json.
+check-cuda:
+	$(BIN)/python scripts/check_cuda.py --out cuda-check.json
 
 samples: $(INSTALLED)
 	$(BIN)/ortmodels samples

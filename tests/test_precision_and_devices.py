@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -67,3 +68,29 @@ def test_unavailable_device_says_what_to_install(device: str, hint: str) -> None
 def test_unknown_device() -> None:
     with pytest.raises(DeviceUnavailableError, match="Unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_cuda_sessions_leave_cudnn_attention_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CUDA sessions name the attention backends they allow: cuDNN's plans again for every new
+    sequence length (68 ms per decode step of the sample's fp16 graph on an H200, 4.8 ms with
+    flash attention). CI has no GPU, so the call onnxruntime gets is what is checked here;
+    scripts/check_cuda.py checks the speed and the logits on a GPU."""
+    from ortmodels.engine import session as session_module
+
+    asked: list[object] = []
+
+    class Recorded:
+        def __init__(self, path: str, sess_options: object, providers: list[object]) -> None:
+            asked.extend(providers)
+
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(session_module.ort, "InferenceSession", Recorded)
+    session_module._open_file(tmp_path / "model.onnx", ort.SessionOptions(), "cuda")
+    name, options = asked[0]  # type: ignore[misc]
+    assert name == "CUDAExecutionProvider" and asked[1:] == ["CPUExecutionProvider"]
+    allowed = int(options["sdpa_kernel"])
+    assert allowed & 1 and not allowed & 8  # flash attention allowed, cuDNN's left out
+    session_module._open_file(tmp_path / "model.onnx", ort.SessionOptions(), "cpu")
+    assert asked[2] == ("CPUExecutionProvider", {})

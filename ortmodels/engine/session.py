@@ -32,6 +32,12 @@ _PROVIDERS = {
     "coreml": "CoreMLExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+#: Provider options by device. CUDA's ``sdpa_kernel`` is the bitmask of attention backends
+#: onnxruntime may use: flash (1), memory-efficient (2) and plain (16), leaving cuDNN's (8) out.
+#: With onnxruntime-gpu 1.31.1 on an H200 the default took cuDNN's, which plans again for every
+#: new sequence length: a decode step of the sample's fp16 graph took 68 ms in GroupQueryAttention
+#: alone, 4.8 ms with flash attention (scripts/check_cuda.py and a profile, 2026-12-04).
+_PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"cuda": {"sdpa_kernel": "19"}}
 _INSTALL_HINT = {
     "cuda": "Install the GPU build, ortmodels-gpu, in a venv without ortmodels: from a clone, "
     "'make install-gpu' or 'pip install -e packaging/gpu'; the machine needs the CUDA and cuDNN "
@@ -176,7 +182,7 @@ def _open_warm(model_file: Path, threads: int, arena: bool) -> ort.InferenceSess
 
 
 def _open_file(model_file: Path, options: ort.SessionOptions, device: str) -> ort.InferenceSession:
-    providers = [_PROVIDERS[device]]
+    providers: list[str | tuple[str, dict[str, str]]] = [(_PROVIDERS[device], _PROVIDER_OPTIONS.get(device, {}))]
     if device != "cpu":
         providers.append(_PROVIDERS["cpu"])
     try:
