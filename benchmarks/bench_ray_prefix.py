@@ -6,7 +6,8 @@ at ``--variant`` with default settings but for speculative decoding (off, as in 
 benchmark): one with Serve's own routing (``MODEL_RAY_ROUTING=load``, power of two choices), one with
 ortmodels' prefix routing (the default). Each round, on each server in turn (the order rotates
 by round): ``--conversations`` conversations at once, each of ``--turns`` turns one after
-another (streamed ``openai.AsyncOpenAI``, greedy, at most ``--new-tokens`` each), all under the
+another (streamed ``openai.AsyncOpenAI``, greedy, at most ``--new-tokens`` each; before each
+turn after the first the user reads the answer, a seeded random pause of up to ``--think-s``), all under the
 same ~800-token system prompt, each with its own questions (new ones every round, so no round
 finds another's cache). Counted: last turns whose prompt-cache hit (``cached_tokens``) covers
 the whole prompt of the turn before (the replica they reached holds it), and the last turns'
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import tempfile
@@ -47,6 +49,12 @@ LOAD = "serve --ray 2 replicas, Serve's routing"
 PREFIX = "serve --ray 2 replicas, prefix routing"
 #: Characters of system prompt: about 800 tokens of the stdlib's English docstrings.
 SYSTEM_CHARS = 3400
+#: The most seconds a user reads an answer before the next turn. Without it (a closed loop, the
+#: next turn sent the moment the last ended) Serve's power of two choices mostly picks the
+#: replica that just freed a slot, the one that answered the turn before: at 067c52e, 60 of 64
+#: later turns found their previous prompt whole under Serve's routing, with requests split
+#: 40/44 between the replicas (a scratch count of the replicas' logs, 2026-12-04).
+THINK_S = 2.0
 
 
 def contenders(model_id: str) -> list[Contender]:
@@ -85,23 +93,30 @@ async def one_turn(client: Any, model_id: str, messages: list[dict[str, str]], n
 
 
 async def conversation(client: Any, model_id: str, system: str, questions: list[str],
-                       new_tokens: int) -> list[dict[str, Any]]:
+                       new_tokens: int, think_s: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+    """One conversation's turns in order; before each turn after the first, the user reads the
+    answer for a random ``0..think_s`` seconds (seeded), as people do between turns."""
+    rng = random.Random(seed)
     messages = [{"role": "system", "content": system}]
     turns = []
-    for question in questions:
+    for number, question in enumerate(questions):
+        if number and think_s > 0:
+            await asyncio.sleep(rng.uniform(0.0, think_s))
         messages.append({"role": "user", "content": question})
         turns.append(await one_turn(client, model_id, messages, new_tokens))
     return turns
 
 
 async def one_round(url: str, model_id: str, system: str, questions: list[list[str]],
-                    new_tokens: int) -> list[list[dict[str, Any]]]:
+                    new_tokens: int, think_s: float = 0.0, seed: int = 0) -> list[list[dict[str, Any]]]:
     """Every conversation at once; each one's turns, in order."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
     try:
-        return list(await asyncio.gather(*(conversation(client, model_id, system, q, new_tokens) for q in questions)))
+        return list(await asyncio.gather(*(conversation(client, model_id, system, q, new_tokens, think_s,
+                                                        seed * 1000 + number)
+                                           for number, q in enumerate(questions))))
     finally:
         await client.close()
 
@@ -140,6 +155,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--variant", default="int4")
+    parser.add_argument("--think-s", type=float, default=THINK_S,
+                        help="the most seconds a user reads an answer before the next turn (0: none)")
     parser.add_argument("--quick", action="store_true", help="one round, 16 new tokens: checks the wiring")
     args = parser.parse_args()
     if args.quick:
@@ -171,7 +188,7 @@ def main() -> None:
             url, _ = servers[contender.name]
             began_round = time.perf_counter()
             turns = asyncio.run(one_round(url, contender.model, system, questions(rnd, contender.name),
-                                          args.new_tokens))
+                                          args.new_tokens, args.think_s, seed=rnd))
             whole = sum(found_whole(t) for t in turns)
             last = [t[-1]["ttft_s"] for t in turns]
             rows.append({"round": rnd, "contender": contender.name, "whole": whole, "conversations": len(turns),
@@ -205,10 +222,12 @@ def main() -> None:
     path = write_json("ray_prefix", {
         "machine": machine(), "versions": versions(), "model": model_id, "new_tokens": args.new_tokens,
         "rounds": args.rounds, "conversations": args.conversations, "turns": args.turns, "quick": args.quick,
+        "think_s": args.think_s,
         "system_prompt_chars": len(system),
         "settings": {"contenders": {c.name: " ".join(c.command[1:]) for c in contenders(model_id)},
                      "order": "both servers up; per round, one after another, rotated by round",
                      "client": "openai.AsyncOpenAI, streamed, stream_options.include_usage, temperature 0",
+                     "think": f"before each turn after the first, a seeded random 0..{args.think_s} s pause",
                      "found": "last turn's cached_tokens >= the previous turn's prompt_tokens"},
         "took_s": round(time.perf_counter() - began, 1), "engine_settings": engine_settings,
         "figures": figures, "summary": summary, "rounds_table": rows,

@@ -370,10 +370,17 @@ def ray_prefix_section(data: Mapping[str, Any]) -> list[str]:
     return [(f"Prefix-aware routing on Ray (`benchmarks/bench_ray_prefix.py`): `ortmodels serve --ray --replicas 2`, "
              f"{data['model']}, {data['conversations']} conversations at once of {data['turns']} turns each under one "
              f"~{data['system_prompt_chars']}-character system prompt, at most {data['new_tokens']} greedy tokens a "
-             f"turn, both servers up and timed in turn, {data['rounds']} round(s):"), "",
+             f"turn, {_think(data)}, both servers up and timed in turn, {data['rounds']} round(s):"), "",
             *_table(["server", "last turns finding the previous prompt cached", "last turn's first token p50 / p95 (s)"],
                     rows), "",
             f"Last-turn time to first token, prefix ÷ Serve's routing (median of per-round ratios): {_number(ratio, 2)}×."]
+
+
+def _think(data: Mapping[str, Any]) -> str:
+    """The pause between turns, as the run had it (runs before `--think-s` had none)."""
+    think = data.get("think_s") or 0
+    return (f"a random pause of up to {_number(think, 1)} s before each later turn (a user reading)" if think
+            else "each turn sent the moment the last one ended")
 
 
 def is_quick(results: Mapping[str, Mapping[str, Any]]) -> bool:
