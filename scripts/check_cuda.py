@@ -33,7 +33,8 @@ SPEED_TOKENS = 128
 TEXTS = ["A man is playing a guitar.", "The capital of France is Paris.", "hash tables map keys to values"]
 
 
-def _child_chat(folder: Path, dtype: str, device: str, kv: str, out: Path) -> dict[str, Any]:
+def _child_chat(folder: Path, dtype: str, device: str, out: Path) -> dict[str, Any]:
+    """One chat variant on one device (its KV precision from ``MODEL_KV_DTYPE``, set by the parent)."""
     import numpy as np
     from langchain_core.messages import HumanMessage
 
@@ -159,8 +160,8 @@ def main() -> int:
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child:
-        kind, folder, dtype, device, kv, out = args.child
-        result = (_child_chat(Path(folder), dtype, device, kv, Path(out)) if kind == "chat"
+        kind, folder, dtype, device, _kv, out = args.child  # the KV precision travels in the environment
+        result = (_child_chat(Path(folder), dtype, device, Path(out)) if kind == "chat"
                   else _child_embed(Path(folder), dtype, device, Path(out)))
         print(json.dumps(result))
         return 0
