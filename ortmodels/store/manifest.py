@@ -43,8 +43,16 @@ def check_relative_path(value: str) -> str:
     return value
 
 
+#: The parts of a manifest build their validators when first used on their own (an export making
+#: one), not at import: `Manifest`'s validator holds them already, and a chat's start, which only
+#: reads manifests, built each twice (3-7 ms of its main thread).
+_PART = ConfigDict(defer_build=True)
+
+
 class FileEntry(BaseModel):
     """One file of a variant, as it was written."""
+
+    model_config = _PART
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
@@ -53,7 +61,7 @@ class FileEntry(BaseModel):
 class QualityVerdict(BaseModel):
     """Whether a variant passed the export's quality gates, and the figures that decided it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     passed: bool
     failures: list[str] = Field(default_factory=list)
@@ -75,7 +83,7 @@ class KVEntry(BaseModel):
     each variant's manifest entry says how good it is with the cache it will run with.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     file: str
     bytes_per_token: int = Field(ge=0)
@@ -107,7 +115,7 @@ class VariantEntry(BaseModel):
     with ``--skip-gates`` keeps its files whatever its figures (``quality.judged`` is False).
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     dtype: str
     path: str
@@ -142,6 +150,8 @@ class Matryoshka(BaseModel):
     """Where the export found that a model was trained to be truncated (Matryoshka
     representation learning), and the sizes it was trained at when that is said."""
 
+    model_config = _PART
+
     source: str = Field(max_length=200)
     """The file and the key or tag that says so (``README.md: tags loss:MatryoshkaLoss``)."""
     dimensions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=64)
@@ -150,6 +160,8 @@ class Matryoshka(BaseModel):
 
 class EmbeddingSpec(BaseModel):
     """How token vectors become one sentence vector, read from the sentence-transformers files."""
+
+    model_config = _PART
 
     pooling: Literal["mean", "cls", "lasttoken", "max"]
     normalize: bool
@@ -176,6 +188,8 @@ class EmbeddingSpec(BaseModel):
 class RerankerSpec(BaseModel):
     """How a cross-encoder turns a (query, document) pair into one score, read at export."""
 
+    model_config = _PART
+
     activation: Literal["sigmoid", "identity"]
     """Applied to the classifier's one logit, as sentence-transformers' ``CrossEncoder`` does."""
     max_seq_length: int = Field(ge=1, le=1 << 20)
@@ -185,6 +199,8 @@ class RerankerSpec(BaseModel):
 
 class ChatSpec(BaseModel):
     """What the decode loop needs to know of a causal LM, from its config files."""
+
+    model_config = _PART
 
     context_length: int = Field(ge=2, le=1 << 24)
     eos_token_ids: list[Annotated[int, Field(ge=0)]]
