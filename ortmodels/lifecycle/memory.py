@@ -9,7 +9,6 @@ unload makes ``unload_all`` free what it promises.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 import sys
@@ -19,7 +18,9 @@ logger = logging.getLogger(__name__)
 _trim = None
 if sys.platform.startswith("linux"):
     try:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library the process already runs on, through its own symbols: ``ctypes.util.find_library``
+        # imported subprocess and ran ``ldconfig`` (12-15 ms of every start) to name the same library.
+        _libc = ctypes.CDLL(None)
         _trim = getattr(_libc, "malloc_trim", None)  # glibc only (not musl)
     except OSError:
         _trim = None
