@@ -233,23 +233,31 @@ def common_prefix(a: Sequence, b: Sequence) -> int:
 
 
 def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bool = False,
-                screen: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+                screen: Callable[[dict[str, Any]], bool] | None = None, fp16_weights: bool = False) -> dict[str, Any]:
     """The parity figures of one exported graph (``float_weights``: fp32/fp16) against ``reference``, on the CPU.
+
+    ``fp16_weights``: its weights are fp16, widened to fp32 as each run reaches them
+    (`session.create_widening_cpu_session`) rather than all held in fp32 beside the graph.
 
     ``screen``: asked with the text's figures (perplexity, next-token agreement) first; when it
     says no, the greedy runs are skipped and the figures so far returned (``"screened": True``):
     a candidate recipe whose perplexity already fails costs a third of the checks.
     """
     from ...engine.decoder import DecoderSession
-    from ...engine.session import create_session
+    from ...engine.session import create_session, create_widening_cpu_session
 
     # Quantized graphs get the runtime's own session, so the figures are what users get:
     # int8/int4 compute with int8 activations only on prepacked weights (logits 1.15 apart
     # on the sample without). Float graphs skip the packed copy of their weights, for the
     # export's memory (fp16 on the CPU: 376 MB instead of 853 MB): unpacked fp32 logits are
     # within 7e-5 of packed ones; fp16 is made for CUDA and CoreML, whose kernels neither CPU
-    # path reproduces, so its CPU check stands for overflow and rounding (0.12 apart).
-    decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights, arena=False))
+    # path reproduces, so its CPU check stands for overflow and rounding (0.12 apart). An fp16
+    # graph's weights are widened per run, not held in fp32 (the sample's check: 797 -> ~600 MB
+    # peak; the same figures, slower by the widening).
+    if fp16_weights:
+        decoder = DecoderSession(create_widening_cpu_session(model_file))
+    else:
+        decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights, arena=False))
     text = _text_figures(decoder, reference)
     if screen is not None and not screen(text):
         del decoder
@@ -284,10 +292,14 @@ def _text_figures(decoder: DecoderSession, reference: DecoderReference) -> dict[
     text = reference.text_ids
     finite = True
     argmax_parts, nll_parts = [], []
-    for start, logits in zip(range(0, len(text), _TEXT_CHUNK), decoder.logits_in_pieces(text, _TEXT_CHUNK)):
+    start = 0
+    # Not zip/enumerate: their reused result tuple would hold each piece through the next one's run.
+    for logits in decoder.logits_in_pieces(text, _TEXT_CHUNK):
         finite = finite and bool(np.isfinite(logits).all())
         argmax_parts.append(logits.argmax(axis=1))
         nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
+        start += len(logits)
+        del logits  # freed before the next piece is computed (25 MB at the sample's vocabulary)
     text_argmax = np.concatenate(argmax_parts)
     return {
         "perplexity": round(float(np.exp(np.concatenate(nll_parts).mean())), 4),
