@@ -8,6 +8,7 @@ array, widening a bf16 tensor ~3x its fp32 result, quantizing a matrix ~4x its f
 
 from __future__ import annotations
 
+import os
 import sys
 import tracemalloc
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from ortmodels.export.checkpoint.weights import open_weights
@@ -251,3 +253,75 @@ def test_a_quantized_export_of_a_bf16_checkpoint_writes_no_fp32_graph(tmp_path: 
     assert parity["reference"] == "pytorch fp32" and parity["finite"] and parity["greedy_agreement"] > 0
     cost = manifest.export_cost
     assert cost is not None and 0 < cost["peak_anon_bytes"] <= cost["peak_rss_bytes"]
+
+
+def _anon_bytes() -> int:
+    info = psutil.Process().memory_info()
+    return info.rss - info.shared
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file-backed pages are told apart on Linux")
+def test_an_fp16_graph_checked_on_the_cpu_holds_no_fp32_copy_of_its_weights(tmp_path: Path) -> None:
+    """onnxruntime's CPU provider computes an fp16 MatMul in fp32; by default it keeps an fp32 copy of the weight.
+
+    The export's check session widens each weight as the run reaches it: the same outputs,
+    bit for bit, and the 64 MB fp32 copy of a 32 MB fp16 weight is not held after opening.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ortmodels.engine.session import create_session, create_widening_cpu_session
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((2048, 8192)) * 0.05).astype(np.float16)  # 32 MB, 64 MB in fp32
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 2048])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["n", 8192])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "model.onnx", save_as_external_data=True, location="model.onnx.data")
+    x = rng.standard_normal((4, 2048)).astype(np.float16)
+
+    outputs, grown = [], []
+    for open_session in (lambda f: create_session(f, "cpu", prepack=False, arena=False), create_widening_cpu_session):
+        before = _anon_bytes()
+        session = open_session(tmp_path / "model.onnx")
+        grown.append(_anon_bytes() - before)
+        outputs.append(session.run(None, {"x": x})[0])
+        del session
+    assert np.array_equal(outputs[0], outputs[1])
+    assert grown[0] > 0.9 * 4 * weight.size, grown  # the default: the fp32 copy, made at load
+    assert grown[1] < 0.25 * 4 * weight.size, grown
+
+
+_FREED = """
+import sys
+import numpy as np, psutil
+from ortmodels.lifecycle.memory import large_allocations_mapped
+def anon():
+    info = psutil.Process().memory_info()
+    return info.rss - info.shared
+with large_allocations_mapped():
+    for _ in range(3):  # glibc would raise its threshold past 25 MB after the first is freed
+        block = np.ones(25_000_000 // 8)
+        del block
+    print(anon())
+    block = np.ones(25_000_000 // 8)
+    print(anon())
+    del block
+    print(anon())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_inside_an_export_a_freed_large_block_goes_back_at_once() -> None:
+    """A freed 25 MB array (a piece of logits) is handed back, not kept in the heap for reuse."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", _FREED], capture_output=True, text=True, timeout=120, check=False,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    before, holding, after = (int(v) for v in run.stdout.split())
+    assert holding - before > 20_000_000 and after - before < 5_000_000, (before, holding, after)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, ModelFileError, UnknownModelError
+from ..lifecycle.memory import large_allocations_mapped
 from ..kinds import KINDS, load
 from ..store import ModelInfo, ModelStore, detect_kind, read_json, versions
 from ..store.catalog import classifier_labels
@@ -346,7 +347,7 @@ def _export_locked(
         assert info.manifest is not None
         return ExportOutcome(name, info.manifest, [], skipped=True)
     staging.clean_stale_staging(info.path)
-    with resources.measure(), gates_skipped(skip_gates):
+    with resources.measure(), gates_skipped(skip_gates), large_allocations_mapped():
         manifest = exporter(info, dtypes, source_hash, progress)
     return ExportOutcome(name, manifest, dtypes, skipped=False)
 

@@ -304,7 +304,7 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
         # A recipe with another after it is screened: failing the text's figures, it skips the greedy runs.
         screen = None if last or gates_are_skipped() else (lambda figures: judge_decoder(dtype, figures).passed)
         parity = onnx_parity(work / dtype / "model.onnx", reference, float_weights=dtype in ("fp32", "fp16", "bf16"),
-                             screen=screen)
+                             screen=screen, fp16_weights=dtype == "fp16")
         if dtype == "fp32" and parity.get("greedy_agreement") != 1.0:
             raise ParityError(
                 f"fp32 export of {name} does not reproduce PyTorch's greedy tokens "
@@ -370,7 +370,8 @@ def _kv_entries(dtype: str, folder: Path, parity: dict[str, Any], verdict: Quali
                                quality=verdict)
     kv16 = folder / KV16_FILE
     if own == "fp32" and write_fp16_kv_graph(plain, kv16):
-        parity16 = onnx_parity(kv16, reference, float_weights=dtype in ("fp32", "fp16", "bf16"))
+        parity16 = onnx_parity(kv16, reference, float_weights=dtype in ("fp32", "fp16", "bf16"),
+                               fp16_weights=dtype == "fp16")
         verdict16 = judge_decoder(dtype, parity16)
         _, per_token16, window16 = graph_kv(kv16)
         entries["fp16"] = KVEntry(file=kv16.name, bytes_per_token=per_token16, window_bytes=window16,

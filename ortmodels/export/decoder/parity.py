@@ -31,6 +31,11 @@ NEW_TOKENS = 32
 PERPLEXITY_TOKENS = 512
 ANSWER_TOKENS = 48
 _TEXT_CHUNK = 128
+#: Positions per run of an exported graph over the text, on its growing cache: at the sample's
+#: vocabulary a piece's logits are 12.6 MB (held twice while the run returns them), against
+#: 25 MB at 128, which was the fp32 check's peak (766 -> 732 MB standalone). On the sample every variant's
+#: figures, with both KV caches, are those of 128-position pieces to the last digit.
+_ONNX_TEXT_CHUNK = 64
 _NLL_ROWS = 32  # positions per float64 pass of `token_nll`
 
 
@@ -233,23 +238,31 @@ def common_prefix(a: Sequence, b: Sequence) -> int:
 
 
 def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bool = False,
-                screen: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+                screen: Callable[[dict[str, Any]], bool] | None = None, fp16_weights: bool = False) -> dict[str, Any]:
     """The parity figures of one exported graph (``float_weights``: fp32/fp16) against ``reference``, on the CPU.
+
+    ``fp16_weights``: its weights are fp16, widened to fp32 as each run reaches them
+    (`session.create_widening_cpu_session`) rather than all held in fp32 beside the graph.
 
     ``screen``: asked with the text's figures (perplexity, next-token agreement) first; when it
     says no, the greedy runs are skipped and the figures so far returned (``"screened": True``):
     a candidate recipe whose perplexity already fails costs a third of the checks.
     """
     from ...engine.decoder import DecoderSession
-    from ...engine.session import create_session
+    from ...engine.session import create_session, create_widening_cpu_session
 
     # Quantized graphs get the runtime's own session, so the figures are what users get:
     # int8/int4 compute with int8 activations only on prepacked weights (logits 1.15 apart
     # on the sample without). Float graphs skip the packed copy of their weights, for the
     # export's memory (fp16 on the CPU: 376 MB instead of 853 MB): unpacked fp32 logits are
     # within 7e-5 of packed ones; fp16 is made for CUDA and CoreML, whose kernels neither CPU
-    # path reproduces, so its CPU check stands for overflow and rounding (0.12 apart).
-    decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights, arena=False))
+    # path reproduces, so its CPU check stands for overflow and rounding (0.12 apart). An fp16
+    # graph's weights are widened per run, not held in fp32 (the sample's check: 797 -> ~600 MB
+    # peak; the same figures, slower by the widening).
+    if fp16_weights:
+        decoder = DecoderSession(create_widening_cpu_session(model_file))
+    else:
+        decoder = DecoderSession(create_session(model_file, "cpu", prepack=not float_weights, arena=False))
     text = _text_figures(decoder, reference)
     if screen is not None and not screen(text):
         del decoder
@@ -278,16 +291,20 @@ def onnx_parity(model_file: Path, reference: DecoderReference, float_weights: bo
 def _text_figures(decoder: DecoderSession, reference: DecoderReference) -> dict[str, Any]:
     """Perplexity and next-token agreement on the fixed text, and whether its logits were finite.
 
-    The text's logits, 128 positions per run on the cache (as the reference computes them
-    128 rows at a time), reduced to what the gates read: argmax, NLL, whether finite.
+    The text's logits, `_ONNX_TEXT_CHUNK` positions per run on the cache, reduced to what the
+    gates read: argmax, NLL, whether finite.
     """
     text = reference.text_ids
     finite = True
     argmax_parts, nll_parts = [], []
-    for start, logits in zip(range(0, len(text), _TEXT_CHUNK), decoder.logits_in_pieces(text, _TEXT_CHUNK)):
+    start = 0
+    # Not zip/enumerate: their reused result tuple would hold each piece through the next one's run.
+    for logits in decoder.logits_in_pieces(text, _ONNX_TEXT_CHUNK):
         finite = finite and bool(np.isfinite(logits).all())
         argmax_parts.append(logits.argmax(axis=1))
         nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
+        start += len(logits)
+        del logits  # freed before the next piece is computed (25 MB at the sample's vocabulary)
     text_argmax = np.concatenate(argmax_parts)
     return {
         "perplexity": round(float(np.exp(np.concatenate(nll_parts).mean())), 4),
