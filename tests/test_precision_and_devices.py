@@ -80,7 +80,7 @@ def test_cuda_sessions_leave_cudnn_attention_out(monkeypatch: pytest.MonkeyPatch
     asked: list[object] = []
 
     class Recorded:
-        def __init__(self, path: str, sess_options: object, providers: list[object]) -> None:
+        def __init__(self, path: str, sess_options: object, providers: list[object], **_: object) -> None:
             asked.extend(providers)
 
         def get_providers(self) -> list[str]:
