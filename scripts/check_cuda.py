@@ -87,13 +87,17 @@ def _child_embed(folder: Path, dtype: str, device: str, out: Path) -> dict[str, 
 
 
 def _placement(graph: Path) -> dict[str, int]:
-    """Nodes per provider in a CUDA session of ``graph``, read from onnxruntime's verbose log."""
+    """Nodes per provider in a CUDA session of ``graph`` with onnxruntime's default options (not
+    the runtime's), read from its verbose log."""
     code = (
         "import onnxruntime as ort, sys\n"
         "o = ort.SessionOptions(); o.log_severity_level = 0; o.log_verbosity_level = 0\n"
         f"ort.InferenceSession({str(graph)!r}, o, providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    try:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return {"error": "no session within 600 s"}
     counts: dict[str, Any] = {}
     provider, cpu_ops = "", set()
     for line in (run.stdout + run.stderr).splitlines():
@@ -121,12 +125,15 @@ def _variants(folder: Path) -> tuple[str, list[str]]:
     return kind, present
 
 
-_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8", "int4": "int4"}
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8", "int4": "int4"}
 
 
 def _run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    run = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
-                         timeout=900, env=env)
+    try:
+        run = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
+                             timeout=900, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": "no answer within 900 s"}
     if run.returncode:
         return {"error": (run.stderr or run.stdout)[-1500:]}
     return json.loads(run.stdout.strip().splitlines()[-1])

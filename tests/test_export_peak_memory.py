@@ -325,3 +325,34 @@ def test_inside_an_export_a_freed_large_block_goes_back_at_once() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     before, holding, after = (int(v) for v in run.stdout.split())
     assert holding - before > 20_000_000 and after - before < 5_000_000, (before, holding, after)
+
+
+def test_only_the_export_command_maps_large_blocks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`large_allocations_mapped` leaves glibc's mmap threshold fixed for the rest of the process:
+    the library's `export_model` (a notebook that exports, then chats) leaves it alone unless
+    asked, and ``ortmodels export``, whose process ends after the export, asks."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    import ortmodels.export as export_package
+    from ortmodels.cli import _register, app
+    from ortmodels.export.pipeline import export_model
+
+    assert inspect.signature(export_model).parameters["map_large_blocks"].default is False
+
+    class Reached(Exception):
+        pass
+
+    asked: dict[str, Any] = {}
+
+    def recorded(store: object, name: str, dtypes: object = None, **options: Any) -> None:
+        asked.update(options, name=name)
+        raise Reached
+
+    monkeypatch.setattr(export_package, "export_model", recorded)
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(tmp_path))
+    _register("export")
+    result = CliRunner().invoke(app, ["export", "some-model"])
+    assert isinstance(result.exception, Reached), result.output
+    assert asked["name"] == "some-model" and asked["map_large_blocks"] is True

@@ -142,15 +142,19 @@ from ortmodels.export.decoder.reference_process import _UNUSED_IMPORTS, _without
 _without_unused_imports()
 from transformers import AutoModelForCausalLM
 from transformers.models.llama import modeling_llama
-print(sorted(name for name in _UNUSED_IMPORTS if sys.modules.get(name) is not None))
+from transformers.utils import is_sklearn_available
+loaded = sorted({name.split(".")[0] for name in sys.modules if sys.modules[name] is not None} & {*_UNUSED_IMPORTS})
+print(loaded, is_sklearn_available())
 """
 
 
 def test_the_child_leaves_out_what_transformers_imports_for_nothing() -> None:
-    """scikit-learn (and scipy with it), which transformers imports when installed: 41 MB of the child's RSS."""
+    """scikit-learn, which transformers imports when installed: part of 41 MB of the child's RSS
+    (scipy is imported by the reference's other imports all the same). Without the hiding this
+    prints ``['sklearn'] True``."""
     pytest.importorskip("transformers")
     pytest.importorskip("sklearn")
     run = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True, timeout=300, check=False,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split("\n")[-2] == "[]"
+    assert run.stdout.split("\n")[-2] == "[] False"  # scikit-learn neither loaded nor seen as available

@@ -170,7 +170,8 @@ def _search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcomes: list[tupl
 
     calls: list[int] = []
 
-    def parity(model_file: Path, reference: Any, float_weights: bool = False, screen: Any = None) -> dict[str, Any]:
+    def parity(model_file: Path, reference: Any, float_weights: bool = False, screen: Any = None,
+               fp16_weights: bool = False) -> dict[str, Any]:
         return {"perplexity": 13.0 + calls[-1], "perplexity_fp32": 12.0, "top1_agreement": 0.9, "recipe": calls[-1]}
 
     def judge(dtype: str, figures: dict[str, Any]) -> Any:

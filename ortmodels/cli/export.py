@@ -81,7 +81,8 @@ def export(
         ) as progress:
             steps = _RichSteps(progress, model_name)
             outcome = export_model(store, model_name, dtypes, force=force, progress=steps, keep=keep,
-                                   skip_gates=skip_gates, force_memory=force_memory, int4=int4)
+                                   skip_gates=skip_gates, force_memory=force_memory, int4=int4,
+                                   map_large_blocks=True)  # this process ends after the export
             steps.finish()
         if outcome.skipped:
             console.print(f"{model_name}: up to date ({', '.join(outcome.manifest.variants)}); --force to redo")

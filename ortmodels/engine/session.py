@@ -33,7 +33,9 @@ _PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 #: Provider options by device. CUDA's ``sdpa_kernel`` is the bitmask of attention backends
-#: onnxruntime may use: flash (1), memory-efficient (2) and plain (16), leaving cuDNN's (8) out.
+#: onnxruntime may use: flash (1), memory-efficient (2) and plain (16), leaving out cuDNN's (8) and
+#: the TensorRT kernels (4, 32, 64, 128: fp16 BERT-style attention; ortmodels' encoder exports are
+#: fp32 and int8).
 #: With onnxruntime-gpu 1.31.1 on an H200 the default took cuDNN's, which plans again for every
 #: new sequence length: a decode step of the sample's fp16 graph took 68 ms in GroupQueryAttention
 #: alone, 4.8 ms with flash attention (scripts/check_cuda.py and a profile, 2026-12-04).

@@ -21,7 +21,7 @@ the export process's fixed cost plus the largest of its phases:
 Since 2026-12-04 (branch h28-export) the export and its child give each heap block of 64 KB
 and more its own mapping, freed at once (`lifecycle.memory.large_allocations_mapped`), and the child leaves out
 scikit-learn: the sample's phases fell to 0.73 GB at the reference (child 0.61 GB), 0.77 GB at
-the fp32 check (text pieces of 64 positions), 0.57 GB at the fp16 check (1.43x in all). The constants below are the
+the fp32 check (text pieces of 64 positions), 0.57 GB at the fp16 check (1.41-1.43x in all). The constants below are the
 earlier fits, kept while they still cover the 1B shape's record (measured before): they err
 on the large side by that much on the sample.
 """

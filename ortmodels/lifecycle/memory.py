@@ -83,7 +83,9 @@ def large_allocations_mapped(threshold: int = EXPORT_MMAP_THRESHOLD) -> Iterator
     """Inside the block, blocks of ``threshold`` bytes and more are mapped on their own (`set_mmap_threshold`).
 
     For an export, whose peak is a session's weights plus the freed logits and activations
-    glibc would otherwise keep; afterwards the default threshold (fixed, no longer rising).
+    glibc would otherwise keep; afterwards the default threshold, fixed (no longer rising) for
+    the rest of the process, and for every thread of it: so only ``ortmodels export`` asks,
+    whose process ends with the export (`export_model`'s ``map_large_blocks``).
     """
     changed = set_mmap_threshold(threshold)
     try:

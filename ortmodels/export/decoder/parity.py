@@ -304,7 +304,7 @@ def _text_figures(decoder: DecoderSession, reference: DecoderReference) -> dict[
         argmax_parts.append(logits.argmax(axis=1))
         nll_parts.append(token_nll(logits, text[start : start + len(logits) + 1]))
         start += len(logits)
-        del logits  # freed before the next piece is computed (25 MB at the sample's vocabulary)
+        del logits  # freed before the next piece is computed (12.6 MB at the sample's vocabulary)
     text_argmax = np.concatenate(argmax_parts)
     return {
         "perplexity": round(float(np.exp(np.concatenate(nll_parts).mean())), 4),
