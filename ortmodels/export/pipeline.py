@@ -285,8 +285,8 @@ def export_model(
     builds the default recipe alone. ``map_large_blocks`` maps the export's heap blocks of
     64 KB and up on their own (`lifecycle.memory.large_allocations_mapped`; with the reference
     child's own setting and no scikit-learn there, the sample's peak went 1.66x -> 1.52x the
-    checkpoint); it fixes glibc's mmap threshold
-    for the rest of the process, so only ``ortmodels export``, whose process ends after, asks.
+    checkpoint); it fixes glibc's mmap threshold for the rest of the process, so only
+    ``ortmodels export``, whose process ends after, asks.
     """
     folder = store.model_dir(name)  # validates the name before any path is used
     if name not in store.names():
