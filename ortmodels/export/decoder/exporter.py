@@ -303,8 +303,7 @@ def _build_checked(dtype: str, base: Path, work: Path, attempts: list[Builder], 
         recipe = build_variant(dtype, base, work / dtype, {dtype: builder} if builder else {}) or dict(base_recipe)
         # A recipe with another after it is screened: failing the text's figures, it skips the greedy runs.
         screen = None if last or gates_are_skipped() else (lambda figures: judge_decoder(dtype, figures).passed)
-        parity = onnx_parity(work / dtype / "model.onnx", reference, float_weights=dtype in ("fp32", "fp16", "bf16"),
-                             screen=screen, fp16_weights=dtype == "fp16")
+        parity = onnx_parity(work / dtype / "model.onnx", reference, screen=screen, **_weights_of(dtype))
         if dtype == "fp32" and parity.get("greedy_agreement") != 1.0:
             raise ParityError(
                 f"fp32 export of {name} does not reproduce PyTorch's greedy tokens "
@@ -370,8 +369,7 @@ def _kv_entries(dtype: str, folder: Path, parity: dict[str, Any], verdict: Quali
                                quality=verdict)
     kv16 = folder / KV16_FILE
     if own == "fp32" and write_fp16_kv_graph(plain, kv16):
-        parity16 = onnx_parity(kv16, reference, float_weights=dtype in ("fp32", "fp16", "bf16"),
-                               fp16_weights=dtype == "fp16")
+        parity16 = onnx_parity(kv16, reference, **_weights_of(dtype))
         verdict16 = judge_decoder(dtype, parity16)
         _, per_token16, window16 = graph_kv(kv16)
         entries["fp16"] = KVEntry(file=kv16.name, bytes_per_token=per_token16, window_bytes=window16,
@@ -427,3 +425,8 @@ def export_decoder(info: ModelInfo, dtypes: list[str], source_hash: str, progres
             info, work, base, task=TASK, source_hash=source_hash, variants=variants,
             progress=progress, chat=spec,
         )
+
+
+def _weights_of(dtype: str) -> dict[str, bool]:
+    """How `onnx_parity` opens a variant's graph: float weights unpacked, fp16 ones widened per run."""
+    return {"float_weights": dtype in ("fp32", "fp16", "bf16"), "fp16_weights": dtype == "fp16"}
