@@ -18,9 +18,10 @@ _DEVICE_ALIASES = {"mps": "coreml", "gpu": "cuda"}
 
 
 #: With prefix routing on Ray, how many more requests the replica holding a prompt's start may
-#: have than the least busy one (`serve.ray.routing`); 16 piled conversations onto one replica,
-#: whose prompt cache then evicted (bench_ray_prefix, 2026-12-04).
-DEFAULT_RAY_ROUTING_IMBALANCE = 2
+#: have than the least busy one (`serve.ray.routing`): 16 piled conversations onto one replica,
+#: whose prompt cache then evicted; 2 sent a few turns away from their cache; 8 kept every one
+#: without piling up (bench_ray_prefix, 2026-12-04; README, "Prefix-aware routing").
+DEFAULT_RAY_ROUTING_IMBALANCE = 8
 
 
 class Settings(BaseSettings):
@@ -123,10 +124,9 @@ class Settings(BaseSettings):
                                              alias="MODEL_RAY_ROUTING_IMBALANCE")
     """With prefix routing: how many more requests the replica holding a prompt's start may have
     than the least busy replica before the prompt goes by load instead (its history prefilled
-    again there). 2: with 16 (Ray's own prefix router, in ``ray.serve.llm``, never falls back by
-    default), 16 conversations at once on 2 replicas piled onto one, whose prompt cache evicted
-    (`benchmarks/bench_ray_prefix.py`, 2026-12-04: 24 of 48 5th turns cached, first token 7.1x
-    Serve's routing; with 2, 29 of 32 and 1.38x)."""
+    again there). Ray's own prefix router (``ray.serve.llm``) never falls back by default; here 16
+    let 16 conversations on 2 replicas pile onto one, whose prompt cache evicted, and 2 sent a
+    few turns away from the replica that held them (`benchmarks/bench_ray_prefix.py`, 2026-12-04)."""
 
     @field_validator("model_prompt_cache_dir", mode="before")
     @classmethod
