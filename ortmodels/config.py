@@ -17,10 +17,7 @@ Device = Literal["auto", "cpu", "cuda", "coreml"]
 _DEVICE_ALIASES = {"mps": "coreml", "gpu": "cuda"}
 
 
-#: With prefix routing on Ray, how many more requests the replica holding a prompt's start may
-#: have than the least busy one (`serve.ray.routing`): 16 piled conversations onto one replica,
-#: whose prompt cache then evicted; 2 sent a few turns away from their cache; 8 kept every one
-#: without piling up (bench_ray_prefix, 2026-12-04; README, "Prefix-aware routing").
+#: `Settings.model_ray_routing_imbalance`'s default, also `serve.ray.routing`'s (why 8: that field).
 DEFAULT_RAY_ROUTING_IMBALANCE = 8
 
 
@@ -125,8 +122,9 @@ class Settings(BaseSettings):
     """With prefix routing: how many more requests the replica holding a prompt's start may have
     than the least busy replica before the prompt goes by load instead (its history prefilled
     again there). Ray's own prefix router (``ray.serve.llm``) never falls back by default; here 16
-    let 16 conversations on 2 replicas pile onto one, whose prompt cache evicted, and 2 sent a
-    few turns away from the replica that held them (`benchmarks/bench_ray_prefix.py`, 2026-12-04)."""
+    let 16 conversations on 2 replicas pile onto one, whose prompt cache evicted, 2 sent a few
+    turns away from the replica that held them, and 8 kept every one on it without piling up
+    (`benchmarks/bench_ray_prefix.py`, 2026-12-04; README, "Prefix-aware routing")."""
 
     @field_validator("model_prompt_cache_dir", mode="before")
     @classmethod
