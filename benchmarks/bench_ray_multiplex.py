@@ -38,6 +38,7 @@ from benchmarks.report import bar_chart, machine, versions, write_json
 from ortmodels.manager import ModelManager
 from ortmodels.serve.app import create_app
 from ortmodels.serve.models import Catalog
+from ortmodels.serve.protocols import as_chat_model
 from ortmodels.serve.ray.deployments import _environment, build_app
 from ortmodels.serve.ray.remote import RayCatalog
 
@@ -58,14 +59,15 @@ class MultiplexedServer:
         await self.get_model(serve.get_multiplexed_model_id())
         return serve.get_multiplexed_model_id()
 
-    async def astream(self, model_id: str, messages: list[Any], stop: Any, options: dict[str, Any]) -> Any:
-        model = await self.get_model(model_id)
-        async with aclosing(model.astream(messages, stop=stop, **options)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    # What `RayCatalog`'s models call on a deployment, as `deployments.ModelServer` offers it.
+    async def achat_events(self, model_id: str, messages: list[dict[str, Any]], options: Any) -> Any:
+        model = as_chat_model(await self.get_model(model_id))
+        async with aclosing(model.achat_events(messages, options)) as events:
+            async for event in events:
+                yield event
 
-    async def aembed_counted(self, model_id: str, texts: list[str]) -> Any:
-        return await (await self.get_model(model_id)).aembed_counted(texts)
+    async def aembed_counted(self, model_id: str, texts: list[str], options: dict[str, Any] | None = None) -> Any:
+        return await (await self.get_model(model_id)).aembed_counted(texts, options)
 
 
 @serve.ingress()
