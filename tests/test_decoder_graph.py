@@ -185,9 +185,11 @@ def test_quantized_and_half_graphs_stay_close(tiny: Path, tmp_path: Path) -> Non
     base = perplexity(expected, text)
     scale = float(np.abs(expected).max())
     # perplexity ratio, largest logit diff / scale. int8 (blocks of 16) measured 0.03-0.10 of the
-    # scale across the families (Phi-3's tiny model the most); the real-model gates are in quality.py.
-    bounds = {"int8": (1.02, 0.15), "int4": (1.5, 1.0), "fp16": (1.01, 0.02)}
-    for name in ("int8", "int4", "fp16"):
+    # scale across the families (Phi-3's tiny model the most); its symmetric recipes, tried first,
+    # 0.98-1.021x and 0.03-0.11 (2026-12-04); the real-model gates are in quality.py.
+    bounds = {"int8": (1.02, 0.15), "int8-blocks32": (1.03, 0.15), "int8-blocks64": (1.03, 0.15),
+              "int4": (1.5, 1.0), "fp16": (1.01, 0.02)}
+    for name in bounds:
         got = _decoder(_built(tiny, tmp_path / name, name)).all_logits(text)
         ppl_bound, diff_bound = bounds[name]
         assert got.dtype == np.float32 and got.shape == expected.shape
