@@ -101,6 +101,19 @@ def test_recipe_names_the_graph() -> None:
     assert all(p.recipe()["graph"] == "ortmodels" for p in GRAPH_PRECISIONS.values())
 
 
+def test_int8_recipes_are_tried_fewest_bytes_first() -> None:
+    """Decode reads every weight once a token, so int8 keeps the smallest recipe that passes
+    its gates; the one that passed on every checkpoint before (blocks of 16) comes last."""
+    from ortmodels.export.decoder.exporter import _GRAPH_ATTEMPTS, GRAPH_PRECISIONS
+    from ortmodels.export.decoder.int4_recipes import matrix_bytes
+
+    tried = [GRAPH_PRECISIONS[name] for name in _GRAPH_ATTEMPTS["int8"]]
+    sizes = [matrix_bytes(2048, 8192, 8, p.block_size, p.symmetric8) for p in tried]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    assert tried[-1] == GRAPH_PRECISIONS["int8"] and all(p.bits == 8 for p in tried)
+    assert sizes[0] / (2048 * 8192) < 1.07  # symmetric blocks of 64: 1 byte and a float32 scale per 64
+
+
 # -- the graph against PyTorch -------------------------------------------------------------------
 
 #: Every family our graph builds (tests/tiny_decoders.py has a fixture for each).
