@@ -200,10 +200,10 @@ from ortmodels.lifecycle.memory import return_freed_memory
 
 def settled(process):
     deadline = time.monotonic() + 60
-    while any(t.name == "ortmodels-engine" for t in threading.enumerate()):
-        if time.monotonic() > deadline:
+    for thread in [t for t in threading.enumerate() if t.name == "ortmodels-engine"]:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
             raise SystemExit("an engine thread did not end within 60 s")
-        time.sleep(0.02)
     return_freed_memory()
     return process.memory_info().rss
 
