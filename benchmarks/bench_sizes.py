@@ -8,8 +8,8 @@ file size, never quality. Each contender gets it its own way, as a user would:
   --int4-search`` (int4 is then the smallest candidate, all 4-bit in blocks of 128 from 1B
   up, as nothing can be judged; run beforehand, this benchmark reads the export's own record
   of its time and peak memory from the manifest), run with fp16 keys and values
-  (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache (``MODEL_KV_CACHE``: the 4,000-token
-  conversation must fit it);
+  (``MODEL_KV_DTYPE=fp16``) in a 200 MB KV cache at 1B (``MODEL_KV_CACHE``: the 4,000-token
+  conversation must fit it; a larger shape gets 1.1x that conversation's fp16 keys and values);
 - **onnxruntime-genai** int4 from its model builder on the same checkpoint;
 - **llama.cpp** Q4_0, Q4_K_M and Q8_0 from its own ``convert_hf_to_gguf.py`` (bf16) and
   ``llama-quantize``, both from the llama.cpp that llama-cpp-python 0.3.36 vendors (the
@@ -31,7 +31,9 @@ cache are computed from the config and the cache's element type.
     python -m benchmarks.bench_sizes --models-dir DIR [--shape llama-3.2-1b] [--rounds 3]
         [--new-tokens 64] [--long-tokens 2000] [--conversation-tokens 4000] [--quick]
 
-Writes results/sizes.json and results/sizes.png.
+Writes results/sizes.json and results/sizes.png (the 1B shape; another shape's part is
+`targets.sizes_part`'s: ``sizes_3b`` for ``llama-3.2-3b``). ``--no-genai`` leaves
+onnxruntime-genai out (its builder's memory at 3B is more than a 24 GB machine has).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from benchmarks.report import (
 )
 from benchmarks.sizes_worker import KV_CACHE_BYTES
 from benchmarks.targets import GENAI as GENAI_NAME
-from benchmarks.targets import ORT, SIZES_EXPORT_PEAK_FIGURE, ratio_key
+from benchmarks.targets import ORT, ratio_key, sizes_export_peak_figure, sizes_part
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP_SRC = CACHE / "llama-server" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
@@ -127,8 +129,8 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def convert_peers(model_dir: Path, folder: Path, python: Path) -> dict[str, dict[str, Any]]:
-    """genai int4 and the GGUFs, built once per checkpoint into ``folder`` with their cost."""
+def convert_peers(model_dir: Path, folder: Path, python: Path, genai_too: bool = True) -> dict[str, dict[str, Any]]:
+    """genai int4 (unless not ``genai_too``) and the GGUFs, built once per checkpoint into ``folder`` with their cost."""
     folder.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
 
@@ -139,7 +141,8 @@ def convert_peers(model_dir: Path, folder: Path, python: Path) -> dict[str, dict
                              str(out), "-p", "int4", "-e", "cpu", "-c", tmp], folder / "genai-int4.log")
         return cost
 
-    records[GENAI] = cached(folder, "genai-int4", "genai-int4", genai)
+    if genai_too:
+        records[GENAI] = cached(folder, "genai-int4", "genai-int4", genai)
     bf16 = folder / "model-bf16.gguf"
 
     def convert() -> dict[str, Any]:
@@ -235,27 +238,28 @@ def eight_streams(servers: list[Contender], streams: int, rounds: int, new_token
 
 
 def figures_of(single: dict[str, dict[str, Any]], streams: dict[str, list[float]], ours: list[str],
-               stream_names: dict[str, str], export: dict[str, Any]) -> dict[str, float]:
+               stream_names: dict[str, str], export: dict[str, Any], part: str = "sizes") -> dict[str, float]:
+    """The ratios, keyed under ``part`` (`targets.sizes_part` of the shape measured)."""
     figures: dict[str, float] = {}
     for our in ours:
         for peer in (GENAI, "llama.cpp Q4_K_M", "llama.cpp Q4_0"):
             if our in single and peer in single:
-                figures[ratio_key("sizes_decode", our, peer)] = median_ratio(single[our]["decode"],
-                                                                               single[peer]["decode"])
-                figures[ratio_key("sizes_ttft_long", our, peer)] = median_ratio(single[our]["ttft_long"],
-                                                                                  single[peer]["ttft_long"])
-                figures[ratio_key("sizes_peak_rss", our, peer)] = (single[our]["memory"]["peak_rss_mib"]
-                                                                   / single[peer]["memory"]["peak_rss_mib"])
+                figures[ratio_key(f"{part}_decode", our, peer)] = median_ratio(single[our]["decode"],
+                                                                                 single[peer]["decode"])
+                figures[ratio_key(f"{part}_ttft_long", our, peer)] = median_ratio(single[our]["ttft_long"],
+                                                                                    single[peer]["ttft_long"])
+                figures[ratio_key(f"{part}_peak_rss", our, peer)] = (single[our]["memory"]["peak_rss_mib"]
+                                                                     / single[peer]["memory"]["peak_rss_mib"])
         theirs = stream_names.get("llama")
         if our in stream_names and theirs and streams.get(stream_names[our]) and streams.get(theirs):
-            figures[ratio_key("sizes_8_streams", our, "llama-server Q4_K_M parallel 8")] = median_ratio(
+            figures[ratio_key(f"{part}_8_streams", our, "llama-server Q4_K_M parallel 8")] = median_ratio(
                 streams[stream_names[our]], streams[theirs])
     if export.get("peak_rss_ratio"):
-        figures[SIZES_EXPORT_PEAK_FIGURE] = export["peak_rss_ratio"]
+        figures[sizes_export_peak_figure(part)] = export["peak_rss_ratio"]
     return {k: round(v, 3) for k, v in figures.items() if v is not None}
 
 
-def chart(single: dict[str, dict[str, Any]], title: str) -> Path:
+def chart(single: dict[str, dict[str, Any]], title: str, part: str = "sizes") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,7 +274,7 @@ def chart(single: dict[str, dict[str, Any]], title: str) -> Path:
     axes[1].set_yticklabels([])
     fig.suptitle(title)
     fig.tight_layout()
-    return save_chart(fig, "sizes")
+    return save_chart(fig, part)
 
 
 def main() -> None:
@@ -285,6 +289,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=["int4", "int8"])
     parser.add_argument("--no-streams", action="store_true", help="skip the 8-stream servers")
+    parser.add_argument("--no-genai", action="store_true",
+                        help="leave onnxruntime-genai out: its builder peaked at 4.2x the 1B checkpoint (10.5 GB), "
+                             "so at 3B it needs more than a 24 GB machine has")
     parser.add_argument("--quick", action="store_true", help="a wiring check: 1 round, 8 tokens, short prompts")
     args = parser.parse_args()
     if args.quick:
@@ -300,16 +307,20 @@ def main() -> None:
     engine_settings = use_engine_settings()
     config = json.loads((model_dir / "config.json").read_text())
     folder = CACHE / "sizes" / args.shape
-    conversions = convert_peers(model_dir, folder, python)
+    part = sizes_part(args.shape)
+    conversions = convert_peers(model_dir, folder, python, genai_too=not args.no_genai)
     export, variant_bytes = export_record(model_dir)
 
     prompts = build_prompts(model_dir, long_tokens=args.long_tokens)
     prompts["conversation"] = conversation_prompt(model_dir, args.conversation_tokens)
     n_ctx = len(prompts["conversation"]["ids"]) + 64
+    # 200 MB holds the conversation's fp16 keys and values at 1B (issue 20's figure); a larger shape gets room for them
+    kv_cache = max(KV_CACHE_BYTES, int(round(1.1 * n_ctx * kv_bytes(config, 2), -6)))
     ours = [f"{ORT} {v}" for v in args.variants]
     contenders = {
-        **{f"{ORT} {v}": [sys.executable, "ortmodels", str(model_dir), "--dtype", v] for v in args.variants},
-        GENAI: [str(python), "genai", conversions[GENAI]["path"]],
+        **{f"{ORT} {v}": [sys.executable, "ortmodels", str(model_dir), "--dtype", v, "--kv-cache", str(kv_cache)]
+           for v in args.variants},
+        **({} if args.no_genai else {GENAI: [str(python), "genai", conversions[GENAI]["path"]]}),
         **{f"llama.cpp {k}": [str(python), "llama.cpp", conversions[f"llama.cpp {k}"]["path"], "--n-ctx", str(n_ctx)]
            for k in GGUF_TYPES},
     }
@@ -350,17 +361,18 @@ def main() -> None:
                      "load_s": round(data["ready"]["load_s"], 2),
                      "prompt_tokens": data["ready"]["prompt_tokens"],
                      "rounds": {"decode": data["decode"], "ttft_long": data["ttft_long"]}})
-    figures = figures_of(single, streams, ours, stream_names, export)
+    figures = figures_of(single, streams, ours, stream_names, export, part)
     payload = {
         "shape": args.shape, "rounds": args.rounds, "new_tokens": args.new_tokens,
         "long_tokens": len(prompts["long"]["ids"]), "conversation_tokens": len(prompts["conversation"]["ids"]),
-        "streams": args.streams, "quick": args.quick, "engine_settings": engine_settings,
-        "ortmodels_kv_cache_bytes": KV_CACHE_BYTES,
+        "streams": args.streams, "quick": args.quick, "without": ["onnxruntime-genai"] if args.no_genai else [],
+        "engine_settings": engine_settings,
+        "ortmodels_kv_cache_bytes": kv_cache,
         "kv_element_bytes": element, "export": {ORT: export, **conversions}, "results": rows,
         "streams_tokens_per_s": streams, "figures": figures, "machine": machine(), "versions": versions(),
     }
-    path = write_json("sizes", payload)
-    chart(single, f"{args.shape} (random weights), 2 threads")
+    path = write_json(part, payload)
+    chart(single, f"{args.shape} (random weights), 2 threads", part)
     print(json.dumps(figures, indent=2))
     print(f"wrote {path}")
 

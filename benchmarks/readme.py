@@ -48,7 +48,7 @@ SPECULATIVE_START, SPECULATIVE_END = "<!-- bench:speculative:start -->", "<!-- b
 RENDERED_AT = re.compile(r"<!-- rendered against commit ([0-9a-f]{7,40}) -->")
 #: Parts whose figures the targets read (speculative's table sits in its own README section).
 PARTS = ("chat", "startup", "quality", "embeddings", "rerank", "concurrency", "server", "ray", "speculative",
-         "ray_prefix", "sizes")
+         "ray_prefix", "sizes", "sizes_3b")
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -232,7 +232,10 @@ def sizes_section(data: Mapping[str, Any]) -> list[str]:
              f"{_mb(ours.get('peak_rss_bytes'))} = {_number(ours.get('peak_rss_ratio'))}× the checkpoint's "
              f"{_mb(ours.get('checkpoint_bytes'))}. The peers' conversions:"), "",
             *_table(["step", "seconds", "peak memory"], made),
-            *(["", f"{data['streams']} streaming clients at once: {streams}."] if streams else [])]
+            *(["", f"{data['streams']} streaming clients at once: {streams}."] if streams else []),
+            *(["", (f"Left out at this size: {', '.join(data['without'])} (`--no-genai`: its builder peaked at 4.2× "
+                    "the 1B checkpoint, so here it needs more memory than the machine has).")]
+              if data.get("without") else [])]
 
 
 def _p50_p95(row: Mapping[str, Any], key: str, digits: int = 0) -> str:
@@ -515,7 +518,8 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section, "rerank": rerank_section, "concurrency": concurrency_section,
                 "server": server_section,
-                "ray": ray_section, "ray_prefix": ray_prefix_section, "sizes": sizes_section}
+                "ray": ray_section, "ray_prefix": ray_prefix_section, "sizes": sizes_section,
+                "sizes_3b": sizes_section}
     for part, make in sections.items():
         if part in results:
             lines += [""]
@@ -523,7 +527,8 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
                 lines += [f"From {origin_text(origins[part])}.", ""]
             lines += make(results[part])
     charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "rerank", "concurrency",
-                                                               "server", "ray", "ray_prefix", "sizes")
+                                                               "server", "ray", "ray_prefix", "sizes",
+                                                               "sizes_3b")
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]

@@ -35,12 +35,12 @@ LLAMA_THREADS = 2
 KV_CACHE_BYTES = 200_000_000
 
 
-def load(kind: str, path: Path, dtype: str | None, n_ctx: int) -> Any:
+def load(kind: str, path: Path, dtype: str | None, n_ctx: int, kv_cache: int = KV_CACHE_BYTES) -> Any:
     if kind == "ortmodels":
         from benchmarks.chat_ortmodels import OrtModelsEngine
 
         return OrtModelsEngine(path.parent, dtype or "int4", model=path.name, model_kv_dtype="fp16",
-                               model_kv_cache=KV_CACHE_BYTES)
+                               model_kv_cache=kv_cache)
     if kind == "genai":
         from benchmarks.peers.chat_peers import GenaiEngine
 
@@ -59,12 +59,13 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--input", type=Path, required=True, help="the prompts, as the parent built them (JSON)")
     parser.add_argument("--n-ctx", type=int, default=4608)
+    parser.add_argument("--kv-cache", type=int, default=KV_CACHE_BYTES, help="ortmodels' MODEL_KV_CACHE, bytes")
     args = parser.parse_args()
     prompts: dict[str, dict[str, Any]] = json.loads(args.input.read_text())
     try:
         baseline = rss_mib()
         began = time.perf_counter()
-        engine = load(args.kind, args.path, args.dtype, args.n_ctx)
+        engine = load(args.kind, args.path, args.dtype, args.n_ctx, args.kv_cache)
         load_s = time.perf_counter() - began
         engine.run(prompts["short"], WARMUP_TOKENS)
         kv = engine.kv_bytes_per_token() if hasattr(engine, "kv_bytes_per_token") else None

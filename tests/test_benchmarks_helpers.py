@@ -329,7 +329,7 @@ def test_sizes_kv_bytes_and_figures_and_section() -> None:
     of 64; 32 KiB per token in f16, as ortmodels' fp16 cache reports), its ratios and its table."""
     from benchmarks.bench_sizes import GENAI, figures_of, kv_bytes
     from benchmarks.readme import sizes_section
-    from benchmarks.targets import SIZES_EXPORT_PEAK_FIGURE, sizes_figure
+    from benchmarks.targets import SIZES_EXPORT_PEAK_FIGURE, TARGETS, sizes_export_peak_figure, sizes_figure, sizes_part
 
     config = {"num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
               "hidden_size": 2048}
@@ -349,6 +349,10 @@ def test_sizes_kv_bytes_and_figures_and_section() -> None:
     assert figures[sizes_figure("peak_rss", GENAI)] == 1.25
     assert figures[sizes_figure("8_streams", "llama-server Q4_K_M parallel 8")] == 1.6
     assert figures[SIZES_EXPORT_PEAK_FIGURE] == 1.3
+    at_3b = figures_of(single, streams, ["ortmodels int4"], names, {"peak_rss_ratio": 1.1}, sizes_part("llama-3.2-3b"))
+    assert at_3b[sizes_export_peak_figure("sizes_3b")] == 1.1  # its own keys: the 1B shape's targets keep theirs
+    assert at_3b[sizes_figure("decode", GENAI, part="sizes_3b")] == 2.0 and not set(at_3b) & set(figures)
+    assert any(t.figure == sizes_export_peak_figure("sizes_3b") for t in TARGETS)
     row = {"name": "ortmodels int4", "bytes": 1.4e9, "kv_bytes_per_token": 32768, "decode_tokens_per_s": 42.0,
            "ttft_long_s": 8.0, "peak_rss_mib": 1000.0}
     data = {"shape": "llama-3.2-1b", "rounds": 3, "new_tokens": 64, "long_tokens": 2001, "conversation_tokens": 4003,
