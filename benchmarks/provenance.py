@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.targets import SIZES_PARTS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = "benchmarks/results"
 
@@ -41,7 +43,7 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {part: (*_SHARED, *paths) for part, 
             "benchmarks/corpus.py"),
     "speculative": ("benchmarks/bench_speculative.py",),
     **{part: ("benchmarks/bench_sizes.py", "benchmarks/sizes_worker.py", "benchmarks/bench_server.py",
-              "benchmarks/checkpoints.py", "benchmarks/corpus.py", *_CHAT_WORKER) for part in ("sizes", "sizes_3b")},
+              "benchmarks/checkpoints.py", "benchmarks/corpus.py", *_CHAT_WORKER) for part in SIZES_PARTS.values()},
     "ray_prefix": ("benchmarks/bench_ray_prefix.py", "benchmarks/bench_server.py", "benchmarks/bench_concurrency.py",
                    "benchmarks/corpus.py"),
 }.items()}

@@ -35,6 +35,7 @@ from benchmarks.targets import (
     LLAMA_CPP_SERVER,
     ORT,
     PREFIX_TTFT_FIGURE,
+    SIZES_PARTS,
     TARGETS,
     Target,
     chat_concurrency_figure,
@@ -48,7 +49,7 @@ SPECULATIVE_START, SPECULATIVE_END = "<!-- bench:speculative:start -->", "<!-- b
 RENDERED_AT = re.compile(r"<!-- rendered against commit ([0-9a-f]{7,40}) -->")
 #: Parts whose figures the targets read (speculative's table sits in its own README section).
 PARTS = ("chat", "startup", "quality", "embeddings", "rerank", "concurrency", "server", "ray", "speculative",
-         "ray_prefix", "sizes", "sizes_3b")
+         "ray_prefix", *SIZES_PARTS.values())
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -518,8 +519,8 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
     sections = {"chat": chat_section, "startup": startup_section, "quality": quality_section,
                 "embeddings": embeddings_section, "rerank": rerank_section, "concurrency": concurrency_section,
                 "server": server_section,
-                "ray": ray_section, "ray_prefix": ray_prefix_section, "sizes": sizes_section,
-                "sizes_3b": sizes_section}
+                "ray": ray_section, "ray_prefix": ray_prefix_section,
+                **{part: sizes_section for part in SIZES_PARTS.values()}}
     for part, make in sections.items():
         if part in results:
             lines += [""]
@@ -527,8 +528,8 @@ def render(results: Mapping[str, Mapping[str, Any]], origins: Mapping[str, Origi
                 lines += [f"From {origin_text(origins[part])}.", ""]
             lines += make(results[part])
     charts = [f"![{p}](benchmarks/results/{p}.png)" for p in ("chat", "chat_ttft", "embeddings", "rerank", "concurrency",
-                                                               "server", "ray", "ray_prefix", "sizes",
-                                                               "sizes_3b")
+                                                               "server", "ray", "ray_prefix",
+                                                               *SIZES_PARTS.values())
               if (RESULTS / f"{p}.png").is_file()]
     if charts:
         lines += ["", " ".join(charts)]
