@@ -1,8 +1,10 @@
 """Ray's prefix-aware routing policy, without Ray: the prefix index and the choice it feeds
-(`ortmodels.serve.ray.prefix`). The router on a real cluster is tested in `test_serve_ray.py`."""
+(`ortmodels.serve.ray.prefix`), and the router's request counts (`ortmodels.serve.ray.load`).
+The router on a real cluster is tested in `test_serve_ray.py`."""
 
 from __future__ import annotations
 
+from ortmodels.serve.ray.load import RequestCounts
 from ortmodels.serve.ray.prefix import (
     BLOCK_CHARS,
     PrefixIndex,
@@ -95,3 +97,36 @@ def test_a_shared_system_prompt_keeps_a_bounded_record_of_what_followed_it() -> 
     fresh = _chat("A question nobody asked before?")
     matched = max(index.matches(fresh, ["A", "B"]).values())
     assert matched > 0 and index.shared_only(fresh, matched)  # the system prompt only: by load
+
+
+def test_a_burst_of_choices_counts_each_before_anything_is_sent() -> None:
+    """Serve asks for many choices before it sends any request: each choice counts at once, so
+    16 first turns chosen by load in a burst split 8 and 8, not as coins fall."""
+    counts = RequestCounts()
+    for _ in range(16):
+        replica = min(("A", "B"), key=counts.load)
+        counts.reserve(replica)
+    assert counts.load("A") == counts.load("B") == 8
+    for replica in "AB" * 8:  # sent: reservations become ongoing requests, the load unchanged
+        counts.sent(replica)
+        assert counts.load(replica) == 8
+    for _ in range(3):
+        counts.completed("A")
+    assert (counts.load("A"), counts.load("B")) == (5, 8)
+    counts.forget("B")
+    assert counts.load("B") == 0
+
+
+def test_a_reservation_nothing_was_sent_for_lapses() -> None:
+    """A chosen replica that refused the request (it went elsewhere) or a request cancelled before
+    its send leaves a reservation that stops counting after its time."""
+    now = [100.0]
+    counts = RequestCounts(reservation_s=10.0, clock=lambda: now[0])
+    counts.reserve("A")
+    counts.sent("B")  # the request went to B after all
+    assert (counts.load("A"), counts.load("B")) == (1, 1)
+    now[0] += 10.5
+    assert (counts.load("A"), counts.load("B")) == (0, 1)
+    counts.completed("B")
+    counts.completed("B")  # never below nothing
+    assert counts.load("B") == 0
