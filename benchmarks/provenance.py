@@ -49,6 +49,19 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {part: (*_SHARED, *paths) for part, 
 }.items()}
 
 
+#: Ray Serve's deployments and router: only the Ray benchmarks' processes import them (`ortmodels
+#: serve` imports them for ``--ray`` only, and nothing else outside them does: `ray` is an extra,
+#: kept there by tests/test_import_direction.py), so a change there leaves every other result current.
+RAY_CODE = "ortmodels/serve/ray"
+RAY_PARTS = ("ray", "ray_prefix")
+
+
+def measured_paths(part: str) -> tuple[str, ...]:
+    """The paths (git pathspecs) whose changes make ``part``'s result file older than the code."""
+    ortmodels = ("ortmodels",) if part in RAY_PARTS else ("ortmodels", f":(exclude){RAY_CODE}")
+    return (*ortmodels, *MEASURED_CODE.get(part, ()))
+
+
 def git(*args: str, root: Path = ROOT) -> str | None:
     """``git args`` in ``root``: its stripped output, or None when git fails or is missing."""
     try:
@@ -143,11 +156,12 @@ def changes_between(base: str, reference: str, paths: tuple[str, ...], root: Pat
 def judge(part: str, data: Mapping[str, Any], reference: str, root: Path = ROOT) -> Origin:
     """Whether the result file of ``part`` is older than the code it measures, as of ``reference``.
 
-    With a recorded commit: older when the last change of ``ortmodels/`` or the part's
-    `MEASURED_CODE` up to ``reference`` is not in that commit's history. Without one (files
-    written before results were stamped), the commit that last changed the file bounds its
-    run from above: older when the code changed after that commit, undecided otherwise."""
-    paths = ("ortmodels", *MEASURED_CODE.get(part, ()))
+    With a recorded commit: older when the last change of ``ortmodels/`` (`RAY_CODE` only for
+    the Ray parts) or the part's `MEASURED_CODE` up to ``reference`` is not in that commit's
+    history. Without one (files written before results were stamped), the commit that last
+    changed the file bounds its run from above: older when the code changed after that
+    commit, undecided otherwise."""
+    paths = measured_paths(part)
     code = last_change(paths, reference, root)
     recorded = data.get("commit")
     dirty = data.get("dirty")

@@ -165,6 +165,24 @@ def test_a_result_is_older_than_the_code_once_ortmodels_or_its_benchmark_changes
     assert not judge("quality", _quality(commit=bench, dirty=True), bench, repo).current
 
 
+def test_a_change_to_the_ray_deployments_makes_only_the_ray_results_older(repo: Path) -> None:
+    """Only the Ray benchmarks' processes import `ortmodels/serve/ray/` (`provenance.RAY_CODE`)."""
+    ray = repo / "ortmodels" / "serve" / "ray"
+    ray.mkdir(parents=True)
+    (ray / "routing.py").write_text("IMBALANCE = 8\n")
+    ran = _commit(repo, "ray routing")
+    data = {"quality": _quality(commit=ran, dirty=False), "ray_prefix": _quality(commit=ran, dirty=False)}
+    _touch(repo, "ortmodels/serve/ray/routing.py")
+    routing = _commit(repo, "ray routing again")
+    assert judge("quality", data["quality"], routing, repo).current
+    origin = judge("ray_prefix", data["ray_prefix"], routing, repo)
+    assert origin.older and origin.code_changed_in is not None and origin.code_changed_in.sha == routing
+    _touch(repo, "ortmodels/engine.py")  # the rest of ortmodels/ counts for both
+    engine = _commit(repo, "engine")
+    assert judge("quality", data["quality"], engine, repo).older
+    assert judge("ray_prefix", data["ray_prefix"], engine, repo).changes_since == 2
+
+
 def test_the_judgement_against_an_older_reference_never_changes(repo: Path) -> None:
     """What makes the README test stable: the marks as of commit X stay the marks as of X."""
     ran = _git(repo, "rev-parse", "HEAD")
