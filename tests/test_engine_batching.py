@@ -43,14 +43,22 @@ def test_fp32_batched_greedy_equals_solo(layout: str) -> None:
 
 
 def test_int4_batched_greedy_agreement() -> None:
-    """int4 reorders no float sums between batch sizes here: the tokens agree exactly."""
+    """Whether int4 tokens agree exactly between batch sizes depends on the processor: a batch's
+    rows go through onnxruntime's several-row 4-bit kernels, a solo decode through its one-row
+    kernel. Where these round alike (the machines of 2026-12-01..04) every token agreed; on an
+    AVX2 machine without AVX-512 (2026-12-05) 0.85 of them, two of five requests parting from
+    their solo tokens at their 3rd and 8th token, at a near tie. Rows mixed up in the batch would
+    part at the first decode step (the 2nd token; the 1st comes from the request's own prefill)
+    and agree on little after, so that is what is checked."""
     prompts = _prompts()
     expected = [solo_greedy("int4", p, NEW) for p in prompts]
     engine = Engine(decoder("int4"), tokenizer(), max_batch=8)
     requests = [Request(p, max_tokens=NEW) for p in prompts]
     _run_staggered(engine, requests, join_every=1)
-    agreement = np.mean([a == b for r, e in zip(requests, expected) for a, b in zip(r.generated, e)])
-    assert agreement == 1.0, [(r.generated, e) for r, e in zip(requests, expected)]
+    pairs = [(r.generated, e) for r, e in zip(requests, expected)]
+    assert all(got[:2] == solo[:2] for got, solo in pairs), pairs
+    agreement = np.mean([a == b for got, solo in pairs for a, b in zip(got, solo)])
+    assert agreement >= 0.5, pairs
 
 
 def test_seeded_sampling_does_not_depend_on_batch_mates() -> None:
