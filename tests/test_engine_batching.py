@@ -19,6 +19,16 @@ def _prompts() -> list[list[int]]:
                                                      "with nautical words and a cheerful tone.")]
 
 
+def _largest_batch(engine: Engine, requests: list[Request]) -> int:
+    """Adds every request at once and runs the engine until all finish; the most it decoded together."""
+    for request in requests:
+        engine.add_request(request)
+    largest = 0
+    while engine.step():
+        largest = max(largest, len(engine.active))
+    return largest
+
+
 def _run_staggered(engine: Engine, requests: list[Request], join_every: int = 2) -> None:
     """Add the requests a few steps apart, then step until all are done."""
     for request in requests:
@@ -88,12 +98,7 @@ def test_memory_bound_makes_requests_wait_not_drop() -> None:
     engine = Engine(dec, tokenizer(), max_batch=8, kv_cache_bytes=256 * bytes_per_token(dec))
     prompts = [chat_prompt(q) for q in QUESTIONS[:3]]
     requests = [Request(p, max_tokens=6) for p in prompts]
-    for request in requests:
-        engine.add_request(request)
-    peak = 0
-    while engine.step():
-        peak = max(peak, len(engine.active))
-    assert peak == 1
+    assert _largest_batch(engine, requests) == 1
     assert [r.finish_reason for r in requests] == ["length"] * 3
     assert [r.generated for r in requests] == [solo_greedy("int4", p, 6) for p in prompts]
 
@@ -109,12 +114,7 @@ def test_graphs_that_cannot_batch_run_requests_one_at_a_time() -> None:
     engine = Engine(serial, tokenizer(), max_batch=8, prompt_cache_bytes=16 << 20)
     prompts = _prompts()[:3]
     requests = [Request(p, max_tokens=6) for p in prompts]
-    for request in requests:
-        engine.add_request(request)
-    peak = 0
-    while engine.step():
-        peak = max(peak, len(engine.active))
-    assert peak == 1
+    assert _largest_batch(engine, requests) == 1
     assert [r.generated for r in requests] == [solo_greedy("int4", p, 6) for p in prompts]
     again = Request(prompts[0], max_tokens=6)  # from the prompt cache, through the serial cache
     engine.add_request(again)

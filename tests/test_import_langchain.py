@@ -64,21 +64,15 @@ def test_a_server_process_has_not_imported_langchain_before_a_model_loads(tmp_pa
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-#: A real server in this process (uvicorn on a free port, the sample models loaded at start),
-#: asked by the official client over HTTP; then the LangChain modules this process has imported.
-_SERVED = """
-import json, socket, sys, threading, time
-import httpx, uvicorn
-from openai import OpenAI
-from ortmodels.serve import create_app
-USER_CLASS
+#: uvicorn serving ``create_app(models=SERVED_MODELS)`` on a free port, on a thread of the script's
+#: process, and the wait (bounded) for its ``/health``; the scripts below start with it.
+_SERVER_UP = """
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-server = uvicorn.Server(uvicorn.Config(create_app(models=MODELS), port=port, log_level="warning"))
+server = uvicorn.Server(uvicorn.Config(create_app(models=SERVED_MODELS), port=port, log_level="warning"))
 thread = threading.Thread(target=server.run, daemon=True)
 thread.start()
-client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
 deadline = time.monotonic() + 120
 while True:
     try:
@@ -89,6 +83,18 @@ while True:
     if time.monotonic() > deadline:
         sys.exit("the server did not get ready within 120 s")
     time.sleep(0.05)
+"""
+
+#: A real server in this process (uvicorn on a free port, the sample models loaded at start),
+#: asked by the official client over HTTP; then the LangChain modules this process has imported.
+_SERVED = """
+import json, socket, sys, threading, time
+import httpx, uvicorn
+from openai import OpenAI
+from ortmodels.serve import create_app
+USER_CLASS
+SERVER_UP
+client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
 chat = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
 EMBED
 server.should_exit = True
@@ -130,8 +136,8 @@ def _run(script: str, store: Path) -> dict:
 
 @pytest.mark.slow
 def test_a_server_process_serving_both_samples_never_imports_langchain() -> None:
-    script = (_SERVED.replace("USER_CLASS", "").replace("EMBED", _EMBED)
-              .replace("MODELS", repr([CHAT_SAMPLE, EMBEDDING_SAMPLE])).replace("EMBEDDING", repr(EMBEDDING_SAMPLE))
+    script = (_SERVED.replace("SERVER_UP", _SERVER_UP).replace("USER_CLASS", "").replace("EMBED", _EMBED)
+              .replace("SERVED_MODELS", repr([CHAT_SAMPLE, EMBEDDING_SAMPLE])).replace("EMBEDDING", repr(EMBEDDING_SAMPLE))
               .replace("CHAT", repr(CHAT_SAMPLE)))
     seen = _run(script, SAMPLES_DIR)
     assert seen["usage"] >= 1 and seen["answer"]
@@ -140,8 +146,8 @@ def test_a_server_process_serving_both_samples_never_imports_langchain() -> None
 
 @pytest.mark.slow
 def test_a_users_langchain_class_is_served_and_may_import_langchain() -> None:
-    script = (_SERVED.replace("USER_CLASS", _USER_CLASS).replace("EMBED", "")
-              .replace("MODELS", repr([CHAT_SAMPLE])).replace("CHAT", repr(CHAT_SAMPLE)))
+    script = (_SERVED.replace("SERVER_UP", _SERVER_UP).replace("USER_CLASS", _USER_CLASS).replace("EMBED", "")
+              .replace("SERVED_MODELS", repr([CHAT_SAMPLE])).replace("CHAT", repr(CHAT_SAMPLE)))
     seen = _run(script, SAMPLES_DIR)
     assert seen["answer"] == "echo: Hi"
     assert seen["langchain"] == ["langchain_core"]
@@ -208,22 +214,7 @@ async def main():
 
 counts = asyncio.run(main())
 from ortmodels.serve import create_app
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-server = uvicorn.Server(uvicorn.Config(create_app(models=[RERANKER]), port=port, log_level="warning"))
-thread = threading.Thread(target=server.run, daemon=True)
-thread.start()
-deadline = time.monotonic() + 120
-while True:
-    try:
-        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-            break
-    except httpx.HTTPError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit("the server did not get ready within 120 s")
-    time.sleep(0.05)
+SERVER_UP
 answer = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"model": RERANKER, "query": "a cat",
                     "documents": ["a dog", "a cat"]}, timeout=60).json()
 server.should_exit = True
@@ -236,7 +227,8 @@ print(json.dumps({"counts": counts, "results": len(answer["results"]),
 @pytest.mark.slow
 def test_ray_replicas_and_a_server_serving_a_reranker_never_import_langchain(rerank_store: Path) -> None:
     pytest.importorskip("ray")
-    script = (_REPLICAS.replace("RERANKS", repr(str(rerank_store))).replace("RERANKER", repr(RERANKER))
+    script = (_REPLICAS.replace("SERVER_UP", _SERVER_UP).replace("SERVED_MODELS", repr([RERANKER]))
+              .replace("RERANKS", repr(str(rerank_store))).replace("RERANKER", repr(RERANKER))
               .replace("SAMPLES", repr(str(SAMPLES_DIR))).replace("EMBEDDING", repr(EMBEDDING_SAMPLE))
               .replace("CHAT", repr(CHAT_SAMPLE)))
     seen = _run(script, rerank_store)

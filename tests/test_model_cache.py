@@ -44,6 +44,16 @@ class Ballast(BaseEmbeddingModel):
     def memory_bytes(self) -> int:
         return self.SIZE if self.is_loaded else 0
 
+    def held_call(self) -> threading.Thread:
+        """A call on this model, started on a thread and waiting (bounded) for ``hold``; returned
+        once it is running."""
+        Ballast.hold.clear()
+        Ballast.holding.clear()
+        call = threading.Thread(target=lambda: self.embed_documents(["wait"]))
+        call.start()
+        wait_for_event(Ballast.holding, what=f"running the held call on {self.model_name}")
+        return call
+
     def _embed(self, texts: list[str]) -> list[list[float]]:
         if texts == ["wait"]:
             type(self).holding.set()
@@ -119,11 +129,7 @@ def test_budget_unloads_the_least_recently_used(monkeypatch: pytest.MonkeyPatch)
 def test_a_model_in_use_is_never_unloaded_under_its_call(monkeypatch: pytest.MonkeyPatch) -> None:
     manager = _manager(monkeypatch, MODEL_MEMORY_BUDGET="150MB")
     a = manager.get_embedding_model("a", Ballast)
-    Ballast.hold.clear()
-    Ballast.holding.clear()
-    call = threading.Thread(target=lambda: a.embed_documents(["wait"]))
-    call.start()
-    wait_for_event(Ballast.holding, what="running the call on a")
+    call = a.held_call()
     assert a.active_calls == 1
     b = manager.get_embedding_model("b", Ballast)  # over budget, but a is busy: a stays
     assert a.is_loaded and b.is_loaded
@@ -149,12 +155,8 @@ def test_keep_alive_zero_unloads_after_each_call(monkeypatch: pytest.MonkeyPatch
 def test_short_keep_alive_unloads_on_time(monkeypatch: pytest.MonkeyPatch) -> None:
     manager = _manager(monkeypatch, MODEL_KEEP_ALIVE="0.5")
     model = manager.get_embedding_model("a", Ballast)
-    Ballast.hold.clear()
-    Ballast.holding.clear()
     # a call held open keeps it loaded however long this thread is descheduled: read its row
-    call = threading.Thread(target=lambda: model.embed_documents(["wait"]))
-    call.start()
-    wait_for_event(Ballast.holding, what="running the held call")
+    call = model.held_call()
     (row,) = manager.loaded()
     assert row.expires_at is not None and row.expires_at == pytest.approx(row.last_used + 0.5)
     released = time.time()  # the keep-alive runs from the end of the call: 0.5 s after it
