@@ -30,6 +30,8 @@ from ortmodels import ModelManager
 from ortmodels.runtime.chat_runtime import ChatRuntime
 from ortmodels.runtime.embedding_runtime import EmbeddingRuntime
 
+from .conftest import CHAT_SAMPLE
+
 pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("ORTMODELS_STRESS_SECONDS", "30"))
@@ -37,7 +39,7 @@ THREADS = 8
 QUESTIONS = ["Capital of France?", "Name a fruit.", "What is 2+2?", "Say hello.",
              "Largest ocean?", "Colour of the sky?", "Opposite of hot?", "First letter of the alphabet?"]
 MB = 1_000_000
-CHAT = "smollm2-135m-instruct:fp32"
+CHAT = f"{CHAT_SAMPLE}:fp32"
 RSS_BOUND = 300 * MB  # a 1 MB leak per call (the run makes ~1,000) or one kept session per reload exceeds it
 
 
