@@ -13,6 +13,17 @@ class OrtModelsError(Exception):
     """Base class: catch this to handle any ortmodels failure."""
 
 
+class _NamesOption(Exception):
+    """An error that can name the option which caused it: ``param``, as the server's 400 names it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # keeps ``param`` across processes (Ray)
+        return type(self), (str(self), self.param)
+
+
 class ConfigurationError(OrtModelsError, ValueError):
     """A setting (environment variable, `.env` entry or argument) has a bad value."""
 
@@ -133,16 +144,9 @@ class RerankInputError(OrtModelsError, ValueError):
     """A query or document to rerank cannot be used as given (not valid Unicode, say)."""
 
 
-class EmbeddingOptionError(EmbeddingInputError):
+class EmbeddingOptionError(_NamesOption, EmbeddingInputError):
     """An embedding option the model cannot honour: a prompt name it does not have, a number of
     dimensions it was not trained to be cut to; ``param`` names the option (the server's 400)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # keeps ``param`` across processes (Ray)
-        return type(self), (str(self), self.param)
 
 
 class ChatTemplateError(OrtModelsError, ValueError):
@@ -161,21 +165,14 @@ class RequestTooLargeError(OrtModelsError, ValueError):
     """A request can never fit: its prompt + max_tokens exceed the context or the KV cache bound."""
 
 
-class GrammarError(OrtModelsError, ValueError):
+class GrammarError(_NamesOption, OrtModelsError, ValueError):
     """A schema, regex or grammar that constrained decoding cannot use; raised before generating.
     ``param``: the option that held it where the raiser knows (``tools``: the server's 400)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
-    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # keeps ``param`` across processes (Ray)
-        return type(self), (str(self), self.param)
-
-
-class StructuredOutputError(OrtModelsError, ValueError):
+class StructuredOutputError(_NamesOption, OrtModelsError, ValueError):
     """A structured answer or tool call that cannot be given as asked (cut at max_tokens, an
-    unknown tool name in tool_choice)."""
+    unknown tool name in tool_choice: ``param``)."""
 
 
 class ReplicaUnavailableError(OrtModelsError, RuntimeError):

@@ -310,7 +310,11 @@ def _error(reply: httpx.Response, status: int) -> dict:
     ({**CHAT, "messages": []}, "messages", "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content", "text only"),
+    ({**CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages[0].content[0].text", "must be a string"),
     ({**CHAT, "tool_choice": "required"}, "tool_choice", "tools"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+      "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "names no bound tool"),
 ])
 def test_bad_requests_are_400_naming_the_field(server: Server, body: object, param: str | None, words: str) -> None:
     error = _error(_post(server, "/chat/completions", body), 400)
@@ -327,12 +331,41 @@ def test_a_prompt_past_the_context_is_400_with_the_token_count(server: Server) -
             model=CHAT_SAMPLE, prompt="hello " * 9000, max_tokens=8)
 
 
+def test_truncate_prompt_fits_an_overflow_on_every_route(server: Server) -> None:
+    """The overflow's 400 names ``truncate_prompt``; every generation route takes it (the
+    Responses API also as its own ``truncation: "auto"``). Room for a short prompt is made by a
+    large ``max_tokens``, and a grammar ends each answer at once: the prefill stays short."""
+    room = 8100  # of the sample's 8,192 positions: 92 are left for the prompt
+    yes_no = {"type": "string", "enum": ["yes", "no"]}
+    asks = {
+        "/chat/completions": ({**CHAT, "messages": [{"role": "user", "content": "hello " * 300}], "max_tokens": room,
+                               "structured_outputs": {"regex": "(yes|no)"}}, "truncate_prompt"),
+        "/completions": ({"model": CHAT_SAMPLE, "prompt": "hello " * 300, "max_tokens": room,
+                          "structured_outputs": {"regex": "(yes|no)"}}, "truncate_prompt"),
+        "/responses": ({"model": CHAT_SAMPLE, "input": "hello " * 300, "max_output_tokens": room,
+                        "text": {"format": {"type": "json_schema", "name": "answer", "schema": yes_no}}},
+                       "truncation"),
+        "/messages": ({"model": CHAT_SAMPLE, "max_tokens": room, "messages": [{"role": "user", "content": "hello " * 300}],
+                       "output_config": {"format": {"type": "json_schema", "schema": yes_no}}}, "truncate_prompt"),
+    }
+    for path, (body, switch) in asks.items():
+        refused = _post(server, path, body)
+        assert refused.status_code == 400 and "truncate_prompt" in refused.text, (path, refused.text)
+        answer = _post(server, path, {**body, switch: "auto" if switch == "truncation" else True})
+        assert answer.status_code == 200, (path, answer.text)
+        usage = answer.json()["usage"]
+        read = usage.get("prompt_tokens", usage.get("input_tokens"))
+        assert read is not None and 0 < read <= 8192 - room, (path, usage)
+
+
 @pytest.mark.parametrize("model", ["no-such-model", None, f"{CHAT_SAMPLE}:int3", "../etc", EMBEDDING_SAMPLE])
 def test_unknown_models_are_404_listing_the_known(server: Server, model: str | None) -> None:
     body = {k: v for k, v in {**CHAT, "model": model}.items() if v is not None}
     error = _error(_post(server, "/chat/completions", body), 404)
     assert error["code"] == "model_not_found" and f"{CHAT_SAMPLE}:int8" in error["message"]
-    if model != EMBEDDING_SAMPLE:
+    if model == EMBEDDING_SAMPLE:  # it exists: the 404 says what it is
+        assert f"'{EMBEDDING_SAMPLE}' is an embedding model, not a chat model" in error["message"], error
+    else:
         embed = _error(_post(server, "/embeddings", {"model": model or "x:int8", "input": "a"}), 404)
         assert f"{EMBEDDING_SAMPLE}:int8" in embed["message"]
 

@@ -5,11 +5,17 @@ real ``ortmodels serve`` process with the chat sample, the official ``openai`` c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from ortmodels.runtime.events import ChatEvent, Finished, TextDelta, Usage
+from ortmodels.serve.chat import ChatAnswer
+from ortmodels.serve.completions import TextAnswer
+from ortmodels.serve.errors import ApiError
 
 from .conftest import CHAT_SAMPLE
 from .servers import module_server
@@ -116,6 +122,51 @@ def test_a_bad_grammar_is_one_line_400_naming_its_field(server: Server, extra: d
             error = _error(_post(server, path, {**body, **extra, "stream": stream}), 400)
             assert error["param"] == param and words in error["message"], (path, error)
             assert "\n" not in error["message"]
+
+
+#: Compiles, admits text, and fails a few tokens in: the grammar library builds its lexer's
+#: states as the answer goes and gives up on this one's million.
+FAILS_WHILE_DECODING = "a{1000000}"
+
+
+def test_a_grammar_that_fails_while_decoding_is_a_400_not_a_500(server: Server) -> None:
+    for path, body in (("/v1/chat/completions", {"model": CHAT_SAMPLE, "messages": QUESTION}),
+                       ("/v1/completions", {"model": CHAT_SAMPLE, "prompt": "Hi"})):
+        body = {**body, "max_tokens": 12, "structured_outputs": {"regex": FAILS_WHILE_DECODING}}
+        error = _error(_post(server, path, body), 400)
+        assert error["param"] == "structured_outputs.regex" and error["code"] == "invalid_grammar", error
+        reply = _post(server, path, {**body, "stream": True})  # its text had started: an error event ends it
+        assert reply.status_code == 200, reply.text
+        events = [line[len("data: "):] for line in reply.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["param"] == "structured_outputs.regex" and error["code"] == "invalid_grammar", error
+    reply = _post(server, "/v1/messages", {"model": CHAT_SAMPLE, "max_tokens": 12, "messages": QUESTION,
+                                           "output_config": {"format": {"type": "json_schema", "schema": {
+                                               "type": "string", "pattern": f"^{FAILS_WHILE_DECODING}$"}}}})
+    assert reply.status_code == 400 and reply.json()["type"] == "error", reply.text
+
+
+@pytest.mark.parametrize(("reason", "status"), [("error", 500), ("cancelled", 503)])
+def test_an_engine_that_failed_or_closed_under_an_answer_is_still_a_5xx(reason: str, status: int) -> None:
+    """An answer's `Finished` of ``error`` with no error raised after it (the engine's own fault,
+    every request failed) is the 500 it is, whole or streamed, not a finished answer."""
+    async def events() -> AsyncIterator[ChatEvent]:
+        yield TextDelta("Par")
+        yield Finished(reason, Usage(5, 1, 0), 0.1)
+
+    async def read(answer: ChatAnswer | TextAnswer, whole: bool) -> None:
+        if whole:
+            await answer.complete(events())
+        else:
+            async for _ in answer.stream(events(), include_usage=True):
+                pass
+
+    for answer in (ChatAnswer(CHAT_SAMPLE), TextAnswer(CHAT_SAMPLE)):
+        for whole in (True, False):
+            with pytest.raises(ApiError) as raised:
+                asyncio.run(read(answer, whole))
+            assert raised.value.status == status
 
 
 # -- tokens -----------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
                                                  "content": [IMAGE]}]}]}, "messages[0].content[0].content[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}]}, "tool_use_id"),
+    ({"messages": [{"role": "user", "content": []}]}, "messages[0].content is empty"),
     ({"messages": [*QUESTION, {"role": "assistant", "content": "The capital is"}]}, "messages[1]"),
     ({"system": [IMAGE]}, "system[0]"),
     ({"thinking": {"type": "enabled"}}, "budget_tokens"),
@@ -214,6 +215,8 @@ def test_errors_of_every_kind_are_anthropic_shaped(server: Server, client: anthr
     assert "x-api-key" in _anthropic_error(_raw(server, "/messages", ask, key="wrong"), 401, "authentication_error")
     unkeyed = httpx.post(f"{server.url}/v1/messages", json=ask, timeout=60)
     assert "x-api-key" in _anthropic_error(unkeyed, 401, "authentication_error")
+    assert "GET /v1/messages" in _anthropic_error(httpx.get(f"{server.url}/v1/messages", timeout=60), 405,
+                                                  "invalid_request_error")
     with pytest.raises(anthropic.NotFoundError) as caught:
         client.messages.create(model="no-such-model", max_tokens=8, messages=QUESTION)
     assert caught.value.body["error"]["type"] == "not_found_error" and "no-such-model" in caught.value.message

@@ -231,7 +231,7 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", "none, minimal, low, medium, high"),
     ({"reasoning": {"summary": "detailed"}}, "reasoning", "no summary"),
     ({"reasoning": {"context": "all_turns"}}, "reasoning", "all_turns"),
-    ({"truncation": "auto"}, "truncation", "not supported"),
+    ({"truncation": "sometimes"}, "truncation", "'auto' or 'disabled'"),
     ({"top_logprobs": 3}, "top_logprobs", "not supported"),
     ({"tools": [{"type": "web_search"}]}, "tools", "'web_search'"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "flat"),

@@ -24,7 +24,7 @@ from langchain_core.messages import (
 from ..engine.toolcalls import ToolCall
 from ..errors import ChatInputError, StructuredOutputError
 from .events import ChatEvent, Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCalls, Usage
-from .options import ChatOptions
+from .options import ChatOptions, ModelOptions
 
 _METHODS = {"achat_events": "astream", "atext_events": "astream_text"}
 
@@ -68,7 +68,12 @@ def to_langchain(messages: list[dict[str, Any]]) -> list[BaseMessage]:
 
 async def langchain_events(model: Any, method: str, given: Any, options: ChatOptions) -> AsyncIterator[ChatEvent]:
     """``model.astream`` (``astream_text`` for a plain prompt) read as the service's events."""
-    kwargs = options.model_dump(exclude_none=True, exclude={"stop", "truncate_prompt"})
+    kept = {"stop", "truncate_prompt"}
+    if options.truncate_prompt:  # asked for: refused, never ignored, where the class has no such option
+        if not isinstance(model, ModelOptions):
+            raise ChatInputError(f"{type(model).__name__} takes no truncate_prompt; shorten the prompt instead.")
+        kept = {"stop"}
+    kwargs = options.model_dump(exclude_none=True, exclude=kept)
     source = getattr(model, _METHODS[method])
     chunks = source(to_langchain(given) if method == "achat_events" else given, stop=options.stop or None, **kwargs)
     reason: str | None = None

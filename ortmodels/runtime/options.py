@@ -241,13 +241,18 @@ def effort_options(effort: object, where: str = "reasoning_effort") -> dict[str,
     raise ChatInputError(f"{where}={effort!r:.40} is not a reasoning effort; give one of {levels}.")
 
 
-class ModelOptions(StopOptions, SamplingOptions, ReasoningOptions):
-    """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
+class PromptOptions(BaseModel):
+    """What happens to a prompt longer than the context: a model's default, a call's option, and a
+    field of every server route's body (the overflow's error names it)."""
 
     truncate_prompt: bool = Field(
         default=False, description=(
             'Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing.'
         ))
+
+
+class ModelOptions(StopOptions, SamplingOptions, ReasoningOptions, PromptOptions):
+    """The options a chat model holds as its defaults (the LangChain adapter's fields)."""
 
 
 class ChatOptions(ModelOptions, LogprobOptions):

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ChatInputError
-from ..runtime.options import MaxTokens, SamplingOptions, check_stop
+from ..runtime.options import MaxTokens, PromptOptions, SamplingOptions, check_stop
 from .errors import ApiError
 from .protocol import neutral
 
@@ -141,7 +141,7 @@ class CountTokensRequest(BaseModel):
         return config
 
 
-class MessagesRequest(SamplingOptions, CountTokensRequest):
+class MessagesRequest(SamplingOptions, PromptOptions, CountTokensRequest):
     """``/v1/messages``: the prompt's fields, the sampling options, and the answer's."""
 
     model_config = ConfigDict(extra="forbid", strict=True)

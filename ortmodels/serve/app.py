@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from ..config import check_api_key
 from ..manager import ModelManager
-from . import errors
+from . import anthropic, errors
 from .admission import AdmissionQueue
 from .models import Catalog
 from .response_store import ResponseStore
@@ -82,6 +82,6 @@ def create_app(models: Sequence[str] | str | None = None, api_key: str | None = 
     app = FastAPI(title="ortmodels", summary="OpenAI-compatible server for local ONNX models",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
-    errors.install(app)
+    errors.install(app, {"/v1/messages": anthropic.error_response})
     app.include_router(router)
     return app

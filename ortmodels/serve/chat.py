@@ -31,7 +31,7 @@ from ..runtime.options import (
     effort_options,
 )
 from .errors import bad_request
-from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
+from .generation import NO_USAGE, Answer, finish_reason, service_options, settled, usage_of
 from .grammar import constraint
 from .protocol import (
     ChatChoice,
@@ -61,10 +61,11 @@ def _text(message: ChatMessage, index: int) -> str:
     parts = []
     for number, part in enumerate(content):
         kind = part.get("type")
-        if kind == "text" and isinstance(part.get("text"), str):
-            parts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append(part["refusal"])
+        if kind in ("text", "refusal"):
+            if not isinstance(part.get(kind), str):
+                raise bad_request(f"messages[{index}].content[{number}].{kind} must be a string.",
+                                  f"messages[{index}].content[{number}].{kind}")
+            parts.append(part[kind])
         else:
             raise bad_request(f"messages[{index}].content[{number}] is of type {kind!r}; this server's models "
                               "read text only ({'type': 'text', 'text': ...}).", f"messages[{index}].content")
@@ -211,6 +212,7 @@ class ChatAnswer(Answer):
                     calls.extend(_tool_calls(item, len(calls)))
                 reason = finish_reason(item) or reason
                 usage = usage_of(item) if isinstance(item, Finished) else usage
+        reason = settled(reason)
         for call in calls:
             call.index = None
         content = "".join(text)
@@ -251,7 +253,7 @@ class ChatAnswer(Answer):
                     yield self._chunk(Delta(tool_calls=deltas))
                 reason = finish_reason(item) or reason
                 usage = usage_of(item) if isinstance(item, Finished) else usage
-        yield self._chunk(Delta(), reason or "stop")
+        yield self._chunk(Delta(), settled(reason) or "stop")
         if include_usage:
             final = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
                                         usage=usage or NO_USAGE)

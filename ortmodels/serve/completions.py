@@ -15,7 +15,7 @@ from typing import Any
 from ..runtime.events import ChatEvent, Finished, TextDelta
 from ..runtime.options import ChatOptions
 from .errors import bad_request
-from .generation import NO_USAGE, Answer, finish_reason, service_options, usage_of
+from .generation import NO_USAGE, Answer, finish_reason, service_options, settled, usage_of
 from .grammar import constraint
 from .protocol import Completion, CompletionChoice, CompletionRequest
 from .sse import DONE, event
@@ -40,7 +40,7 @@ DEFAULT_MAX_TOKENS = 16
 
 def text_options(request: CompletionRequest) -> ChatOptions:
     """The chat service's options for a completion body (``max_tokens`` left out is OpenAI's 16)."""
-    if request.logprobs:  # chat completions give them; text completions do not yet
+    if request.logprobs is not None:  # 0 asks for the sampled tokens' own: given by chat completions only
         raise bad_request("logprobs are given by /v1/chat/completions only; leave logprobs out here.",
                           "logprobs", "unsupported_parameter")
     given = "max_tokens" in request.model_fields_set
@@ -66,6 +66,7 @@ class TextAnswer(Answer):
                 text.append(_text(item))
                 reason = finish_reason(item) or reason
                 usage = usage_of(item) if isinstance(item, Finished) else usage
+        reason = settled(reason)
         answer = Completion(id=self.id, created=self.created, model=self.model,
                             choices=[CompletionChoice(text="".join(text), finish_reason=reason)],
                             usage=usage or NO_USAGE)
@@ -79,7 +80,7 @@ class TextAnswer(Answer):
                     yield self._chunk(text, None)
                 reason = finish_reason(item) or reason
                 usage = usage_of(item) if isinstance(item, Finished) else usage
-        yield self._chunk("", reason or "stop")
+        yield self._chunk("", settled(reason) or "stop")
         if include_usage:
             final = Completion(id=self.id, created=self.created, model=self.model, choices=[],
                                usage=usage or NO_USAGE)

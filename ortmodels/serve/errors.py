@@ -9,6 +9,7 @@ only a bug here is a 500, and it is logged and still answered with a JSON body.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -113,8 +114,10 @@ def from_validation(errors: list[dict[str, Any]]) -> ApiError:
                        "invalid_value")
 
 
-def install(app: FastAPI) -> None:
-    """Answer every error the app can meet with OpenAI's body."""
+def install(app: FastAPI, shapes: dict[str, Callable[[ApiError], Response]] | None = None) -> None:
+    """Answer every error the app can meet with OpenAI's body; ``shapes``: another API's answer
+    for a no-route error under a path prefix (Anthropic's under ``/v1/messages``), whose routes
+    shape their own errors."""
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         return from_exception(exc).response()
@@ -123,7 +126,9 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = f"No route {request.method} {request.url.path}." if exc.status_code in (404, 405) else str(exc.detail)
-        return ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {})).response()
+        error = ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+        shape = next((s for prefix, s in (shapes or {}).items() if request.url.path.startswith(prefix)), None)
+        return error.response() if shape is None else shape(error)
 
     async def client_left(request: Request, exc: Exception) -> Response:
         logger.info("The client went away while sending its request (%s %s)", request.method, request.url.path)

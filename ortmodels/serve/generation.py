@@ -8,7 +8,7 @@ import uuid
 from typing import Any, ClassVar
 
 from ..runtime.events import ChatEvent, Finished
-from ..runtime.options import ChatOptions, SamplingOptions, StopOptions
+from ..runtime.options import ChatOptions, PromptOptions, SamplingOptions, StopOptions
 from .errors import ApiError
 from .protocol import Usage
 from .sse import error_events
@@ -30,11 +30,11 @@ class Answer:
 
 
 def service_options(request: Any, max_tokens: int | None, **output: Any) -> ChatOptions:
-    """The chat service's options for a body: its `SamplingOptions` and `StopOptions` fields
-    (both endpoints' bodies carry them as they are), ``max_tokens`` as the endpoint spells it,
-    and ``output`` (tools, a response format, log-probabilities) mapped by the endpoint."""
+    """The chat service's options for a body: its `SamplingOptions`, `StopOptions` and
+    `PromptOptions` fields (the bodies carry them as they are), ``max_tokens`` as the endpoint
+    spells it, and ``output`` (tools, a response format, log-probabilities) mapped by the endpoint."""
     given = {name: getattr(request, name, None)
-             for name in (*SamplingOptions.model_fields, *StopOptions.model_fields)}
+             for name in (*SamplingOptions.model_fields, *StopOptions.model_fields, *PromptOptions.model_fields)}
     given.update(max_tokens=max_tokens, **output)
     return ChatOptions.checked(**{name: value for name, value in given.items() if value is not None})
 
@@ -51,14 +51,19 @@ NO_USAGE = Usage(prompt_tokens=0, total_tokens=0)
 
 
 def finish_reason(event: ChatEvent) -> str | None:
-    """Why the answer ended (on its `Finished` event); an engine that closed or failed under it is
-    the 503 or 500 it is."""
-    if not isinstance(event, Finished):
-        return None
-    if event.reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
+    """Why the answer ended, on its `Finished` event (``cancelled`` and ``error`` included: `settled`)."""
+    return event.reason if isinstance(event, Finished) else None
+
+
+def settled(reason: str | None) -> str | None:
+    """``reason`` once the answer's events are all read: an engine that closed or failed under it
+    is the 503 or 500 it is. Asked after the stream ends, not at its `Finished`: a request that
+    failed raises its own error after that event (a grammar that fails while decoding: a 400
+    naming the body's field, `grammar.named`), and that error is the one answered."""
+    if reason == "cancelled":  # the engine closed under it: the model is being unloaded (shutdown)
         raise ApiError(503, "The request was cancelled: the model is being unloaded. Retry.", type="server_error",
                        code="unavailable", headers={"Retry-After": "1"})
-    if event.reason == "error":
+    if reason == "error":
         raise ApiError(500, "The request failed inside the engine; the server log has the details.",
                        type="server_error")
-    return event.reason
+    return reason

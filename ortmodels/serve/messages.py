@@ -35,7 +35,7 @@ from .anthropic import (
     error_response,
 )
 from .errors import bad_request, from_exception
-from .generation import Answer, finish_reason, service_options
+from .generation import Answer, finish_reason, service_options, settled
 from .protocols import TokenizingModel
 from .sse import event
 
@@ -107,7 +107,11 @@ def _user(message: InputMessage, index: int) -> list[dict[str, Any]]:
             converted.append({"role": "user", "content": "".join(text)})
             text.clear()
 
-    for number, block in enumerate(_blocks(message.content, f"messages[{index}].content")):
+    blocks = _blocks(message.content, f"messages[{index}].content")
+    if not blocks:
+        raise bad_request(f"messages[{index}].content is empty: a user turn needs a text or tool_result block.",
+                          f"messages[{index}].content")
+    for number, block in enumerate(blocks):
         where = f"messages[{index}].content[{number}]"
         if block["type"] == "text":
             text.append(_text_of(block, where))
@@ -209,7 +213,7 @@ def _stop(finished: Finished | None) -> tuple[str, str | None]:
     """Anthropic's ``stop_reason`` and ``stop_sequence`` for how the answer ended."""
     if finished is None:
         return "end_turn", None
-    reason = finish_reason(finished) or "stop"  # a cancelled or failed engine raises its 503 / 500 here
+    reason = settled(finish_reason(finished)) or "stop"  # a cancelled or failed engine: its 503 / 500
     if reason == "stop" and finished.stop_sequence is not None:
         return "stop_sequence", finished.stop_sequence
     return _STOP_REASONS.get(reason, "end_turn"), None

@@ -43,6 +43,10 @@ def model_ids(infos: list[ModelInfo]) -> list[ModelId]:
     return ids
 
 
+def _article(kind: str) -> str:
+    return "an" if kind[:1] in "aeiou" else "a"
+
+
 class Catalog:
     """The store's models as ids, and the model objects this server has handed out."""
 
@@ -70,7 +74,10 @@ class Catalog:
             if found is not None:
                 return found
         known = [m.id for m in self.ids() if m.kind == kind and m.exported]
-        what = "No model given" if not model else f"The model {model!r} does not exist"
+        other = self._match(model, None, False)
+        what = ("No model given" if not model
+                else f"The model {model!r} is {_article(other.kind)} {other.kind} model, not {_article(kind)} {kind} model"
+                if other is not None else f"The model {model!r:.80} does not exist")
         raise ApiError(404, f"{what}; {kind} models here: {', '.join(known) or 'none'}.",
                        param="model", code="model_not_found")
 

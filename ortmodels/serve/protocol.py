@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ..runtime.options import (
     LogprobOptions,
     MaxTokens,
+    PromptOptions,
     ReasoningOptions,
     SamplingOptions,
     StopOptions,
@@ -47,10 +48,10 @@ class StreamOptions(_Open):
     continuous_usage_stats: bool | None = None
 
 
-class _Sampling(StopOptions, SamplingOptions):
+class _Sampling(StopOptions, SamplingOptions, PromptOptions):
     """Options both generation endpoints take: `SamplingOptions`' (``top_k`` and
-    ``repetition_penalty`` as vLLM and llama.cpp take them, through ``extra_body``) and ``stop``,
-    and OpenAI's."""
+    ``repetition_penalty`` as vLLM and llama.cpp take them, through ``extra_body``), ``stop``,
+    ``truncate_prompt``, and OpenAI's."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from ..errors import ChatInputError
-from ..runtime.options import MaxTokens, ReasoningOptions, SamplingOptions, StopOptions
+from ..runtime.options import MaxTokens, PromptOptions, ReasoningOptions, SamplingOptions, StopOptions
 from ..runtime.output_plan import check_tools
 from .protocol import FunctionSpec, StreamOptions, neutral
 
@@ -144,7 +144,7 @@ class TextConfig(BaseModel):
         return value
 
 
-class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions):
+class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions, PromptOptions):
     """The body of ``POST /v1/responses``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -157,7 +157,6 @@ class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions):
         "conversation": neutral(),
         "top_logprobs": neutral(0),
         "max_tool_calls": neutral(),
-        "truncation": neutral("disabled"),
         "service_tier": neutral("auto", "default"),
         "context_management": neutral([]),
         "prompt_cache_retention": neutral("in_memory"),
@@ -184,6 +183,8 @@ class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     """Accepted and unused: the prompt cache finds a shared start by itself."""
+    truncation: Literal["auto", "disabled"] | None = None
+    """``auto``: the oldest of the conversation is dropped to fit the context (``truncate_prompt``)."""
     # the Responses API's, not supported: see UNSUPPORTED_FIELDS
     background: bool | None = None
     include: list[str] | None = None
@@ -191,7 +192,6 @@ class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions):
     conversation: str | dict[str, Any] | None = None
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
-    truncation: str | None = None
     service_tier: str | None = None
     context_management: list[Any] | None = None
     prompt_cache_retention: str | None = None

@@ -36,7 +36,7 @@ from ..runtime.events import (
 from ..runtime.options import ChatOptions, ReasoningOptions
 from .chat import parse_arguments, with_effort
 from .errors import bad_request, from_exception
-from .generation import Answer, finish_reason, service_options
+from .generation import Answer, finish_reason, service_options, settled
 from .protocol_responses import ResponsesRequest
 from .response_store import ResponseStore, StoredResponse
 from .sse import event
@@ -129,6 +129,8 @@ def response_options(body: ResponsesRequest) -> ChatOptions:
         output["response_format"] = response_format
     given = {name: value for name in ReasoningOptions.model_fields if (value := getattr(body, name)) is not None}
     output.update(with_effort(given, body.reasoning.effort if body.reasoning else None, "reasoning.effort"))
+    if body.truncation == "auto":  # OpenAI's spelling of truncate_prompt
+        output["truncate_prompt"] = True
     return service_options(body, body.max_output_tokens or body.max_tokens, **output)
 
 
@@ -291,6 +293,7 @@ class ResponseAnswer(Answer):
         async with aclosing(events):  # a cancelled answer cancels the model's stream now
             async for item in events:
                 output.read(item)
+        settled(output.reason)
         return self._final(output)
 
     def _event(self, kind: str, **fields: Any) -> str:
@@ -362,6 +365,7 @@ class ResponseAnswer(Answer):
                                              logprobs=[]))
                 for line in lines:
                     yield line
+        settled(output.reason)
         for line in self._close_reasoning(output, opened):
             yield line
         if output.has_message:
