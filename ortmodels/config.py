@@ -222,7 +222,8 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             field = err["loc"][0] if err["loc"] else "?"
             alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
-            problems.append(f"{alias}={err.get('input')!r}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ").rstrip(".")  # our validators' own words
+            problems.append(f"{alias}={err.get('input')!r}: {message}")
         raise ConfigurationError(
             "Bad setting " + "; ".join(problems) + ". Fix the environment variable or the .env file."
         ) from None

@@ -166,3 +166,4 @@ def test_chat_ends_quickly_with_its_exit_handlers_run(samples_dir: Path, tmp_pat
     failed = subprocess.run([sys.executable, "-m", "ortmodels", "chat", "no-such-model", "hi"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert failed.returncode == 1 and "Unknown model 'no-such-model'" in failed.stderr
+    assert failed.stderr.count("\n") == 1 and len(failed.stderr) > 80  # one line, even into a pipe

@@ -102,7 +102,9 @@ def test_ps_and_stats_commands_see_this_process(used: dict) -> None:
     assert all(m["memory_bytes"] > 0 and m["version"] for m in mine["loaded"])
     rows = [r for r in json.loads(_cli("stats", "--json")) if r["pid"] == os.getpid()]
     assert _row(rows, CHAT_SAMPLE)["calls"] == used["chat_calls"]
-    assert "ortmodels_calls_total" in _cli("stats", "--prometheus")
+    exposition = _cli("stats", "--prometheus")
+    families = {family.name for family in text_string_to_metric_families(exposition)}  # whole lines, parsed
+    assert "ortmodels_calls" in families and max(map(len, exposition.splitlines())) > 80
     assert "cancelled" in _cli("stats")  # calls their callers gave up on, apart from errors
     ModelManager().unload_all()
     ps = json.loads(_cli("ps", "--json"))

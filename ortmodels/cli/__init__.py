@@ -206,7 +206,10 @@ def main() -> None:
         else:
             __getattr__("app")()
     except OrtModelsError as exc:
-        __getattr__("err_console").print(f"[bold red]error:[/] {exc}", highlight=False)
+        from rich.markup import escape
+
+        # one line whatever the width (a pipe, a log): the terminal wraps it, rich does not cut it
+        __getattr__("err_console").print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         code: object = 1
     except SystemExit as exc:  # click ends every run with one
         code = exc.code

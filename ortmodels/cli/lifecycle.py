@@ -112,7 +112,7 @@ def stats(
     if prometheus:
         from ..monitoring.prometheus import exposition_of_rows
 
-        console.print(exposition_of_rows(rows), end="", highlight=False, markup=False)
+        typer.echo(exposition_of_rows(rows), nl=False)  # for a scraper or a file: no console wrapping
         return
     if not rows:
         console.print("No figures: no running process has used a model.")

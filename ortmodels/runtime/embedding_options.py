@@ -68,7 +68,8 @@ def output_size(spec: EmbeddingSpec, model: str, dimensions: int | None, matryos
         raise EmbeddingOptionError(
             f"{model} gives {spec.dimension} dimensions and its card declares no Matryoshka training, so it "
             f"cannot give {dimensions}: its first {dimensions} numbers are not a trained embedding. Ask for "
-            f"{spec.dimension}, or opt in with matryoshka=True if you know it was trained for truncation.",
+            f"{spec.dimension}, or opt in with matryoshka=True (`--matryoshka` on the command line) if you know "
+            "it was trained for truncation.",
             "dimensions")
     return dimensions
 
