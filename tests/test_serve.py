@@ -315,6 +315,11 @@ def _error(reply: httpx.Response, status: int) -> dict:
     ({**CHAT, "tool_choice": "required"}, "tool_choice", "tools"),
     ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
       "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "names no bound tool"),
+    ({**CHAT, "messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "x", "content": "1"}]},
+     "messages[1].tool_call_id", "no assistant turn with tool_calls"),
+    ({**CHAT, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_b", "content": "1"}]}, "messages[2].tool_call_id", "called 'call_a'"),
 ])
 def test_bad_requests_are_400_naming_the_field(server: Server, body: object, param: str | None, words: str) -> None:
     error = _error(_post(server, "/chat/completions", body), 400)

@@ -171,12 +171,22 @@ def _anthropic_error(reply: httpx.Response, status: int, kind: str) -> str:
 IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
 
 
+_HISTORY = [{"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                               "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Rain"}]}]
+
+
 @pytest.mark.parametrize(("body", "named"), [
     ({"messages": [{"role": "user", "content": [IMAGE]}]}, "messages[0].content[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
                                                  "content": [IMAGE]}]}]}, "messages[0].content[0].content[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}]}, "tool_use_id"),
     ({"messages": [{"role": "user", "content": []}]}, "messages[0].content is empty"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "1"}]}]},
+     "messages[0].content[0].tool_use_id"),
+    ({"messages": [*_HISTORY[:2], {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "1"}]}]}, "called 'toolu_1'"),
     ({"messages": [*QUESTION, {"role": "assistant", "content": "The capital is"}]}, "messages[1]"),
     ({"system": [IMAGE]}, "system[0]"),
     ({"thinking": {"type": "enabled"}}, "budget_tokens"),
@@ -231,10 +241,6 @@ def test_errors_of_every_kind_are_anthropic_shaped(server: Server, client: anthr
     assert openai_error.status_code == 400 and set(openai_error.json()["error"]) == {"message", "type", "param", "code"}
 
 
-_HISTORY = [{"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
-                                               "input": {"city": "Oslo"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Rain"}]}]
 _FUZZED = ["model", "max_tokens", "messages", "system", "tools", "tool_choice", "stop_sequences", "temperature",
            "top_p", "top_k", "stream", "thinking", "metadata", "output_config", "cache_control", "junk"]
 

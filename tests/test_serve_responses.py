@@ -232,6 +232,8 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
     ({"reasoning": {"summary": "detailed"}}, "reasoning", "no summary"),
     ({"reasoning": {"context": "all_turns"}}, "reasoning", "all_turns"),
     ({"truncation": "sometimes"}, "truncation", "'auto' or 'disabled'"),
+    ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "input[0].call_id",
+     "answers no function_call"),
     ({"top_logprobs": 3}, "top_logprobs", "not supported"),
     ({"tools": [{"type": "web_search"}]}, "tools", "'web_search'"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "flat"),

@@ -31,7 +31,7 @@ from ..runtime.options import (
     effort_options,
 )
 from .errors import bad_request
-from .generation import NO_USAGE, Answer, finish_reason, service_options, settled, usage_of
+from .generation import NO_USAGE, Answer, answers_a_call, finish_reason, service_options, settled, usage_of
 from .grammar import constraint
 from .protocol import (
     ChatChoice,
@@ -96,6 +96,7 @@ def _calls(message: ChatMessage, index: int) -> list[dict[str, Any]]:
 def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """OpenAI messages as the chat service's message dicts (``developer`` is a system message)."""
     converted: list[dict[str, Any]] = []
+    called: tuple[int, set[str] | None] | None = None  # the last assistant turn: its index, its calls' ids
     for index, message in enumerate(messages):
         text = _text(message, index)
         if message.role in ("system", "developer"):
@@ -104,13 +105,17 @@ def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             converted.append({"role": "user", "content": text})
         elif message.role == "assistant":
             converted.append({"role": "assistant", "content": text, "tool_calls": _calls(message, index)})
+            given = [call.id for call in message.tool_calls or []]
+            called = (index, None if not all(given) else set(given))  # None: a call without an id matches any
         else:
             if not message.tool_call_id:
                 raise bad_request(f"messages[{index}] is a tool message without tool_call_id.",
                                   f"messages[{index}].tool_call_id")
+            answers_a_call(message.tool_call_id, called, f"messages[{index}].tool_call_id", "messages", "tool_calls")
             converted.append({"role": "tool", "content": text, "tool_call_id": message.tool_call_id,
                               "name": message.name})
     return converted
+
 
 
 def chat_options(request: ChatCompletionRequest) -> ChatOptions:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from ..runtime.events import ChatEvent, Finished
 from ..runtime.options import ChatOptions, PromptOptions, SamplingOptions, StopOptions
-from .errors import ApiError
+from .errors import ApiError, bad_request
 from .protocol import Usage
 from .sse import error_events
 
@@ -67,3 +67,18 @@ def settled(reason: str | None) -> str | None:
         raise ApiError(500, "The request failed inside the engine; the server log has the details.",
                        type="server_error")
     return reason
+
+
+def answers_a_call(call_id: str, called: tuple[int, set[str] | None] | None, param: str, turns: str,
+                   calls: str) -> None:
+    """A tool result must answer a call of the assistant turn before it (``called``: that turn's
+    index in ``turns`` and its calls' ids), as OpenAI's and Anthropic's APIs require: a 400
+    naming ``param`` otherwise, rather than a result the model reads as answering nothing."""
+    if called is not None and (called[1] is None or call_id in called[1]):
+        return
+    if called is None or not called[1]:
+        why = "no assistant turn with " + calls + " comes before it"
+    else:
+        why = f"{turns}[{called[0]}] called {', '.join(sorted(repr(i) for i in called[1]))}"
+    raise bad_request(f"{param} {call_id!r:.80} answers no tool call: {why}. Send the assistant turn with its "
+                      f"{calls} before their results, each result with its call's id.", param)

@@ -35,7 +35,7 @@ from .anthropic import (
     error_response,
 )
 from .errors import bad_request, from_exception
-from .generation import Answer, finish_reason, service_options, settled
+from .generation import Answer, answers_a_call, finish_reason, service_options, settled
 from .protocols import TokenizingModel
 from .sse import event
 
@@ -97,8 +97,9 @@ def _result_text(block: dict[str, Any], where: str) -> str:
     return "".join(texts)
 
 
-def _user(message: InputMessage, index: int) -> list[dict[str, Any]]:
-    """A user turn: its ``tool_result`` blocks as tool messages and its text as a user message, in order."""
+def _user(message: InputMessage, index: int, called: tuple[int, set[str] | None] | None) -> list[dict[str, Any]]:
+    """A user turn: its ``tool_result`` blocks as tool messages and its text as a user message, in
+    order; each result answers a ``tool_use`` of ``called`` (the assistant turn before it)."""
     converted: list[dict[str, Any]] = []
     text: list[str] = []
 
@@ -120,8 +121,10 @@ def _user(message: InputMessage, index: int) -> list[dict[str, Any]]:
             if not isinstance(call_id, str) or not call_id:
                 raise bad_request(f"{where} needs tool_use_id: the id of the tool_use block it answers.",
                                   f"{where}.tool_use_id")
+            result = _result_text(block, where)
+            answers_a_call(call_id, called, f"{where}.tool_use_id", "messages", "tool_use blocks")
             flush()
-            converted.append({"role": "tool", "content": _result_text(block, where), "tool_call_id": call_id,
+            converted.append({"role": "tool", "content": result, "tool_call_id": call_id,
                               "error": block.get("is_error") is True})
         else:
             raise _refused(block, where, "text and tool_result blocks")
@@ -153,11 +156,14 @@ def to_messages(body: CountTokensRequest) -> list[dict[str, Any]]:
         raise bad_request(f"messages[{len(body.messages) - 1}] is an assistant turn: this server does not continue "
                           "a prefilled answer; end the messages with a user turn.", "messages")
     converted = _system(body.system)
+    called: tuple[int, set[str] | None] | None = None
     for index, message in enumerate(body.messages):
         if message.role == "user":
-            converted.extend(_user(message, index))
+            converted.extend(_user(message, index, called))
+            called = None  # a result answers the turn just before its own
         else:
-            converted.append(_assistant(message, index))
+            converted.append(assistant := _assistant(message, index))
+            called = (index, {call["id"] for call in assistant["tool_calls"]})
     return converted
 
 

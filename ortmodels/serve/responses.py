@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,18 +74,21 @@ def _string(item: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def input_messages(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+def input_messages(given: str | list[dict[str, Any]],
+                   earlier: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The input as the chat service's message dicts: a string is one user message; items are
     messages (``developer`` is a system message), ``function_call`` (joined to the assistant turn
     just before it) and ``function_call_output`` (a tool result); ``reasoning`` items a client
     sends back are taken and not shown to the model (as Qwen3's template drops earlier turns'
-    reasoning, and chat's ``reasoning_content``)."""
+    reasoning, and chat's ``reasoning_content``). A ``function_call_output`` answers a call made
+    before it, in this input or in ``earlier`` (the previous response's conversation)."""
     if isinstance(given, str):
         return [{"role": "user", "content": given}]
     if not given:
         raise bad_request("input is an empty list: give a string, or at least one item such as "
                           "{'role': 'user', 'content': 'Hi'}.", "input")
     messages: list[dict[str, Any]] = []
+    made = {call["id"] for message in earlier for call in message.get("tool_calls") or ()}
     for index, item in enumerate(given):
         where = f"input[{index}]"
         kind = item.get("type", "message")
@@ -101,12 +104,18 @@ def input_messages(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif kind == "function_call":
             call = {"name": _string(item, "name", where), "id": _string(item, "call_id", where),
                     "arguments": parse_arguments(item.get("arguments"), f"{where}.arguments", f"{where}.arguments")}
+            made.add(call["id"])
             if messages and messages[-1]["role"] == "assistant":
                 messages[-1]["tool_calls"].append(call)
             else:
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where),
+            call_id = _string(item, "call_id", where)
+            if call_id not in made:  # OpenAI's "No tool call found for function call output with call_id"
+                raise bad_request(f"{where}.call_id {call_id!r:.80} answers no function_call of this input or of "
+                                  "the previous response: send the call's item (or its previous_response_id) "
+                                  "before its output.", f"{where}.call_id")
+            messages.append({"role": "tool", "tool_call_id": call_id,
                              "content": _parts_text(item.get("output"), ("input_text",), f"{where}.output")})
         elif kind != "reasoning":
             raise bad_request(f"{where} is an item of type {kind!r:.40}; this server reads message, function_call, "
@@ -151,7 +160,7 @@ def prepare(body: ResponsesRequest, store: ResponseStore) -> Turn:
     history = []
     if body.previous_response_id is not None:
         history = list(store.previous(body.previous_response_id).messages)
-    history += input_messages(body.input)
+    history += input_messages(body.input, history)
     instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
     return Turn(instructions + history, history, response_options(body))
 
