@@ -117,7 +117,6 @@ def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return converted
 
 
-
 def chat_options(request: ChatCompletionRequest) -> ChatOptions:
     """The chat service's options for a chat body (OpenAI's spellings and shapes mapped to its own)."""
     if request.top_logprobs is not None and not request.logprobs:

@@ -74,10 +74,14 @@ class Catalog:
             if found is not None:
                 return found
         known = [m.id for m in self.ids() if m.kind == kind and m.exported]
-        other = self._match(model, None, False)
-        what = ("No model given" if not model
-                else f"The model {model!r} is {_article(other.kind)} {other.kind} model, not {_article(kind)} {kind} model"
-                if other is not None else f"The model {model!r:.80} does not exist")
+        other = self._match(model, None, False)  # there, but of another kind: say which
+        if not model:
+            what = "No model given"
+        elif other is not None:
+            what = (f"The model {model!r} is {_article(other.kind)} {other.kind} model, "
+                    f"not {_article(kind)} {kind} model")
+        else:
+            what = f"The model {model!r:.80} does not exist"
         raise ApiError(404, f"{what}; {kind} models here: {', '.join(known) or 'none'}.",
                        param="model", code="model_not_found")
 
