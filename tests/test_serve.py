@@ -312,6 +312,8 @@ def _error(reply: httpx.Response, status: int) -> dict:
      "messages[0].content", "text only"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
      "messages[0].content[0].text", "must be a string"),
+    ({**CHAT, "messages": [{"role": "user", "content": []}]}, "messages[0].content", "empty list"),
+    ({**CHAT, "messages": [{"role": "user", "content": None}]}, "messages[0].content", "missing"),
     ({**CHAT, "tool_choice": "required"}, "tool_choice", "tools"),
     ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
       "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "names no bound tool"),
@@ -378,6 +380,13 @@ def test_unknown_models_are_404_listing_the_known(server: Server, model: str | N
 def test_unknown_routes_answer_json(server: Server) -> None:
     _error(httpx.get(f"{server.url}/v1/nothing", timeout=10), 404)
     _error(httpx.get(f"{server.v1}/chat/completions", timeout=10), 405)
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/page/app.js"])
+def test_head_answers_as_get_does_without_a_body(server: Server, path: str) -> None:
+    got, head = httpx.get(f"{server.url}{path}", timeout=10), httpx.head(f"{server.url}{path}", timeout=10)
+    assert got.status_code == head.status_code == 200 and got.content and not head.content
+    assert head.headers["content-type"] == got.headers["content-type"]
 
 
 def test_api_key(small_server: Server) -> None:

@@ -58,6 +58,9 @@ def _text(message: ChatMessage, index: int) -> str:
                           f"messages[{index}].content")
     if isinstance(content, str):
         return content
+    if not content:  # as OpenAI's API: an empty list is not an absent content
+        raise bad_request(f"messages[{index}].content is an empty list; give a string or at least one "
+                          "{'type': 'text', 'text': ...} part.", f"messages[{index}].content")
     parts = []
     for number, part in enumerate(content):
         kind = part.get("type")

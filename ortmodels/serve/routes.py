@@ -178,7 +178,7 @@ async def _prime(request: Request, slot: Slot, events: AsyncIterator[str],
 
 # -- health and metrics -----------------------------------------------------------------------
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what load balancers probe with
 async def health(request: Request) -> JSONResponse:
     """503 while the models load (or if one failed), 200 once they are ready (as llama.cpp)."""
     state = _state(request)
@@ -394,12 +394,12 @@ router.include_router(anthropic)
 
 # -- the page ---------------------------------------------------------------------------------
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def page() -> Response:
     """The built-in chat page (`webpage`): it calls the routes above, with the key typed in it."""
     return page_file("index.html")
 
 
-@router.get("/page/{name}", include_in_schema=False)
+@router.api_route("/page/{name}", methods=["GET", "HEAD"], include_in_schema=False)
 async def page_asset(name: str) -> Response:
     return page_file(name)
