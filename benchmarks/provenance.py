@@ -2,8 +2,8 @@
 
 Every benchmark stamps its JSON with the commit its run measured (``git rev-parse HEAD``)
 and whether the code had uncommitted changes (`stamp`); `judge` compares that commit with
-the last commit that changed the measured code (``ortmodels/`` and the benchmark's own
-files, `MEASURED_CODE`). The comparison is made against the history *up to a reference
+the last commit that changed the measured code (``ortmodels/``, less the front ends a
+benchmark does not run, and the benchmark's own files: `measured_paths`). The comparison is made against the history *up to a reference
 commit* (the HEAD at the time the README section was rendered, which the section records),
 never against whatever HEAD is current, so a later commit does not change what an already
 rendered section says: the section states how old each result was when it was rendered.
@@ -49,17 +49,28 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {part: (*_SHARED, *paths) for part, 
 }.items()}
 
 
-#: Ray Serve's deployments and router: only the Ray benchmarks' processes import them (`ortmodels
-#: serve` imports them for ``--ray`` only, and nothing else outside them does: `ray` is an extra,
-#: kept there by tests/test_import_direction.py), so a change there leaves every other result current.
+#: The front ends' code, and the parts whose processes run it. Nothing in the library imports
+#: ``serve/`` or ``cli/`` (tests/test_import_direction.py: only the front ends import freely, and
+#: ``import ortmodels`` imports neither), so a change there leaves the in-process benchmarks
+#: (chat, quality, embeddings, concurrency, speculative) current. Ray Serve's deployments and
+#: router run only in the Ray benchmarks' processes (`ortmodels serve` imports them for ``--ray``
+#: only, and ``ray`` is an extra kept in ``serve/ray/`` by the same test).
 RAY_CODE = "ortmodels/serve/ray"
 RAY_PARTS = ("ray", "ray_prefix")
+SERVER_CODE = "ortmodels/serve"
+SERVER_PARTS = ("server", "rerank", *RAY_PARTS, *SIZES_PARTS.values())
+"""Parts that start ``ortmodels serve`` (rerank and sizes measure a server besides their in-process rows)."""
+CLI_CODE = ("ortmodels/cli", "ortmodels/__main__.py")
+CLI_PARTS = ("startup", *SERVER_PARTS)
+"""Parts that run the ``ortmodels`` command: ``ortmodels chat`` (startup), ``ortmodels serve`` (the rest)."""
 
 
 def measured_paths(part: str) -> tuple[str, ...]:
     """The paths (git pathspecs) whose changes make ``part``'s result file older than the code."""
-    ortmodels = ("ortmodels",) if part in RAY_PARTS else ("ortmodels", f":(exclude){RAY_CODE}")
-    return (*ortmodels, *MEASURED_CODE.get(part, ()))
+    left_out = [*(() if part in RAY_PARTS else (RAY_CODE,)),
+                *(() if part in SERVER_PARTS else (SERVER_CODE,)),
+                *(() if part in CLI_PARTS else CLI_CODE)]
+    return ("ortmodels", *(f":(exclude){path}" for path in left_out), *MEASURED_CODE.get(part, ()))
 
 
 def git(*args: str, root: Path = ROOT) -> str | None:

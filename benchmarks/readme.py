@@ -484,8 +484,10 @@ def provenance_lines(origins: Mapping[str, Origin], reference: Commit | None) ->
     return [(f"Each result file's run, against the code as of commit {reference.short} ({reference.date} UTC), "
              "when this section was rendered. A file is older than the code when `ortmodels/` or its own "
              "benchmark changed after the commit it records (for a file that records none, after the commit "
-             "that last wrote it); `ortmodels/serve/ray/` counts only for the Ray benchmarks, whose processes "
-             "alone import it:"), "",
+             "that last wrote it). The front ends count only where a benchmark runs them: `ortmodels/cli/` for "
+             "those that run the `ortmodels` command (startup, and those that start `ortmodels serve`), "
+             "`ortmodels/serve/` for those that start the server (server, rerank, sizes, Ray), "
+             "`ortmodels/serve/ray/` for the Ray benchmarks alone; the library imports none of them:"), "",
             *_table(["result file", "run (UTC)", "commit", f"against {reference.short}"], rows), "", summary]
 
 

@@ -183,6 +183,27 @@ def test_a_change_to_the_ray_deployments_makes_only_the_ray_results_older(repo: 
     assert judge("ray_prefix", data["ray_prefix"], engine, repo).changes_since == 2
 
 
+def test_a_change_to_a_front_end_makes_only_the_results_that_run_it_older(repo: Path) -> None:
+    """The library imports neither `ortmodels/serve/` nor `ortmodels/cli/`: the in-process
+    benchmarks (quality) stay current; the server's (server) and the command's (startup) do not."""
+    for folder in ("serve", "cli"):
+        (repo / "ortmodels" / folder).mkdir(parents=True, exist_ok=True)
+        (repo / "ortmodels" / folder / "app.py").write_text("ROUTES = 1\n")
+    ran = _commit(repo, "front ends")
+    data = {part: _quality(commit=ran, dirty=False) for part in ("quality", "server", "startup")}
+    _touch(repo, "ortmodels/serve/app.py")
+    served = _commit(repo, "a route")
+    assert judge("quality", data["quality"], served, repo).current
+    assert judge("startup", data["startup"], served, repo).current
+    origin = judge("server", data["server"], served, repo)
+    assert origin.older and origin.code_changed_in is not None and origin.code_changed_in.sha == served
+    _touch(repo, "ortmodels/cli/app.py")
+    command = _commit(repo, "a command")
+    assert judge("quality", data["quality"], command, repo).current
+    assert judge("startup", data["startup"], command, repo).code_changed_in.sha == command  # type: ignore[union-attr]
+    assert judge("server", data["server"], command, repo).changes_since == 2
+
+
 def test_the_judgement_against_an_older_reference_never_changes(repo: Path) -> None:
     """What makes the README test stable: the marks as of commit X stay the marks as of X."""
     ran = _git(repo, "rev-parse", "HEAD")
