@@ -199,3 +199,61 @@ def test_llama3_format_reads_its_json_call() -> None:
     assert fmt.parse("Just text.", [WEATHER]) == ("Just text.", [])
     assert fmt.plan([WEATHER], "auto", False).grammar is None
     assert "parameters" in json.dumps(fmt.plan([WEATHER], "required", False).grammar.source)
+
+
+SHIP = {"type": "function", "function": {"name": "ship", "parameters": {
+    "type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}, "gift": {"$ref": "#/definitions/Flag"}},
+    "required": ["to", "gift"],
+    "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+    "definitions": {"Flag": {"type": "boolean"}}}}}
+TREE = {"type": "function", "function": {"name": "tree", "parameters": {  # "#": the parameters themselves
+    "type": "object", "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#"}},
+                                     "same": {"$ref": "#/properties/v"}}, "required": ["v", "kids", "same"]}}}
+
+
+@pytest.mark.parametrize(("fmt", "call", "cut", "starts"), [
+    ("generic", '{"tool_call": {"name": "ship", "arguments": {"to": {"city": "Oslo"}, "gift": true}}}',
+     '"to": ', ("{",)),
+    ("generic", '{"tool_call": {"name": "tree", "arguments": {"v": 1, "kids": [{"v": 2, "kids": [], "same": 2}], '
+                '"same": 1}}}', '"kids": [', ("{", "]")),
+    ("llama3", '{"name": "ship", "parameters": {"to": {"city": "Oslo"}, "gift": false}}', '"gift": ', ("t", "f")),
+    ("hermes", '<tool_call>{"name": "ship", "arguments": {"to": {"city": "Oslo"}, "gift": true}}</tool_call>',
+     '"to": ', ("{",)),
+])
+def test_parameters_with_references_constrain_a_call(compiler: GrammarCompiler, tokenizer: Tokenizer, fmt: str,
+                                                     call: str, cut: str, starts: tuple[str, ...]) -> None:
+    """``$ref`` in a tool's parameters points from their root (``#/$defs/...``, ``#``), as OpenAI's
+    and MCP's tool schemas write them; nested in the call's schema, they still resolve."""
+    tools = [WEATHER, SHIP, TREE]
+    processor = compiler.processor(FORMATS[fmt].plan(tools, "required", False).grammar)
+    _feed(processor, tokenizer, call)
+    assert processor.complete
+    partial = compiler.processor(FORMATS[fmt].plan(tools, "required", False).grammar)
+    _feed(partial, tokenizer, call[:call.index(cut) + len(cut)])
+    allowed = {tokenizer.decode([int(t)]).strip() for t in _allowed(partial)} - {""}
+    assert allowed and all(piece.startswith(starts) for piece in allowed), sorted(allowed)[:20]
+    assert "$defs" not in SHIP["function"]["parameters"]["properties"]["to"]  # the caller's tools untouched
+    assert set(SHIP["function"]["parameters"]) == {"type", "properties", "required", "$defs", "definitions"}
+
+
+@pytest.mark.parametrize("grammar", [
+    Grammar("regex", r"x<\|im_start\|>y"),
+    Grammar("json_schema", {"enum": ["x<|im_end|>"]}),
+    Grammar("lark", 'start: "x<|im_start|>y"'),
+])
+def test_a_control_tokens_text_in_a_grammar_is_written_as_text(compiler: GrammarCompiler, tokenizer: Tokenizer,
+                                                               grammar: Grammar) -> None:
+    """A literal that spells a control token is text (``<|im_start|>`` here is ids 44, 108, ...),
+    never the token: llguidance tokenizes forced text with the tokenizer's own encode, which
+    would turn it into the control token and end or derail the answer."""
+    processor = compiler.processor(grammar)
+    _feed(processor, tokenizer, '"x' if grammar.kind == "json_schema" else "x")
+    allowed = set(_allowed(processor).tolist())
+    assert allowed and not allowed & {0, 1, 2}, sorted(allowed)[:10]
+    _feed(processor, tokenizer, "<|")
+    assert not set(_allowed(processor).tolist()) & {0, 1, 2}
+
+
+def test_a_special_token_a_lark_grammar_names_is_still_that_token(compiler: GrammarCompiler) -> None:
+    processor = compiler.processor(Grammar("lark", "start: <|im_end|>"))
+    assert _allowed(processor).tolist() == [2]

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -104,10 +105,14 @@ def _llguidance() -> Any:
 class GrammarCompiler:
     """Compiles grammars for one tokenizer and vocabulary; thread-safe, built on first use."""
 
-    def __init__(self, tokenizer_path: Path, vocab_size: int, eos_token_ids: list[int]) -> None:
+    def __init__(self, tokenizer_path: Path, vocab_size: int, eos_token_ids: list[int],
+                 encode_text: Callable[[str], list[int]] | None = None) -> None:
         self.tokenizer_path = tokenizer_path
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
+        self._encode_text = encode_text
+        """Text to token ids with a special token's text as text (`PromptTokenizer.encode_text`);
+        by default a copy of the tokenizer read with ``encode_special_tokens``."""
         self._tokenizer: Any = None
         self._lock = threading.Lock()
 
@@ -129,10 +134,21 @@ class GrammarCompiler:
                 json.dump(repaired, handle)
             path = temporary = handle.name
         try:
-            return llg.LLTokenizer(path, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None)
+            read = llg.LLTokenizer(path, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None)
         finally:
             if temporary is not None:
                 os.unlink(temporary)
+        return llg.LLTokenizer(_TextTokenizer(read, self._text_encoder(), self.eos_token_ids),
+                               n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None)
+
+    def _text_encoder(self) -> Callable[[str], list[int]]:
+        if self._encode_text is not None:
+            return self._encode_text
+        from tokenizers import Tokenizer
+
+        plain = Tokenizer.from_file(str(self.tokenizer_path))
+        plain.encode_special_tokens = True
+        return lambda text: plain.encode(text, add_special_tokens=False).ids
 
     def matcher(self, grammar: Grammar) -> Any:
         """A fresh matcher for ``grammar``, or a `GrammarError` naming what the compiler refused."""
@@ -164,6 +180,31 @@ class GrammarCompiler:
     def processor(self, grammar: Grammar, trigger_token: int | None = None) -> GrammarProcessor:
         """The per-request logits processor; with ``trigger_token`` the grammar starts after it."""
         return GrammarProcessor(self, grammar, trigger_token)
+
+
+class _TextTokenizer:
+    """llguidance's tokenizer as a `TokenizerWrapper`: the same tokens (their bytes, which are
+    special), but text tokenized with a special token's text as text.
+
+    llguidance tokenizes the text a grammar forces (a literal, an enum value, a tool's name) to
+    choose its tokens; read from ``tokenizer.json`` it would use the tokenizer's own encode, which
+    turns ``<|im_end|>`` in that text into the control token, so ``{"enum": ["<|im_end|>"]}``
+    forced the end of the answer. A special token stays reachable where a grammar names it as one
+    (Lark's ``<tool_call>``)."""
+
+    def __init__(self, read: Any, encode_text: Callable[[str], list[int]], eos_token_ids: list[int]) -> None:
+        size = read.vocab_size
+        self.tokens = [read.decode_bytes([token]) for token in range(size)]
+        self.special_token_ids = [token for token in range(size) if read.is_special_token(token)]
+        self.eos_token_id = eos_token_ids[0] if eos_token_ids else read.eos_token
+        self.bos_token_id = None
+        self.is_tokenizer_wrapper = True
+        self._encode_text = encode_text
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._encode_text(text)
 
 
 class GrammarProcessor:

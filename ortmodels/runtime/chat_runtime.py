@@ -23,6 +23,7 @@ from ..config import Settings, load_settings
 from ..engine import DecoderSession, Engine, EngineGauges
 from ..engine.constraints import GrammarCompiler
 from ..engine.prompt_cache import CacheIdentity
+from ..engine.prompt_tokens import PromptTokenizer
 from ..engine.session import output_width
 from ..engine.tokenizer import check_vocabulary
 from ..errors import ChatTemplateError, ModelNotLoadedError, OrtModelsError
@@ -119,9 +120,10 @@ class ChatRuntime(ChoosesVariant, Managed):
             prompt_cache_bytes=settings.model_prompt_cache, context_length=spec.context_length,
             speculative=settings.speculates(opened.variant),
         )
+        prompt_tokens = PromptTokenizer(tokenizer)
         grammars = GrammarCompiler(opened.folder / "tokenizer.json",
                                    output_width(opened.session, "logits") or top_id + 1,
-                                   spec.eos_token_ids)
+                                   spec.eos_token_ids, encode_text=prompt_tokens.encode_text)
         if settings.model_prompt_cache_dir is not None and decoder.past_names:
             kv_heads, head, kv_dtype = decoder.kv_dims
             self._saved_cache = (settings.model_prompt_cache_dir, CacheIdentity(
@@ -129,7 +131,7 @@ class ChatRuntime(ChoosesVariant, Managed):
                 len(decoder.past_names), kv_heads, head))
             engine.prompt_cache.restore(*self._saved_cache)  # before the service is kept: never raises
         self._service = ChatService(engine, tokenizer, template, spec, opened.variant, opened.device, grammars,
-                                    token_chars)
+                                    token_chars, prompt_tokens)
         logger.info("Loaded chat model %s (%s on %s, %s KV cache: %d bytes per token%s)", opened.info.name,
                     opened.variant, opened.device, opened.kv_dtype, engine.kv_bytes_per_token,
                     f" + {engine.kv_window_bytes} per sequence in sliding-window layers" if engine.kv_window_bytes

@@ -101,11 +101,11 @@ class ChatService:
 
     def __init__(self, engine: Engine, tokenizer: Any, template: ChatTemplate | ModelFileError,
                  spec: ChatSpec, variant: str, device: str, grammars: GrammarCompiler,
-                 token_chars: int | None = None) -> None:
+                 token_chars: int | None = None, prompt_tokens: PromptTokenizer | None = None) -> None:
         self.engine, self.tokenizer, self._template = engine, tokenizer, template
         self.spec, self.variant, self.device = spec, variant, device
         self.grammars = grammars
-        self.prompt_tokens = PromptTokenizer(tokenizer)
+        self.prompt_tokens = prompt_tokens or PromptTokenizer(tokenizer)
         """Chat prompts (only the template makes control tokens), text, and raw prompts as ids."""
         source = template.source if isinstance(template, ChatTemplate) else ""
         self.tool_format = FORMATS[spec.tool_format or detect_format(source)]

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..constraints import Grammar
+from ..constraints import MAX_SCHEMA_DEPTH, Grammar
 
 Choice = Literal["auto", "required", "none"] | str
 """``auto``, ``required`` (any tool), ``none``, or one tool's name."""
@@ -51,13 +51,56 @@ def call_schema(tools: list[dict[str, Any]], choice: Choice, *, name_key: str = 
                 args_key: str = "arguments") -> dict[str, Any]:
     """JSON schema of one call: the name of a bound tool (or the forced one) with its arguments."""
     chosen = [t for t in tools if choice in ("auto", "required") or function(t)["name"] == choice]
+    hoisted: dict[str, Any] = {}
     options = [{
         "type": "object",
-        "properties": {name_key: {"const": function(t)["name"]}, args_key: parameters(t)},
+        "properties": {name_key: {"const": function(t)["name"]}, args_key: _rooted(parameters(t), f"tool{i}", hoisted)},
         "required": [name_key, args_key],
         "additionalProperties": False,
-    } for t in chosen]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    } for i, t in enumerate(chosen)]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": hoisted} if hoisted else schema
+
+
+def _rooted(schema: dict[str, Any], key: str, hoisted: dict[str, Any]) -> dict[str, Any]:
+    """A tool's parameters as they can sit inside the call's schema: a ``$ref`` in them points
+    from *their* root (``#/$defs/Address``, ``#`` for a recursive one), which is no longer the
+    root once they are nested. Parameters with references move to the call's ``$defs`` under
+    ``key``, their own definitions beside them as ``key.Name``, each reference rewritten to
+    match; parameters without any stay where they are, unchanged."""
+    if not _has_ref(schema, 0):
+        return schema
+    own = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
+    for folder in ("$defs", "definitions"):
+        for name, definition in (schema.get(folder) or {}).items():
+            hoisted[f"{key}.{name}"] = _moved_refs(definition, key, 0)
+    hoisted[key] = _moved_refs(own, key, 0)
+    return {"$ref": f"#/$defs/{key}"}
+
+
+def _has_ref(value: Any, depth: int) -> bool:
+    if depth > MAX_SCHEMA_DEPTH:  # the grammar refuses deeper schemas itself
+        return False
+    if isinstance(value, dict):
+        return "$ref" in value or any(_has_ref(v, depth + 1) for v in value.values())
+    return isinstance(value, list) and any(_has_ref(v, depth + 1) for v in value)
+
+
+def _moved_refs(value: Any, key: str, depth: int) -> Any:
+    """``value`` with each local ``$ref`` pointing where `_rooted` moved its target."""
+    if depth > MAX_SCHEMA_DEPTH or not isinstance(value, (dict, list)):
+        return value
+    if isinstance(value, list):
+        return [_moved_refs(v, key, depth + 1) for v in value]
+    moved = {k: _moved_refs(v, key, depth + 1) for k, v in value.items()}
+    ref = value.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        parts = ref[1:].split("/")  # "" first for "#/..."
+        if len(parts) >= 3 and parts[0] == "" and parts[1] in ("$defs", "definitions"):
+            moved["$ref"] = "/".join(["#", "$defs", f"{key}.{parts[2]}", *parts[3:]])
+        else:  # the parameters' root ("#") or a path inside it ("#/properties/x")
+            moved["$ref"] = f"#/$defs/{key}{ref[1:]}"
+    return moved
 
 
 def parse_json(text: str) -> Any:

@@ -72,6 +72,7 @@ class GenericFormat(ToolFormat):
     def plan(self, tools: list[dict[str, Any]], choice: Choice, parallel: bool,
              special: frozenset[str] = frozenset()) -> CallPlan:
         one = call_schema(tools, choice)
+        defs = one.pop("$defs", None)  # the parameters' definitions: at the root of what `one` is nested in
         if parallel:
             calls: dict[str, Any] = {"type": "object", "properties": {"tool_calls": {
                 "type": "array", "items": one, "minItems": 1}}, "required": ["tool_calls"],
@@ -82,8 +83,8 @@ class GenericFormat(ToolFormat):
         if choice == "auto":
             response = {"type": "object", "properties": {"response": {"type": "string"}},
                         "required": ["response"], "additionalProperties": False}
-            return CallPlan(Grammar("json_schema", {"anyOf": [calls, response]}))
-        return CallPlan(Grammar("json_schema", calls))
+            calls = {"anyOf": [calls, response]}
+        return CallPlan(Grammar("json_schema", {**calls, "$defs": defs} if defs else calls))
 
     def parse(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
         value = parse_json(text)
