@@ -184,6 +184,16 @@ def test_unknown_option_is_refused(fp32: OnnxChatModel) -> None:
         fp32.invoke("hi", beam_width=4)
 
 
+def test_a_misspelt_option_at_construction_is_refused(chat_dir: Path) -> None:
+    """As a call's own: left at its default, ``max_token=3`` would give 512 tokens silently."""
+    with pytest.raises(ValueError, match=r"Unknown options for OnnxChatModel: max_token, temprature\. Options: .*"
+                                         r"max_tokens, .*temperature"):
+        OnnxChatModel(model_path=chat_dir, dtype="int4", max_token=3, temprature=1.9)
+    # LangChain's standard client parameters mean nothing locally: taken, unused
+    chat = OnnxChatModel(model_path=chat_dir, dtype="int4", max_tokens=3, timeout=60, max_retries=2)
+    assert chat.max_tokens == 3 and "timeout" not in chat.model_dump()
+
+
 async def test_async_and_batch(fp32: OnnxChatModel) -> None:
     reply = await fp32.ainvoke(QUESTION)
     chunks = [c async for c in fp32.astream(QUESTION)]

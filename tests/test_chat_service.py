@@ -37,6 +37,16 @@ def test_every_option_has_its_description_and_unknown_ones_are_refused() -> None
         ChatOptions.checked(beam_width=4)
 
 
+@pytest.mark.parametrize("given", [{"max_tokens": True}, {"max_tokens": "5"}, {"top_k": 2.0}, {"logprobs": "yes"},
+                                   {"parallel_tool_calls": "yes"}, {"temperature": "0.5"}, {"truncate_prompt": 1}])
+def test_an_option_of_the_wrong_type_is_refused_not_converted(given: dict[str, Any]) -> None:
+    """``max_tokens=True`` is not 1, nor ``"5"`` 5: as the server's JSON body, a call's options keep their types."""
+    name = next(iter(given))
+    with pytest.raises(ChatInputError, match=f"Bad generation option {name}="):
+        ChatOptions.checked(**given)
+    assert ChatOptions.checked(temperature=1, max_tokens=5).temperature == 1.0  # an int is a number
+
+
 @pytest.mark.parametrize("request_class", [ChatCompletionRequest, CompletionRequest])
 def test_the_protocol_takes_the_options_as_they_are(request_class: type) -> None:
     """The server adds OpenAI's spellings, never its own bounds: each option is the options model's field."""
@@ -93,6 +103,29 @@ def test_the_service_streams_typed_events_the_adapter_turns_into_the_same_answer
     assert reply.content == "".join(d.text for d in deltas)
     again = list(service.stream(service.prepare(QUESTION, options)))[-1]
     assert isinstance(again, Finished) and again.usage.cached_tokens > 0  # the prompt cache, as usage says
+
+
+@pytest.mark.parametrize("choice", ["any", "required", True])
+def test_a_required_call_without_tools_is_refused(choice: object) -> None:
+    """As OpenAI's API refuses it: the answer would otherwise be free text, with no error."""
+    from ortmodels.runtime.output_plan import normalize_tool_choice
+
+    with pytest.raises(StructuredOutputError, match="no tools are bound") as refused:
+        normalize_tool_choice(choice, [])
+    assert refused.value.param == "tool_choice"
+    assert normalize_tool_choice(choice, [WEATHER]) == "required"
+    assert normalize_tool_choice("auto", []) == "auto" and normalize_tool_choice(None, []) == "none"
+
+
+@pytest.mark.parametrize("spec", [None, {}, {"name": "city", "strict": True}])
+def test_a_json_schema_format_without_a_schema_is_refused(spec: Any) -> None:
+    """Read as an empty schema it would allow any JSON (``null``): refused, naming the shape wanted."""
+    from ortmodels.runtime.output_plan import grammar_of
+
+    given = {"type": "json_schema", **({} if spec is None else {"json_schema": spec})}
+    with pytest.raises(ChatInputError, match="needs {'json_schema': {'schema'"):
+        grammar_of(given)
+    assert grammar_of({"type": "json_schema", "json_schema": {"type": "object"}}) is not None  # a bare schema
 
 
 @pytest.mark.slow

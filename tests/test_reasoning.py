@@ -28,6 +28,7 @@ from ortmodels.engine.reasoning import (
     opens_reasoning,
 )
 from ortmodels.engine.sampling import BannedTokens
+from ortmodels.errors import ChatInputError
 from tests.tiny_decoders import CHAT_TEMPLATE, QWEN3_TEMPLATE
 
 if TYPE_CHECKING:  # the server tests import their clients when they run
@@ -331,6 +332,22 @@ def test_langchain_carries_the_reasoning_in_additional_kwargs(chat: object) -> N
     raw = thinker.with_structured_output(City, include_raw=True).invoke("What is the capital of France?")
     assert raw["parsing_error"] is None and isinstance(raw["parsed"], City)
     assert raw["raw"].additional_kwargs["reasoning_content"]
+
+
+def test_an_earlier_turns_reasoning_blocks_are_left_out_of_the_prompt(chat: object) -> None:
+    """A transcript with reasoning blocks (LangChain's ``output_version="v1"``, Anthropic's
+    ``thinking``) continues; the reasoning is not shown again, as with ``reasoning_content``."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    def history(answer: AIMessage) -> list:
+        return [HumanMessage("What is 2 + 2?"), answer, HumanMessage("And 3 + 3?")]
+
+    plain = chat.prompt_token_ids(history(AIMessage("4")))  # type: ignore[attr-defined]
+    for blocks in ([{"type": "reasoning", "reasoning": "Two and two."}, {"type": "text", "text": "4"}],
+                   [{"type": "thinking", "thinking": "Two and two.", "signature": ""}, {"type": "text", "text": "4"}]):
+        assert chat.prompt_token_ids(history(AIMessage(content=blocks))) == plain  # type: ignore[attr-defined]
+    with pytest.raises(ChatInputError, match="reasoning content"):  # a user's turn has no reasoning to leave out
+        chat.prompt_token_ids([HumanMessage(content=[{"type": "reasoning", "reasoning": "x"}])])  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

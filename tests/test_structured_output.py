@@ -221,6 +221,29 @@ def test_json_mode_and_regex_formats(chat: OnnxChatModel) -> None:
     assert answer.content in ("yes", "no")
 
 
+def test_schemas_langchain_needs_more_of_are_read_too(chat: OnnxChatModel) -> None:
+    """json_mode without a schema (any JSON object, as ChatOpenAI), a JSON schema dict without a
+    ``title``, and a pydantic answer whose call does not validate, reported as the other parsers do."""
+    from pydantic import field_validator
+
+    assert isinstance(chat.with_structured_output(method="json_mode").invoke(
+        "Give me a JSON object with a key 'city' set to Paris."), dict)
+    untitled = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}
+    for method in ("json_schema", "function_calling"):
+        assert set(chat.with_structured_output(untitled, method=method).invoke("Capital of France?")) == {"city"}
+
+    class Odd(BaseModel):
+        n: int
+
+        @field_validator("n")
+        @classmethod
+        def odd(cls, value: int) -> int:
+            raise ValueError("never valid")  # the grammar holds the type; only pydantic can refuse
+
+    with pytest.raises(OutputParserException, match="not a valid Odd"):
+        chat.with_structured_output(Odd, method="function_calling").invoke("Give a number.")
+
+
 def test_the_manager_model_binds_tools_too() -> None:
     model = ModelManager().get_chat_model(f"{CHAT_SAMPLE}:int4")
     reply = model.bind_tools(TOOLS, tool_choice="any").invoke("What is the weather in Oslo?")

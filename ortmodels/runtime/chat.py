@@ -21,6 +21,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import (
+    BaseChatModel,
     agenerate_from_stream,
     generate_from_stream,
 )
@@ -37,6 +38,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from ..base import BaseLLMModel
 from ..config import Settings, load_settings
 from ..engine import EngineGauges
+from ..errors import ChatInputError
 from ..lifecycle import LifeCycle
 from ..store.names import validate_model_name
 from .chat_runtime import ChatRuntime, merge_options, over_defaults
@@ -54,6 +56,10 @@ from .structured import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["ChatRuntime", "ChatService", "OnnxChatModel", "find_chat_template"]
+
+#: LangChain's standard parameters for a chat model's client (`langchain-tests` passes them):
+#: accepted and unused, since nothing here goes over a network.
+CLIENT_PARAMETERS = ("timeout", "max_retries", "api_key")
 
 
 class OnnxChatModel(BaseLLMModel, ModelOptions):
@@ -81,7 +87,11 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     ``enable_thinking`` and ``reasoning_budget`` switch and bound it.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
+
+    streaming: bool = False
+    """LangChain's switch (as ``ChatOpenAI(streaming=True)``), which LangChain reads to stream
+    under ``invoke``; either way callbacks get each token as it comes (``invoke`` streams here)."""
 
     settings: Settings | None = Field(default=None, exclude=True, repr=False)
     """Settings for threads and file checks (``None``: read the environment at load); the
@@ -110,6 +120,23 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
         model._runtime, model._life = runtime, runtime.life_cycle
         runtime.defaults = runtime.front = model
         return model
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keywords(cls, data: Any) -> Any:
+        """A misspelt option (``max_token=3``) is refused, as a call's own is, not left at its
+        default; LangChain's standard client parameters (``timeout``, ``max_retries``,
+        ``api_key``), which a model with no network has no use for, are taken and dropped."""
+        if not isinstance(data, dict):
+            return data
+        known = {*cls.model_fields, *(f.alias for f in cls.model_fields.values() if f.alias)}
+        unknown = [str(key) for key in data if key not in known and key not in CLIENT_PARAMETERS]
+        if unknown:  # the options named are this class's own, not LangChain's (callbacks, tags, ...)
+            options = sorted(field.alias or name for name, field in cls.model_fields.items()
+                             if name not in BaseChatModel.model_fields)
+            raise ChatInputError(f"Unknown option{'s' if len(unknown) > 1 else ''} for {cls.__name__}: "
+                                 f"{', '.join(unknown)}. Options: {', '.join(options)}.")
+        return {key: value for key, value in data.items() if key not in CLIENT_PARAMETERS}
 
     @model_validator(mode="after")
     def _resolve_folder(self) -> OnnxChatModel:

@@ -29,6 +29,9 @@ _ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
 )
 #: Content blocks of an assistant turn that stand for its tool calls (given again in ``tool_calls``).
 _TOOL_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "function_call"})
+#: An assistant turn's reasoning (LangChain's standard block, Anthropic's): left out of the prompt,
+#: as reasoning templates (Qwen3's) leave out earlier turns' reasoning and the server its ``reasoning_content``.
+_REASONING_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})
 
 
 def to_template_messages(messages: list[BaseMessage], tool_format: ToolFormat | None = None) -> list[dict[str, Any]]:
@@ -54,7 +57,8 @@ def to_service_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
                 f"templates know {', '.join(sorted(TEMPLATE_ROLES))}."
             )
         if isinstance(message.content, list):
-            readable = _TOOL_BLOCKS if isinstance(message, AIMessage) else frozenset()  # calls come from .tool_calls
+            # calls come from .tool_calls; reasoning is not shown again
+            readable = _TOOL_BLOCKS | _REASONING_BLOCKS if isinstance(message, AIMessage) else frozenset()
             kinds = {b.get("type") for b in message.content if isinstance(b, dict)} - {"text"} - readable
             if kinds:
                 raise ChatInputError(

@@ -59,7 +59,7 @@ MAX_TOKENS_BOUND = 1 << 24
 MAX_BREAKERS = 32
 
 
-MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND)]
+MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_BOUND, strict=True)]
 """A token count to generate (OpenAI spells it ``max_tokens`` and ``max_completion_tokens``)."""
 
 
@@ -75,27 +75,29 @@ class SamplingOptions(BaseModel):
         ))
 
     temperature: float | None = Field(
-        default=None, ge=0.0, le=2.0, allow_inf_nan=False, description=(
+        default=None, strict=True, ge=0.0, le=2.0, allow_inf_nan=False, description=(
             '0 is greedy; default from ``generation_config.json`` (greedy unless it samples). At most 2, as '
             'OpenAI bounds it: above that an answer is noise.'
         ))
 
     top_p: float | None = Field(
-        default=None, gt=0.0, le=1.0, allow_inf_nan=False, description=(
+        default=None, strict=True, gt=0.0, le=1.0, allow_inf_nan=False, description=(
             'Nucleus sampling: keep the smallest set of tokens whose probability reaches this.'
         ))
 
-    top_k: int | None = Field(default=None, ge=0, description='Sample among the k likeliest tokens only (0: no limit).')
+    top_k: int | None = Field(default=None, strict=True, ge=0,
+                              description='Sample among the k likeliest tokens only (0: no limit).')
 
     repetition_penalty: float | None = Field(
-        default=None, gt=0.0, allow_inf_nan=False, description=(
+        default=None, strict=True, gt=0.0, allow_inf_nan=False, description=(
             'Above 1 discourages repeating tokens already in the prompt or answer.'
         ))
 
-    seed: int | None = Field(default=None, ge=0, lt=1 << 64, description='Seed for sampling, for repeatable answers.')
+    seed: int | None = Field(default=None, strict=True, ge=0, lt=1 << 64,
+                             description='Seed for sampling, for repeatable answers.')
 
     dry_multiplier: float | None = Field(
-        default=None, ge=0.0, allow_inf_nan=False, description=(
+        default=None, strict=True, ge=0.0, allow_inf_nan=False, description=(
             'DRY ("don\'t repeat yourself", llama.cpp\'s sampler): a token that would extend a repeat of '
             'earlier text loses ``dry_multiplier * dry_base ** (length - dry_allowed_length)`` from its '
             'logit. 0 (the default) is off, also for structured output (benchmarks/bench_dry.py: it ends most '
@@ -103,18 +105,18 @@ class SamplingOptions(BaseModel):
         ))
 
     dry_base: float | None = Field(
-        default=None, ge=1.0, allow_inf_nan=False, description=(
+        default=None, strict=True, ge=1.0, allow_inf_nan=False, description=(
             "How fast DRY's penalty grows with the repeat's length (default 1.75)."
         ))
 
     dry_allowed_length: int | None = Field(
-        default=None, ge=0, le=MAX_TOKENS_BOUND, description=(
+        default=None, strict=True, ge=0, le=MAX_TOKENS_BOUND, description=(
             'A repeat may grow to this many tokens before DRY penalizes the token that would extend it '
             '(default 2).'
         ))
 
     dry_penalty_last_n: int | None = Field(
-        default=None, ge=-1, le=MAX_TOKENS_BOUND, description=(
+        default=None, strict=True, ge=-1, le=MAX_TOKENS_BOUND, description=(
             'How many of the last tokens (prompt included) DRY searches for repeats: -1 (the default) the '
             'whole context, 0 off.'
         ))
@@ -158,7 +160,7 @@ class LogprobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    logprobs: bool | None = Field(default=None, description="Give each generated token's log-probability.")
+    logprobs: bool | None = Field(default=None, strict=True, description="Give each generated token's log-probability.")
 
     top_logprobs: int | None = Field(
         default=None, ge=0, le=20, strict=True, description=(
@@ -189,14 +191,14 @@ class ReasoningOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enable_thinking: bool | None = Field(
-        default=None, description=(
+        default=None, strict=True, description=(
             "The chat template's ``enable_thinking`` (Qwen3's switch; the server also takes it in "
             "``chat_template_kwargs``): False asks the model not to reason, True to reason; default: the "
             "template's own (Qwen3 reasons). With it False, a block the prompt still opens is closed at once."
         ))
 
     reasoning_budget: int | None = Field(
-        default=None, ge=-1, le=MAX_TOKENS_BOUND, description=(
+        default=None, strict=True, ge=-1, le=MAX_TOKENS_BOUND, description=(
             "Most reasoning tokens before the closing ``</think>`` is forced and the answer follows, as "
             "llama-server's ``--reasoning-budget``: -1 (the default) no limit, 0 no reasoning at all. "
             "``max_tokens`` counts reasoning and answer together."
@@ -246,7 +248,7 @@ class PromptOptions(BaseModel):
     field of every server route's body (the overflow's error names it)."""
 
     truncate_prompt: bool = Field(
-        default=False, description=(
+        default=False, strict=True, description=(
             'Drop the oldest prompt tokens when prompt + max_tokens exceed the context, instead of failing.'
         ))
 
@@ -269,7 +271,8 @@ class ChatOptions(ModelOptions, LogprobOptions):
             'uses).'
         ))
 
-    parallel_tool_calls: bool | None = Field(default=None, description='Let one answer call several tools.')
+    parallel_tool_calls: bool | None = Field(default=None, strict=True,
+                                             description='Let one answer call several tools.')
 
     response_format: dict[str, Any] | None = Field(
         default=None, description=(

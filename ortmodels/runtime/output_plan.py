@@ -32,9 +32,12 @@ def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:
     if choice is None:
         return "auto" if tools else "none"
     if choice is True or choice == "any":
-        return "required"
+        choice = "required"
     if isinstance(choice, dict):
         choice = (choice.get("function") or {}).get("name") or choice.get("name")
+    if choice == "required" and not tools:  # a call is required, of no tool: refused as OpenAI's API does
+        raise StructuredOutputError("tool_choice requires a tool call, but no tools are bound: give tools "
+                                    "(bind_tools, or tools=[...]) or leave tool_choice out.", "tool_choice")
     if choice in ("auto", "required", "none"):
         return choice
     if isinstance(choice, str) and choice in names:
@@ -114,8 +117,10 @@ def grammar_of(response_format: Any) -> Grammar | None:
     if kind == "json_object":
         return Grammar("json_object")
     if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema", spec) if isinstance(spec, dict) else None
+        spec = response_format.get("json_schema")
+        # the schema in ``schema`` (OpenAI's), or the dict itself; OpenAI's wrapper without a schema holds none
+        bare = isinstance(spec, dict) and "schema" not in spec and set(spec) <= {"name", "description", "strict"}
+        schema = spec.get("schema", spec) if isinstance(spec, dict) and not bare else None
         if not isinstance(schema, dict):
             raise ChatInputError("response_format json_schema needs {'json_schema': {'schema': {...}}}.")
         strict = spec.get("strict") is not False  # closed objects unless strict=False is asked for

@@ -9,7 +9,7 @@ was cut.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -72,27 +72,65 @@ def _check_whole(message: BaseMessage) -> BaseMessage:
     return message
 
 
+def _titled(schema: Any) -> Any:
+    """A JSON schema dict without the ``title`` LangChain names the answer or its tool by, named
+    ``output`` (LangChain refuses it untitled); anything else as it is."""
+    if isinstance(schema, dict) and not {"title", "name", "function"} & set(schema):
+        return {"title": "output", **schema}
+    return schema
+
+
+def _converted(convert: Callable[[Any], dict[str, Any]], schema: Any) -> dict[str, Any]:
+    """LangChain's conversion of a schema; what it cannot convert is a `ChatInputError` naming the fix."""
+    try:
+        return convert(schema)
+    except (ValueError, TypeError) as exc:
+        raise ChatInputError(f"with_structured_output cannot read the schema ({exc}); give a pydantic class, a "
+                             "TypedDict or a JSON schema dict.") from None
+
+
+def _validated_call(schema: type) -> Runnable:
+    """The call's arguments as ``schema``; arguments that do not validate are an
+    `OutputParserException`, as the other methods' parsers give (`PydanticToolsParser` lets
+    pydantic's own error through)."""
+    from langchain_core.exceptions import OutputParserException
+    from pydantic import ValidationError
+
+    tools_parser = PydanticToolsParser(tools=[schema], first_tool_only=True)
+
+    def parse(message: BaseMessage) -> Any:
+        try:
+            return tools_parser.invoke(message)
+        except ValidationError as exc:
+            raise OutputParserException(f"The call's arguments are not a valid {schema.__name__}: {exc}",
+                                        llm_output=message.text) from exc
+
+    return RunnableLambda(parse)
+
+
 def structured_output(model: Any, schema: Any, method: str, include_raw: bool, strict: bool | None,
                       kwargs: dict[str, Any]) -> Runnable:
     """``with_structured_output`` for an ortmodels chat model (``json_schema`` by default)."""
     if kwargs:
         raise ChatInputError(f"with_structured_output got unknown arguments: {', '.join(kwargs)}.")
-    if schema is None:
-        raise ChatInputError("with_structured_output needs a schema: a pydantic class, TypedDict or JSON schema dict.")
+    if schema is None and method != "json_mode":  # json_mode: any JSON object, as ChatOpenAI's
+        raise ChatInputError("with_structured_output needs a schema: a pydantic class, TypedDict or JSON schema "
+                             "dict (or method='json_mode' for any JSON object).")
     is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+    schema = _titled(schema)
     if method == "function_calling":
-        tool = convert_to_openai_tool(schema)
+        tool = _converted(convert_to_openai_tool, schema)
         name = tool["function"]["name"]
         llm = model.bind_tools([schema], tool_choice=name, ls_structured_output_format={
             "kwargs": {"method": method, "strict": strict}, "schema": tool})
-        parser: Runnable = (PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic
+        parser: Runnable = (_validated_call(schema) if is_pydantic
                             else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
     elif method == "json_mode":
         llm = model.bind(response_format={"type": "json_object"}, ls_structured_output_format={
             "kwargs": {"method": method}, "schema": schema})
         parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
     elif method == "json_schema":
-        json_schema = convert_to_json_schema(schema)
+        json_schema = _converted(convert_to_json_schema, schema)
         llm = model.bind(response_format={"type": "json_schema", "json_schema": {
             "name": json_schema.get("title", "output"), "schema": json_schema}},
             ls_structured_output_format={"kwargs": {"method": method, "strict": strict}, "schema": json_schema})
