@@ -46,7 +46,7 @@ class UnknownModelError(OrtModelsError, KeyError):
         super().__init__(
             f"Unknown model {name!r}{where}. Known models: {listing}. "
             "Put a Hugging Face checkpoint in a folder of that name, or run "
-            "'ortmodels samples' for the sample models."
+            "'ortmodels samples' for the sample models (a chat and an embedding model)."
         )
 
     def __str__(self) -> str:  # KeyError would quote the message

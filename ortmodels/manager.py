@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import Settings, load_settings
-from .errors import ModelBusyError, OrtModelsError
+from .errors import ConfigurationError, ModelBusyError, OrtModelsError
 from .kinds import is_loaded_class, kind_spec
 from .lifecycle import Managed, cache, set_recorder
 from .lifecycle.cache import CacheEntry
@@ -20,6 +20,7 @@ from .lifecycle.memory import return_freed_memory
 from .loader import adapter_of, construct_model
 from .monitoring import stats
 from .monitoring.runtime_state import StatePublisher
+from .precision import select_variant
 from .registry import ModelRegistry
 from .store import ModelInfo, ModelStore, versions
 from .store.names import split_tag
@@ -83,6 +84,9 @@ class ModelManager:
     def _init(self) -> None:
         self._lock = threading.RLock()
         self._entries: dict[_CacheKey, CacheEntry] = {}
+        self._aliases: dict[_CacheKey, CacheEntry] = {}
+        """Keys that name an entry of another key: ``name`` under ``MODEL_DTYPE=auto`` and
+        ``name:int4`` are one instance when auto chose int4 (never iterated: counted once)."""
         self._switching: Counter[str] = Counter()
         """Names whose ``onnx`` link a rollback is switching: their new instances wait to load."""
         self._switched = threading.Condition(self._lock)
@@ -114,6 +118,7 @@ class ModelManager:
             for entry in self._entries.values():
                 entry.model.set_listener(None)
             self._entries.clear()
+            self._aliases.clear()
             self._apply(settings or load_settings())
 
     # -- listing ------------------------------------------------------------------------------
@@ -301,13 +306,38 @@ class ModelManager:
             model_class = None  # ortmodels' own class, named explicitly: the same cached object
         key = _CacheKey(kind, name, model_class, version, dtype)
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.get(key) or self._aliases.get(key) or self._same_variant(key)
             if entry is None:
                 model = construct_model(self._store, self._settings, kind, name, model_class, version, dtype)  # type: ignore[arg-type]
                 model.set_listener(self)
                 entry = self._entries[key] = CacheEntry(key, model)
         entry.model.load()  # the model's own lock: concurrent callers wait for one load
         return entry
+
+    def _same_variant(self, key: _CacheKey) -> CacheEntry | None:
+        """The entry of ortmodels' own class that already holds the precision ``key`` asks for,
+        kept as ``key``'s alias: the ``MODEL_DTYPE`` entry (dtype ``None``) that chose it, or,
+        for that entry, the one asked for by the precision it would choose. Called under the lock."""
+        if key.model_class is not None:  # a user's class: its own dtype handling, its own instances
+            return None
+        if key.dtype is not None:
+            wanted, others = key.dtype, [e for k, e in self._entries.items() if k == key._replace(dtype=None)
+                                         and e.loaded and getattr(e.model, "loaded_variant", None) == key.dtype]
+        else:
+            from .engine.session import resolve_device  # onnxruntime: imported when a model loads anyway
+
+            try:
+                info = self._store.info(key.name, key.version)
+                wanted = select_variant(self._settings.model_dtype, list(info.variants), key.kind,
+                                        resolve_device(self._settings.model_device), failed=info.failed_variants())
+            except OrtModelsError:  # not loadable as asked: the model's own construction says why
+                return None
+            others = [e for k, e in self._entries.items() if k == key._replace(dtype=wanted)]
+        if not others:
+            return None
+        logger.debug("%s:%s is the loaded %s instance", key.name, wanted, key.kind)
+        self._aliases[key] = others[0]
+        return others[0]
 
     def _architecture(self, name: str) -> str | None:
         try:
@@ -392,17 +422,23 @@ class ModelManager:
 
     def unload(self, name: str, timeout: float | None = None) -> bool:
         """Unload every cached instance of ``name`` (after their running calls); ``True`` if one was loaded.
+        A tag (``"name:int8"``) unloads that precision's instances only: those asked for by it,
+        and those ``MODEL_DTYPE=auto`` chose it for.
 
         ``timeout`` (default ``MODEL_UNLOAD_TIMEOUT``) bounds the wait for running calls; past
         it, `ModelBusyError` names the calls that hold the model.
         """
+        name, dtype = split_tag(name)
+        _check_timeout(timeout)
         with self._lock:
-            models = [e.model for k, e in self._entries.items() if k[1] == name and e.loaded]
+            models = [e.model for k, e in self._entries.items() if k[1] == name and e.loaded
+                      and (dtype is None or dtype in (k.dtype, getattr(e.model, "loaded_variant", None)))]
         self._unload_each(models, timeout)
         return bool(models)
 
     def unload_all(self, timeout: float | None = None) -> None:
         """Unload every model (each after its running calls finish, within ``timeout``)."""
+        _check_timeout(timeout)
         with self._lock:
             models = [e.model for e in self._entries.values()]
         self._unload_each(models, timeout)
@@ -419,3 +455,10 @@ class ModelManager:
                 busy = busy or exc
         if busy is not None:
             raise busy
+
+
+def _check_timeout(timeout: object) -> None:
+    """A wait's bound is seconds (>= 0) or ``None``: refused before anything is unloaded."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout >= 0):
+        raise ConfigurationError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}.")

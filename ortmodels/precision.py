@@ -35,10 +35,9 @@ _ALIASES: dict[str, str] = {
 
 def normalize_precision(value: str) -> str:
     """Return the variant folder name for any accepted spelling, or raise naming the choices."""
-    key = value.strip().lower()
     try:
-        return _ALIASES[key]
-    except KeyError:
+        return _ALIASES[value.strip().lower()]
+    except (KeyError, AttributeError):  # AttributeError: not a string (dtype=4)
         raise ConfigurationError(
             f"Unknown precision {value!r}. Use one of: auto, float32, float16, bfloat16, "
             "int8, int4 (or fp32, fp16, bf16)."
@@ -62,22 +61,27 @@ _GPU_PREFERENCE = ("fp16", "fp32", "int8", "int4")
 
 
 def select_variant(requested: str, exported: list[str], kind: str, device: str,
-                   failed: Collection[str] = ()) -> str:
+                   failed: Collection[str] = (), asked: bool = False) -> str:
     """Pick the precision to load: the asked-for one, or for ``auto`` the best exported one.
 
     ``MODEL_DTYPE`` is one setting for every model, so a precision a kind is never exported
-    in (int4 for embeddings, bf16 for now) falls back to ``auto`` for that kind, with a warning.
+    in (int4 for embeddings, bf16 for now) falls back to ``auto`` for that kind, with a warning;
+    one ``asked`` for this model (a tag, ``dtype=``) is an error instead.
     ``auto`` never picks a precision in ``failed`` (it failed its quality gates at export);
     asking for one by name is left to the store, whose error gives its figures.
     """
     exported = [dtype for dtype in exported if dtype not in failed] or list(exported)
     name = "auto" if requested == "auto" else normalize_precision(requested)
+    asked_as = f"The precision {requested!r}" if asked else "MODEL_DTYPE=bfloat16"
     if name == "bf16" and device != "cuda":
         raise ConfigurationError(
-            f"MODEL_DTYPE=bfloat16 runs only on the CUDA provider, and the device here is {device}. "
+            f"{asked_as} runs only on the CUDA provider, and the device here is {device}. "
             "Use float32 or int8 (or float16 on CUDA/CoreML), or set MODEL_DEVICE=cuda on a GPU."
         )
     spec = KINDS.get(kind)
+    if name != "auto" and spec is not None and name not in spec.precisions and asked:
+        raise ConfigurationError(f"{kind.capitalize()} models are not exported as {name} (only "
+                                 f"{', '.join(spec.precisions)}): ask for one of those, or leave the precision out.")
     if name != "auto" and spec is not None and name not in spec.precisions:
         logger.warning(
             "%s models are not exported as %s (only %s); loading the best exported variant.",

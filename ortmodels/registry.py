@@ -59,6 +59,10 @@ class ModelRegistry:
         with self._lock:
             found = self._by_name.get((kind, name))
             by_architecture = any(k == kind for k, _ in self._by_architecture)
+            other = next(((k, c) for (k, n), c in self._by_name.items() if n == name and k != kind), None)
+        if found is None and other is not None:  # not "unknown": it is known, as another kind
+            raise ModelKindError(f"Model {name!r} is registered with the {other[0]} class {other[1].__qualname__}, "
+                                 f"not as a {kind} model: ask for it as the {other[0]} model it is.")
         if found is not None or not by_architecture:
             return found
         wanted = architecture()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortmodels.errors import ModelFileError, ModelNotExportedError
+from ortmodels.errors import ConfigurationError, ModelFileError, ModelNotExportedError
 from ortmodels.export.probes import PROBE_SENTENCES
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 
@@ -156,8 +156,14 @@ def test_by_name_from_settings(samples_dir: Path) -> None:
     assert model.model_path == samples_dir / MODEL and model.variant == "fp32"
 
 
-def test_precision_embeddings_never_have_falls_back(samples_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    model = OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int4").load()
+def test_precision_embeddings_never_have_falls_back(samples_dir: Path, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """MODEL_DTYPE is one setting for every model: int4 falls back for embeddings; asked of this
+    model (``dtype=``, a tag), it is an error naming the precisions there are."""
+    with pytest.raises(ConfigurationError, match=r"Embedding models are not exported as int4 \(only fp32, int8\)"):
+        OnnxEmbeddingModel(model_path=samples_dir / MODEL, dtype="int4").load()
+    monkeypatch.setenv("MODEL_DTYPE", "int4")
+    model = OnnxEmbeddingModel(model_path=samples_dir / MODEL).load()
     assert model.variant == "fp32" and "not exported as int4" in caplog.text
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ortmodels import BaseEmbeddingModel, ModelManager
-from ortmodels.errors import InvalidModelNameError, ModelKindError, UnknownModelError
+from ortmodels.errors import ConfigurationError, InvalidModelNameError, ModelKindError, UnknownModelError
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 
 from .waiting import DEADLINE_S, join_all, wait_for_event
@@ -103,6 +103,38 @@ def test_default_name_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch, sa
 def test_dtype_setting_is_honoured(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
     monkeypatch.setenv("MODEL_DTYPE", "int8")
     assert ModelManager().get_embedding_model().variant == "int8"  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_auto_and_the_precision_it_chose_are_one_instance(samples_dir: Path) -> None:
+    """``name`` (MODEL_DTYPE=auto) and ``name:<what auto chose>`` share one loaded model, in
+    either order: two copies would hold twice the memory and batch apart."""
+    manager, name = ModelManager(), "all-minilm-l6-v2"
+    auto = manager.get_embedding_model(name)
+    chosen = auto.variant  # type: ignore[attr-defined]
+    assert manager.get_embedding_model(f"{name}:{chosen}") is auto
+    assert [r.variant for r in manager.loaded()] == [chosen]
+    manager.configure()  # the cached objects forgotten: now the tag comes first
+    tagged = manager.get_embedding_model(name, dtype=chosen)
+    assert manager.get_embedding_model(name) is tagged
+    other = "int8" if chosen != "int8" else "fp32"
+    manager.get_embedding_model(f"{name}:{other}")
+    assert sorted(r.variant for r in manager.loaded()) == sorted([chosen, other])
+    assert manager.unload(f"{name}:{other}") is True  # a tag unloads that precision only
+    assert [r.variant for r in manager.loaded()] == [chosen]
+
+
+def test_bad_arguments_are_named(samples_dir: Path) -> None:
+    manager = ModelManager()
+    with pytest.raises(ConfigurationError, match="Unknown precision 4"):
+        manager.get_embedding_model("all-minilm-l6-v2", dtype=4)  # type: ignore[arg-type]
+    for bad in ("x", -1, float("nan"), True):
+        with pytest.raises(ConfigurationError, match="timeout must be a number of seconds"):
+            manager.unload("all-minilm-l6-v2", timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="timeout must be a number of seconds"):
+            manager.unload_all(timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidModelNameError):
+        manager.unload(None)  # type: ignore[arg-type]
 
 
 def test_unknown_name_lists_known(samples_dir: Path) -> None:

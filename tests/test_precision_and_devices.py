@@ -36,6 +36,8 @@ def test_precision_a_kind_never_has_falls_back_to_auto(caplog: pytest.LogCapture
     assert select_variant("int4", ["fp32", "int8"], "embedding", "cpu") == "fp32"
     assert "not exported as int4" in caplog.text
     assert select_variant("float16", ["fp32", "int8"], "embedding", "cuda") == "fp32"
+    with pytest.raises(ConfigurationError, match="not exported as int4"):  # asked of this model, not the setting
+        select_variant("int4", ["fp32", "int8"], "embedding", "cpu", asked=True)
 
 
 def test_bfloat16_needs_cuda() -> None:

@@ -64,6 +64,9 @@ def test_a_registered_class_builds_the_model_by_name() -> None:
     assert manager.get_chat_model("echo-bot") is chat
     manager.register(Lengths, name="lengths")
     assert manager.get_embedding_model("lengths").embed_query("four") == [4.0]
+    with pytest.raises(ModelKindError, match="'lengths' is registered with the embedding class Lengths, not as a "
+                                             "chat model"):  # known, as another kind: not "unknown"
+        manager.get_chat_model("lengths")
 
 
 @pytest.mark.slow

@@ -192,8 +192,9 @@ class Engine:
         need = self._cache.bytes_for(1, limit)
         if need > self.kv_cache_bytes:
             raise RequestTooLargeError(
-                f"{request!r} needs {need} bytes of KV cache (prompt + max_tokens = {limit} tokens), more "
-                f"than the engine's kv_cache_bytes={self.kv_cache_bytes}; lower max_tokens or raise the bound."
+                f"The request needs {need} bytes of KV cache (prompt + max_tokens = {limit} tokens), more than "
+                f"the engine's bound of {self.kv_cache_bytes} (MODEL_KV_CACHE); lower max_tokens, shorten the "
+                "prompt or raise MODEL_KV_CACHE."
             )
         with self._cond:
             if self._closed:

@@ -48,7 +48,7 @@ def prompt_for(spec: EmbeddingSpec, model: str, input_type: str | None = None, p
             known = ", ".join(repr(name) + ("" if text else " (empty)") for name, text in prompts.items())
             raise EmbeddingOptionError(
                 f"{model} has no prompt named {prompt_name!r:.60}; its prompts: {known}. Give one of those, "
-                "or input_type 'query' / 'document'.", "prompt_name")
+                "or leave the prompt name out: a query and a document get their role's prompt.", "prompt_name")
         return prompts[prompt_name]
     role = next((name for name in ROLE_PROMPTS.get(input_type or "", ()) if name in prompts), None)
     chosen = role if role is not None else spec.default_prompt_name

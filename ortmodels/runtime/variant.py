@@ -190,7 +190,8 @@ def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str |
     try:
         resolved = resolve_device(device or settings.model_device)
         variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
-                                 failed=info.failed_variants())
+                                 failed=info.failed_variants(),
+                                 asked=dtype not in (None, "auto", settings.model_dtype))  # a tag, not the setting
     except BaseException:
         if lease is not None:
             lease.release()

@@ -14,9 +14,10 @@ def validate_model_name(name: object) -> str:
     if not isinstance(name, str):
         raise InvalidModelNameError(f"A model name must be a string, not {type(name).__name__}.")
     if not _PLAIN.fullmatch(name) or ".." in name:  # fullmatch: "$" would let a trailing newline through
+        shown = f"{name[:60]!r}... ({len(name)} characters)" if len(name) > 60 else repr(name)
         raise InvalidModelNameError(
-            f"Invalid model name {name!r}: use a plain folder name of letters, digits, '.', '_', "
-            "'+' and '-' (no '/', '\\', '..', absolute path or leading dot)."
+            f"Invalid model name {shown}: use a plain folder name of 1 to 128 letters, digits, '.', '_', "
+            "'+' and '-' (no '/', '\\', '..', space, absolute path or leading dot)."
         )
     return name
 
