@@ -210,3 +210,40 @@ def test_a_manifest_naming_another_version_is_never_trusted(two_versions: tuple[
         manager.rollback(EMBEDDING_SAMPLE, old)  # never rolled back to
     assert active_version(model_dir) == new
     assert model.is_loaded and model.loaded_version == new
+
+
+# -- 5. a damaged file is never reused by a new export ---------------------------------------------
+
+
+def test_an_export_never_links_or_keeps_a_file_damaged_since(copied_embedding_model: Path) -> None:
+    """The fix a damaged file's error names is ``ortmodels export NAME --force``: the new version
+    must not link its fresh, identical file to the damaged one (matched by the sha256 its manifest
+    records), nor carry the damaged variant over, nor call the damaged export up to date."""
+    from ortmodels.export.pipeline import _up_to_date, carry_over, share_identical_files
+    from ortmodels.store import ModelStore
+    from ortmodels.store.manifest import read_manifest
+
+    model_dir = copied_embedding_model
+    old = active_version(model_dir)
+    assert old is not None
+    version = model_dir / ".exports" / old
+    manifest = read_manifest(version)
+    work = model_dir / ".work"  # a fresh export's int8, byte for byte the old one's (as a rebuild gives)
+    shutil.copytree(version / "int8", work / "int8")
+    info = ModelStore(model_dir.parent).info(EMBEDDING_SAMPLE)
+    assert _up_to_date(info, ["int8"], manifest.source_sha256)
+
+    damaged = version / "int8" / "model.onnx"
+    with damaged.open("r+b") as handle:  # in place: every link to the file sees it
+        handle.seek(damaged.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 1]))
+    assert not _up_to_date(info, ["int8"], manifest.source_sha256)
+    share_identical_files(model_dir, work, {"int8": manifest.variants["int8"]})
+    assert not (work / "int8" / "model.onnx").samefile(damaged)
+    twins = [version / variant / "tokenizer.json" for variant in ("fp32", "int8")]
+    assert any((work / "int8" / "tokenizer.json").samefile(twin) for twin in twins)  # intact: shared
+    kept: dict = {}
+    carry_over(info, manifest.source_sha256, work, kept)
+    assert "int8" not in kept and "fp32" in kept

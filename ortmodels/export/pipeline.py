@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError, ModelFileError, UnknownModelError
+from ..errors import ExportError, ModelFileError, ModelIntegrityError, UnknownModelError
 from ..lifecycle.memory import large_allocations_mapped
 from ..kinds import KINDS, load
 from ..store import ModelInfo, ModelStore, detect_kind, read_json, versions
 from ..store.catalog import classifier_labels
+from ..store.files import file_sha256
+from ..store.integrity import verify_variant
 from ..store.manifest import KVEntry, Manifest, QualityVerdict, VariantEntry
 from . import resources, staging
 from .checkpoint.source import (
@@ -130,9 +132,10 @@ def carry_over(info: ModelInfo, source_hash: str, work: Path, variants: dict[str
         if dtype in variants:
             continue
         src = info.onnx_path / entry.path
-        missing = [rel for rel in entry.files if not (src / rel).is_file()]
-        if missing:
-            logger.warning("Not keeping the old %s variant: %s is missing.", dtype, src / missing[0])
+        try:
+            verify_variant(src, entry, info.name)
+        except ModelIntegrityError as exc:  # a damaged file is never carried into a new version
+            logger.warning("Not keeping the old %s variant: %s", dtype, exc)
             continue
         for rel in entry.files:
             staging.link_or_copy(src / rel, work / entry.path / rel)
@@ -191,16 +194,18 @@ def share_identical_files(model_dir: Path, work: Path, variants: dict[str, Varia
     exports. Exported files are never written in place, so sharing them is safe; returns
     how many files are shared.
     """
-    known: dict[tuple[str, int], Path] = {}
+    known: dict[tuple[str, int], list[Path]] = {}
     for version in versions.list_versions(model_dir):
         for entry in version.manifest.variants.values():
             for rel, file in entry.files.items():
-                known.setdefault((file.sha256, file.size), version.path / entry.path / rel)
+                known.setdefault((file.sha256, file.size), []).append(version.path / entry.path / rel)
     shared = 0
     for entry in variants.values():
         for rel, file in entry.files.items():
-            new, old = work / entry.path / rel, known.get((file.sha256, file.size))
-            if old is None or not old.is_file() or not new.is_file() or new.samefile(old):
+            new = work / entry.path / rel
+            old = next((path for path in known.get((file.sha256, file.size), ())
+                        if _still_holds(path, file.sha256, file.size)), None)
+            if old is None or not new.is_file() or new.samefile(old):
                 continue
             temporary = new.with_name(new.name + ".link")
             try:
@@ -210,6 +215,15 @@ def share_identical_files(model_dir: Path, work: Path, variants: dict[str, Varia
             os.replace(temporary, new)
             shared += 1
     return shared
+
+
+def _still_holds(path: Path, sha256: str, size: int) -> bool:
+    """Whether an older version's file still has the bytes its manifest records: a file damaged
+    since (the fix its error names is this very export) must not be linked into the new one."""
+    try:
+        return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha256
+    except OSError:
+        return False
 
 
 def publish_manifest(info: ModelInfo, work: Path, manifest: Manifest) -> None:
@@ -373,7 +387,9 @@ def _up_to_date(info: ModelInfo, dtypes: list[str], source_hash: str, skip_gates
         searched = ((entry.quantization or {}).get("selection") or {}).get("search", "off")
         if dtype == "int4" and int4 != "off" and searched != int4:
             return False
-        folder: Path = info.onnx_path / entry.path
-        if any(not (folder / rel).is_file() for rel in entry.files):
+        try:
+            verify_variant(info.onnx_path / entry.path, entry, info.name)
+        except ModelIntegrityError as exc:  # damaged since: exported again, not "up to date"
+            logger.warning("Exporting %s again: %s", dtype, exc)
             return False
     return True
