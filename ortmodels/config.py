@@ -13,6 +13,8 @@ from .precision import normalize_precision
 from .units import parse_bytes, parse_seconds
 
 Device = Literal["auto", "cpu", "cuda", "coreml"]
+#: The most intra-op threads a session may be given (`Settings.model_threads`).
+MAX_THREADS = 256
 
 _DEVICE_ALIASES = {"mps": "coreml", "gpu": "cuda"}
 
@@ -52,8 +54,9 @@ class Settings(BaseSettings):
     model_dtype: str = Field(default="auto", alias="MODEL_DTYPE")
     """Precision to load: auto, float32, float16, bfloat16 (CUDA only), int8 or int4."""
 
-    model_threads: int = Field(default=0, ge=0, alias="MODEL_THREADS")
-    """ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per physical core)."""
+    model_threads: int = Field(default=0, ge=0, le=MAX_THREADS, alias="MODEL_THREADS")
+    """ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per physical core). At most
+    256: a pool of 100,000 threads is never done starting."""
 
     model_memory_budget: int = Field(default=0, alias="MODEL_MEMORY_BUDGET")
     """Bytes the manager's loaded models may hold (``2GB``, ``512MiB``); least recently used
@@ -125,6 +128,12 @@ class Settings(BaseSettings):
     let 16 conversations on 2 replicas pile onto one, whose prompt cache evicted, 2 sent a few
     turns away from the replica that held them, and 8 kept every one on it without piling up
     (`benchmarks/bench_ray_prefix.py`, 2026-12-04; README, "Prefix-aware routing")."""
+
+    @field_validator("local_models_dir", mode="before")
+    @classmethod
+    def _default_when_empty(cls, value: object) -> object:
+        """``LOCAL_MODELS_DIR=`` (empty) means unset (``models``), not the working directory."""
+        return "models" if isinstance(value, str) and not value.strip() else value
 
     @field_validator("model_prompt_cache_dir", mode="before")
     @classmethod

@@ -59,6 +59,10 @@ def test_embed_prints_vectors(samples_dir: Path) -> None:
         (("embed", "nope", "x"), "Known models:"),
         (("export", "--dtype", "fp8", EMBEDDING_SAMPLE), "Unknown precision 'fp8'"),
         (("export",), "Give a model name or --all"),
+        (("chat", "Capital of France?"), "the model comes first, then the question"),
+        (("info", "a" * 200), "(200 characters)"),
+        (("embed", f"{EMBEDDING_SAMPLE}:int4", "x"), "Embedding models are not exported as int4 (only fp32, int8)"),
+        (("chat", "smollm2-135m-instruct", "x", "--temperature", "5"), "temperature=5.0"),
     ],
 )
 def test_errors_are_one_clear_line(samples_dir: Path, args: tuple[str, ...], message: str) -> None:
@@ -70,6 +74,41 @@ def test_errors_are_one_clear_line(samples_dir: Path, args: tuple[str, ...], mes
 def test_empty_store_says_how_to_get_models(tmp_path: Path) -> None:
     out = ortmodels("list", models_dir=tmp_path)
     assert out.returncode == 0 and "ortmodels samples" in out.stdout
+    missing = ortmodels("list", models_dir=tmp_path / "nowhere")
+    assert missing.returncode == 0 and "LOCAL_MODELS_DIR: no such folder" in missing.stdout
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for args in (("list",), ("samples", EMBEDDING_SAMPLE)):  # nothing downloaded: refused first
+        refused = ortmodels(*args, models_dir=a_file)
+        assert refused.returncode == 1 and "is a file, not a folder" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+def test_text_is_printed_as_text_never_as_markup(samples_dir: Path) -> None:
+    """rich reads ``[bold]`` and ``[/]`` as markup: a user's text must not be (it crashed on ``[/]``)."""
+    out = ortmodels("embed", EMBEDDING_SAMPLE, "[/]", "[bold red]x[/]", models_dir=samples_dir)
+    assert out.returncode == 0, out.stderr
+    assert "'[/]': dim 384" in out.stdout and "'[bold red]x[/]': dim 384" in out.stdout
+    info = ortmodels("info", EMBEDDING_SAMPLE, models_dir=samples_dir)
+    assert "passed" in info.stdout and "[green]" not in info.stdout  # the verdict's own style still applies
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--port", "99999"), "'--port'"),
+    (("--port", "0"), "'--port'"),
+    (("--replicas", "3"), "--replicas only applies with --ray"),
+    (("--autoscale", "x", "--threads", "2"), "--autoscale, --threads only apply with --ray"),
+])
+def test_serve_refuses_what_it_could_not_do(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """A port past 65535 was bound modulo 65536 under the port printed; Ray's options without
+    --ray did nothing, silently. Both refused before anything starts (usage errors: exit 2)."""
+    out = ortmodels("serve", *args, models_dir=tmp_path)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_stats_takes_one_format(tmp_path: Path) -> None:
+    out = ortmodels("stats", "--json", "--prometheus", models_dir=tmp_path)
+    assert out.returncode == 2 and "give one" in out.stderr
 
 
 @pytest.mark.slow
@@ -91,6 +130,41 @@ def test_chat_conversation_keeps_history(samples_dir: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "/exit or Ctrl-D" in out.stdout and "Paris" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_failed_turn_leaves_the_conversation_going(samples_dir: Path) -> None:
+    """A question past the context is said, left out of the history, and the next one answered."""
+    import os
+
+    env = {**os.environ, "LOCAL_MODELS_DIR": str(samples_dir), "COLUMNS": "200"}
+    long = "word " * 9000
+    out = subprocess.run(
+        [sys.executable, "-m", "ortmodels", "chat", "smollm2-135m-instruct:int4", "--max-tokens", "24"],
+        input=f"{long}\nWhat is the capital of France?\n/exit\n", capture_output=True, text=True, env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "exceeds the context" in out.stdout and "not added to the conversation" in out.stdout
+    assert "Paris" in out.stdout.split("not added to the conversation", 1)[1]
+
+
+@pytest.mark.slow
+def test_an_answer_into_a_closed_pipe_ends_quietly(samples_dir: Path) -> None:
+    """``ortmodels chat ... | head -c 20``: the reader goes away; no traceback."""
+    import os
+
+    env = {**os.environ, "LOCAL_MODELS_DIR": str(samples_dir)}
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "ortmodels", "chat", "smollm2-135m-instruct:int4", "Tell me a long story.",
+         "--max-tokens", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    assert chat.stdout is not None and chat.stderr is not None
+    first = chat.stdout.read(8)  # the answer has begun; then the reader closes its end
+    chat.stdout.close()
+    errors = chat.stderr.read().decode()
+    assert chat.wait(timeout=300) == 1 and first
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
 
 
 def test_every_command_is_named_with_its_module() -> None:

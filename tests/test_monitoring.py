@@ -146,3 +146,27 @@ def test_a_chat_models_engine_gauges_are_rendered_by_prometheus_client(samples_d
         sample = samples[f"ortmodels_engine_{field}"]
         assert sample.labels == {"model": CHAT_SAMPLE} and sample.value == getattr(gauges, field)
     assert samples["ortmodels_engine_kv_cache_limit_bytes"].value == gauges.kv_cache_limit_bytes
+
+
+def test_a_call_within_the_second_is_written_when_the_second_ends(tmp_path: Path) -> None:
+    """The state file is written at most once a second after calls; one that came sooner is
+    written at the second's end, never dropped (``ortmodels stats`` stayed at 0 calls)."""
+    from ortmodels.monitoring.runtime_state import StatePublisher, read_states
+
+    from .waiting import wait_until
+
+    loaded = [{"name": "first"}]
+    publisher = StatePublisher(lambda: tmp_path, lambda: list(loaded), every_s=0.5)
+
+    def names() -> list[str]:
+        return [m["name"] for s in read_states(tmp_path) if s["pid"] == os.getpid() for m in s["loaded"]]
+
+    publisher.publish()
+    assert names() == ["first"]
+    loaded[0] = {"name": "after the call"}
+    publisher.publish(soon=True)  # within the second: left for its end
+    wait_until(lambda: names() == ["after the call"], what="written at the second's end")
+    loaded[0] = {"name": "pending at exit"}
+    publisher.publish(soon=True)
+    publisher.clear()  # the exit's write is the last: the pending one is cancelled
+    assert names() == [] and publisher._pending is None

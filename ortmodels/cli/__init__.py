@@ -30,7 +30,11 @@ def _build(name: str) -> Any:
     if name != "app":
         from rich.console import Console
 
-        return Console(stderr=name == "err_console")
+        stream = sys.stderr if name == "err_console" else sys.stdout
+        # Into a pipe or a file rich assumes 80 columns and folds tables and long lines there
+        # (a version id over three lines): give it room, unless COLUMNS says otherwise.
+        wide = not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty())
+        return Console(stderr=name == "err_console", width=PIPE_WIDTH if wide else None)
     import typer
 
     made = typer.Typer(
@@ -46,6 +50,10 @@ def _build(name: str) -> Any:
         _log(verbose)
 
     return made
+
+
+#: Columns rich lays output out in when it goes into a pipe or a file (not a terminal).
+PIPE_WIDTH = 200
 
 
 def _log(verbose: bool) -> None:
@@ -213,6 +221,9 @@ def main() -> None:
         code: object = 1
     except SystemExit as exc:  # click ends every run with one
         code = exc.code
+    except BrokenPipeError:  # the reader went away (`| head`): stop, quietly, as click does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        code = 1
     else:
         code = 0
     if command not in QUICK_EXIT or not isinstance(code, int | None):

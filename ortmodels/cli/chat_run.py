@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import OrtModelsError
 from . import model_loaded
 
 
@@ -143,18 +144,29 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
     from ..engine.session import discard_early
     from ..manager import ModelManager
 
+    if name is not None and any(c.isspace() for c in name):  # a question where the name goes
+        from ..errors import InvalidModelNameError
+
+        raise InvalidModelNameError(f"{name[:60]!r} is not a model name: the model comes first, then the "
+                                    "question (ortmodels chat NAME \"QUESTION\"; 'ortmodels list' names them).")
+    options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature,
+                                 "enable_thinking": think}.items() if v is not None}
+    if prompt is None:  # a conversation: a bad option is said now, not after the first question
+        from ..runtime.options import ChatOptions
+
+        ChatOptions.checked(**options)
     model = ModelManager().get_runtime("chat", name)  # ortmodels' own: no LangChain; a user's class: its own
     discard_early()  # a session `_open_early` started that this model did not take (a user's class)
     model_loaded()
-    options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature,
-                                 "enable_thinking": think}.items() if v is not None}
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         _stream_reply(model, [*history, {"role": "user", "content": prompt}], options)
         return
+    from rich.markup import escape
+
     from . import console
 
-    console.print(f"[dim]{model.model_name}: /exit or Ctrl-D to end, /reset to forget the conversation[/]")
+    console.print(f"[dim]{escape(str(model.model_name))}: /exit or Ctrl-D to end, /reset to forget the conversation[/]")
     while True:
         try:
             line = console.input("[bold]you>[/] ").strip()
@@ -168,5 +180,10 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
             continue
         if not line:
             continue
-        history.append({"role": "user", "content": line})
-        history.append({"role": "assistant", "content": _stream_reply(model, history, options)})
+        try:
+            answer = _stream_reply(model, [*history, {"role": "user", "content": line}], options)
+        except OrtModelsError as exc:  # this turn only: the conversation goes on, its history kept
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            console.print("[dim](not added to the conversation; /reset forgets it, to start afresh)[/]")
+            continue
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]

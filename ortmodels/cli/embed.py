@@ -33,4 +33,4 @@ def embed(
         return
     for text, vector in zip(texts, vectors):
         head = ", ".join(f"{x:+.4f}" for x in vector[:6])
-        console.print(f"{text[:50]!r}: dim {len(vector)} [{head}, ...]", highlight=False)
+        console.print(f"{text[:50]!r}: dim {len(vector)} [{head}, ...]", highlight=False, markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..config import load_settings
 from ..errors import ConfigurationError
@@ -134,11 +135,12 @@ def verdict_table(name: str, manifest: Manifest, dtypes: list[str]) -> Table:
     return table
 
 
-def verdict_text(quality: QualityVerdict | None) -> str:
-    """A variant's verdict for a table; a "not judged" one (--skip-gates) says what the gates would."""
+def verdict_text(quality: QualityVerdict | None) -> Text:
+    """A variant's verdict for a table; a "not judged" one (--skip-gates) says what the gates would.
+    Styled text, not markup: the manifest's failure texts are shown as they are."""
     if quality is None:
-        return "not gated"
+        return Text("not gated")
     failures = "; ".join(quality.failures)
     if not quality.judged:
-        return "[yellow]not judged[/]" + (f" (the gates would fail it: {failures})" if failures else "")
-    return "[green]passed[/]" if quality.passed else f"[red]failed[/]: {failures}"
+        return Text.assemble(("not judged", "yellow"), f" (the gates would fail it: {failures})" if failures else "")
+    return Text("passed", "green") if quality.passed else Text.assemble(("failed", "red"), f": {failures}")

@@ -104,6 +104,8 @@ def stats(
     prometheus: bool = typer.Option(False, "--prometheus", help="Print the Prometheus text format."),
 ) -> None:
     """Per model and variant figures of running processes: calls, tokens/s, latency percentiles."""
+    if as_json and prometheus:
+        raise typer.BadParameter("--json and --prometheus are two formats: give one.")
     states = runtime_state.read_states(load_settings().local_models_dir)
     rows = [{"pid": s["pid"], **row} for s in states for row in s.get("stats", [])]
     if as_json:

@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..config import load_settings
 from ..store import ModelStore
@@ -30,7 +32,9 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         console.print_json(json.dumps([i.to_dict() for i in infos]))
         return
     if not infos:
-        console.print(f"No models in {store.root}. Run 'ortmodels samples' for the sample models.")
+        where = store.root if store.root.is_dir() else f"{store.root} (LOCAL_MODELS_DIR: no such folder)"
+        console.print(f"No models in {where}. Run 'ortmodels samples' for the sample models, or point "
+                      "LOCAL_MODELS_DIR at your models folder.", markup=False)
         return
     rows = [
         (
@@ -60,8 +64,8 @@ def info(
     if as_json:
         console.print_json(json.dumps(data))
         return
-    console.print(f"[bold]{model.name}[/]  {model.kind}  {model.architecture or ''}")
-    console.print(f"folder: {model.path}")
+    console.print(f"[bold]{escape(model.name)}[/]  {model.kind}  {escape(model.architecture or '')}")
+    console.print(f"folder: {model.path}", markup=False)
     facts = [
         ("parameters", f"{data['parameters'] / 1e6:.1f} M" if data["parameters"] else None),
         ("context length", data["context_length"]),
@@ -69,20 +73,21 @@ def info(
         ("vocabulary", data["vocab_size"]),
         ("license", data["license"]),
     ]
-    console.print("  ".join(f"{k}: {v}" for k, v in facts if v is not None))
-    if data["description"]:
-        console.print(data["description"], highlight=False)
+    console.print("  ".join(f"{k}: {v}" for k, v in facts if v is not None), markup=False)
+    if data["description"]:  # the model card's words: text, never markup
+        console.print(data["description"], highlight=False, markup=False)
     manifest = model.manifest
     if manifest is None:
         console.print(f"not exported: run 'ortmodels export {name}'")
         return
-    console.print(f"version {model.version}, exported {manifest.created_at}, task {manifest.task}, opset {manifest.opset}")
-    console.print(f"source sha256 {manifest.source_sha256}")
-    if manifest.embedding:
-        console.print(f"embedding: {manifest.embedding.model_dump()}")
-    if manifest.reranker:
-        console.print(f"reranker: {manifest.reranker.model_dump()}")
-    console.print("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
+    console.print(f"version {model.version}, exported {manifest.created_at}, task {manifest.task}, "
+                  f"opset {manifest.opset}", markup=False)
+    console.print(f"source sha256 {manifest.source_sha256}", markup=False)
+    for label, part in (("embedding", manifest.embedding), ("reranker", manifest.reranker)):
+        if part:
+            facts_of = part.model_dump(exclude_none=True)
+            console.print(f"{label}: " + ", ".join(f"{k} {json.dumps(v)}" for k, v in facts_of.items()), markup=False)
+    console.print("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()), markup=False)
     table = Table()
     for column in ("variant", "size", "files", "verdict", "parity"):
         table.add_column(column)
@@ -92,7 +97,7 @@ def info(
             for k, v in variant.parity.items() if k != "probes"
         )
         verdict = verdict_text(variant.quality)
-        table.add_row(dtype, format_bytes(variant.size), str(len(variant.files)), verdict, parity)
+        table.add_row(*map(Text, (dtype, format_bytes(variant.size), str(len(variant.files)))), verdict, Text(parity))
     console.print(table)
     _print_recipes(manifest)
     _print_kv(manifest)

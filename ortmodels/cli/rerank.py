@@ -27,4 +27,4 @@ def rerank(
                                        for i, s in ranked]))
         return
     for index, score in ranked:
-        console.print(f"{score:.4f}  [{index}] {documents[index][:70]!r}", highlight=False)
+        console.print(f"{score:.4f}  [{index}] {documents[index][:70]!r}", highlight=False, markup=False)

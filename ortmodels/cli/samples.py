@@ -18,4 +18,4 @@ def samples(
     with console.status("Materialising sample models..."):
         done = materialise_samples(models_dir, names or None)
     for name, worked in done.items():
-        console.print(f"{name}: {'materialised' if worked else 'already there'} in {models_dir / name}")
+        console.print(f"{name}: {'materialised' if worked else 'already there'} in {models_dir / name}", markup=False)

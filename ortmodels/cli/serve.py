@@ -37,7 +37,7 @@ def _loopback(host: str) -> bool:
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     models: str = typer.Option(None, "--models", help="Models to load at start, comma-separated (name or "
                                "name:int8); default: DEFAULT_CHAT_MODEL and DEFAULT_EMBEDDING_MODEL."),
     api_key: str = typer.Option(None, "--api-key", envvar=API_KEY_VAR, callback=_api_key,
@@ -57,6 +57,12 @@ def serve(
 ) -> None:
     """Serve the models over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    ray_only = [flag for flag, given in (("--replicas", replicas != 1), ("--autoscale", autoscale is not None),
+                                         ("--threads", threads is not None)) if given]
+    if ray_only and not ray:  # the local server has one model instance each: they would do nothing
+        many = len(ray_only) > 1
+        raise typer.BadParameter(f"{', '.join(ray_only)} only appl{'y' if many else 'ies'} with --ray: add --ray, "
+                                 f"or leave {'them' if many else 'it'} out.")
     if api_key is None and not _loopback(host):
         err_console.print(f"[yellow]warning:[/] listening on {host} without an API key: anyone who can reach "
                           f"this address can use the models. Set --api-key (or {API_KEY_VAR}) to require one.",

@@ -22,11 +22,19 @@ from . import console
 _FOLDED_MIN = 8
 
 
+Cell = str | Text
+"""A value: plain text (never read as markup), or styled `Text`."""
+
+
+def _text(cell: Cell) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
 def print_rows(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], *, whole: Collection[str], title: str | None = None
+    headers: Sequence[str], rows: Sequence[Sequence[Cell]], *, whole: Collection[str], title: str | None = None
 ) -> None:
     """Print ``rows`` as a table if its ``whole`` columns fit uncut, else one block per row."""
-    widths = [max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)]
+    widths = [max([cell_len(header), *(_text(row[i]).cell_len for row in rows)]) for i, header in enumerate(headers)]
     needed = len(headers) + 1 + sum(  # borders, then each column with its padding of 2
         (width if header in whole else min(width, _FOLDED_MIN)) + 2 for header, width in zip(headers, widths)
     )
@@ -36,7 +44,7 @@ def print_rows(
         _print_blocks(headers, rows, whole, title)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], whole: Collection[str],
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Cell]], whole: Collection[str],
            widths: Sequence[int], title: str | None) -> Table:
     table = Table(title=title)
     for header, width in zip(headers, widths):
@@ -45,27 +53,27 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], whole: Collect
         else:
             table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(_text, row))  # values are text: a "[" in one is not markup
     return table
 
 
-def _print_blocks(headers: Sequence[str], rows: Sequence[Sequence[str]], whole: Collection[str],
+def _print_blocks(headers: Sequence[str], rows: Sequence[Sequence[Cell]], whole: Collection[str],
                   title: str | None) -> None:
     """Each row under its first whole value (an unnamed column's value before it, like ``*``)."""
     key = next(i for i, header in enumerate(headers) if header in whole)
     if title:
         console.print(Text(title, style="bold"))
     for n, row in enumerate(rows):
-        marks = [row[i] for i, header in enumerate(headers) if not header and row[i]]
+        marks = [str(row[i]) for i, header in enumerate(headers) if not header and row[i]]
         if title or n:
             console.print()
         # soft_wrap: rich neither wraps nor crops the line; only a terminal narrower than the
         # name itself breaks it.
-        console.print(Text(" ".join([*marks, row[key]]), style="bold"), soft_wrap=True)
+        console.print(Text(" ".join([*marks, str(row[key])]), style="bold"), soft_wrap=True)
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="dim", no_wrap=True)
         grid.add_column(overflow="fold")
         for i, header in enumerate(headers):
             if header and i != key:
-                grid.add_row(header, row[i])
+                grid.add_row(header, _text(row[i]))
         console.print(Padding(grid, (0, 0, 0, 2), expand=False))

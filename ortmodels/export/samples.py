@@ -204,5 +204,8 @@ def materialise_samples(models_dir: Path, names: list[str] | None = None) -> dic
     unknown = [n for n in names or [] if n not in SAMPLES]
     if unknown:
         raise SampleModelError(f"Unknown sample {', '.join(unknown)}; samples: {', '.join(SAMPLES)}.")
+    if models_dir.exists() and not models_dir.is_dir():
+        raise SampleModelError(f"LOCAL_MODELS_DIR {models_dir} is a file, not a folder: point LOCAL_MODELS_DIR "
+                               "at a folder (it is made if missing).")
     models_dir.mkdir(parents=True, exist_ok=True)
     return {name: materialise_sample(SAMPLES[name], models_dir) for name in names or SAMPLES}

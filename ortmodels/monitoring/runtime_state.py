@@ -113,18 +113,38 @@ def read_states(models_dir: Path) -> list[dict[str, Any]]:
 
 class StatePublisher:
     """Writes this process's state file: at once after loads and unloads, at most once a
-    second after calls, one writer at a time so an older snapshot never lands last."""
+    second after calls (a call within the second is written when it ends, so the file never
+    stays behind), one writer at a time so an older snapshot never lands last."""
 
     def __init__(self, models_dir: Callable[[], Path], loaded: Callable[[], list[dict[str, Any]]],
                  every_s: float = 1.0) -> None:
         self._models_dir, self._loaded, self._every_s = models_dir, loaded, every_s
         self._lock = threading.Lock()
         self._last = 0.0
+        self._pending: threading.Timer | None = None
+        """The write a call within the second left for its end."""
 
     def publish(self, *, soon: bool = False) -> None:
-        """Write the state now (``soon``: only if the last write is a second old)."""
-        if soon and time.monotonic() - self._last < self._every_s:
+        """Write the state now (``soon``: now if the last write is a second old, else at the
+        second's end)."""
+        wait = self._every_s - (time.monotonic() - self._last)
+        if soon and wait > 0:
+            with self._lock:
+                if self._pending is None:
+                    self._pending = threading.Timer(wait, self._write_pending)
+                    self._pending.daemon = True  # the exit's own write (`clear`) comes after it
+                    self._pending.start()
             return
+        self._write()
+
+    def _write_pending(self) -> None:
+        with self._lock:
+            if self._pending is None:  # cancelled by `clear`: the process is ending
+                return
+            self._pending = None
+        self._write()
+
+    def _write(self) -> None:
         from . import stats
 
         with self._lock:
@@ -132,5 +152,9 @@ class StatePublisher:
             write_state(self._models_dir(), self._loaded(), stats.registry().snapshot())
 
     def clear(self) -> None:
-        """At exit: nothing loaded any more."""
+        """At exit: nothing loaded any more (and no write left for later to undo it)."""
+        with self._lock:
+            if self._pending is not None:
+                self._pending.cancel()
+                self._pending = None
         write_state(self._models_dir(), [], [])

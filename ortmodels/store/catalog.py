@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import (
+    ConfigurationError,
     FailedVariantError,
     InvalidModelNameError,
     ModelFileError,
@@ -365,6 +366,9 @@ class ModelStore:
         return {name: problem for name, problem in self._scan() if problem is not None}
 
     def _scan(self) -> list[tuple[str, str | None]]:
+        if self.root.exists() and not self.root.is_dir():  # else every name would be "unknown", a puzzle
+            raise ConfigurationError(f"LOCAL_MODELS_DIR {self.root} is a file, not a folder: point "
+                                     "LOCAL_MODELS_DIR at the folder that holds your models.")
         if not self.root.is_dir():
             return []
         found: list[tuple[str, str | None]] = []
