@@ -113,6 +113,16 @@ def test_chat_with_ai_answers_from_the_documents_on_qdrant_local(app, models: tu
     _conversation(app, store, models, dimension)
 
 
+def test_chat_with_ai_names_a_question_or_a_dimension_it_cannot_use(app, models: tuple) -> None:
+    embeddings, chat = models
+    for question in (None, "  "):
+        with pytest.raises(ValueError, match="ask a question"):
+            app.chat_with_ai(None, question, embeddings.dimension, chat, embeddings=embeddings)
+    with pytest.raises(ValueError, match=f"gives {embeddings.dimension}-dimension vectors and the store holds "
+                                         "128-dimension ones"):
+        app.chat_with_ai(None, "What is a lighthouse?", 128, chat, embeddings=embeddings)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(PG_URL is None, reason="ORTMODELS_TEST_PGVECTOR_URL is not set: no PostgreSQL with pgvector to "

@@ -332,7 +332,12 @@ def retrieve(store: VectorStore, embeddings: Embeddings, query: str, reranker: B
              candidates: int = 20, keep: int = 4) -> list[Source]:
     """The ``candidates`` nearest passages (the query embedded with the query prompt:
     ``embed_query``), reranked by ``reranker`` (its ``top_n`` decides how many stay) or cut to ``keep``."""
-    found = store.search(embeddings.embed_query(query), candidates)
+    vector = embeddings.embed_query(query)
+    if len(vector) != store.dimension:
+        raise ValueError(f"The embedding model gives {len(vector)}-dimension vectors and the store holds "
+                         f"{store.dimension}-dimension ones: give chat_with_ai the embeddings' dimension, or "
+                         "embeddings that give the store's.")
+    found = store.search(vector, candidates)
     documents = [Document(p.text, metadata={"source": p.source, "chunk": p.chunk, "score": score})
                  for p, score in found]
     if reranker is not None and documents:
@@ -359,8 +364,9 @@ def chat_with_ai(conn: Any, user_input: str, dimension: int, chat_model: BaseCha
     A follow-up question is searched together with the one before it, so "and when was it
     automated?" still finds the lighthouse. Give the same ``conversation`` to each turn.
     """
-    if not user_input.strip():
-        raise ValueError("user_input is empty; ask a question.")
+    if not isinstance(user_input, str) or not user_input.strip():
+        raise ValueError(f"user_input is {'empty' if isinstance(user_input, str) else type(user_input).__name__}; "
+                         "ask a question (a non-empty string).")
     store = open_store(conn, dimension)
     conversation = conversation if conversation is not None else Conversation()
     previous = conversation.last_question()
