@@ -323,6 +323,8 @@ class ModelManager:
         if key.dtype is not None:
             wanted, others = key.dtype, [e for k, e in self._entries.items() if k == key._replace(dtype=None)
                                          and e.loaded and getattr(e.model, "loaded_variant", None) == key.dtype]
+        elif not any(k._replace(dtype=None) == key for k in self._entries):
+            return None  # no precision of it asked for by name: nothing to share (and no manifest read)
         else:
             from .engine.session import resolve_device  # onnxruntime: imported when a model loads anyway
 

@@ -157,13 +157,14 @@ def test_an_answer_into_a_closed_pipe_ends_quietly(samples_dir: Path) -> None:
     env = {**os.environ, "LOCAL_MODELS_DIR": str(samples_dir)}
     chat = subprocess.Popen(
         [sys.executable, "-m", "ortmodels", "chat", "smollm2-135m-instruct:int4", "Tell me a long story.",
-         "--max-tokens", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+         "--max-tokens", "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     assert chat.stdout is not None and chat.stderr is not None
     first = chat.stdout.read(8)  # the answer has begun; then the reader closes its end
     chat.stdout.close()
     errors = chat.stderr.read().decode()
-    assert chat.wait(timeout=300) == 1 and first
+    # 1: it wrote into the closed pipe and stopped (0 only if all 400 tokens were out before the close)
+    assert chat.wait(timeout=300) in (0, 1) and first
     assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
 
 
