@@ -146,9 +146,9 @@ class GrammarCompiler:
             return self._encode_text
         from tokenizers import Tokenizer
 
-        plain = Tokenizer.from_file(str(self.tokenizer_path))
-        plain.encode_special_tokens = True
-        return lambda text: plain.encode(text, add_special_tokens=False).ids
+        from .prompt_tokens import PromptTokenizer
+
+        return PromptTokenizer(Tokenizer.from_file(str(self.tokenizer_path))).encode_text
 
     def matcher(self, grammar: Grammar) -> Any:
         """A fresh matcher for ``grammar``, or a `GrammarError` naming what the compiler refused."""
