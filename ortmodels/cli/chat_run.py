@@ -164,15 +164,23 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
         return
     from rich.markup import escape
 
-    from . import console
+    from . import err_console
 
-    console.print(f"[dim]{escape(str(model.model_name))}: /exit or Ctrl-D to end, /reset to forget the conversation[/]")
+    # stdout holds the answers alone: the banner, the prompt and a turn's error go to stderr, and
+    # lines piped in (not a terminal) are read with neither banner nor prompt.
+    typed = sys.stdin.isatty()
+    if typed:
+        err_console.print(f"[dim]{escape(str(model.model_name))}: /exit or Ctrl-D to end, /reset to forget the "
+                          "conversation[/]")
     while True:
         try:
-            line = console.input("[bold]you>[/] ").strip()
+            line = err_console.input("[bold]you>[/] ") if typed else sys.stdin.readline()
         except (EOFError, KeyboardInterrupt):
-            console.print()
+            err_console.print()
             return
+        if not typed and not line:  # the end of what was piped in
+            return
+        line = line.strip()
         if line in ("/exit", "/quit"):
             return
         if line == "/reset":
@@ -183,7 +191,7 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
         try:
             answer = _stream_reply(model, [*history, {"role": "user", "content": line}], options)
         except OrtModelsError as exc:  # this turn only: the conversation goes on, its history kept
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            console.print("[dim](not added to the conversation; /reset forgets it, to start afresh)[/]")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print("[dim](not added to the conversation; /reset forgets it, to start afresh)[/]")
             continue
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]
