@@ -47,12 +47,67 @@ def format_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
     formatted = []
     for tool in tools:
         try:
-            formatted.append(convert_to_openai_tool(tool))
+            converted = convert_to_openai_tool(tool)
         except Exception as exc:  # LangChain raises ValueError/TypeError with its own message
             raise ChatInputError(f"Cannot use {tool!r:.80} as a tool: {exc}") from None
+        recursive = recursive_schema(tool)
+        if recursive is not None:
+            parameters = {k: v for k, v in recursive.items() if k not in ("title", "description")}
+            converted = {**converted, "function": {**converted["function"], "parameters": parameters}}
+        formatted.append(converted)
     for index, tool in enumerate(formatted):
         check_tool(index, tool)
     return formatted
+
+
+def recursive_schema(schema: Any) -> dict[str, Any] | None:
+    """A pydantic class's own JSON schema, its root written out, when a part of it refers back to
+    itself (a tree, a thread of replies); None for any other schema. LangChain's conversion
+    inlines every reference and writes ``{}`` (any JSON) where one recurs, which would leave
+    the nested parts of a call or an answer unconstrained; the grammar reads ``$defs`` itself."""
+    if not (isinstance(schema, type) and is_basemodel_subclass(schema) and hasattr(schema, "model_json_schema")):
+        return None
+    own = schema.model_json_schema()
+    defs = own.get("$defs")
+    if not isinstance(defs, dict) or not _cyclic(defs):
+        return None
+    ref = own.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:  # the class itself is a definition
+        return {**defs[ref[8:]], "$defs": defs}
+    return own
+
+
+def _cyclic(defs: dict[str, Any]) -> bool:
+    """Whether the definitions refer to one another (or one to itself) in a loop."""
+    edges = {name: _references(body) for name, body in defs.items()}
+    done: set[str] = set()
+
+    def loops(name: str, path: set[str]) -> bool:
+        if name in path:
+            return True
+        if name in done or name not in edges:
+            return False
+        found = any(loops(target, path | {name}) for target in edges[name])
+        done.add(name)
+        return found
+
+    return any(loops(name, set()) for name in edges)
+
+
+def _references(node: Any) -> set[str]:
+    """The ``#/$defs/NAME`` names a schema part refers to."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                found.add(ref[8:].split("/", 1)[0])
+            stack.extend(value for key, value in item.items() if key != "$defs")
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def tool_call_chunks(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -131,6 +186,9 @@ def structured_output(model: Any, schema: Any, method: str, include_raw: bool, s
         parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
     elif method == "json_schema":
         json_schema = _converted(convert_to_json_schema, schema)
+        recursive = recursive_schema(schema)
+        if recursive is not None:
+            json_schema = {**recursive, "title": json_schema.get("title", "output")}
         llm = model.bind(response_format={"type": "json_schema", "json_schema": {
             "name": json_schema.get("title", "output"), "schema": json_schema}},
             ls_structured_output_format={"kwargs": {"method": method, "strict": strict}, "schema": json_schema})
