@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import Settings, load_settings
-from .errors import ConfigurationError, ModelBusyError, OrtModelsError
+from .errors import ConfigurationError, ModelBusyError, OrtModelsError, UnknownModelError
 from .kinds import is_loaded_class, kind_spec
 from .lifecycle import Managed, cache, set_recorder
 from .lifecycle.cache import CacheEntry
@@ -297,7 +297,17 @@ class ModelManager:
     def _entry(self, kind: str, name: str | None, model_class: type | None, version: str | None,
                dtype: str | None) -> CacheEntry:
         """The cache entry of a model, made if new, its model loaded."""
-        name, dtype = split_tag(name or getattr(self._settings, kind_spec(kind).default_setting), dtype)
+        if not name:  # the kind's default: a name that is not there is said to come from its setting
+            setting = kind_spec(kind).default_setting
+            default = getattr(self._settings, setting)
+            try:
+                return self._entry(kind, default, model_class, version, dtype)
+            except UnknownModelError as exc:
+                if exc.name != split_tag(default, None)[0]:
+                    raise
+                alias = type(self._settings).model_fields[setting].alias or setting.upper()
+                raise UnknownModelError(exc.name, exc.known, exc.models_dir, setting=alias) from None
+        name, dtype = split_tag(name, dtype)
         if version is not None:
             versions.check_version_id(version)
         if model_class is None:

@@ -93,10 +93,20 @@ def test_default_embedding_model_and_cache(samples_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_default_name_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
+    """A default that is not there names the setting it came from, as the way to fix it; a name
+    given by the caller does not."""
+    import pickle
+
     monkeypatch.setenv("DEFAULT_EMBEDDING_MODEL", "no-such-model")
     manager = ModelManager()
-    with pytest.raises(UnknownModelError, match="all-minilm-l6-v2"):
+    with pytest.raises(UnknownModelError, match="all-minilm-l6-v2") as info:
         manager.get_embedding_model()
+    assert "'no-such-model' (the default, from DEFAULT_EMBEDDING_MODEL)" in str(info.value)
+    assert "Set DEFAULT_EMBEDDING_MODEL to one of them" in str(info.value)
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)  # as a Ray replica sends it
+    with pytest.raises(UnknownModelError) as named:
+        manager.get_embedding_model("no-such-model")
+    assert "DEFAULT_EMBEDDING_MODEL" not in str(named.value)
 
 
 @pytest.mark.slow
