@@ -105,6 +105,17 @@ def test_a_key_that_would_open_the_server_or_never_match_is_refused(args: tuple[
     assert "Traceback" not in said
 
 
+def test_a_port_in_use_is_one_line_and_no_banner() -> None:
+    """The port is bound before anything loads: taken, it is said in one line (exit 1), and the
+    banner that says where the server listens is never printed (it came before the bind)."""
+    out = _serve()
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Cannot listen on 127.0.0.1:"), out.stderr
+    assert "Address already in use; stop what listens there, or choose another port." in lines[0]
+    assert "ortmodels serve on" not in out.stdout and "Traceback" not in out.stderr
+
+
 def test_every_interface_without_a_key_is_warned_about(open_server: Server) -> None:
     assert NO_KEY_WARNING in _words(open_server.log.read_text(errors="replace"))
 

@@ -77,6 +77,9 @@ def serve(
         return
     from ..serve import run
 
-    console.print(f"[dim]ortmodels serve on http://{host}:{port}/v1 (Ctrl-C or SIGTERM stops)[/]", highlight=False)
+    def ready() -> None:  # the port is bound: only now does the banner say so
+        console.print(f"[dim]ortmodels serve on http://{host}:{port}/v1 (Ctrl-C or SIGTERM stops)[/]",
+                      highlight=False)
+
     run(host=host, port=port, models=models, api_key=api_key, max_queue=max_queue,
-        shutdown_timeout=shutdown_timeout, log_level="info" if verbose else "warning")
+        shutdown_timeout=shutdown_timeout, log_level="info" if verbose else "warning", ready=ready)

@@ -12,10 +12,11 @@ with status 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import uvicorn
 
@@ -46,18 +47,49 @@ def _stay(signum: int, frame: object) -> None:
     logger.info("Signal %d after shutdown: exiting", signum)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything is built or loaded: a port in use (or a host
+    that is not this machine's) is one line at once, not uvicorn's log after the models load."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:  # socket.gaierror too: a host name that does not resolve
+        raise OrtModelsError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Give a host name or "
+                             "address of this machine (127.0.0.1, 0.0.0.0 for every interface).") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        fix = ("stop what listens there, or choose another port" if exc.errno == errno.EADDRINUSE
+               else "give an address of this machine (127.0.0.1, 0.0.0.0 for every interface)")
+        raise OrtModelsError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}; {fix}.") from None
+    return sock
+
+
 def run(host: str = "127.0.0.1", port: int = 8000, models: Sequence[str] | str | None = None,
         api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE, shutdown_timeout: float = 30.0,
-        log_level: str = "info") -> None:
-    """Serve until SIGTERM/SIGINT; raises `OrtModelsError` if the server could not start."""
-    app = create_app(models=models, api_key=api_key, max_queue=max_queue, unload_timeout=shutdown_timeout)
+        log_level: str = "info", ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; raises `OrtModelsError` if the server could not start.
+    ``ready`` is called once the port is bound (the CLI's banner), so nothing says the server is
+    there before it is."""
+    sock = listening_socket(host, port)
+    try:
+        app = create_app(models=models, api_key=api_key, max_queue=max_queue, unload_timeout=shutdown_timeout)
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=shutdown_timeout + CANCEL_GRACE_S, timeout_keep_alive=5)
     server = _Server(config, app.state.server.shutdown, shutdown_timeout)
     previous = {sig: signal.signal(sig, _stay) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        if ready is not None:
+            ready()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
