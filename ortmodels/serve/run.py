@@ -50,17 +50,11 @@ def _stay(signum: int, frame: object) -> None:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before anything is built or loaded: a port in use (or a host
     that is not this machine's) is one line at once, not uvicorn's log after the models load."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:  # socket.gaierror too: a host name that does not resolve
-        raise OrtModelsError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Give a host name or "
-                             "address of this machine (127.0.0.1, 0.0.0.0 for every interface).") from None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)  # as uvicorn chooses
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
+        sock.bind((host, port))
+    except OSError as exc:  # socket.gaierror too: a host name that does not resolve
         sock.close()
         fix = ("stop what listens there, or choose another port" if exc.errno == errno.EADDRINUSE
                else "give an address of this machine (127.0.0.1, 0.0.0.0 for every interface)")
