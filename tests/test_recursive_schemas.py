@@ -4,8 +4,6 @@ where the reference recurs, which let the model put anything inside ``children``
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 from pydantic import BaseModel
 from tokenizers import Tokenizer
 
@@ -15,9 +13,7 @@ from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.structured import format_tools, recursive_schema
 
 from .conftest import CHAT_SAMPLE, SAMPLES_DIR
-
-TOKENIZER = SAMPLES_DIR / CHAT_SAMPLE / "tokenizer.json"
-VOCAB = 49152
+from .test_constraints import _allowed, _feed, compiler, tokenizer  # noqa: F401 (fixtures)
 
 
 class Node(BaseModel):
@@ -42,30 +38,8 @@ class Flat(BaseModel):
     city: str
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer.from_file(str(TOKENIZER))
-
-
-@pytest.fixture(scope="module")
-def compiler() -> GrammarCompiler:
-    return GrammarCompiler(TOKENIZER, VOCAB, [2])
-
-
-def _allowed(processor: object) -> list[str]:
-    logits = np.zeros(VOCAB, dtype=np.float32)
-    processor.mask(logits)  # type: ignore[attr-defined]
-    return [int(t) for t in np.flatnonzero(np.isfinite(logits))]
-
-
-def _feed(processor: object, tokenizer: Tokenizer, text: str) -> None:
-    for token in tokenizer.encode(text, add_special_tokens=False).ids:
-        assert token in _allowed(processor), (text, tokenizer.id_to_token(token))
-        processor.accept(token)  # type: ignore[attr-defined]
-
-
 def _pieces(processor: object, tokenizer: Tokenizer) -> set[str]:
-    return {tokenizer.decode([t]).strip() for t in _allowed(processor)} - {""}
+    return {tokenizer.decode([int(t)]).strip() for t in _allowed(processor)} - {""}
 
 
 def test_only_self_referring_classes_get_their_own_schema() -> None:
