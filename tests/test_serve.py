@@ -322,11 +322,30 @@ def _error(reply: httpx.Response, status: int) -> dict:
     ({**CHAT, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_b", "content": "1"}]}, "messages[2].tool_call_id", "called 'call_a'"),
+    # NaN and Infinity are Python's JSON, not JSON: refused in the body and in a call's arguments
+    (json.dumps({**CHAT, "temperature": float("nan")}).encode(), None, "NaN is not a JSON number"),
+    (json.dumps({**CHAT, "max_tokens": float("inf")}).encode(), None, "Infinity is not a JSON number"),
+    ({**CHAT, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": -Infinity}'}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "1"}]}, "messages[1].tool_calls",
+     "-Infinity is not a JSON number"),
 ])
 def test_bad_requests_are_400_naming_the_field(server: Server, body: object, param: str | None, words: str) -> None:
     error = _error(_post(server, "/chat/completions", body), 400)
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param and words in error["message"]
+
+
+def test_a_result_of_a_call_sent_without_an_id_is_answered(server: Server) -> None:
+    """A call without an id matches any result (the route's rule); the conversation's own check
+    below it must not refuse the result for the id the template gives that call."""
+    body = {**CHAT, "max_tokens": 2, "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "any", "content": "1"}]}
+    reply = _post(server, "/chat/completions", body)
+    assert reply.status_code == 200, reply.text
 
 
 def test_a_prompt_past_the_context_is_400_with_the_token_count(server: Server) -> None:

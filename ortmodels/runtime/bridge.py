@@ -21,6 +21,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from ..engine.json_text import NotJsonNumber, loads, non_json_reason
 from ..engine.toolcalls import ToolCall
 from ..errors import ChatInputError, StructuredOutputError
 from .events import ChatEvent, Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCalls, Usage
@@ -124,12 +125,15 @@ def _gather(pieces: dict[Any, dict[str, Any]], piece: dict[str, Any], position: 
 
 def _parsed(call: dict[str, Any]) -> ToolCall:
     try:
-        arguments = json.loads(call["args"] or "{}")
+        arguments = loads(call["args"] or "{}")
     except json.JSONDecodeError as exc:
         raise StructuredOutputError(
             f"The model's call of tool {call['name']!r} has arguments that are not JSON ({exc.msg} at character "
             f"{exc.pos}): {call['args'][:200]!r}. The model class's stream must give JSON arguments."
         ) from None
+    except NotJsonNumber as exc:
+        raise StructuredOutputError(f"The model's call of tool {call['name']!r} has arguments that are not JSON "
+                                    f"({exc}): {call['args'][:200]!r}.") from None
     if not isinstance(arguments, dict):
         raise StructuredOutputError(f"The model's call of tool {call['name']!r} has arguments that are not a JSON "
                                     f"object: {call['args'][:200]!r}.")
@@ -137,6 +141,10 @@ def _parsed(call: dict[str, Any]) -> ToolCall:
 
 
 def _call(name: str | None, arguments: dict[str, Any], call_id: str | None) -> ToolCall:
+    why = non_json_reason(arguments)
+    if why is not None:  # served as a JSON string, which no client could read back
+        raise StructuredOutputError(f"The model's call of tool {name!r} has arguments that cannot be written as "
+                                    f"JSON: {why}.")
     return ToolCall(name or "", arguments, *([call_id] if call_id else []))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..engine.json_text import non_json_reason
 from ..engine.tokenizer import check_unicode
 from ..engine.toolcalls import FORMATS, ToolCall, ToolFormat
 from ..errors import ChatInputError
@@ -31,6 +32,7 @@ def template_messages(messages: list[dict[str, Any]], tool_format: ToolFormat | 
     fmt = tool_format or FORMATS["generic"]
     converted = []
     names: dict[str, str] = {}  # tool call id → tool name, for results that do not repeat it
+    anonymous = False  # an earlier call had no id: a result may answer it whatever its id
     for index, message in enumerate(messages):
         role, text = message.get("role"), message.get("content") or ""
         if role not in TEMPLATE_ROLES:
@@ -40,14 +42,41 @@ def template_messages(messages: list[dict[str, Any]], tool_format: ToolFormat | 
         except ValueError as exc:
             raise ChatInputError(str(exc)) from None
         if role == "assistant" and message.get("tool_calls"):
-            calls = [ToolCall(c["name"], c.get("arguments") or {}, c.get("id") or f"call_{index}_{n}")
+            calls = [ToolCall(c["name"], _arguments(c, index), c.get("id") or f"call_{index}_{n}")
                      for n, c in enumerate(message["tool_calls"])]
+            anonymous = anonymous or not all(c.get("id") for c in message["tool_calls"])
             names.update({c.id: c.name for c in calls})
             converted.append(fmt.history_call(text, calls))
         elif role == "tool":
             call_id = message.get("tool_call_id")
+            _answers_a_call(call_id, names, anonymous, index)
             name = message.get("name") or (names.get(call_id) if call_id else None)
             converted.append(fmt.history_result(text, call_id, name, bool(message.get("error"))))
         else:
             converted.append({"role": role, "content": text})
     return converted
+
+
+def _arguments(call: dict[str, Any], index: int) -> dict[str, Any]:
+    """An earlier call's arguments, refused when they cannot be written back as JSON (a NaN would
+    reach the prompt as ``NaN``, which is not JSON, and teach the model to write it)."""
+    arguments = call.get("arguments") or {}
+    why = non_json_reason(arguments)
+    if why is not None:
+        raise ChatInputError(f"Message {index}'s call of tool {call.get('name')!r} has arguments that cannot be "
+                             f"written as JSON: {why}. Give strings, finite numbers, booleans, null, lists and "
+                             "objects only.")
+    return arguments
+
+
+def _answers_a_call(call_id: str | None, made: dict[str, str], anonymous: bool, index: int) -> None:
+    """A tool result must answer a call an earlier assistant turn made (the server's APIs say which
+    turn exactly, with their own errors first); else the model would read a result of nothing."""
+    if not made:
+        raise ChatInputError(f"Message {index} is a tool result, but no assistant turn with tool calls comes "
+                             "before it. Give the assistant turn with its tool calls (an AIMessage with tool_calls) "
+                             "before their results.")
+    if call_id and not anonymous and call_id not in made:
+        listed = ", ".join(repr(i) for i in list(made)[-8:])
+        raise ChatInputError(f"Message {index} is the result of tool call {call_id!r:.80}, which no earlier "
+                             f"assistant turn made (their calls: {listed}). Give each result its call's id.")

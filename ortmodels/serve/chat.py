@@ -9,12 +9,12 @@ thing; no LangChain object is made on the way.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from ..engine.json_text import NotJsonNumber, loads
 from ..errors import ChatInputError
 from ..runtime.events import (
     ChatEvent,
@@ -79,7 +79,9 @@ def parse_arguments(arguments: str | None, where: str, param: str) -> dict[str, 
     """A tool call's arguments sent back by a client (a JSON object in a string) as a dict; else a
     400 naming ``where``."""
     try:
-        args = json.loads(arguments or "{}")
+        args = loads(arguments or "{}")
+    except NotJsonNumber as exc:
+        raise bad_request(f"{where} must be a JSON object in a string: {exc}.", param) from None
     except (ValueError, RecursionError):
         args = None
     if not isinstance(args, dict):
@@ -92,7 +94,7 @@ def _calls(message: ChatMessage, index: int) -> list[dict[str, Any]]:
     for number, call in enumerate(message.tool_calls or []):
         args = parse_arguments(call.function.arguments, f"messages[{index}].tool_calls[{number}].function.arguments",
                                f"messages[{index}].tool_calls")
-        calls.append({"name": call.function.name, "arguments": args, "id": call.id or f"call_{index}_{number}"})
+        calls.append({"name": call.function.name, "arguments": args, "id": call.id})  # none: the template names it
     return calls
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from ..engine.json_text import loads
 from ..errors import GrammarError
 from ..runtime.events import ChatEvent
 from .errors import ApiError, bad_request
@@ -41,7 +42,7 @@ def _json(value: dict[str, Any] | str, field: str) -> dict[str, Any]:
     """vLLM's ``json``: a schema, or the same as a JSON string."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads(value)
         except (ValueError, RecursionError):
             value = None
         if not isinstance(value, dict):

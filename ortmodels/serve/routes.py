@@ -8,7 +8,6 @@ out as the same OpenAI 400, with the field it is about.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from ..engine.json_text import NotJsonNumber, loads
 from ..runtime.events import ChatEvent
 from . import chat, completions, embeddings, grammar, messages, rerank, responses, tokenize
 from .admission import RETRY_AFTER_S, Slot
@@ -115,7 +115,9 @@ async def _read_body(request: Request) -> bytes:
 async def _parse(request: Request, model: type[Body]) -> Body:
     raw = await _read_body(request)
     try:
-        data = json.loads(raw)
+        data = loads(raw)
+    except NotJsonNumber as exc:
+        raise bad_request(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a number past int's digit limit, too deep
         raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.",
                           code="invalid_json") from None

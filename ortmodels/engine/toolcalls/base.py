@@ -8,13 +8,13 @@ trigger token), and how its text becomes calls. Tools are OpenAI-style function 
 
 from __future__ import annotations
 
-import json
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..constraints import MAX_SCHEMA_DEPTH, Grammar
+from ..json_text import loads
 
 Choice = Literal["auto", "required", "none"] | str
 """``auto``, ``required`` (any tool), ``none``, or one tool's name."""
@@ -106,8 +106,8 @@ def _moved_refs(value: Any, key: str, depth: int) -> Any:
 def parse_json(text: str) -> Any:
     """The JSON value ``text`` holds (surrounding whitespace allowed), or ``None``."""
     try:
-        return json.loads(text.strip())
-    except (json.JSONDecodeError, ValueError):
+        return loads(text.strip())
+    except (ValueError, RecursionError):
         return None
 
 

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from ..constraints import JSON_OPTIONS, Grammar
+from ..json_text import loads
 from .base import CallPlan, Choice, ToolCall, ToolFormat, call_schema
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -48,15 +49,15 @@ class HermesFormat(ToolFormat):
         calls = []
         for match in _CALL.finditer(text):
             try:
-                value = json.loads(match.group(1))
-            except json.JSONDecodeError:
+                value = loads(match.group(1))
+            except (ValueError, RecursionError):
                 continue
             if isinstance(value, dict) and isinstance(value.get("name"), str):
                 arguments = value.get("arguments") or {}
                 if isinstance(arguments, str):  # some models write the arguments as a JSON string
                     try:
-                        arguments = json.loads(arguments)
-                    except json.JSONDecodeError:
+                        arguments = loads(arguments)
+                    except (ValueError, RecursionError):
                         continue
                 calls.append(ToolCall(value["name"], arguments))
         if OPEN not in text:

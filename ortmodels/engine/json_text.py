@@ -1,0 +1,38 @@
+"""JSON as RFC 8259 defines it, read and written the same way everywhere.
+
+Python's `json` reads and writes ``NaN``, ``Infinity`` and ``-Infinity`` by default; JavaScript's
+``JSON.parse`` and most other clients refuse them. A tool call's arguments, a request body or a
+schema that held one would be passed on as text no client can read, so they are refused where
+JSON comes in and where arguments are written back into a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class NotJsonNumber(ValueError):
+    """A ``NaN``, ``Infinity`` or ``-Infinity``: Python's JSON extension, not JSON."""
+
+
+def _refuse(name: str) -> Any:
+    raise NotJsonNumber(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN`` and the infinities (`NotJsonNumber`, a ValueError)."""
+    return json.loads(text, parse_constant=_refuse)
+
+
+def non_json_reason(value: Any) -> str | None:
+    """Why ``value`` cannot be written as JSON (a NaN, a datetime), or ``None`` when it can."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError as exc:  # json's "Out of range float values are not JSON compliant"
+        return "NaN and Infinity are not JSON numbers" if "float" in str(exc) else str(exc)
+    except TypeError as exc:
+        return str(exc)
+    except RecursionError:
+        return "it is nested too deeply (or refers to itself)"
+    return None
