@@ -222,6 +222,11 @@ class Settings(BaseSettings):
         return value
 
 
+def setting_name(field: str) -> str:
+    """The environment variable of a settings field (``default_chat_model`` → ``DEFAULT_CHAT_MODEL``)."""
+    return Settings.model_fields[field].alias or field.upper()
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning pydantic's report into one `ConfigurationError` per bad value."""
     try:
@@ -230,7 +235,7 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = err["loc"][0] if err["loc"] else "?"
-            alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
+            alias = setting_name(field) if field in Settings.model_fields else field
             message = err["msg"].removeprefix("Value error, ").rstrip(".")  # our validators' own words
             problems.append(f"{alias}={err.get('input')!r}: {message}")
         raise ConfigurationError(

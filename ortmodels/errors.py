@@ -38,25 +38,29 @@ class UnknownModelError(OrtModelsError, KeyError):
     Also a ``KeyError`` so that code written against a dict-like registry keeps working.
     """
 
-    def __init__(self, name: str, known: Iterable[str], models_dir: object = None, setting: str | None = None) -> None:
+    def __init__(self, name: str, known: Iterable[str], models_dir: object = None, setting: str | None = None,
+                 kind: str | None = None) -> None:
         self.name = name
         self.known = sorted(known)
-        self.models_dir, self.setting = models_dir, setting
+        self.models_dir, self.setting, self.kind = models_dir, setting, kind
         where = f" in {models_dir}" if models_dir is not None else ""
         listing = ", ".join(self.known) if self.known else "none"
         named = f" (the default, from {setting})" if setting else ""
         fix = f"Set {setting} to one of them, put" if setting else "Put"
-        super().__init__(
-            f"Unknown model {name!r}{named}{where}. Known models: {listing}. "
-            f"{fix} a Hugging Face checkpoint in a folder of that name, or run "
-            "'ortmodels samples' for the sample models (a chat and an embedding model)."
-        )
+        if kind == "reranker":  # the samples have no reranker: 'ortmodels samples' would not help
+            how = ("Put a cross-encoder checkpoint (one label, such as cross-encoder/ms-marco-MiniLM-L-6-v2) in a "
+                   f"folder of that name and run 'ortmodels export {name}' (the sample models have no reranker)"
+                   + (f", or set {setting} to a reranker you have." if setting else "."))
+        else:
+            how = (f"{fix} a Hugging Face checkpoint in a folder of that name, or run "
+                   "'ortmodels samples' for the sample models (a chat and an embedding model).")
+        super().__init__(f"Unknown model {name!r}{named}{where}. Known models: {listing}. {how}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # rebuilt from its parts across processes (Ray)
-        return type(self), (self.name, self.known, self.models_dir, self.setting)
+        return type(self), (self.name, self.known, self.models_dir, self.setting, self.kind)
 
 
 class ModelKindError(OrtModelsError, TypeError):

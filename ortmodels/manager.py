@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .config import Settings, load_settings
+from .config import Settings, load_settings, setting_name
 from .errors import ConfigurationError, ModelBusyError, OrtModelsError, UnknownModelError
 from .kinds import is_loaded_class, kind_spec
 from .lifecycle import Managed, cache, set_recorder
@@ -297,17 +297,21 @@ class ModelManager:
     def _entry(self, kind: str, name: str | None, model_class: type | None, version: str | None,
                dtype: str | None) -> CacheEntry:
         """The cache entry of a model, made if new, its model loaded."""
+        setting = None
         if not name:  # the kind's default: a name that is not there is said to come from its setting
             setting = kind_spec(kind).default_setting
-            default = getattr(self._settings, setting)
-            try:
-                return self._entry(kind, default, model_class, version, dtype)
-            except UnknownModelError as exc:
-                if exc.name != split_tag(default, None)[0]:
-                    raise
-                alias = type(self._settings).model_fields[setting].alias or setting.upper()
-                raise UnknownModelError(exc.name, exc.known, exc.models_dir, setting=alias) from None
+            name = getattr(self._settings, setting)
         name, dtype = split_tag(name, dtype)
+        try:
+            return self._named_entry(kind, name, model_class, version, dtype)
+        except UnknownModelError as exc:
+            if exc.name != name:
+                raise
+            raise UnknownModelError(exc.name, exc.known, exc.models_dir, setting and setting_name(setting),
+                                    kind) from None
+
+    def _named_entry(self, kind: str, name: str, model_class: type | None, version: str | None,
+                     dtype: str | None) -> CacheEntry:
         if version is not None:
             versions.check_version_id(version)
         if model_class is None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ortmodels import BaseEmbeddingModel, ModelManager
+from ortmodels import BaseEmbeddingModel, ModelManager, OnnxChatModel, OnnxCrossEncoder
 from ortmodels.errors import ConfigurationError, InvalidModelNameError, ModelKindError, UnknownModelError
 from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 
@@ -107,6 +108,36 @@ def test_default_name_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch, sa
     with pytest.raises(UnknownModelError) as named:
         manager.get_embedding_model("no-such-model")
     assert "DEFAULT_EMBEDDING_MODEL" not in str(named.value)
+
+
+def test_a_missing_reranker_is_not_sent_to_the_samples(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
+    """The samples have no reranker: a reranker that is not there is said to need a cross-encoder
+    checkpoint exported, its default setting named as the other way out."""
+    import pickle
+
+    monkeypatch.setenv("DEFAULT_RERANK_MODEL", "no-such-model")
+    manager = ModelManager()
+    with pytest.raises(UnknownModelError, match=r"cross-encoder checkpoint .* 'ortmodels export no-such-model'") as info:
+        manager.get_reranker("no-such-model")
+    assert "ortmodels samples" not in str(info.value) and "DEFAULT_RERANK_MODEL" not in str(info.value)
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+    with pytest.raises(UnknownModelError, match=r"\(the default, from DEFAULT_RERANK_MODEL\).*or set "
+                                                r"DEFAULT_RERANK_MODEL to a reranker you have"):
+        manager.get_reranker()
+    with pytest.raises(UnknownModelError, match="ortmodels samples"):  # the other kinds keep their hint
+        manager.get_chat_model("no-such-model")
+
+
+@pytest.mark.parametrize(("setting", "make"), [
+    ("DEFAULT_CHAT_MODEL", lambda: OnnxChatModel().invoke("Hi")),
+    ("DEFAULT_EMBEDDING_MODEL", lambda: OnnxEmbeddingModel().embed_query("Hi")),
+    ("DEFAULT_RERANK_MODEL", lambda: OnnxCrossEncoder().rerank("q", ["d"])),
+])
+def test_a_model_made_without_the_manager_names_the_default_setting_too(
+        monkeypatch: pytest.MonkeyPatch, samples_dir: Path, setting: str, make: Callable[[], object]) -> None:
+    monkeypatch.setenv(setting, "no-such-model")
+    with pytest.raises(UnknownModelError, match=rf"'no-such-model' \(the default, from {setting}\)"):
+        make()
 
 
 @pytest.mark.slow

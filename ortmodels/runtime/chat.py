@@ -36,7 +36,7 @@ from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ..base import BaseLLMModel
-from ..config import Settings, load_settings
+from ..config import Settings, load_settings, setting_name
 from ..engine import EngineGauges
 from ..errors import ChatInputError
 from ..lifecycle import LifeCycle
@@ -98,6 +98,12 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     manager passes its own."""
 
     _runtime: ChatRuntime = PrivateAttr()
+    _named_by: str | None = PrivateAttr(default=None)
+
+    @property
+    def named_by(self) -> str | None:
+        """The setting this model's name came from (``DEFAULT_CHAT_MODEL``), when none was given."""
+        return self._named_by
 
     def _new_life_cycle(self) -> LifeCycle:
         """Made on its own (a user's subclass too), this model makes its runtime, whose life cycle
@@ -142,6 +148,7 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
     def _resolve_folder(self) -> OnnxChatModel:
         if self.model_path_ is None:
             settings = load_settings()
+            self._named_by = None if self.model_name else setting_name("default_chat_model")
             self.model_name = validate_model_name(self.model_name or settings.default_chat_model)
             self.model_path_ = settings.local_models_dir / self.model_name
         elif self.model_name is None:

@@ -93,6 +93,7 @@ class ChatRuntime(ChoosesVariant, Managed):
     def follow(self, front: Any) -> None:
         """Take the fields a load reads from ``front`` (`OnnxChatModel`'s may be set after it was made)."""
         self.model_name, self.model_path = front.model_name, Path(front.model_path)
+        self.named_by = getattr(front, "named_by", None)
         self.device, self.dtype, self.version, self.settings = front.device, front.dtype, front.version, front.settings
 
     # -- life cycle -------------------------------------------------------------------------

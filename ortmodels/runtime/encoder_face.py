@@ -55,6 +55,11 @@ class EncoderFace:
         self._runtime.batch_size = value
 
     @property
+    def named_by(self) -> str | None:
+        """The setting the model's name came from (``DEFAULT_EMBEDDING_MODEL``, ...), when none was given."""
+        return self._runtime.named_by  # type: ignore[no-any-return]
+
+    @property
     def variant(self) -> str | None:
         """The precision loaded (``fp32``, ``int8``, ...), once loaded."""
         return self.loaded_variant

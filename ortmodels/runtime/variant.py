@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import Settings, load_settings
+from ..config import Settings, load_settings, setting_name
 from ..engine.session import EarlyKey, create_session, open_beside, open_early, resolve_device
 from ..engine.tokenizer import load_tokenizer, merges_as_text, vocabulary_bounds
 from ..errors import (
@@ -17,6 +17,7 @@ from ..errors import (
     FailedVariantError,
     ModelFileError,
     ModelNotExportedError,
+    UnknownModelError,
     UnknownVersionError,
 )
 from ..lifecycle import VariantChoice, loading_model
@@ -210,8 +211,11 @@ class ChoosesVariant:
                dtype: str | None, version: str | None, settings: Settings | None) -> None:
         """Set the fields: ``model_path``, or ``model_name`` found in ``LOCAL_MODELS_DIR`` (the
         kind's default model when neither is given)."""
+        self.named_by: str | None = None  # the setting the name came from, for the error if it is not there
         if model_path is None:
             given = settings or load_settings()
+            if not model_name:
+                self.named_by = setting_name(self.default_setting)
             model_name = validate_model_name(model_name or getattr(given, self.default_setting))
             model_path = given.local_models_dir / model_name
         elif model_name is None:
@@ -296,8 +300,14 @@ def open_variant(
     choice = life.take_choice() if life is not None else None
     if choice is None:
         model_dir = model_dir.absolute()
-        choice = choose_variant(ModelStore(model_dir.parent), model_dir.name, kind, getattr(owner, "version", None),
-                                device, dtype, settings)
+        try:
+            choice = choose_variant(ModelStore(model_dir.parent), model_dir.name, kind,
+                                    getattr(owner, "version", None), device, dtype, settings)
+        except UnknownModelError as exc:  # as the manager says it: the setting a default came from, the kind
+            if exc.name != model_dir.name:
+                raise
+            raise UnknownModelError(exc.name, exc.known, exc.models_dir, getattr(owner, "named_by", None),
+                                    kind) from None
     info, variant, resolved = choice.info, choice.variant, choice.device
     try:
         folder = _checked_folder(choice, settings)
