@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -69,16 +70,13 @@ def run(host: str = "127.0.0.1", port: int = 8000, models: Sequence[str] | str |
     ``ready`` is called once the port is bound (the CLI's banner), so nothing says the server is
     there before it is."""
     sock = listening_socket(host, port)
+    previous: dict[signal.Signals, Any] = {}
     try:
         app = create_app(models=models, api_key=api_key, max_queue=max_queue, unload_timeout=shutdown_timeout)
-    except BaseException:
-        sock.close()
-        raise
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                            timeout_graceful_shutdown=shutdown_timeout + CANCEL_GRACE_S, timeout_keep_alive=5)
-    server = _Server(config, app.state.server.shutdown, shutdown_timeout)
-    previous = {sig: signal.signal(sig, _stay) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                                timeout_graceful_shutdown=shutdown_timeout + CANCEL_GRACE_S, timeout_keep_alive=5)
+        server = _Server(config, app.state.server.shutdown, shutdown_timeout)
+        previous = {sig: signal.signal(sig, _stay) for sig in (signal.SIGTERM, signal.SIGINT)}
         if ready is not None:
             ready()
         server.run(sockets=[sock])
@@ -86,5 +84,5 @@ def run(host: str = "127.0.0.1", port: int = 8000, models: Sequence[str] | str |
         sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not server.started:
-        raise OrtModelsError(f"The server did not start on {host}:{port} (see the log above: port in use?).")
+    if not server.started:  # the port was bound: its startup (the app's lifespan) failed
+        raise OrtModelsError(f"The server on {host}:{port} did not start; the log above says why.")
