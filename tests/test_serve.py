@@ -329,6 +329,8 @@ def _error(reply: httpx.Response, status: int) -> dict:
         {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": -Infinity}'}}]},
         {"role": "tool", "tool_call_id": "call_a", "content": "1"}]}, "messages[1].tool_calls",
      "-Infinity is not a JSON number"),
+    (b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}], "temperature": 1e999}' % CHAT_SAMPLE.encode(),
+     None, "past the largest number"),
 ])
 def test_bad_requests_are_400_naming_the_field(server: Server, body: object, param: str | None, words: str) -> None:
     error = _error(_post(server, "/chat/completions", body), 400)

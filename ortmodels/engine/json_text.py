@@ -9,6 +9,7 @@ JSON comes in and where arguments are written back into a prompt.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -20,9 +21,17 @@ def _refuse(name: str) -> Any:
     raise NotJsonNumber(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: valid JSON that Python reads as an infinity
+        raise NotJsonNumber(f"{text[:40]} is past the largest number a double holds")
+    return value
+
+
 def loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses ``NaN`` and the infinities (`NotJsonNumber`, a ValueError)."""
-    return json.loads(text, parse_constant=_refuse)
+    """``json.loads`` that refuses ``NaN``, the infinities and numbers that would read as one
+    (`NotJsonNumber`, a ValueError)."""
+    return json.loads(text, parse_constant=_refuse, parse_float=_finite)
 
 
 def non_json_reason(value: Any) -> str | None:
