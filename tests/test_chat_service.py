@@ -245,6 +245,10 @@ def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
     cut = StreamingToolChat(model_name="tools", fragments=('{"city": ', '"Par'))
     with pytest.raises(StructuredOutputError, match="get_weather.*not JSON"):
         asyncio.run(events(cut))
+    # Python's NaN would be served in the arguments' string, which no JSON client reads
+    nan = StreamingToolChat(model_name="tools", fragments=('{"days": ', "NaN}"))
+    with pytest.raises(StructuredOutputError, match="get_weather.*not JSON.*NaN is not a JSON number"):
+        asyncio.run(events(nan))
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ from typing import Any
 
 
 class NotJsonNumber(ValueError):
-    """A ``NaN``, ``Infinity`` or ``-Infinity``: Python's JSON extension, not JSON."""
+    """A ``NaN``, ``Infinity`` or ``-Infinity`` (Python's JSON extension, not JSON), or a number
+    past a double's range, which Python reads as an infinity."""
 
 
 def _refuse(name: str) -> Any:
