@@ -18,14 +18,15 @@ from ortmodels.engine.json_text import NotJsonNumber, loads
 from ortmodels.engine.toolcalls import FORMATS
 from ortmodels.errors import ChatInputError
 from ortmodels.runtime.chat import OnnxChatModel
+from ortmodels.runtime.conversation import template_messages
 from ortmodels.runtime.messages import to_template_messages
 
 from .conftest import CHAT_SAMPLE, SAMPLES_DIR
 
 
-def _called(args: dict, call_id: str | None = "call_1") -> list[BaseMessage]:
+def _called(args: dict) -> list[BaseMessage]:
     return [HumanMessage("Weather in Paris?"),
-            AIMessage("", tool_calls=[{"name": "get_weather", "args": args, "id": call_id}])]
+            AIMessage("", tool_calls=[{"name": "get_weather", "args": args, "id": "call_1"}])]
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
@@ -61,7 +62,6 @@ def test_results_of_earlier_calls_and_of_calls_without_ids_are_read(fmt: str) ->
     anonymous = [{"role": "user", "content": "Weather?"},
                  {"role": "assistant", "content": "", "tool_calls": [{"name": "get_weather", "arguments": {}}]},
                  {"role": "tool", "content": "Sunny", "tool_call_id": "whatever"}]
-    from ortmodels.runtime.conversation import template_messages
     assert len(template_messages(anonymous, FORMATS[fmt])) == 3
 
 
