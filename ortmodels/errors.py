@@ -46,15 +46,22 @@ class UnknownModelError(OrtModelsError, KeyError):
         where = f" in {models_dir}" if models_dir is not None else ""
         listing = ", ".join(self.known) if self.known else "none"
         named = f" (the default, from {setting})" if setting else ""
-        fix = f"Set {setting} to one of them, put" if setting else "Put"
         if kind == "reranker":  # the samples have no reranker: 'ortmodels samples' would not help
             how = ("Put a cross-encoder checkpoint (one label, such as cross-encoder/ms-marco-MiniLM-L-6-v2) in a "
                    f"folder of that name and run 'ortmodels export {name}' (the sample models have no reranker)"
                    + (f", or set {setting} to a reranker you have." if setting else "."))
         else:
-            how = (f"{fix} a Hugging Face checkpoint in a folder of that name, or run "
+            lead = f"Set {setting} to one of them, put" if setting else "Put"
+            how = (f"{lead} a Hugging Face checkpoint in a folder of that name, or run "
                    "'ortmodels samples' for the sample models (a chat and an embedding model).")
         super().__init__(f"Unknown model {name!r}{named}{where}. Known models: {listing}. {how}")
+
+    def asked_as(self, name: str, setting: str | None, kind: str) -> UnknownModelError:
+        """This error as the asker says it (the setting a default name came from, the kind asked
+        for), if it is about ``name``; itself if it is about another model (a draft, say)."""
+        if self.name != name:
+            return self
+        return UnknownModelError(self.name, self.known, self.models_dir, setting, kind)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

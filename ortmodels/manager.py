@@ -305,10 +305,10 @@ class ModelManager:
         try:
             return self._named_entry(kind, name, model_class, version, dtype)
         except UnknownModelError as exc:
-            if exc.name != name:
+            said = exc.asked_as(name, setting and setting_name(setting), kind)
+            if said is exc:
                 raise
-            raise UnknownModelError(exc.name, exc.known, exc.models_dir, setting and setting_name(setting),
-                                    kind) from None
+            raise said from None
 
     def _named_entry(self, kind: str, name: str, model_class: type | None, version: str | None,
                      dtype: str | None) -> CacheEntry:

@@ -140,6 +140,22 @@ def test_a_model_made_without_the_manager_names_the_default_setting_too(
         make()
 
 
+@pytest.mark.parametrize("model_class", [OnnxChatModel, OnnxEmbeddingModel, OnnxCrossEncoder])
+def test_a_model_given_its_settings_finds_its_default_there(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_class: type) -> None:
+    """The settings a model is given, not the environment's, name its default model and folder
+    (the chat model read the environment's until the three kinds shared one rule)."""
+    from ortmodels.config import load_settings
+
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(tmp_path / "from-the-environment"))
+    given = load_settings(local_models_dir=tmp_path / "given", default_chat_model="given-chat",
+                          default_embedding_model="given-embeddings", default_rerank_model="given-reranker")
+    model = model_class(settings=given)
+    expected = {"OnnxChatModel": "given-chat", "OnnxEmbeddingModel": "given-embeddings",
+                "OnnxCrossEncoder": "given-reranker"}[model_class.__name__]
+    assert (model.model_name, model.model_path) == (expected, tmp_path / "given" / expected)
+
+
 @pytest.mark.slow
 def test_dtype_setting_is_honoured(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
     monkeypatch.setenv("MODEL_DTYPE", "int8")

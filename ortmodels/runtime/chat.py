@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -36,11 +35,10 @@ from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ..base import BaseLLMModel
-from ..config import Settings, load_settings, setting_name
+from ..config import Settings
 from ..engine import EngineGauges
 from ..errors import ChatInputError
 from ..lifecycle import LifeCycle
-from ..store.names import validate_model_name
 from .chat_runtime import ChatRuntime, merge_options, over_defaults
 from .events import ChatEvent, ReasoningDelta, TextDelta, ToolCalls
 from .messages import to_service_messages
@@ -52,6 +50,7 @@ from .structured import (
     structured_output,
     tool_call_chunks,
 )
+from .variant import model_place
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +145,8 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     @model_validator(mode="after")
     def _resolve_folder(self) -> OnnxChatModel:
-        if self.model_path_ is None:
-            settings = load_settings()
-            self._named_by = None if self.model_name else setting_name("default_chat_model")
-            self.model_name = validate_model_name(self.model_name or settings.default_chat_model)
-            self.model_path_ = settings.local_models_dir / self.model_name
-        elif self.model_name is None:
-            self.model_name = Path(self.model_path_).name
+        self.model_name, self.model_path_, self._named_by = model_place(
+            self.model_name, self.model_path_, ChatRuntime.default_setting, self.settings)
         self._runtime.follow(self)
         return self
 

@@ -200,6 +200,19 @@ def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str |
     return VariantChoice(info, variant, resolved, lease)
 
 
+def model_place(model_name: str | None, model_path: str | Path | None, default_setting: str,
+                settings: Settings | None) -> tuple[str, Path, str | None]:
+    """A model's name, its folder and the setting its name came from (``None``: it was given):
+    ``model_path`` as given, or ``model_name`` in ``LOCAL_MODELS_DIR``, the kind's default model
+    (``default_setting``) when neither is given."""
+    if model_path is not None:
+        return model_name or Path(model_path).name, Path(model_path), None
+    given = settings or load_settings()
+    named_by = None if model_name else setting_name(default_setting)
+    model_name = validate_model_name(model_name or getattr(given, default_setting))
+    return model_name, given.local_models_dir / model_name, named_by
+
+
 class ChoosesVariant:
     """The loader's chooser for a runtime class (chat, embedding, reranker): where its model is,
     the fields a load reads, read through `choose_variant` once per load."""
@@ -211,17 +224,10 @@ class ChoosesVariant:
                dtype: str | None, version: str | None, settings: Settings | None) -> None:
         """Set the fields: ``model_path``, or ``model_name`` found in ``LOCAL_MODELS_DIR`` (the
         kind's default model when neither is given)."""
-        self.named_by: str | None = None  # the setting the name came from, for the error if it is not there
-        if model_path is None:
-            given = settings or load_settings()
-            if not model_name:
-                self.named_by = setting_name(self.default_setting)
-            model_name = validate_model_name(model_name or getattr(given, self.default_setting))
-            model_path = given.local_models_dir / model_name
-        elif model_name is None:
-            model_name = Path(model_path).name
-        self.model_name: str | None = model_name
-        self.model_path = Path(model_path)
+        self.model_name: str | None
+        self.named_by: str | None  # the setting the name came from, for the error if it is not there
+        self.model_name, self.model_path, self.named_by = model_place(model_name, model_path,
+                                                                      self.default_setting, settings)
         self.device, self.dtype, self.version, self.settings = device, dtype, version, settings
 
     def __repr__(self) -> str:
@@ -304,10 +310,10 @@ def open_variant(
             choice = choose_variant(ModelStore(model_dir.parent), model_dir.name, kind,
                                     getattr(owner, "version", None), device, dtype, settings)
         except UnknownModelError as exc:  # as the manager says it: the setting a default came from, the kind
-            if exc.name != model_dir.name:
+            said = exc.asked_as(model_dir.name, getattr(owner, "named_by", None), kind)
+            if said is exc:
                 raise
-            raise UnknownModelError(exc.name, exc.known, exc.models_dir, getattr(owner, "named_by", None),
-                                    kind) from None
+            raise said from None
     info, variant, resolved = choice.info, choice.variant, choice.device
     try:
         folder = _checked_folder(choice, settings)
