@@ -20,7 +20,6 @@ from .lifecycle.memory import return_freed_memory
 from .loader import adapter_of, construct_model
 from .monitoring import stats
 from .monitoring.runtime_state import StatePublisher
-from .precision import select_variant
 from .registry import ModelRegistry
 from .store import ModelInfo, ModelStore, versions
 from .store.names import split_tag
@@ -344,8 +343,8 @@ class ModelManager:
 
             try:
                 info = self._store.info(key.name, key.version)
-                wanted = select_variant(self._settings.model_dtype, list(info.variants), key.kind,
-                                        resolve_device(self._settings.model_device), failed=info.failed_variants())
+                wanted = info.variant_for(key.kind, resolve_device(self._settings.model_device), None,
+                                          self._settings.model_dtype)
             except OrtModelsError:  # not loadable as asked: the model's own construction says why
                 return None
             others = [e for k, e in self._entries.items() if k == key._replace(dtype=wanted)]

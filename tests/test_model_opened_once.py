@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from ortmodels import ModelManager
-from ortmodels.runtime import variant
 from ortmodels.runtime.chat import OnnxChatModel
 from ortmodels.runtime.chat_runtime import ChatRuntime
 from ortmodels.store import catalog
@@ -26,7 +25,7 @@ def test_a_first_load_reads_the_manifest_once_and_chooses_once(kind: str, name: 
     monkeypatch.setenv("MODEL_MEMORY_BUDGET", "100GB")  # so the manager estimates before it loads
     manager = ModelManager()
     counts = {"manifest": 0, "choice": 0, "store": 0}
-    validate, select, make_store = Manifest.model_validate, variant.select_variant, catalog.ModelStore.__init__
+    validate, select, make_store = Manifest.model_validate, catalog.ModelInfo.variant_for, catalog.ModelStore.__init__
 
     def counted_validate(cls: Any, *args: Any, **kwargs: Any) -> Manifest:
         counts["manifest"] += 1
@@ -41,7 +40,7 @@ def test_a_first_load_reads_the_manifest_once_and_chooses_once(kind: str, name: 
         make_store(self, *args, **kwargs)
 
     monkeypatch.setattr(Manifest, "model_validate", classmethod(counted_validate))
-    monkeypatch.setattr(variant, "select_variant", counted_select)
+    monkeypatch.setattr(catalog.ModelInfo, "variant_for", counted_select)
     monkeypatch.setattr(catalog.ModelStore, "__init__", counted_store)
     runtime = manager.get_runtime(kind, name)
     assert runtime.is_loaded

@@ -21,7 +21,6 @@ from ..errors import (
     UnknownVersionError,
 )
 from ..lifecycle import VariantChoice, loading_model
-from ..precision import select_variant
 from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, remembered_figures, remembered_form, verify_variant
 from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
@@ -190,9 +189,7 @@ def choose_variant(store: ModelStore, name: str, kind: ModelKind, version: str |
     info, lease = _lease_version(store, name, kind, version)
     try:
         resolved = resolve_device(device or settings.model_device)
-        variant = select_variant(dtype or settings.model_dtype, list(info.variants), kind, resolved,
-                                 failed=info.failed_variants(),
-                                 asked=dtype not in (None, "auto", settings.model_dtype))  # a tag, not the setting
+        variant = info.variant_for(kind, resolved, dtype, settings.model_dtype)
     except BaseException:
         if lease is not None:
             lease.release()

@@ -26,6 +26,7 @@ from ..errors import (
     OrtModelsError,
     UnknownModelError,
 )
+from ..precision import select_variant
 from .integrity import resolve_inside
 from .manifest import Manifest, VariantEntry, read_manifest
 from .model_card import count_parameters, read_card
@@ -82,6 +83,13 @@ class ModelInfo:
             dtype: "; ".join(entry.quality.failures) if entry.quality else ""
             for dtype, entry in self.variants.items() if not entry.usable
         }
+
+    def variant_for(self, kind: str, device: str, dtype: str | None, setting: str) -> str:
+        """The precision a load takes on ``device``: ``dtype`` if the model was asked for with one
+        (a tag, ``dtype=``), else the ``MODEL_DTYPE`` ``setting``; the manager's cache asks it
+        too, so that a name and the tag it chose share one instance."""
+        return select_variant(dtype or setting, list(self.variants), kind, device, failed=self.failed_variants(),
+                              asked=dtype not in (None, "auto", setting))  # a tag, not the setting
 
     def verdict(self, dtype: str) -> str:
         """``passed``, ``failed``, ``not judged`` (``--skip-gates``) or ``not gated`` (exported
