@@ -71,10 +71,17 @@ def recursive_schema(schema: Any) -> dict[str, Any] | None:
     defs = own.get("$defs")
     if not isinstance(defs, dict) or not _cyclic(defs):
         return None
-    ref = own.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:  # the class itself is a definition
-        return {**defs[ref[8:]], "$defs": defs}
+    name = _definition_named(own.get("$ref"))
+    if name in defs:  # the class itself is a definition
+        return {**defs[name], "$defs": defs}
     return own
+
+
+def _definition_named(ref: object) -> str | None:
+    """The definition a local ``$ref`` points into (``#/$defs/NAME``, or a path under it)."""
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return ref.removeprefix("#/$defs/").split("/", 1)[0]
+    return None
 
 
 def _cyclic(defs: dict[str, Any]) -> bool:
@@ -101,9 +108,9 @@ def _references(node: Any) -> set[str]:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            ref = item.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                found.add(ref[8:].split("/", 1)[0])
+            name = _definition_named(item.get("$ref"))
+            if name is not None:
+                found.add(name)
             stack.extend(value for key, value in item.items() if key != "$defs")
         elif isinstance(item, list):
             stack.extend(item)
