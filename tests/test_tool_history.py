@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
-from ortmodels.engine.json_text import NotJsonNumber, loads
+from ortmodels.engine.json_text import NotJsonNumber, loads, non_json_reason
 from ortmodels.engine.toolcalls import FORMATS
 from ortmodels.errors import ChatInputError
 from ortmodels.runtime.chat import OnnxChatModel
@@ -88,6 +88,15 @@ def test_loads_refuses_nan_and_the_infinities(text: str, words: str) -> None:
     with pytest.raises(NotJsonNumber, match=words):
         loads(text)
     assert loads('{"a": [1e308, -0.0, "NaN"]}') == {"a": [1e308, -0.0, "NaN"]}
+
+
+def test_non_json_reason_names_each_cause() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    assert non_json_reason({"x": [float("inf")]}) == "NaN and Infinity are not JSON numbers"
+    assert non_json_reason(looped) == "it is nested too deeply (or refers to itself)"
+    assert "datetime is not JSON serializable" in (non_json_reason({"at": datetime.datetime(2026, 12, 5)}) or "")
+    assert non_json_reason({"a": [1, 2.5, None, "NaN"]}) is None
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,10 @@ def loads(text: str | bytes) -> Any:
 
 def non_json_reason(value: Any) -> str | None:
     """Why ``value`` cannot be written as JSON (a NaN, a datetime), or ``None`` when it can."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except ValueError as exc:  # json's "Out of range float values are not JSON compliant"
-        return "NaN and Infinity are not JSON numbers" if "float" in str(exc) else str(exc)
+    try:  # a loop of references recurses (not json's own check): a ValueError is then a number's
+        json.dumps(value, allow_nan=False, check_circular=False)
+    except ValueError:
+        return "NaN and Infinity are not JSON numbers"
     except TypeError as exc:
         return str(exc)
     except RecursionError:
