@@ -57,7 +57,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ("family", "pooling", "normalize"), CASES, ids=[f"{f}-{p}-{'norm' if n else 'raw'}" for f, p, n in CASES]
 )
 def test_export_family_matches_sentence_transformers(
-    tmp_path: Path, family: str, pooling: str, normalize: bool
+    tmp_path: Path, family: str, pooling: str, normalize: bool, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder,
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -72,6 +73,12 @@ def test_export_family_matches_sentence_transformers(
     # -- export -------------------------------------------------------------------------------
     outcome = export_model(ModelStore(root), name, ["fp32", "int8"])
     assert not outcome.skipped
+    # the export stack's advice to its own callers is not passed on to ortmodels' users
+    from torch.jit import TracerWarning
+
+    written = capfd.readouterr().err + caplog.text
+    assert "torch_dtype" not in written and "pre-processing before quantization" not in written
+    assert not [w for w in recwarn if issubclass(w.category, TracerWarning)]
     manifest = outcome.manifest
     assert manifest.kind == "embedding"
     assert manifest.embedding is not None

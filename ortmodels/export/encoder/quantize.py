@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ...engine.pooling import l2_normalize
+from ..optimum_bridge import third_party_hints_hidden
 from ..probes import PROBE_SENTENCES
 
 logger = logging.getLogger(__name__)
@@ -250,13 +251,14 @@ def quantize_int8_dynamic(source: Path, target: Path) -> dict[str, Any]:
         "op_types": ["MatMul"],
         "matmul_const_b_only": True,
     }
-    quantize_dynamic(
-        model_input=source,
-        model_output=target,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-        op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-    )
+    with third_party_hints_hidden():
+        quantize_dynamic(
+            model_input=source,
+            model_output=target,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+        )
     return recipe
