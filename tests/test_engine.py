@@ -67,7 +67,8 @@ class _Failing:
 class TestOnTheSample:
     def test_bad_settings_are_configuration_errors(self) -> None:
         for kwargs in ({"max_batch": 0}, {"kv_cache_bytes": -1}, {"prompt_cache_bytes": -5},
-                       {"prefill_chunk": 0}, {"prefill_chunk": 1}, {"max_batch": 2.5}, {"kv_layout": "paged"}, {"context_length": 1}):
+                       {"prefill_chunk": 0}, {"prefill_chunk": 1}, {"max_batch": 2.5}, {"kv_layout": "paged"}, {"context_length": 1},
+                       {"admission": "lpm"}):
             with pytest.raises(ConfigurationError):
                 Engine(decoder("int4"), tokenizer(), **kwargs)  # type: ignore[arg-type]
 
@@ -110,7 +111,7 @@ class TestOnTheSample:
         assert request.finish_reason == "stop" and "France" not in text and text.startswith("The capital of")
 
     def test_cancel_mid_generation_frees_the_slot(self) -> None:
-        engine = Engine(decoder("int4"), tokenizer(), max_batch=2)
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=2, admission="arrival")
         prompts = [chat_prompt(q) for q in QUESTIONS[:3]]
         first, second, third = (Request(p, max_tokens=10) for p in prompts)
         for request in (first, second, third):
@@ -268,6 +269,83 @@ class TestOnTheSample:
         assert greedy_tokens(decoder("int4"), prompt, 10) == solo_greedy("int4", prompt, 10)
         engine = Engine(decoder("int4"))
         np.testing.assert_array_equal(engine.all_logits(prompt[:5]), decoder("int4").all_logits(prompt[:5]))
+
+    def test_the_shortest_prefill_left_goes_first(self) -> None:
+        long_prompt = chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 12)
+        short_prompt = chat_prompt(QUESTIONS[0])
+        for admission, first in (("shortest-first", "short"), ("arrival", "long")):
+            engine = Engine(decoder("int4"), tokenizer(), max_batch=4, admission=admission)
+            requests = {"long": Request(long_prompt, max_tokens=8), "short": Request(short_prompt, max_tokens=8)}
+            for request in requests.values():  # the long one first
+                engine.add_request(request)
+            engine.step()  # both fit one step's prefill budget: the rows show the order they went in
+            assert engine.active[0] is requests[first], admission
+            assert requests["long"].passed_over == (admission == "shortest-first")
+            engine.close()
+
+    def test_a_mostly_cached_turn_goes_before_a_shorter_new_prompt(self) -> None:
+        """What counts is the prefill left once the cached prefix is taken off: a conversation's
+        next turn, longer in all, goes before a new question it would otherwise wait behind."""
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=1, prompt_cache_bytes=64 << 20)
+        turn = chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 12)
+        engine.add_request(earlier := Request(turn, max_tokens=2))
+        while engine.step():
+            pass
+        new, follow_up = (Request(p, max_tokens=2) for p in (
+            chat_prompt(QUESTIONS[0]), [*earlier.prompt_ids, *earlier.generated[:1], *turn[-6:]]))
+        assert len(follow_up.prompt_ids) > 2 * len(new.prompt_ids)
+        for request in (new, follow_up):  # the new question first
+            engine.add_request(request)
+        while engine.step():
+            pass
+        assert (follow_up.first_token_at or 0) < (new.first_token_at or 0)
+        assert follow_up.cached_tokens >= len(turn) - 2
+
+    def test_a_long_prompt_waits_behind_a_bounded_number_of_later_ones(self) -> None:
+        from ortmodels.engine.engine import PASSED_OVER
+
+        engine = Engine(decoder("int4"), tokenizer(), max_batch=1)
+        long_request = Request(chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 8), max_tokens=1)
+        shorts = [Request(chat_prompt(QUESTIONS[0]), max_tokens=1) for _ in range(PASSED_OVER + 2)]
+        for request in (long_request, *shorts):
+            engine.add_request(request)
+        while engine.step():
+            pass
+        started = sorted((long_request, *shorts), key=lambda r: r.first_token_at or 0)
+        assert started.index(long_request) == PASSED_OVER  # after 8 later ones, before the rest
+
+    def test_a_short_prompt_begins_beside_a_long_prefill_under_way(self) -> None:
+        """The long prompt is set aside with its cache so far, resumed after, and answers as alone."""
+        long_prompt = chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 6)
+        engine = Engine(decoder("fp32"), tokenizer(), prefill_chunk=16, max_batch=2)
+        long_request, short = Request(long_prompt, max_tokens=6), Request(chat_prompt(QUESTIONS[0]), max_tokens=6)
+        engine.add_request(long_request)
+        engine.step()
+        engine.step()  # two chunks of the long prompt done
+        assert engine.waiting == 1 and not engine.active
+        engine.add_request(short)
+        while engine.step():
+            pass
+        assert (short.first_token_at or 0) < (long_request.first_token_at or 0)
+        assert long_request.passed_over == 1
+        assert long_request.generated == solo_greedy("fp32", long_prompt, 6)
+        assert short.generated == solo_greedy("fp32", short.prompt_ids, 6)
+
+    def test_a_set_aside_prefill_can_be_cancelled(self) -> None:
+        engine = Engine(decoder("int4"), tokenizer(), prefill_chunk=16, max_batch=2)
+        long_request = Request(chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 6), max_tokens=4)
+        short = Request(chat_prompt(QUESTIONS[0]), max_tokens=40)
+        engine.add_request(long_request)
+        engine.step()
+        engine.add_request(short)
+        engine.step()  # the short one went first; the long one waits with its cache so far
+        assert long_request.passed_over == 1 and long_request.finish_reason is None and engine.waiting >= 1
+        long_request.cancel()
+        engine.step()
+        assert long_request.finish_reason == "cancelled" and long_request not in engine.active
+        while engine.step():
+            pass
+        assert short.finish_reason in ("stop", "length") and not engine.has_work()
 
     def test_chunked_prefill_gives_the_same_tokens(self) -> None:
         prompt = chat_prompt(QUESTIONS[1], system="You are a careful historian. " * 4)

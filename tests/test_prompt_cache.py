@@ -44,6 +44,21 @@ def test_lookup_finds_the_longest_shared_prefix_and_truncates() -> None:
     assert cache.hits == 3 and cache.misses == 1
 
 
+def test_cached_length_is_lookups_figure_without_its_effects() -> None:
+    """The scheduler asks it of every waiting request: it must not count, reorder or cut."""
+    entry = sum(a.nbytes for a in _past(10)) + 10 * 8
+    cache = PromptCache(2 * entry)
+    assert cache.cached_length([1, 2, 3]) == 0
+    cache.store([1] + list(range(100, 109)), _past(10))
+    cache.store([2] + list(range(100, 109)), _past(10))
+    prompts = ([1, 100, 101, 102], [2] + list(range(100, 109)), [7, 8, 9], [1, 100])
+    assert [cache.cached_length(p) for p in prompts] == [2, 8, 0, 0]
+    assert cache.hits == cache.misses == 0
+    cache.store([3] + list(range(100, 109)), _past(10))  # still least recent: the first entry goes
+    assert [cache.cached_length(p) for p in prompts] == [0, 8, 0, 0]
+    assert [cache.lookup(p)[0] for p in prompts] == [0, 8, 0, 0]
+
+
 def test_lru_eviction_by_bytes() -> None:
     entry = sum(a.nbytes for a in _past(10)) + 10 * 8
     cache = PromptCache(2 * entry)

@@ -1,10 +1,17 @@
 """`Engine`: continuous batching of `Request`s over one decoder session.
 
 Each `step()` is one scheduler iteration: requests that were cancelled leave; waiting
-requests are admitted in arrival order by prefilling them (batch 1, at most
-``prefill_chunk`` prompt tokens per step, so a long prompt does not stall the others for
-long), each starting from the longest prefix the prompt cache holds; then every admitted
-request gets one new token from a single batched decode step. A request that finishes
+requests are admitted by prefilling them (batch 1, at most ``prefill_chunk`` prompt tokens
+per step, so a long prompt does not stall the others for long), each starting from the
+longest prefix the prompt cache holds; then every admitted request gets one new token from a
+single batched decode step. Each chunk goes to the prefill with the fewest prompt tokens left
+to compute, its cached prefix taken off (``admission="shortest-first"``, the default): a
+conversation's next turn, mostly cached, or a short question does not wait behind a long new
+prompt, as with SGLang's longest-prefix-match order and vLLM's partial prefills. A waiting
+request shorter than the prefill under way begins beside it (`STARTED_PREFILLS`, the one set
+aside keeping its cache so far); waiting requests are compared within the first `LOOKAHEAD`,
+and none is passed over by more than `PASSED_OVER` later ones. ``admission="arrival"``
+prefills one request at a time in arrival order. A request that finishes
 (end token, stop string, ``max_tokens``, cancel, error) leaves at once and frees its row.
 
 Speculative decoding (``Engine(speculative=True)`` or ``Request(speculative=True)``): when a
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import logging
 import threading
 import weakref
@@ -68,15 +76,28 @@ DEFAULT_KV_CACHE_BYTES = 1 << 30
 #: Seconds the scheduler thread waits for work before it ends (a new request starts it again).
 IDLE_EXIT_S = 2.0
 _LAYOUTS = ("slots", "padded")
+#: How the next request to prefill is chosen (see the module's notes).
+ADMISSIONS = ("shortest-first", "arrival")
+#: Waiting requests compared for the shortest prefill left (a prompt-cache lookup each).
+LOOKAHEAD = 16
+#: Later requests that may go before a waiting one (or a begun prefill) before it goes first
+#: whatever its length.
+PASSED_OVER = 8
+#: Prefills begun at once: one set aside (its cache so far kept) for a shorter one that came later.
+STARTED_PREFILLS = 2
 
 
 @dataclass
 class _Prefill:
-    """The request being prefilled, chunk by chunk, and its cache so far."""
+    """A request being prefilled, chunk by chunk, and its cache so far."""
 
     request: Request
     past: list[np.ndarray] | None
     done: int
+
+    @property
+    def left(self) -> int:
+        return len(self.request.prompt_ids) - self.done
 
 
 def _whole(name: str, value: object, minimum: int) -> int:
@@ -144,8 +165,12 @@ class Engine:
         kv_layout: str = "slots",
         speculative: bool = False,
         draft_tokens: int = MAX_DRAFT,
+        admission: str = "shortest-first",
     ) -> None:
         self.decoder, self.tokenizer = decoder, tokenizer
+        if admission not in ADMISSIONS:
+            raise ConfigurationError(f"Engine admission must be one of {', '.join(ADMISSIONS)}, not {admission!r}.")
+        self.admission = admission
         self.max_batch = _whole("max_batch", max_batch, 1)
         self.kv_cache_bytes = _whole("kv_cache_bytes", kv_cache_bytes, 1)
         # At least 2: prompts are never cut into one-token chunks (`chunk_size`), so a budget of
@@ -169,7 +194,7 @@ class Engine:
                         "lengths (position_ids, no logits_to_keep)")
         self._token_bytes = layer_bytes(decoder)[0]
         self._waiting: deque[Request] = deque()
-        self._prefilling: _Prefill | None = None
+        self._started: list[_Prefill] = []  # prefills begun, at most STARTED_PREFILLS, oldest first
         self._limits: dict[Request, int] = {}
         self._cond = threading.Condition()
         self._step_lock = threading.Lock()
@@ -185,7 +210,7 @@ class Engine:
     # -- requests ---------------------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        """Queue ``request``; it waits (in arrival order) until a row and cache memory are free."""
+        """Queue ``request``; it waits its turn (`_next_waiting`) until a row and cache memory are free."""
         if request.added_at is not None:
             raise ConfigurationError(f"{request!r} was already given to an engine; make a new Request.")
         limit = self._limit(request)
@@ -218,11 +243,11 @@ class Engine:
     @property
     def waiting(self) -> int:
         with self._cond:
-            return len(self._waiting) + (self._prefilling is not None)
+            return len(self._waiting) + len(self._started)
 
     def has_work(self) -> bool:
         with self._cond:
-            return bool(self._waiting or self._prefilling or self._cache.keys)
+            return bool(self._waiting or self._started or self._cache.keys)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -276,9 +301,9 @@ class Engine:
             gone = [r for r in self._waiting if r.cancelled]
             for request in gone:
                 self._waiting.remove(request)
-            if self._prefilling and self._prefilling.request.cancelled:
-                gone.append(self._prefilling.request)
-                self._prefilling = None
+            for job in [j for j in self._started if j.request.cancelled]:
+                gone.append(job.request)
+                self._started.remove(job)
         for request in gone:
             self._finish(request, "cancelled")
         for request in self.active:
@@ -289,16 +314,11 @@ class Engine:
         budget = self.prefill_chunk
         while budget > 0:
             with self._cond:
-                if self._prefilling is None:
-                    if not self._waiting or not self._fits(self._waiting[0]):
-                        return
-                    request = self._waiting.popleft()
-                    cached, past = self.prompt_cache.lookup(request.prompt_ids)
-                    request.cached_tokens = cached
-                    self._prefilling = _Prefill(request, past, cached)
-                job = self._prefilling
+                job = self._next_prefill()
+                if job is None:
+                    return
             request = job.request
-            size = chunk_size(len(request.prompt_ids) - job.done, budget)
+            size = chunk_size(job.left, budget)
             if size == 0:  # only one token of budget left: the rest of this prompt waits a step
                 return
             chunk = request.prompt_ids[job.done : job.done + size]
@@ -306,16 +326,17 @@ class Engine:
                 logits, job.past = self.decoder.prefill(chunk, job.past, job.done)
             except Exception as exc:  # noqa: BLE001 - a session failure on this prompt fails this request only
                 logger.warning("Prefill failed for %r: %s", request, exc)
-                self._prefilling = None
+                with self._cond:
+                    self._started.remove(job)
                 self._finish(request, "error", exc)
                 continue
             job.done += len(chunk)
             budget -= len(chunk)
             self.prefilled_tokens += len(chunk)
-            if job.done < len(request.prompt_ids):
+            if job.left:
                 continue
             with self._cond:
-                self._prefilling = None
+                self._started.remove(job)
             try:
                 self.prompt_cache.store(request.prompt_ids, job.past)  # prefill-made only: see prompt_cache.py
                 reason, error = self._advance(request, logits)
@@ -327,13 +348,60 @@ class Engine:
                 reason, error = "error", exc
             self._finish(request, reason, error)
 
+    def _next_prefill(self) -> _Prefill | None:
+        """The prefill to give the next chunk to (see the module's notes): a begun one, or a
+        waiting request begun now (its cached prefix looked up) while fewer than
+        `STARTED_PREFILLS` are begun. Called under the lock."""
+        if self.admission == "arrival":
+            if not self._started and self._waiting and self._fits(self._waiting[0]):
+                self._start(self._waiting[0])
+            return self._started[0] if self._started else None
+        due = [j for j in self._started if j.request.passed_over >= PASSED_OVER]
+        if due:  # set aside for shorter ones often enough: its turn, whatever its length
+            return due[0]
+        best = min(self._started, key=lambda j: j.left, default=None)
+        if len(self._started) < STARTED_PREFILLS and self._waiting:
+            request = self._next_waiting()
+            if request is not None and (best is None or self._left(request) < best.left) and self._fits(request):
+                for job in self._started:  # each begun prefill waits for this later one
+                    job.request.passed_over += 1
+                best = self._start(request)
+        return best
+
+    def _next_waiting(self) -> Request | None:
+        """The waiting request that would begin next: the oldest once `PASSED_OVER` later ones
+        went first, else the one with the fewest tokens left (the first of equals) within the
+        first `LOOKAHEAD`. Called under the lock."""
+        head = self._waiting[0]  # the oldest: passed over at least as often as any after it
+        if len(self._waiting) == 1 or head.passed_over >= PASSED_OVER:
+            return head
+        window = list(itertools.islice(self._waiting, LOOKAHEAD))
+        left = [self._left(r) for r in window]
+        return window[left.index(min(left))]
+
+    def _left(self, request: Request) -> int:
+        """Prompt tokens a waiting request would have to prefill now."""
+        return len(request.prompt_ids) - self.prompt_cache.cached_length(request.prompt_ids)
+
+    def _start(self, request: Request) -> _Prefill:
+        """Begin prefilling a waiting request (the later ones it goes before counted). Under the lock."""
+        for earlier in itertools.takewhile(lambda r: r is not request, self._waiting):
+            earlier.passed_over += 1
+        self._waiting.remove(request)
+        cached, past = self.prompt_cache.lookup(request.prompt_ids)
+        request.cached_tokens = cached
+        job = _Prefill(request, past, cached)
+        self._started.append(job)
+        return job
+
     def _fits(self, request: Request) -> bool:
-        """Whether ``request`` can join now: a free row, and the cache bound with its reservation."""
-        active = self._cache.keys
-        if len(active) >= self._cache.capacity:
+        """Whether ``request`` can begin now: a free row once the prefills begun before it have
+        theirs, and the cache bound with every reservation."""
+        joining = [*self._cache.keys, *(job.request for job in self._started)]
+        if len(joining) >= self._cache.capacity:
             return False
-        rows = len(active) + 1
-        positions = max(self._limits.get(r, 0) for r in [*active, request])
+        rows = len(joining) + 1
+        positions = max(self._limits.get(r, 0) for r in [*joining, request])
         return self._cache.grown_bytes(rows, positions) <= self.kv_cache_bytes  # what is allocated stays
 
     def _decode(self) -> None:
@@ -472,7 +540,7 @@ class Engine:
         self._cancel_all("cancelled")  # after a close that stopped waiting for this thread (a timeout)
 
     def _has_work_locked(self) -> bool:
-        return bool(self._waiting or self._prefilling or self._cache.keys)
+        return bool(self._waiting or self._started or self._cache.keys)
 
     def close(self, timeout: float | None = None) -> None:
         """Cancel every request, stop the thread and wait for it (idempotent).
@@ -496,9 +564,8 @@ class Engine:
             with self._cond:
                 pending = list(self._waiting)
                 self._waiting.clear()
-                if self._prefilling is not None:
-                    pending.append(self._prefilling.request)
-                    self._prefilling = None
+                pending.extend(job.request for job in self._started)
+                self._started.clear()
             for request in pending:
                 self._finish(request, reason)
             for request in self.active:

@@ -149,16 +149,26 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, prompt_ids: list[int]) -> tuple[int, list[np.ndarray] | None]:
-        """(n, cache of the first n prompt tokens) for the longest usable cached prefix, else (0, None)."""
-        if not self._entries:
-            return 0, None
+    def _longest(self, prompt_ids: list[int]) -> tuple[int | None, int]:
+        """(key, n) of the entry serving the longest usable prefix of the prompt, (None, 0) if none."""
         prompt = np.asarray(prompt_ids, dtype=np.int64)
         best_key, best = None, 0
         for key, entry in self._entries.items():
             shared = min(common_prefix(entry.ids, prompt), len(prompt) - MIN_PREFILL)
             if shared > best and entry.serves(shared, self.keep):
                 best_key, best = key, shared
+        return best_key, best
+
+    def cached_length(self, prompt_ids: list[int]) -> int:
+        """How many of the prompt's tokens `lookup` would take from the cache now (nothing is
+        counted or reordered: the scheduler asks it of waiting requests to choose the next)."""
+        return self._longest(prompt_ids)[1] if self._entries else 0
+
+    def lookup(self, prompt_ids: list[int]) -> tuple[int, list[np.ndarray] | None]:
+        """(n, cache of the first n prompt tokens) for the longest usable cached prefix, else (0, None)."""
+        if not self._entries:
+            return 0, None
+        best_key, best = self._longest(prompt_ids)
         if best_key is None:
             self.misses += 1
             return 0, None

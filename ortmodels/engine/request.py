@@ -117,6 +117,7 @@ class Request:
         self._dry = DryPenalty(dry) if dry is not None and dry.enabled else None
         self.generated: list[int] = []  # every chosen token, an end-of-sequence token included
         self.cached_tokens = 0
+        self.passed_over = 0  # later requests the engine prefilled first (bounded: engine.PASSED_OVER)
         self.finish_reason: FinishReason | None = None
         self.error: BaseException | None = None
         self.added_at: float | None = None
