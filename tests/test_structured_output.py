@@ -18,7 +18,7 @@ from langchain_core.utils.function_calling import (
 from pydantic import BaseModel, Field
 
 from ortmodels import ModelManager
-from ortmodels.errors import GrammarError, StructuredOutputError
+from ortmodels.errors import ChatInputError, GrammarError, StructuredOutputError
 from ortmodels.runtime.chat import OnnxChatModel
 
 from .conftest import CHAT_SAMPLE, SAMPLES_DIR
@@ -242,6 +242,20 @@ def test_schemas_langchain_needs_more_of_are_read_too(chat: OnnxChatModel) -> No
 
     with pytest.raises(OutputParserException, match="not a valid Odd"):
         chat.with_structured_output(Odd, method="function_calling").invoke("Give a number.")
+
+
+def test_a_schema_whose_answer_is_not_an_object_is_kept(chat: OnnxChatModel) -> None:
+    """LangChain's conversion keeps only an object's properties: a string, enum or list answer
+    became ``{"title": ...}``, any JSON, and the model answered what it liked."""
+    yes_no = chat.with_structured_output({"enum": ["yes", "no"]}, include_raw=True).invoke(
+        "Is Paris in France? Answer yes or no.")
+    assert yes_no["parsed"] in ("yes", "no") and yes_no["raw"].content in ('"yes"', '"no"')
+    flag = chat.with_structured_output({"type": "boolean"}).invoke("Is Paris in France?")
+    assert isinstance(flag, bool)
+    with pytest.raises(GrammarError, match="nonsense"):
+        chat.with_structured_output({"type": "nonsense"}).invoke("hi")
+    with pytest.raises(ChatInputError, match="needs an object schema .* use method='json_schema'"):
+        chat.with_structured_output({"type": "string"}, method="function_calling")
 
 
 def test_the_manager_model_binds_tools_too() -> None:

@@ -142,6 +142,14 @@ def _titled(schema: Any) -> Any:
     return schema
 
 
+def _plain_answer_schema(schema: Any) -> bool:
+    """A JSON schema dict whose answer is not an object (a string, a list, an enum, ``anyOf``):
+    LangChain's conversions keep only an object's ``properties``, so they would make it
+    ``{"title": ...}``, which admits any JSON."""
+    return (isinstance(schema, dict) and not {"function", "parameters"} & set(schema)
+            and "properties" not in schema and schema.get("type") != "object")
+
+
 def _converted(convert: Callable[[Any], dict[str, Any]], schema: Any) -> dict[str, Any]:
     """LangChain's conversion of a schema; what it cannot convert is a `ChatInputError` naming the fix."""
     try:
@@ -181,6 +189,10 @@ def structured_output(model: Any, schema: Any, method: str, include_raw: bool, s
     is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
     schema = _titled(schema)
     if method == "function_calling":
+        if _plain_answer_schema(schema):
+            raise ChatInputError(
+                f"method='function_calling' needs an object schema (a tool's arguments are a JSON object), not "
+                f"{ {k: v for k, v in schema.items() if k != 'title'} }; use method='json_schema' for this answer.")
         tool = _converted(convert_to_openai_tool, schema)
         name = tool["function"]["name"]
         llm = model.bind_tools([schema], tool_choice=name, ls_structured_output_format={
@@ -192,7 +204,7 @@ def structured_output(model: Any, schema: Any, method: str, include_raw: bool, s
             "kwargs": {"method": method}, "schema": schema})
         parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
     elif method == "json_schema":
-        json_schema = _converted(convert_to_json_schema, schema)
+        json_schema = schema if _plain_answer_schema(schema) else _converted(convert_to_json_schema, schema)
         recursive = recursive_schema(schema)
         if recursive is not None:
             json_schema = {**recursive, "title": json_schema.get("title", "output")}
