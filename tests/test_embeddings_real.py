@@ -222,3 +222,30 @@ def test_traversal_name_refused_at_construction() -> None:
 
     with pytest.raises(InvalidModelNameError):
         OnnxEmbeddingModel("../../etc")
+
+
+def test_many_texts_run_in_slices_and_a_set_stop_ends_the_call(fp32: OnnxEmbeddingModel,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices give the vectors one call gives; a caller that gave up stops the rest, as cancelled."""
+    import threading
+
+    from ortmodels.lifecycle.managed import EMBED_SLICE
+
+    runtime = fp32.runtime
+    texts = [f"text {i} of a long list" for i in range(EMBED_SLICE + 10)]
+    vectors, tokens = runtime.embed_counted(texts)
+    assert len(vectors) == len(texts)
+    np.testing.assert_allclose(vectors[EMBED_SLICE:], fp32.embed_documents(texts[EMBED_SLICE:]), atol=1e-5)
+    sizes: list[int] = []
+    stop = threading.Event()
+    real = runtime._embed_as
+
+    def first_slice_then_stop(part: list[str], *args: object) -> tuple[list[list[float]], int]:
+        sizes.append(len(part))
+        stop.set()
+        return real(part, *args)
+
+    monkeypatch.setattr(runtime, "_embed_as", first_slice_then_stop)
+    with pytest.raises(asyncio.CancelledError, match=f"after {EMBED_SLICE} of {len(texts)} texts"):
+        runtime.embed_counted(texts, stop=stop)
+    assert sizes == [EMBED_SLICE]

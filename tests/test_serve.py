@@ -45,7 +45,8 @@ def client(server: Server) -> openai.OpenAI:
 
 def _post(server: Server, path: str, body: object, **kwargs: object) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(f"{server.v1}{path}", content=content, timeout=120,
+    kwargs.setdefault("timeout", 120)
+    return httpx.post(f"{server.v1}{path}", content=content,
                       headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
 
 
@@ -165,6 +166,21 @@ def test_embeddings_dimensions_the_model_was_not_trained_for_are_400(client: ope
     assert query.data[0].embedding == pytest.approx(plain.data[0].embedding, abs=1e-6)  # no prompts: the same
 
 
+def test_embeddings_of_too_many_inputs_are_400(server: Server) -> None:
+    error = _error(_post(server, "/embeddings", {"model": EMBEDDING_SAMPLE, "input": ["a"] * 2049}), 400)
+    assert error["param"] == "input" and "2049 items" in error["message"] and "at most 2048" in error["message"]
+
+
+def test_an_embedding_its_client_left_stops_and_counts_as_cancelled(server: Server) -> None:
+    """The work stops at its next slice of texts: a later client is not kept waiting behind it."""
+    cancelled = _metric(server, "ortmodels_cancelled_total")
+    texts = [f"sentence number {i} about the weather in a town by the sea, " * 6 for i in range(2048)]
+    with pytest.raises(httpx.TimeoutException):
+        _post(server, "/embeddings", {"model": EMBEDDING_SAMPLE, "input": texts}, timeout=0.5)
+    wait_until(lambda: _metric(server, "ortmodels_cancelled_total") > cancelled, 60, "counted as cancelled", 0.1)
+    assert _post(server, "/embeddings", {"model": EMBEDDING_SAMPLE, "input": "after"}).status_code == 200
+
+
 def _post_client_raw(client: openai.OpenAI, body: dict) -> dict:
     reply = httpx.post(f"{client.base_url}embeddings", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
@@ -178,6 +194,17 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert models[CHAT_SAMPLE].model_extra["kind"] == "chat"
     assert models[EMBEDDING_SAMPLE].model_extra["kind"] == "embedding"
     assert models[CHAT_SAMPLE].model_extra["loaded"] is True  # preloaded (--models)
+    assert models[f"{CHAT_SAMPLE}:int4"].model_extra["loaded"] is True  # the precision the plain name serves
+    one = client.models.retrieve(f"{CHAT_SAMPLE}:int8")
+    assert (one.id, one.model_extra["kind"]) == (f"{CHAT_SAMPLE}:int8", "chat")
+    with pytest.raises(openai.NotFoundError, match="does not exist; models here: "):
+        client.models.retrieve("no-such-model")
+
+
+def test_a_tagged_id_is_loaded_when_its_precision_is(client: openai.OpenAI) -> None:
+    client.embeddings.create(model=f"{EMBEDDING_SAMPLE}:int8", input="a")
+    assert client.models.retrieve(f"{EMBEDDING_SAMPLE}:int8").model_extra["loaded"] is True
+    assert client.models.retrieve(EMBEDDING_SAMPLE).model_extra["loaded"] is True
 
 
 WEATHER = {"type": "function", "function": {
@@ -298,7 +325,9 @@ def _error(reply: httpx.Response, status: int) -> dict:
 
 @pytest.mark.parametrize(("body", "param", "words"), [
     (b"{not json", None, "JSON"),
-    (b"[1, 2]", None, "JSON object"),
+    (b"[1, 2]", None, "must be a JSON object, not an array"),
+    (b"null", None, "must be a JSON object, not null"),
+    ('{"model": "caf\u00e9"}'.encode("latin-1"), None, "not UTF-8 text"),
     ({**CHAT, "temperature": -1}, "temperature", "temperature"),
     ({**CHAT, "top_p": 7}, "top_p", "top_p"),
     ({**CHAT, "max_tokens": "5"}, "max_tokens", "integer"),

@@ -278,6 +278,7 @@ def test_a_bad_tool_is_refused_in_the_same_words_by_chat_and_tokenize(server: Se
     counted = _error(_post(server, "/tokenize", {"messages": QUESTION, "tools": tools}), 400)
     assert chat == counted
     assert chat["param"] == param and words in chat["message"], chat
+    assert "Exception in ASGI application" not in server.log.read_text(errors="replace")  # a 400, not a logged crash
 
 
 def test_token_routes_in_the_openapi_document(server: Server) -> None:

@@ -8,6 +8,7 @@ its LangChain-free runtime) share one `LifeCycle`, so they load, unload and coun
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from functools import partial
@@ -141,6 +142,11 @@ class Managed:
         return self._life.aguarded_iter(iterator)
 
 
+#: Texts one `_embed_as` call embeds at most: a long list runs in slices, so callers who come
+#: later share batches between them (`CoalescingBatcher`) rather than wait for all of it.
+EMBED_SLICE = 256
+
+
 class ManagedEmbedding(Managed):
     """The guarded calls of an embedding class (ortmodels' LangChain base and its LangChain-free
     runtime alike), on the class's ``_embed_as``."""
@@ -151,20 +157,36 @@ class ManagedEmbedding(Managed):
         raise NotImplementedError
 
     def embed_counted(self, texts: list[str], *, input_type: str | None = None, prompt_name: str | None = None,
-                      dimensions: int | None = None, matryoshka: bool = False) -> tuple[list[list[float]], int]:
+                      dimensions: int | None = None, matryoshka: bool = False,
+                      stop: threading.Event | None = None) -> tuple[list[list[float]], int]:
         """`_embed_as` under the call guard, texts checked first: the vectors and the tokens the
-        model read for them (the server's ``usage``); ``[]`` gives ``([], 0)``."""
+        model read for them (the server's ``usage``); ``[]`` gives ``([], 0)``. Many texts run
+        `EMBED_SLICE` at a time, so other callers' batches run between the slices, and a set
+        ``stop`` (the caller gave up) ends the call at the next slice, counted as cancelled."""
         texts = check_texts(texts)
         if not texts:
             return [], 0
         with self._use("embed_documents") as record:
-            counted = self._embed_as(texts, input_type, prompt_name, dimensions, matryoshka)
+            vectors: list[list[float]] = []
+            tokens = 0
+            for start in range(0, len(texts), EMBED_SLICE):
+                if stop is not None and stop.is_set():
+                    raise asyncio.CancelledError(f"embedding stopped after {start} of {len(texts)} texts")
+                part, read = self._embed_as(texts[start:start + EMBED_SLICE], input_type, prompt_name,
+                                            dimensions, matryoshka)
+                vectors.extend(part)
+                tokens += read
             if record is not None:
                 record.items = len(texts)
-            return counted
+            return vectors, tokens
 
     async def aembed_counted(self, texts: list[str],
                              options: dict[str, Any] | None = None) -> tuple[list[list[float]], int]:
-        """`embed_counted` off the event loop; ``options``: its keywords (the server's request fields)."""
-        return await asyncio.to_thread(partial(self.embed_counted, texts, **(options or {})))
+        """`embed_counted` off the event loop; ``options``: its keywords (the server's request
+        fields). A caller that stops waiting (a client gone) stops the work at its next slice."""
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(partial(self.embed_counted, texts, stop=stop, **(options or {})))
+        finally:
+            stop.set()
 

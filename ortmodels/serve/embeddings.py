@@ -16,11 +16,18 @@ from .protocol import EmbeddingData, EmbeddingList, EmbeddingRequest, Usage
 from .protocols import EmbeddingModel
 
 
+#: Texts one request may hold: OpenAI's limit, so the work one request makes is bounded.
+MAX_INPUTS = 2048
+
+
 def texts_of(request: EmbeddingRequest) -> list[str]:
     given = request.input
     texts = [given] if isinstance(given, str) else given
     if not texts:
         raise bad_request("input is empty; give a string or a list of strings.", "input")
+    if len(texts) > MAX_INPUTS:
+        raise bad_request(f"input has {len(texts)} items; this server embeds at most {MAX_INPUTS} per request "
+                          "(as OpenAI): send them in several requests.", "input")
     if not all(isinstance(t, str) for t in texts):
         raise bad_request("Token ids as input are not supported; send the text.", "input", "unsupported_parameter")
     return texts  # type: ignore[return-value]

@@ -67,6 +67,13 @@ class Catalog:
             self._read_at = time.monotonic()
         return self._ids
 
+    def loaded_ids(self) -> set[str]:
+        """The ids whose model is loaded now: a tagged id if its precision is, a plain name if
+        any precision of it is (the one it is served as), however it came to be loaded."""
+        held = {(row.name, row.kind, row.variant) for row in self.manager.loaded()}
+        return {m.id for m in self.ids() if (m.name, m.kind, m.dtype) in held
+                or (m.dtype is None and any(h[:2] == (m.name, m.kind) for h in held))}
+
     def resolve(self, model: str | None, kind: str) -> ModelId:
         """The id ``model`` names, of ``kind``; otherwise a 404 listing the known ids of that kind."""
         for refresh in (False, True):

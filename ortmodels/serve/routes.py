@@ -33,7 +33,7 @@ from .protocol import (
     unsupported_field,
 )
 from .protocol_responses import ResponsesRequest
-from .protocols import ChatModel, Loadable
+from .protocols import ChatModel
 from .sse import error_events, respond
 from .state import ServerState
 from .webpage import page_file
@@ -112,17 +112,27 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(parts)
 
 
+def _json_kind(value: object) -> str:
+    """What JSON calls a parsed value's type (``null``, ``an array``), not Python's name for it."""
+    kinds = ((type(None), "null"), (bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"),
+             (list, "an array"))
+    return next(name for kind, name in kinds if isinstance(value, kind))
+
+
 async def _parse(request: Request, model: type[Body]) -> Body:
     raw = await _read_body(request)
     try:
         data = loads(raw)
     except NotJsonNumber as exc:
         raise bad_request(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
-    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a number past int's digit limit, too deep
+    except UnicodeDecodeError:  # a ValueError too: said apart, since the fix differs
+        raise bad_request("We could not parse the JSON body of your request: it is not UTF-8 text; send it "
+                          "encoded as UTF-8.", code="invalid_json") from None
+    except (ValueError, RecursionError):  # bad JSON, a number past int's digit limit, too deep
         raise bad_request("We could not parse the JSON body of your request: it is not valid JSON.",
                           code="invalid_json") from None
     if not isinstance(data, dict):
-        raise bad_request(f"The body must be a JSON object, not {type(data).__name__}.", code="invalid_json")
+        raise bad_request(f"The body must be a JSON object, not {_json_kind(data)}.", code="invalid_json")
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
@@ -200,11 +210,27 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 @v1.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    state = _state(request)
-    ids = await asyncio.to_thread(state.catalog.ids, True)
-    loaded = {i for i, m in state.catalog.used.items() if isinstance(m, Loadable) and m.is_loaded}
-    cards = [ModelCard(id=m.id, created=0, kind=m.kind, exported=m.exported, loaded=m.id in loaded) for m in ids]
-    return ModelList(data=cards).model_dump()
+    catalog = _state(request).catalog
+    ids = await asyncio.to_thread(catalog.ids, True)
+    loaded = await asyncio.to_thread(catalog.loaded_ids)
+    return ModelList(data=[_card(m, loaded) for m in ids]).model_dump()
+
+
+@v1.get("/models/{model_id}")
+async def retrieve_model(request: Request, model_id: str) -> dict[str, Any]:
+    """One model's card (the ``openai`` client's ``models.retrieve``); an unknown id is a 404."""
+    catalog = _state(request).catalog
+    ids = await asyncio.to_thread(catalog.ids, True)
+    found = next((m for m in ids if m.id == model_id), None)
+    if found is None:
+        raise ApiError(404, f"The model {model_id!r:.80} does not exist; models here: "
+                            f"{', '.join(m.id for m in ids if m.exported) or 'none'}.",
+                       param="model", code="model_not_found")
+    return _card(found, await asyncio.to_thread(catalog.loaded_ids)).model_dump()
+
+
+def _card(model: ModelId, loaded: set[str]) -> ModelCard:
+    return ModelCard(id=model.id, created=0, kind=model.kind, exported=model.exported, loaded=model.id in loaded)
 
 
 @v1.post("/chat/completions", openapi_extra=documented(ChatCompletionRequest))
