@@ -9,6 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+#: Where a lone surrogate in a text comes from, said wherever one is refused.
+SURROGATE_CAUSES = ("bytes that were not UTF-8, as a command line's or a file's read with errors='surrogateescape', "
+                    "or a JSON '\\ud800' escape without its pair")
+
+
 class OrtModelsError(Exception):
     """Base class: catch this to handle any ortmodels failure."""
 
@@ -151,6 +156,27 @@ class InvalidVersionError(OrtModelsError, ValueError):
 class ChatInputError(OrtModelsError, ValueError):
     """The conversation or a generation option cannot be used as given (empty, unknown role,
     too long, a bad option value)."""
+
+
+class ContextLengthError(_NamesOption, ChatInputError):
+    """The prompt and ``max_tokens`` do not fit the model's context. ``param``: what to change
+    (``messages``, ``max_tokens``); where dropping the oldest text would do, the message offers
+    ``truncate_prompt``, which each front end spells its own way (`spelt`)."""
+
+    def __init__(self, problem: str, param: str | None = None, shorten: str | None = None, unit: str = "tokens",
+                 truncate: str = "set truncate_prompt=True") -> None:
+        self.problem, self.shorten, self.unit = problem, shorten, unit
+        super().__init__(self.spelt(truncate), param)
+
+    def spelt(self, truncate: str) -> str:
+        """The message with the truncation switch as the caller gives it (``pass --truncate``,
+        ``set "truncate_prompt": true in the body``); only the problem where truncating would not help."""
+        if self.shorten is None:
+            return self.problem
+        return f"{self.problem} {self.shorten}, or {truncate} to drop the oldest {self.unit}."
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # rebuilt from its parts across processes (Ray)
+        return type(self), (self.problem, self.param, self.shorten, self.unit)
 
 
 class EmbeddingInputError(OrtModelsError, ValueError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import EmbeddingInputError, RerankInputError
+from .errors import SURROGATE_CAUSES, EmbeddingInputError, RerankInputError
 
 
 def check_texts(texts: object, what: str = "embed_documents", error: type[ValueError] = EmbeddingInputError,
@@ -29,7 +29,7 @@ def check_texts(texts: object, what: str = "embed_documents", error: type[ValueE
         except UnicodeEncodeError as exc:
             raise error(
                 f"{where}Text {index} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
-                f"{exc.start} is a lone surrogate. Decode the input with errors='replace' first."
+                f"{exc.start} is a lone surrogate, not a character ({SURROGATE_CAUSES}). Send UTF-8 text."
             ) from None
     return items
 

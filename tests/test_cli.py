@@ -58,7 +58,8 @@ def test_embed_prints_vectors(samples_dir: Path) -> None:
         (("info", "../etc"), "Invalid model name"),
         (("embed", "nope", "x"), "Known models:"),
         (("export", "--dtype", "fp8", EMBEDDING_SAMPLE), "Unknown precision 'fp8'"),
-        (("export",), "Give a model name or --all"),
+        (("export",), "Give the model to export (ortmodels export NAME"),
+        (("embed", EMBEDDING_SAMPLE, "x", "--query", "--prompt-name", "document"), "both choose the prompt"),
         (("chat", "Capital of France?"), "the model comes first, then the question"),
         (("info", "a" * 200), "(200 characters)"),
         (("embed", f"{EMBEDDING_SAMPLE}:int4", "x"), "Embedding models are not exported as int4 (only fp32, int8)"),
@@ -162,9 +163,14 @@ def test_a_failed_turn_leaves_the_conversation_going(samples_dir: Path) -> None:
         input=f"{long}\nWhat is the capital of France?\n/exit\n", capture_output=True, text=True, env=env,
         timeout=600,
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # piped in: the failed turn fails the command, once all are answered
     assert "exceeds the context" in out.stderr and "not added to the conversation" in out.stderr
+    assert "or pass --truncate to drop the oldest" in out.stderr and "1 of 2 turns failed" in out.stderr
     assert out.stdout.strip() and "Paris" in out.stdout and "context" not in out.stdout
+    truncated = subprocess.run(
+        [sys.executable, "-m", "ortmodels", "chat", "smollm2-135m-instruct:int4", long, "--max-tokens", "4",
+         "--truncate"], capture_output=True, text=True, env=env, timeout=600)
+    assert truncated.returncode == 0 and truncated.stdout.strip(), truncated.stderr
 
 
 @pytest.mark.slow

@@ -255,5 +255,5 @@ def test_a_control_tokens_text_in_a_grammar_is_written_as_text(compiler: Grammar
 
 
 def test_a_special_token_a_lark_grammar_names_is_still_that_token(compiler: GrammarCompiler) -> None:
-    processor = compiler.processor(Grammar("lark", "start: <|im_end|>"))
-    assert _allowed(processor).tolist() == [2]
+    processor = compiler.processor(Grammar("lark", "start: <|endoftext|>"))  # the end alone is an empty answer
+    assert _allowed(processor).tolist() == [0]

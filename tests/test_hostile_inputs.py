@@ -251,9 +251,18 @@ def test_a_huge_prompt_is_refused_before_tokenizing() -> None:
     chat = OnnxChatModel(model_name=CHAT_SAMPLE, dtype="int4", device="cpu", max_tokens=4).load()
     recorder = _RecordingTokenizer(chat.loaded.tokenizer)
     chat.loaded.prompt_tokens = PromptTokenizer(recorder)  # what the chat service tokenizes prompts with
-    with pytest.raises(ChatInputError, match="10,000,000 characters.*truncate_prompt=True"):
+    with pytest.raises(ChatInputError, match="10,000,000 characters.*truncate_prompt=True") as caught:
         chat.invoke("x" * 10_000_000)
     assert recorder.longest == 0
+    import pickle
+
+    from ortmodels.errors import ContextLengthError
+
+    assert isinstance(caught.value, ContextLengthError) and caught.value.param == "messages"
+    again = pickle.loads(pickle.dumps(caught.value))  # across processes (Ray), the same error, spelt the same
+    assert (str(again), again.param, again.spelt("pass --truncate")) == (
+        str(caught.value), "messages", caught.value.spelt("pass --truncate"))
+    assert "or pass --truncate to drop the oldest text." in again.spelt("pass --truncate")
     # A small window to fill: the characters are still cut to the full context's bound before
     # tokenizing (`prompt_chars`), but the prefill is of 64 tokens, not of the sample's 8,192
     # (115 s of a CI run on a slow machine).
@@ -394,7 +403,7 @@ def test_bad_generation_options_are_refused_before_generating(options: dict[str,
 @pytest.mark.slow
 def test_lone_surrogates_are_refused_by_chat_and_embeddings() -> None:
     chat = ModelManager().get_chat_model(CHAT_SAMPLE)
-    with pytest.raises(ChatInputError, match=r"Message 0 is not valid Unicode: '\\ud800' at character 3.*errors='replace'"):
+    with pytest.raises(ChatInputError, match=r"Message 0 is not valid Unicode: '\\ud800' at character 3.*not a character .*Send UTF-8 text"):
         chat.invoke("hi \ud800")
     with pytest.raises(ChatInputError, match="stop"):
         chat.invoke("hi", stop=["\udfff"])

@@ -71,6 +71,19 @@ def test_a_grammar_that_admits_nothing_is_one_line_before_any_token(chat: OnnxCh
     assert _work(chat) == before  # refused before the engine ran anything
 
 
+@pytest.mark.parametrize("response_format", [
+    {"type": "regex", "regex": ""}, {"type": "lark", "lark": 'start: ""'},
+])
+def test_a_grammar_that_admits_only_the_empty_answer_is_refused_too(chat: OnnxChatModel,
+                                                                   response_format: dict) -> None:
+    before = _work(chat)
+    with pytest.raises(GrammarError, match=f"The {response_format['type']} grammar admits only the empty answer"):
+        chat.invoke("Hi", response_format=response_format)
+    assert _work(chat) == before
+    optional = chat.invoke("Say x.", max_tokens=4, response_format={"type": "lark", "lark": 'start: "x"?'})
+    assert optional.content in ("", "x")  # empty allowed, but not the only answer: taken
+
+
 def test_a_grammar_that_dead_ends_mid_answer_fails_in_one_line(chat: OnnxChatModel) -> None:
     """What no compile-time check can see (a dead end after some text) still fails in one line."""
     with pytest.raises(GrammarError) as caught:

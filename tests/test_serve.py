@@ -166,6 +166,19 @@ def test_embeddings_dimensions_the_model_was_not_trained_for_are_400(client: ope
     assert query.data[0].embedding == pytest.approx(plain.data[0].embedding, abs=1e-6)  # no prompts: the same
 
 
+def test_a_prompt_past_the_context_is_400_naming_the_body_field_and_its_fix(server: Server) -> None:
+    long = {**CHAT, "messages": [{"role": "user", "content": "word " * 9000}]}
+    error = _error(_post(server, "/chat/completions", long), 400)
+    assert (error["param"], error["code"]) == ("messages", "context_length_exceeded")
+    assert 'or set "truncate_prompt": true in the body to drop the oldest tokens' in error["message"]
+    assert "truncate_prompt=True" not in error["message"]
+    error = _error(_post(server, "/chat/completions", {**CHAT, "max_tokens": 100000}), 400)
+    assert error["param"] == "max_tokens" and "alone fills the context" in error["message"]
+    error = _error(_post(server, "/completions", {"model": CHAT_SAMPLE, "prompt": "word " * 9000}), 400)
+    assert error["param"] == "prompt" and "Shorten the prompt" in error["message"]
+    assert _post(server, "/chat/completions", {**long, "truncate_prompt": True, "max_tokens": 2}).status_code == 200
+
+
 def test_embeddings_of_too_many_inputs_are_400(server: Server) -> None:
     error = _error(_post(server, "/embeddings", {"model": EMBEDDING_SAMPLE, "input": ["a"] * 2049}), 400)
     assert error["param"] == "input" and "2049 items" in error["message"] and "at most 2048" in error["message"]

@@ -98,6 +98,7 @@ def test_text_completions_take_grammars_too(client: openai.OpenAI) -> None:
 BAD = [
     ({"structured_outputs": {"regex": "(yes"}}, "structured_outputs.regex", "unclosed group"),
     ({"structured_outputs": {"regex": "[^\\s\\S]"}}, "structured_outputs.regex", "admits no output"),
+    ({"grammar": "root ::= "}, "grammar", "admits only the empty answer"),
     ({"structured_outputs": {"grammar": "start: foo"}}, "structured_outputs.grammar", "unknown name"),
     ({"grammar": 'root ::= ( "yes"'}, "grammar", "GBNF"),
     ({"json_schema": {"type": "string", "pattern": "[^\\s\\S]"}}, "json_schema", "Unsatisfiable"),

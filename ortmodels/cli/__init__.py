@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OrtModelsError
+from ..errors import ContextLengthError, OrtModelsError
 
 if TYPE_CHECKING:
     import typer
@@ -88,6 +88,12 @@ QUICK_EXIT = {"chat", "embed"}
 #: Allocations between two young-generation collections in those commands, once collecting.
 GC_THRESHOLD = 50_000
 _collector_held = False
+
+
+def said(exc: OrtModelsError) -> str:
+    """An error's message as a command-line user acts on it (``--truncate``, not Python's
+    ``truncate_prompt=True``)."""
+    return exc.spelt("pass --truncate") if isinstance(exc, ContextLengthError) else str(exc)
 
 
 def model_loaded() -> None:
@@ -217,7 +223,7 @@ def main() -> None:
         from rich.markup import escape
 
         # one line whatever the width (a pipe, a log): the terminal wraps it, rich does not cut it
-        __getattr__("err_console").print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        __getattr__("err_console").print(f"[bold red]error:[/] {escape(said(exc))}", highlight=False, soft_wrap=True)
         code: object = 1
     except SystemExit as exc:  # click ends every run with one
         code = exc.code

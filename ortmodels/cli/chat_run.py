@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OrtModelsError
-from . import model_loaded
+from . import model_loaded, said
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ PARAMETERS = (
     Parameter("temperature", "0 is greedy.", float, ("--temperature", "-t")),
     Parameter("think", "A reasoning model's thinking on or off (default: its template's).", bool,
               ("--think/--no-think",)),
+    Parameter("truncate", "Drop the oldest text when the conversation outgrows the model's context "
+              "(default: refuse, saying by how much).", bool, ("--truncate/--no-truncate",)),
 )
 
 #: The values `quick_arguments` converts itself: those that typer reads as the same number.
@@ -139,7 +141,8 @@ def _stream_reply(model: Any, history: list[dict[str, Any]], options: dict[str, 
 
 
 def run_chat(name: str | None = None, prompt: str | None = None, system: str | None = None,
-             max_tokens: int | None = None, temperature: float | None = None, think: bool | None = None) -> None:
+             max_tokens: int | None = None, temperature: float | None = None, think: bool | None = None,
+             truncate: bool | None = None) -> None:
     """Stream the model's answer to PROMPT, or talk with it (history kept; /exit or Ctrl-D ends)."""
     from ..engine.session import discard_early
     from ..manager import ModelManager
@@ -150,7 +153,7 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
         raise InvalidModelNameError(f"{name[:60]!r} is not a model name: the model comes first, then the "
                                     "question (ortmodels chat NAME \"QUESTION\"; 'ortmodels list' names them).")
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature,
-                                 "enable_thinking": think}.items() if v is not None}
+                                 "enable_thinking": think, "truncate_prompt": truncate}.items() if v is not None}
     if prompt is None:  # a conversation: a bad option is said now, not after the first question
         from ..runtime.options import ChatOptions
 
@@ -169,6 +172,7 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
     # stdout holds the answers alone: the banner, the prompt and a turn's error go to stderr, and
     # lines piped in (not a terminal) are read with neither banner nor prompt.
     typed = sys.stdin.isatty()
+    asked = failed = 0
     if typed:
         err_console.print(f"[dim]{escape(str(model.model_name))}: /exit or Ctrl-D to end, /reset to forget the "
                           "conversation[/]")
@@ -178,20 +182,25 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
         except (EOFError, KeyboardInterrupt):
             err_console.print()
             return
-        if not typed and not line:  # the end of what was piped in
-            return
+        ended = not typed and not line  # the end of what was piped in
         line = line.strip()
-        if line in ("/exit", "/quit"):
+        if ended or line in ("/exit", "/quit"):
+            if failed and not typed:  # piped in: a failed turn fails the command, as a one-shot answer does
+                err_console.print(f"[bold red]error:[/] {failed} of {asked} turns failed (said above).",
+                                  highlight=False)
+                raise SystemExit(1)
             return
         if line == "/reset":
             history = history[:1] if system else []
             continue
         if not line:
             continue
+        asked += 1
         try:
             answer = _stream_reply(model, [*history, {"role": "user", "content": line}], options)
         except OrtModelsError as exc:  # this turn only: the conversation goes on, its history kept
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            failed += 1
+            err_console.print(f"[bold red]error:[/] {escape(said(exc))}", highlight=False, soft_wrap=True)
             err_console.print("[dim](not added to the conversation; /reset forgets it, to start afresh)[/]")
             continue
         history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]

@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from ..errors import ConfigurationError
 from . import app, console, model_loaded
 
 
@@ -24,6 +25,8 @@ def embed(
     """Embed TEXTS and print the vectors (shortened unless --full)."""
     from ..manager import ModelManager
 
+    if query and prompt_name is not None:  # the library lets the name win: on a command line, say so at once
+        raise ConfigurationError(f"--query and --prompt-name {prompt_name} both choose the prompt: give one of them.")
     model = ModelManager().get_embedding_model(name)
     model_loaded()
     vectors = model.embed(texts, input_type="query" if query else "document", prompt_name=prompt_name,

@@ -65,7 +65,8 @@ def export(
     )
 
     if bool(name) == all_models:
-        raise ConfigurationError("Give a model name or --all (not both).")
+        raise ConfigurationError("Give a model name or --all, not both." if name else
+                                 "Give the model to export (ortmodels export NAME; 'ortmodels list' names them) or --all.")
     store = ModelStore(load_settings().local_models_dir)
     names = [name]
     if all_models:

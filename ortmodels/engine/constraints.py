@@ -164,13 +164,16 @@ class GrammarCompiler:
                 f"The {what} cannot be used for constrained decoding: "
                 f"{_one_line(matcher.get_error())}. Remove or simplify that part of the {fix}."
             )
-        matcher.compute_bitmask()  # the first mask: a grammar no text can match fails here, not at the first token
+        first = matcher.compute_bitmask()  # a grammar no text can match fails here, not at the first token
         if matcher.is_error():
             logger.debug("The %s admits no output: %s", what, matcher.get_error())
             raise GrammarError(
                 f"The {what} admits no output: no text can match it. "
                 f"Fix the {fix} so that some text matches it."
             )
+        allowed = np.flatnonzero(np.unpackbits(np.frombuffer(first, dtype=np.uint8), bitorder="little"))
+        if not set(allowed.tolist()) - set(self.eos_token_ids):  # only the end: the answer is always empty
+            raise GrammarError(f"The {what} admits only the empty answer. Fix the {fix} so that some text matches it.")
         return matcher
 
     def check(self, grammar: Grammar) -> None:

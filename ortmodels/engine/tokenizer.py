@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelFileError
+from ..errors import SURROGATE_CAUSES, ModelFileError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -98,8 +98,7 @@ def check_unicode(text: str, what: str) -> None:
     except UnicodeEncodeError as exc:
         raise ValueError(
             f"{what} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character {exc.start} "
-            "is a lone surrogate. Decode the input with errors='replace' (or 'surrogatepass' and "
-            "re-encode) before passing it."
+            f"is a lone surrogate, not a character ({SURROGATE_CAUSES}). Send UTF-8 text."
         ) from None
 
 

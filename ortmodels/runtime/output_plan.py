@@ -44,7 +44,7 @@ def normalize_tool_choice(choice: Any, tools: Sequence[dict[str, Any]]) -> str:
         return choice
     raise StructuredOutputError(
         f"tool_choice={choice!r} names no bound tool; bound tools: {', '.join(names) or 'none'} "
-        "(or use 'auto', 'required'/'any', 'none').", "tool_choice"
+        "(or use 'auto', 'required' or 'none').", "tool_choice"
     )
 
 

@@ -40,7 +40,7 @@ from ..engine.reasoning import (
 from ..engine.sampling import LogitsProcessor
 from ..engine.tokenizer import check_unicode, max_token_chars
 from ..engine.toolcalls import FORMATS, detect_format
-from ..errors import ChatInputError, ModelFileError
+from ..errors import ChatInputError, ContextLengthError, ModelFileError
 from ..store.manifest import ChatSpec
 from .conversation import template_messages
 from .events import ChatEvent, Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCalls, Usage
@@ -147,17 +147,15 @@ class ChatService:
         plan.stop = tuple(options.stop or ())
         return plan
 
-    def _cut(self, chars: int, truncate: bool, what: str) -> bool:
+    def _cut(self, chars: int, truncate: bool, what: str, field: str = "messages") -> bool:
         """Whether ``chars`` characters must be cut to `prompt_chars` (``truncate_prompt``); the
         error that says so when they may not be. Decided before any tokenizing."""
         if chars <= self.prompt_chars:
             return False
         if not truncate:
-            raise ChatInputError(
+            raise ContextLengthError(
                 f"{what} has {chars:,} characters; the context of {self.spec.context_length} tokens holds at most "
-                f"{self.prompt_chars:,} with this tokenizer. Shorten it, or set truncate_prompt=True to drop the "
-                "oldest text."
-            )
+                f"{self.prompt_chars:,} with this tokenizer.", field, "Shorten it", "text")
         return True
 
     @staticmethod
@@ -179,7 +177,8 @@ class ChatService:
             prompt = prompt[-bound:]
         return prompt
 
-    def _fit(self, ids: list[int], max_tokens: int | None, truncate: bool) -> tuple[list[int], int]:
+    def _fit(self, ids: list[int], max_tokens: int | None, truncate: bool,
+             field: str = "messages") -> tuple[list[int], int]:
         """Prompt ids and tokens to generate within the context: the overflow is refused, naming
         it in tokens, or (``truncate_prompt``) the oldest tokens are dropped."""
         context = self.spec.context_length
@@ -189,15 +188,13 @@ class ChatService:
         overflow = len(ids) + max_tokens - context
         if overflow > 0:
             if max_tokens >= context:
-                raise ChatInputError(
-                    f"max_tokens ({max_tokens}) alone fills the context of {context} tokens; lower it."
-                )
+                raise ContextLengthError(
+                    f"max_tokens ({max_tokens}) alone fills the context of {context} tokens; lower it.", "max_tokens")
             if not truncate:
-                raise ChatInputError(
+                raise ContextLengthError(
                     f"Prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the context of "
-                    f"{context} tokens by {overflow}. Shorten the conversation, lower max_tokens, or "
-                    "set truncate_prompt=True to drop the oldest tokens."
-                )
+                    f"{context} tokens by {overflow}.", field,
+                    f"Shorten the {'conversation' if field == 'messages' else 'prompt'}, lower max_tokens")
             ids = ids[overflow:]
         return ids, max_tokens
 
@@ -304,10 +301,10 @@ class ChatService:
         plan = OutputPlan.from_options({"response_format": options.response_format}, self.tool_format,
                                        self.grammars, self.tokenizer)
         params = self.sampling(options)
-        if self._cut(len(prompt), options.truncate_prompt, "The prompt"):
+        if self._cut(len(prompt), options.truncate_prompt, "The prompt", "prompt"):
             prompt = prompt[-self.prompt_chars:]
         ids, max_tokens = self._fit(self.prompt_tokens.encode_raw(prompt), options.max_tokens,
-                                    options.truncate_prompt)
+                                    options.truncate_prompt, "prompt")
         request = Request(ids, params, max_tokens=max_tokens, stop=tuple(options.stop or ()),
                           eos_token_ids=self.spec.eos_token_ids, processor=plan.processor)
         return Prepared(request, plan, started)

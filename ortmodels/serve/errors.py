@@ -37,6 +37,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
     (ort.ModelFileError, 500, "server_error", "model_files"),
     (ort.DeviceUnavailableError, 500, "server_error", None),
     (ort.MissingDependencyError, 500, "server_error", None),
+    (ort.ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
     (ort.ChatInputError, 400, "invalid_request_error", None),
     (ort.EmbeddingInputError, 400, "invalid_request_error", None),
     (ort.RerankInputError, 400, "invalid_request_error", None),
@@ -81,7 +82,8 @@ def from_exception(exc: BaseException) -> ApiError:
         if isinstance(exc, cls):
             if status >= 500:
                 logger.error("Request failed: %s", exc)
-            return ApiError(status, str(exc), type=kind, code=code, param=getattr(exc, "param", None))
+            said = exc.spelt('set "truncate_prompt": true in the body') if isinstance(exc, ort.ContextLengthError) else str(exc)
+            return ApiError(status, said, type=kind, code=code, param=getattr(exc, "param", None))
     logger.error("Unexpected error while answering a request", exc_info=exc)
     return ApiError(500, f"Internal error ({type(exc).__name__}); the server log has the details.",
                     type="server_error", code="internal_error")
