@@ -156,6 +156,16 @@ def test_a_model_given_its_settings_finds_its_default_there(
     assert (model.model_name, model.model_path) == (expected, tmp_path / "given" / expected)
 
 
+@pytest.mark.parametrize("model_class", [OnnxChatModel, OnnxEmbeddingModel])
+def test_a_model_path_that_is_no_folder_is_said_as_such(tmp_path: Path, model_class: type) -> None:
+    """Not 'unknown model ... run ortmodels samples', which is about the store, not a path given."""
+    from ortmodels.errors import ModelFileError
+
+    model = model_class(model_path=tmp_path / "nowhere")
+    with pytest.raises(ModelFileError, match=r"No model folder: .*nowhere\. Give model_path the folder of an exported"):
+        model.load()
+
+
 @pytest.mark.slow
 def test_dtype_setting_is_honoured(monkeypatch: pytest.MonkeyPatch, samples_dir: Path) -> None:
     monkeypatch.setenv("MODEL_DTYPE", "int8")

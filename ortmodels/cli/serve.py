@@ -39,7 +39,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     models: str = typer.Option(None, "--models", help="Models to load at start, comma-separated (name or "
-                               "name:int8); default: DEFAULT_CHAT_MODEL and DEFAULT_EMBEDDING_MODEL."),
+                               "name:int8); default: DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL and "
+                               "DEFAULT_RERANK_MODEL, those exported."),
     api_key: str = typer.Option(None, "--api-key", envvar=API_KEY_VAR, callback=_api_key,
                                 help="Require 'Authorization: Bearer KEY' on /v1 routes (visible ASCII, "
                                 "no spaces)."),
@@ -55,7 +56,8 @@ def serve(
     threads: int = typer.Option(None, "--threads", min=1, help="With --ray: MODEL_THREADS per replica "
                                 "(default: the cluster's CPUs over the replicas)."),
 ) -> None:
-    """Serve the models over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+    """Serve the models over OpenAI's API (chat, completions, embeddings, responses, models), Anthropic's
+    /v1/messages, /v1/rerank, /tokenize and a chat page at /; the README lists every route."""
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
     ray_only = [flag for flag, given in (("--replicas", replicas != 1), ("--autoscale", autoscale is not None),
                                          ("--threads", threads is not None)) if given]

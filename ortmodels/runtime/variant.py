@@ -284,6 +284,11 @@ def open_chat_early(store: ModelStore, name: str, dtype: str | None,
                       warm=warm_copies(choice.info.variants[choice.variant], settings), done=choice.release)
 
 
+def _in_store(model_dir: Path, settings: Settings) -> bool:
+    """Whether ``model_dir`` is a folder of ``LOCAL_MODELS_DIR`` (a name there), not a path given outside it."""
+    return model_dir.parent.resolve() == Path(settings.local_models_dir).resolve()
+
+
 def open_variant(
     model_dir: Path, kind: ModelKind, device: str | None, dtype: str | None, settings: Settings,
     beside: Callable[[Path], Any] | None = None,
@@ -307,6 +312,10 @@ def open_variant(
             choice = choose_variant(ModelStore(model_dir.parent), model_dir.name, kind,
                                     getattr(owner, "version", None), device, dtype, settings)
         except UnknownModelError as exc:  # as the manager says it: the setting a default came from, the kind
+            if exc.name == model_dir.name and not model_dir.exists() and not _in_store(model_dir, settings):
+                raise ModelFileError(model_dir, "No model folder", "Give model_path the folder of an exported "
+                                     "model, or give model_name, a model in LOCAL_MODELS_DIR "
+                                     f"({settings.local_models_dir})") from None
             said = exc.asked_as(model_dir.name, getattr(owner, "named_by", None), kind)
             if said is exc:
                 raise

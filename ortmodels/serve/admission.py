@@ -41,7 +41,8 @@ class AdmissionQueue:
         if self.in_flight >= self.limit:
             self.rejected += 1
             raise ApiError(
-                503, f"The server is busy: {self.in_flight} requests are waiting or running (--max-queue "
+                503, f"The server is busy: {self.in_flight} request{'s are' if self.in_flight != 1 else ' is'} "
+                f"waiting or running (--max-queue "
                 f"{self.limit}). Retry in a moment.", type="server_error", code="queue_full",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
