@@ -159,7 +159,8 @@ class OutputPlan:
         grammar = grammar_of(options.get("response_format"))
         if tools and choice != "none":
             if grammar is not None:
-                raise ChatInputError("Give tools or a response_format, not both, in one call.")
+                raise StructuredOutputError("Give tools or a response_format, not both, in one call (or "
+                                            "tool_choice 'none' to answer in the format).", "response_format")
             special = special_tokens(tokenizer)
             plan = fmt.plan(tools, choice, parallel, special)
             trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None
