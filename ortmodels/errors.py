@@ -56,7 +56,8 @@ class UnknownModelError(OrtModelsError, KeyError):
                    f"folder of that name and run 'ortmodels export {name}' (the sample models have no reranker)"
                    + (f", or set {setting} to a reranker you have." if setting else "."))
         else:
-            lead = f"Set {setting} to one of them, put" if setting else "Put"
+            among = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} model among them" if kind else "one of them"
+            lead = f"Set {setting} to {among}, put" if setting else "Put"
             how = (f"{lead} a Hugging Face checkpoint in a folder of that name, or run "
                    "'ortmodels samples' for the sample models (a chat and an embedding model).")
         super().__init__(f"Unknown model {name!r}{named}{where}. Known models: {listing}. {how}")

@@ -113,6 +113,33 @@ def test_chat_with_ai_answers_from_the_documents_on_qdrant_local(app, models: tu
     _conversation(app, store, models, dimension)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_seeds_four_arguments_are_enough_and_keep_is_kept(app, models: tuple, samples_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``chat_with_ai(conn, user_input, dimension, chat_model)`` as the seed calls it: the
+    embeddings are DEFAULT_EMBEDDING_MODEL's; ``keep`` bounds the passages without a reranker."""
+    embeddings, chat = models
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(samples_dir))
+    monkeypatch.setenv("DEFAULT_EMBEDDING_MODEL", EMBEDDING_SAMPLE)
+    store = app.open_store(None, embeddings.dimension)
+    app.ingest(store, embeddings, DOCS)
+    answer = app.chat_with_ai(store, "When was the lighthouse of Varnholm built?", embeddings.dimension, chat)
+    assert answer.sources[0].source == "lighthouse-of-varnholm.md"
+    one = app.chat_with_ai(store, "When was the lighthouse of Varnholm built?", embeddings.dimension, chat, keep=1)
+    assert [s.source for s in one.sources] == ["lighthouse-of-varnholm.md"]
+
+
+def test_the_command_says_its_errors_in_one_line(app, samples_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(samples_dir))
+    assert app.main(["--docs", str(DOCS / "missing"), "Q?"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {DOCS / 'missing'} is not a folder of documents."
+    with pytest.raises(SystemExit):
+        app.main(["--docs", str(DOCS), "--keep", "0", "Q?"])
+    assert "keep at least 1" in capsys.readouterr().err
+
+
 def test_chat_with_ai_names_a_question_or_a_dimension_it_cannot_use(app, models: tuple) -> None:
     embeddings, chat = models
     for question in (None, "  "):

@@ -103,7 +103,7 @@ def test_default_name_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch, sa
     with pytest.raises(UnknownModelError, match="all-minilm-l6-v2") as info:
         manager.get_embedding_model()
     assert "'no-such-model' (the default, from DEFAULT_EMBEDDING_MODEL)" in str(info.value)
-    assert "Set DEFAULT_EMBEDDING_MODEL to one of them" in str(info.value)
+    assert "Set DEFAULT_EMBEDDING_MODEL to an embedding model among them" in str(info.value)
     assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)  # as a Ray replica sends it
     with pytest.raises(UnknownModelError) as named:
         manager.get_embedding_model("no-such-model")

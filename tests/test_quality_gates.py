@@ -139,6 +139,31 @@ def test_a_failed_variant_is_never_loaded(overflow_export: subprocess.CompletedP
 
 
 @pytest.mark.slow
+def test_the_server_and_versions_say_a_failed_variant_failed(overflow_export: subprocess.CompletedProcess,
+                                                             overflowing_store: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not 'does not exist' (the server) nor listed as if it could load (versions, rollback)."""
+    from ortmodels import ModelManager
+    from ortmodels.errors import OrtModelsError
+    from ortmodels.serve.errors import ApiError
+    from ortmodels.serve.models import Catalog
+
+    assert overflow_export.returncode == 1
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(overflowing_store))
+    catalog = Catalog(ModelManager())
+    with pytest.raises(ApiError, match="fp16 export of 'tiny-overflow' failed its quality gates") as caught:
+        catalog.resolve("tiny-overflow:fp16", "chat")
+    assert (caught.value.status, caught.value.code, caught.value.param) == (404, "model_not_found", "model")
+    with pytest.raises(OrtModelsError, match="Cannot serve 'tiny-overflow:fp16': The fp16 export .* failed"):
+        catalog.check(["tiny-overflow:fp16"])
+    assert catalog.resolve("tiny-overflow:fp32", "chat").dtype == "fp32"
+    assert [list(v.variants) for v in ModelManager().versions("tiny-overflow")] == [["fp32"]]
+    listing = subprocess.run([sys.executable, "-m", "ortmodels", "versions", "tiny-overflow"], capture_output=True,
+                             text=True, env={**os.environ, "LOCAL_MODELS_DIR": str(overflowing_store), "COLUMNS": "250"})
+    assert "fp16" not in listing.stdout and "fp32" in listing.stdout, listing.stdout
+
+
+@pytest.mark.slow
 def test_an_export_whose_every_variant_fails_says_so_and_publishes_nothing(tmp_path: Path) -> None:
     """Only fp16 asked for, on a first export, and fp16 overflows: a clear error naming the
     failure (it was a FileNotFoundError from reading the deleted variant's opset)."""

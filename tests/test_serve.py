@@ -358,7 +358,7 @@ def _error(reply: httpx.Response, status: int) -> dict:
     ({**CHAT, "messages": [{"role": "user", "content": None}]}, "messages[0].content", "missing"),
     ({**CHAT, "tool_choice": "required"}, "tool_choice", "tools"),
     ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-      "response_format": {"type": "json_object"}}, "response_format", "Give tools or a response_format, not both"),
+      "response_format": {"type": "json_object"}}, None, "Give tools or a response_format, not both"),
     ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
       "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "names no bound tool"),
     ({**CHAT, "messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "x", "content": "1"}]},

@@ -76,6 +76,28 @@ def test_versions_share_identical_files(versioned: tuple[Path, str, str]) -> Non
     assert "int8/tokenizer.json" in shared and "fp32/model.onnx" in shared, shared
 
 
+def test_a_shared_file_changed_in_place_is_not_mended_by_a_rollback(versioned: tuple[Path, str, str]) -> None:
+    """The fix offered is a re-export: the other version links the same, now damaged, file."""
+    from ortmodels.errors import ModelIntegrityError
+    from ortmodels.store.integrity import verify_variant
+    from ortmodels.store.manifest import read_manifest
+
+    model_dir, old, new = versioned
+    folder = model_dir / ".exports" / new
+    entry = read_manifest(folder).variants["fp32"]
+    config = folder / entry.path / "config.json"  # hard-linked to the old version's
+    assert config.stat().st_nlink > 1
+    before = config.read_bytes()
+    config.write_bytes(before.replace(b"{", b" ", 1) if before.startswith(b"{") else b" " + before[1:])
+    try:
+        with pytest.raises(ModelIntegrityError, match="shared with the model's other export versions") as caught:
+            verify_variant(folder / entry.path, entry, EMBEDDING_SAMPLE)
+        assert "rollback" not in str(caught.value) and "--force" in str(caught.value)
+    finally:
+        config.write_bytes(before)
+    verify_variant(folder / entry.path, entry, EMBEDDING_SAMPLE)
+
+
 def test_two_versions_side_by_side_and_a_rollback(versioned: tuple[Path, str, str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir, old, new = versioned
@@ -104,6 +126,29 @@ def test_two_versions_side_by_side_and_a_rollback(versioned: tuple[Path, str, st
     assert active_version(model_dir) == new
     listing = json.loads(_cli("versions", EMBEDDING_SAMPLE, "--json"))
     assert [(v["id"], v["active"]) for v in listing] == [(new, True), (old, False)]
+
+
+def test_a_store_whose_link_is_gone_says_to_roll_back(versioned: tuple[Path, str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept exports and no active one (the ``onnx`` link removed): a rollback, seconds, is the
+    fix offered first, not only a re-export, minutes to hours at real sizes."""
+    from ortmodels.errors import ModelFileError
+
+    model_dir, _, new = versioned
+    manager = _use_store(monkeypatch, model_dir)
+    link = model_dir / "onnx"
+    target = link.readlink()
+    link.unlink()
+    try:
+        with pytest.raises(ModelFileError, match=rf"none is active .* 'ortmodels rollback {EMBEDDING_SAMPLE} {new}'"):
+            manager.get_embedding_model(EMBEDDING_SAMPLE)
+        assert "ortmodels rollback" in _cli("info", EMBEDDING_SAMPLE)
+        manager.rollback(EMBEDDING_SAMPLE, new)
+        assert manager.get_embedding_model(EMBEDDING_SAMPLE).loaded_version == new
+    finally:
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+        manager.unload_all()
 
 
 def test_unknown_version_lists_the_known_ones(versioned: tuple[Path, str, str],

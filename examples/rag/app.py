@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from ortmodels.errors import MissingDependencyError
+from ortmodels.errors import MissingDependencyError, OrtModelsError
 
 logger = logging.getLogger(__name__)
 
@@ -355,11 +356,12 @@ def _question(user_input: str, sources: list[Source]) -> HumanMessage:
 
 
 def chat_with_ai(conn: Any, user_input: str, dimension: int, chat_model: BaseChatModel, *,
-                 embeddings: Embeddings, reranker: BaseDocumentCompressor | None = None,
+                 embeddings: Embeddings | None = None, reranker: BaseDocumentCompressor | None = None,
                  conversation: Conversation | None = None, candidates: int = 20, keep: int = 4,
                  max_tokens: int = 200) -> Answer:
     """Answer ``user_input`` from the documents in ``conn`` (see `open_store`), whose vectors have
-    ``dimension`` numbers (``embeddings`` must give that many), with ``chat_model``.
+    ``dimension`` numbers (``embeddings``, by default the store's ``DEFAULT_EMBEDDING_MODEL``,
+    must give that many), with ``chat_model``: the seed's four arguments are enough.
 
     A follow-up question is searched together with the one before it, so "and when was it
     automated?" still finds the lighthouse. Give the same ``conversation`` to each turn.
@@ -367,6 +369,10 @@ def chat_with_ai(conn: Any, user_input: str, dimension: int, chat_model: BaseCha
     if not isinstance(user_input, str) or not user_input.strip():
         raise ValueError(f"user_input is {'empty' if isinstance(user_input, str) else type(user_input).__name__}; "
                          "ask a question (a non-empty string).")
+    if embeddings is None:
+        from ortmodels import ModelManager
+
+        embeddings = ModelManager().get_embedding_model()
     store = open_store(conn, dimension)
     conversation = conversation if conversation is not None else Conversation()
     previous = conversation.last_question()
@@ -407,19 +413,49 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--chat-model", default=None, help="default: DEFAULT_CHAT_MODEL")
     parser.add_argument("--dimensions", type=int, default=None,
                         help="fewer dimensions than the embedding model's (a Matryoshka-trained model)")
+    parser.add_argument("--matryoshka", action="store_true",
+                        help="allow --dimensions on a model whose card declares no Matryoshka training")
     parser.add_argument("--rerank-model", default=None,
                         help="a cross-encoder exported in the store (default: DEFAULT_RERANK_MODEL when it is "
                              "exported, else no reranking)")
-    parser.add_argument("--keep", type=int, default=4, help="passages kept for the answer")
+    parser.add_argument("--keep", type=_at_least_one, default=4, help="passages kept for the answer")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING)
+    try:
+        return _run(args)
+    except _failures() as exc:  # one line, as the ortmodels command says its errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} passages: keep at least 1")
+    return value
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """What the app says in one line: ortmodels' errors, a missing folder, a value it cannot
+    use, and the database's own errors (a server that is not there)."""
+    kinds: list[type[BaseException]] = [OrtModelsError, OSError, ValueError]
+    try:
+        import psycopg
+
+        kinds.append(psycopg.Error)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ortmodels import ModelManager
     from ortmodels.runtime.embeddings import OnnxEmbeddingModel
 
     manager = ModelManager()
     embeddings = (manager.get_embedding_model(args.embedding_model) if args.dimensions is None
-                  else OnnxEmbeddingModel(args.embedding_model, dimensions=args.dimensions))
+                  else OnnxEmbeddingModel(args.embedding_model, dimensions=args.dimensions,
+                                          matryoshka=args.matryoshka))
     chat_model = manager.get_chat_model(args.chat_model)
     reranker = open_reranker(manager, args.rerank_model, args.keep)
     dimension = len(embeddings.embed_query("dimension"))
@@ -430,7 +466,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         for question in questions:
             print(chat_with_ai(store, question, dimension, chat_model, embeddings=embeddings,
-                               reranker=reranker, conversation=conversation))
+                               reranker=reranker, conversation=conversation, keep=args.keep))
     except (EOFError, KeyboardInterrupt):
         pass
     return 0

@@ -13,6 +13,7 @@ from rich.text import Text
 from ..config import load_settings
 from ..store import ModelStore
 from ..store.manifest import Manifest
+from ..store.versions import export_hint
 from ..units import format_bytes
 from . import app, console
 from .export import kv_bytes_text, verdict_text
@@ -78,7 +79,7 @@ def info(
         console.print(data["description"], highlight=False, markup=False)
     manifest = model.manifest
     if manifest is None:
-        console.print(f"not exported: run 'ortmodels export {name}'")
+        console.print(f"not exported. {export_hint(model.path, name)}", markup=False)
         return
     console.print(f"version {model.version}, exported {manifest.created_at}, task {manifest.task}, "
                   f"opset {manifest.opset}", markup=False)

@@ -159,8 +159,8 @@ class OutputPlan:
         grammar = grammar_of(options.get("response_format"))
         if tools and choice != "none":
             if grammar is not None:
-                raise StructuredOutputError("Give tools or a response_format, not both, in one call (or "
-                                            "tool_choice 'none' to answer in the format).", "response_format")
+                raise ChatInputError("Give tools or a response_format, not both, in one call (or tool_choice "
+                                     "'none' to answer in the format).")  # no param: each API names it its own way
             special = special_tokens(tokenizer)
             plan = fmt.plan(tools, choice, parallel, special)
             trigger = tokenizer.token_to_id(plan.trigger) if plan.trigger in special else None

@@ -25,7 +25,7 @@ from ..store import ModelInfo, ModelKind, ModelStore
 from ..store.integrity import refuse_outside_links, remembered_figures, remembered_form, verify_variant
 from ..store.manifest import ChatSpec, EmbeddingSpec, VariantEntry
 from ..store.names import validate_model_name
-from ..store.versions import VersionLease
+from ..store.versions import VersionLease, export_hint
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -59,7 +59,7 @@ class OpenVariant:
         spec = self.info.manifest.chat if self.info.manifest is not None else None
         if spec is None:
             raise ModelFileError(self.info.onnx_path / "manifest.json", "No chat export found",
-                                 f"Run 'ortmodels export {self.info.name}'.")
+                                 export_hint(self.info.path, self.info.name))
         return spec
 
     @property
@@ -68,7 +68,7 @@ class OpenVariant:
         spec = self.info.manifest.embedding if self.info.manifest is not None else None
         if spec is None:
             raise ModelFileError(self.info.onnx_path / "manifest.json", "No embedding export found",
-                                 f"Run 'ortmodels export {self.info.name}'.")
+                                 export_hint(self.info.path, self.info.name))
         return spec
 
 
@@ -169,7 +169,7 @@ def _lease_version(store: ModelStore, name: str, kind: ModelKind,
         info = store.require(name, kind, version)
         if info.manifest is None or getattr(info.manifest, kind) is None:
             raise ModelFileError(
-                info.onnx_path / "manifest.json", "No ONNX export found", f"Run 'ortmodels export {info.name}'."
+                info.onnx_path / "manifest.json", "No ONNX export found", export_hint(info.path, info.name)
             )
         if info.export_dir is None:
             return info, None

@@ -30,6 +30,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
     (ort.InvalidModelNameError, 404, "invalid_request_error", "model_not_found"),
     (ort.ModelNotExportedError, 404, "invalid_request_error", "model_not_found"),
     (ort.ModelKindError, 404, "invalid_request_error", "model_not_found"),
+    (ort.FailedVariantError, 404, "invalid_request_error", "model_not_found"),
     (ort.ModelBusyError, 503, "server_error", "unavailable"),
     (ort.EngineClosedError, 503, "server_error", "unavailable"),
     (ort.ModelNotLoadedError, 503, "server_error", "unavailable"),

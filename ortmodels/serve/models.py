@@ -15,6 +15,7 @@ from typing import Any, cast
 from ..errors import OrtModelsError
 from ..manager import ModelManager
 from ..store import ModelInfo
+from ..store.catalog import failed_variant_message
 from ..store.names import split_tag
 from .errors import ApiError
 from .protocols import ChatModel, EmbeddingModel, RerankModel, as_chat_model
@@ -55,6 +56,7 @@ class Catalog:
         self.used: dict[str, object] = {}
         """Id → the model object served under it (read by /metrics for engine gauges)."""
         self._ids: list[ModelId] = []
+        self._failed: dict[tuple[str, str], str] = {}  # (name, precision) that failed its gates -> why
         self._read_at = 0.0
 
     def ids(self, refresh: bool = False) -> list[ModelId]:
@@ -63,7 +65,10 @@ class Catalog:
         so clients sending unknown ids cannot keep the event loop reading the disk."""
         age = time.monotonic() - self._read_at
         if age > 1.0 or (refresh and age > 0.25):
-            self._ids = model_ids(self.manager.list_available_models())
+            infos = self.manager.list_available_models()
+            self._ids = model_ids(infos)
+            self._failed = {(info.name, dtype): failed_variant_message(info, dtype)
+                            for info in infos for dtype in info.failed_variants()}
             self._read_at = time.monotonic()
         return self._ids
 
@@ -87,10 +92,20 @@ class Catalog:
         elif other is not None:
             what = (f"The model {model!r} is {_article(other.kind)} {other.kind} model, "
                     f"not {_article(kind)} {kind} model")
+        elif (failed := self._failed_message(model)) is not None:  # there, but not loadable: the store's words
+            raise ApiError(404, failed, param="model", code="model_not_found")
         else:
             what = f"The model {model!r:.80} does not exist"
         raise ApiError(404, f"{what}; {kind} models here: {', '.join(known) or 'none'}.",
                        param="model", code="model_not_found")
+
+    def _failed_message(self, model: str) -> str | None:
+        """Why ``model`` (``name:dtype``) is not served when its precision failed its quality gates."""
+        try:
+            name, dtype = split_tag(model)
+        except OrtModelsError:
+            return None
+        return self._failed.get((name, dtype)) if dtype is not None else None
 
     def _match(self, model: str | None, kind: str | None, refresh: bool) -> ModelId | None:
         if not isinstance(model, str) or not model:
@@ -130,6 +145,8 @@ class Catalog:
         found = []
         for name in names:
             entry = self._match(name, None, True)
+            if entry is None and (failed := self._failed_message(name)) is not None:
+                raise OrtModelsError(f"Cannot serve {name!r}: {failed}")
             if entry is None:
                 known = ", ".join(m.id for m in self.ids() if m.exported)
                 raise OrtModelsError(f"Cannot serve {name!r}: not an exported model in "

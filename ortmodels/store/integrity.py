@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 VERIFIED_DIR = ".verified"
 FIGURES_SUFFIX = ".figures.json"
 _FIX = "Re-run 'ortmodels export {name} --force', or roll back with 'ortmodels rollback {name} VERSION'."
+#: A file changed in place that other versions share (identical files are hard links): they are
+#: damaged too, so a rollback would not help.
+_SHARED_FIX = ("The file is shared with the model's other export versions (identical files are hard links), "
+               "so they hold the same damage: re-run 'ortmodels export {name} --force'.")
 
 _memo: dict[str, tuple[int, int, int, int, str]] = {}
 _memo_lock = threading.Lock()
@@ -116,10 +120,12 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
             raise ModelIntegrityError(path, f"Unreadable model file ({exc.strerror})", fix) from None
         if not S_ISREG(stat.st_mode):  # a device or a fifo would be hashed for ever
             raise ModelIntegrityError(path, "Model file is not a regular file", fix)
+        # what changed a hard-linked file in place changed every version that links it
+        damaged_fix = _SHARED_FIX.format(name=model_name) if stat.st_nlink > 1 else fix
         if stat.st_size != expected.size:
             raise ModelIntegrityError(
                 path, f"Model file has {stat.st_size} bytes, the manifest records {expected.size} "
-                "(truncated or replaced)", fix,
+                "(truncated or replaced)", damaged_fix,
             )
         key = str(path)
         stamp = _stamp(stat)
@@ -140,7 +146,7 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
         if actual != expected.sha256:
             raise ModelIntegrityError(
                 path, f"Model file changed: sha256 {actual[:12]}…, the manifest records "
-                f"{expected.sha256[:12]}…", fix,
+                f"{expected.sha256[:12]}…", damaged_fix,
             )
         with _memo_lock:
             _memo[key] = (*stamp, expected.sha256)

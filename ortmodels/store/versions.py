@@ -54,7 +54,7 @@ class VersionInfo:
     content_sha256: str | None
     source_sha256: str | None
     variants: dict[str, int]
-    """Precision → bytes."""
+    """Precision → bytes, of the precisions this version can load (not those that failed their gates)."""
     active: bool
     in_use: bool
     manifest: Manifest = field(repr=False, compare=False)
@@ -134,7 +134,7 @@ def _version_info(model_dir: Path, folder: Path, manifest: Manifest, active: str
         created_at=manifest.created_at,
         content_sha256=manifest.content_sha256,
         source_sha256=manifest.source_sha256,
-        variants={k: v.size for k, v in manifest.variants.items()},
+        variants={k: v.size for k, v in manifest.variants.items() if v.usable},
         active=folder.name == active,
         in_use=is_leased(model_dir, folder.name),
         manifest=manifest,
@@ -170,6 +170,17 @@ def list_versions(model_dir: Path) -> list[VersionInfo]:
     for version, problem in damaged.items():
         logger.warning("Skipping export version %s: %s", version, problem)
     return found
+
+
+def export_hint(model_dir: Path, name: str) -> str:
+    """What to run for a model with no active export: a rollback where versions are kept but
+    none is active (its ``onnx`` link removed), seconds against an export's minutes; else an export."""
+    kept = _scan_versions(model_dir)[0]
+    if kept and active_version(model_dir) is None and not (model_dir / ONNX_DIR).exists():
+        return (f"Its exports are kept but none is active (the '{ONNX_DIR}' link is missing): "
+                f"'ortmodels rollback {name} {kept[0].id}' makes the newest active ('ortmodels versions {name}' "
+                f"lists them), or run 'ortmodels export {name}'.")
+    return f"Run 'ortmodels export {name}'."
 
 
 def damaged_versions(model_dir: Path) -> dict[str, str]:
