@@ -14,6 +14,11 @@ SURROGATE_CAUSES = ("bytes that were not UTF-8, as a command line's or a file's 
                     "or a JSON '\\ud800' escape without its pair")
 
 
+def with_article(word: str) -> str:
+    """``a chat``, ``an embedding``: a kind's name as a message says it."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 class OrtModelsError(Exception):
     """Base class: catch this to handle any ortmodels failure."""
 
@@ -56,7 +61,7 @@ class UnknownModelError(OrtModelsError, KeyError):
                    f"folder of that name and run 'ortmodels export {name}' (the sample models have no reranker)"
                    + (f", or set {setting} to a reranker you have." if setting else "."))
         else:
-            among = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} model among them" if kind else "one of them"
+            among = f"{with_article(kind)} model among them" if kind else "one of them"
             lead = f"Set {setting} to {among}, put" if setting else "Put"
             how = (f"{lead} a Hugging Face checkpoint in a folder of that name, or run "
                    "'ortmodels samples' for the sample models (a chat and an embedding model).")

@@ -171,8 +171,7 @@ class GrammarCompiler:
                 f"The {what} admits no output: no text can match it. "
                 f"Fix the {fix} so that some text matches it."
             )
-        allowed = np.flatnonzero(np.unpackbits(np.frombuffer(first, dtype=np.uint8), bitorder="little"))
-        if not set(allowed.tolist()) - set(self.eos_token_ids):  # only the end: the answer is always empty
+        if not _allows_more_than(first, self.eos_token_ids):  # only the end: the answer is always empty
             raise GrammarError(f"The {what} admits only the empty answer. Fix the {fix} so that some text matches it.")
         return matcher
 
@@ -183,6 +182,15 @@ class GrammarCompiler:
     def processor(self, grammar: Grammar, trigger_token: int | None = None) -> GrammarProcessor:
         """The per-request logits processor; with ``trigger_token`` the grammar starts after it."""
         return GrammarProcessor(self, grammar, trigger_token)
+
+
+def _allows_more_than(bitmask: bytes, tokens: list[int]) -> bool:
+    """Whether a token mask (one bit per token, little-endian) allows any token but ``tokens``."""
+    rest = np.frombuffer(bitmask, dtype=np.uint8).copy()
+    for token in tokens:
+        if token >> 3 < rest.size:
+            rest[token >> 3] &= ~np.uint8(1 << (token & 7))
+    return bool(rest.any())
 
 
 class _TextTokenizer:

@@ -361,23 +361,25 @@ class Engine:
             return due[0]
         best = min(self._started, key=lambda j: j.left, default=None)
         if len(self._started) < STARTED_PREFILLS and self._waiting:
-            request = self._next_waiting()
-            if request is not None and (best is None or self._left(request) < best.left) and self._fits(request):
+            request, left = self._next_waiting()
+            if (best is None or left < best.left) and self._fits(request):
                 for job in self._started:  # each begun prefill waits for this later one
                     job.request.passed_over += 1
                 best = self._start(request)
         return best
 
-    def _next_waiting(self) -> Request | None:
-        """The waiting request that would begin next: the oldest once `PASSED_OVER` later ones
-        went first, else the one with the fewest tokens left (the first of equals) within the
-        first `LOOKAHEAD`. Called under the lock."""
+    def _next_waiting(self) -> tuple[Request, int]:
+        """The waiting request that would begin next, with the prompt tokens it would prefill:
+        the oldest once `PASSED_OVER` later ones went first, else the one with the fewest left
+        (the first of equals) within the first `LOOKAHEAD`. Called under the lock, ``_waiting``
+        not empty."""
         head = self._waiting[0]  # the oldest: passed over at least as often as any after it
         if len(self._waiting) == 1 or head.passed_over >= PASSED_OVER:
-            return head
+            return head, self._left(head)
         window = list(itertools.islice(self._waiting, LOOKAHEAD))
         left = [self._left(r) for r in window]
-        return window[left.index(min(left))]
+        chosen = left.index(min(left))
+        return window[chosen], left[chosen]
 
     def _left(self, request: Request) -> int:
         """Prompt tokens a waiting request would have to prefill now."""

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..errors import OrtModelsError
+from ..errors import OrtModelsError, with_article
 from ..manager import ModelManager
 from ..store import ModelInfo
 from ..store.catalog import failed_variant_message
@@ -42,10 +42,6 @@ def model_ids(infos: list[ModelInfo]) -> list[ModelId]:
         ids.append(ModelId(info.name, info.name, str(info.kind), None, bool(variants)))
         ids.extend(ModelId(f"{info.name}:{v}", info.name, str(info.kind), v, True) for v in variants)
     return ids
-
-
-def _article(kind: str) -> str:
-    return "an" if kind[:1] in "aeiou" else "a"
 
 
 class Catalog:
@@ -90,8 +86,7 @@ class Catalog:
         if not model:
             what = "No model given"
         elif other is not None:
-            what = (f"The model {model!r} is {_article(other.kind)} {other.kind} model, "
-                    f"not {_article(kind)} {kind} model")
+            what = f"The model {model!r} is {with_article(other.kind)} model, not {with_article(kind)} model"
         elif (failed := self._failed_message(model)) is not None:  # there, but not loadable: the store's words
             raise ApiError(404, failed, param="model", code="model_not_found")
         else:

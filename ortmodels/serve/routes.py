@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..engine.json_text import NotJsonNumber, loads
 from ..runtime.events import ChatEvent
 from . import chat, completions, embeddings, grammar, messages, rerank, responses, tokenize
 from .admission import RETRY_AFTER_S, Slot
 from .anthropic import CountTokensRequest, MessagesRequest
-from .errors import ApiError, bad_request, from_validation
+from .errors import ApiError, bad_request, validated
 from .metrics import metrics_text
 from .models import ModelId
 from .protocol import (
@@ -133,12 +133,7 @@ async def _parse(request: Request, model: type[Body]) -> Body:
                           code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request(f"The body must be a JSON object, not {_json_kind(data)}.", code="invalid_json")
-    try:
-        parsed = model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation(list(exc.errors())) from None
-    except RecursionError:
-        raise bad_request("The body is nested too deeply.", code="invalid_json") from None
+    parsed = validated(model, data)
     field = unsupported_field(parsed)
     if field is not None:
         value = getattr(parsed, field)

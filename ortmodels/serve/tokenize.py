@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ChatInputError
 from ..runtime.options import ChatOptions, ReasoningOptions
 from ..runtime.tokens import Tokens
 from .chat import chat_options, to_messages
-from .errors import bad_request, from_validation
+from .errors import bad_request, validated
 from .protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
 from .protocols import TokenizingModel, as_tokenizing
 
@@ -98,11 +98,8 @@ def prompt_options(request: TokenizeRequest) -> ChatOptions | None:
     given = request.model_dump(include=set(PROMPT_FIELDS), exclude_none=True)
     if not given:
         return None
-    try:
-        body = ChatCompletionRequest.model_validate({"messages": request.messages, **given})
-    except ValidationError as exc:  # a bad tool, say: the 400 the chat route gives, not a logged traceback
-        raise from_validation(list(exc.errors())) from None
-    return chat_options(body)
+    # a bad tool, say: the 400 the chat route gives
+    return chat_options(validated(ChatCompletionRequest, {"messages": request.messages, **given}))
 
 
 def tokenizing(model: object, model_id: str) -> TokenizingModel:

@@ -100,6 +100,12 @@ def _write_record(path: Path | None, record: dict[str, list]) -> None:
         logger.debug("Could not remember verified files in %s: %s", path, exc)
 
 
+def _damage_fix(stat: os.stat_result, model_name: str) -> str:
+    """What mends a file changed in place: what changed a hard-linked one changed every version
+    that links it, so only a re-export does."""
+    return (_SHARED_FIX if stat.st_nlink > 1 else _FIX).format(name=model_name)
+
+
 def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
     """Raise `ModelIntegrityError` naming the first missing, truncated or changed file.
 
@@ -120,12 +126,10 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
             raise ModelIntegrityError(path, f"Unreadable model file ({exc.strerror})", fix) from None
         if not S_ISREG(stat.st_mode):  # a device or a fifo would be hashed for ever
             raise ModelIntegrityError(path, "Model file is not a regular file", fix)
-        # what changed a hard-linked file in place changed every version that links it
-        damaged_fix = _SHARED_FIX.format(name=model_name) if stat.st_nlink > 1 else fix
         if stat.st_size != expected.size:
             raise ModelIntegrityError(
                 path, f"Model file has {stat.st_size} bytes, the manifest records {expected.size} "
-                "(truncated or replaced)", damaged_fix,
+                "(truncated or replaced)", _damage_fix(stat, model_name),
             )
         key = str(path)
         stamp = _stamp(stat)
@@ -146,7 +150,7 @@ def verify_variant(folder: Path, entry: VariantEntry, model_name: str) -> int:
         if actual != expected.sha256:
             raise ModelIntegrityError(
                 path, f"Model file changed: sha256 {actual[:12]}…, the manifest records "
-                f"{expected.sha256[:12]}…", damaged_fix,
+                f"{expected.sha256[:12]}…", _damage_fix(stat, model_name),
             )
         with _memo_lock:
             _memo[key] = (*stamp, expected.sha256)
