@@ -140,6 +140,29 @@ def test_a_files_faster_form_is_kept_until_it_or_the_file_changes(copied_embeddi
     assert remembered_form(outside / "tokenizer.json", "x.json", make) is None and len(made) == 3
 
 
+def test_a_deleted_versions_records_go_with_it(copied_embedding_model: Path) -> None:
+    """`forget_version` (prune, delete) removes the version's integrity record, figures and kept
+    forms, and nothing of a version whose id starts the same (``v1`` and ``v1.fp32``)."""
+    from ortmodels.store.integrity import forget_version, remembered_figures, remembered_form
+
+    exports = copied_embedding_model / ".exports"
+    path = ModelStore(copied_embedding_model.parent).info(EMBEDDING_SAMPLE).variant_path("fp32") / "tokenizer.json"
+    version = path.parent.parent.name
+    verify_variant(path.parent, ModelStore(copied_embedding_model.parent).info(EMBEDDING_SAMPLE).variants["fp32"],
+                   EMBEDDING_SAMPLE)
+    remembered_figures(path, "bounds", 1, lambda: (7,))
+    remembered_form(path, "x.json", lambda: "form")
+    verified = exports / ".verified"
+    ours = {p.name for p in verified.iterdir()}
+    assert ours == {f"{version}.json", f"{version}.figures.json", f"{version}.fp32.x.json"}, ours
+    others = {f"{version}.fp32.json", f"{version}.fp32.figures.json", f"{version}.x.json"}  # another id's
+    for name in others:
+        (verified / name).write_text("{}", encoding="utf-8")
+    forget_version(exports, version)
+    assert {p.name for p in verified.iterdir()} == others
+    forget_version(exports, version)  # nothing left to delete: no error
+
+
 def test_merges_as_strings_are_the_same_tokenizer(samples_dir: Path, tmp_path: Path) -> None:
     """A BPE tokenizer's merges as ``"a b"`` strings parse faster and tokenize the same; a
     WordPiece tokenizer, or a merge part holding a space, has no such form."""

@@ -193,7 +193,10 @@ def test_prune_never_deletes_a_version_in_use(versioned: tuple[Path, str, str],
         assert [v.in_use for v in list_versions(model_dir) if v.id == old] == [True]
     finally:
         holder.communicate("\n", timeout=30)
+    verified = model_dir / ".exports" / ".verified"
+    assert (verified / f"{old}.json").is_file()  # its files' check, kept by the loads above
     assert "removed 1 version" in _cli("prune", EMBEDDING_SAMPLE, "--keep", "1")
     assert [v.id for v in list_versions(model_dir)] == [new]
+    assert not [p.name for p in verified.iterdir() if p.name.startswith(f"{old}.")]  # nor what was kept of them
     assert len(manager.get_embedding_model(EMBEDDING_SAMPLE).embed_query("still fine")) == 384
 

@@ -6,7 +6,8 @@ beside the export (when the store is writable): a later load, in this process or
 one, re-hashes only files that changed since. Figures a load derives from one of those
 files (a tokenizer's vocabulary bounds) are kept the same way, by the file's stamp, in
 ``.exports/.verified/<version>.figures.json`` (`remembered_figures`), and a form of a file
-the load parses faster (a tokenizer's, `remembered_form`) beside it.
+the load parses faster (a tokenizer's, `remembered_form`) beside it; all three go when their
+version is deleted (`forget_version`).
 """
 
 from __future__ import annotations
@@ -249,3 +250,25 @@ def forget(folder: Path) -> None:
     with _memo_lock:
         for key in [k for k in _memo if k.startswith(prefix)]:
             del _memo[key]
+
+
+def forget_version(exports: Path, version: str) -> None:
+    """Delete what was kept of a deleted export version's files in ``exports/.verified``: its
+    integrity record, its figures and the other forms of files those name (each named exactly,
+    not by a pattern: a version id may hold dots, so ``v1.*`` could be another version's)."""
+    record_path = exports / VERIFIED_DIR / f"{version}.json"
+    figures_path = _figures_beside(record_path)
+    for key in _read_record(figures_path):
+        what, _, file = key.removeprefix("form:").partition(":")
+        if key.startswith("form:") and "/" in file:
+            _unlink_quietly(record_path.with_name(f"{version}.{file.split('/', 1)[0]}.{what}"))
+    for path in (figures_path, record_path):
+        _unlink_quietly(path)
+    forget(exports / version)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only store: the leftovers are small and harmless
+        logger.debug("Could not delete %s: %s", path, exc)

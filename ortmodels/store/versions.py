@@ -27,7 +27,7 @@ from ..errors import (
     UnknownVersionError,
     VersionInUseError,
 )
-from .integrity import refuse_outside_links, verify_variant
+from .integrity import forget_version, refuse_outside_links, verify_variant
 from .manifest import MANIFEST_NAME, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -393,6 +393,7 @@ def _delete_unless_leased(model_dir: Path, version: str) -> bool:
     if fcntl is None:
         (folder / "manifest.json").unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+        forget_version(exports_root(model_dir), version)
         return True
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -403,6 +404,7 @@ def _delete_unless_leased(model_dir: Path, version: str) -> bool:
         # Remove the manifest first: a loader that gets its lease after this finds no version.
         (folder / "manifest.json").unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+        forget_version(exports_root(model_dir), version)
         path.unlink(missing_ok=True)
     logger.info("Deleted export version %s of %s", version, model_dir.name)
     return True
