@@ -107,6 +107,17 @@ def test_an_export_too_large_for_the_machine_is_refused_before_it_starts(tmp_pat
     assert cli.returncode == 1 and "error:" in cli.stderr and "--force-memory" in cli.stderr, cli.stderr
 
 
+def test_a_checkpoint_without_tokenizer_files_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """Refused at once (it was refused only after optimum's export, minutes later at real sizes), with the fix."""
+    from ortmodels.errors import ExportError
+    from ortmodels.export import export_model
+
+    folder = sparse_checkpoint(tmp_path / "models" / "untokenized", SMOLLM2)
+    with pytest.raises(ExportError, match=r"no tokenizer file \(tokenizer.json, tokenizer.model.*save_pretrained"):
+        export_model(ModelStore(tmp_path / "models"), "untokenized")
+    assert not (folder / "onnx").exists() and not [p for p in (folder / ".exports").iterdir() if p.is_dir()]
+
+
 def test_force_memory_warns_and_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     huge = {**MODELS["llama-3.2-1b"][0], "num_hidden_layers": 16 * 200}
     sparse_checkpoint(tmp_path / "huge", huge)

@@ -58,6 +58,26 @@ def export_attempt(info: ModelInfo) -> Iterator[Path]:
         raise
 
 
+#: Tokenizer files transformers turns into a tokenizer.json when optimum saves the tokenizer.
+TOKENIZER_SOURCES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                     "vocab.json", "vocab.txt")
+
+
+def check_tokenizer_source(checkpoint: Path) -> None:
+    """Refuse, before the long export, a checkpoint with no tokenizer file at all: the export's
+    end (`require_fast_tokenizer`) would refuse it only after building the graph."""
+    if not any((checkpoint / name).is_file() for name in TOKENIZER_SOURCES):
+        raise ExportError(_no_tokenizer(checkpoint, f"no tokenizer file ({', '.join(TOKENIZER_SOURCES)})"))
+
+
+def _no_tokenizer(checkpoint: Path, what: str) -> str:
+    return (
+        f"{checkpoint} has {what}, and ortmodels tokenizes without transformers at run time. Save "
+        "one with transformers: AutoTokenizer.from_pretrained(folder).save_pretrained(folder), "
+        "then export again."
+    )
+
+
 def require_fast_tokenizer(checkpoint: Path, base: Path) -> None:
     """The runtime tokenizes with `tokenizers` alone, so the export must carry tokenizer.json."""
     if (base / "tokenizer.json").is_file():
@@ -65,11 +85,7 @@ def require_fast_tokenizer(checkpoint: Path, base: Path) -> None:
     if (checkpoint / "tokenizer.json").is_file():
         shutil.copy2(checkpoint / "tokenizer.json", base / "tokenizer.json")
         return
-    raise ExportError(
-        f"{checkpoint} has no fast tokenizer (tokenizer.json), and ortmodels tokenizes without "
-        "transformers at run time. Save one with transformers: "
-        "AutoTokenizer.from_pretrained(folder).save_pretrained(folder), then export again."
-    )
+    raise ExportError(_no_tokenizer(checkpoint, "no fast tokenizer (tokenizer.json)"))
 
 
 def support_files(base: Path) -> list[Path]:
@@ -360,6 +376,7 @@ def _export_locked(
             name, info.path / "chat_template.jinja",
         )
     check_memory(info, dtypes, force=force_memory)  # before hashing: a 16 GB checkpoint takes a while to read
+    check_tokenizer_source(info.path)
     progress = progress or LogProgress(name)
     progress.step("Hashing the checkpoint")
     source_hash = source_sha256(info.path)
