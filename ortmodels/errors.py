@@ -6,7 +6,8 @@ reading the source.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
 
 #: Where a lone surrogate in a text comes from, said wherever one is refused.
@@ -174,12 +175,16 @@ class ContextLengthError(_NamesOption, ChatInputError):
         self.problem, self.shorten, self.unit = problem, shorten, unit
         super().__init__(self.spelt(truncate), param)
 
-    def spelt(self, truncate: str) -> str:
+    def spelt(self, truncate: str, names: Mapping[str, str] | None = None) -> str:
         """The message with the truncation switch as the caller gives it (``pass --truncate``,
-        ``set "truncate_prompt": true in the body``); only the problem where truncating would not help."""
-        if self.shorten is None:
-            return self.problem
-        return f"{self.problem} {self.shorten}, or {truncate} to drop the oldest {self.unit}."
+        ``set "truncate_prompt": true in the body``; only the problem where truncating would not
+        help), and the options named as the caller's API names them (``names``: the Responses
+        API's ``max_output_tokens`` for ``max_tokens``)."""
+        said = self.problem if self.shorten is None else \
+            f"{self.problem} {self.shorten}, or {truncate} to drop the oldest {self.unit}."
+        for ours, theirs in (names or {}).items():
+            said = re.sub(rf"\b{re.escape(ours)}\b", theirs, said)
+        return said
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # rebuilt from its parts across processes (Ray)
         return type(self), (self.problem, self.param, self.shorten, self.unit)

@@ -207,6 +207,20 @@ def test_a_cut_forced_call_in_each_format_has_no_content(chat: OnnxChatModel) ->
         assert plan.finish(text, "length") == ("", [], "length"), name
 
 
+def test_the_whole_calls_before_a_cut_one_are_kept(chat: OnnxChatModel) -> None:
+    """Parallel calls cut by ``max_tokens`` while the model wrote a later one: the finished ones
+    are returned with the reason ``length`` (they were all dropped), the cut one never."""
+    paris = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    for name, text in (("generic", f'{{"tool_calls": [{paris}, {{"name": "get_weather", "argum'),
+                       ("generic", f'{{"tool_calls": [ {paris} ,\n {paris}, {{"na'),
+                       ("hermes", f'<tool_call>{paris}</tool_call>\n<tool_call>{{"name": "get_w')):
+        plan = OutputPlan.from_options({"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": True},
+                                       FORMATS[name], chat.loaded.grammars, chat.loaded.tokenizer)
+        content, calls, reason = plan.finish(text, "length")
+        assert (content, reason) == ("", "length"), name
+        assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Paris"})] * text.count(paris), name
+
+
 def test_hermes_free_text_before_a_cut_call_is_the_content() -> None:
     assert FORMATS["hermes"].parse('Let me look.\n<tool_call>{"name": "get_w', [WEATHER]) == ("Let me look.", [])
 

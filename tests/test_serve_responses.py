@@ -96,6 +96,7 @@ def test_whole_response_parses_into_the_clients_model_and_is_kept(client: openai
     cut = client.responses.create(model=CHAT_SAMPLE, input="Count from 1 to 100.", max_output_tokens=4, temperature=0)
     assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
     assert cut.usage.output_tokens == 4
+    assert cut.completed_at is None and answer.completed_at is not None  # OpenAI's: set when completed only
 
 
 @pytest.mark.slow
@@ -254,13 +255,37 @@ def test_previous_response_id_continues_and_store_false_keeps_nothing(client: op
     ({"tools": [WEATHER], "text": {"format": {"type": "json_object"}}}, None, "not both"),
     ({"text": {"format": {"type": "json_schema", "name": "nothing", "schema": {"type": "string",
                                                                                "pattern": "[^\\s\\S]"}}}},
-     None, "json_schema"),
+     "text.format.schema", "json_schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "p"}}}, "text.format.schema", "needs its schema"),
+    ({"tools": [{"type": "custom", "name": "f"}]}, "tools", "a custom tool"),
+    ({"max_tokens": 2}, "max_tokens", "max_output_tokens"),
+    ({"input": 5}, "input", "give a string, or a list of objects (got 5)"),
 ])
 def test_refused_fields_are_named(server: Server, extra: dict, param: str, words: str) -> None:
     reply = _raw(server, {"model": CHAT_SAMPLE, "input": "Hi", "max_output_tokens": 4, **extra})
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["param"] == param and words in error["message"], error
+
+
+@pytest.mark.slow
+def test_a_prompt_past_the_context_is_named_as_this_api_names_it(server: Server, client: openai.OpenAI) -> None:
+    """``input`` and ``max_output_tokens``, and ``truncation: "auto"`` as the fix (not chat's
+    ``messages``, ``max_tokens`` and ``truncate_prompt``), whole and streamed; with it, the
+    oldest tokens go and the response says ``truncation: "auto"``."""
+    long = "hello " * 9000
+    for stream in (False, True):
+        reply = _raw(server, {"model": CHAT_SAMPLE, "input": long, "max_output_tokens": 5, "stream": stream})
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and error["code"] == "context_length_exceeded", reply.text
+        assert error["param"] == "input" and 'set "truncation": "auto"' in error["message"], error
+        assert "max_output_tokens (5)" in error["message"] and "max_tokens" not in error["message"].replace(
+            "max_output_tokens", ""), error
+    error = _raw(server, {"model": CHAT_SAMPLE, "input": "Hi", "max_output_tokens": 9000}).json()["error"]
+    assert error["param"] == "max_output_tokens" and "max_output_tokens (9000) alone fills" in error["message"], error
+    cut = client.responses.create(model=CHAT_SAMPLE, input=long, max_output_tokens=2, truncation="auto")
+    assert cut.truncation == "auto" and cut.usage.input_tokens < 9000
+    assert client.responses.create(model=CHAT_SAMPLE, input="Hi", max_output_tokens=2).truncation == "disabled"
 
 
 _FIELDS = ["model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",

@@ -182,7 +182,8 @@ class OutputPlan:
         """The answer's content and tool calls (none when no tools were offered), and why it ended.
 
         Stop strings end free text only: the engine does not cut what a grammar holds, so a
-        call is whole (or cut by ``max_tokens``, reason ``length``, and then no call at all).
+        call is whole (or cut by ``max_tokens``, reason ``length``: the cut call is dropped,
+        the whole ones before it kept).
         The free-text answer a format wraps (the generic format's ``{"response": ...}``) is
         cut here at its first stop string, reason ``stop``. The format's wrapper is never
         content: a held answer the format cannot read (cut by ``max_tokens``) has no content.

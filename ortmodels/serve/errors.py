@@ -9,7 +9,8 @@ only a bug here is a 500, and it is logged and still answered with a JSON body.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -69,12 +70,26 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+@dataclass(frozen=True)
+class Spelling:
+    """How a route's body names the chat service's options, for the errors that name them (a
+    prompt past the context): the Responses API says ``max_output_tokens`` and ``truncation``."""
+
+    names: Mapping[str, str] = field(default_factory=dict)
+    truncate: str = 'set "truncate_prompt": true in the body'
+
+
+#: Chat Completions', Completions' and Anthropic's Messages' spelling: the service's own names.
+CHAT_SPELLING = Spelling()
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 
 
-def from_exception(exc: BaseException) -> ApiError:
-    """The API error for any exception; an unexpected one is logged with its traceback."""
+def from_exception(exc: BaseException, spelling: Spelling = CHAT_SPELLING) -> ApiError:
+    """The API error for any exception, the options it names spelt as the route's body spells
+    them; an unexpected one is logged with its traceback."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, (RequestValidationError, ValidationError)):
@@ -83,19 +98,50 @@ def from_exception(exc: BaseException) -> ApiError:
         if isinstance(exc, cls):
             if status >= 500:
                 logger.error("Request failed: %s", exc)
-            said = exc.spelt('set "truncate_prompt": true in the body') if isinstance(exc, ort.ContextLengthError) else str(exc)
-            return ApiError(status, said, type=kind, code=code, param=getattr(exc, "param", None))
+            param = getattr(exc, "param", None)
+            if isinstance(exc, ort.ContextLengthError):
+                said, param = exc.spelt(spelling.truncate, spelling.names), spelling.names.get(param, param)
+            else:
+                said = str(exc)
+            return ApiError(status, said, type=kind, code=code, param=param)
     logger.error("Unexpected error while answering a request", exc_info=exc)
     return ApiError(500, f"Internal error ({type(exc).__name__}); the server log has the details.",
                     type="server_error", code="internal_error")
 
 
+def _is_branch(part: str) -> bool:
+    """A union's branch name in an error's location (``str``, ``list[str]``, ``function-after[...]``):
+    pydantic's, not the client's."""
+    return part[:1].islower() and ("[" in part or part in {"str", "int", "float", "bool", "dict", "list", "none",
+                                                             "is-instance"})
+
+
 def _where(loc: tuple[Any, ...] | list[Any]) -> str | None:
     parts = [str(p) for p in loc if p != "body"]
-    # a union's branch names (``str``, ``list[str]``, ``function-after[...]``) are not the client's
-    parts = [p for p in parts if not (p[:1].islower() and ("[" in p or p in {"str", "int", "float", "bool", "dict",
-                                                                               "list", "none", "is-instance"}))]
-    return ".".join(parts) or None
+    return ".".join(p for p in parts if not _is_branch(p)) or None
+
+
+#: A union branch's type as a message names it.
+_SHAPES = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+           "dict": "an object", "list[str]": "a list of strings", "list[dict[str,any]]": "a list of objects"}
+
+
+def _shapes(errors: list[dict[str, Any]], param: str) -> tuple[list[str], dict[str, Any] | None]:
+    """For a field a union types: the shapes it takes (from the branches its errors came from),
+    and the error inside a branch of the right shape (an item of a list, say), if any."""
+    shapes, inner = [], None
+    for error in errors:
+        parts = [str(p) for p in error.get("loc", ()) if p != "body"]
+        branches = [i for i, p in enumerate(parts) if _is_branch(p)]
+        if not branches or ".".join(p for p in parts[:branches[0]]) != param:
+            continue
+        branch = parts[branches[0]]
+        if branch not in _SHAPES:
+            return [], None  # a validator's branch, not a type: its own message says more
+        shapes.append(_SHAPES[branch])
+        if len(parts) > branches[0] + 1 and inner is None:
+            inner = error
+    return list(dict.fromkeys(shapes)), inner
 
 
 Validated = TypeVar("Validated", bound=BaseModel)
@@ -122,11 +168,15 @@ def from_validation(errors: list[dict[str, Any]]) -> ApiError:
         return bad_request(f"Unrecognized request argument supplied: {param}.", param, "unknown_parameter")
     if error.get("type") == "missing":
         return bad_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    given = error.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r:.60})"
+    shapes, inner = _shapes(errors, param) if param else ([], None)
+    if len(shapes) > 1:  # a union's branches each said no: name the shapes, not the first branch's type
+        detail = f" ({_where(inner['loc'])}: {inner.get('msg', 'invalid value')})" if inner else shown
+        return bad_request(f"Invalid value for '{param}': give {', or '.join(shapes)}{detail}.", param, "invalid_value")
     cause = (error.get("ctx") or {}).get("error")
     # a check of ours inside a validator (`check_stop`, `check_tools`, ...): its own words
     text = str(cause).rstrip(".") if isinstance(cause, ort.OrtModelsError) else str(error.get("msg", "invalid value"))
-    given = error.get("input")
-    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r:.60})"
     return bad_request(f"Invalid value for '{param}': {text}{shown}." if param else f"{text}.", param,
                        "invalid_value")
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from ..runtime.events import ChatEvent, Finished
 from ..runtime.options import ChatOptions, PromptOptions, SamplingOptions, StopOptions
-from .errors import ApiError, bad_request
+from .errors import CHAT_SPELLING, ApiError, Spelling, bad_request
 from .protocol import Usage
 from .sse import error_events
 
@@ -18,6 +18,8 @@ class Answer:
     """One request's identity: id, creation time and the model id it was asked of."""
 
     prefix: ClassVar[str] = "cmpl"
+    spelling: ClassVar[Spelling] = CHAT_SPELLING
+    """How this API's body names the options an error names."""
 
     def __init__(self, model_id: str) -> None:
         self.id = f"{self.prefix}-{uuid.uuid4().hex}"
@@ -26,7 +28,7 @@ class Answer:
 
     def error_events(self, exc: BaseException) -> list[str]:
         """How this answer's stream ends on an error after it started (OpenAI's: an error event, [DONE])."""
-        return error_events(exc)
+        return error_events(exc, self.spelling)
 
 
 def service_options(request: Any, max_tokens: int | None, **output: Any) -> ChatOptions:

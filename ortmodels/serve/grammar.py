@@ -96,14 +96,16 @@ def constraint(body: Any) -> tuple[str, dict[str, Any]] | None:
     return given[0] if given else None
 
 
-async def named(events: AsyncIterator[ChatEvent], body: Any) -> AsyncIterator[ChatEvent]:
-    """``events``, with a grammar the model refuses answered as a 400 naming the body's field."""
+async def named(events: AsyncIterator[ChatEvent], body: Any, field: str | None = None) -> AsyncIterator[ChatEvent]:
+    """``events``, with a grammar the model refuses answered as a 400 naming the body's field
+    (``field`` where the body's constraint is not one of chat's: the Responses API's ``text.format``)."""
     found = constraint(body)
+    param = found[0] if found is not None else field
     async with aclosing(events):
         try:
             async for item in events:
                 yield item
         except GrammarError as exc:
-            if found is None:
+            if param is None:
                 raise
-            raise ApiError(400, str(exc), param=found[0], code="invalid_grammar") from None
+            raise ApiError(400, str(exc), param=param, code="invalid_grammar") from None

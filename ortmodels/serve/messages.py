@@ -173,6 +173,10 @@ def _output(body: CountTokensRequest) -> dict[str, Any]:
     if choice is not None and choice.type in ("any", "tool") and not body.tools:
         raise bad_request(f"tool_choice {{'type': '{choice.type}'}} needs tools: give tools, or leave tool_choice out.",
                           "tool_choice")
+    names = [t.name for t in body.tools or []]
+    if choice is not None and choice.type == "tool" and choice.name not in names:
+        raise bad_request(f"tool_choice {{'type': 'tool', 'name': {choice.name!r:.80}}} names no tool of this request; "
+                          f"its tools: {', '.join(names)} (or give the type 'auto', 'any' or 'none').", "tool_choice")
     options: dict[str, Any] = {}
     if body.tools:
         options["tools"] = [{"type": "function", "function": {

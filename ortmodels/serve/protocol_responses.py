@@ -33,7 +33,7 @@ from .protocol import FunctionSpec, StreamOptions, neutral
 
 #: The tool types of OpenAI's Responses API that run on OpenAI's side (refused by name).
 BUILT_IN_TOOLS = ("web_search", "web_search_preview", "file_search", "computer_use_preview", "computer",
-                  "code_interpreter", "image_generation", "mcp", "local_shell", "shell", "apply_patch", "custom")
+                  "code_interpreter", "image_generation", "mcp", "local_shell", "shell", "apply_patch")
 
 
 class FunctionTool(FunctionSpec):
@@ -51,7 +51,9 @@ class FunctionTool(FunctionSpec):
 def _function_tool(index: int, tool: dict[str, Any]) -> FunctionTool:
     kind = tool.get("type")
     if kind != "function":
-        what = "a built-in tool, which runs on OpenAI's side" if kind in BUILT_IN_TOOLS else "not a tool type"
+        what = ("a built-in tool, which runs on OpenAI's side" if kind in BUILT_IN_TOOLS else
+                "a custom tool, whose free-form input this server does not take" if kind == "custom" else
+                "not a tool type")
         raise ChatInputError(f"tools[{index}] has type {kind!r:.40}: {what}; this server runs function tools only "
                              "({'type': 'function', 'name': ..., 'parameters': {...}}).")
     if "function" in tool:
@@ -208,6 +210,13 @@ class ResponsesRequest(ReasoningOptions, StopOptions, SamplingOptions, PromptOpt
         except (TypeError, ValueError):
             pass  # not JSON's values: the fields' own checks say what is wrong
         return data
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _output_tokens(cls, value: Any) -> None:
+        """Chat's field (inherited with the sampling options), not the Responses API's: refused, not
+        taken quietly while the response echoes ``max_output_tokens: null``."""
+        raise ChatInputError("the Responses API calls the token limit max_output_tokens: send that instead")
 
     @field_validator("tools")
     @classmethod

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.toolcalls import ToolCall
+from ..errors import ChatInputError
 from ..runtime.events import (
     ChatEvent,
     Finished,
@@ -35,7 +36,7 @@ from ..runtime.events import (
 )
 from ..runtime.options import ChatOptions, ReasoningOptions
 from .chat import parse_arguments, with_effort
-from .errors import bad_request, from_exception
+from .errors import Spelling, bad_request, from_exception
 from .generation import Answer, finish_reason, service_options, settled
 from .protocol_responses import ResponsesRequest
 from .response_store import ResponseStore, StoredResponse
@@ -126,6 +127,10 @@ def input_messages(given: str | list[dict[str, Any]],
     return messages
 
 
+#: Where a Responses body's structured output is (a schema that cannot compile is a 400 naming it).
+FORMAT_FIELD = "text.format.schema"
+
+
 def response_options(body: ResponsesRequest) -> ChatOptions:
     """The chat service's options for a Responses body."""
     output: dict[str, Any] = {}
@@ -134,13 +139,17 @@ def response_options(body: ResponsesRequest) -> ChatOptions:
         output["tool_choice"] = body.tool_choice
         if body.parallel_tool_calls is not None:
             output["parallel_tool_calls"] = body.parallel_tool_calls
-    if (response_format := body.format().response_format()) is not None:
+    try:
+        response_format = body.format().response_format()
+    except ChatInputError as exc:
+        raise bad_request(str(exc), FORMAT_FIELD) from None
+    if response_format is not None:
         output["response_format"] = response_format
     given = {name: value for name in ReasoningOptions.model_fields if (value := getattr(body, name)) is not None}
     output.update(with_effort(given, body.reasoning.effort if body.reasoning else None, "reasoning.effort"))
     if body.truncation == "auto":  # OpenAI's spelling of truncate_prompt
         output["truncate_prompt"] = True
-    return service_options(body, body.max_output_tokens or body.max_tokens, **output)
+    return service_options(body, body.max_output_tokens, **output)
 
 
 @dataclass(frozen=True)
@@ -256,8 +265,15 @@ class _Output:
                 "tool_calls": [{"name": c.name, "arguments": c.arguments, "id": c.id} for c in self.calls]}
 
 
+#: The Responses API's names for the options a prompt past the context names.
+RESPONSES_SPELLING = Spelling({"max_tokens": "max_output_tokens", "messages": "input"},
+                              'set "truncation": "auto"')
+
+
 class ResponseAnswer(Answer):
     """One response, whole or streamed, read from the model's events, and kept once answered."""
+
+    spelling = RESPONSES_SPELLING
 
     def __init__(self, model_id: str, body: ResponsesRequest, turn: Turn, store: ResponseStore) -> None:
         super().__init__(model_id)
@@ -275,14 +291,15 @@ class ResponseAnswer(Answer):
         ended = output is not None and status != "failed"
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "completed_at": int(time.time()) if ended else None, "error": None,
+            "completed_at": int(time.time()) if status == "completed" else None, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens, "model": self.model,
             "output": output.items("incomplete" if status == "failed" else None) if output is not None else [],
             "parallel_tool_calls": bool(body.parallel_tool_calls),
             "previous_response_id": body.previous_response_id, "store": self._stores,
             "temperature": body.temperature, "top_p": body.top_p, "text": {"format": body.format().echo()},
-            "tool_choice": body.tool_choice or "auto", "tools": body.tool_dicts(), "truncation": "disabled",
+            "tool_choice": body.tool_choice or "auto", "tools": body.tool_dicts(),
+            "truncation": "auto" if body.truncation == "auto" or body.truncate_prompt else "disabled",
             "usage": _usage(output.finished) if ended and output is not None else None, "user": body.user,
             "metadata": body.metadata or {},
             **({"reasoning": body.reasoning.echo()} if body.reasoning is not None else {}),
@@ -399,7 +416,7 @@ class ResponseAnswer(Answer):
         """OpenAI's end of a stream that failed after it started: an ``error`` event (the error's
         code, message and param), then ``response.failed``, whose response carries the error and
         the output so far (its items incomplete). A failed response is not kept."""
-        error = from_exception(exc)
+        error = from_exception(exc, self.spelling)
         response = self._response("failed", self._output or _Output())
         # the response's error code is one of OpenAI's fixed list; the event before it has ours
         response["error"] = {"code": "server_error", "message": error.message}

@@ -17,11 +17,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from ..engine.json_text import NotJsonNumber, loads
+from ..errors import ContextLengthError
 from ..runtime.events import ChatEvent
 from . import chat, completions, embeddings, grammar, messages, rerank, responses, tokenize
 from .admission import RETRY_AFTER_S, Slot
 from .anthropic import CountTokensRequest, MessagesRequest
-from .errors import ApiError, bad_request, validated
+from .errors import ApiError, bad_request, from_exception, validated
 from .metrics import metrics_text
 from .models import ModelId
 from .protocol import (
@@ -269,11 +270,14 @@ async def _answer(request: Request, state: ServerState, entry: ModelId,
     except BaseException:
         slot.release()
         raise
-    if body.stream:
-        stream_options = getattr(body, "stream_options", None)  # OpenAI's; Anthropic's stream always ends with usage
-        include_usage = bool(stream_options and stream_options.include_usage)
-        return await _prime(request, slot, answer.stream(chunks, include_usage), answer.error_events)
-    return await _guarded(request, slot, answer.complete(chunks))
+    try:
+        if body.stream:
+            stream_options = getattr(body, "stream_options", None)  # OpenAI's; Anthropic's stream always ends with usage
+            include_usage = bool(stream_options and stream_options.include_usage)
+            return await _prime(request, slot, answer.stream(chunks, include_usage), answer.error_events)
+        return await _guarded(request, slot, answer.complete(chunks))
+    except ContextLengthError as exc:  # found as the prompt is prepared: its options as this API names them
+        raise from_exception(exc, answer.spelling) from None
 
 
 @v1.post("/embeddings")
@@ -323,7 +327,7 @@ async def create_response(request: Request) -> Response:
     turn = responses.prepare(body, state.responses)
 
     def open_stream(model: ChatModel) -> AsyncIterator[ChatEvent]:
-        return model.achat_events(turn.messages, turn.options)
+        return grammar.named(model.achat_events(turn.messages, turn.options), body, responses.FORMAT_FIELD)
 
     answer = responses.ResponseAnswer(body.model or entry.id, body, turn, state.responses)
     return await _answer(request, state, entry, open_stream, answer, body)

@@ -20,7 +20,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from .admission import Slot
-from .errors import from_exception
+from .errors import CHAT_SPELLING, Spelling, from_exception
 from .shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,9 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def error_events(exc: BaseException) -> list[str]:
+def error_events(exc: BaseException, spelling: Spelling = CHAT_SPELLING) -> list[str]:
     """OpenAI's end of a stream that failed: one ``data: {"error": ...}`` event, then ``[DONE]``."""
-    return [event(from_exception(exc).body()), DONE]
+    return [event(from_exception(exc, spelling).body()), DONE]
 
 
 async def _events(first: str, rest: AsyncIterator[str], slot: Slot, shutdown: Shutdown,

@@ -41,6 +41,32 @@ def cut_response(text: str) -> str:
     return ""
 
 
+_CALLS = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[')
+
+
+def cut_calls(text: str) -> list[ToolCall]:
+    """The whole calls of a ``tool_calls`` list cut before its end (``max_tokens`` reached while
+    the model wrote a later call): those it finished are answers a client can run, as
+    Anthropic's and OpenAI's APIs return them with the cut."""
+    start = _CALLS.match(text)
+    if start is None:
+        return []
+    decoder, at, calls = json.JSONDecoder(), start.end(), []
+    while True:
+        at = len(text) - len(text[at:].lstrip())
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except (json.JSONDecodeError, RecursionError):
+            return calls  # the cut one, or nothing more
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            arguments = value.get("arguments")
+            calls.append(ToolCall(value["name"], arguments if isinstance(arguments, dict) else {}))
+        rest = text[at:].lstrip()
+        if not rest.startswith(","):
+            return calls
+        at = len(text) - len(rest) + 1
+
+
 _INSTRUCTIONS = (
     "You can call these tools:\n{tools}\n\n"
     "Answer with one JSON object and nothing else: {shape}"
@@ -89,7 +115,8 @@ class GenericFormat(ToolFormat):
     def parse(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
         value = parse_json(text)
         if not isinstance(value, dict):  # the grammar held it, so it was cut (max_tokens): never the wrapper
-            return cut_response(text), []
+            calls = cut_calls(text)
+            return ("", calls) if calls else (cut_response(text), [])
         if isinstance(value.get("response"), str):
             return value["response"], []
         raw = value.get("tool_calls") if isinstance(value.get("tool_calls"), list) else [value.get("tool_call")]
