@@ -132,8 +132,11 @@ class Settings(BaseSettings):
     @field_validator("local_models_dir", mode="before")
     @classmethod
     def _default_when_empty(cls, value: object) -> object:
-        """``LOCAL_MODELS_DIR=`` (empty) means unset (``models``), not the working directory."""
-        return "models" if isinstance(value, str) and not value.strip() else value
+        """``LOCAL_MODELS_DIR=`` (empty) means unset (``models``), not the working directory; a
+        leading ``~`` is the home folder, as a shell would read it (a ``.env`` line is not)."""
+        if isinstance(value, str):
+            return Path(value).expanduser() if value.strip() else "models"
+        return value.expanduser() if isinstance(value, Path) else value
 
     @field_validator("model_prompt_cache_dir", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ reading the source.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 
@@ -55,6 +56,8 @@ class UnknownModelError(OrtModelsError, KeyError):
         self.known = sorted(known)
         self.models_dir, self.setting, self.kind = models_dir, setting, kind
         where = f" in {models_dir}" if models_dir is not None else ""
+        if models_dir is not None and not os.path.isdir(str(models_dir)):
+            where += " (no such folder: point LOCAL_MODELS_DIR at the folder that holds your models)"
         listing = ", ".join(self.known) if self.known else "none"
         named = f" (the default, from {setting})" if setting else ""
         if kind == "reranker":  # the samples have no reranker: 'ortmodels samples' would not help

@@ -254,3 +254,31 @@ def test_a_users_streamed_tool_call_is_joined_before_it_is_read() -> None:
 @pytest.mark.slow
 def test_the_server_calls_an_onnx_chat_model_as_it_is(chat: OnnxChatModel) -> None:
     assert as_chat_model(chat) is chat
+
+
+@pytest.mark.slow
+def test_a_prompt_alone_past_the_context_does_not_blame_an_unset_max_tokens(chat: OnnxChatModel) -> None:
+    """With no ``max_tokens`` given, the prompt is the problem: the error said "plus max_tokens
+    (1)" and advised lowering it; a ``max_tokens`` the caller gave is still named."""
+    from ortmodels.errors import ContextLengthError
+
+    with pytest.raises(ContextLengthError, match=r"leaves no room for an answer .* Shorten the conversation, or") as caught:
+        chat.invoke("word " * 9000)
+    assert "max_tokens" not in str(caught.value) and caught.value.param == "messages"
+    with pytest.raises(ContextLengthError, match=r"plus max_tokens \(50\) .* lower max_tokens"):
+        chat.invoke("word " * 9000, max_tokens=50)
+
+
+@pytest.mark.slow
+def test_the_token_count_with_truncate_prompt_is_the_prompt_that_runs(chat: OnnxChatModel) -> None:
+    """`get_num_tokens_from_messages` with ``truncate_prompt`` and ``max_tokens`` counts what is
+    left once the oldest tokens make room (it counted the whole prompt, and dropped both
+    options); without it, the whole prompt. A grammar ends the answer at once."""
+    messages = [HumanMessage("word " * 300)]
+    room = chat.loaded.spec.context_length - 100
+    whole = chat.get_num_tokens_from_messages(messages)
+    kept = chat.get_num_tokens_from_messages(messages, truncate_prompt=True, max_tokens=room)
+    assert whole > 300 and kept == 100
+    reply = chat.invoke(messages, truncate_prompt=True, max_tokens=room,
+                        response_format={"type": "regex", "regex": "(yes|no)"})
+    assert reply.usage_metadata is not None and reply.usage_metadata["input_tokens"] == kept

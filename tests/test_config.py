@@ -39,6 +39,22 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert settings.model_dtype == "fp16"
 
 
+def test_a_models_folder_under_home_is_expanded_and_a_missing_one_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    """``~/models`` (a .env line is not read by a shell) is the home folder's; asking a folder
+    that does not exist for a model says so (it said only "Known models: none")."""
+    from ortmodels import ModelManager
+    from ortmodels.errors import UnknownModelError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LOCAL_MODELS_DIR", "~/models")
+    assert load_settings().local_models_dir == tmp_path / "models"
+    manager = ModelManager()
+    manager.configure()
+    with pytest.raises(UnknownModelError, match=rf"in {tmp_path / 'models'} \(no such folder: point LOCAL_MODELS_DIR"):
+        manager.get_chat_model("some-chat")
+
+
 @pytest.mark.parametrize(
     ("device", "expected"),
     [("auto", "auto"), ("CPU", "cpu"), ("cuda", "cuda"), ("coreml", "coreml"), ("mps", "coreml")],

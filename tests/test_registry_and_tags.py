@@ -34,6 +34,9 @@ def test_tags_split_into_name_and_precision() -> None:
     assert split_tag("m:float32") == ("m", "fp32")
     assert split_tag("m", "float16") == ("m", "fp16")
     assert split_tag("m") == ("m", None)
+    # auto asks for none (MODEL_DTYPE's choice): it was refused as an "Unknown precision 'auto'" that listed auto
+    assert split_tag("m:auto") == split_tag("m", "AUTO") == split_tag("m:auto", "auto") == ("m", None)
+    assert split_tag("m:auto", "int8") == split_tag("m:int8", "auto") == ("m", "int8")
     with pytest.raises(ConfigurationError, match="Unknown precision 'int3'"):
         split_tag("m:int3")
     with pytest.raises(InvalidModelNameError, match="disagree"):
@@ -49,6 +52,7 @@ def test_each_precision_is_its_own_cached_instance() -> None:
     int4 = manager.get_chat_model(CHAT_SAMPLE, dtype="int4")
     assert (int8.loaded_variant, int4.loaded_variant) == ("int8", "int4")
     assert manager.get_chat_model(CHAT_SAMPLE, dtype="int8") is int8
+    assert manager.get_chat_model(CHAT_SAMPLE, dtype="auto") is manager.get_chat_model(CHAT_SAMPLE)
     embeddings = manager.get_embedding_model(f"{EMBEDDING_SAMPLE}:int8")
     assert embeddings.loaded_variant == "int8"
     assert {(row.name, row.variant) for row in manager.loaded()} >= {

@@ -42,7 +42,7 @@ from ..lifecycle import LifeCycle
 from .chat_runtime import ChatRuntime, merge_options, over_defaults
 from .events import ChatEvent, ReasoningDelta, TextDelta, ToolCalls
 from .messages import to_service_messages
-from .options import OUTPUT_OPTIONS, ChatOptions, ModelOptions, check_stop
+from .options import ChatOptions, ModelOptions, check_stop
 from .service import ChatService, Prepared, find_chat_template
 from .structured import (
     format_tools,
@@ -212,13 +212,11 @@ class OnnxChatModel(BaseLLMModel, ModelOptions):
 
     def prompt_token_ids(self, messages: Any, tools: Sequence[Any] | None = None, **kwargs: Any) -> list[int]:
         """The prompt ids the engine runs for this conversation (``tools`` and ``tool_choice``
-        offered as `bind_tools` offers them), before the context check: a prompt that does not
-        fit fails the call, or with ``truncate_prompt`` loses its oldest tokens."""
+        offered as `bind_tools` offers them): with ``truncate_prompt`` (and ``max_tokens``), once
+        its oldest tokens are dropped to fit; without, the whole prompt, which fails a call when
+        it does not fit."""
         self._ensure_loaded()
-        output = {k: v for k, v in kwargs.items() if k in OUTPUT_OPTIONS}
-        if tools:
-            output["tools"] = tools
-        options = self.options_over_defaults(**output)
+        options = self.options_over_defaults(**kwargs, **({"tools": tools} if tools else {}))
         return self.loaded.prompt_ids(to_service_messages(self._convert_input(messages).to_messages()), options)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None,

@@ -136,11 +136,14 @@ class ChatService:
         return self.template.render(template_messages(messages), add_generation_prompt=True)
 
     def prompt_ids(self, messages: list[dict[str, Any]], options: ChatOptions) -> list[int]:
-        """The prompt ids a call with these messages and options runs, before the context check."""
+        """The prompt ids a call with these messages and options runs: with ``truncate_prompt``,
+        what is left once its oldest tokens make room for ``max_tokens``; without, the whole
+        prompt, whether it fits or not (the count says by how much it does not)."""
         plan = self._plan(options)
-        return self.prompt_tokens.encode_chat(self._chat_prompt(
+        ids = self.prompt_tokens.encode_chat(self._chat_prompt(
             plan.messages(template_messages(messages, self.tool_format)), self._template_vars(plan, options),
             options.truncate_prompt))
+        return self._fit(ids, options.max_tokens, True)[0] if options.truncate_prompt else ids
 
     def _plan(self, options: ChatOptions) -> OutputPlan:
         plan = OutputPlan.from_options(options.output(), self.tool_format, self.grammars, self.tokenizer)
@@ -182,6 +185,7 @@ class ChatService:
         """Prompt ids and tokens to generate within the context: the overflow is refused, naming
         it in tokens, or (``truncate_prompt``) the oldest tokens are dropped."""
         context = self.spec.context_length
+        asked = max_tokens is not None
         if max_tokens is None:  # not asked for: as many as fit, up to the default
             default = int(self.spec.generation.get("max_new_tokens") or _DEFAULT_MAX_TOKENS)
             max_tokens = max(1, min(default, context - len(ids)))
@@ -190,6 +194,11 @@ class ChatService:
             if max_tokens >= context:
                 raise ContextLengthError(
                     f"max_tokens ({max_tokens}) alone fills the context of {context} tokens; lower it.", "max_tokens")
+            if not truncate and not asked:  # the prompt alone: a max_tokens nobody set is not the problem
+                what = "conversation" if field == "messages" else "prompt"
+                raise ContextLengthError(
+                    f"Prompt ({len(ids)} tokens) leaves no room for an answer in the context of {context} tokens "
+                    f"(it is {overflow} too long).", field, f"Shorten the {what}")
             if not truncate:
                 raise ContextLengthError(
                     f"Prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds the context of "

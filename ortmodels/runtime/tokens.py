@@ -47,8 +47,8 @@ def tokenize(service: ChatService, text: str, add_special: bool = False, with_pi
 def chat_tokens(service: ChatService, messages: list[dict[str, Any]], options: ChatOptions | None = None,
                 with_pieces: bool = False) -> Tokens:
     """The prompt a chat call with ``messages`` and ``options`` runs: its ids as the service builds
-    them (the count ``usage.prompt_tokens`` reports, before any cut to the context; tools' prompt
-    and template switches included) and the text those ids spell (special tokens written out)."""
+    them (the count ``usage.prompt_tokens`` reports: the whole prompt, or with ``truncate_prompt``
+    what is left of it; tools' prompt and template switches included) and the text those ids spell (special tokens written out)."""
     ids = service.prompt_ids(messages, options or ChatOptions())
     prompt = str(service.tokenizer.decode(ids, skip_special_tokens=False))
     return _tokens(service, ids, with_pieces, prompt)

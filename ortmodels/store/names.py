@@ -25,18 +25,24 @@ def validate_model_name(name: object) -> str:
 def split_tag(name: object, dtype: str | None = None) -> tuple[str, str | None]:
     """``"model:int8"`` → ``("model", "int8")``, as Ollama's tags; checks both parts.
 
-    A tag and a ``dtype`` argument that disagree are an error rather than a silent pick.
+    A tag and a ``dtype`` argument that disagree are an error rather than a silent pick;
+    ``auto`` (either way) asks for no precision: ``MODEL_DTYPE``'s choice, as when none is given.
     """
     from ..precision import normalize_precision
 
+    def asked(value: str | None) -> str | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return normalize_precision(value)
+
     if isinstance(name, str) and ":" in name:
         name, tag = name.rsplit(":", 1)
-        tagged = normalize_precision(tag)
-        if dtype is not None and normalize_precision(dtype) != tagged:
+        tagged, given = asked(tag), asked(dtype)
+        if given is not None and tagged is not None and given != tagged:
             raise InvalidModelNameError(
                 f"The model tag ':{tag}' and dtype={dtype!r} disagree; give the precision once."
             )
-        dtype = tagged
-    elif dtype is not None:
-        dtype = normalize_precision(dtype)
+        dtype = tagged or given
+    else:
+        dtype = asked(dtype)
     return validate_model_name(name), dtype
