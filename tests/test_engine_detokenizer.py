@@ -43,6 +43,19 @@ def test_pieces_join_to_one_decode_and_never_split_a_character(text: str) -> Non
     assert max(sizes) <= 8  # a short window per token, not every id again
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_output_cut_inside_a_character_ends_before_it(text: str) -> None:
+    """``max_tokens`` reached after part of a character's byte tokens: the text ends with the
+    last whole character (it ended with U+FFFD, shown by LangChain and every client)."""
+    ids = tokenizer().encode(text, add_special_tokens=False).ids
+    for end in range(1, len(ids) + 1):
+        pieces, _, _ = _stream(ids[:end])
+        joined = "".join(pieces)
+        assert "\ufffd" not in joined and text.startswith(joined.rstrip()), (end, joined)
+        whole = tokenizer().decode(ids[:end], skip_special_tokens=True)
+        assert joined == whole or whole.endswith("\ufffd"), (end, joined, whole)  # only a half character goes
+
+
 def test_long_output_decodes_short_windows() -> None:
     ids = tokenizer().encode(" ".join(TEXTS) * 10, add_special_tokens=False).ids
     pieces, _, sizes = _stream(ids)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _REPLACEMENT = "\ufffd"  # what a decoder makes of half a UTF-8 character
+#: A UTF-8 character has at most 4 bytes, so at most 3 trailing byte tokens hold half of one.
+_MAX_PARTIAL_TOKENS = 3
 
 
 @dataclass
@@ -66,11 +68,22 @@ class TextAssembler:
     def _decode_window(self, final: bool) -> str | None:
         window = self.ids[self._start :]
         text = self.decode(window)
-        if text.endswith(_REPLACEMENT) and not final:
-            return None
+        if text.endswith(_REPLACEMENT):
+            if not final:
+                return None
+            text = self._whole_characters(window, text)
         known = self.decode(self.ids[self._start : self._read]) if self._read > self._start else ""
         self._start, self._read = self._read, len(self.ids)
         return text.removeprefix(known)
+
+    def _whole_characters(self, window: list[int], text: str) -> str:
+        """At the end (``max_tokens`` reached inside a character): the text without the last
+        tokens' half character, which is no text; as it is where a token of its own is one."""
+        for drop in range(1, min(_MAX_PARTIAL_TOKENS, len(window)) + 1):
+            shorter = self.decode(window[:-drop])
+            if not shorter.endswith(_REPLACEMENT):
+                return shorter
+        return text
 
     def _settle(self, final: bool) -> str:
         """Release what is safe from ``_pending``; look back into ``_tail`` for stop strings."""
