@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from langchain_core.messages import HumanMessage
 from typer.testing import CliRunner
@@ -244,6 +245,19 @@ def test_a_huge_text_to_embed_is_cut_before_tokenizing_with_the_same_vector() ->
     model.runner.tokenizer = recorder
     assert model.embed_query(sentence * 250_000) == reference  # 11 MB
     assert 0 < recorder.longest <= model.runner.text_chars < 100_000  # 0: the recorder was not on the path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blank", [" ", "\n", " \t\u00a0"])
+def test_a_long_run_of_blanks_before_a_text_does_not_hide_it(blank: str) -> None:
+    """Blanks make no token: a cut by characters alone kept only blanks, and the vector was the
+    empty text's (cos 0.03 to the text's); the cut reaches past them, and the model reads the text."""
+    model = ModelManager().get_embedding_model(EMBEDDING_SAMPLE)
+    assert isinstance(model, OnnxEmbeddingModel)
+    text = "The cat sat on the mat."
+    padded = blank * (model.runner.text_chars // len(blank) + 100) + text
+    assert np.allclose(model.embed_query(padded), model.embed_query(text), atol=1e-5)
+    assert np.allclose(model.embed_documents([padded, text])[0], model.embed_query(text), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -48,9 +48,8 @@ class CrossEncoderRunner(EncoderGraph):
                                  "not one score", "Re-run 'ortmodels export' on a one-label cross-encoder.")
 
     def encode(self, pairs: list[tuple[str, str]]) -> list[Any]:
-        """The tokenized pairs (ids and type ids), each text cut to `text_chars` first."""
-        bound = self.text_chars
-        return self.tokenizer.encode_batch([(q[:bound], d[:bound]) for q, d in pairs])  # type: ignore[no-any-return]
+        """The tokenized pairs (ids and type ids), each text cut first (`EncoderGraph.cut`)."""
+        return self.tokenizer.encode_batch([(self.cut(q), self.cut(d)) for q, d in pairs])  # type: ignore[no-any-return]
 
     def score_counted(self, pairs: list[tuple[str, str]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores of ``pairs`` in their order (float32) and each pair's token count."""

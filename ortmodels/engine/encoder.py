@@ -93,6 +93,16 @@ class EncoderGraph:
         #: ``max_seq_length`` are dropped anyway, and a 10 MB text would take seconds to tokenize.
         self.text_chars = (spec.max_seq_length + 8) * max_token_chars(tokenizer)
 
+    def cut(self, text: str) -> str:
+        """``text`` cut to `text_chars`, or to more where that part holds fewer tokens than are
+        read (characters that make no token, such as whitespace, do not count): the same tokens
+        as the whole text, so the same vector. A short text is not tokenized here."""
+        bound = self.text_chars
+        while len(text) > bound and \
+                len(self.tokenizer.encode(text[:bound], add_special_tokens=False).ids) < self.spec.max_seq_length:
+            bound *= 2
+        return text[:bound]
+
     def _feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -139,8 +149,7 @@ class EncoderRunner(EncoderGraph):
                                  "Re-run 'ortmodels export' for this model.")
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        bound = self.text_chars
-        return [e.ids for e in self.tokenizer.encode_batch([t[:bound] for t in texts])]
+        return [e.ids for e in self.tokenizer.encode_batch([self.cut(t) for t in texts])]
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Embeddings of ``texts`` in their order, as float32 [len(texts), dimension]."""
