@@ -179,7 +179,10 @@ def _check_pairs(pairs: object) -> list[tuple[str, str]]:
 class BaseLLMModel(Managed, BaseChatModel):
     """A LangChain `BaseChatModel` whose subclasses implement `_generate` (plus `_load`/`_unload`)."""
 
-    model_config = ConfigDict(protected_namespaces=(), arbitrary_types_allowed=True)
+    # by name too: LangChain's configurable_fields and copies rebuild a model from its field
+    # names (``model_path_``), a user from the alias (``model_path``)
+    model_config = ConfigDict(protected_namespaces=(), arbitrary_types_allowed=True,
+                              validate_by_name=True, validate_by_alias=True)
 
     kind: ClassVar[str] = "chat"
 

@@ -282,3 +282,15 @@ def test_the_token_count_with_truncate_prompt_is_the_prompt_that_runs(chat: Onnx
     reply = chat.invoke(messages, truncate_prompt=True, max_tokens=room,
                         response_format={"type": "regex", "regex": "(yes|no)"})
     assert reply.usage_metadata is not None and reply.usage_metadata["input_tokens"] == kept
+
+
+@pytest.mark.slow
+def test_configurable_fields_rebuild_the_model_by_its_field_names(chat: OnnxChatModel) -> None:
+    """LangChain rebuilds a configurable model from its field names (``model_path_``, whose alias
+    is ``model_path``): that was pydantic's "Extra inputs are not permitted"."""
+    from langchain_core.runnables import ConfigurableField
+
+    configurable = chat.configurable_fields(max_tokens=ConfigurableField(id="answer_tokens"))
+    reply = configurable.invoke("Hi", config={"configurable": {"answer_tokens": 3}})
+    assert reply.usage_metadata is not None and reply.usage_metadata["output_tokens"] == 3
+    assert OnnxChatModel(model_path_=chat.model_path).model_path == OnnxChatModel(model_path=chat.model_path).model_path

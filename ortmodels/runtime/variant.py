@@ -201,13 +201,14 @@ def model_place(model_name: str | None, model_path: str | Path | None, default_s
                 settings: Settings | None) -> tuple[str, Path, str | None]:
     """A model's name, its folder and the setting its name came from (``None``: it was given):
     ``model_path`` as given, or ``model_name`` in ``LOCAL_MODELS_DIR``, the kind's default model
-    (``default_setting``) when neither is given."""
+    (``default_setting``) when neither is given. The folder is absolute, read against the working
+    directory of now: a later ``chdir`` does not move a model (nor a copy LangChain makes of it)."""
     if model_path is not None:
-        return model_name or Path(model_path).name, Path(model_path), None
+        return model_name or Path(model_path).name, Path(model_path).absolute(), None
     given = settings or load_settings()
     named_by = None if model_name else setting_name(default_setting)
     model_name = validate_model_name(model_name or getattr(given, default_setting))
-    return model_name, given.local_models_dir / model_name, named_by
+    return model_name, (given.local_models_dir / model_name).absolute(), named_by
 
 
 class ChoosesVariant:
