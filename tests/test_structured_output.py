@@ -3,6 +3,7 @@ a bound tool with valid arguments, on schemas LangChain's own suite does not wri
 
 from __future__ import annotations
 
+import asyncio
 from enum import Enum
 from typing import Any
 
@@ -198,6 +199,24 @@ def test_bad_requests_are_refused_before_generating(chat: OnnxChatModel) -> None
     assert chat.loaded.engine.steps == steps
 
 
+def test_a_streamed_structured_answer_arrives_as_partial_objects(chat: OnnxChatModel) -> None:
+    """As LangChain's parsers give them for other chat models: the object grows as it streams
+    (the cut check gathered the whole answer first, so one object came), sync and async, and
+    the last is ``invoke``'s."""
+    schema = {"title": "Person", "type": "object", "properties": {"name": {"type": "string"},
+                                                                  "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    structured = chat.with_structured_output(schema)
+    question = "Invent a person: name and age."
+    parts = list(structured.stream(question))
+
+    async def streamed() -> list:
+        return [part async for part in structured.astream(question)]
+
+    assert len(parts) > 2 and parts[-1] == structured.invoke(question) == asyncio.run(streamed())[-1]
+    assert set(parts[-1]) == {"name", "age"} and all(set(p) <= {"name", "age"} for p in parts)
+
+
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_cut_answer_is_an_error_that_says_so(chat: OnnxChatModel, case: str, method: str) -> None:
@@ -207,6 +226,8 @@ def test_a_cut_answer_is_an_error_that_says_so(chat: OnnxChatModel, case: str, m
     _assert_reported_as_cut(short.with_structured_output(schema, method=method, include_raw=True).invoke(prompt))
     with pytest.raises(OutputParserException, match="cut at max_tokens"):
         short.with_structured_output(schema, method=method).invoke(prompt)
+    with pytest.raises(OutputParserException, match="cut at max_tokens"):  # streamed: at its end
+        list(short.with_structured_output(schema, method=method).stream(prompt))
     raw = chat.invoke(prompt, max_tokens=5, response_format={"type": "json_object"})
     assert raw.response_metadata["finish_reason"] == "length"
 

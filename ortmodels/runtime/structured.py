@@ -9,7 +9,7 @@ was cut.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -22,6 +22,7 @@ from langchain_core.output_parsers import (
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.runnables import (
     Runnable,
+    RunnableGenerator,
     RunnableLambda,
     RunnableMap,
     RunnablePassthrough,
@@ -122,16 +123,34 @@ def tool_call_chunks(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
              "type": "tool_call_chunk"} for i, c in enumerate(calls)]
 
 
-def _check_whole(message: BaseMessage) -> BaseMessage:
-    """Refuse to parse an answer that ``max_tokens`` cut: half an object is never presented as valid."""
+def _refuse_if_cut(message: BaseMessage, text: str) -> None:
+    """Refuse an answer that ``max_tokens`` cut: half an object is never presented as valid."""
     if isinstance(message, AIMessage) and message.response_metadata.get("finish_reason") == "length":
         from langchain_core.exceptions import OutputParserException
 
         raise OutputParserException(
             "The structured answer was cut at max_tokens before it was complete; raise max_tokens.",
-            llm_output=message.text,
+            llm_output=text,
         )
-    return message
+
+
+def _whole(messages: Iterator[BaseMessage]) -> Iterator[BaseMessage]:
+    """The answer passed on as it streams (the parser after it gives partial objects, as
+    LangChain's do), refused at its end if ``max_tokens`` cut it; a whole message is one item."""
+    text = []
+    for message in messages:
+        text.append(message.text)
+        yield message
+        _refuse_if_cut(message, "".join(text))
+
+
+async def _awhole(messages: AsyncIterator[BaseMessage]) -> AsyncIterator[BaseMessage]:
+    """`_whole` on the event loop."""
+    text = []
+    async for message in messages:
+        text.append(message.text)
+        yield message
+        _refuse_if_cut(message, "".join(text))
 
 
 def _titled(schema: Any) -> Any:
@@ -216,7 +235,7 @@ def structured_output(model: Any, schema: Any, method: str, include_raw: bool, s
         raise ChatInputError(
             f"Unknown method {method!r} for with_structured_output: use json_schema, function_calling or json_mode."
         )
-    parser = RunnableLambda(_check_whole) | parser
+    parser = RunnableGenerator(_whole, _awhole) | parser
     if include_raw:
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
         fallback = RunnablePassthrough.assign(parsed=lambda _: None)
