@@ -261,11 +261,26 @@ def test_a_long_run_of_blanks_before_a_text_does_not_hide_it(blank: str) -> None
 
 
 @pytest.mark.slow
+def test_a_conversation_of_many_short_messages_is_past_the_context_not_a_template_failure() -> None:
+    """60,000 one-word messages (1.3 MB as a body): each counts with its markup, so it is the
+    context's error naming the messages (it was the template's size bound, naming the template
+    file), and ``truncate_prompt`` keeps the newest instead."""
+    chat = OnnxChatModel(model_name=CHAT_SAMPLE, dtype="int4", device="cpu", max_tokens=2).load()
+    messages = [HumanMessage("hi")] * 60_000
+    with pytest.raises(ChatInputError, match="The conversation \\(its markup counted\\) has 1,560,000 characters") as caught:
+        chat.invoke(messages)
+    assert caught.value.param == "messages" and "chat_template" not in str(caught.value)  # type: ignore[attr-defined]
+    room = 8100  # so the prompt kept is short to prefill; a grammar ends the answer at once
+    reply = chat.invoke(messages, truncate_prompt=True, max_tokens=room, response_format={"type": "regex", "regex": "(yes|no)"})
+    assert reply.usage_metadata is not None and 0 < reply.usage_metadata["input_tokens"] <= 8192 - room
+
+
+@pytest.mark.slow
 def test_a_huge_prompt_is_refused_before_tokenizing() -> None:
     chat = OnnxChatModel(model_name=CHAT_SAMPLE, dtype="int4", device="cpu", max_tokens=4).load()
     recorder = _RecordingTokenizer(chat.loaded.tokenizer)
     chat.loaded.prompt_tokens = PromptTokenizer(recorder)  # what the chat service tokenizes prompts with
-    with pytest.raises(ChatInputError, match="10,000,000 characters.*truncate_prompt=True") as caught:
+    with pytest.raises(ChatInputError, match="10,000,024 characters.*truncate_prompt=True") as caught:
         chat.invoke("x" * 10_000_000)
     assert recorder.longest == 0
     import pickle

@@ -119,6 +119,22 @@ def test_logprobs_whole_and_streamed(client: openai.OpenAI) -> None:
     assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in content]
 
 
+def test_logprob_bytes_are_each_tokens_own(client: openai.OpenAI) -> None:
+    """Emoji are written a byte token or two at a time: each token's ``bytes`` are its own (they
+    were U+FFFD's three bytes for every part), so joined they give the answer, whole and streamed,
+    the alternatives too."""
+    asked = {"model": CHAT_SAMPLE, "max_tokens": 12, "temperature": 0, "logprobs": True, "top_logprobs": 2,
+             "messages": [{"role": "user", "content": "Write three party emoji."}]}
+    whole = client.chat.completions.create(**asked)
+    content = whole.choices[0].logprobs.content
+    assert any(t.token == "\ufffd" for t in content), [t.token for t in content]  # the case under test
+    assert bytes(b for t in content for b in t.bytes).decode("utf-8") == whole.choices[0].message.content
+    assert all(alt.bytes != [0xEF, 0xBF, 0xBD] for t in content for alt in t.top_logprobs)
+    streamed = [t for c in client.chat.completions.create(**asked, stream=True)
+                if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.bytes for t in streamed] == [t.bytes for t in content]
+
+
 def test_stop_strings(client: openai.OpenAI) -> None:
     ask = {"model": CHAT_SAMPLE, "max_tokens": 24, "temperature": 0,
            "messages": [{"role": "user", "content": "Capital of France?"}]}
@@ -240,6 +256,17 @@ def test_tools_required_gives_parsed_tool_calls(client: openai.OpenAI) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}])
     assert follow.choices[0].message.content
+    # the message as the client dumps it (annotations: null among its fields) is taken back as it is
+    again = client.chat.completions.create(model=CHAT_SAMPLE, max_tokens=4, temperature=0, messages=[
+        {"role": "user", "content": "What is the weather in Paris?"}, choice.message.model_dump(),
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
+        follow.choices[0].message.model_dump(), {"role": "user", "content": "And tomorrow?"}])
+    assert again.choices[0].message.content
+    raw = httpx.post(f"{client.base_url}chat/completions", timeout=120, json={
+        "model": CHAT_SAMPLE, "max_tokens": 64, "temperature": 0, "tools": [WEATHER], "tool_choice": "required",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}]}).json()
+    message = raw["choices"][0]["message"]  # OpenAI's shape: both always there, null when empty
+    assert message["content"] is None and message["refusal"] is None and message["tool_calls"], message
 
 
 def test_tools_streamed(client: openai.OpenAI) -> None:
@@ -349,6 +376,8 @@ def _error(reply: httpx.Response, status: int) -> dict:
     ({**CHAT, "top_logprobs": 2}, "top_logprobs", "needs logprobs"),
     ({**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "top_logprobs"),
     ({**CHAT, "foo": 1}, "foo", "Unrecognized"),
+    ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "P"}}},
+     "response_format.json_schema.schema", "needs {'json_schema'"),
     ({**CHAT, "messages": []}, "messages", "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content", "text only"),

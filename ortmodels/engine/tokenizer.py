@@ -147,3 +147,48 @@ def repaired_tokenizer_json(data: dict[str, Any]) -> dict[str, Any] | None:
         return None
     byte_level = dict(decoder["decoders"][-1])
     return {**data, "decoder": byte_level}
+
+
+#: A token as text, or as its bytes where they are part of a UTF-8 character (`token_piece`).
+Piece = str | tuple[int, ...]
+
+
+def token_piece(tokenizer: Tokenizer, token: int) -> Piece:
+    """One token's text; its bytes where it holds part of a UTF-8 character (byte-level BPE),
+    which as text is only U+FFFD (``/tokenize``'s pieces, logprobs' ``bytes``)."""
+    text = str(tokenizer.decode([token], skip_special_tokens=False))
+    if "\ufffd" not in text:
+        return text
+    raw = _byte_level(tokenizer.id_to_token(token) or "")
+    if raw is None:
+        return text
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return tuple(raw)
+    return text
+
+
+def _byte_level(token: str) -> bytes | None:
+    """A byte-level BPE token's bytes (GPT-2's mapping of bytes to printable characters), or
+    ``None`` for a token of another kind of vocabulary."""
+    table = _UNICODE_TO_BYTE
+    if not token or any(ch not in table for ch in token):
+        return None
+    return bytes(table[ch] for ch in token)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table: printable bytes stand for themselves, the others for characters from U+0100."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}

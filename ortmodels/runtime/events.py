@@ -25,13 +25,21 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
+    raw: tuple[tuple[int, ...] | None, ...] = ()
+    """The bytes of the token, then of each of ``top``, where they are not their text's UTF-8 (a
+    token holding part of a character, whose text is U+FFFD); ``None`` or left out where they are."""
 
     def openai(self) -> dict[str, Any]:
-        """OpenAI's ``logprobs.content`` entry (LangChain's ``response_metadata`` uses it too)."""
-        def entry(text: str, value: float) -> dict[str, Any]:
-            return {"token": text, "bytes": list(text.encode("utf-8")), "logprob": max(value, LOGPROB_FLOOR)}
+        """OpenAI's ``logprobs.content`` entry (LangChain's ``response_metadata`` uses it too):
+        ``bytes`` are the token's own, so a client joining them gets the answer's characters."""
+        raw = [*self.raw, *[None] * (1 + len(self.top) - len(self.raw))]
 
-        return {**entry(self.token, self.logprob), "top_logprobs": [entry(t, v) for t, v in self.top]}
+        def entry(text: str, value: float, own: tuple[int, ...] | None) -> dict[str, Any]:
+            return {"token": text, "bytes": list(own if own is not None else text.encode("utf-8")),
+                    "logprob": max(value, LOGPROB_FLOOR)}
+
+        return {**entry(self.token, self.logprob, raw[0]),
+                "top_logprobs": [entry(t, v, b) for (t, v), b in zip(self.top, raw[1:])]}
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,9 @@ def grammar_of(response_format: Any) -> Grammar | None:
         schema = spec.get("schema", spec) if isinstance(spec, dict) and not bare else None
         if not isinstance(schema, dict):
             raise ChatInputError("response_format json_schema needs {'json_schema': {'schema': {...}}}.")
-        strict = spec.get("strict") is not False  # closed objects unless strict=False is asked for
-        return Grammar("json_schema", close_objects(schema) if strict else schema)
+        # closed objects with strict=False too: LangChain's ChatOpenAI sends it for every dict schema,
+        # and a small model given extra keys invents them until max_tokens; a schema opens its own
+        return Grammar("json_schema", close_objects(schema))
     if kind in ("regex", "lark", "gbnf"):
         source = response_format.get(kind)
         if not isinstance(source, str):

@@ -38,7 +38,7 @@ from ..engine.reasoning import (
     think_tokens,
 )
 from ..engine.sampling import LogitsProcessor
-from ..engine.tokenizer import check_unicode, max_token_chars
+from ..engine.tokenizer import check_unicode, max_token_chars, token_piece
 from ..engine.toolcalls import FORMATS, detect_format
 from ..errors import ChatInputError, ContextLengthError, ModelFileError
 from ..store.manifest import ChatSpec
@@ -67,16 +67,29 @@ def find_chat_template(export_folder: Path, checkpoint: Path) -> ChatTemplate | 
     )
 
 
+#: Characters a message counts for beyond its text before rendering: the least a template's role
+#: markup takes (``<|im_start|>user\n...<|im_end|>\n``: 24), so 60,000 one-word messages are a
+#: conversation past the context, not a template stopped at its size bound.
+MESSAGE_CHARS = 24
+
+
+def conversation_chars(messages: list[dict[str, str]]) -> int:
+    """What a conversation counts for against the context before it is rendered."""
+    return sum(len(m["content"]) + MESSAGE_CHARS for m in messages)
+
+
 def keep_tail(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
-    """The newest messages whose text fits in ``chars`` (the newest one cut to its end if alone
-    it is too long): what ``truncate_prompt`` keeps of a conversation far beyond the context."""
+    """The newest messages whose text (with `MESSAGE_CHARS` each) fits in ``chars`` (the newest
+    one cut to its end if alone it is too long): what ``truncate_prompt`` keeps of a
+    conversation far beyond the context."""
     kept: list[dict[str, str]] = []
     for message in reversed(messages):
-        if chars <= 0:
+        chars -= MESSAGE_CHARS
+        if chars <= 0 and kept:
             break
         content = message["content"]
-        if len(content) > chars:
-            content = content[-chars:]
+        if len(content) > max(chars, 0):
+            content = content[-chars:] if chars > 0 else ""
         kept.append({**message, "content": content})
         chars -= len(content)
     return kept[::-1]
@@ -171,7 +184,7 @@ class ChatService:
         """The rendered conversation, for `PromptTokenizer.encode_chat`: the caller's text is escaped
         before rendering, so the template's markup is the only source of special tokens."""
         bound = self.prompt_chars
-        if self._cut(sum(len(m["content"]) for m in converted), truncate, "The conversation"):
+        if self._cut(conversation_chars(converted), truncate, "The conversation (its markup counted)"):
             converted = keep_tail(converted, bound)
         escape = self.prompt_tokens.escape
         prompt = self.template.render(escape(converted), add_generation_prompt=True, max_chars=2 * bound,
@@ -414,8 +427,12 @@ class _Reader:
         return [TextDelta(text, tuple(self._logprob(lp) for lp in logprobs))]
 
     def _logprob(self, logprob: Any) -> TokenLogprob:
-        def text(token_id: int) -> str:
-            return str(self.service.tokenizer.decode([token_id], skip_special_tokens=False))
-
-        return TokenLogprob(text(logprob.token_id), logprob.logprob,
-                            tuple((text(token), value) for token, value in logprob.top))
+        """A token's text (U+FFFD for part of a character, as a decode gives it) and, for such a
+        part, its own bytes, for it and each alternative."""
+        pieces = [token_piece(self.service.tokenizer, token)
+                  for token in (logprob.token_id, *(token for token, _ in logprob.top))]
+        texts = [piece if isinstance(piece, str) else "\ufffd" for piece in pieces]
+        raw = tuple(piece if isinstance(piece, tuple) else None for piece in pieces)
+        return TokenLogprob(texts[0], logprob.logprob,
+                            tuple((text, value) for text, (_, value) in zip(texts[1:], logprob.top)),
+                            raw if any(b is not None for b in raw) else ())

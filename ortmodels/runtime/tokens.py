@@ -14,7 +14,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..engine.tokenizer import check_unicode, highest_id
+from ..engine.tokenizer import Piece, check_unicode, highest_id, token_piece
 from ..errors import ChatInputError
 from .options import ChatOptions
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # the type only: a Ray ingress unpickling `Tokens` opens no e
     from .service import ChatService
 
 #: A token's text, or its bytes where they are part of a UTF-8 character (as llama-server gives it).
-Piece = str | tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -86,45 +85,5 @@ def _check_text(service: ChatService, text: str) -> None:
 
 
 def _tokens(service: ChatService, ids: list[int], with_pieces: bool, prompt: str | None = None) -> Tokens:
-    pieces = tuple(_piece(service.tokenizer, token) for token in ids) if with_pieces else None
+    pieces = tuple(token_piece(service.tokenizer, token) for token in ids) if with_pieces else None
     return Tokens(tuple(ids), service.spec.context_length, pieces, prompt)
-
-
-def _piece(tokenizer: Any, token: int) -> Piece:
-    """One token's text; its bytes where it holds part of a UTF-8 character (byte-level BPE)."""
-    text = str(tokenizer.decode([token], skip_special_tokens=False))
-    if "\ufffd" not in text:
-        return text
-    raw = _byte_level(tokenizer.id_to_token(token) or "")
-    if raw is None:
-        return text
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return tuple(raw)
-    return text
-
-
-def _byte_level(token: str) -> bytes | None:
-    """A byte-level BPE token's bytes (GPT-2's mapping of bytes to printable characters), or
-    ``None`` for a token of another kind of vocabulary."""
-    table = _UNICODE_TO_BYTE
-    if not token or any(ch not in table for ch in token):
-        return None
-    return bytes(table[ch] for ch in token)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table: printable bytes stand for themselves, the others for characters from U+0100."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-_UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}

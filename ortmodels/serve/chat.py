@@ -231,8 +231,10 @@ class ChatAnswer(Answer):
                                 choices=[ChatChoice(message=message, finish_reason=reason)],
                                 usage=usage or NO_USAGE)
         choice_logprobs = {"content": logprobs} if logprobs is not None else None
-        return answer.model_dump(exclude_none=True) | {"choices": [
-            {**answer.choices[0].model_dump(exclude_none=True), "logprobs": choice_logprobs}]}
+        choice = answer.choices[0].model_dump(exclude_none=True)
+        # OpenAI's message always has content and refusal (null when there is none): raw-JSON clients index them
+        choice["message"] = {"role": "assistant", "content": message.content, "refusal": None, **choice["message"]}
+        return answer.model_dump(exclude_none=True) | {"choices": [{**choice, "logprobs": choice_logprobs}]}
 
     def _chunk(self, delta: Delta, reason: str | None = None, logprobs: dict[str, Any] | None = None) -> str:
         payload = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,

@@ -28,9 +28,9 @@ def _response_format(fmt: ResponseFormat) -> dict[str, Any] | None:
         return None
     if fmt.type == "json_object":
         return {"type": "json_object"}
-    if fmt.json_schema is None:
-        raise bad_request("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
-                          "response_format.json_schema")
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:  # no schema: not "any JSON"
+        where = "response_format.json_schema" + (".schema" if fmt.json_schema is not None else "")
+        raise bad_request("response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.", where)
     return {"type": "json_schema", "json_schema": fmt.json_schema.model_dump(by_alias=True, exclude_none=True)}
 
 

@@ -124,6 +124,8 @@ class ChatMessage(_Strict):
     refusal: str | None = None
     function_call: Any = None
     audio: Any = None
+    annotations: list[Any] | None = None
+    """An earlier answer's URL citations, as the ``openai`` client dumps its message: taken and not shown."""
     reasoning_content: str | None = None
     """An earlier answer's reasoning, as this server sent it: taken and not shown to the model
     (as Qwen3's template drops earlier turns' reasoning)."""
@@ -144,7 +146,7 @@ class Tool(_Strict):
 class JsonSchemaSpec(_Open):
     name: str = "output"
     description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 
