@@ -14,10 +14,10 @@ import pytest
 from .conftest import EMBEDDING_SAMPLE
 
 
-def ortmodels(*args: str, models_dir: Path) -> subprocess.CompletedProcess[str]:
+def ortmodels(*args: str, models_dir: Path, columns: str = "200") -> subprocess.CompletedProcess[str]:
     import os
 
-    env = {**os.environ, "LOCAL_MODELS_DIR": str(models_dir), "COLUMNS": "200"}
+    env = {**os.environ, "LOCAL_MODELS_DIR": str(models_dir), "COLUMNS": columns}
     return subprocess.run([sys.executable, "-m", "ortmodels", *args], capture_output=True, text=True, env=env)
 
 
@@ -85,11 +85,22 @@ def test_empty_store_says_how_to_get_models(tmp_path: Path) -> None:
         assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.parametrize("columns", ["0", "wide", "-3"])
+def test_a_columns_that_is_no_width_is_ignored(samples_dir: Path, columns: str) -> None:
+    """rich printed nothing at all with ``COLUMNS=0``, errors included."""
+    table = ortmodels("list", models_dir=samples_dir, columns=columns)
+    assert table.returncode == 0 and EMBEDDING_SAMPLE in table.stdout, (table.stdout, table.stderr)
+    refused = ortmodels("versions", "nosuch", models_dir=samples_dir, columns=columns)
+    assert refused.returncode == 1 and "Unknown model 'nosuch'" in refused.stderr, refused.stderr
+
+
 def test_text_is_printed_as_text_never_as_markup(samples_dir: Path) -> None:
     """rich reads ``[bold]`` and ``[/]`` as markup: a user's text must not be (it crashed on ``[/]``)."""
     out = ortmodels("embed", EMBEDDING_SAMPLE, "[/]", "[bold red]x[/]", models_dir=samples_dir)
     assert out.returncode == 0, out.stderr
     assert "'[/]': dim 384" in out.stdout and "'[bold red]x[/]': dim 384" in out.stdout
+    echoed = ortmodels("embed", EMBEDDING_SAMPLE, "ratio 3:thumbs_up: ok", models_dir=samples_dir)
+    assert "'ratio 3:thumbs_up: ok': dim 384" in echoed.stdout, echoed.stdout  # not rich's emoji
     info = ortmodels("info", EMBEDDING_SAMPLE, models_dir=samples_dir)
     assert "passed" in info.stdout and "[green]" not in info.stdout  # the verdict's own style still applies
 

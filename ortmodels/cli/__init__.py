@@ -6,6 +6,7 @@ import atexit
 import gc
 import logging
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -32,9 +33,16 @@ def _build(name: str) -> Any:
 
         stream = sys.stderr if name == "err_console" else sys.stdout
         # Into a pipe or a file rich assumes 80 columns and folds tables and long lines there
-        # (a version id over three lines): give it room, unless COLUMNS says otherwise.
-        wide = not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty())
-        return Console(stderr=name == "err_console", width=PIPE_WIDTH if wide else None)
+        # (a version id over three lines): give it room, unless COLUMNS says otherwise. A
+        # COLUMNS that is no width (0, text) is ignored: rich printed nothing at all with 0.
+        columns = os.environ.get("COLUMNS", "").strip()
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        if columns.isdigit() and int(columns) > 0:
+            width = None
+        else:
+            width = shutil.get_terminal_size().columns if tty else PIPE_WIDTH
+        # emoji=False: a user's ":thumbs_up:" is text, echoed as given
+        return Console(stderr=name == "err_console", width=width, emoji=False)
     import typer
 
     made = typer.Typer(
