@@ -140,6 +140,41 @@ def test_the_command_says_its_errors_in_one_line(app, samples_dir: Path, monkeyp
     assert "keep at least 1" in capsys.readouterr().err
 
 
+def test_the_command_refuses_an_empty_folder_and_a_file_as_the_store(app, samples_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty folder of documents answered from nothing (exit 0, no sources); a file as --db said
+    only "[Errno 17] File exists"."""
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(samples_dir))
+    (tmp_path / "empty").mkdir()
+    assert app.main(["--docs", str(tmp_path / "empty"), "Q?"]) == 1
+    assert "holds no documents" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert app.main(["--docs", str(DOCS), "--db", str(tmp_path / "a-file"), "Q?"]) == 1
+    said = capsys.readouterr().err
+    assert "is a file: the store is a folder" in said and said.count("\n") == 1, said
+
+
+def test_a_conversation_goes_on_past_a_line_it_cannot_read_and_ends_at_a_blank_one(
+        app, samples_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that is not UTF-8 is said and the next one read (it ended the session with exit 1);
+    a blank line ends it as an empty one does (it was an error); Ctrl-C in a one-shot answer is 130."""
+    monkeypatch.setenv("LOCAL_MODELS_DIR", str(samples_dir))
+    lines: Iterator[object] = iter([UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid"), "   "])
+
+    def typed(prompt: str = "") -> str:
+        line = next(lines)
+        if isinstance(line, BaseException):
+            raise line
+        return str(line)
+
+    monkeypatch.setattr("builtins.input", typed)
+    assert app.main(["--docs", str(DOCS)]) == 0
+    assert "not UTF-8 text" in capsys.readouterr().err
+    monkeypatch.setattr(app, "chat_with_ai", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert app.main(["--docs", str(DOCS), "Q?"]) == 130
+
+
 def test_chat_with_ai_names_a_question_or_a_dimension_it_cannot_use(app, models: tuple) -> None:
     embeddings, chat = models
     for question in (None, "  "):

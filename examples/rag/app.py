@@ -117,6 +117,9 @@ def read_folder(folder: Path, max_chars: int = 500) -> list[Passage]:
         text = path.read_text(encoding="utf-8", errors="replace")
         source = path.relative_to(folder).as_posix()
         passages += [Passage(source, i, piece) for i, piece in enumerate(split(text, max_chars))]
+    if not passages:
+        raise FileNotFoundError(f"{folder} holds no documents ({', '.join(sorted(DOCUMENT_SUFFIXES))} files "
+                                "with text): put the documents to answer from there.")
     return passages
 
 
@@ -258,6 +261,9 @@ def open_store(conn: Any, dimension: int) -> VectorStore:
     if isinstance(conn, str) and conn.startswith(("postgresql://", "postgres://")):
         return PgVectorStore.connect(conn, dimension)
     if isinstance(conn, (str, Path)):
+        if Path(conn).exists() and not Path(conn).is_dir():
+            raise ValueError(f"{conn} is a file: the store is a folder for Qdrant's local store (made if new) "
+                             "or a postgresql:// URL.")
         return QdrantStore(dimension, path=conn)
     module = type(conn).__module__
     if module.startswith("psycopg"):
@@ -423,8 +429,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         return _run(args)
+    except KeyboardInterrupt:  # a question not answered: not a success (as a shell's 128 + SIGINT)
+        print("Aborted.", file=sys.stderr)
+        return 130
     except _failures() as exc:  # one line, as the ortmodels command says its errors
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
 
 
@@ -439,6 +448,8 @@ def _failures() -> tuple[type[BaseException], ...]:
     """What the app says in one line: ortmodels' errors, a missing folder, a value it cannot
     use, and the database's own errors (a server that is not there)."""
     kinds: list[type[BaseException]] = [OrtModelsError, OSError, ValueError]
+    if "qdrant_client" in sys.modules:  # a local store another process has open is its RuntimeError
+        kinds.append(RuntimeError)
     try:
         import psycopg
 
@@ -462,14 +473,25 @@ def _run(args: argparse.Namespace) -> int:
     store = open_store(args.db, dimension)
     ingest(store, embeddings, args.docs)
     conversation = Conversation()
-    questions = [args.question] if args.question else iter(lambda: input("\n> "), "")
-    try:
-        for question in questions:
+    if args.question:
+        print(chat_with_ai(store, args.question, dimension, chat_model, embeddings=embeddings,
+                           reranker=reranker, conversation=conversation, keep=args.keep))
+        return 0
+    while True:  # a conversation: an empty (or blank) line or the end of input ends it
+        try:
+            question = input("\n> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            return 0
+        except UnicodeDecodeError:  # a line that is not text: said, and the next is read
+            print("error: that line is not UTF-8 text; type the question again.", file=sys.stderr)
+            continue
+        if not question:
+            return 0
+        try:
             print(chat_with_ai(store, question, dimension, chat_model, embeddings=embeddings,
                                reranker=reranker, conversation=conversation, keep=args.keep))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    return 0
+        except (OrtModelsError, ValueError) as exc:  # this question's problem: said, and the next is asked
+            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
 
 
 if __name__ == "__main__":
