@@ -85,6 +85,28 @@ def test_empty_store_says_how_to_get_models(tmp_path: Path) -> None:
         assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt()", "ImportError('import numpy failed')", "signal"])
+def test_ctrl_c_while_a_command_starts_is_a_quiet_130(raised: str) -> None:
+    """It was a traceback from wherever the start was (pydantic, an import), and a death by
+    SIGINT; onnxruntime turns one that lands in its numpy import into an ImportError."""
+    code = f"""
+import os, signal
+import ortmodels.cli as cli
+def start():
+    if {raised!r} == "signal":
+        os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C arrives, through the handler main installed
+        signal.pause()
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise {raised if raised != "signal" else "KeyboardInterrupt()"}
+cli._main = start
+cli.main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and done.stderr == "Aborted!\n", (done.returncode, done.stderr)
+
+
 @pytest.mark.parametrize("columns", ["0", "wide", "-3"])
 def test_a_columns_that_is_no_width_is_ignored(samples_dir: Path, columns: str) -> None:
     """rich printed nothing at all with ``COLUMNS=0``, errors included."""

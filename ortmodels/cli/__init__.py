@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -204,6 +205,39 @@ QUICK_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 def main() -> None:
+    seen: list[int] = []
+
+    def interrupted(signum: int, frame: object) -> None:  # Python's own handler, remembered
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        _main()
+    except BaseException as exc:
+        # seen: an import that turned it into an ImportError; SystemExit: a command that took it
+        if isinstance(exc, SystemExit) or not (seen or _interrupted(exc)):
+            raise
+        # Ctrl-C before a command took it (while it starts): no traceback; 128 + SIGINT, as a
+        # shell reports it, and a half-opened session is not waited for
+        sys.stderr.write("Aborted!\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Ctrl-C's, or an error it caused (onnxruntime turns one that lands in its
+    ``import numpy`` into an ImportError)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _main() -> None:
     command = _command(sys.argv[1:])
     if command in QUICK_EXIT:
         if "numpy" not in sys.modules:  # else too late to matter (a test's in-process run)
