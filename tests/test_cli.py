@@ -61,6 +61,7 @@ def test_embed_prints_vectors(samples_dir: Path) -> None:
         (("export",), "Give the model to export (ortmodels export NAME"),
         (("embed", EMBEDDING_SAMPLE, "x", "--query", "--prompt-name", "document"), "both choose the prompt"),
         (("chat", "Capital of France?"), "the model comes first, then the question"),
+        (("chat", "smollm2-135m-instruct", "  "), "The question is empty: give one"),
         (("info", "a" * 200), "(200 characters)"),
         (("embed", f"{EMBEDDING_SAMPLE}:int4", "x"), "Embedding models are not exported as int4 (only fp32, int8)"),
         (("chat", "smollm2-135m-instruct", "x", "--temperature", "5"), "temperature=5.0"),
@@ -75,6 +76,8 @@ def test_errors_are_one_clear_line(samples_dir: Path, args: tuple[str, ...], mes
 def test_empty_store_says_how_to_get_models(tmp_path: Path) -> None:
     out = ortmodels("list", models_dir=tmp_path)
     assert out.returncode == 0 and "ortmodels samples" in out.stdout
+    nothing = ortmodels("export", "--all", models_dir=tmp_path)  # it printed nothing and exited 0
+    assert nothing.returncode == 1 and "No checkpoint to export" in nothing.stderr, nothing.stderr
     missing = ortmodels("list", models_dir=tmp_path / "nowhere")
     assert missing.returncode == 0 and "LOCAL_MODELS_DIR: no such folder" in missing.stdout
     a_file = tmp_path / "a-file"

@@ -152,6 +152,11 @@ def run_chat(name: str | None = None, prompt: str | None = None, system: str | N
 
         raise InvalidModelNameError(f"{name[:60]!r} is not a model name: the model comes first, then the "
                                     "question (ortmodels chat NAME \"QUESTION\"; 'ortmodels list' names them).")
+    if prompt is not None and not prompt.strip():  # a conversation skips blank lines; one question must be one
+        from ..errors import ChatInputError
+
+        raise ChatInputError("The question is empty: give one (ortmodels chat NAME \"QUESTION\"), or leave it "
+                             "out to talk with the model.")
     options = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature,
                                  "enable_thinking": think, "truncate_prompt": truncate}.items() if v is not None}
     if prompt is None:  # a conversation: a bad option is said now, not after the first question

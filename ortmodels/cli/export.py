@@ -13,7 +13,7 @@ from ..precision import parse_precision_list
 from ..store import ModelStore
 from ..store.manifest import Manifest, QualityVerdict
 from ..units import format_bytes
-from . import app, console
+from . import app, console, err_console
 
 
 class _RichSteps:
@@ -74,12 +74,15 @@ def export(
         for skipped in (i for i in candidates if i.kind not in EXPORTERS):
             console.print(f"{skipped.name}: skipped, ortmodels cannot export {skipped.kind} models yet")
         names = [i.name for i in candidates if i.kind in EXPORTERS]
+        if not names:  # said, not an empty success
+            raise ConfigurationError(f"No checkpoint to export in {store.root}: put a Hugging Face checkpoint in a "
+                                     "folder there, or run 'ortmodels samples' for the sample models.")
     dtypes = parse_precision_list(dtype) if dtype else None
     int4 = "gptq" if int4_gptq else "rtn" if int4_search else "off"
     failed: list[str] = []
     for model_name in names:
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        with Progress(  # on stderr: stdout holds the verdicts alone (no spinner in a pipe)
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console
         ) as progress:
             steps = _RichSteps(progress, model_name)
             outcome = export_model(store, model_name, dtypes, force=force, progress=steps, keep=keep,
