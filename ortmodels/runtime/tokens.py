@@ -21,8 +21,6 @@ from .options import ChatOptions
 if TYPE_CHECKING:  # the type only: a Ray ingress unpickling `Tokens` opens no engine
     from .service import ChatService
 
-#: A token's text, or its bytes where they are part of a UTF-8 character (as llama-server gives it).
-
 
 @dataclass(frozen=True)
 class Tokens:
@@ -47,7 +45,8 @@ def chat_tokens(service: ChatService, messages: list[dict[str, Any]], options: C
                 with_pieces: bool = False) -> Tokens:
     """The prompt a chat call with ``messages`` and ``options`` runs: its ids as the service builds
     them (the count ``usage.prompt_tokens`` reports: the whole prompt, or with ``truncate_prompt``
-    what is left of it; tools' prompt and template switches included) and the text those ids spell (special tokens written out)."""
+    what is left of it; tools' prompt and template switches included) and the text those ids
+    spell (special tokens written out)."""
     ids = service.prompt_ids(messages, options or ChatOptions())
     prompt = str(service.tokenizer.decode(ids, skip_special_tokens=False))
     return _tokens(service, ids, with_pieces, prompt)
